@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Context switch for aarch64 (AAPCS64). asynqi_ctx_switch(from, to) saves the
+ * callee-saved general registers x19-x30, d8-d15 and FPCR in a frame on the
+ * current stack, stores sp in from->sp, loads to->sp and restores the frame
+ * found there, returning through the restored x30.
+ */
+#include "frame.h"
+
+	.text
+
+/* void asynqi_ctx_switch(asynqi_ctx *from, const asynqi_ctx *to) */
+	.globl	asynqi_ctx_switch
+	.hidden	asynqi_ctx_switch
+	.type	asynqi_ctx_switch, %function
+	.p2align 4
+asynqi_ctx_switch:
+	.cfi_startproc
+	sub	sp, sp, #ASYNQI_FRAME_SIZE
+	.cfi_adjust_cfa_offset ASYNQI_FRAME_SIZE
+	stp	x19, x20, [sp, #ASYNQI_FRAME_X19]
+	stp	x21, x22, [sp, #ASYNQI_FRAME_X21]
+	stp	x23, x24, [sp, #ASYNQI_FRAME_X23]
+	stp	x25, x26, [sp, #ASYNQI_FRAME_X25]
+	stp	x27, x28, [sp, #ASYNQI_FRAME_X27]
+	stp	x29, x30, [sp, #ASYNQI_FRAME_X29]
+	stp	d8, d9, [sp, #ASYNQI_FRAME_D8]
+	stp	d10, d11, [sp, #ASYNQI_FRAME_D10]
+	stp	d12, d13, [sp, #ASYNQI_FRAME_D12]
+	stp	d14, d15, [sp, #ASYNQI_FRAME_D14]
+	mrs	x9, fpcr
+	str	x9, [sp, #ASYNQI_FRAME_FPCR]
+	mov	x9, sp
+	str	x9, [x0]
+
+	ldr	x9, [x1]
+	mov	sp, x9
+	ldp	x19, x20, [sp, #ASYNQI_FRAME_X19]
+	ldp	x21, x22, [sp, #ASYNQI_FRAME_X21]
+	ldp	x23, x24, [sp, #ASYNQI_FRAME_X23]
+	ldp	x25, x26, [sp, #ASYNQI_FRAME_X25]
+	ldp	x27, x28, [sp, #ASYNQI_FRAME_X27]
+	ldp	x29, x30, [sp, #ASYNQI_FRAME_X29]
+	ldp	d8, d9, [sp, #ASYNQI_FRAME_D8]
+	ldp	d10, d11, [sp, #ASYNQI_FRAME_D10]
+	ldp	d12, d13, [sp, #ASYNQI_FRAME_D12]
+	ldp	d14, d15, [sp, #ASYNQI_FRAME_D14]
+	ldr	x9, [sp, #ASYNQI_FRAME_FPCR]
+	msr	fpcr, x9
+	add	sp, sp, #ASYNQI_FRAME_SIZE
+	.cfi_adjust_cfa_offset -ASYNQI_FRAME_SIZE
+	ret
+	.cfi_endproc
+	.size	asynqi_ctx_switch, .-asynqi_ctx_switch
+
+/* First code a new coroutine runs: the argument is in x19, the entry
+ * function in x20. The entry never returns. */
+	.globl	asynqi_ctx_trampoline
+	.hidden	asynqi_ctx_trampoline
+	.type	asynqi_ctx_trampoline, %function
+	.p2align 4
+asynqi_ctx_trampoline:
+	.cfi_startproc
+	.cfi_undefined x30
+	mov	x0, x19
+	blr	x20
+	brk	#0
+	.cfi_endproc
+	.size	asynqi_ctx_trampoline, .-asynqi_ctx_trampoline
+
+	.section .note.GNU-stack,"",@progbits

@@ -1,0 +1,314 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Coroutine stacks and contexts: the stack pool, the first frame of a new
+ * coroutine, and the sanitizer fiber hooks around the assembly switch.
+ *
+ * Design notes:
+ * - Stacks are mapped in slabs of ASYNQI_SLAB stacks with one mmap. Each
+ *   guard page splits the mapping, costing two kernel map entries per stack;
+ *   a process may have vm.max_map_count of them (65,530 by default), so only
+ *   a budget of stacks gets a guard page. The others carry a canary at their
+ *   lowest bytes, checked each time their task is switched out: an overflow
+ *   there is reported at the next switch instead of at the faulting write.
+ * - A stack returned to the pool beyond the warm count has its pages handed
+ *   back with madvise(MADV_DONTNEED): 100,000 tasks parked at once do not stay
+ *   resident after they finish.
+ * - Everything here runs on the scheduler's thread; nothing is shared.
+ */
+#include "coro.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "framework/arch/frame.h"
+
+#if defined(ASYNQ_ASAN)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if defined(ASYNQ_TSAN)
+#include <sanitizer/tsan_interface.h>
+#endif
+
+#define ASYNQI_SLAB 16
+#define CANARY_BYTES 64
+static const uint64_t canary_word = 0xa5f1c0de5afe57acULL;
+
+struct asynqi_slab {
+	struct asynqi_slab *next;
+	void *base;
+	size_t len;
+	asynqi_stack stacks[ASYNQI_SLAB];
+};
+
+static size_t
+page_size(void)
+{
+	static size_t ps;
+	if (ps == 0)
+		ps = (size_t)sysconf(_SC_PAGESIZE);
+	return ps;
+}
+
+static size_t
+default_guard_budget(void)
+{
+	long max_maps = 65530;
+	FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+	if (f != NULL) {
+		if (fscanf(f, "%ld", &max_maps) != 1)
+			max_maps = 65530;
+		fclose(f);
+	}
+	/* Two map entries per guarded stack; leave a quarter of the table to
+	 * the rest of the process and to other schedulers. */
+	return (size_t)(max_maps / 2) * 3 / 4 / 2;
+}
+
+void
+asynqi_stack_pool_init(asynqi_stack_pool *p, size_t stack_size, size_t warm,
+    size_t guarded)
+{
+	size_t ps = page_size();
+	memset(p, 0, sizeof(*p));
+	if (stack_size < 4 * ps)
+		stack_size = 4 * ps;
+	p->stack_size = (stack_size + ps - 1) / ps * ps;
+	p->warm = warm;
+	p->guard_budget = guarded != 0 ? guarded : default_guard_budget();
+}
+
+void
+asynqi_stack_pool_fini(asynqi_stack_pool *p)
+{
+	struct asynqi_slab *s = p->slabs;
+	while (s != NULL) {
+		struct asynqi_slab *next = s->next;
+		for (int i = 0; i < ASYNQI_SLAB; i++) {
+#if defined(ASYNQ_TSAN)
+			if (s->stacks[i].fiber.tsan_fiber != NULL)
+				__tsan_destroy_fiber(s->stacks[i].fiber.tsan_fiber);
+#endif
+		}
+		munmap(s->base, s->len);
+		free(s);
+		s = next;
+	}
+	memset(p, 0, sizeof(*p));
+}
+
+static void
+put_canary(asynqi_stack *s)
+{
+	uint64_t *w = s->lo;
+	for (size_t i = 0; i < CANARY_BYTES / sizeof(*w); i++)
+		w[i] = canary_word;
+}
+
+bool
+asynqi_stack_canary_ok(const asynqi_stack *s)
+{
+	if (s->guarded)
+		return true;
+	const uint64_t *w = s->lo;
+	return w[0] == canary_word && w[CANARY_BYTES / sizeof(*w) - 1] ==
+	    canary_word;
+}
+
+bool
+asynqi_stack_guard_hit(const asynqi_stack *s, const void *addr)
+{
+	const char *a = addr, *lo = s->lo;
+	if (s->guarded)
+		return a >= lo - page_size() && a < lo;
+	return a >= lo - page_size() && a < lo + CANARY_BYTES;
+}
+
+static int
+map_slab(asynqi_stack_pool *p)
+{
+	size_t ps = page_size();
+	size_t each = p->stack_size + ps; /* guard page (or gap) + body */
+	size_t len = each * ASYNQI_SLAB;
+	struct asynqi_slab *slab = calloc(1, sizeof(*slab));
+	if (slab == NULL)
+		return ENOMEM;
+	void *base = mmap(NULL, len, PROT_READ | PROT_WRITE,
+	    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (base == MAP_FAILED) {
+		free(slab);
+		return ENOMEM;
+	}
+	slab->base = base;
+	slab->len = len;
+	for (int i = 0; i < ASYNQI_SLAB; i++) {
+		asynqi_stack *s = &slab->stacks[i];
+		char *guard = (char *)base + (size_t)i * each;
+		s->lo = guard + ps;
+		s->size = p->stack_size;
+		if (p->guard_budget > 0 &&
+		    mprotect(guard, ps, PROT_NONE) == 0) {
+			s->guarded = true;
+			p->guard_budget--;
+			p->guarded++;
+		} else {
+			p->guard_budget = 0;
+			put_canary(s);
+		}
+		s->next = p->idle;
+		p->idle = s;
+		p->n_idle++;
+		p->mapped++;
+	}
+	slab->next = p->slabs;
+	p->slabs = slab;
+	return 0;
+}
+
+asynqi_stack *
+asynqi_stack_get(asynqi_stack_pool *p)
+{
+	if (p->idle == NULL && map_slab(p) != 0)
+		return NULL;
+	asynqi_stack *s = p->idle;
+	p->idle = s->next;
+	p->n_idle--;
+	return s;
+}
+
+void
+asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s)
+{
+	if (p->n_idle >= p->warm) {
+		/* Keep the mapping (and its guard), drop the pages. */
+		madvise(s->lo, s->size, MADV_DONTNEED);
+		if (!s->guarded)
+			put_canary(s);
+	}
+	s->next = p->idle;
+	p->idle = s;
+	p->n_idle++;
+}
+
+#ifdef ASYNQI_UCONTEXT
+
+void
+asynqi_ctx_switch(asynqi_ctx *from, const asynqi_ctx *to)
+{
+	swapcontext(&from->uc, &to->uc);
+}
+
+void
+asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size,
+    void (*entry)(void *), void *arg)
+{
+	getcontext(&ctx->uc);
+	ctx->uc.uc_stack.ss_sp = lo;
+	ctx->uc.uc_stack.ss_size = size;
+	ctx->uc.uc_link = NULL;
+	/* makecontext passes int arguments; split the pointer in two. */
+	uintptr_t a = (uintptr_t)arg;
+	makecontext(&ctx->uc, (void (*)(void))entry, 2,
+	    (unsigned)(a & 0xffffffffu), (unsigned)((uint64_t)a >> 32));
+}
+
+#else
+
+extern void asynqi_ctx_trampoline(void);
+
+void
+asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size,
+    void (*entry)(void *), void *arg)
+{
+	uintptr_t top = ((uintptr_t)lo + size) & ~(uintptr_t)15;
+	struct asynqi_frame *f =
+	    (struct asynqi_frame *)(top - sizeof(struct asynqi_frame));
+	memset(f, 0, sizeof(*f));
+#if defined(__x86_64__)
+	/* After `ret` pops the trampoline address, rsp is 16-byte aligned; the
+	 * trampoline's call then gives entry the ABI's entry alignment. */
+	f->mxcsr = 0x1f80;
+	f->fpucw = 0x037f;
+	f->ret = (uint64_t)(uintptr_t)asynqi_ctx_trampoline;
+#elif defined(__aarch64__)
+	f->x[11] = (uint64_t)(uintptr_t)asynqi_ctx_trampoline; /* x30 */
+	__asm__ volatile("mrs %0, fpcr" : "=r"(f->fpcr));
+#endif
+	ASYNQI_FRAME_ARG(f) = (uint64_t)(uintptr_t)arg;
+	ASYNQI_FRAME_FN(f) = (uint64_t)(uintptr_t)entry;
+	ctx->sp = f;
+}
+
+#endif
+
+void
+asynqi_fiber_init_thread(asynqi_fiber *f)
+{
+	memset(f, 0, sizeof(*f));
+#if defined(ASYNQ_ASAN)
+	pthread_attr_t attr;
+	if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+		void *lo;
+		size_t size;
+		if (pthread_attr_getstack(&attr, &lo, &size) == 0) {
+			f->stack_lo = lo;
+			f->stack_size = size;
+		}
+		pthread_attr_destroy(&attr);
+	}
+#endif
+#if defined(ASYNQ_TSAN)
+	f->tsan_fiber = __tsan_get_current_fiber();
+#endif
+}
+
+void
+asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s)
+{
+	(void)to;
+	(void)s;
+#if defined(ASYNQ_ASAN)
+	if (s != NULL && to->stack_lo == NULL) {
+		to->stack_lo = s->lo;
+		to->stack_size = s->size;
+	}
+#endif
+#if defined(ASYNQ_TSAN)
+	if (s != NULL && to->tsan_fiber == NULL)
+		to->tsan_fiber = __tsan_create_fiber(0);
+#endif
+}
+
+void
+asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
+    asynqi_fiber *to, const asynqi_ctx *to_ctx, bool dying)
+{
+	(void)dying;
+#if defined(ASYNQ_ASAN)
+	__sanitizer_start_switch_fiber(dying ? NULL : &from->asan_fake,
+	    to->stack_lo, to->stack_size);
+#endif
+#if defined(ASYNQ_TSAN)
+	__tsan_switch_to_fiber(to->tsan_fiber, 0);
+#endif
+	(void)to;
+	asynqi_ctx_switch(from_ctx, to_ctx);
+#if defined(ASYNQ_ASAN)
+	__sanitizer_finish_switch_fiber(from->asan_fake, NULL, NULL);
+#endif
+	(void)from;
+}
+
+void
+asynqi_fiber_started(asynqi_fiber *self)
+{
+	(void)self;
+#if defined(ASYNQ_ASAN)
+	__sanitizer_finish_switch_fiber(NULL, NULL, NULL);
+#endif
+}

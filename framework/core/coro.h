@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Coroutine contexts and their stacks (internal). A context is a saved stack
+ * pointer; asynqi_ctx_switch (assembly, framework/arch/<cpu>/switch.S) moves
+ * from one to another. Stacks come from a per-scheduler pool: mmap'd in
+ * slabs, each stack with a guard page below it while the process has mapping
+ * budget for one (vm.max_map_count), else with a canary word checked on every
+ * switch out. Sanitizer fiber hooks are compiled in under ASYNQ_ASAN /
+ * ASYNQ_TSAN.
+ */
+#ifndef ASYNQ_CORE_CORO_H
+#define ASYNQ_CORE_CORO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if !defined(__x86_64__) && !defined(__aarch64__)
+#define ASYNQI_UCONTEXT 1
+#include <ucontext.h>
+#endif
+
+typedef struct asynqi_ctx {
+#ifdef ASYNQI_UCONTEXT
+	ucontext_t uc;
+#else
+	void *sp;
+#endif
+} asynqi_ctx;
+
+/* asynqi_ctx_switch saves the current context in from and runs to. */
+void asynqi_ctx_switch(asynqi_ctx *from, const asynqi_ctx *to);
+
+/* asynqi_ctx_make prepares ctx to run entry(arg) on the stack [lo, lo+size)
+ * the first time it is switched to. entry must never return. */
+void asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size,
+    void (*entry)(void *), void *arg);
+
+/* Sanitizer state of one execution context (a coroutine stack or a
+ * thread's own stack); empty in normal builds. */
+typedef struct asynqi_fiber {
+	void *tsan_fiber;      /* TSan fiber handle */
+	const void *stack_lo;  /* ASan: the stack bounds */
+	size_t stack_size;
+	void *asan_fake;       /* ASan fake-stack save slot */
+} asynqi_fiber;
+
+/* One coroutine stack; tasks take one when they start and give it back when
+ * they finish, so its fiber record is reused with it. */
+typedef struct asynqi_stack {
+	void *lo;       /* lowest usable byte (above the guard page) */
+	size_t size;    /* usable bytes */
+	bool guarded;   /* a PROT_NONE page lies just below lo */
+	struct asynqi_stack *next;
+	asynqi_fiber fiber;
+} asynqi_stack;
+
+typedef struct asynqi_stack_pool {
+	size_t stack_size;  /* usable bytes per stack, page multiple */
+	size_t warm;        /* idle stacks kept resident */
+	size_t guard_budget; /* stacks that may still get a guard page */
+	asynqi_stack *idle; /* LIFO of idle stacks */
+	size_t n_idle;
+	struct asynqi_slab *slabs;
+	uint64_t mapped, guarded;
+} asynqi_stack_pool;
+
+/* asynqi_stack_pool_init prepares a pool; guarded == 0 picks a budget from
+ * vm.max_map_count. */
+void asynqi_stack_pool_init(asynqi_stack_pool *p, size_t stack_size,
+    size_t warm, size_t guarded);
+
+/* asynqi_stack_pool_fini unmaps every slab; all stacks must be idle. */
+void asynqi_stack_pool_fini(asynqi_stack_pool *p);
+
+/* asynqi_stack_get returns an idle stack or maps more; NULL when mapping
+ * fails. */
+asynqi_stack *asynqi_stack_get(asynqi_stack_pool *p);
+
+/* asynqi_stack_put returns a stack to the pool; past the warm count its
+ * pages are given back to the kernel. */
+void asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s);
+
+/* asynqi_stack_canary_ok says whether the canary at the bottom of an
+ * unguarded stack is intact (always true for guarded stacks). */
+bool asynqi_stack_canary_ok(const asynqi_stack *s);
+
+/* asynqi_stack_guard_hit says whether addr lies in s's guard page or canary
+ * area. */
+bool asynqi_stack_guard_hit(const asynqi_stack *s, const void *addr);
+
+/* asynqi_fiber_init_thread describes the calling thread's own stack. */
+void asynqi_fiber_init_thread(asynqi_fiber *f);
+
+/* asynqi_fiber_switch switches from one fiber to another; `dying` says the
+ * current fiber will never run again. */
+void asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
+    asynqi_fiber *to, const asynqi_ctx *to_ctx, bool dying);
+
+/* asynqi_fiber_prepare readies a stack's fiber record before the first
+ * switch to it. */
+void asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s);
+
+/* asynqi_fiber_started is called first thing on a new coroutine. */
+void asynqi_fiber_started(asynqi_fiber *self);
+
+#endif /* ASYNQ_CORE_CORO_H */

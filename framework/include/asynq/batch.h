@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Batch backends. A backend collects the items that tasks ask of it into its
+ * active batch; when every task is blocked the scheduler flushes the pending
+ * batch with the highest priority. A flush either sets every item before it
+ * returns (synchronous) or starts I/O, calls asynq_batch_defer, and later
+ * calls asynq_batch_complete from any thread (asynchronous); the owning
+ * scheduler then finishes the items on its own thread, so waiting tasks never
+ * see another thread's half-written results.
+ *
+ * Rules: a flushed batch takes no new items (the next item starts a new
+ * active batch); flushing twice is an error; items a flush leaves unset fail
+ * with INTERNAL; a failed flush fails every unset item with its status;
+ * cancelling never fails and fails every unset item with CANCELLED.
+ *
+ * A backend object belongs to one scheduler thread (the RPC layer makes one
+ * per worker). Embed asynq_backend and asynq_batch as the first member of
+ * your own structs; their fields are the framework's.
+ */
+#ifndef ASYNQ_BATCH_H
+#define ASYNQ_BATCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "asynq/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct asynq_backend asynq_backend;
+typedef struct asynq_batch asynq_batch;
+
+/* The backend vtable. */
+typedef struct asynq_backend_ops {
+	/* Switch the active batch: return a new empty batch (the framework
+	 * initialises its asynq_batch part), or NULL without memory. */
+	asynq_batch *(*batch_alloc)(asynq_backend *be);
+	/* Compute the items (asynq_batch_item, asynq_item_set_*). Return OK
+	 * when done or deferred; another status fails every unset item. */
+	asynq_status (*flush)(asynq_batch *b);
+	/* Optional: stop I/O of a deferred batch (asynq_batch_complete must
+	 * still be called exactly once). */
+	void (*cancel)(asynq_batch *b);
+	/* Optional: higher flushes first; default is the number of items. */
+	int64_t (*priority)(const asynq_batch *b);
+	/* Free a batch made by batch_alloc, after its items are finished. */
+	void (*batch_free)(asynq_batch *b);
+} asynq_backend_ops;
+
+struct asynq_backend {
+	const asynq_backend_ops *ops;
+	const char *name;       /* for dumps and errors */
+	asynq_batch *active;    /* framework's: the batch new items join */
+	asynq_sched *sched;     /* framework's: owner, set on first item */
+};
+
+struct asynq_batch {
+	/* All fields are the framework's; read them through the functions. */
+	asynq_backend *backend;
+	asynq_sched *sched;
+	asynq_future **items;
+	size_t n_items, cap_items;
+	int state;
+	bool cancelled;
+	asynq_status result;
+	asynq_batch *prev, *next; /* pending list */
+	asynq_batch *post_next;   /* completion queue */
+	uint64_t seq;
+};
+
+/* asynq_backend_init prepares an embedded backend. */
+void asynq_backend_init(asynq_backend *be, const asynq_backend_ops *ops,
+    const char *name);
+
+/* asynq_backend_fini cancels the backend's active batch, if any. Scheduler
+ * thread only. */
+void asynq_backend_fini(asynq_backend *be);
+
+/* asynq_batch_add returns a new item future in be's active batch (starting a
+ * new batch if there is none or it was flushed). key and req are the item's
+ * request, borrowed until the batch is finished. Scheduler thread only. */
+asynq_future *asynq_batch_add(asynq_backend *be, int64_t key, void *req);
+
+/* asynq_batch_size returns the number of items in b. */
+size_t asynq_batch_size(const asynq_batch *b);
+
+/* asynq_batch_item returns item i of b (borrowed); items keep the order in
+ * which they were added. */
+asynq_future *asynq_batch_item(const asynq_batch *b, size_t i);
+
+/* asynq_batch_flush flushes b now (the scheduler does this by itself).
+ * FAILED_PRECONDITION if b was already flushed or cancelled; otherwise the
+ * flush's status. Scheduler thread only. */
+asynq_status asynq_batch_flush(asynq_batch *b);
+
+/* asynq_batch_cancel fails every unset item of b with CANCELLED; never
+ * fails, and does nothing to a finished batch. Scheduler thread only. */
+void asynq_batch_cancel(asynq_batch *b);
+
+/* asynq_batch_defer, called inside flush, says the flush completes later
+ * through asynq_batch_complete. */
+void asynq_batch_defer(asynq_batch *b);
+
+/* asynq_batch_complete finishes a deferred flush: the items set by then keep
+ * their results, the rest fail with `st` (INTERNAL if st is OK). Exactly once
+ * per deferred flush. Any thread: the work is posted to the owning
+ * scheduler, and many completions cost it one wake-up. */
+void asynq_batch_complete(asynq_batch *b, asynq_status st);
+
+/* asynq_item_key returns the key an item was added with. */
+int64_t asynq_item_key(const asynq_future *item);
+
+/* asynq_item_req returns the request pointer an item was added with. */
+void *asynq_item_req(const asynq_future *item);
+
+/* asynq_item_set_i64 sets an item's result. Inside flush, or from the
+ * completing thread of a deferred flush before asynq_batch_complete. A second
+ * result for the same item is ignored and returns FAILED_PRECONDITION. */
+asynq_status asynq_item_set_i64(asynq_future *item, int64_t v);
+
+/* asynq_item_set_ptr sets an item's pointer result; with free_fn, ownership
+ * of p moves to the item (also when FAILED_PRECONDITION is returned: p is
+ * freed then). Same calling rule as asynq_item_set_i64. */
+asynq_status asynq_item_set_ptr(asynq_future *item, void *p,
+    void (*free_fn)(void *));
+
+/* asynq_item_set_error fails an item; ownership of e moves to the item. Same
+ * calling rule as asynq_item_set_i64. */
+asynq_status asynq_item_set_error(asynq_future *item, asynq_error *e);
+
+/* ---- Debug backend (asynq's DebugBatchItem) --------------------------- */
+
+/* A backend whose items resolve to the integer they were made with; counts
+ * its flushes. With `async` set, flush hands the batch to a helper thread
+ * that completes it through asynq_batch_complete. */
+typedef struct asynq_debug_backend {
+	asynq_backend base;
+	bool async;
+	size_t flushes;        /* batches flushed */
+	size_t items_flushed;  /* items over all flushes */
+	size_t last_size;      /* items in the last flush */
+} asynq_debug_backend;
+
+/* asynq_debug_backend_init prepares a debug backend named name. */
+void asynq_debug_backend_init(asynq_debug_backend *d, const char *name,
+    bool async);
+
+/* asynq_debug_backend_fini cancels its active batch; in async mode it waits
+ * for in-flight flushes to be posted. Scheduler thread only. */
+void asynq_debug_backend_fini(asynq_debug_backend *d);
+
+/* asynq_debug_item returns an item of d that resolves to result. */
+asynq_future *asynq_debug_item(asynq_debug_backend *d, int64_t result);
+
+/* asynq_debug_sync awaits one item of the thread's default debug backend:
+ * the task blocks until the next flush (asynq's debug.sync()). Task only. */
+asynq_status asynq_debug_sync(asynq_task *t);
+
+/* asynq_debug_default returns the thread's default debug backend. */
+asynq_debug_backend *asynq_debug_default(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ASYNQ_BATCH_H */

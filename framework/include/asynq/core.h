@@ -1,0 +1,245 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Tasks, futures and the per-thread scheduler: asynq's programming model in
+ * C. A task is a stackful coroutine that may await futures from any depth of
+ * ordinary C calls. A future holds a value or an error and is computed exactly
+ * once. Each thread has its own scheduler (made on first use): it runs
+ * runnable tasks depth-first and, when every task is blocked, flushes the
+ * pending batch with the highest priority, so loops of lookups written one by
+ * one go out as one batch.
+ *
+ * Ownership: every function that returns a future hands the caller one
+ * reference; drop it with asynq_future_rele. A function that returns a future
+ * never returns NULL except when memory is exhausted, and NULL may be passed
+ * anywhere a future is expected: it behaves as a future failed with
+ * RESOURCE_EXHAUSTED. Futures, tasks and batches belong to the thread that
+ * made them; only the calls marked "any thread" may be made from elsewhere.
+ */
+#ifndef ASYNQ_CORE_H
+#define ASYNQ_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "asynq/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct asynq_future asynq_future;
+typedef struct asynq_task asynq_task;
+typedef struct asynq_sched asynq_sched;
+
+/* A task body. It returns ASYNQ_OK after setting its value with one of the
+ * asynq_return_* calls (a task that sets none has the value 0/NULL), or an
+ * error status, usually through asynq_fail or ASYNQ_TRY. */
+typedef asynq_status (*asynq_task_fn)(asynq_task *t, void *arg);
+
+/* Scheduler settings; zero fields take the default. */
+typedef struct asynq_sched_cfg {
+	size_t stack_size;      /* bytes per coroutine stack; default 64 KiB */
+	size_t max_depth;       /* task nesting limit; default 20,000 */
+	size_t warm_stacks;     /* idle stacks kept resident; default 64 */
+	size_t guarded_stacks;  /* stacks with a guard page; default from
+	                           vm.max_map_count, the rest get a canary */
+	/* Called on the scheduler thread with errors nobody awaits (a failing
+	 * on-done callback, a context failing outside any task); default prints
+	 * the traceback to stderr. The error is borrowed. */
+	void (*on_error)(const asynq_error *e, void *arg);
+	void *on_error_arg;
+} asynq_sched_cfg;
+
+/* Counters of one scheduler, for tests, benchmarks and logs. */
+typedef struct asynq_sched_stats {
+	uint64_t tasks_spawned;     /* tasks created */
+	uint64_t tasks_started;     /* tasks that began running */
+	uint64_t tasks_live;        /* tasks not yet freed */
+	uint64_t switches;          /* coroutine switches */
+	uint64_t flushes;           /* batch flushes started */
+	uint64_t async_flushes;     /* of which completed from a completion */
+	uint64_t batches_cancelled; /* batches cancelled */
+	uint64_t callback_failures; /* on-done callbacks that failed */
+	uint64_t context_failures;  /* context pause/resume failures */
+	uint64_t sleeps;            /* times the scheduler slept for I/O */
+	uint64_t stacks_mapped;     /* coroutine stacks ever mapped */
+	uint64_t stacks_guarded;    /* of which with a guard page */
+	uint64_t stacks_idle;       /* stacks in the pool now */
+} asynq_sched_stats;
+
+/* asynq_thread_init makes the calling thread's scheduler with cfg (NULL for
+ * defaults). FAILED_PRECONDITION if the thread already has one,
+ * RESOURCE_EXHAUSTED without memory. Calling it is optional: the first asynq
+ * call on a thread makes a default scheduler. Any thread, for itself. */
+asynq_status asynq_thread_init(const asynq_sched_cfg *cfg);
+
+/* asynq_thread_fini frees the calling thread's scheduler: unflushed batches
+ * are cancelled and tasks still referenced are left failed with CANCELLED.
+ * Safe to call without a scheduler. Not from inside a task. */
+void asynq_thread_fini(void);
+
+/* asynq_sched_current returns the calling thread's scheduler, making a
+ * default one if needed (NULL without memory). Any thread, for itself. */
+asynq_sched *asynq_sched_current(void);
+
+/* asynq_sched_stats_get copies the calling thread's scheduler counters. */
+void asynq_sched_stats_get(asynq_sched_stats *out);
+
+/* ---- Futures -------------------------------------------------------- */
+
+/* asynq_const_i64 returns a future already computed with an integer. */
+asynq_future *asynq_const_i64(int64_t v);
+
+/* asynq_const_ptr returns a computed future holding p. If free_fn is not
+ * NULL, ownership of p moves to the future, which calls free_fn(p) when it is
+ * freed (unless the value was taken with asynq_future_take). */
+asynq_future *asynq_const_ptr(void *p, void (*free_fn)(void *));
+
+/* asynq_const_error returns a future failed with e; ownership of e moves to
+ * the future. */
+asynq_future *asynq_const_error(asynq_error *e);
+
+/* asynq_future_hold takes another reference and returns f. */
+asynq_future *asynq_future_hold(asynq_future *f);
+
+/* asynq_future_rele drops a reference; NULL is ignored. A pending task whose
+ * last reference is dropped still runs to completion if something awaits it,
+ * and is freed when it finishes. Scheduler thread only. */
+void asynq_future_rele(asynq_future *f);
+
+/* asynq_future_rele_n drops one reference on each of fs[0..n). */
+void asynq_future_rele_n(asynq_future *const *fs, size_t n);
+
+/* asynq_future_done says whether f is computed (true for NULL). */
+bool asynq_future_done(const asynq_future *f);
+
+/* asynq_future_status returns OK for a value, the error's code for an error,
+ * and UNAVAILABLE while f is pending. */
+asynq_status asynq_future_status(const asynq_future *f);
+
+/* asynq_future_error returns the error of a failed future, borrowed from f,
+ * or NULL for a value or a pending future. */
+asynq_error *asynq_future_error(const asynq_future *f);
+
+/* asynq_future_i64 returns the integer value (0 unless computed with one). */
+int64_t asynq_future_i64(const asynq_future *f);
+
+/* asynq_future_ptr returns the pointer value, borrowed from f. */
+void *asynq_future_ptr(const asynq_future *f);
+
+/* asynq_future_take moves the pointer value out: the caller owns it and the
+ * future no longer frees it. NULL if f has no pointer value. */
+void *asynq_future_take(asynq_future *f);
+
+/* A callback run once when a future is computed. A non-OK return is reported
+ * through the scheduler's on_error hook; the other callbacks still run. */
+typedef asynq_status (*asynq_done_fn)(asynq_future *f, void *arg);
+
+/* asynq_future_on_done registers fn to run when f is computed, in
+ * registration order; if f is already computed fn runs now. Returns
+ * RESOURCE_EXHAUSTED without memory, and then fn never runs. Scheduler
+ * thread only. */
+asynq_status asynq_future_on_done(asynq_future *f, asynq_done_fn fn, void *arg);
+
+/* ---- Tasks ----------------------------------------------------------- */
+
+/* asynq_spawn returns a task future that will run fn(t, arg). Tasks are lazy:
+ * nothing runs until the future is awaited or waited on. The name and
+ * file:line of the call are recorded for asynq stacks. Past the depth limit
+ * the future is failed with RESOURCE_EXHAUSTED. Scheduler thread only. */
+#define asynq_spawn(fn, arg) asynq_spawn_at((fn), (arg), #fn, __FILE__, __LINE__)
+
+/* asynq_spawn_at is asynq_spawn with an explicit name and location. */
+asynq_future *asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
+    const char *file, int line);
+
+/* asynq_await suspends task t until f is computed and returns f's status;
+ * on error t's last error (asynq_task_error) is set to f's error. Awaiting
+ * from any depth of C calls inside t is allowed. Task only (may suspend). */
+asynq_status asynq_await(asynq_task *t, asynq_future *f);
+
+/* asynq_await_all suspends t until every fs[i] is computed (asynq's
+ * `yield [a, b, c]`): not-yet-started tasks among them start in array order.
+ * Returns OK when all succeeded, else the status of the first failed future in
+ * array order (whose error becomes t's last error); every future keeps its own
+ * value or error. Task only (may suspend). */
+asynq_status asynq_await_all(asynq_task *t, asynq_future *const *fs, size_t n);
+
+/* asynq_wait runs the scheduler until f is computed and returns its status:
+ * from outside any task it drives everything; from inside a task it runs the
+ * subtree synchronously and the calling task is the current task again when
+ * it returns. Scheduler thread only. */
+asynq_status asynq_wait(asynq_future *f);
+
+/* asynq_wait_all is asynq_wait for several futures, with asynq_await_all's
+ * status rule. Scheduler thread only. */
+asynq_status asynq_wait_all(asynq_future *const *fs, size_t n);
+
+/* asynq_return_i64 sets t's value to v and returns ASYNQ_OK, so a task body
+ * can end (early, too) with `return asynq_return_i64(t, v);`. */
+asynq_status asynq_return_i64(asynq_task *t, int64_t v);
+
+/* asynq_return_ptr sets t's value to p; with free_fn, ownership of p moves
+ * to the task's future. A value set earlier is freed. Returns ASYNQ_OK. */
+asynq_status asynq_return_ptr(asynq_task *t, void *p, void (*free_fn)(void *));
+
+/* asynq_fail makes an error (capturing t's asynq stack), makes it t's last
+ * error and returns code, so a task body can end with
+ * `return asynq_fail(t, ASYNQ_NOT_FOUND, "no user %d", id);`. */
+asynq_status asynq_fail(asynq_task *t, asynq_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* asynq_fail_with makes e t's last error (ownership moves) and returns its
+ * code. */
+asynq_status asynq_fail_with(asynq_task *t, asynq_error *e);
+
+/* ASYNQ_TRY returns from the enclosing task body (or any function returning
+ * asynq_status) when expr is not OK; the error travels as t's last error. */
+#define ASYNQ_TRY(expr)                                                        \
+	do {                                                                   \
+		asynq_status asynq_try_status_ = (expr);                       \
+		if (asynq_try_status_ != ASYNQ_OK)                             \
+			return asynq_try_status_;                              \
+	} while (0)
+
+/* asynq_task_error returns t's last error, borrowed, or NULL. */
+asynq_error *asynq_task_error(const asynq_task *t);
+
+/* asynq_task_current returns the running task of the calling thread, or NULL
+ * outside tasks. */
+asynq_task *asynq_task_current(void);
+
+/* asynq_task_future returns t as a future (borrowed). */
+asynq_future *asynq_task_future(asynq_task *t);
+
+/* asynq_future_task returns the task behind f, or NULL if f is not a task. */
+asynq_task *asynq_future_task(asynq_future *f);
+
+/* asynq_task_name returns the function name the task was spawned with. */
+const char *asynq_task_name(const asynq_task *t);
+
+/* asynq_task_depth returns how many creator tasks t has (0 for a task
+ * spawned outside any task). */
+size_t asynq_task_depth(const asynq_task *t);
+
+/* asynq_task_dependencies returns how many futures t is blocked on now; it is
+ * 0 whenever t runs, since dependencies are cleared on every resume. */
+size_t asynq_task_dependencies(const asynq_task *t);
+
+/* ---- Debugging ------------------------------------------------------- */
+
+/* asynq_dump_stack prints the asynq stack (creator chain, innermost last) of
+ * the current task to f. */
+void asynq_dump_stack(FILE *f);
+
+/* asynq_dump_sched prints the calling thread's scheduler state: live tasks
+ * with their state and dependencies, pending and in-flight batches. */
+void asynq_dump_sched(FILE *f);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ASYNQ_CORE_H */
