@@ -64,7 +64,8 @@ struct asynq_batch {
 	asynq_future **items;
 	size_t n_items, cap_items;
 	int state;
-	bool cancelled;
+	bool cancelled, deferred;
+	uint32_t refs;            /* one per live item */
 	asynq_status result;
 	asynq_batch *prev, *next; /* pending list */
 	asynq_batch *post_next;   /* completion queue */
@@ -109,6 +110,10 @@ void asynq_batch_defer(asynq_batch *b);
  * per deferred flush. Any thread: the work is posted to the owning
  * scheduler, and many completions cost it one wake-up. */
 void asynq_batch_complete(asynq_batch *b, asynq_status st);
+
+/* asynq_item_batch returns the batch an item belongs to, borrowed from the
+ * item (a batch lives as long as any of its items). */
+asynq_batch *asynq_item_batch(const asynq_future *item);
 
 /* asynq_item_key returns the key an item was added with. */
 int64_t asynq_item_key(const asynq_future *item);

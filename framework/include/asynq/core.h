@@ -110,7 +110,7 @@ asynq_future *asynq_future_hold(asynq_future *f);
 void asynq_future_rele(asynq_future *f);
 
 /* asynq_future_rele_n drops one reference on each of fs[0..n). */
-void asynq_future_rele_n(asynq_future *const *fs, size_t n);
+void asynq_future_rele_n(asynq_future **fs, size_t n);
 
 /* asynq_future_done says whether f is computed (true for NULL). */
 bool asynq_future_done(const asynq_future *f);
@@ -165,7 +165,7 @@ asynq_status asynq_await(asynq_task *t, asynq_future *f);
  * Returns OK when all succeeded, else the status of the first failed future in
  * array order (whose error becomes t's last error); every future keeps its own
  * value or error. Task only (may suspend). */
-asynq_status asynq_await_all(asynq_task *t, asynq_future *const *fs, size_t n);
+asynq_status asynq_await_all(asynq_task *t, asynq_future **fs, size_t n);
 
 /* asynq_wait runs the scheduler until f is computed and returns its status:
  * from outside any task it drives everything; from inside a task it runs the
@@ -175,7 +175,7 @@ asynq_status asynq_wait(asynq_future *f);
 
 /* asynq_wait_all is asynq_wait for several futures, with asynq_await_all's
  * status rule. Scheduler thread only. */
-asynq_status asynq_wait_all(asynq_future *const *fs, size_t n);
+asynq_status asynq_wait_all(asynq_future **fs, size_t n);
 
 /* asynq_return_i64 sets t's value to v and returns ASYNQ_OK, so a task body
  * can end (early, too) with `return asynq_return_i64(t, v);`. */

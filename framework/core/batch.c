@@ -1,0 +1,369 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Batches: items joining a backend's active batch, picking and flushing the
+ * best pending batch, finishing items, cancelling, and the cross-thread
+ * completion queue of deferred flushes.
+ *
+ * Design notes:
+ * - A batch is pending (linked in the scheduler's list) from its first item
+ *   until it is flushed or cancelled. Flushing takes it off the backend, so
+ *   the next item starts a new batch.
+ * - Items store a result (`has_result`) during the flush, from any thread for
+ *   a deferred one; they are marked computed and their waiters woken only on
+ *   the scheduler thread, in asynqi_batch_finish. The completion queue's mutex
+ *   orders the completing thread's writes before the scheduler's reads.
+ * - The poster signals the condition variable only when the scheduler sleeps
+ *   and clears the flag as it does, so a burst of completions costs one
+ *   wake-up.
+ * - Each item holds a reference on its batch; the backend's batch_free runs
+ *   when the batch is finished and its last item is gone.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+void
+asynq_backend_init(asynq_backend *be, const asynq_backend_ops *ops,
+    const char *name)
+{
+	memset(be, 0, sizeof(*be));
+	be->ops = ops;
+	be->name = name != NULL ? name : "backend";
+}
+
+void
+asynq_backend_fini(asynq_backend *be)
+{
+	if (be->active != NULL)
+		asynq_batch_cancel(be->active);
+	be->active = NULL;
+}
+
+static void
+pending_unlink(asynq_sched *s, asynq_batch *b)
+{
+	if (b->prev != NULL)
+		b->prev->next = b->next;
+	else if (s->pending == b)
+		s->pending = b->next;
+	if (b->next != NULL)
+		b->next->prev = b->prev;
+	b->prev = b->next = NULL;
+}
+
+static void
+batch_maybe_free(asynq_batch *b)
+{
+	if (b->refs == 0 && b->state == BATCH_DONE)
+		b->backend->ops->batch_free(b);
+}
+
+void
+asynqi_batch_item_freed(asynq_future *item)
+{
+	asynq_batch *b = item->batch;
+	b->refs--;
+	batch_maybe_free(b);
+}
+
+static asynq_batch *
+batch_new(asynq_sched *s, asynq_backend *be)
+{
+	asynq_batch *b = be->ops->batch_alloc(be);
+	if (b == NULL)
+		return NULL;
+	memset(b, 0, sizeof(*b));
+	b->backend = be;
+	b->sched = s;
+	b->state = BATCH_OPEN;
+	b->seq = ++s->batch_seq;
+	return b;
+}
+
+asynq_future *
+asynq_batch_add(asynq_backend *be, int64_t key, void *req)
+{
+	asynq_sched *s = asynqi_sched_get();
+	if (s == NULL)
+		return NULL;
+	if (be->sched == NULL)
+		be->sched = s;
+	asynq_batch *b = be->active;
+	if (b == NULL || b->state != BATCH_OPEN) {
+		b = batch_new(s, be);
+		if (b == NULL)
+			return NULL;
+		be->active = b;
+	}
+	if (b->n_items == b->cap_items) {
+		size_t cap = b->cap_items != 0 ? b->cap_items * 2 : 16;
+		asynq_future **items = realloc(b->items, cap * sizeof(*items));
+		if (items == NULL)
+			return NULL;
+		b->items = items;
+		b->cap_items = cap;
+	}
+	asynq_future *f = asynqi_future_alloc(s, FUT_ITEM);
+	if (f == NULL)
+		return NULL;
+	f->refs = 2; /* the caller's and the batch's */
+	f->batch = b;
+	f->key = key;
+	f->req = req;
+	b->items[b->n_items++] = f;
+	b->refs++;
+	if (b->n_items == 1) {
+		b->next = s->pending;
+		if (s->pending != NULL)
+			s->pending->prev = b;
+		s->pending = b;
+	}
+	return f;
+}
+
+size_t
+asynq_batch_size(const asynq_batch *b)
+{
+	return b->n_items;
+}
+
+asynq_future *
+asynq_batch_item(const asynq_batch *b, size_t i)
+{
+	return i < b->n_items ? b->items[i] : NULL;
+}
+
+asynq_batch *
+asynq_item_batch(const asynq_future *item)
+{
+	return item != NULL && item->kind == FUT_ITEM ? item->batch : NULL;
+}
+
+int64_t
+asynq_item_key(const asynq_future *item)
+{
+	return item->key;
+}
+
+void *
+asynq_item_req(const asynq_future *item)
+{
+	return item->req;
+}
+
+static asynq_status
+item_claim(asynq_future *item)
+{
+	if (item == NULL || item->kind != FUT_ITEM || item->has_result ||
+	    item->done)
+		return ASYNQ_FAILED_PRECONDITION;
+	item->has_result = true;
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynq_item_set_i64(asynq_future *item, int64_t v)
+{
+	asynq_status st = item_claim(item);
+	if (st != ASYNQ_OK)
+		return st;
+	item->status = ASYNQ_OK;
+	item->vkind = VAL_I64;
+	item->v.i = v;
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynq_item_set_ptr(asynq_future *item, void *p, void (*free_fn)(void *))
+{
+	asynq_status st = item_claim(item);
+	if (st != ASYNQ_OK) {
+		if (free_fn != NULL)
+			free_fn(p);
+		return st;
+	}
+	item->status = ASYNQ_OK;
+	item->vkind = VAL_PTR;
+	item->v.p = p;
+	item->vfree = free_fn;
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynq_item_set_error(asynq_future *item, asynq_error *e)
+{
+	asynq_status st = item_claim(item);
+	if (st != ASYNQ_OK) {
+		asynq_error_rele(e);
+		return st;
+	}
+	item->status = asynq_error_code(e);
+	if (item->status == ASYNQ_OK)
+		item->status = ASYNQ_UNKNOWN;
+	item->error = e;
+	return ASYNQ_OK;
+}
+
+asynq_batch *
+asynqi_best_batch(asynq_sched *s)
+{
+	asynq_batch *best = NULL;
+	int64_t best_prio = 0;
+	for (asynq_batch *b = s->pending; b != NULL; b = b->next) {
+		int64_t prio = b->backend->ops->priority != NULL
+		    ? b->backend->ops->priority(b)
+		    : (int64_t)b->n_items;
+		/* Ties go to the older batch. */
+		if (best == NULL || prio > best_prio ||
+		    (prio == best_prio && b->seq < best->seq)) {
+			best = b;
+			best_prio = prio;
+		}
+	}
+	return best;
+}
+
+void
+asynqi_batch_finish(asynq_sched *s, asynq_batch *b)
+{
+	asynq_status fill = b->cancelled ? ASYNQ_CANCELLED : b->result;
+	b->state = BATCH_DONE;
+	/* The items keep the batch alive through this loop. */
+	b->refs++;
+	for (size_t i = 0; i < b->n_items; i++) {
+		asynq_future *f = b->items[i];
+		if (!f->has_result) {
+			const char *name = b->backend->name;
+			if (b->cancelled) {
+				f->error = asynq_error_alloc(ASYNQ_CANCELLED,
+				    "batch of %s was cancelled", name);
+			} else if (fill != ASYNQ_OK) {
+				f->error = asynq_error_alloc(fill,
+				    "flush of %s failed: %s", name,
+				    asynq_strerror(fill));
+			} else {
+				f->error = asynq_error_alloc(ASYNQ_INTERNAL,
+				    "flush of %s left the item unset", name);
+			}
+			f->status = fill != ASYNQ_OK ? fill : ASYNQ_INTERNAL;
+		}
+		f->has_result = false;
+		asynqi_future_complete(s, f);
+	}
+	for (size_t i = 0; i < b->n_items; i++)
+		asynq_future_rele(b->items[i]);
+	b->refs--;
+	batch_maybe_free(b);
+}
+
+static void
+detach(asynq_sched *s, asynq_batch *b)
+{
+	pending_unlink(s, b);
+	if (b->backend->active == b)
+		b->backend->active = NULL;
+}
+
+void
+asynqi_batch_run_flush(asynq_sched *s, asynq_batch *b)
+{
+	detach(s, b);
+	b->state = BATCH_FLUSHING;
+	s->stats.flushes++;
+	asynq_status st = b->backend->ops->flush(b);
+	if (b->deferred && st == ASYNQ_OK) {
+		b->state = BATCH_INFLIGHT;
+		s->n_inflight++;
+		return;
+	}
+	b->result = st;
+	asynqi_batch_finish(s, b);
+}
+
+asynq_status
+asynq_batch_flush(asynq_batch *b)
+{
+	if (b->state != BATCH_OPEN)
+		return ASYNQ_FAILED_PRECONDITION;
+	asynq_sched *s = b->sched;
+	asynqi_batch_run_flush(s, b);
+	return b->state == BATCH_INFLIGHT ? ASYNQ_OK : b->result;
+}
+
+void
+asynq_batch_cancel(asynq_batch *b)
+{
+	asynq_sched *s = b->sched;
+	switch (b->state) {
+	case BATCH_OPEN:
+		detach(s, b);
+		b->cancelled = true;
+		s->stats.batches_cancelled++;
+		asynqi_batch_finish(s, b);
+		break;
+	case BATCH_INFLIGHT:
+		if (!b->cancelled) {
+			b->cancelled = true;
+			s->stats.batches_cancelled++;
+			if (b->backend->ops->cancel != NULL)
+				b->backend->ops->cancel(b);
+		}
+		break;
+	default:
+		break;
+	}
+}
+
+void
+asynq_batch_defer(asynq_batch *b)
+{
+	b->deferred = true;
+}
+
+void
+asynq_batch_complete(asynq_batch *b, asynq_status st)
+{
+	asynq_sched *s = b->sched;
+	pthread_mutex_lock(&s->mu);
+	b->result = st;
+	b->post_next = s->posted;
+	s->posted = b;
+	atomic_store_explicit(&s->has_posted, 1, memory_order_relaxed);
+	if (s->sleeping) {
+		s->sleeping = false;
+		pthread_cond_signal(&s->cv);
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+void
+asynqi_process_posted(asynq_sched *s, bool block)
+{
+	pthread_mutex_lock(&s->mu);
+	while (block && s->posted == NULL) {
+		s->sleeping = true;
+		pthread_cond_wait(&s->cv, &s->mu);
+	}
+	s->sleeping = false;
+	asynq_batch *list = s->posted;
+	s->posted = NULL;
+	atomic_store_explicit(&s->has_posted, 0, memory_order_relaxed);
+	pthread_mutex_unlock(&s->mu);
+	/* Posted newest first; finish in completion order. */
+	asynq_batch *rev = NULL;
+	while (list != NULL) {
+		asynq_batch *next = list->post_next;
+		list->post_next = rev;
+		rev = list;
+		list = next;
+	}
+	while (rev != NULL) {
+		asynq_batch *b = rev;
+		rev = b->post_next;
+		b->post_next = NULL;
+		s->n_inflight--;
+		s->stats.async_flushes++;
+		asynqi_batch_finish(s, b);
+	}
+}

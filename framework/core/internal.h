@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internal structures of the core: futures, tasks, the scheduler. Only
+ * framework/core includes this header.
+ */
+#ifndef ASYNQ_CORE_INTERNAL_H
+#define ASYNQ_CORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "asynq/asynq.h"
+#include "coro.h"
+
+enum fut_kind { FUT_CONST, FUT_TASK, FUT_ITEM };
+enum val_kind { VAL_NONE, VAL_I64, VAL_PTR };
+enum task_state {
+	TASK_CREATED, /* spawned, never run */
+	TASK_READY,   /* in the ready queue */
+	TASK_RUNNING, /* on the CPU (or running a nested wait) */
+	TASK_BLOCKED, /* awaiting futures */
+	TASK_DONE,
+};
+enum batch_state { BATCH_OPEN, BATCH_FLUSHING, BATCH_INFLIGHT, BATCH_DONE };
+
+typedef struct waiter_node {
+	asynq_task *task;
+	struct waiter_node *next;
+} waiter_node;
+
+typedef struct cb_node {
+	asynq_done_fn fn;
+	void *arg;
+	struct cb_node *next;
+} cb_node;
+
+struct asynq_future {
+	uint32_t refs;
+	uint8_t kind;       /* enum fut_kind */
+	uint8_t vkind;      /* enum val_kind */
+	bool done;
+	bool has_result;    /* items: a result was set, not yet finished */
+	asynq_status status;
+	union {
+		int64_t i;
+		void *p;
+	} v;
+	void (*vfree)(void *);
+	asynq_error *error;
+	asynq_task *waiter;        /* first waiter, inline */
+	waiter_node *more_waiters; /* the rest */
+	cb_node *cbs;
+	asynq_sched *sched;
+	/* Batch items only. */
+	asynq_batch *batch;
+	int64_t key;
+	void *req;
+};
+
+typedef struct scoped_entry {
+	const asynq_scoped *key;
+	void *value;
+	struct scoped_entry *prev;
+} scoped_entry;
+
+struct asynq_task {
+	asynq_future fut; /* first: a task is a future */
+	asynq_task_fn fn;
+	void *arg;
+	const char *name;
+	const char *file;
+	int line;
+	int state; /* enum task_state */
+	size_t depth;
+	asynq_task *creator; /* held */
+	asynqi_ctx ctx;
+	asynqi_stack *stack;
+	size_t pending;             /* dependencies not yet computed */
+	asynq_future **deps;  /* what it awaits now */
+	size_t n_deps;
+	asynq_task *q_prev, *q_next;     /* ready queue */
+	asynq_task *all_prev, *all_next; /* live tasks */
+	asynq_context *contexts;         /* innermost entered */
+	asynq_error *ctx_error;          /* first context failure, unreported */
+	scoped_entry *scoped;
+	int nonsusp;
+	const char *nonsusp_file;
+	int nonsusp_line;
+	asynq_error *last_error;
+};
+
+/* A running scheduler loop (asynq_wait); nested waits stack them. */
+typedef struct sched_loop {
+	asynqi_ctx ctx;
+	asynqi_fiber *fiber;
+	asynq_future *target;
+	struct sched_loop *prev;
+} sched_loop;
+
+struct asynq_sched {
+	asynq_sched_cfg cfg;
+	asynqi_stack_pool pool;
+	asynqi_fiber thread_fiber;
+	sched_loop *loop;
+	asynq_task *current;
+	asynq_task *dead;           /* finished task whose stack to free */
+	asynq_task *ready_head, *ready_tail;
+	asynq_task *all_tasks;
+	asynq_batch *pending;       /* open batches with items */
+	size_t n_inflight;          /* deferred flushes outstanding */
+	uint64_t batch_seq;
+	size_t ctx_in_tasks;        /* contexts entered inside tasks */
+	asynq_context *thread_contexts;
+	scoped_entry *thread_scoped;
+	asynq_task *free_tasks;     /* freelist */
+	asynq_sched_stats stats;
+	asynq_debug_backend debug;
+	/* Completion queue, written by any thread. */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	asynq_batch *posted;
+	_Atomic(int) has_posted;
+	bool sleeping;
+	void *altstack;
+};
+
+/* The calling thread's scheduler, or NULL if it has none yet. */
+extern _Thread_local asynq_sched *asynqi_tls_sched;
+
+/* asynqi_sched_get returns the thread's scheduler, making it on first use. */
+asynq_sched *asynqi_sched_get(void);
+
+/* asynqi_future_complete marks f computed and wakes its waiters and
+ * callbacks; the result must already be stored. */
+void asynqi_future_complete(asynq_sched *s, asynq_future *f);
+
+/* asynqi_future_alloc returns a zeroed future with one reference. */
+asynq_future *asynqi_future_alloc(asynq_sched *s, int kind);
+
+/* asynqi_report sends an error nobody awaits to the on_error hook; the error
+ * is borrowed. */
+void asynqi_report(asynq_sched *s, const asynq_error *e);
+
+/* Batches: flushing, finishing, cancelling at scheduler teardown. */
+asynq_batch *asynqi_best_batch(asynq_sched *s);
+void asynqi_batch_run_flush(asynq_sched *s, asynq_batch *b);
+void asynqi_batch_finish(asynq_sched *s, asynq_batch *b);
+void asynqi_batch_item_freed(asynq_future *item);
+void asynqi_process_posted(asynq_sched *s, bool block);
+
+/* Contexts: called by the scheduler around switches. */
+void asynqi_ctx_pause_chain(asynq_sched *s, asynq_task *t);
+void asynqi_ctx_resume_chain(asynq_sched *s, asynq_task *t);
+void asynqi_task_contexts_end(asynq_sched *s, asynq_task *t);
+
+/* Error capture of a task's creator chain. */
+asynq_error *asynqi_error_make(asynq_task *t, asynq_status code,
+    asynq_error *cause, const char *fmt, va_list ap);
+asynq_error *asynqi_error_makef(asynq_task *t, asynq_status code,
+    asynq_error *cause, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Debug dumps, bounded to `max_tasks` tasks. */
+void asynqi_dump_sched(asynq_sched *s, FILE *f, size_t max_tasks);
+
+/* Debug backend setup for a scheduler. */
+void asynqi_debug_init(asynq_sched *s);
+void asynqi_debug_fini(asynq_sched *s);
+
+#endif /* ASYNQ_CORE_INTERNAL_H */

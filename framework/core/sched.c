@@ -1,0 +1,1145 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The per-thread scheduler, tasks and futures: spawning, awaiting, the wait
+ * loop that runs tasks depth-first and flushes batches when every task is
+ * blocked, and the hand-off between coroutines.
+ *
+ * Design notes:
+ * - One scheduler per thread, reached through a thread-local pointer; no
+ *   state is shared between threads except the completion queue (batch.c).
+ * - A task is a future (its first member). The scheduler holds one reference
+ *   on every task that has started and drops it when the task finishes, so a
+ *   running or blocked task never disappears under the scheduler.
+ * - Tasks hand the CPU directly to the next ready task when they block or
+ *   finish; they fall back to the wait loop's context (the thread's stack, or
+ *   the stack of the task that called asynq_wait) when nothing is ready or
+ *   the loop's target is computed. A finished task cannot free the stack it
+ *   runs on, so it leaves itself in `dead` and whoever runs next frees it.
+ * - Ready queue: tasks woken or started go to the front, so execution is
+ *   depth-first like asynq's; children awaited together start in array
+ *   order.
+ * - Stacks are taken when a task first runs and given back when it finishes:
+ *   a task that never suspends reuses a warm stack from the pool.
+ * - Overflow: a guard page hit is caught by a SIGSEGV handler on an
+ *   alternate stack that names the task; an unguarded stack's canary is
+ *   checked on each switch out.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+_Thread_local asynq_sched *asynqi_tls_sched;
+
+#if defined(ASYNQ_ASAN) || defined(ASYNQ_TSAN)
+#define USE_FREELIST 0
+#define USE_SEGV_HANDLER 0
+#else
+#define USE_FREELIST 1
+#define USE_SEGV_HANDLER 1
+#endif
+
+/* ---- Overflow reporting -------------------------------------------- */
+
+#if USE_SEGV_HANDLER
+static struct sigaction old_segv;
+static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
+
+static void
+write_str(const char *s)
+{
+	ssize_t r = write(STDERR_FILENO, s, strlen(s));
+	(void)r;
+}
+
+static void
+segv_handler(int sig, siginfo_t *si, void *uc)
+{
+	asynq_sched *s = asynqi_tls_sched;
+	asynq_task *t = s != NULL ? s->current : NULL;
+	if (t != NULL && t->stack != NULL &&
+	    asynqi_stack_guard_hit(t->stack, si->si_addr)) {
+		char line[32];
+		write_str("asynq: stack overflow in task ");
+		write_str(t->name);
+		write_str(", spawned at ");
+		write_str(t->file);
+		snprintf(line, sizeof(line), ":%d", t->line);
+		write_str(line);
+		write_str(" (the task's stack hit its guard page; raise "
+		          "asynq_sched_cfg.stack_size)\n");
+		for (asynq_task *c = t->creator; c != NULL; c = c->creator) {
+			write_str("  created by task ");
+			write_str(c->name);
+			write_str("\n");
+		}
+	}
+	/* Hand over to whoever handled SIGSEGV before (or the default). */
+	if (old_segv.sa_flags & SA_SIGINFO) {
+		if (old_segv.sa_sigaction != NULL) {
+			old_segv.sa_sigaction(sig, si, uc);
+			return;
+		}
+	} else if (old_segv.sa_handler != SIG_DFL &&
+	    old_segv.sa_handler != SIG_IGN) {
+		old_segv.sa_handler(sig);
+		return;
+	}
+	signal(SIGSEGV, SIG_DFL);
+	raise(SIGSEGV);
+}
+
+static void
+install_segv(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = segv_handler;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGSEGV, &sa, &old_segv);
+}
+#endif
+
+static void
+canary_check(asynq_task *t)
+{
+	if (t->stack != NULL && !asynqi_stack_canary_ok(t->stack)) {
+		fprintf(stderr,
+		    "asynq: stack overflow in task %s, spawned at %s:%d (its "
+		    "stack canary was overwritten; raise "
+		    "asynq_sched_cfg.stack_size)\n",
+		    t->name, t->file, t->line);
+		abort();
+	}
+}
+
+/* ---- Scheduler lifecycle ------------------------------------------- */
+
+static void
+default_on_error(const asynq_error *e, void *arg)
+{
+	(void)arg;
+	fputs("asynq: unhandled error\n", stderr);
+	asynq_error_print(e, stderr);
+}
+
+asynq_status
+asynq_thread_init(const asynq_sched_cfg *cfg)
+{
+	if (asynqi_tls_sched != NULL)
+		return ASYNQ_FAILED_PRECONDITION;
+	asynq_sched *s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	if (cfg != NULL)
+		s->cfg = *cfg;
+	if (s->cfg.stack_size == 0)
+		s->cfg.stack_size = 64 * 1024;
+	if (s->cfg.max_depth == 0)
+		s->cfg.max_depth = 20000;
+	if (s->cfg.warm_stacks == 0)
+		s->cfg.warm_stacks = 64;
+	if (s->cfg.on_error == NULL)
+		s->cfg.on_error = default_on_error;
+	if (pthread_mutex_init(&s->mu, NULL) != 0)
+		goto fail_mu;
+	if (pthread_cond_init(&s->cv, NULL) != 0)
+		goto fail_cv;
+	asynqi_stack_pool_init(&s->pool, s->cfg.stack_size,
+	    s->cfg.warm_stacks, s->cfg.guarded_stacks);
+	asynqi_fiber_init_thread(&s->thread_fiber);
+	atomic_init(&s->has_posted, 0);
+#if USE_SEGV_HANDLER
+	/* The guard-page report runs on its own stack: the faulting one is
+	 * full. */
+	stack_t ss;
+	memset(&ss, 0, sizeof(ss));
+	ss.ss_size = 64 * 1024;
+	s->altstack = malloc(ss.ss_size);
+	if (s->altstack != NULL) {
+		ss.ss_sp = s->altstack;
+		if (sigaltstack(&ss, NULL) != 0) {
+			free(s->altstack);
+			s->altstack = NULL;
+		}
+	}
+	pthread_once(&segv_once, install_segv);
+#endif
+	asynqi_tls_sched = s;
+	asynqi_debug_init(s);
+	return ASYNQ_OK;
+
+fail_cv:
+	pthread_mutex_destroy(&s->mu);
+fail_mu:
+	free(s);
+	return ASYNQ_RESOURCE_EXHAUSTED;
+}
+
+asynq_sched *
+asynqi_sched_get(void)
+{
+	if (asynqi_tls_sched == NULL)
+		(void)asynq_thread_init(NULL);
+	return asynqi_tls_sched;
+}
+
+asynq_sched *
+asynq_sched_current(void)
+{
+	return asynqi_sched_get();
+}
+
+void
+asynq_sched_stats_get(asynq_sched_stats *out)
+{
+	asynq_sched *s = asynqi_sched_get();
+	if (s == NULL) {
+		memset(out, 0, sizeof(*out));
+		return;
+	}
+	*out = s->stats;
+	out->stacks_mapped = s->pool.mapped;
+	out->stacks_guarded = s->pool.guarded;
+	out->stacks_idle = s->pool.n_idle;
+}
+
+void
+asynqi_report(asynq_sched *s, const asynq_error *e)
+{
+	s->cfg.on_error(e, s->cfg.on_error_arg);
+}
+
+/* ---- Futures -------------------------------------------------------- */
+
+asynq_future *
+asynqi_future_alloc(asynq_sched *s, int kind)
+{
+	asynq_future *f;
+	if (kind == FUT_TASK) {
+		asynq_task *t = s->free_tasks;
+		if (t != NULL) {
+			s->free_tasks = t->q_next;
+			memset(t, 0, sizeof(*t));
+		} else {
+			t = calloc(1, sizeof(*t));
+		}
+		f = &t->fut;
+		if (t == NULL)
+			return NULL;
+	} else {
+		f = calloc(1, sizeof(*f));
+		if (f == NULL)
+			return NULL;
+	}
+	f->refs = 1;
+	f->kind = (uint8_t)kind;
+	f->sched = s;
+	return f;
+}
+
+static void
+value_clear(asynq_future *f)
+{
+	if (f->vkind == VAL_PTR && f->vfree != NULL)
+		f->vfree(f->v.p);
+	f->vkind = VAL_NONE;
+	f->vfree = NULL;
+	f->v.i = 0;
+}
+
+static void task_free(asynq_sched *s, asynq_task *t);
+
+static void
+future_free(asynq_future *f)
+{
+	asynq_sched *s = f->sched;
+	value_clear(f);
+	asynq_error_rele(f->error);
+	for (cb_node *c = f->cbs; c != NULL;) {
+		cb_node *next = c->next;
+		free(c);
+		c = next;
+	}
+	switch (f->kind) {
+	case FUT_TASK:
+		task_free(s, (asynq_task *)f);
+		return;
+	case FUT_ITEM:
+		asynqi_batch_item_freed(f);
+		break;
+	default:
+		break;
+	}
+	free(f);
+}
+
+asynq_future *
+asynq_future_hold(asynq_future *f)
+{
+	if (f != NULL)
+		f->refs++;
+	return f;
+}
+
+void
+asynq_future_rele(asynq_future *f)
+{
+	if (f != NULL && --f->refs == 0)
+		future_free(f);
+}
+
+void
+asynq_future_rele_n(asynq_future **fs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		asynq_future_rele(fs[i]);
+}
+
+bool
+asynq_future_done(const asynq_future *f)
+{
+	return f == NULL || f->done;
+}
+
+asynq_status
+asynq_future_status(const asynq_future *f)
+{
+	if (f == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	if (!f->done)
+		return ASYNQ_UNAVAILABLE;
+	return f->status;
+}
+
+asynq_error *
+asynq_future_error(const asynq_future *f)
+{
+	if (f == NULL || !f->done || f->status == ASYNQ_OK)
+		return NULL;
+	return f->error;
+}
+
+int64_t
+asynq_future_i64(const asynq_future *f)
+{
+	return f != NULL && f->done && f->vkind == VAL_I64 ? f->v.i : 0;
+}
+
+void *
+asynq_future_ptr(const asynq_future *f)
+{
+	return f != NULL && f->done && f->vkind == VAL_PTR ? f->v.p : NULL;
+}
+
+void *
+asynq_future_take(asynq_future *f)
+{
+	if (f == NULL || !f->done || f->vkind != VAL_PTR)
+		return NULL;
+	void *p = f->v.p;
+	f->vfree = NULL;
+	f->vkind = VAL_NONE;
+	f->v.p = NULL;
+	return p;
+}
+
+static asynq_future *
+const_future(void)
+{
+	asynq_sched *s = asynqi_sched_get();
+	if (s == NULL)
+		return NULL;
+	asynq_future *f = asynqi_future_alloc(s, FUT_CONST);
+	if (f != NULL)
+		f->done = true;
+	return f;
+}
+
+asynq_future *
+asynq_const_i64(int64_t v)
+{
+	asynq_future *f = const_future();
+	if (f != NULL) {
+		f->vkind = VAL_I64;
+		f->v.i = v;
+	}
+	return f;
+}
+
+asynq_future *
+asynq_const_ptr(void *p, void (*free_fn)(void *))
+{
+	asynq_future *f = const_future();
+	if (f == NULL) {
+		if (free_fn != NULL)
+			free_fn(p);
+		return NULL;
+	}
+	f->vkind = VAL_PTR;
+	f->v.p = p;
+	f->vfree = free_fn;
+	return f;
+}
+
+asynq_future *
+asynq_const_error(asynq_error *e)
+{
+	asynq_future *f = const_future();
+	if (f == NULL) {
+		asynq_error_rele(e);
+		return NULL;
+	}
+	f->status = asynq_error_code(e);
+	if (f->status == ASYNQ_OK)
+		f->status = ASYNQ_UNKNOWN;
+	f->error = e;
+	return f;
+}
+
+static void ready_push_front(asynq_sched *s, asynq_task *t);
+
+static void
+wake(asynq_sched *s, asynq_task *w)
+{
+	if (--w->pending == 0 && w->state == TASK_BLOCKED) {
+		w->state = TASK_READY;
+		ready_push_front(s, w);
+	}
+}
+
+void
+asynqi_future_complete(asynq_sched *s, asynq_future *f)
+{
+	f->done = true;
+	if (f->waiter != NULL) {
+		asynq_task *w = f->waiter;
+		f->waiter = NULL;
+		wake(s, w);
+	}
+	while (f->more_waiters != NULL) {
+		waiter_node *n = f->more_waiters;
+		f->more_waiters = n->next;
+		wake(s, n->task);
+		free(n);
+	}
+	if (f->cbs == NULL)
+		return;
+	/* Callbacks may drop the last outside reference; keep f alive. */
+	f->refs++;
+	while (f->cbs != NULL) {
+		cb_node *c = f->cbs;
+		f->cbs = c->next;
+		asynq_status st = c->fn(f, c->arg);
+		if (st != ASYNQ_OK) {
+			s->stats.callback_failures++;
+			asynq_error *e = asynq_error_alloc(st,
+			    "on-done callback %p failed with %s",
+			    (void *)(uintptr_t)c->fn, asynq_status_name(st));
+			asynqi_report(s, e);
+			asynq_error_rele(e);
+		}
+		free(c);
+	}
+	asynq_future_rele(f);
+}
+
+asynq_status
+asynq_future_on_done(asynq_future *f, asynq_done_fn fn, void *arg)
+{
+	if (f == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	if (f->done) {
+		asynq_status st = fn(f, arg);
+		if (st != ASYNQ_OK) {
+			f->sched->stats.callback_failures++;
+			asynq_error *e = asynq_error_alloc(st,
+			    "on-done callback failed with %s",
+			    asynq_status_name(st));
+			asynqi_report(f->sched, e);
+			asynq_error_rele(e);
+		}
+		return ASYNQ_OK;
+	}
+	cb_node *c = malloc(sizeof(*c));
+	if (c == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	c->fn = fn;
+	c->arg = arg;
+	c->next = NULL;
+	cb_node **tail = &f->cbs;
+	while (*tail != NULL)
+		tail = &(*tail)->next;
+	*tail = c;
+	return ASYNQ_OK;
+}
+
+/* ---- Ready queue ---------------------------------------------------- */
+
+static void
+ready_push_front(asynq_sched *s, asynq_task *t)
+{
+	t->q_prev = NULL;
+	t->q_next = s->ready_head;
+	if (s->ready_head != NULL)
+		s->ready_head->q_prev = t;
+	else
+		s->ready_tail = t;
+	s->ready_head = t;
+}
+
+/* Inserts t before `before` (NULL: at the back). */
+static void
+ready_insert(asynq_sched *s, asynq_task *t, asynq_task *before)
+{
+	if (before == NULL) {
+		t->q_next = NULL;
+		t->q_prev = s->ready_tail;
+		if (s->ready_tail != NULL)
+			s->ready_tail->q_next = t;
+		else
+			s->ready_head = t;
+		s->ready_tail = t;
+		return;
+	}
+	t->q_next = before;
+	t->q_prev = before->q_prev;
+	if (before->q_prev != NULL)
+		before->q_prev->q_next = t;
+	else
+		s->ready_head = t;
+	before->q_prev = t;
+}
+
+static asynq_task *
+ready_pop(asynq_sched *s)
+{
+	asynq_task *t = s->ready_head;
+	if (t == NULL)
+		return NULL;
+	s->ready_head = t->q_next;
+	if (s->ready_head != NULL)
+		s->ready_head->q_prev = NULL;
+	else
+		s->ready_tail = NULL;
+	t->q_next = t->q_prev = NULL;
+	return t;
+}
+
+/* ---- Tasks ---------------------------------------------------------- */
+
+static void
+task_free(asynq_sched *s, asynq_task *t)
+{
+	asynq_error_rele(t->last_error);
+	asynq_error_rele(t->ctx_error);
+	if (t->all_prev != NULL)
+		t->all_prev->all_next = t->all_next;
+	else if (s->all_tasks == t)
+		s->all_tasks = t->all_next;
+	if (t->all_next != NULL)
+		t->all_next->all_prev = t->all_prev;
+	s->stats.tasks_live--;
+	asynq_task *creator = t->creator;
+#if USE_FREELIST
+	t->q_next = s->free_tasks;
+	s->free_tasks = t;
+#else
+	free(t);
+#endif
+	if (creator != NULL)
+		asynq_future_rele(&creator->fut);
+}
+
+asynq_future *
+asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
+    const char *file, int line)
+{
+	asynq_sched *s = asynqi_sched_get();
+	if (s == NULL)
+		return NULL;
+	asynq_task *creator = s->current;
+	size_t depth = creator != NULL ? creator->depth + 1 : 0;
+	if (depth >= s->cfg.max_depth) {
+		fprintf(stderr,
+		    "asynq: task depth limit (%zu) reached spawning %s at "
+		    "%s:%d; scheduler state:\n",
+		    s->cfg.max_depth, name, file, line);
+		asynqi_dump_sched(s, stderr, 20);
+		return asynq_const_error(asynq_error_alloc(
+		    ASYNQ_RESOURCE_EXHAUSTED,
+		    "task depth limit (%zu) exceeded spawning %s at %s:%d "
+		    "(runaway recursion? raise asynq_sched_cfg.max_depth if "
+		    "intended)",
+		    s->cfg.max_depth, name, file, line));
+	}
+	asynq_task *t = (asynq_task *)asynqi_future_alloc(s, FUT_TASK);
+	if (t == NULL)
+		return NULL;
+	t->fn = fn;
+	t->arg = arg;
+	t->name = name;
+	t->file = file;
+	t->line = line;
+	t->depth = depth;
+	t->state = TASK_CREATED;
+	if (creator != NULL)
+		t->creator = (asynq_task *)asynq_future_hold(&creator->fut);
+	t->all_next = s->all_tasks;
+	if (s->all_tasks != NULL)
+		s->all_tasks->all_prev = t;
+	s->all_tasks = t;
+	s->stats.tasks_spawned++;
+	s->stats.tasks_live++;
+	return &t->fut;
+}
+
+asynq_status
+asynq_return_i64(asynq_task *t, int64_t v)
+{
+	value_clear(&t->fut);
+	t->fut.vkind = VAL_I64;
+	t->fut.v.i = v;
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynq_return_ptr(asynq_task *t, void *p, void (*free_fn)(void *))
+{
+	value_clear(&t->fut);
+	t->fut.vkind = VAL_PTR;
+	t->fut.v.p = p;
+	t->fut.vfree = free_fn;
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynq_fail_with(asynq_task *t, asynq_error *e)
+{
+	asynq_status code = asynq_error_code(e);
+	asynq_error_rele(t->last_error);
+	t->last_error = e;
+	return code == ASYNQ_OK ? ASYNQ_UNKNOWN : code;
+}
+
+asynq_status
+asynq_fail(asynq_task *t, asynq_status code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	asynq_error *e = asynqi_error_make(t, code, NULL, fmt, ap);
+	va_end(ap);
+	asynq_fail_with(t, e);
+	return code;
+}
+
+asynq_error *
+asynq_task_error(const asynq_task *t)
+{
+	return t->last_error;
+}
+
+asynq_task *
+asynq_task_current(void)
+{
+	asynq_sched *s = asynqi_tls_sched;
+	return s != NULL ? s->current : NULL;
+}
+
+asynq_future *
+asynq_task_future(asynq_task *t)
+{
+	return &t->fut;
+}
+
+asynq_task *
+asynq_future_task(asynq_future *f)
+{
+	return f != NULL && f->kind == FUT_TASK ? (asynq_task *)f : NULL;
+}
+
+const char *
+asynq_task_name(const asynq_task *t)
+{
+	return t->name;
+}
+
+size_t
+asynq_task_depth(const asynq_task *t)
+{
+	return t->depth;
+}
+
+size_t
+asynq_task_dependencies(const asynq_task *t)
+{
+	return t->state == TASK_BLOCKED ? t->pending : 0;
+}
+
+/* Stores the task body's outcome in its future. */
+static void
+task_finish(asynq_sched *s, asynq_task *t, asynq_status st)
+{
+	while (t->scoped != NULL) {
+		scoped_entry *e = t->scoped;
+		t->scoped = e->prev;
+		free(e);
+	}
+	if (st == ASYNQ_OK) {
+		t->fut.status = ASYNQ_OK;
+	} else {
+		value_clear(&t->fut);
+		asynq_error *e = t->last_error;
+		t->last_error = NULL;
+		if (e == NULL || asynq_error_code(e) != st) {
+			asynq_error *cause = e;
+			e = asynqi_error_makef(t, st, cause,
+			    "task %s returned %s", t->name,
+			    asynq_status_name(st));
+			asynq_error_rele(cause);
+		}
+		t->fut.status = st;
+		t->fut.error = e;
+	}
+	t->state = TASK_DONE;
+	asynqi_future_complete(s, &t->fut);
+}
+
+/* Frees the stack of a task that finished on it; runs on the next stack. */
+static inline void
+after_switch(asynq_sched *s)
+{
+	asynq_task *d = s->dead;
+	if (d != NULL) {
+		s->dead = NULL;
+		asynqi_stack_put(&s->pool, d->stack);
+		d->stack = NULL;
+		asynq_future_rele(&d->fut);
+	}
+}
+
+static void task_entry(void *arg);
+static asynq_status take_ctx_error(asynq_task *t);
+
+/* Gives t a stack and a first frame; false if no stack can be mapped, in
+ * which case t is finished with RESOURCE_EXHAUSTED. */
+static bool
+task_prepare(asynq_sched *s, asynq_task *t)
+{
+	if (t->stack != NULL)
+		return true;
+	asynqi_stack *st = asynqi_stack_get(&s->pool);
+	if (st == NULL) {
+		t->fut.status = ASYNQ_RESOURCE_EXHAUSTED;
+		t->fut.error = asynqi_error_makef(t, ASYNQ_RESOURCE_EXHAUSTED,
+		    NULL, "no coroutine stack for task %s: %s", t->name,
+		    strerror(ENOMEM));
+		t->state = TASK_DONE;
+		asynqi_future_complete(s, &t->fut);
+		asynq_future_rele(&t->fut); /* the scheduler's reference */
+		return false;
+	}
+	t->stack = st;
+	asynqi_fiber_prepare(&st->fiber, st);
+	asynqi_ctx_make(&t->ctx, st->lo, st->size, task_entry, t);
+	s->stats.tasks_started++;
+	return true;
+}
+
+/* Leaves task `from` for the next ready task or the wait loop. Returns when
+ * `from` is resumed (never if it is dying). */
+static void
+switch_next(asynq_sched *s, asynq_task *from, bool dying)
+{
+	canary_check(from);
+	asynqi_fiber *from_fiber = &from->stack->fiber;
+	for (;;) {
+		asynq_task *next = NULL;
+		if (!s->loop->target->done)
+			next = ready_pop(s);
+		if (next == NULL) {
+			s->current = NULL;
+			s->stats.switches++;
+			asynqi_fiber_switch(from_fiber, &from->ctx,
+			    s->loop->fiber, &s->loop->ctx, dying);
+			break;
+		}
+		if (!task_prepare(s, next))
+			continue;
+		next->state = TASK_RUNNING;
+		s->current = next;
+		s->stats.switches++;
+		asynqi_fiber_switch(from_fiber, &from->ctx,
+		    &next->stack->fiber, &next->ctx, dying);
+		break;
+	}
+	after_switch(s);
+}
+
+static void
+task_entry(void *arg)
+{
+	asynq_task *t = arg;
+	asynq_sched *s = t->fut.sched;
+	asynqi_fiber_started(&t->stack->fiber);
+	after_switch(s);
+	if (s->ctx_in_tasks > 0)
+		asynqi_ctx_resume_chain(s, t);
+	asynq_status st = t->fn(t, t->arg);
+	asynqi_task_contexts_end(s, t);
+	if (s->ctx_in_tasks > 0)
+		asynqi_ctx_pause_chain(s, t);
+	if (st == ASYNQ_OK && t->ctx_error != NULL)
+		st = take_ctx_error(t);
+	task_finish(s, t, st);
+	s->dead = t;
+	switch_next(s, t, true);
+	abort(); /* a dead task is never resumed */
+}
+
+/* Registers t as a waiter of f. */
+static bool
+add_waiter(asynq_future *f, asynq_task *t)
+{
+	if (f->waiter == NULL) {
+		f->waiter = t;
+		return true;
+	}
+	waiter_node *n = malloc(sizeof(*n));
+	if (n == NULL)
+		return false;
+	n->task = t;
+	n->next = f->more_waiters;
+	f->more_waiters = n;
+	return true;
+}
+
+/* Undoes add_waiter after a failure part-way through an await. */
+static void
+remove_waiter(asynq_future *f, asynq_task *t)
+{
+	if (f->waiter == t) {
+		f->waiter = NULL;
+		return;
+	}
+	for (waiter_node **p = &f->more_waiters; *p != NULL;
+	     p = &(*p)->next) {
+		if ((*p)->task == t) {
+			waiter_node *n = *p;
+			*p = n->next;
+			free(n);
+			return;
+		}
+	}
+}
+
+/* The status rule of await_all: OK, or the first failure in array order,
+ * which becomes t's last error. */
+static asynq_status
+collect(asynq_task *t, asynq_future **fs, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		asynq_future *f = fs[i];
+		asynq_status st = asynq_future_status(f);
+		if (st == ASYNQ_OK)
+			continue;
+		if (t != NULL) {
+			asynq_error *e = f != NULL
+			    ? asynq_error_hold(f->error)
+			    : asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
+			          "out of memory making a future");
+			asynq_fail_with(t, e);
+		}
+		return st;
+	}
+	return ASYNQ_OK;
+}
+
+static asynq_status
+take_ctx_error(asynq_task *t)
+{
+	asynq_error *e = t->ctx_error;
+	if (e == NULL)
+		return ASYNQ_OK;
+	t->ctx_error = NULL;
+	return asynq_fail_with(t, e);
+}
+
+asynq_status
+asynq_await_all(asynq_task *t, asynq_future **fs, size_t n)
+{
+	asynq_sched *s = t->fut.sched;
+	size_t pending = 0;
+	if (t != s->current)
+		return asynq_fail(t, ASYNQ_FAILED_PRECONDITION,
+		    "asynq_await called for task %s, which is not running",
+		    t->name);
+	for (size_t i = 0; i < n; i++) {
+		asynq_future *f = fs[i];
+		if (f == NULL || f->done)
+			continue;
+		if (f == &t->fut) {
+			for (size_t j = 0; j < i; j++)
+				if (fs[j] != NULL && !fs[j]->done)
+					remove_waiter(fs[j], t);
+			return asynq_fail(t, ASYNQ_FAILED_PRECONDITION,
+			    "task %s awaits itself", t->name);
+		}
+		if (t->nonsusp > 0 || !add_waiter(f, t)) {
+			for (size_t j = 0; j < i; j++)
+				if (fs[j] != NULL && !fs[j]->done)
+					remove_waiter(fs[j], t);
+			if (t->nonsusp > 0)
+				return asynq_fail(t, ASYNQ_FAILED_PRECONDITION,
+				    "task %s awaits inside a non-suspending "
+				    "context entered at %s:%d",
+				    t->name, t->nonsusp_file, t->nonsusp_line);
+			return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED,
+			    "out of memory awaiting");
+		}
+		pending++;
+	}
+	if (pending > 0) {
+		/* Start the children that have not run, in array order, ahead
+		 * of everything else: depth first. */
+		asynq_task *before = s->ready_head;
+		for (size_t i = 0; i < n; i++) {
+			asynq_task *c = asynq_future_task(fs[i]);
+			if (c == NULL || c->state != TASK_CREATED)
+				continue;
+			c->state = TASK_READY;
+			c->fut.refs++; /* the scheduler's, until it finishes */
+			ready_insert(s, c, before);
+		}
+		t->pending = pending;
+		t->deps = fs;
+		t->n_deps = n;
+		t->state = TASK_BLOCKED;
+		if (s->ctx_in_tasks > 0)
+			asynqi_ctx_pause_chain(s, t);
+		switch_next(s, t, false);
+		/* Resumed: every dependency is computed. */
+		t->deps = NULL;
+		t->n_deps = 0;
+		if (s->ctx_in_tasks > 0)
+			asynqi_ctx_resume_chain(s, t);
+	}
+	asynq_status st = take_ctx_error(t);
+	if (st != ASYNQ_OK)
+		return st;
+	return collect(t, fs, n);
+}
+
+asynq_status
+asynq_await(asynq_task *t, asynq_future *f)
+{
+	return asynq_await_all(t, &f, 1);
+}
+
+/* ---- The wait loop -------------------------------------------------- */
+
+static void
+run_task(asynq_sched *s, sched_loop *l, asynq_task *t)
+{
+	if (!task_prepare(s, t))
+		return;
+	t->state = TASK_RUNNING;
+	s->current = t;
+	s->stats.switches++;
+	asynqi_fiber_switch(l->fiber, &l->ctx, &t->stack->fiber, &t->ctx,
+	    false);
+	after_switch(s);
+}
+
+static asynq_status
+run_loop(asynq_sched *s, asynq_future *target)
+{
+	sched_loop l;
+	memset(&l, 0, sizeof(l));
+	l.target = target;
+	l.prev = s->loop;
+	asynq_task *caller = s->current;
+	l.fiber = caller != NULL ? &caller->stack->fiber : &s->thread_fiber;
+	s->loop = &l;
+	s->current = NULL;
+
+	asynq_task *root = asynq_future_task(target);
+	if (root != NULL && root->state == TASK_CREATED) {
+		root->state = TASK_READY;
+		root->fut.refs++; /* the scheduler's, until it finishes */
+		ready_push_front(s, root);
+	}
+	asynq_status rv = ASYNQ_OK;
+	while (!target->done) {
+		if (atomic_load_explicit(&s->has_posted, memory_order_relaxed))
+			asynqi_process_posted(s, false);
+		asynq_task *t = ready_pop(s);
+		if (t != NULL) {
+			run_task(s, &l, t);
+			continue;
+		}
+		asynq_batch *b = asynqi_best_batch(s);
+		if (b != NULL) {
+			asynqi_batch_run_flush(s, b);
+			continue;
+		}
+		if (s->n_inflight > 0) {
+			s->stats.sleeps++;
+			asynqi_process_posted(s, true);
+			continue;
+		}
+		fprintf(stderr,
+		    "asynq: asynq_wait cannot finish: no task is runnable and "
+		    "no batch is pending or in flight; scheduler state:\n");
+		asynqi_dump_sched(s, stderr, 20);
+		rv = ASYNQ_INTERNAL;
+		break;
+	}
+	s->loop = l.prev;
+	s->current = caller;
+	return rv;
+}
+
+static asynq_status
+wait_one(asynq_sched *s, asynq_future *f, asynq_status *loop_rv)
+{
+	asynq_task *caller = s->current;
+	if (caller != NULL && f == &caller->fut)
+		return asynq_fail(caller, ASYNQ_FAILED_PRECONDITION,
+		    "task %s waits on itself", caller->name);
+	if (caller != NULL && s->ctx_in_tasks > 0)
+		asynqi_ctx_pause_chain(s, caller);
+	*loop_rv = run_loop(s, f);
+	if (caller != NULL && s->ctx_in_tasks > 0)
+		asynqi_ctx_resume_chain(s, caller);
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynq_wait(asynq_future *f)
+{
+	asynq_sched *s = asynqi_sched_get();
+	if (f == NULL || s == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	asynq_task *caller = s->current;
+	asynq_status rv = ASYNQ_OK;
+	if (!f->done) {
+		asynq_status st = wait_one(s, f, &rv);
+		if (st != ASYNQ_OK)
+			return st;
+		if (rv != ASYNQ_OK)
+			return caller != NULL
+			    ? asynq_fail(caller, rv,
+			          "asynq_wait: deadlock, nothing can run")
+			    : rv;
+	}
+	if (caller != NULL) {
+		asynq_status st = take_ctx_error(caller);
+		if (st != ASYNQ_OK)
+			return st;
+	}
+	return collect(caller, &f, 1);
+}
+
+typedef struct gather {
+	asynq_future **fs;
+	size_t n;
+} gather;
+
+static asynq_status
+gather_task(asynq_task *t, void *arg)
+{
+	gather *g = arg;
+	return asynq_await_all(t, g->fs, g->n);
+}
+
+asynq_status
+asynq_wait_all(asynq_future **fs, size_t n)
+{
+	asynq_sched *s = asynqi_sched_get();
+	if (s == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	gather g = { fs, n };
+	asynq_future *all = asynq_spawn(gather_task, &g);
+	if (all == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	asynq_status st = asynq_wait(all);
+	asynq_future_rele(all);
+	if (st == ASYNQ_INTERNAL)
+		return st;
+	return collect(s->current, fs, n);
+}
+
+/* ---- Teardown ------------------------------------------------------- */
+
+void
+asynq_thread_fini(void)
+{
+	asynq_sched *s = asynqi_tls_sched;
+	if (s == NULL)
+		return;
+	if (s->current != NULL || s->loop != NULL) {
+		fprintf(stderr, "asynq: asynq_thread_fini inside a task or "
+		                "asynq_wait; ignored\n");
+		return;
+	}
+	asynqi_debug_fini(s);
+	/* Cancel what never flushed and let woken tasks finish. */
+	for (;;) {
+		asynq_batch *b = asynqi_best_batch(s);
+		if (b != NULL) {
+			asynq_batch_cancel(b);
+			continue;
+		}
+		if (s->n_inflight > 0) {
+			asynqi_process_posted(s, true);
+			continue;
+		}
+		if (s->ready_head == NULL)
+			break;
+		/* Run the woken tasks with a loop whose target never
+		 * completes until the queue drains. */
+		asynq_future never;
+		memset(&never, 0, sizeof(never));
+		sched_loop l;
+		memset(&l, 0, sizeof(l));
+		l.target = &never;
+		l.fiber = &s->thread_fiber;
+		s->loop = &l;
+		asynq_task *t;
+		while ((t = ready_pop(s)) != NULL)
+			run_task(s, &l, t);
+		s->loop = NULL;
+	}
+	/* Tasks still blocked can never resume: drop their stacks. */
+	for (asynq_task *t = s->all_tasks; t != NULL; t = t->all_next) {
+		if (t->stack != NULL) {
+			asynqi_stack_put(&s->pool, t->stack);
+			t->stack = NULL;
+		}
+	}
+#if USE_SEGV_HANDLER
+	if (s->altstack != NULL) {
+		stack_t ss;
+		memset(&ss, 0, sizeof(ss));
+		ss.ss_flags = SS_DISABLE;
+		sigaltstack(&ss, NULL);
+		free(s->altstack);
+	}
+#endif
+	while (s->free_tasks != NULL) {
+		asynq_task *t = s->free_tasks;
+		s->free_tasks = t->q_next;
+		free(t);
+	}
+	asynqi_stack_pool_fini(&s->pool);
+	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->mu);
+	asynqi_tls_sched = NULL;
+	free(s);
+}
