@@ -8,10 +8,12 @@
  * - A batch is pending (linked in the scheduler's list) from its first item
  *   until it is flushed or cancelled. Flushing takes it off the backend, so
  *   the next item starts a new batch.
- * - Items store a result (`has_result`) during the flush, from any thread for
- *   a deferred one; they are marked computed and their waiters woken only on
- *   the scheduler thread, in asynqi_batch_finish. The completion queue's mutex
- *   orders the completing thread's writes before the scheduler's reads.
+ * - Items store a result during the flush, from any thread for a deferred
+ *   one, after claiming the item with a compare-and-swap; they are marked
+ *   computed and their waiters woken only on the scheduler thread, in
+ *   asynqi_batch_finish. The completion queue's mutex orders the completing
+ *   thread's writes before the scheduler's reads. Cancelling an in-flight
+ *   batch claims and fails the unclaimed items at once.
  * - The poster signals the condition variable only when the scheduler sleeps
  *   and clears the flag as it does, so a burst of completions costs one
  *   wake-up.
@@ -55,8 +57,11 @@ pending_unlink(asynq_sched *s, asynq_batch *b)
 static void
 batch_maybe_free(asynq_batch *b)
 {
-	if (b->refs == 0 && b->state == BATCH_DONE)
+	if (b->refs == 0 && b->state == BATCH_DONE) {
+		free(b->items);
+		b->items = NULL;
 		b->backend->ops->batch_free(b);
+	}
 }
 
 void
@@ -152,13 +157,19 @@ asynq_item_req(const asynq_future *item)
 	return item->req;
 }
 
+static bool
+claim(asynq_future *item)
+{
+	bool expected = false;
+	return atomic_compare_exchange_strong_explicit(&item->claimed,
+	    &expected, true, memory_order_acq_rel, memory_order_relaxed);
+}
+
 static asynq_status
 item_claim(asynq_future *item)
 {
-	if (item == NULL || item->kind != FUT_ITEM || item->has_result ||
-	    item->done)
+	if (item == NULL || item->kind != FUT_ITEM || !claim(item))
 		return ASYNQ_FAILED_PRECONDITION;
-	item->has_result = true;
 	return ASYNQ_OK;
 }
 
@@ -224,31 +235,38 @@ asynqi_best_batch(asynq_sched *s)
 	return best;
 }
 
+/* Fails an item the flush did not set. */
+static void
+item_fail(asynq_batch *b, asynq_future *f, asynq_status fill)
+{
+	const char *name = b->backend->name;
+	if (b->cancelled) {
+		f->status = ASYNQ_CANCELLED;
+		f->error = asynq_error_alloc(ASYNQ_CANCELLED,
+		    "batch of %s was cancelled", name);
+	} else if (fill != ASYNQ_OK) {
+		f->status = fill;
+		f->error = asynq_error_alloc(fill, "flush of %s failed: %s",
+		    name, asynq_strerror(fill));
+	} else {
+		f->status = ASYNQ_INTERNAL;
+		f->error = asynq_error_alloc(ASYNQ_INTERNAL,
+		    "flush of %s left the item unset", name);
+	}
+}
+
 void
 asynqi_batch_finish(asynq_sched *s, asynq_batch *b)
 {
-	asynq_status fill = b->cancelled ? ASYNQ_CANCELLED : b->result;
 	b->state = BATCH_DONE;
 	/* The items keep the batch alive through this loop. */
 	b->refs++;
 	for (size_t i = 0; i < b->n_items; i++) {
 		asynq_future *f = b->items[i];
-		if (!f->has_result) {
-			const char *name = b->backend->name;
-			if (b->cancelled) {
-				f->error = asynq_error_alloc(ASYNQ_CANCELLED,
-				    "batch of %s was cancelled", name);
-			} else if (fill != ASYNQ_OK) {
-				f->error = asynq_error_alloc(fill,
-				    "flush of %s failed: %s", name,
-				    asynq_strerror(fill));
-			} else {
-				f->error = asynq_error_alloc(ASYNQ_INTERNAL,
-				    "flush of %s left the item unset", name);
-			}
-			f->status = fill != ASYNQ_OK ? fill : ASYNQ_INTERNAL;
-		}
-		f->has_result = false;
+		if (f->done)
+			continue; /* failed early by a cancel */
+		if (claim(f))
+			item_fail(b, f, b->result);
 		asynqi_future_complete(s, f);
 	}
 	for (size_t i = 0; i < b->n_items; i++)
@@ -303,12 +321,21 @@ asynq_batch_cancel(asynq_batch *b)
 		asynqi_batch_finish(s, b);
 		break;
 	case BATCH_INFLIGHT:
-		if (!b->cancelled) {
-			b->cancelled = true;
-			s->stats.batches_cancelled++;
-			if (b->backend->ops->cancel != NULL)
-				b->backend->ops->cancel(b);
+		if (b->cancelled)
+			break;
+		b->cancelled = true;
+		s->stats.batches_cancelled++;
+		/* Fail now every item no reply has claimed; those a reply is
+		 * writing finish when the completion arrives. */
+		for (size_t i = 0; i < b->n_items; i++) {
+			asynq_future *f = b->items[i];
+			if (claim(f)) {
+				item_fail(b, f, ASYNQ_CANCELLED);
+				asynqi_future_complete(s, f);
+			}
 		}
+		if (b->backend->ops->cancel != NULL)
+			b->backend->ops->cancel(b);
 		break;
 	default:
 		break;

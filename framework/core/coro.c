@@ -10,9 +10,12 @@
  *   a budget of stacks gets a guard page. The others carry a canary at their
  *   lowest bytes, checked each time their task is switched out: an overflow
  *   there is reported at the next switch instead of at the faulting write.
- * - A stack returned to the pool beyond the warm count has its pages handed
- *   back with madvise(MADV_DONTNEED): 100,000 tasks parked at once do not stay
- *   resident after they finish.
+ * - Idle stacks beyond the warm count have their pages handed back with
+ *   madvise(MADV_DONTNEED) when the scheduler goes idle (asynqi_stack_pool_
+ *   trim), never on each put: a page fault costs more than a task here, and
+ *   a burst of tasks reuses its stacks at once. So 100,000 tasks parked at
+ *   once do not stay resident after they finish. Unguarded stacks get their
+ *   canary back when they are taken from the cold list.
  * - Everything here runs on the scheduler's thread; nothing is shared.
  */
 #include "coro.h"
@@ -160,8 +163,9 @@ map_slab(asynqi_stack_pool *p)
 			p->guard_budget = 0;
 			put_canary(s);
 		}
-		s->next = p->idle;
-		p->idle = s;
+		s->next = p->hot;
+		p->hot = s;
+		p->n_hot++;
 		p->n_idle++;
 		p->mapped++;
 	}
@@ -173,10 +177,25 @@ map_slab(asynqi_stack_pool *p)
 asynqi_stack *
 asynqi_stack_get(asynqi_stack_pool *p)
 {
-	if (p->idle == NULL && map_slab(p) != 0)
-		return NULL;
-	asynqi_stack *s = p->idle;
-	p->idle = s->next;
+	asynqi_stack *s = p->hot;
+	if (s != NULL) {
+		p->hot = s->next;
+		p->n_hot--;
+	} else {
+		if (p->cold == NULL && map_slab(p) != 0)
+			return NULL;
+		if (p->hot != NULL) { /* map_slab filled the hot list */
+			s = p->hot;
+			p->hot = s->next;
+			p->n_hot--;
+		} else {
+			s = p->cold;
+			p->cold = s->next;
+			s->cold = false;
+			if (!s->guarded)
+				put_canary(s);
+		}
+	}
 	p->n_idle--;
 	return s;
 }
@@ -184,15 +203,25 @@ asynqi_stack_get(asynqi_stack_pool *p)
 void
 asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s)
 {
-	if (p->n_idle >= p->warm) {
+	s->next = p->hot;
+	p->hot = s;
+	p->n_hot++;
+	p->n_idle++;
+}
+
+void
+asynqi_stack_pool_trim(asynqi_stack_pool *p)
+{
+	while (p->n_hot > p->warm) {
+		asynqi_stack *s = p->hot;
+		p->hot = s->next;
+		p->n_hot--;
 		/* Keep the mapping (and its guard), drop the pages. */
 		madvise(s->lo, s->size, MADV_DONTNEED);
-		if (!s->guarded)
-			put_canary(s);
+		s->cold = true;
+		s->next = p->cold;
+		p->cold = s;
 	}
-	s->next = p->idle;
-	p->idle = s;
-	p->n_idle++;
 }
 
 #ifdef ASYNQI_UCONTEXT

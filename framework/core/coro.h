@@ -51,6 +51,7 @@ typedef struct asynqi_stack {
 	void *lo;       /* lowest usable byte (above the guard page) */
 	size_t size;    /* usable bytes */
 	bool guarded;   /* a PROT_NONE page lies just below lo */
+	bool cold;      /* pages handed back to the kernel */
 	struct asynqi_stack *next;
 	asynqi_fiber fiber;
 } asynqi_stack;
@@ -59,8 +60,9 @@ typedef struct asynqi_stack_pool {
 	size_t stack_size;  /* usable bytes per stack, page multiple */
 	size_t warm;        /* idle stacks kept resident */
 	size_t guard_budget; /* stacks that may still get a guard page */
-	asynqi_stack *idle; /* LIFO of idle stacks */
-	size_t n_idle;
+	asynqi_stack *hot;  /* LIFO of idle stacks with resident pages */
+	asynqi_stack *cold; /* idle stacks whose pages were handed back */
+	size_t n_hot, n_idle;
 	struct asynqi_slab *slabs;
 	uint64_t mapped, guarded;
 } asynqi_stack_pool;
@@ -77,9 +79,12 @@ void asynqi_stack_pool_fini(asynqi_stack_pool *p);
  * fails. */
 asynqi_stack *asynqi_stack_get(asynqi_stack_pool *p);
 
-/* asynqi_stack_put returns a stack to the pool; past the warm count its
- * pages are given back to the kernel. */
+/* asynqi_stack_put returns a stack to the pool. */
 void asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s);
+
+/* asynqi_stack_pool_trim hands back the pages of idle stacks beyond the warm
+ * count; the scheduler calls it when it goes idle, never per task. */
+void asynqi_stack_pool_trim(asynqi_stack_pool *p);
 
 /* asynqi_stack_canary_ok says whether the canary at the bottom of an
  * unguarded stack is intact (always true for guarded stacks). */

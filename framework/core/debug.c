@@ -180,7 +180,6 @@ debug_batch_free(asynq_batch *b)
 	debug_batch *db = (debug_batch *)b;
 	if (db->has_thread)
 		pthread_join(db->thread, NULL);
-	free(b->items);
 	free(db);
 }
 

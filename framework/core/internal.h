@@ -39,7 +39,10 @@ struct asynq_future {
 	uint8_t kind;       /* enum fut_kind */
 	uint8_t vkind;      /* enum val_kind */
 	bool done;
-	bool has_result;    /* items: a result was set, not yet finished */
+	/* Items: a result was claimed (by a flush, a completing thread or a
+	 * cancel); set with a compare-and-swap, so a cancel on the scheduler
+	 * thread and a reply on an I/O thread never both write the item. */
+	_Atomic(bool) claimed;
 	asynq_status status;
 	union {
 		int64_t i;
@@ -108,6 +111,9 @@ struct asynq_sched {
 	asynq_task *all_tasks;
 	asynq_batch *pending;       /* open batches with items */
 	size_t n_inflight;          /* deferred flushes outstanding */
+	uint64_t live_futures;      /* allocated and not yet freed */
+	bool zombie;                /* thread_fini ran; free at last future */
+	bool depth_dumped;          /* the depth-limit dump was printed */
 	uint64_t batch_seq;
 	size_t ctx_in_tasks;        /* contexts entered inside tasks */
 	asynq_context *thread_contexts;

@@ -240,6 +240,7 @@ asynqi_future_alloc(asynq_sched *s, int kind)
 	f->refs = 1;
 	f->kind = (uint8_t)kind;
 	f->sched = s;
+	s->live_futures++;
 	return f;
 }
 
@@ -255,6 +256,8 @@ value_clear(asynq_future *f)
 
 static void task_free(asynq_sched *s, asynq_task *t);
 
+static void sched_free(asynq_sched *s);
+
 static void
 future_free(asynq_future *f)
 {
@@ -269,14 +272,19 @@ future_free(asynq_future *f)
 	switch (f->kind) {
 	case FUT_TASK:
 		task_free(s, (asynq_task *)f);
-		return;
+		break;
 	case FUT_ITEM:
 		asynqi_batch_item_freed(f);
+		free(f);
 		break;
 	default:
+		free(f);
 		break;
 	}
-	free(f);
+	/* After asynq_thread_fini the scheduler lives on until the last
+	 * future still referenced is gone. */
+	if (--s->live_futures == 0 && s->zombie)
+		sched_free(s);
 }
 
 asynq_future *
@@ -546,12 +554,12 @@ task_free(asynq_sched *s, asynq_task *t)
 		t->all_next->all_prev = t->all_prev;
 	s->stats.tasks_live--;
 	asynq_task *creator = t->creator;
-#if USE_FREELIST
-	t->q_next = s->free_tasks;
-	s->free_tasks = t;
-#else
-	free(t);
-#endif
+	if (USE_FREELIST && !s->zombie) {
+		t->q_next = s->free_tasks;
+		s->free_tasks = t;
+	} else {
+		free(t);
+	}
 	if (creator != NULL)
 		asynq_future_rele(&creator->fut);
 }
@@ -566,11 +574,16 @@ asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
 	asynq_task *creator = s->current;
 	size_t depth = creator != NULL ? creator->depth + 1 : 0;
 	if (depth >= s->cfg.max_depth) {
-		fprintf(stderr,
-		    "asynq: task depth limit (%zu) reached spawning %s at "
-		    "%s:%d; scheduler state:\n",
-		    s->cfg.max_depth, name, file, line);
-		asynqi_dump_sched(s, stderr, 20);
+		if (!s->depth_dumped) {
+			/* Once per thread: a runaway recursion would print
+			 * this at every level it unwinds. */
+			s->depth_dumped = true;
+			fprintf(stderr,
+			    "asynq: task depth limit (%zu) reached spawning %s "
+			    "at %s:%d; scheduler state:\n",
+			    s->cfg.max_depth, name, file, line);
+			asynqi_dump_sched(s, stderr, 20);
+		}
 		return asynq_const_error(asynq_error_alloc(
 		    ASYNQ_RESOURCE_EXHAUSTED,
 		    "task depth limit (%zu) exceeded spawning %s at %s:%d "
@@ -641,6 +654,8 @@ asynq_fail(asynq_task *t, asynq_status code, const char *fmt, ...)
 asynq_error *
 asynq_task_error(const asynq_task *t)
 {
+	if (t->last_error == NULL && t->fut.done && t->fut.status != ASYNQ_OK)
+		return t->fut.error;
 	return t->last_error;
 }
 
@@ -976,8 +991,11 @@ run_loop(asynq_sched *s, asynq_future *target)
 	}
 	asynq_status rv = ASYNQ_OK;
 	while (!target->done) {
-		if (atomic_load_explicit(&s->has_posted, memory_order_relaxed))
+		if (atomic_load_explicit(&s->has_posted,
+		        memory_order_relaxed)) {
 			asynqi_process_posted(s, false);
+			continue;
+		}
 		asynq_task *t = ready_pop(s);
 		if (t != NULL) {
 			run_task(s, &l, t);
@@ -990,6 +1008,7 @@ run_loop(asynq_sched *s, asynq_future *target)
 		}
 		if (s->n_inflight > 0) {
 			s->stats.sleeps++;
+			asynqi_stack_pool_trim(&s->pool);
 			asynqi_process_posted(s, true);
 			continue;
 		}
@@ -1002,6 +1021,8 @@ run_loop(asynq_sched *s, asynq_future *target)
 	}
 	s->loop = l.prev;
 	s->current = caller;
+	if (s->loop == NULL)
+		asynqi_stack_pool_trim(&s->pool);
 	return rv;
 }
 
@@ -1116,11 +1137,20 @@ asynq_thread_fini(void)
 			run_task(s, &l, t);
 		s->loop = NULL;
 	}
-	/* Tasks still blocked can never resume: drop their stacks. */
+	/* Tasks that never ran or stay blocked can never finish now: drop their
+	 * stacks and leave them failed with CANCELLED. */
 	for (asynq_task *t = s->all_tasks; t != NULL; t = t->all_next) {
 		if (t->stack != NULL) {
 			asynqi_stack_put(&s->pool, t->stack);
 			t->stack = NULL;
+		}
+		if (t->state != TASK_DONE) {
+			t->state = TASK_DONE;
+			t->fut.done = true;
+			t->fut.status = ASYNQ_CANCELLED;
+			t->fut.error = asynqi_error_makef(t, ASYNQ_CANCELLED,
+			    NULL, "task %s cancelled by asynq_thread_fini",
+			    t->name);
 		}
 	}
 #if USE_SEGV_HANDLER
@@ -1130,6 +1160,7 @@ asynq_thread_fini(void)
 		ss.ss_flags = SS_DISABLE;
 		sigaltstack(&ss, NULL);
 		free(s->altstack);
+		s->altstack = NULL;
 	}
 #endif
 	while (s->free_tasks != NULL) {
@@ -1138,8 +1169,16 @@ asynq_thread_fini(void)
 		free(t);
 	}
 	asynqi_stack_pool_fini(&s->pool);
+	asynqi_tls_sched = NULL;
+	s->zombie = true;
+	if (s->live_futures == 0)
+		sched_free(s);
+}
+
+static void
+sched_free(asynq_sched *s)
+{
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);
-	asynqi_tls_sched = NULL;
 	free(s);
 }
