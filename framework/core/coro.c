@@ -10,10 +10,10 @@
  *   a budget of stacks gets a guard page. The others carry a canary at their
  *   lowest bytes, checked each time their task is switched out: an overflow
  *   there is reported at the next switch instead of at the faulting write.
- * - Idle stacks beyond the warm count have their pages handed back with
- *   madvise(MADV_DONTNEED) when the scheduler goes idle (asynqi_stack_pool_
- *   trim), never on each put: a page fault costs more than a task here, and
- *   a burst of tasks reuses its stacks at once. So 100,000 tasks parked at
+ * - Idle stacks beyond the warm count and the recent peak have their pages
+ *   handed back with madvise(MADV_DONTNEED) when the scheduler goes idle
+ *   (asynqi_stack_pool_trim), never on each put: a page fault costs more than
+ *   a task here, and a repeating burst of tasks reuses its stacks. So 100,000 tasks parked at
  *   once do not stay resident after they finish. Unguarded stacks get their
  *   canary back when they are taken from the cold list.
  * - Everything here runs on the scheduler's thread; nothing is shared.
@@ -197,6 +197,8 @@ asynqi_stack_get(asynqi_stack_pool *p)
 		}
 	}
 	p->n_idle--;
+	if (++p->in_use > p->peak)
+		p->peak = p->in_use;
 	return s;
 }
 
@@ -207,12 +209,15 @@ asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s)
 	p->hot = s;
 	p->n_hot++;
 	p->n_idle++;
+	p->in_use--;
 }
 
 void
 asynqi_stack_pool_trim(asynqi_stack_pool *p)
 {
-	while (p->n_hot > p->warm) {
+	size_t keep = p->warm > p->peak ? p->warm : p->peak;
+	p->peak = p->in_use;
+	while (p->n_hot > keep) {
 		asynqi_stack *s = p->hot;
 		p->hot = s->next;
 		p->n_hot--;

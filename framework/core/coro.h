@@ -63,6 +63,7 @@ typedef struct asynqi_stack_pool {
 	asynqi_stack *hot;  /* LIFO of idle stacks with resident pages */
 	asynqi_stack *cold; /* idle stacks whose pages were handed back */
 	size_t n_hot, n_idle;
+	size_t in_use, peak; /* stacks held by tasks; most since last trim */
 	struct asynqi_slab *slabs;
 	uint64_t mapped, guarded;
 } asynqi_stack_pool;
@@ -82,8 +83,11 @@ asynqi_stack *asynqi_stack_get(asynqi_stack_pool *p);
 /* asynqi_stack_put returns a stack to the pool. */
 void asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s);
 
-/* asynqi_stack_pool_trim hands back the pages of idle stacks beyond the warm
- * count; the scheduler calls it when it goes idle, never per task. */
+/* asynqi_stack_pool_trim hands back the pages of idle stacks beyond both the
+ * warm count and the most stacks in use since the previous trim, so a
+ * workload that repeats keeps its stacks resident and a one-off burst is
+ * released one idle period later. The scheduler calls it when it goes idle,
+ * never per task. */
 void asynqi_stack_pool_trim(asynqi_stack_pool *p);
 
 /* asynqi_stack_canary_ok says whether the canary at the bottom of an
