@@ -167,14 +167,18 @@ asynq_status asynq_await(asynq_task *t, asynq_future *f);
  * value or error. Task only (may suspend). */
 asynq_status asynq_await_all(asynq_task *t, asynq_future **fs, size_t n);
 
-/* asynq_wait runs the scheduler until f is computed and returns its status:
- * from outside any task it drives everything; from inside a task it runs the
- * subtree synchronously and the calling task is the current task again when
- * it returns. Scheduler thread only. */
+/* asynq_wait runs the scheduler until f is computed and returns its status.
+ * From inside a task it runs a nested scheduler loop on the task's stack (as
+ * Python asynq's .value() does): f's subtree, and any other task that becomes
+ * ready meanwhile, runs synchronously; the calling task's contexts are paused
+ * meanwhile and it is the current task again when this returns. INTERNAL if
+ * nothing can run and no batch is pending (a dependency cycle). Scheduler
+ * thread only. */
 asynq_status asynq_wait(asynq_future *f);
 
 /* asynq_wait_all is asynq_wait for several futures, with asynq_await_all's
- * status rule. Scheduler thread only. */
+ * status rule; it runs them under one internal gathering task (counted in
+ * the scheduler's task statistics). Scheduler thread only. */
 asynq_status asynq_wait_all(asynq_future **fs, size_t n);
 
 /* asynq_return_i64 sets t's value to v and returns ASYNQ_OK, so a task body
