@@ -22,6 +22,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -365,12 +366,21 @@ asynq_batch_complete(asynq_batch *b, asynq_status st)
 }
 
 void
-asynqi_process_posted(asynq_sched *s, bool block)
+asynqi_process_posted(asynq_sched *s, bool block, uint64_t until)
 {
 	pthread_mutex_lock(&s->mu);
 	while (block && s->posted == NULL) {
 		s->sleeping = true;
-		pthread_cond_wait(&s->cv, &s->mu);
+		if (until == 0) {
+			pthread_cond_wait(&s->cv, &s->mu);
+			continue;
+		}
+		struct timespec ts = {
+			.tv_sec = (time_t)(until / 1000000000u),
+			.tv_nsec = (long)(until % 1000000000u),
+		};
+		if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) != 0)
+			break; /* a timer is due */
 	}
 	s->sleeping = false;
 	asynq_batch *list = s->posted;

@@ -12,7 +12,7 @@
 #include "asynq/asynq.h"
 #include "coro.h"
 
-enum fut_kind { FUT_CONST, FUT_TASK, FUT_ITEM };
+enum fut_kind { FUT_CONST, FUT_TASK, FUT_ITEM, FUT_TIMER };
 enum val_kind { VAL_NONE, VAL_I64, VAL_PTR };
 enum task_state {
 	TASK_CREATED, /* spawned, never run */
@@ -58,6 +58,8 @@ struct asynq_future {
 	asynq_batch *batch;
 	int64_t key;
 	void *req;
+	/* Timers only: when it fires (monotonic ns). */
+	uint64_t due;
 };
 
 typedef struct scoped_entry {
@@ -111,6 +113,8 @@ struct asynq_sched {
 	asynq_task *all_tasks;
 	asynq_batch *pending;       /* open batches with items */
 	size_t n_inflight;          /* deferred flushes outstanding */
+	asynq_future **timers;      /* min-heap on `due`, each held */
+	size_t n_timers, cap_timers;
 	uint64_t live_futures;      /* allocated and not yet freed */
 	bool zombie;                /* thread_fini ran; free at last future */
 	bool depth_dumped;          /* the depth-limit dump was printed */
@@ -152,7 +156,15 @@ asynq_batch *asynqi_best_batch(asynq_sched *s);
 void asynqi_batch_run_flush(asynq_sched *s, asynq_batch *b);
 void asynqi_batch_finish(asynq_sched *s, asynq_batch *b);
 void asynqi_batch_item_freed(asynq_future *item);
-void asynqi_process_posted(asynq_sched *s, bool block);
+/* asynqi_process_posted finishes posted completions; with block, it first
+ * sleeps until one is posted or the monotonic clock reaches `until` (0: no
+ * limit). */
+void asynqi_process_posted(asynq_sched *s, bool block, uint64_t until);
+
+/* Timers: fire the expired ones; fail every pending one at teardown. */
+void asynqi_timers_fire(asynq_sched *s, uint64_t now);
+void asynqi_timers_cancel(asynq_sched *s);
+uint64_t asynqi_now_ns(void);
 
 /* Contexts: called by the scheduler around switches. */
 void asynqi_ctx_pause_chain(asynq_sched *s, asynq_task *t);

@@ -29,6 +29,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -148,7 +149,14 @@ asynq_thread_init(const asynq_sched_cfg *cfg)
 		s->cfg.on_error = default_on_error;
 	if (pthread_mutex_init(&s->mu, NULL) != 0)
 		goto fail_mu;
-	if (pthread_cond_init(&s->cv, NULL) != 0)
+	/* Timed sleeps (timers) use the monotonic clock, like asynqi_now_ns. */
+	pthread_condattr_t ca;
+	if (pthread_condattr_init(&ca) != 0)
+		goto fail_cv;
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	int crv = pthread_cond_init(&s->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (crv != 0)
 		goto fail_cv;
 	asynqi_stack_pool_init(&s->pool, s->cfg.stack_size,
 	    s->cfg.warm_stacks, s->cfg.guarded_stacks);
@@ -993,7 +1001,11 @@ run_loop(asynq_sched *s, asynq_future *target)
 	while (!target->done) {
 		if (atomic_load_explicit(&s->has_posted,
 		        memory_order_relaxed)) {
-			asynqi_process_posted(s, false);
+			asynqi_process_posted(s, false, 0);
+			continue;
+		}
+		if (s->n_timers > 0 && s->timers[0]->due <= asynqi_now_ns()) {
+			asynqi_timers_fire(s, asynqi_now_ns());
 			continue;
 		}
 		asynq_task *t = ready_pop(s);
@@ -1006,10 +1018,11 @@ run_loop(asynq_sched *s, asynq_future *target)
 			asynqi_batch_run_flush(s, b);
 			continue;
 		}
-		if (s->n_inflight > 0) {
+		if (s->n_inflight > 0 || s->n_timers > 0) {
 			s->stats.sleeps++;
 			asynqi_stack_pool_trim(&s->pool);
-			asynqi_process_posted(s, true);
+			asynqi_process_posted(s, true,
+			    s->n_timers > 0 ? s->timers[0]->due : 0);
 			continue;
 		}
 		fprintf(stderr,
@@ -1110,6 +1123,7 @@ asynq_thread_fini(void)
 		return;
 	}
 	asynqi_debug_fini(s);
+	asynqi_timers_cancel(s);
 	/* Cancel what never flushed and let woken tasks finish. */
 	for (;;) {
 		asynq_batch *b = asynqi_best_batch(s);
@@ -1118,7 +1132,7 @@ asynq_thread_fini(void)
 			continue;
 		}
 		if (s->n_inflight > 0) {
-			asynqi_process_posted(s, true);
+			asynqi_process_posted(s, true, 0);
 			continue;
 		}
 		if (s->ready_head == NULL)

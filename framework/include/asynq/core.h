@@ -143,6 +143,15 @@ typedef asynq_status (*asynq_done_fn)(asynq_future *f, void *arg);
  * thread only. */
 asynq_status asynq_future_on_done(asynq_future *f, asynq_done_fn fn, void *arg);
 
+/* asynq_sleep returns a future computed (with the value 0) once `ns`
+ * nanoseconds of the monotonic clock have passed. Awaiting it suspends only
+ * the task; the scheduler runs other tasks and sleeps when nothing else can
+ * run. Scheduler thread only. */
+asynq_future *asynq_sleep(uint64_t ns);
+
+/* asynq_now_ns returns the monotonic clock in nanoseconds. Any thread. */
+uint64_t asynq_now_ns(void);
+
 /* ---- Tasks ----------------------------------------------------------- */
 
 /* asynq_spawn returns a task future that will run fn(t, arg). Tasks are lazy:
