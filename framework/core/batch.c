@@ -366,10 +366,28 @@ asynq_batch_complete(asynq_batch *b, asynq_status st)
 }
 
 void
+asynq_sched_post(asynq_sched *s, asynq_post *p)
+{
+	p->next = NULL;
+	pthread_mutex_lock(&s->mu);
+	if (s->posts_tail != NULL)
+		s->posts_tail->next = p;
+	else
+		s->posts_head = p;
+	s->posts_tail = p;
+	atomic_store_explicit(&s->has_posted, 1, memory_order_relaxed);
+	if (s->sleeping) {
+		s->sleeping = false;
+		pthread_cond_signal(&s->cv);
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+void
 asynqi_process_posted(asynq_sched *s, bool block, uint64_t until)
 {
 	pthread_mutex_lock(&s->mu);
-	while (block && s->posted == NULL) {
+	while (block && s->posted == NULL && s->posts_head == NULL) {
 		s->sleeping = true;
 		if (until == 0) {
 			pthread_cond_wait(&s->cv, &s->mu);
@@ -385,8 +403,16 @@ asynqi_process_posted(asynq_sched *s, bool block, uint64_t until)
 	s->sleeping = false;
 	asynq_batch *list = s->posted;
 	s->posted = NULL;
+	asynq_post *posts = s->posts_head;
+	s->posts_head = s->posts_tail = NULL;
 	atomic_store_explicit(&s->has_posted, 0, memory_order_relaxed);
 	pthread_mutex_unlock(&s->mu);
+	while (posts != NULL) {
+		asynq_post *p = posts;
+		posts = p->next;
+		p->next = NULL;
+		p->fn(p);
+	}
 	/* Posted newest first; finish in completion order. */
 	asynq_batch *rev = NULL;
 	while (list != NULL) {

@@ -52,10 +52,8 @@ struct asynqi_slab {
 static size_t
 page_size(void)
 {
-	static size_t ps;
-	if (ps == 0)
-		ps = (size_t)sysconf(_SC_PAGESIZE);
-	return ps;
+	/* Not cached in a static: schedulers start on many threads at once. */
+	return (size_t)sysconf(_SC_PAGESIZE);
 }
 
 static size_t

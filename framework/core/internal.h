@@ -12,7 +12,7 @@
 #include "asynq/asynq.h"
 #include "coro.h"
 
-enum fut_kind { FUT_CONST, FUT_TASK, FUT_ITEM, FUT_TIMER };
+enum fut_kind { FUT_CONST, FUT_TASK, FUT_ITEM, FUT_TIMER, FUT_PROMISE };
 enum val_kind { VAL_NONE, VAL_I64, VAL_PTR };
 enum task_state {
 	TASK_CREATED, /* spawned, never run */
@@ -113,6 +113,7 @@ struct asynq_sched {
 	asynq_task *all_tasks;
 	asynq_batch *pending;       /* open batches with items */
 	size_t n_inflight;          /* deferred flushes outstanding */
+	size_t n_promises;          /* promises not yet computed */
 	asynq_future **timers;      /* min-heap on `due`, each held */
 	size_t n_timers, cap_timers;
 	uint64_t live_futures;      /* allocated and not yet freed */
@@ -129,6 +130,7 @@ struct asynq_sched {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	asynq_batch *posted;
+	asynq_post *posts_head, *posts_tail;
 	_Atomic(int) has_posted;
 	bool sleeping;
 	void *altstack;

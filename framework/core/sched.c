@@ -285,6 +285,11 @@ future_free(asynq_future *f)
 		asynqi_batch_item_freed(f);
 		free(f);
 		break;
+	case FUT_PROMISE:
+		if (!f->done)
+			s->n_promises--;
+		free(f);
+		break;
 	default:
 		free(f);
 		break;
@@ -354,6 +359,14 @@ asynq_future_ptr(const asynq_future *f)
 }
 
 void *
+asynq_future_take_owned(asynq_future *f, void (**free_fn)(void *))
+{
+	*free_fn = f != NULL && f->done && f->vkind == VAL_PTR ? f->vfree
+	                                                       : NULL;
+	return asynq_future_take(f);
+}
+
+void *
 asynq_future_take(asynq_future *f)
 {
 	if (f == NULL || !f->done || f->vkind != VAL_PTR)
@@ -416,6 +429,72 @@ asynq_const_error(asynq_error *e)
 		f->status = ASYNQ_UNKNOWN;
 	f->error = e;
 	return f;
+}
+
+asynq_future *
+asynq_promise_alloc(void)
+{
+	asynq_sched *s = asynqi_sched_get();
+	if (s == NULL)
+		return NULL;
+	asynq_future *f = asynqi_future_alloc(s, FUT_PROMISE);
+	if (f != NULL)
+		s->n_promises++;
+	return f;
+}
+
+static bool
+promise_open(asynq_future *p)
+{
+	return p != NULL && p->kind == FUT_PROMISE && !p->done;
+}
+
+static void
+promise_done(asynq_future *p)
+{
+	p->sched->n_promises--;
+	asynqi_future_complete(p->sched, p);
+}
+
+asynq_status
+asynq_promise_set_i64(asynq_future *p, int64_t v)
+{
+	if (!promise_open(p))
+		return ASYNQ_FAILED_PRECONDITION;
+	p->vkind = VAL_I64;
+	p->v.i = v;
+	promise_done(p);
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynq_promise_set_ptr(asynq_future *p, void *v, void (*free_fn)(void *))
+{
+	if (!promise_open(p)) {
+		if (free_fn != NULL)
+			free_fn(v);
+		return ASYNQ_FAILED_PRECONDITION;
+	}
+	p->vkind = VAL_PTR;
+	p->v.p = v;
+	p->vfree = free_fn;
+	promise_done(p);
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynq_promise_set_error(asynq_future *p, asynq_error *e)
+{
+	if (!promise_open(p)) {
+		asynq_error_rele(e);
+		return ASYNQ_FAILED_PRECONDITION;
+	}
+	p->status = asynq_error_code(e);
+	if (p->status == ASYNQ_OK)
+		p->status = ASYNQ_UNKNOWN;
+	p->error = e;
+	promise_done(p);
+	return ASYNQ_OK;
 }
 
 static void ready_push_front(asynq_sched *s, asynq_task *t);
@@ -958,6 +1037,17 @@ asynq_await_all(asynq_task *t, asynq_future **fs, size_t n)
 	return collect(t, fs, n);
 }
 
+void
+asynq_task_start(asynq_future *f)
+{
+	asynq_task *t = asynq_future_task(f);
+	if (t == NULL || t->state != TASK_CREATED)
+		return;
+	t->state = TASK_READY;
+	t->fut.refs++; /* the scheduler's, until it finishes */
+	ready_insert(t->fut.sched, t, NULL);
+}
+
 asynq_status
 asynq_await(asynq_task *t, asynq_future *f)
 {
@@ -1018,7 +1108,8 @@ run_loop(asynq_sched *s, asynq_future *target)
 			asynqi_batch_run_flush(s, b);
 			continue;
 		}
-		if (s->n_inflight > 0 || s->n_timers > 0) {
+		if (s->n_inflight > 0 || s->n_timers > 0 ||
+		    s->n_promises > 0) {
 			s->stats.sleeps++;
 			asynqi_stack_pool_trim(&s->pool);
 			asynqi_process_posted(s, true,

@@ -10,5 +10,6 @@
 #include "asynq/core.h"
 #include "asynq/batch.h"
 #include "asynq/context.h"
+#include "asynq/runtime.h"
 
 #endif /* ASYNQ_ASYNQ_H */

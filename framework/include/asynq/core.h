@@ -133,6 +133,11 @@ void *asynq_future_ptr(const asynq_future *f);
  * future no longer frees it. NULL if f has no pointer value. */
 void *asynq_future_take(asynq_future *f);
 
+/* asynq_future_take_owned is asynq_future_take that also returns the free
+ * function the value came with (NULL if it was not owned), so the value can
+ * be handed on, e.g. to another thread. */
+void *asynq_future_take_owned(asynq_future *f, void (**free_fn)(void *));
+
 /* A callback run once when a future is computed. A non-OK return is reported
  * through the scheduler's on_error hook; the other callbacks still run. */
 typedef asynq_status (*asynq_done_fn)(asynq_future *f, void *arg);
@@ -152,6 +157,39 @@ asynq_future *asynq_sleep(uint64_t ns);
 /* asynq_now_ns returns the monotonic clock in nanoseconds. Any thread. */
 uint64_t asynq_now_ns(void);
 
+/* asynq_promise_alloc returns a pending future that code on the scheduler
+ * thread completes with asynq_promise_set_* (typically a function posted
+ * from another thread with asynq_sched_post). While any promise is pending,
+ * a scheduler with nothing to run sleeps until something is posted instead
+ * of reporting a deadlock. Scheduler thread only. */
+asynq_future *asynq_promise_alloc(void);
+
+/* asynq_promise_set_i64 computes promise p with v and wakes its waiters.
+ * FAILED_PRECONDITION if p is not a pending promise. Scheduler thread only. */
+asynq_status asynq_promise_set_i64(asynq_future *p, int64_t v);
+
+/* asynq_promise_set_ptr computes p with a pointer; with free_fn, ownership
+ * of v moves to p (also on failure, when v is freed at once). */
+asynq_status asynq_promise_set_ptr(asynq_future *p, void *v,
+    void (*free_fn)(void *));
+
+/* asynq_promise_set_error fails p with e; ownership of e moves to p. */
+asynq_status asynq_promise_set_error(asynq_future *p, asynq_error *e);
+
+/* A unit of work posted to a scheduler from any thread: fn(post) runs on the
+ * scheduler's thread, from its wait loop, in posting order. The post struct
+ * is owned by the poster and must stay valid until fn runs; fn may free it. */
+typedef struct asynq_post asynq_post;
+struct asynq_post {
+	void (*fn)(asynq_post *post);
+	asynq_post *next; /* the framework's */
+};
+
+/* asynq_sched_post queues p on scheduler s and wakes s if it sleeps; a burst
+ * of posts costs one wake-up. Any thread; s must not be freed before p runs.
+ */
+void asynq_sched_post(asynq_sched *s, asynq_post *p);
+
 /* ---- Tasks ----------------------------------------------------------- */
 
 /* asynq_spawn returns a task future that will run fn(t, arg). Tasks are lazy:
@@ -163,6 +201,13 @@ uint64_t asynq_now_ns(void);
 /* asynq_spawn_at is asynq_spawn with an explicit name and location. */
 asynq_future *asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
     const char *file, int line);
+
+/* asynq_task_start starts a task that was spawned lazily without waiting
+ * for it (fire and forget): it joins the back of the ready queue and runs
+ * the next time the scheduler runs; its result is read from the future later
+ * (asynq_future_on_done). No effect on a task already started or on another
+ * kind of future. Scheduler thread only. */
+void asynq_task_start(asynq_future *f);
 
 /* asynq_await suspends task t until f is computed and returns f's status;
  * on error t's last error (asynq_task_error) is set to f's error. Awaiting

@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * RPC service descriptors: the tables protoc-gen-asynq generates, one per
+ * service of a .proto file, as constant C data in <file>.asynq.c. They name
+ * each method as calls carry it on the wire (asynq.rpc.Call.method), point at
+ * the protoc-c descriptors that encode and decode its messages, and hold the
+ * batching options the service author declared with proto/asynq/options.proto.
+ * The RPC client and server read them; nothing writes them, so any thread may
+ * read them at any time, and they live as long as the program.
+ */
+#ifndef ASYNQ_RPC_DESC_H
+#define ASYNQ_RPC_DESC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* protobuf-c's message descriptor (protobuf-c/protobuf-c.h); declared here
+ * so that this header does not need protobuf-c's. */
+struct ProtobufCMessageDescriptor;
+
+/* One method of a service. */
+typedef struct asynq_rpc_method_desc {
+	/* The method's name as the .proto declares it ("GetName"). */
+	const char *name;
+	/* The name calls carry on the wire: the service's full name, a slash
+	 * and the method's name ("pkg.Users/GetName"). */
+	const char *full_name;
+	/* protoc-c descriptor of the request message. */
+	const struct ProtobufCMessageDescriptor *input;
+	/* protoc-c descriptor of the response message. */
+	const struct ProtobufCMessageDescriptor *output;
+	/* The method may run more than once per call, so calls may be resent
+	 * or retried: (asynq.idempotent), or idempotency_level IDEMPOTENT or
+	 * NO_SIDE_EFFECTS. Other methods run at most once. */
+	bool idempotent;
+	/* (asynq.whole_batch): the server passes all the calls of this method
+	 * in one request to one handler instead of one task per call. */
+	bool whole_batch;
+} asynq_rpc_method_desc;
+
+/* One service: its methods in .proto order and its options. */
+typedef struct asynq_rpc_service_desc {
+	/* The service's name as the .proto declares it ("Users"). */
+	const char *name;
+	/* The service's full name, with its package ("pkg.Users"). */
+	const char *full_name;
+	/* The methods, in the order the .proto declares them. */
+	const asynq_rpc_method_desc *methods;
+	/* How many methods there are (methods is NULL when there are none). */
+	size_t n_methods;
+	/* (asynq.batch_max_calls): the most calls one request carries; 0 when
+	 * unset, meaning the client's default. */
+	uint32_t batch_max_calls;
+	/* (asynq.flush_delay_us): how long a batch waits for more calls after
+	 * its first one; 0 means flush when every task is blocked. */
+	uint32_t flush_delay_us;
+	/* (asynq.default_deadline_ms): deadline of a call whose caller set
+	 * none; 0 means none. */
+	uint32_t default_deadline_ms;
+} asynq_rpc_service_desc;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ASYNQ_RPC_DESC_H */
