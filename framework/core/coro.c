@@ -305,9 +305,13 @@ asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s)
 	(void)to;
 	(void)s;
 #if defined(ASYNQ_ASAN)
-	if (s != NULL && to->stack_lo == NULL) {
+	if (s != NULL) {
 		to->stack_lo = s->lo;
 		to->stack_size = s->size;
+		/* A task that finished never returned from its outer frames, so
+		 * their redzones are still poisoned: clear them before the stack
+		 * runs another task. */
+		__asan_unpoison_memory_region(s->lo, s->size);
 	}
 #endif
 #if defined(ASYNQ_TSAN)

@@ -46,16 +46,16 @@ _Thread_local asynq_sched *asynqi_tls_sched;
 
 /* ---- Overflow reporting -------------------------------------------- */
 
-#if USE_SEGV_HANDLER
-static struct sigaction old_segv;
-static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
-
 static void
 write_str(const char *s)
 {
 	ssize_t r = write(STDERR_FILENO, s, strlen(s));
 	(void)r;
 }
+
+#if USE_SEGV_HANDLER
+static struct sigaction old_segv;
+static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
 
 static void
 segv_handler(int sig, siginfo_t *si, void *uc)
@@ -110,11 +110,16 @@ static void
 canary_check(asynq_task *t)
 {
 	if (t->stack != NULL && !asynqi_stack_canary_ok(t->stack)) {
-		fprintf(stderr,
-		    "asynq: stack overflow in task %s, spawned at %s:%d (its "
-		    "stack canary was overwritten; raise "
-		    "asynq_sched_cfg.stack_size)\n",
-		    t->name, t->file, t->line);
+		/* We are on the overrun stack: write(2) only, no stdio. */
+		char line[32];
+		snprintf(line, sizeof(line), ":%d", t->line);
+		write_str("asynq: stack overflow in task ");
+		write_str(t->name);
+		write_str(", spawned at ");
+		write_str(t->file);
+		write_str(line);
+		write_str(" (its stack canary was overwritten; raise "
+		          "asynq_sched_cfg.stack_size)\n");
 		abort();
 	}
 }

@@ -165,6 +165,7 @@ online_cpus(void)
 asynq_status
 asynq_runtime_alloc(asynq_runtime **rtp, const asynq_runtime_cfg *cfg)
 {
+	asynq_status st = ASYNQ_RESOURCE_EXHAUSTED;
 	asynq_runtime *rt = calloc(1, sizeof(*rt));
 	if (rt == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
@@ -195,7 +196,7 @@ asynq_runtime_alloc(asynq_runtime **rtp, const asynq_runtime_cfg *cfg)
 	while (rt->started < made)
 		pthread_cond_wait(&rt->cv, &rt->mu);
 	pthread_mutex_unlock(&rt->mu);
-	asynq_status st = made == rt->n ? ASYNQ_OK : ASYNQ_RESOURCE_EXHAUSTED;
+	st = made == rt->n ? ASYNQ_OK : ASYNQ_RESOURCE_EXHAUSTED;
 	for (size_t i = 0; i < made; i++)
 		if (rt->workers[i].init_status != ASYNQ_OK)
 			st = rt->workers[i].init_status;
@@ -323,6 +324,7 @@ asynq_runtime_submit(asynq_runtime *rt, int worker_index, asynq_task_fn fn,
 {
 	if (worker_index >= (int)rt->n)
 		return ASYNQ_INVALID_ARGUMENT;
+	asynq_status st = ASYNQ_RESOURCE_EXHAUSTED;
 	asynq_ticket *tk = calloc(1, sizeof(*tk));
 	if (tk == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
@@ -330,7 +332,7 @@ asynq_runtime_submit(asynq_runtime *rt, int worker_index, asynq_task_fn fn,
 		goto fail_mu;
 	if (pthread_cond_init(&tk->cv, NULL) != 0)
 		goto fail_cv;
-	asynq_status st = asynq_runtime_hold(rt);
+	st = asynq_runtime_hold(rt);
 	if (st != ASYNQ_OK)
 		goto fail_hold;
 	tk->rt = rt;
