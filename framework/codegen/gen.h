@@ -29,7 +29,8 @@ typedef struct asynqi_codegen asynqi_codegen;
  * response's error field, as protoc expects. Returns 0, or -1 when memory
  * ran out (nothing is returned then). req is borrowed and must outlive the
  * response. */
-int asynqi_codegen_run(const Google__Protobuf__Compiler__CodeGeneratorRequest *req,
+int asynqi_codegen_run(
+    const Google__Protobuf__Compiler__CodeGeneratorRequest *req,
     Google__Protobuf__Compiler__CodeGeneratorResponse **respp,
     asynqi_codegen **genp);
 

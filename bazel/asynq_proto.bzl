@@ -1,0 +1,113 @@
+# SPDX-License-Identifier: MIT
+"""Protocol buffers for asynq: protoc-c and protoc-gen-asynq as genrules.
+
+protoc_c_library(name, srcs, deps) compiles .proto files with protoc-c into
+a cc_library `name` holding <base>.pb-c.c/.h.
+
+asynq_proto_library(name, srcs, deps) does the same and also runs the asynq
+protoc plugin (//framework/codegen:protoc-gen-asynq), which writes
+<base>.asynq.c/.h: the service descriptor tables of asynq/rpc_desc.h. The
+cc_library `name` holds both.
+
+Conventions and limits:
+- srcs are .proto source files of the calling package; a file is imported by
+  its workspace path ("tests/codegen/x.proto"), since protoc runs with -I.
+  and -I/usr/include (for google/protobuf/descriptor.proto).
+- deps are other protoc_c_library or asynq_proto_library targets; each also
+  defines `<dep>_protos`, the .proto files importers need, so the genrules
+  declare every file protoc reads.
+- Well-known types other than descriptor.proto have no C library here yet.
+"""
+
+_PROTOC = "/usr/bin/protoc"
+_PROTOC_C = "/usr/bin/protoc-c"
+_PLUGIN = "//framework/codegen:protoc-gen-asynq"
+_OPTIONS = "//proto/asynq:options_c"
+_PROTOBUF_C = "//bazel/third_party:protobuf_c"
+
+def _protos_label(dep):
+    """The `<dep>_protos` filegroup of a library label."""
+    if ":" not in dep:
+        dep = dep + ":" + dep.split("/")[-1]
+    return dep + "_protos"
+
+def _base(src):
+    if not src.endswith(".proto") or ":" in src:
+        fail("%s: srcs must be .proto files of this package" % src)
+    return src[:-len(".proto")]
+
+def _protos(name, srcs, deps, visibility, testonly):
+    native.filegroup(
+        name = name + "_protos",
+        srcs = srcs + [_protos_label(d) for d in deps],
+        visibility = visibility,
+        testonly = testonly,
+    )
+
+def _srcs_args(srcs):
+    return " ".join(["$(location %s)" % s for s in srcs])
+
+def _protoc_c(name, srcs, protos, deps, visibility, testonly):
+    bases = [_base(s) for s in srcs]
+    native.genrule(
+        name = name + "_gen",
+        srcs = srcs + [protos],
+        outs = [b + ".pb-c.c" for b in bases] + [b + ".pb-c.h" for b in bases],
+        cmd = "%s -I. -I/usr/include --c_out=$(GENDIR) %s" % (
+            _PROTOC_C,
+            _srcs_args(srcs),
+        ),
+        message = "protoc-c %s" % name,
+        visibility = ["//visibility:private"],
+        testonly = testonly,
+    )
+    native.cc_library(
+        name = name,
+        srcs = [b + ".pb-c.c" for b in bases],
+        hdrs = [b + ".pb-c.h" for b in bases],
+        deps = deps + [_PROTOBUF_C],
+        visibility = visibility,
+        testonly = testonly,
+    )
+
+def protoc_c_library(name, srcs, deps = [], visibility = None, testonly = None):
+    """cc_library `name` of the protoc-c output for srcs."""
+    _protos(name, srcs, deps, visibility, testonly)
+    _protoc_c(name, srcs, ":" + name + "_protos", deps, visibility, testonly)
+
+def asynq_proto_library(name, srcs, deps = [], visibility = None, testonly = None):
+    """cc_library `name` of the protoc-c and protoc-gen-asynq output for srcs.
+
+    Every file may import "proto/asynq/options.proto"; the library always
+    depends on it, so its generated headers can include options.pb-c.h.
+    """
+    pb_deps = list(deps)
+    if _OPTIONS not in pb_deps:
+        pb_deps.append(_OPTIONS)
+    _protos(name, srcs, pb_deps, visibility, testonly)
+    protos = ":" + name + "_protos"
+    _protoc_c(name + "_pb_c", srcs, protos, pb_deps, ["//visibility:private"], testonly)
+
+    bases = [_base(s) for s in srcs]
+    native.genrule(
+        name = name + "_asynq_gen",
+        srcs = srcs + [protos],
+        outs = [b + ".asynq.c" for b in bases] + [b + ".asynq.h" for b in bases],
+        tools = [_PLUGIN],
+        cmd = ("%s --plugin=protoc-gen-asynq=$(location %s) -I. -I/usr/include " +
+               "--asynq_out=$(GENDIR) %s") % (_PROTOC, _PLUGIN, _srcs_args(srcs)),
+        message = "protoc-gen-asynq %s" % name,
+        visibility = ["//visibility:private"],
+        testonly = testonly,
+    )
+    native.cc_library(
+        name = name,
+        srcs = [b + ".asynq.c" for b in bases],
+        hdrs = [b + ".asynq.h" for b in bases],
+        deps = [
+            ":" + name + "_pb_c",
+            "//framework:asynq",
+        ],
+        visibility = visibility,
+        testonly = testonly,
+    )

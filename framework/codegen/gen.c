@@ -1,0 +1,901 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * protoc-gen-asynq's generator. For every file protoc asks for it writes
+ * <file>.asynq.h and <file>.asynq.c (even for a file without services, so a
+ * build rule can name its outputs from the .proto names alone); for every
+ * service of the file they hold what the parts[] table below emits. Today
+ * that is the service descriptor table of asynq/rpc_desc.h.
+ *
+ * Design notes
+ *
+ * - Two stages. First every file to generate is read into a model (struct
+ *   file, service, method): names, protoc-c C names, option values. All
+ *   checks happen there, and the first problem becomes the response's error
+ *   (protoc prints it and fails the build). Only a valid model is emitted.
+ * - Custom options: protobuf-c does not know the extensions declared in
+ *   proto/asynq/options.proto, so their values arrive as unknown fields of
+ *   ServiceOptions and MethodOptions (base.unknown_fields), raw as on the
+ *   wire (a varint's bytes; a length-delimited field's length prefix and
+ *   bytes). They are decoded here by field number; like protobuf, the last
+ *   occurrence of a field wins.
+ * - C names: the tables point at protoc-c's message descriptors, so protoc-c's
+ *   mangling is reproduced: each dotted piece of the full name goes through
+ *   CamelToLower ("HTTPRequest" -> "httprequest", "GetName" -> "get_name"),
+ *   pieces are joined with "__", and a file's (pb_c_file).c_package replaces
+ *   its package. A mismatch would be a compile error of the generated .c,
+ *   never a silent one.
+ * - Memory: everything allocated is recorded in the generator and freed by
+ *   asynqi_codegen_free; running out of memory sets a flag that makes the run
+ *   fail. Only ISO C is used: the plugin is built for the host too.
+ */
+#include <ctype.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gen.h"
+
+typedef Google__Protobuf__Compiler__CodeGeneratorRequest request;
+typedef Google__Protobuf__Compiler__CodeGeneratorResponse response;
+typedef Google__Protobuf__Compiler__CodeGeneratorResponse__File response_file;
+typedef Google__Protobuf__FileDescriptorProto file_proto;
+typedef Google__Protobuf__DescriptorProto message_proto;
+typedef Google__Protobuf__ServiceDescriptorProto service_proto;
+typedef Google__Protobuf__MethodDescriptorProto method_proto;
+
+struct asynqi_codegen {
+	const request *req;
+	response resp;
+	void **owned; /* every allocation, freed by asynqi_codegen_free */
+	size_t n_owned;
+	size_t cap_owned;
+	bool oom;
+	char *error; /* the first problem found; owned */
+};
+
+/* ---- Memory and text ------------------------------------------------ */
+
+/* own records p for asynqi_codegen_free; a NULL p (failed allocation) and
+ * a failure to record set the out-of-memory flag. Returns p or NULL. */
+static void *
+own(asynqi_codegen *g, void *p)
+{
+	if (p == NULL) {
+		g->oom = true;
+		return NULL;
+	}
+	if (g->n_owned == g->cap_owned) {
+		size_t cap = g->cap_owned ? g->cap_owned * 2 : 64;
+		void **n = realloc(g->owned, cap * sizeof(*n));
+		if (n == NULL) {
+			free(p);
+			g->oom = true;
+			return NULL;
+		}
+		g->owned = n;
+		g->cap_owned = cap;
+	}
+	g->owned[g->n_owned++] = p;
+	return p;
+}
+
+static void *
+gen_zalloc(asynqi_codegen *g, size_t n, size_t size)
+{
+	return own(g, calloc(n ? n : 1, size));
+}
+
+/* A growing string; on out-of-memory it stops growing and flags g. */
+struct buf {
+	asynqi_codegen *g;
+	char *p;
+	size_t len;
+	size_t cap;
+};
+
+static void
+buf_init(struct buf *b, asynqi_codegen *g)
+{
+	b->g = g;
+	b->p = NULL;
+	b->len = 0;
+	b->cap = 0;
+}
+
+static bool
+buf_reserve(struct buf *b, size_t more)
+{
+	size_t cap;
+	char *p;
+
+	if (b->g->oom)
+		return false;
+	if (b->len + more + 1 <= b->cap)
+		return true;
+	cap = b->cap ? b->cap : 256;
+	while (cap < b->len + more + 1)
+		cap *= 2;
+	if ((p = realloc(b->p, cap)) == NULL) {
+		b->g->oom = true;
+		return false;
+	}
+	b->p = p;
+	b->cap = cap;
+	return true;
+}
+
+static void
+buf_putc(struct buf *b, char c)
+{
+	if (!buf_reserve(b, 1))
+		return;
+	b->p[b->len++] = c;
+	b->p[b->len] = '\0';
+}
+
+static void
+buf_vprintf(struct buf *b, const char *fmt, va_list ap)
+{
+	va_list aq;
+	int n;
+
+	va_copy(aq, ap);
+	n = vsnprintf(NULL, 0, fmt, aq);
+	va_end(aq);
+	if (n < 0 || !buf_reserve(b, (size_t)n))
+		return;
+	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+	b->len += (size_t)n;
+}
+
+static void buf_printf(struct buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+buf_printf(struct buf *b, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	buf_vprintf(b, fmt, ap);
+	va_end(ap);
+}
+
+/* buf_take hands the text to g (freed with it) and returns it, or NULL
+ * when memory ran out. */
+static char *
+buf_take(struct buf *b)
+{
+	if (b->g->oom) {
+		free(b->p);
+		b->p = NULL;
+		return NULL;
+	}
+	if (b->p == NULL && !buf_reserve(b, 0))
+		return NULL;
+	if (b->len == 0)
+		b->p[0] = '\0';
+	return own(b->g, b->p);
+}
+
+static char *gen_printf(asynqi_codegen *g, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static char *
+gen_printf(asynqi_codegen *g, const char *fmt, ...)
+{
+	struct buf b;
+	va_list ap;
+
+	buf_init(&b, g);
+	va_start(ap, fmt);
+	buf_vprintf(&b, fmt, ap);
+	va_end(ap);
+	return buf_take(&b);
+}
+
+static int fail(asynqi_codegen *g, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* fail records the first problem of the run; returns -1 for the caller to
+ * pass on. */
+static int
+fail(asynqi_codegen *g, const char *fmt, ...)
+{
+	struct buf b;
+	va_list ap;
+
+	if (g->error != NULL || g->oom)
+		return -1;
+	buf_init(&b, g);
+	va_start(ap, fmt);
+	buf_vprintf(&b, fmt, ap);
+	va_end(ap);
+	g->error = buf_take(&b);
+	return -1;
+}
+
+/* ---- protoc-c names ----------------------------------------------- */
+
+/* put_piece appends protoc-c's CamelToLower (or CamelToUpper) of the n
+ * bytes at s: an underscore before each upper-case letter that follows a
+ * character that is not one, then everything in one case. */
+static void
+put_piece(struct buf *b, const char *s, size_t n, bool upper)
+{
+	bool was_upper = true; /* no leading underscore */
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		bool is_upper = isupper(c) != 0;
+
+		if (is_upper && !was_upper)
+			buf_putc(b, '_');
+		buf_putc(b, (char)(upper ? toupper(c) : tolower(c)));
+		was_upper = is_upper;
+	}
+}
+
+/* mangle returns protoc-c's FullNameToLower (or ToUpper) of a dotted name:
+ * the pieces joined with "__", empty pieces skipped. */
+static char *
+mangle(asynqi_codegen *g, const char *dotted, bool upper)
+{
+	struct buf b;
+	const char *p = dotted;
+
+	buf_init(&b, g);
+	while (*p != '\0') {
+		const char *dot = strchr(p, '.');
+		size_t n = dot ? (size_t)(dot - p) : strlen(p);
+
+		if (n > 0) {
+			if (b.len > 0)
+				buf_printf(&b, "__");
+			put_piece(&b, p, n, upper);
+		}
+		p += n;
+		if (*p == '.')
+			p++;
+	}
+	return buf_take(&b);
+}
+
+/* ---- Option values ------------------------------------------------- */
+
+/* read_varint decodes a varint from the len bytes at p; returns how many
+ * bytes it took, or 0 when they hold no valid varint. */
+static size_t
+read_varint(const uint8_t *p, size_t len, uint64_t *v)
+{
+	uint64_t x = 0;
+
+	for (size_t i = 0; i < len && i < 10; i++) {
+		x |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+		if ((p[i] & 0x80) == 0) {
+			*v = x;
+			return i + 1;
+		}
+	}
+	return 0;
+}
+
+/* opt_find returns the last unknown field numbered tag of an options
+ * message (NULL when the message or the field is absent). */
+static const ProtobufCMessageUnknownField *
+opt_find(const ProtobufCMessage *opts, uint32_t tag)
+{
+	const ProtobufCMessageUnknownField *found = NULL;
+
+	if (opts == NULL)
+		return NULL;
+	for (unsigned i = 0; i < opts->n_unknown_fields; i++)
+		if (opts->unknown_fields[i].tag == tag)
+			found = &opts->unknown_fields[i];
+	return found;
+}
+
+/* opt_varint reads varint option tag into *v; returns 1 when set, 0 when
+ * unset, -1 (with the run's error set) when the field is not a varint. */
+static int
+opt_varint(asynqi_codegen *g, const ProtobufCMessage *opts, uint32_t tag,
+    const char *where, const char *opt, uint64_t *v)
+{
+	const ProtobufCMessageUnknownField *f = opt_find(opts, tag);
+
+	if (f == NULL)
+		return 0;
+	if (f->wire_type != PROTOBUF_C_WIRE_TYPE_VARINT ||
+	    read_varint(f->data, f->len, v) != f->len)
+		return fail(g,
+		    "%s: option %s (field %u) is not the integer "
+		    "proto/asynq/options.proto declares; does another "
+		    "extension use field number %u?",
+		    where, opt, (unsigned)tag, (unsigned)tag);
+	return 1;
+}
+
+/* opt_uint32 reads a uint32 option; unset leaves *v at 0. */
+static int
+opt_uint32(asynqi_codegen *g, const ProtobufCMessage *opts, uint32_t tag,
+    const char *where, const char *opt, bool *set, uint32_t *v)
+{
+	uint64_t x = 0;
+	int rv;
+
+	*set = false;
+	*v = 0;
+	if ((rv = opt_varint(g, opts, tag, where, opt, &x)) <= 0)
+		return rv;
+	if (x > UINT32_MAX)
+		return fail(g,
+		    "%s: option %s = %llu is out of range (at most "
+		    "%lu)",
+		    where, opt, (unsigned long long)x,
+		    (unsigned long)UINT32_MAX);
+	*set = true;
+	*v = (uint32_t)x;
+	return 0;
+}
+
+static int
+opt_bool(asynqi_codegen *g, const ProtobufCMessage *opts, uint32_t tag,
+    const char *where, const char *opt, bool *v)
+{
+	uint64_t x = 0;
+	int rv;
+
+	*v = false;
+	if ((rv = opt_varint(g, opts, tag, where, opt, &x)) <= 0)
+		return rv;
+	*v = x != 0;
+	return 0;
+}
+
+/* c_package returns a file's (pb_c_file).c_package, or NULL when unset.
+ * The extension is a message, so its unknown field holds a length prefix
+ * and the message's fields. */
+static int
+c_package(asynqi_codegen *g, const file_proto *f, char **pkgp)
+{
+	const ProtobufCMessageUnknownField *u;
+	const uint8_t *p, *end;
+	uint64_t len, key, x;
+	size_t n;
+
+	*pkgp = NULL;
+	u = opt_find(f->options ? &f->options->base : NULL,
+	    ASYNQI_OPT_PB_C_FILE);
+	if (u == NULL)
+		return 0;
+	if (u->wire_type != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED ||
+	    (n = read_varint(u->data, u->len, &len)) == 0 || len != u->len - n)
+		goto malformed;
+	p = u->data + n;
+	end = u->data + u->len;
+	while (p < end) {
+		if ((n = read_varint(p, (size_t)(end - p), &key)) == 0)
+			goto malformed;
+		p += n;
+		switch (key & 7) {
+		case PROTOBUF_C_WIRE_TYPE_VARINT:
+			if ((n = read_varint(p, (size_t)(end - p), &x)) == 0)
+				goto malformed;
+			break;
+		case PROTOBUF_C_WIRE_TYPE_64BIT:
+			n = 8;
+			break;
+		case PROTOBUF_C_WIRE_TYPE_32BIT:
+			n = 4;
+			break;
+		case PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED:
+			if ((n = read_varint(p, (size_t)(end - p), &x)) == 0 ||
+			    x > (uint64_t)(end - p) - n)
+				goto malformed;
+			if ((key >> 3) == ASYNQI_OPT_PB_C_FILE_C_PACKAGE) {
+				*pkgp = gen_printf(g, "%.*s", (int)x,
+				    (const char *)p + n);
+				if (*pkgp == NULL)
+					return -1;
+			}
+			n += (size_t)x;
+			break;
+		default:
+			goto malformed;
+		}
+		if (n > (size_t)(end - p))
+			goto malformed;
+		p += n;
+	}
+	return 0;
+
+malformed:
+	return fail(g, "%s: cannot read option (pb_c_file)", f->name);
+}
+
+/* ---- The model ----------------------------------------------------- */
+
+struct method {
+	const method_proto *proto;
+	char *full_name; /* "pkg.Svc/Method" */
+	char *upper;     /* "METHOD" in the index enum */
+	char *input_c;   /* protoc-c name of the request type */
+	char *output_c;  /* protoc-c name of the response type */
+	bool idempotent;
+	bool whole_batch;
+};
+
+struct service {
+	const service_proto *proto;
+	char *full_name; /* "pkg.Svc" */
+	char *lower;     /* protoc-c's name of the service: "pkg__svc" */
+	char *upper;     /* "PKG__SVC" */
+	uint32_t batch_max_calls;
+	uint32_t flush_delay_us;
+	uint32_t default_deadline_ms;
+	struct method *methods;
+	size_t n_methods;
+};
+
+struct file {
+	const file_proto *proto;
+	char *base;  /* the file name without ".proto" */
+	char *guard; /* include guard of the header */
+	struct service *services;
+	size_t n_services;
+};
+
+static const file_proto *
+find_file(const request *req, const char *name)
+{
+	for (size_t i = 0; i < req->n_proto_file; i++)
+		if (req->proto_file[i]->name != NULL &&
+		    strcmp(req->proto_file[i]->name, name) == 0)
+			return req->proto_file[i];
+	return NULL;
+}
+
+/* has_message tells whether the dotted path rel ("Outer.Inner") names a
+ * message declared among the n messages at m. */
+static bool
+has_message(message_proto *const *m, size_t n, const char *rel)
+{
+	const char *dot = strchr(rel, '.');
+	size_t len = dot ? (size_t)(dot - rel) : strlen(rel);
+
+	for (size_t i = 0; i < n; i++) {
+		if (m[i]->name == NULL || strlen(m[i]->name) != len ||
+		    strncmp(m[i]->name, rel, len) != 0)
+			continue;
+		if (dot == NULL)
+			return true;
+		if (has_message(m[i]->nested_type, m[i]->n_nested_type,
+		        dot + 1))
+			return true;
+	}
+	return false;
+}
+
+/* type_c_name returns protoc-c's name of the message type ".pkg.Msg" (the
+ * fully qualified form protoc gives), found among the request's files. */
+static int
+type_c_name(asynqi_codegen *g, const char *where, const char *type,
+    char **namep)
+{
+	const request *req = g->req;
+
+	*namep = NULL;
+	if (type == NULL || type[0] != '.')
+		return fail(g, "%s: message type \"%s\" is not fully qualified",
+		    where, type ? type : "");
+	for (size_t i = 0; i < req->n_proto_file; i++) {
+		const file_proto *f = req->proto_file[i];
+		const char *pkg = f->package ? f->package : "";
+		size_t plen = strlen(pkg);
+		const char *rel = type + 1;
+		char *cpkg, *full;
+
+		if (plen > 0) {
+			if (strncmp(rel, pkg, plen) != 0 || rel[plen] != '.')
+				continue;
+			rel += plen + 1;
+		}
+		if (!has_message(f->message_type, f->n_message_type, rel))
+			continue;
+		if (c_package(g, f, &cpkg) != 0)
+			return -1;
+		if (cpkg != NULL)
+			pkg = cpkg;
+		if ((full = gen_printf(g, "%s.%s", pkg, rel)) == NULL ||
+		    (*namep = mangle(g, full, false)) == NULL)
+			return -1;
+		return 0;
+	}
+	return fail(g,
+	    "%s: message type %s is not declared in any file protoc "
+	    "passed to the plugin",
+	    where, type);
+}
+
+/* Names that the generated C uses next to protoc-c's <service>__<method>
+ * functions. */
+static const char *const reserved_suffixes[] = { "asynq_desc",
+	"asynq_methods" };
+
+static int
+read_method(asynqi_codegen *g, const struct service *s, const method_proto *mp,
+    struct method *m)
+{
+	const ProtobufCMessage *opts = mp->options ? &mp->options->base : NULL;
+	char *where, *lower;
+
+	m->proto = mp;
+	if ((m->full_name = gen_printf(g, "%s/%s", s->full_name, mp->name)) ==
+	        NULL ||
+	    (where = gen_printf(g, "method %s", m->full_name)) == NULL ||
+	    (m->upper = mangle(g, mp->name, true)) == NULL ||
+	    (lower = mangle(g, mp->name, false)) == NULL)
+		return -1;
+	if (mp->client_streaming || mp->server_streaming)
+		return fail(g,
+		    "%s: streaming methods are not supported: an "
+		    "asynq call sends one request message and gets "
+		    "one response",
+		    where);
+	for (size_t i = 0;
+	     i < sizeof(reserved_suffixes) / sizeof(reserved_suffixes[0]); i++)
+		if (strcmp(lower, reserved_suffixes[i]) == 0)
+			return fail(g,
+			    "%s: the name collides with the "
+			    "generated symbol %s__%s; rename the "
+			    "method",
+			    where, s->lower, reserved_suffixes[i]);
+	if (type_c_name(g, where, mp->input_type, &m->input_c) != 0 ||
+	    type_c_name(g, where, mp->output_type, &m->output_c) != 0)
+		return -1;
+	if (opt_bool(g, opts, ASYNQI_OPT_IDEMPOTENT, where,
+	        "(asynq.idempotent)", &m->idempotent) != 0 ||
+	    opt_bool(g, opts, ASYNQI_OPT_WHOLE_BATCH, where,
+	        "(asynq.whole_batch)", &m->whole_batch) != 0)
+		return -1;
+	if (mp->options != NULL && mp->options->has_idempotency_level &&
+	    mp->options->idempotency_level !=
+	        GOOGLE__PROTOBUF__METHOD_OPTIONS__IDEMPOTENCY_LEVEL__IDEMPOTENCY_UNKNOWN)
+		m->idempotent = true;
+	return 0;
+}
+
+static int
+read_service(asynqi_codegen *g, const file_proto *f, const service_proto *sp,
+    struct service *s)
+{
+	const ProtobufCMessage *opts = sp->options ? &sp->options->base : NULL;
+	bool set;
+	char *where;
+
+	s->proto = sp;
+	if (f->package != NULL && f->package[0] != '\0')
+		s->full_name = gen_printf(g, "%s.%s", f->package, sp->name);
+	else
+		s->full_name = gen_printf(g, "%s", sp->name);
+	if (s->full_name == NULL ||
+	    (where = gen_printf(g, "%s: service %s", f->name, s->full_name)) ==
+	        NULL)
+		return -1;
+	/* The table sits next to protoc-c's service code, so it is named
+	 * the way protoc-c names the service (c_package included). */
+	{
+		char *cpkg, *cname;
+
+		if (c_package(g, f, &cpkg) != 0)
+			return -1;
+		cname = cpkg ? gen_printf(g, "%s.%s", cpkg, sp->name)
+		             : s->full_name;
+		if (cname == NULL ||
+		    (s->lower = mangle(g, cname, false)) == NULL ||
+		    (s->upper = mangle(g, cname, true)) == NULL)
+			return -1;
+	}
+
+	if (opt_uint32(g, opts, ASYNQI_OPT_BATCH_MAX_CALLS, where,
+	        "(asynq.batch_max_calls)", &set, &s->batch_max_calls) != 0)
+		return -1;
+	if (set && s->batch_max_calls == 0)
+		return fail(g,
+		    "%s: option (asynq.batch_max_calls) = 0 is "
+		    "invalid: a request carries at least 1 call "
+		    "(leave the option unset for the client's "
+		    "default)",
+		    where);
+	if (opt_uint32(g, opts, ASYNQI_OPT_FLUSH_DELAY_US, where,
+	        "(asynq.flush_delay_us)", &set, &s->flush_delay_us) != 0 ||
+	    opt_uint32(g, opts, ASYNQI_OPT_DEFAULT_DEADLINE_MS, where,
+	        "(asynq.default_deadline_ms)", &set,
+	        &s->default_deadline_ms) != 0)
+		return -1;
+
+	s->n_methods = sp->n_method;
+	if ((s->methods = gen_zalloc(g, sp->n_method, sizeof(*s->methods))) ==
+	    NULL)
+		return -1;
+	for (size_t i = 0; i < sp->n_method; i++)
+		if (read_method(g, s, sp->method[i], &s->methods[i]) != 0)
+			return -1;
+	return 0;
+}
+
+/* A file name becomes a C string literal and a comment in the output. */
+static bool
+name_is_plain(const char *name)
+{
+	for (const char *p = name; *p != '\0'; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c < 0x20 || c == 0x7f || c == '"' || c == '\\' ||
+		    (c == '*' && p[1] == '/'))
+			return false;
+	}
+	return true;
+}
+
+static int
+read_file(asynqi_codegen *g, const char *name, struct file *fl)
+{
+	const file_proto *f = find_file(g->req, name);
+	size_t len = strlen(name), n;
+	struct buf guard;
+
+	if (f == NULL)
+		return fail(g,
+		    "%s: protoc asked for this file but did not "
+		    "send its descriptor",
+		    name);
+	if (!name_is_plain(name))
+		return fail(g,
+		    "%s: the file name cannot be used in a C "
+		    "#include",
+		    name);
+	fl->proto = f;
+	n = len > 6 && strcmp(name + len - 6, ".proto") == 0 ? len - 6 : len;
+	if ((fl->base = gen_printf(g, "%.*s", (int)n, name)) == NULL)
+		return -1;
+	buf_init(&guard, g);
+	buf_printf(&guard, "ASYNQ_GEN_");
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)name[i];
+		buf_putc(&guard, isalnum(c) ? (char)toupper(c) : '_');
+	}
+	buf_printf(&guard, "_ASYNQ_H");
+	if ((fl->guard = buf_take(&guard)) == NULL)
+		return -1;
+
+	fl->n_services = f->n_service;
+	if ((fl->services =
+	            gen_zalloc(g, f->n_service, sizeof(*fl->services))) == NULL)
+		return -1;
+	for (size_t i = 0; i < f->n_service; i++)
+		if (read_service(g, f, f->service[i], &fl->services[i]) != 0)
+			return -1;
+	return 0;
+}
+
+/* ---- What is generated per service ---------------------------------- */
+
+/* The descriptor table: asynq_rpc_service_desc <service>__asynq_desc. */
+static void
+desc_decl(const struct service *s, struct buf *h)
+{
+	buf_printf(h,
+	    "/* Service %s: its descriptor table (asynq/rpc_desc.h). */\n"
+	    "extern const asynq_rpc_service_desc %s__asynq_desc;\n",
+	    s->full_name, s->lower);
+	if (s->n_methods == 0)
+		return;
+	buf_printf(h, "\n/* Indexes of %s__asynq_desc.methods. */\nenum {\n",
+	    s->lower);
+	for (size_t i = 0; i < s->n_methods; i++)
+		buf_printf(h, "\t%s__ASYNQ_METHOD_%s = %zu,\n", s->upper,
+		    s->methods[i].upper, i);
+	buf_printf(h, "};\n");
+}
+
+static void
+desc_defn(const struct service *s, struct buf *c)
+{
+	if (s->n_methods > 0) {
+		buf_printf(c,
+		    "static const asynq_rpc_method_desc "
+		    "%s__asynq_methods[%zu] = {\n",
+		    s->lower, s->n_methods);
+		for (size_t i = 0; i < s->n_methods; i++) {
+			const struct method *m = &s->methods[i];
+
+			buf_printf(c,
+			    "\t{\n"
+			    "\t\t.name = \"%s\",\n"
+			    "\t\t.full_name = \"%s\",\n"
+			    "\t\t.input = &%s__descriptor,\n"
+			    "\t\t.output = &%s__descriptor,\n"
+			    "\t\t.idempotent = %s,\n"
+			    "\t\t.whole_batch = %s,\n"
+			    "\t},\n",
+			    m->proto->name, m->full_name, m->input_c,
+			    m->output_c, m->idempotent ? "true" : "false",
+			    m->whole_batch ? "true" : "false");
+		}
+		buf_printf(c, "};\n\n");
+	}
+	buf_printf(c,
+	    "const asynq_rpc_service_desc %s__asynq_desc = {\n"
+	    "\t.name = \"%s\",\n"
+	    "\t.full_name = \"%s\",\n",
+	    s->lower, s->proto->name, s->full_name);
+	if (s->n_methods > 0)
+		buf_printf(c, "\t.methods = %s__asynq_methods,\n", s->lower);
+	else
+		buf_printf(c, "\t.methods = NULL,\n");
+	buf_printf(c,
+	    "\t.n_methods = %zu,\n"
+	    "\t.batch_max_calls = %luu,\n"
+	    "\t.flush_delay_us = %luu,\n"
+	    "\t.default_deadline_ms = %luu,\n"
+	    "};\n",
+	    s->n_methods, (unsigned long)s->batch_max_calls,
+	    (unsigned long)s->flush_delay_us,
+	    (unsigned long)s->default_deadline_ms);
+}
+
+/*
+ * The parts generated for each service, in order: each includes the public
+ * header its code needs, declares in <file>.asynq.h and defines in
+ * <file>.asynq.c. This is the extension point: the typed client stubs
+ * (functions that make a call join the service's batch and return a
+ * future) and the server's handler table are added here as parts of their
+ * own once the RPC client and server APIs exist; the descriptor table is
+ * what both will be built on.
+ */
+static const struct part {
+	const char *include;
+	void (*decl)(const struct service *s, struct buf *h);
+	void (*defn)(const struct service *s, struct buf *c);
+} parts[] = {
+	{ "asynq/rpc_desc.h", desc_decl, desc_defn },
+};
+
+#define N_PARTS (sizeof(parts) / sizeof(parts[0]))
+
+static response_file *
+new_file(asynqi_codegen *g, const char *base, const char *ext, char *content)
+{
+	response_file *rf;
+
+	if (content == NULL || (rf = gen_zalloc(g, 1, sizeof(*rf))) == NULL)
+		return NULL;
+	google__protobuf__compiler__code_generator_response__file__init(rf);
+	rf->content = content;
+	if ((rf->name = gen_printf(g, "%s%s", base, ext)) == NULL)
+		return NULL;
+	return rf;
+}
+
+static int
+emit_file(asynqi_codegen *g, const struct file *fl, response_file **out)
+{
+	const char *name = fl->proto->name;
+	struct buf h, c;
+
+	buf_init(&h, g);
+	buf_printf(&h,
+	    "/* Generated by protoc-gen-asynq from %s. Do not edit. */\n"
+	    "#ifndef %s\n#define %s\n\n",
+	    name, fl->guard, fl->guard);
+	for (size_t i = 0; i < N_PARTS; i++)
+		buf_printf(&h, "#include \"%s\"\n", parts[i].include);
+	buf_printf(&h,
+	    "#include \"%s.pb-c.h\"\n\n"
+	    "#ifdef __cplusplus\nextern \"C\" {\n#endif\n",
+	    fl->base);
+	if (fl->n_services == 0)
+		buf_printf(&h, "\n/* %s declares no services. */\n", name);
+	for (size_t si = 0; si < fl->n_services; si++)
+		for (size_t i = 0; i < N_PARTS; i++) {
+			buf_printf(&h, "\n");
+			parts[i].decl(&fl->services[si], &h);
+		}
+	buf_printf(&h, "\n#ifdef __cplusplus\n}\n#endif\n\n#endif /* %s */\n",
+	    fl->guard);
+
+	buf_init(&c, g);
+	buf_printf(&c,
+	    "/* Generated by protoc-gen-asynq from %s. Do not edit. */\n"
+	    "#include \"%s.asynq.h\"\n",
+	    name, fl->base);
+	for (size_t si = 0; si < fl->n_services; si++)
+		for (size_t i = 0; i < N_PARTS; i++) {
+			buf_printf(&c, "\n");
+			parts[i].defn(&fl->services[si], &c);
+		}
+
+	if ((out[0] = new_file(g, fl->base, ".asynq.h", buf_take(&h))) ==
+	    NULL) {
+		free(c.p);
+		return -1;
+	}
+	if ((out[1] = new_file(g, fl->base, ".asynq.c", buf_take(&c))) == NULL)
+		return -1;
+	return 0;
+}
+
+/* ---- Entry points ------------------------------------------------- */
+
+static int
+run(asynqi_codegen *g)
+{
+	const request *req = g->req;
+	struct file *files;
+	response_file **out;
+	size_t n = req->n_file_to_generate;
+
+	if (req->parameter != NULL && req->parameter[0] != '\0')
+		return fail(g,
+		    "unknown parameter \"%s\": protoc-gen-asynq "
+		    "takes none (write --asynq_out=DIR)",
+		    req->parameter);
+	if ((files = gen_zalloc(g, n, sizeof(*files))) == NULL ||
+	    (out = gen_zalloc(g, 2 * n, sizeof(*out))) == NULL)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		if (read_file(g, req->file_to_generate[i], &files[i]) != 0)
+			return -1;
+	for (size_t i = 0; i < n; i++)
+		if (emit_file(g, &files[i], &out[2 * i]) != 0)
+			return -1;
+	g->resp.n_file = 2 * n;
+	g->resp.file = out;
+	return 0;
+}
+
+int
+asynqi_codegen_run(const request *req, response **respp, asynqi_codegen **genp)
+{
+	asynqi_codegen *g;
+
+	*respp = NULL;
+	*genp = NULL;
+	if ((g = calloc(1, sizeof(*g))) == NULL)
+		return -1;
+	g->req = req;
+	google__protobuf__compiler__code_generator_response__init(&g->resp);
+	/* Fields of proto3 `optional` do not matter to this plugin. */
+	g->resp.has_supported_features = 1;
+	g->resp.supported_features =
+	    GOOGLE__PROTOBUF__COMPILER__CODE_GENERATOR_RESPONSE__FEATURE__FEATURE_PROTO3_OPTIONAL;
+
+	if (run(g) != 0 && g->oom) {
+		asynqi_codegen_free(g);
+		return -1;
+	}
+	if (g->error != NULL) {
+		g->resp.error = g->error;
+		g->resp.n_file = 0;
+		g->resp.file = NULL;
+	}
+	*respp = &g->resp;
+	*genp = g;
+	return 0;
+}
+
+void
+asynqi_codegen_free(asynqi_codegen *g)
+{
+	if (g == NULL)
+		return;
+	for (size_t i = 0; i < g->n_owned; i++)
+		free(g->owned[i]);
+	free(g->owned);
+	free(g);
+}
