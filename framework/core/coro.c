@@ -268,8 +268,13 @@ asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size,
 	f->fpucw = 0x037f;
 	f->ret = (uint64_t)(uintptr_t)asynqi_ctx_trampoline;
 #elif defined(__aarch64__)
+	/* `ret` jumps to the trampoline (x30) with sp back at top, 16-byte
+	 * aligned. FPCR starts at its reset value (round to nearest, no traps,
+	 * no flush-to-zero), as MXCSR does on x86-64: a new coroutine gets the
+	 * default floating-point environment, not whichever mode the context
+	 * that happened to start it was in. */
 	f->x[11] = (uint64_t)(uintptr_t)asynqi_ctx_trampoline; /* x30 */
-	__asm__ volatile("mrs %0, fpcr" : "=r"(f->fpcr));
+	f->fpcr = 0;
 #endif
 	ASYNQI_FRAME_ARG(f) = (uint64_t)(uintptr_t)arg;
 	ASYNQI_FRAME_FN(f) = (uint64_t)(uintptr_t)entry;
