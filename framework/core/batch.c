@@ -260,6 +260,7 @@ void
 asynqi_batch_finish(asynq_sched *s, asynq_batch *b)
 {
 	b->state = BATCH_DONE;
+	ASYNQI_TRACE_BATCH(s, ASYNQ_TRACE_BATCH_DONE, b);
 	/* The items keep the batch alive through this loop. */
 	b->refs++;
 	for (size_t i = 0; i < b->n_items; i++) {
@@ -290,7 +291,9 @@ asynqi_batch_run_flush(asynq_sched *s, asynq_batch *b)
 	detach(s, b);
 	b->state = BATCH_FLUSHING;
 	s->stats.flushes++;
+	ASYNQI_TRACE_BATCH(s, ASYNQ_TRACE_FLUSH_BEGIN, b);
 	asynq_status st = b->backend->ops->flush(b);
+	ASYNQI_TRACE_BATCH(s, ASYNQ_TRACE_FLUSH_END, b);
 	if (b->deferred && st == ASYNQ_OK) {
 		b->state = BATCH_INFLIGHT;
 		s->n_inflight++;

@@ -77,6 +77,7 @@ struct asynq_task {
 	int line;
 	int state; /* enum task_state */
 	size_t depth;
+	uint64_t id;
 	asynq_task *creator; /* held */
 	asynqi_ctx ctx;
 	asynqi_stack *stack;
@@ -125,6 +126,8 @@ struct asynq_sched {
 	scoped_entry *thread_scoped;
 	asynq_task *free_tasks;     /* freelist */
 	asynq_sched_stats stats;
+	asynq_trace_fn trace;
+	void *trace_arg;
 	asynq_debug_backend debug;
 	/* Completion queue, written by any thread. */
 	pthread_mutex_t mu;
@@ -138,6 +141,21 @@ struct asynq_sched {
 
 /* The calling thread's scheduler, or NULL if it has none yet. */
 extern _Thread_local asynq_sched *asynqi_tls_sched;
+
+/* Trace helpers: emit only when a hook is installed. */
+void asynqi_trace_task(asynq_sched *s, asynq_trace_kind kind, asynq_task *t,
+    asynq_status st);
+void asynqi_trace_batch(asynq_sched *s, asynq_trace_kind kind, asynq_batch *b);
+#define ASYNQI_TRACE_TASK(s, kind, t, st)                                      \
+	do {                                                                   \
+		if (__builtin_expect((s)->trace != NULL, 0))                   \
+			asynqi_trace_task((s), (kind), (t), (st));             \
+	} while (0)
+#define ASYNQI_TRACE_BATCH(s, kind, b)                                         \
+	do {                                                                   \
+		if (__builtin_expect((s)->trace != NULL, 0))                   \
+			asynqi_trace_batch((s), (kind), (b));                  \
+	} while (0)
 
 /* asynqi_sched_get returns the thread's scheduler, making it on first use. */
 asynq_sched *asynqi_sched_get(void);

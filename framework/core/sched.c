@@ -700,6 +700,8 @@ asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
 		s->all_tasks->all_prev = t;
 	s->all_tasks = t;
 	s->stats.tasks_spawned++;
+	t->id = s->stats.tasks_spawned;
+	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_SPAWN, t, ASYNQ_OK);
 	s->stats.tasks_live++;
 	return &t->fut;
 }
@@ -774,6 +776,52 @@ const char *
 asynq_task_name(const asynq_task *t)
 {
 	return t->name;
+}
+
+uint64_t
+asynq_task_id(const asynq_task *t)
+{
+	return t->id;
+}
+
+void
+asynq_trace_set(asynq_trace_fn fn, void *arg)
+{
+	asynq_sched *s = asynqi_sched_get();
+	if (s == NULL)
+		return;
+	s->trace = fn;
+	s->trace_arg = arg;
+}
+
+void
+asynqi_trace_task(asynq_sched *s, asynq_trace_kind kind, asynq_task *t,
+    asynq_status st)
+{
+	asynq_trace_event ev = {
+		.kind = kind,
+		.task_id = t->id,
+		.creator_id = t->creator != NULL ? t->creator->id : 0,
+		.name = t->name,
+		.deps = kind == ASYNQ_TRACE_SUSPEND ? t->pending : 0,
+		.status = st,
+	};
+	s->trace(&ev, s->trace_arg);
+}
+
+void
+asynqi_trace_batch(asynq_sched *s, asynq_trace_kind kind, asynq_batch *b)
+{
+	asynq_trace_event ev = {
+		.kind = kind,
+		.batch_id = b->seq,
+		.backend = b->backend->name,
+		.batch_size = b->n_items,
+		.status = kind == ASYNQ_TRACE_BATCH_DONE
+		    ? (b->cancelled ? ASYNQ_CANCELLED : b->result)
+		    : ASYNQ_OK,
+	};
+	s->trace(&ev, s->trace_arg);
 }
 
 size_t
@@ -895,6 +943,7 @@ task_entry(void *arg)
 	asynq_sched *s = t->fut.sched;
 	asynqi_fiber_started(&t->stack->fiber);
 	after_switch(s);
+	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_RUN, t, ASYNQ_OK);
 	if (s->ctx_in_tasks > 0)
 		asynqi_ctx_resume_chain(s, t);
 	asynq_status st = t->fn(t, t->arg);
@@ -903,6 +952,7 @@ task_entry(void *arg)
 		asynqi_ctx_pause_chain(s, t);
 	if (st == ASYNQ_OK && t->ctx_error != NULL)
 		st = take_ctx_error(t);
+	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_FINISH, t, st);
 	task_finish(s, t, st);
 	s->dead = t;
 	switch_next(s, t, true);
@@ -1029,8 +1079,10 @@ asynq_await_all(asynq_task *t, asynq_future **fs, size_t n)
 		t->state = TASK_BLOCKED;
 		if (s->ctx_in_tasks > 0)
 			asynqi_ctx_pause_chain(s, t);
+		ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_SUSPEND, t, ASYNQ_OK);
 		switch_next(s, t, false);
 		/* Resumed: every dependency is computed. */
+		ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_RUN, t, ASYNQ_OK);
 		t->deps = NULL;
 		t->n_deps = 0;
 		if (s->ctx_in_tasks > 0)
@@ -1144,7 +1196,11 @@ wait_one(asynq_sched *s, asynq_future *f, asynq_status *loop_rv)
 		    "task %s waits on itself", caller->name);
 	if (caller != NULL && s->ctx_in_tasks > 0)
 		asynqi_ctx_pause_chain(s, caller);
+	if (caller != NULL)
+		ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_SUSPEND, caller, ASYNQ_OK);
 	*loop_rv = run_loop(s, f);
+	if (caller != NULL)
+		ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_RUN, caller, ASYNQ_OK);
 	if (caller != NULL && s->ctx_in_tasks > 0)
 		asynqi_ctx_resume_chain(s, caller);
 	return ASYNQ_OK;

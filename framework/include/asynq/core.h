@@ -286,6 +286,42 @@ size_t asynq_task_depth(const asynq_task *t);
  * 0 whenever t runs, since dependencies are cleared on every resume. */
 size_t asynq_task_dependencies(const asynq_task *t);
 
+/* ---- Tracing (for profilers) --------------------------------------------- */
+
+/* What a trace event reports. */
+typedef enum asynq_trace_kind {
+	ASYNQ_TRACE_SPAWN,       /* a task was spawned */
+	ASYNQ_TRACE_RUN,         /* a task was switched in (first run or resume) */
+	ASYNQ_TRACE_SUSPEND,     /* a task was switched out, blocked on `deps` */
+	ASYNQ_TRACE_FINISH,      /* a task's body returned `status` */
+	ASYNQ_TRACE_FLUSH_BEGIN, /* a batch flush starts */
+	ASYNQ_TRACE_FLUSH_END,   /* the flush call returned (deferred or not) */
+	ASYNQ_TRACE_BATCH_DONE,  /* a batch's items are finished */
+} asynq_trace_kind;
+
+typedef struct asynq_trace_event {
+	asynq_trace_kind kind;
+	uint64_t task_id;     /* task events: the task's id (1, 2, ...) */
+	uint64_t creator_id;  /* SPAWN: the creator's id, 0 outside tasks */
+	const char *name;     /* task events: the task's function name */
+	size_t deps;          /* SUSPEND: futures it waits for */
+	asynq_status status;  /* FINISH, BATCH_DONE: the outcome */
+	uint64_t batch_id;    /* batch events: the batch's id (1, 2, ...) */
+	const char *backend;  /* batch events: the backend's name */
+	size_t batch_size;    /* batch events: its items */
+} asynq_trace_event;
+
+/* A trace hook: called synchronously on the scheduler thread; it must not
+ * call back into the scheduler. */
+typedef void (*asynq_trace_fn)(const asynq_trace_event *ev, void *arg);
+
+/* asynq_trace_set installs fn on the calling thread's scheduler (NULL turns
+ * tracing off; off costs one predictable branch per event). */
+void asynq_trace_set(asynq_trace_fn fn, void *arg);
+
+/* asynq_task_id returns t's id, unique within its scheduler. */
+uint64_t asynq_task_id(const asynq_task *t);
+
 /* ---- Debugging ------------------------------------------------------- */
 
 /* asynq_dump_stack prints the asynq stack (creator chain, innermost last) of
