@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * gRPC-style RPC over nng with batching. A client task calls a method and
+ * gets a future; the calls that the tasks of one worker make to one channel
+ * join a batch, and a flush sends the whole batch as one nng request carrying
+ * an asynq.rpc.Request (proto/asynq/rpc.proto). A server runs on a runtime's
+ * workers: it receives requests, runs a task per call (or one whole-batch
+ * handler per method), and answers every call in one reply.
+ *
+ * Messages are protobuf-c messages described by the tables protoc-gen-asynq
+ * generates (asynq/rpc_desc.h). Status codes are asynq's (gRPC's).
+ */
+#ifndef ASYNQ_RPC_H
+#define ASYNQ_RPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "asynq/core.h"
+#include "asynq/context.h"
+#include "asynq/rpc_desc.h"
+#include "asynq/runtime.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct ProtobufCMessage;
+
+/* ---- Deadlines and metadata (scoped values) ---------------------------- */
+
+/* The absolute deadline of the current call chain, in nanoseconds of
+ * CLOCK_REALTIME since the Unix epoch, stored as (void *)(intptr_t) in a
+ * scoped value; NULL (0) means none. A server sets it for its handlers from
+ * the request, so calls a handler makes inherit it; a client sets it with
+ * asynq_with_scoped or asynq_scoped_push. */
+extern const asynq_scoped asynq_rpc_deadline;
+
+/* asynq_rpc_deadline_get returns the current deadline (0 for none). */
+int64_t asynq_rpc_deadline_get(void);
+
+/* asynq_rpc_metadata_get returns the value of request metadata `key` of the
+ * request the current handler serves (borrowed, valid during the handler), or
+ * NULL; *len gets its length. */
+const void *asynq_rpc_metadata_get(const char *key, size_t *len);
+
+/* ---- Client ------------------------------------------------------------ */
+
+typedef struct asynq_rpc_channel asynq_rpc_channel;
+
+/* Client settings; zero fields take the default. */
+typedef struct asynq_rpc_channel_cfg {
+	/* nng URLs of the server replicas ("tcp://127.0.0.1:5000",
+	 * "inproc://users", "ipc:///tmp/users.sock", "tls+tcp://..."). Requests
+	 * spread over them; at least one. */
+	const char *const *urls;
+	size_t n_urls;
+	/* Most calls per request; a larger batch is split. Default: the
+	 * service's batch_max_calls option, else 1,000. */
+	size_t max_calls;
+	/* Deadline of calls whose caller has none, in ms. Default: the
+	 * service's default_deadline_ms option, else 10,000. */
+	uint32_t default_deadline_ms;
+	/* Largest reply accepted, bytes; default 4 MiB. */
+	size_t max_msg_bytes;
+	/* tls+tcp: CA certificate file to verify the server with (not yet
+	 * supported: asynq_rpc_channel_alloc returns UNIMPLEMENTED). */
+	const char *tls_ca_file;
+	const char *tls_server_name;
+} asynq_rpc_channel_cfg;
+
+/* asynq_rpc_channel_alloc opens a channel to a service: it dials the URLs
+ * (connecting in the background; calls made before a connection is up wait
+ * for it until their deadline). INVALID_ARGUMENT for a bad URL or settings.
+ * The channel may be used from any thread; each scheduler thread batches its
+ * own calls. Any thread. */
+asynq_status asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
+    const asynq_rpc_service_desc *svc, const asynq_rpc_channel_cfg *cfg);
+
+/* asynq_rpc_channel_free closes the channel: calls still in flight fail with
+ * CANCELLED. Every scheduler that used it must have finished its calls. */
+void asynq_rpc_channel_free(asynq_rpc_channel *ch);
+
+/* asynq_rpc_call encodes req (borrowed; it may be freed on return) as a call
+ * of method m, adds it to the calling thread's batch for ch, and returns a
+ * future for the reply: its pointer value is the decoded response message
+ * (a ProtobufCMessage of m->output, owned by the future). Errors come as the
+ * future's status: the handler's, DEADLINE_EXCEEDED when the deadline passes
+ * (even if the server never answers), UNAVAILABLE when no server can be
+ * reached, UNIMPLEMENTED for a method the server lacks. Scheduler thread
+ * only. */
+asynq_future *asynq_rpc_call(asynq_rpc_channel *ch,
+    const asynq_rpc_method_desc *m, const struct ProtobufCMessage *req);
+
+/* Counters of a channel, summed over threads. */
+typedef struct asynq_rpc_channel_stats {
+	uint64_t calls;      /* calls made */
+	uint64_t requests;   /* nng requests sent */
+	uint64_t failures;   /* calls that ended with an error */
+} asynq_rpc_channel_stats;
+
+/* asynq_rpc_channel_stats_get copies the channel's counters. Any thread. */
+void asynq_rpc_channel_stats_get(const asynq_rpc_channel *ch,
+    asynq_rpc_channel_stats *out);
+
+/* ---- Server ------------------------------------------------------------ */
+
+typedef struct asynq_rpc_server asynq_rpc_server;
+
+/* A per-call handler: runs as a task with the decoded request (borrowed for
+ * the call) and sets *reply to a response message of the method's output
+ * type that it allocated with malloc-compatible memory (the server packs and
+ * frees it with protobuf_c_message_free_unpacked(reply, NULL)). A non-OK
+ * status (with asynq_fail's message) goes to the caller. */
+typedef asynq_status (*asynq_rpc_unary_fn)(asynq_task *t,
+    const struct ProtobufCMessage *req, struct ProtobufCMessage **reply,
+    void *ctx);
+
+/* One call given to a whole-batch handler. */
+typedef struct asynq_rpc_batch_call {
+	const struct ProtobufCMessage *req; /* decoded request, borrowed */
+	struct ProtobufCMessage *reply;     /* set by the handler, as above */
+	asynq_status status;                /* set by the handler */
+	const char *message;                /* static or NULL */
+} asynq_rpc_batch_call;
+
+/* A whole-batch handler: every call of its method in one request at once
+ * (e.g. one SQL query for N lookups). It sets each call's reply or status; a
+ * non-OK return fails every call it left unset. */
+typedef asynq_status (*asynq_rpc_batch_fn)(asynq_task *t,
+    asynq_rpc_batch_call *calls, size_t n, void *ctx);
+
+/* The handler of one method: exactly one of the two is set. */
+typedef struct asynq_rpc_handler {
+	asynq_rpc_unary_fn unary;
+	asynq_rpc_batch_fn batch;
+} asynq_rpc_handler;
+
+/* Server settings and limits; zero fields take the default. Over a limit a
+ * request is answered RESOURCE_EXHAUSTED at once. */
+typedef struct asynq_rpc_server_cfg {
+	size_t max_msg_bytes;       /* request size; default 4 MiB */
+	size_t max_calls;           /* calls per request; default 10,000 */
+	size_t max_inflight_calls;  /* per worker; default 100,000 */
+	size_t max_connections;     /* open connections; default 1,024 */
+	size_t decode_budget;       /* bytes a decode may allocate; default
+	                               8x max_msg_bytes */
+	size_t contexts_per_worker; /* concurrent requests received per worker;
+	                               default 8 */
+	/* tls+tcp: certificate and key files of the server. */
+	const char *tls_cert_file;
+	const char *tls_key_file;
+} asynq_rpc_server_cfg;
+
+/* asynq_rpc_server_alloc makes a server that runs on rt's workers.
+ * Close it before rt stops: requests that arrive while rt stops are
+ * answered UNAVAILABLE. UNIMPLEMENTED for tls settings (not yet supported).
+ * Not from a worker. */
+asynq_status asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
+    const asynq_rpc_server_cfg *cfg);
+
+/* asynq_rpc_server_add_service registers handlers[i] for svc->methods[i];
+ * ctx is passed to them. INVALID_ARGUMENT if a handler is missing or of the
+ * wrong kind for a whole_batch method. Before listening only. */
+asynq_status asynq_rpc_server_add_service(asynq_rpc_server *s,
+    const asynq_rpc_service_desc *svc, const asynq_rpc_handler *handlers,
+    void *ctx);
+
+/* asynq_rpc_server_listen starts receiving on an nng URL (tcp://, ipc://,
+ * inproc://, tls+tcp://). May be called for several URLs. UNAVAILABLE if the
+ * address is in use, INVALID_ARGUMENT for a bad URL. */
+asynq_status asynq_rpc_server_listen(asynq_rpc_server *s, const char *url);
+
+/* asynq_rpc_server_close stops receiving, answers every request already
+ * received, and closes the listeners. Blocks until done. Not from a worker. */
+void asynq_rpc_server_close(asynq_rpc_server *s);
+
+/* asynq_rpc_server_free closes the server if needed and frees it. */
+void asynq_rpc_server_free(asynq_rpc_server *s);
+
+/* Counters of a server. */
+typedef struct asynq_rpc_server_stats {
+	uint64_t requests;       /* requests received */
+	uint64_t calls;          /* calls run */
+	uint64_t rejected;       /* requests answered RESOURCE_EXHAUSTED */
+	uint64_t malformed;      /* requests that could not be decoded */
+	uint64_t duplicates;     /* resent requests not run again */
+} asynq_rpc_server_stats;
+
+/* asynq_rpc_server_stats_get copies the server's counters. Any thread. */
+void asynq_rpc_server_stats_get(const asynq_rpc_server *s,
+    asynq_rpc_server_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ASYNQ_RPC_H */

@@ -1,0 +1,311 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The envelope codec: decoding untrusted protobuf bytes safely, packing
+ * messages into nng messages, and the mapping of nng errors and wire
+ * numbers to asynq statuses. Also the deadline scoped value.
+ *
+ * Design notes:
+ * - protobuf-c recurses once per nesting level (about 1 KiB of stack each)
+ *   and has no depth limit, and it may allocate ~40x the input. So every
+ *   decode first walks the wire bytes iteratively with the descriptor
+ *   (asynqi_rpc_check_depth) and rejects nesting over ASYNQI_RPC_MAX_DEPTH,
+ *   then decodes with an allocator that has a byte budget. Callers decode on
+ *   nng's callback threads, never on a coroutine stack.
+ * - The arena never frees single allocations: a request's decoded envelope
+ *   and payloads live exactly as long as the request.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+const asynq_scoped asynq_rpc_deadline =
+    ASYNQ_SCOPED_INIT("asynq.rpc.deadline", 0);
+
+int64_t
+asynq_rpc_deadline_get(void)
+{
+	return (int64_t)(intptr_t)asynq_scoped_get(&asynq_rpc_deadline);
+}
+
+int64_t
+asynqi_realtime_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ---- Arena ------------------------------------------------------------ */
+
+struct asynqi_arena_chunk {
+	asynqi_arena_chunk *next;
+	size_t size, off;
+	_Alignas(16) unsigned char data[];
+};
+
+static void *
+arena_pa_alloc(void *data, size_t size)
+{
+	return asynqi_arena_alloc(data, size);
+}
+
+static void
+arena_pa_free(void *data, void *p)
+{
+	(void)data;
+	(void)p;
+}
+
+void
+asynqi_arena_init(asynqi_arena *a, size_t budget)
+{
+	memset(a, 0, sizeof(*a));
+	a->pa.alloc = arena_pa_alloc;
+	a->pa.free = arena_pa_free;
+	a->pa.allocator_data = a;
+	a->budget = budget;
+}
+
+void
+asynqi_arena_fini(asynqi_arena *a)
+{
+	asynqi_arena_chunk *c = a->chunks;
+	while (c != NULL) {
+		asynqi_arena_chunk *next = c->next;
+		free(c);
+		c = next;
+	}
+	a->chunks = NULL;
+	a->used = 0;
+}
+
+void *
+asynqi_arena_alloc(asynqi_arena *a, size_t size)
+{
+	size = (size + 15) & ~(size_t)15;
+	if (size == 0)
+		size = 16;
+	if (size > a->budget - a->used) {
+		a->exhausted = true;
+		return NULL;
+	}
+	asynqi_arena_chunk *c = a->chunks;
+	if (c == NULL || c->size - c->off < size) {
+		size_t want = c != NULL ? c->size * 2 : 4096;
+		if (want > 1u << 20)
+			want = 1u << 20;
+		if (want < size)
+			want = size;
+		asynqi_arena_chunk *n = malloc(sizeof(*n) + want);
+		if (n == NULL)
+			return NULL;
+		n->size = want;
+		n->off = 0;
+		/* A chunk made for one large allocation goes behind the current
+		 * one, so the current one keeps serving small ones. */
+		if (c != NULL && want == size && c->size - c->off > 0) {
+			n->next = c->next;
+			c->next = n;
+		} else {
+			n->next = c;
+			a->chunks = n;
+		}
+		c = n;
+	}
+	void *p = c->data + c->off;
+	c->off += size;
+	a->used += size;
+	return p;
+}
+
+/* ---- Counting malloc allocator ---------------------------------------- */
+
+static void *
+budget_pa_alloc(void *data, size_t size)
+{
+	asynqi_budget_alloc *b = data;
+	if (size > b->budget - b->used) {
+		b->exhausted = true;
+		return NULL;
+	}
+	b->used += size;
+	return malloc(size);
+}
+
+static void
+budget_pa_free(void *data, void *p)
+{
+	(void)data;
+	free(p);
+}
+
+void
+asynqi_budget_alloc_init(asynqi_budget_alloc *b, size_t budget)
+{
+	memset(b, 0, sizeof(*b));
+	b->pa.alloc = budget_pa_alloc;
+	b->pa.free = budget_pa_free;
+	b->pa.allocator_data = b;
+	b->budget = budget;
+}
+
+void
+asynqi_rpc_free_msg(void *m)
+{
+	if (m != NULL)
+		protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* ---- Depth check ------------------------------------------------------ */
+
+static bool
+read_varint(const uint8_t *p, size_t end, size_t *pos, uint64_t *v)
+{
+	uint64_t r = 0;
+	for (unsigned shift = 0; shift < 70; shift += 7) {
+		if (*pos >= end)
+			return false;
+		uint8_t b = p[(*pos)++];
+		r |= (uint64_t)(b & 0x7f) << shift;
+		if ((b & 0x80) == 0) {
+			*v = r;
+			return true;
+		}
+	}
+	return false;
+}
+
+asynq_status
+asynqi_rpc_check_depth(const ProtobufCMessageDescriptor *desc,
+    const uint8_t *data, size_t len, size_t max_depth)
+{
+	struct level {
+		const ProtobufCMessageDescriptor *d;
+		size_t end;
+	} stack[ASYNQI_RPC_MAX_DEPTH + 1];
+	if (max_depth > ASYNQI_RPC_MAX_DEPTH)
+		max_depth = ASYNQI_RPC_MAX_DEPTH;
+	size_t top = 0, pos = 0;
+	stack[0].d = desc;
+	stack[0].end = len;
+	for (;;) {
+		while (top > 0 && pos == stack[top].end)
+			top--;
+		if (pos >= stack[top].end)
+			break;
+		size_t end = stack[top].end;
+		uint64_t tag, v;
+		if (!read_varint(data, end, &pos, &tag))
+			return ASYNQ_INVALID_ARGUMENT;
+		switch (tag & 7) {
+		case 0:
+			if (!read_varint(data, end, &pos, &v))
+				return ASYNQ_INVALID_ARGUMENT;
+			break;
+		case 1:
+			if (end - pos < 8)
+				return ASYNQ_INVALID_ARGUMENT;
+			pos += 8;
+			break;
+		case 5:
+			if (end - pos < 4)
+				return ASYNQ_INVALID_ARGUMENT;
+			pos += 4;
+			break;
+		case 2: {
+			if (!read_varint(data, end, &pos, &v) || v > end - pos)
+				return ASYNQ_INVALID_ARGUMENT;
+			const ProtobufCFieldDescriptor *f =
+			    stack[top].d != NULL && (tag >> 3) <= UINT32_MAX
+			    ? protobuf_c_message_descriptor_get_field(
+			          stack[top].d, (unsigned)(tag >> 3))
+			    : NULL;
+			if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+				if (top + 1 >= max_depth)
+					return ASYNQ_RESOURCE_EXHAUSTED;
+				top++;
+				stack[top].d = f->descriptor;
+				stack[top].end = pos + (size_t)v;
+			} else {
+				pos += (size_t)v;
+			}
+			break;
+		}
+		default:
+			/* Groups (3, 4) are proto2-only and nest without a
+			 * length; asynq does not accept them. */
+			return ASYNQ_INVALID_ARGUMENT;
+		}
+	}
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+    size_t len, ProtobufCAllocator *pa, asynqi_arena *arena,
+    ProtobufCMessage **out)
+{
+	asynq_status st =
+	    asynqi_rpc_check_depth(desc, data, len, ASYNQI_RPC_MAX_DEPTH);
+	if (st != ASYNQ_OK)
+		return st;
+	ProtobufCMessage *m = protobuf_c_message_unpack(desc, pa, len, data);
+	if (m == NULL) {
+		if (arena != NULL && arena->exhausted)
+			return ASYNQ_RESOURCE_EXHAUSTED;
+		if (pa != NULL && pa->alloc == budget_pa_alloc &&
+		    ((asynqi_budget_alloc *)pa->allocator_data)->exhausted)
+			return ASYNQ_RESOURCE_EXHAUSTED;
+		return ASYNQ_INVALID_ARGUMENT;
+	}
+	*out = m;
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynqi_rpc_pack_msg(const ProtobufCMessage *m, nng_msg **msgp)
+{
+	size_t n = protobuf_c_message_get_packed_size(m);
+	nng_msg *msg;
+	if (nng_msg_alloc(&msg, n) != 0)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	if (n > 0)
+		protobuf_c_message_pack(m, nng_msg_body(msg));
+	*msgp = msg;
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynqi_rpc_status_from_nng(int rv)
+{
+	switch (rv) {
+	case 0:
+		return ASYNQ_OK;
+	case NNG_ETIMEDOUT:
+		return ASYNQ_DEADLINE_EXCEEDED;
+	case NNG_ECANCELED:
+		return ASYNQ_CANCELLED;
+	case NNG_ENOMEM:
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	case NNG_EMSGSIZE:
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	case NNG_EINVAL:
+	case NNG_EADDRINVAL:
+	case NNG_ENOTSUP:
+		return ASYNQ_INVALID_ARGUMENT;
+	case NNG_EPERM:
+		return ASYNQ_PERMISSION_DENIED;
+	default:
+		return ASYNQ_UNAVAILABLE;
+	}
+}
+
+asynq_status
+asynqi_rpc_status_from_wire(int32_t s)
+{
+	if (s < 0 || s >= ASYNQ_STATUS_COUNT)
+		return ASYNQ_UNKNOWN;
+	return (asynq_status)s;
+}

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internal interface of the RPC layer: the envelope codec shared by the
+ * client and the server (decoding into a budgeted arena, a nesting-depth
+ * check that runs before protobuf-c's recursive decoder, packing into nng
+ * messages), status mapping and clocks.
+ */
+#ifndef ASYNQI_RPC_INTERNAL_H
+#define ASYNQI_RPC_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <nng/nng.h>
+#include <protobuf-c/protobuf-c.h>
+
+#include "asynq/rpc.h"
+#include "proto/asynq/rpc.pb-c.h"
+
+/* Deepest message nesting a decode accepts (protobuf's own default). */
+#define ASYNQI_RPC_MAX_DEPTH 100
+
+/* A bump allocator with a byte budget, for decoding one request: every
+ * allocation protobuf-c makes comes from it, frees are no-ops, and the whole
+ * arena goes at once. Exceeding the budget makes allocations fail, so the
+ * decode fails instead of growing without bound. */
+typedef struct asynqi_arena_chunk asynqi_arena_chunk;
+typedef struct asynqi_arena {
+	ProtobufCAllocator pa; /* allocator_data points back here */
+	asynqi_arena_chunk *chunks;
+	size_t budget;  /* bytes the arena may hand out */
+	size_t used;    /* bytes handed out so far */
+	bool exhausted; /* an allocation hit the budget */
+} asynqi_arena;
+
+/* asynqi_arena_init prepares an arena that may hand out `budget` bytes. */
+void asynqi_arena_init(asynqi_arena *a, size_t budget);
+
+/* asynqi_arena_fini frees everything the arena handed out. */
+void asynqi_arena_fini(asynqi_arena *a);
+
+/* asynqi_arena_alloc returns `size` bytes (16-aligned) or NULL when over the
+ * budget or out of memory. */
+void *asynqi_arena_alloc(asynqi_arena *a, size_t size);
+
+/* asynqi_rpc_check_depth walks the wire bytes of a message of type desc
+ * without recursion: INVALID_ARGUMENT for malformed framing,
+ * RESOURCE_EXHAUSTED for nesting deeper than max_depth, else OK. */
+asynq_status asynqi_rpc_check_depth(const ProtobufCMessageDescriptor *desc,
+    const uint8_t *data, size_t len, size_t max_depth);
+
+/* asynqi_rpc_decode checks depth and decodes data as a desc message with
+ * allocator pa (NULL for malloc). On failure returns INVALID_ARGUMENT, or
+ * RESOURCE_EXHAUSTED when `arena` (may be NULL) ran out of budget or the
+ * message nests too deep. Any thread; never on a coroutine stack. */
+asynq_status asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc,
+    const uint8_t *data, size_t len, ProtobufCAllocator *pa,
+    asynqi_arena *arena, ProtobufCMessage **out);
+
+/* A malloc-backed allocator that counts bytes against a budget; what it
+ * allocates may be freed with protobuf_c_message_free_unpacked(m, NULL). */
+typedef struct asynqi_budget_alloc {
+	ProtobufCAllocator pa;
+	size_t budget, used;
+	bool exhausted;
+} asynqi_budget_alloc;
+
+/* asynqi_budget_alloc_init prepares a counting allocator. */
+void asynqi_budget_alloc_init(asynqi_budget_alloc *b, size_t budget);
+
+/* asynqi_rpc_pack_msg packs m into a new nng message in *msgp.
+ * RESOURCE_EXHAUSTED without memory. */
+asynq_status asynqi_rpc_pack_msg(const ProtobufCMessage *m, nng_msg **msgp);
+
+/* asynqi_rpc_status_from_nng maps an nng error to a status. */
+asynq_status asynqi_rpc_status_from_nng(int rv);
+
+/* asynqi_rpc_status_from_wire clamps a status number off the wire. */
+asynq_status asynqi_rpc_status_from_wire(int32_t s);
+
+/* asynqi_realtime_ns returns CLOCK_REALTIME in ns since the epoch. */
+int64_t asynqi_realtime_ns(void);
+
+/* asynqi_rpc_free_msg frees a message decoded with the malloc allocator;
+ * the free function items are given. */
+void asynqi_rpc_free_msg(void *m);
+
+#endif /* ASYNQI_RPC_INTERNAL_H */
