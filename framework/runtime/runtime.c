@@ -59,6 +59,8 @@ struct asynq_ticket {
 	asynq_runtime *rt;
 	asynq_task_fn fn;
 	void *arg;
+	const char *name, *file;
+	int line;
 	atomic_int refs;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -304,8 +306,8 @@ static void
 ticket_start(asynq_post *p)
 {
 	asynq_ticket *tk = (asynq_ticket *)p;
-	asynq_future *f = asynq_spawn_at(tk->fn, tk->arg, "submitted task",
-	    __FILE__, __LINE__);
+	asynq_future *f = asynq_spawn_at(tk->fn, tk->arg, tk->name, tk->file,
+	    tk->line);
 	if (f == NULL || asynq_future_on_done(f, ticket_deliver, tk) !=
 	        ASYNQ_OK) {
 		if (f != NULL)
@@ -319,8 +321,9 @@ ticket_start(asynq_post *p)
 }
 
 asynq_status
-asynq_runtime_submit(asynq_runtime *rt, int worker_index, asynq_task_fn fn,
-    void *arg, asynq_ticket **tkp)
+asynq_runtime_submit_at(asynq_runtime *rt, int worker_index, asynq_task_fn fn,
+    void *arg, asynq_ticket **tkp, const char *name, const char *file,
+    int line)
 {
 	if (worker_index >= (int)rt->n)
 		return ASYNQ_INVALID_ARGUMENT;
@@ -338,6 +341,9 @@ asynq_runtime_submit(asynq_runtime *rt, int worker_index, asynq_task_fn fn,
 	tk->rt = rt;
 	tk->fn = fn;
 	tk->arg = arg;
+	tk->name = name;
+	tk->file = file;
+	tk->line = line;
 	tk->post.fn = ticket_start;
 	atomic_init(&tk->refs, 2); /* the submitter's and the worker's */
 	size_t w = worker_index >= 0 ? (size_t)worker_index

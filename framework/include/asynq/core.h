@@ -173,7 +173,8 @@ asynq_status asynq_promise_set_i64(asynq_future *p, int64_t v);
 asynq_status asynq_promise_set_ptr(asynq_future *p, void *v,
     void (*free_fn)(void *));
 
-/* asynq_promise_set_error fails p with e; ownership of e moves to p. */
+/* asynq_promise_set_error fails p with e; ownership of e moves to p (also
+ * on failure, when e is released at once). */
 asynq_status asynq_promise_set_error(asynq_future *p, asynq_error *e);
 
 /* A unit of work posted to a scheduler from any thread: fn(post) runs on the

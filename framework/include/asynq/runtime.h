@@ -74,9 +74,17 @@ void asynq_runtime_rele(asynq_runtime *rt);
  * result in *tkp. UNAVAILABLE when the runtime is stopping, INVALID_ARGUMENT
  * for a worker out of range, RESOURCE_EXHAUSTED without memory; then no
  * ticket is made and fn never runs. arg is borrowed until the task ends.
- * Any thread. */
-asynq_status asynq_runtime_submit(asynq_runtime *rt, int worker,
-    asynq_task_fn fn, void *arg, asynq_ticket **tkp);
+ * The task is named after fn and the call's file:line in asynq stacks. Any
+ * thread. */
+#define asynq_runtime_submit(rt, worker, fn, arg, tkp)                          \
+	asynq_runtime_submit_at((rt), (worker), (fn), (arg), (tkp), #fn,       \
+	    __FILE__, __LINE__)
+
+/* asynq_runtime_submit_at is asynq_runtime_submit with an explicit name and
+ * location (static strings). */
+asynq_status asynq_runtime_submit_at(asynq_runtime *rt, int worker,
+    asynq_task_fn fn, void *arg, asynq_ticket **tkp, const char *name,
+    const char *file, int line);
 
 /* asynq_ticket_wait blocks until the ticket's task has finished and returns
  * its status. FAILED_PRECONDITION on a worker thread (blocking a worker would
