@@ -124,6 +124,12 @@ asynq_batch_add(asynq_backend *be, int64_t key, void *req)
 		if (s->pending != NULL)
 			s->pending->prev = b;
 		s->pending = b;
+		if (be->flush_delay_ns != 0)
+			b->due = asynqi_now_ns() + be->flush_delay_ns;
+	}
+	if (be->flush_at != 0 && b->n_items >= be->flush_at) {
+		/* Full: send it now; the caller keeps its reference. */
+		asynqi_batch_run_flush(s, b);
 	}
 	return f;
 }
@@ -218,11 +224,23 @@ asynq_item_set_error(asynq_future *item, asynq_error *e)
 }
 
 asynq_batch *
-asynqi_best_batch(asynq_sched *s)
+asynqi_best_batch(asynq_sched *s, uint64_t *next_due)
 {
 	asynq_batch *best = NULL;
 	int64_t best_prio = 0;
+	uint64_t now = 0; /* read only if some batch has a delay */
+	if (next_due != NULL)
+		*next_due = 0;
 	for (asynq_batch *b = s->pending; b != NULL; b = b->next) {
+		if (next_due != NULL && b->due != 0) {
+			if (now == 0)
+				now = asynqi_now_ns();
+			if (b->due > now) {
+				if (*next_due == 0 || b->due < *next_due)
+					*next_due = b->due;
+				continue;
+			}
+		}
 		int64_t prio = b->backend->ops->priority != NULL
 		    ? b->backend->ops->priority(b)
 		    : (int64_t)b->n_items;

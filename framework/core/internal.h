@@ -172,7 +172,11 @@ asynq_future *asynqi_future_alloc(asynq_sched *s, int kind);
 void asynqi_report(asynq_sched *s, const asynq_error *e);
 
 /* Batches: flushing, finishing, cancelling at scheduler teardown. */
-asynq_batch *asynqi_best_batch(asynq_sched *s);
+/* asynqi_best_batch returns the pending batch to flush now, or NULL. With
+ * next_due, batches whose flush delay has not passed are skipped and the
+ * earliest time one becomes due is stored there (0 if none); without, every
+ * pending batch counts. */
+asynq_batch *asynqi_best_batch(asynq_sched *s, uint64_t *next_due);
 void asynqi_batch_run_flush(asynq_sched *s, asynq_batch *b);
 void asynqi_batch_finish(asynq_sched *s, asynq_batch *b);
 void asynqi_batch_item_freed(asynq_future *item);

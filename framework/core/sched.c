@@ -1160,17 +1160,20 @@ run_loop(asynq_sched *s, asynq_future *target)
 			run_task(s, &l, t);
 			continue;
 		}
-		asynq_batch *b = asynqi_best_batch(s);
+		uint64_t due = 0;
+		asynq_batch *b = asynqi_best_batch(s, &due);
 		if (b != NULL) {
 			asynqi_batch_run_flush(s, b);
 			continue;
 		}
 		if (s->n_inflight > 0 || s->n_timers > 0 ||
-		    s->n_promises > 0) {
+		    s->n_promises > 0 || due != 0) {
+			uint64_t until = s->n_timers > 0 ? s->timers[0]->due : 0;
+			if (due != 0 && (until == 0 || due < until))
+				until = due;
 			s->stats.sleeps++;
 			asynqi_stack_pool_trim(&s->pool);
-			asynqi_process_posted(s, true,
-			    s->n_timers > 0 ? s->timers[0]->due : 0);
+			asynqi_process_posted(s, true, until);
 			continue;
 		}
 		fprintf(stderr,
@@ -1278,7 +1281,7 @@ asynq_thread_fini(void)
 	asynqi_timers_cancel(s);
 	/* Cancel what never flushed and let woken tasks finish. */
 	for (;;) {
-		asynq_batch *b = asynqi_best_batch(s);
+		asynq_batch *b = asynqi_best_batch(s, NULL);
 		if (b != NULL) {
 			asynq_batch_cancel(b);
 			continue;

@@ -53,6 +53,14 @@ typedef struct asynq_backend_ops {
 struct asynq_backend {
 	const asynq_backend_ops *ops;
 	const char *name;       /* for dumps and errors */
+	/* Flush policy (asynq_backend_init sets both to 0: flush when every
+	 * task is blocked, as asynq does). flush_at: flush a batch as soon as
+	 * it holds this many items, while tasks go on running. flush_delay_ns:
+	 * an idle scheduler waits up to this long after a batch's first item
+	 * before flushing it, so calls from work that arrives meanwhile (other
+	 * requests) join it; other batches and tasks run as usual. */
+	size_t flush_at;
+	uint64_t flush_delay_ns;
 	asynq_batch *active;    /* framework's: the batch new items join */
 	asynq_sched *sched;     /* framework's: owner, set on first item */
 };
@@ -70,6 +78,7 @@ struct asynq_batch {
 	asynq_batch *prev, *next; /* pending list */
 	asynq_batch *post_next;   /* completion queue */
 	uint64_t seq;
+	uint64_t due;             /* flush_delay_ns: not flushed before */
 };
 
 /* asynq_backend_init prepares an embedded backend. */
