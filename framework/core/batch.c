@@ -14,9 +14,10 @@
  *   asynqi_batch_finish. The completion queue's mutex orders the completing
  *   thread's writes before the scheduler's reads. Cancelling an in-flight
  *   batch claims and fails the unclaimed items at once.
- * - The poster signals the condition variable only when the scheduler sleeps
- *   and clears the flag as it does, so a burst of completions costs one
- *   wake-up.
+ * - Completions and other cross-thread work arrive as posts (asynq_post) on
+ *   one FIFO; the poster signals the condition variable only when the
+ *   scheduler sleeps and clears the flag as it does, so a burst of them costs
+ *   one wake-up.
  * - Each item holds a reference on its batch; the backend's batch_free runs
  *   when the batch is finished and its last item is gone.
  */
@@ -216,10 +217,7 @@ asynq_item_set_error(asynq_future *item, asynq_error *e)
 		asynq_error_rele(e);
 		return st;
 	}
-	item->status = asynq_error_code(e);
-	if (item->status == ASYNQ_OK)
-		item->status = ASYNQ_UNKNOWN;
-	item->error = e;
+	asynqi_future_set_error(item, e);
 	return ASYNQ_OK;
 }
 
@@ -370,20 +368,25 @@ asynq_batch_defer(asynq_batch *b)
 	b->deferred = true;
 }
 
+/* Runs on the scheduler thread for a completed deferred flush. */
+static void
+batch_completed(asynq_post *p)
+{
+	asynq_batch *b = (asynq_batch *)((char *)p - offsetof(asynq_batch, post));
+	asynq_sched *s = b->sched;
+	s->n_inflight--;
+	s->stats.async_flushes++;
+	asynqi_batch_finish(s, b);
+}
+
 void
 asynq_batch_complete(asynq_batch *b, asynq_status st)
 {
-	asynq_sched *s = b->sched;
-	pthread_mutex_lock(&s->mu);
+	/* Written before the post, whose mutex publishes it (and the items'
+	 * results) to the scheduler thread. */
 	b->result = st;
-	b->post_next = s->posted;
-	s->posted = b;
-	atomic_store_explicit(&s->has_posted, 1, memory_order_relaxed);
-	if (s->sleeping) {
-		s->sleeping = false;
-		pthread_cond_signal(&s->cv);
-	}
-	pthread_mutex_unlock(&s->mu);
+	b->post.fn = batch_completed;
+	asynq_sched_post(b->sched, &b->post);
 }
 
 void
@@ -408,7 +411,7 @@ void
 asynqi_process_posted(asynq_sched *s, bool block, uint64_t until)
 {
 	pthread_mutex_lock(&s->mu);
-	while (block && s->posted == NULL && s->posts_head == NULL) {
+	while (block && s->posts_head == NULL) {
 		s->sleeping = true;
 		if (until == 0) {
 			pthread_cond_wait(&s->cv, &s->mu);
@@ -422,8 +425,6 @@ asynqi_process_posted(asynq_sched *s, bool block, uint64_t until)
 			break; /* a timer is due */
 	}
 	s->sleeping = false;
-	asynq_batch *list = s->posted;
-	s->posted = NULL;
 	asynq_post *posts = s->posts_head;
 	s->posts_head = s->posts_tail = NULL;
 	atomic_store_explicit(&s->has_posted, 0, memory_order_relaxed);
@@ -433,21 +434,5 @@ asynqi_process_posted(asynq_sched *s, bool block, uint64_t until)
 		posts = p->next;
 		p->next = NULL;
 		p->fn(p);
-	}
-	/* Posted newest first; finish in completion order. */
-	asynq_batch *rev = NULL;
-	while (list != NULL) {
-		asynq_batch *next = list->post_next;
-		list->post_next = rev;
-		rev = list;
-		list = next;
-	}
-	while (rev != NULL) {
-		asynq_batch *b = rev;
-		rev = b->post_next;
-		b->post_next = NULL;
-		s->n_inflight--;
-		s->stats.async_flushes++;
-		asynqi_batch_finish(s, b);
 	}
 }

@@ -132,7 +132,6 @@ struct asynq_sched {
 	/* Completion queue, written by any thread. */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	asynq_batch *posted;
 	asynq_post *posts_head, *posts_tail;
 	_Atomic(int) has_posted;
 	bool sleeping;
@@ -163,6 +162,10 @@ asynq_sched *asynqi_sched_get(void);
 /* asynqi_future_complete marks f computed and wakes its waiters and
  * callbacks; the result must already be stored. */
 void asynqi_future_complete(asynq_sched *s, asynq_future *f);
+
+/* asynqi_future_set_error stores e (owned) as f's outcome; an error whose
+ * code is OK is stored as UNKNOWN. */
+void asynqi_future_set_error(asynq_future *f, asynq_error *e);
 
 /* asynqi_future_alloc returns a zeroed future with one reference. */
 asynq_future *asynqi_future_alloc(asynq_sched *s, int kind);

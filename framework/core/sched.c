@@ -383,6 +383,15 @@ asynq_future_take(asynq_future *f)
 	return p;
 }
 
+void
+asynqi_future_set_error(asynq_future *f, asynq_error *e)
+{
+	f->status = asynq_error_code(e);
+	if (f->status == ASYNQ_OK)
+		f->status = ASYNQ_UNKNOWN;
+	f->error = e;
+}
+
 static asynq_future *
 const_future(void)
 {
@@ -429,10 +438,7 @@ asynq_const_error(asynq_error *e)
 		asynq_error_rele(e);
 		return NULL;
 	}
-	f->status = asynq_error_code(e);
-	if (f->status == ASYNQ_OK)
-		f->status = ASYNQ_UNKNOWN;
-	f->error = e;
+	asynqi_future_set_error(f, e);
 	return f;
 }
 
@@ -494,10 +500,7 @@ asynq_promise_set_error(asynq_future *p, asynq_error *e)
 		asynq_error_rele(e);
 		return ASYNQ_FAILED_PRECONDITION;
 	}
-	p->status = asynq_error_code(e);
-	if (p->status == ASYNQ_OK)
-		p->status = ASYNQ_UNKNOWN;
-	p->error = e;
+	asynqi_future_set_error(p, e);
 	promise_done(p);
 	return ASYNQ_OK;
 }

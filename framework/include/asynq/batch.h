@@ -76,7 +76,7 @@ struct asynq_batch {
 	uint32_t refs;            /* one per live item */
 	asynq_status result;
 	asynq_batch *prev, *next; /* pending list */
-	asynq_batch *post_next;   /* completion queue */
+	asynq_post post;          /* completion, posted to the scheduler */
 	uint64_t seq;
 	uint64_t due;             /* flush_delay_ns: not flushed before */
 };
