@@ -28,9 +28,28 @@
  *   received has been answered. Lock order: mu is a leaf.
  * - The server must be closed before its runtime stops: requests received
  *   while the runtime stops are answered UNAVAILABLE.
+ * - At-most-once: a request with a client_id and at least one
+ *   non-idempotent call is entered in the dedup table (one per server,
+ *   under dd.mu) while it runs, and stays there with a copy of its reply
+ *   once answered, until evicted by count, bytes or age (oldest first;
+ *   running entries are never evicted, their number is bounded by the
+ *   contexts). A copy of a running request parks its context on the entry
+ *   (it receives nothing meanwhile) and is sent the original's reply when
+ *   that is ready; a copy of an answered one is sent the stored reply at
+ *   once; neither reaches a worker. A resend (Request.attempt > 0) of a
+ *   request not in the table runs only its idempotent calls: the others
+ *   fail with ABORTED. Every reply to a tracked request goes through
+ *   answer(), which completes its entry; it sends to the parked contexts
+ *   before the request's own, so the server outlives the sends (close waits
+ *   for every active context). Lock order: dd.mu and mu are leaves, never
+ *   held together.
+ * - Request size: nng drops (by closing the connection) messages more than
+ *   SIZE_SLACK bytes over max_msg_bytes; the rest over max_msg_bytes are
+ *   answered RESOURCE_EXHAUSTED, so the limit is exact for the peer.
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -38,12 +57,18 @@
 #include "internal.h"
 
 #include <nng/protocol/reqrep0/rep.h>
+#include <nng/supplemental/tls/tls.h>
 
 #define DEFAULT_MAX_MSG (4u << 20)
 #define DEFAULT_MAX_CALLS 10000
 #define DEFAULT_MAX_INFLIGHT 100000
 #define DEFAULT_MAX_CONNS 1024
 #define DEFAULT_CONTEXTS 8
+#define DEFAULT_DEDUP_ENTRIES 4096
+#define DEFAULT_DEDUP_AGE_MS 60000
+#define DEFAULT_DEDUP_BYTES (16u << 20)
+/* Room for the SP header (a backtrace of up to 16 hops) over the body. */
+#define SIZE_SLACK 64
 
 typedef struct srv_method {
 	const asynq_rpc_method_desc *m;
@@ -54,9 +79,32 @@ typedef struct srv_method {
 typedef struct srv_ctx srv_ctx;
 typedef struct srv_req srv_req;
 
+/* A remembered request (see the design notes). */
+typedef struct dd_entry dd_entry;
+struct dd_entry {
+	uint64_t client_id, request_id;
+	dd_entry *hnext;       /* hash chain */
+	dd_entry *prev, *next; /* done list, oldest first */
+	bool done;
+	bool has_reply;
+	uint8_t *reply; /* the reply's body, malloc'd */
+	size_t len;
+	uint64_t done_ns; /* asynq_now_ns when answered */
+	srv_ctx *waiters; /* parked copies, via srv_ctx.dd_next */
+};
+
+typedef struct dd_table {
+	pthread_mutex_t mu;
+	dd_entry **buckets;
+	size_t mask;
+	dd_entry *oldest, *newest; /* done entries */
+	size_t n_done, bytes;
+} dd_table;
+
 /* One call of a request and its result. */
 typedef struct srv_call {
-	const srv_method *sm; /* NULL when the result is already set */
+	const srv_method *sm;         /* NULL when the result is already set */
+	const Asynq__Rpc__Call *wire; /* the call as received */
 	ProtobufCMessage *in; /* decoded request message, in the arena */
 	uint64_t call_id;
 	asynq_status status;
@@ -84,6 +132,7 @@ struct srv_req {
 	size_t *idx;
 	size_t remaining; /* tasks not finished, worker only */
 	size_t running;   /* calls counted in the worker's in-flight count */
+	dd_entry *dd;     /* its dedup entry, or NULL */
 };
 
 struct srv_ctx {
@@ -93,6 +142,7 @@ struct srv_ctx {
 	nng_aio *rx, *tx;
 	asynq_post post;
 	srv_req *req;
+	srv_ctx *dd_next; /* parked on a dedup entry, under dd.mu */
 	bool ctx_open;
 	bool active; /* under s->mu */
 };
@@ -113,28 +163,211 @@ struct asynq_rpc_server {
 	size_t in_nng;                 /* nng_ctx_send/recv calls running */
 	atomic_int conns;
 	atomic_uint_fast64_t requests, calls, rejected, malformed, duplicates;
+	dd_table dd;
+	nng_tls_config *tls;
 };
 
-/* The request the current handler serves; its value is a srv_req. */
+/* The task the current handler runs in; its value is a srv_task. */
 static const asynq_scoped srv_req_key = ASYNQ_SCOPED_INIT("asynq.rpc.req", 0);
 
-const void *
-asynq_rpc_metadata_get(const char *key, size_t *len)
+static const void *
+md_find(Asynq__Rpc__Metadata *const *mds, size_t n, const char *key,
+    size_t *len)
 {
-	srv_req *r = asynq_scoped_get(&srv_req_key);
-	if (r == NULL || key == NULL)
-		return NULL;
-	for (size_t i = 0; i < r->msg->n_metadata; i++) {
-		const Asynq__Rpc__Metadata *md = r->msg->metadata[i];
-		if (strcmp(md->key, key) == 0) {
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(mds[i]->key, key) == 0) {
 			if (len != NULL)
-				*len = md->value.len;
-			return md->value.data != NULL
-			    ? (const void *)md->value.data
+				*len = mds[i]->value.len;
+			return mds[i]->value.data != NULL
+			    ? (const void *)mds[i]->value.data
 			    : (const void *)"";
 		}
 	}
 	return NULL;
+}
+
+const void *
+asynq_rpc_metadata_get(const char *key, size_t *len)
+{
+	const srv_task *k = asynq_scoped_get(&srv_req_key);
+	if (k == NULL || key == NULL)
+		return NULL;
+	const srv_req *r = k->r;
+	if (k->sm->h.unary != NULL) {
+		const Asynq__Rpc__Call *w = r->calls[k->idx[0]].wire;
+		const void *v = md_find(w->metadata, w->n_metadata, key, len);
+		if (v != NULL)
+			return v;
+	}
+	return md_find(r->msg->metadata, r->msg->n_metadata, key, len);
+}
+
+/* ---- Dedup table --------------------------------------------------------- */
+
+static void ctx_send(srv_ctx *c, nng_msg *msg);
+
+static dd_entry **
+dd_slot(dd_table *t, uint64_t client_id, uint64_t request_id)
+{
+	uint64_t h = client_id ^ (request_id * 0x9e3779b97f4a7c15u);
+	h ^= h >> 31;
+	h *= 0xbf58476d1ce4e5b9u;
+	h ^= h >> 29;
+	dd_entry **p = &t->buckets[h & t->mask];
+	while (*p != NULL &&
+	    ((*p)->client_id != client_id || (*p)->request_id != request_id))
+		p = &(*p)->hnext;
+	return p;
+}
+
+/* Forgets the oldest answered entry. Under dd.mu. */
+static void
+dd_evict_oldest(dd_table *t)
+{
+	dd_entry *e = t->oldest;
+	dd_entry **p = dd_slot(t, e->client_id, e->request_id);
+	*p = e->hnext;
+	t->oldest = e->next;
+	if (t->oldest != NULL)
+		t->oldest->prev = NULL;
+	else
+		t->newest = NULL;
+	t->n_done--;
+	t->bytes -= e->len;
+	free(e->reply);
+	free(e);
+}
+
+/* Applies the limits. Under dd.mu. */
+static void
+dd_trim(asynq_rpc_server *s)
+{
+	dd_table *t = &s->dd;
+	uint64_t now = asynq_now_ns();
+	uint64_t age = (uint64_t)s->cfg.dedup_age_ms * 1000000u;
+	while (t->oldest != NULL &&
+	    (t->n_done > s->cfg.dedup_entries ||
+	        t->bytes > s->cfg.dedup_bytes ||
+	        now - t->oldest->done_ns > age))
+		dd_evict_oldest(t);
+}
+
+/* Answers the request of c with msg (ownership moves; NULL: out of memory),
+ * completing its dedup entry e (may be NULL) and answering the copies
+ * parked on it. Any thread owning c. c->s may be freed on return. */
+static void
+answer(srv_ctx *c, dd_entry *e, nng_msg *msg)
+{
+	if (e == NULL) {
+		ctx_send(c, msg);
+		return;
+	}
+	asynq_rpc_server *s = c->s;
+	dd_table *t = &s->dd;
+	size_t len = msg != NULL ? nng_msg_len(msg) : 0;
+	uint8_t *copy = NULL;
+	if (msg != NULL && len <= s->cfg.dedup_bytes) {
+		copy = malloc(len != 0 ? len : 1);
+		if (copy != NULL)
+			memcpy(copy, nng_msg_body(msg), len);
+	}
+	pthread_mutex_lock(&t->mu);
+	srv_ctx *w = e->waiters;
+	e->waiters = NULL;
+	e->done = true;
+	e->has_reply = copy != NULL;
+	e->reply = copy;
+	e->len = copy != NULL ? len : 0;
+	e->done_ns = asynq_now_ns();
+	e->prev = t->newest;
+	e->next = NULL;
+	if (t->newest != NULL)
+		t->newest->next = e;
+	else
+		t->oldest = e;
+	t->newest = e;
+	t->n_done++;
+	t->bytes += e->len;
+	dd_trim(s);
+	pthread_mutex_unlock(&t->mu);
+	/* c stays active until its own send, so s outlives these. */
+	while (w != NULL) {
+		srv_ctx *next = w->dd_next;
+		nng_msg *m = NULL;
+		if (msg != NULL && nng_msg_dup(&m, msg) != 0)
+			m = NULL;
+		ctx_send(w, m);
+		w = next;
+	}
+	ctx_send(c, msg);
+}
+
+/* What to do with a received request, after the dedup table saw it. */
+enum { DD_RUN, DD_ANSWERED, DD_PARKED, DD_FORGOTTEN };
+
+/* nng thread: looks r up and enters it when new. DD_ANSWERED: msg is the
+ * stored reply to send; DD_PARKED: c waits on the original;
+ * DD_FORGOTTEN: run only the idempotent calls; DD_RUN: run (r->dd set if
+ * tracked). */
+static int
+dd_check(asynq_rpc_server *s, srv_ctx *c, srv_req *r, nng_msg **msg)
+{
+	const Asynq__Rpc__Request *rq = r->msg;
+	bool track = false;
+	for (size_t i = 0; i < r->n && !track; i++)
+		track =
+		    r->calls[i].sm != NULL && !r->calls[i].sm->m->idempotent;
+	if (!track || rq->client_id == 0)
+		return DD_RUN;
+	dd_table *t = &s->dd;
+	int what = DD_RUN;
+	pthread_mutex_lock(&t->mu);
+	dd_trim(s);
+	dd_entry **p = dd_slot(t, rq->client_id, rq->request_id);
+	dd_entry *e = *p;
+	if (e != NULL && !e->done) {
+		c->dd_next = e->waiters;
+		e->waiters = c;
+		what = DD_PARKED;
+	} else if (e != NULL && e->has_reply) {
+		if (nng_msg_alloc(msg, e->len) == 0) {
+			memcpy(nng_msg_body(*msg), e->reply, e->len);
+			what = DD_ANSWERED;
+		} else {
+			what = DD_FORGOTTEN; /* out of memory: be safe */
+		}
+	} else if (e != NULL) {
+		what = DD_FORGOTTEN; /* the reply was too big to keep */
+	} else {
+		e = calloc(1, sizeof(*e));
+		if (e != NULL) {
+			e->client_id = rq->client_id;
+			e->request_id = rq->request_id;
+			*p = e;
+			r->dd = e;
+		}
+		what = rq->attempt > 0 || e == NULL ? DD_FORGOTTEN : DD_RUN;
+	}
+	pthread_mutex_unlock(&t->mu);
+	if (what != DD_RUN)
+		atomic_fetch_add(&s->duplicates, 1);
+	return what;
+}
+
+static void
+dd_fini(dd_table *t)
+{
+	for (size_t i = 0; i <= t->mask; i++) {
+		dd_entry *e = t->buckets[i];
+		while (e != NULL) {
+			dd_entry *next = e->hnext;
+			free(e->reply);
+			free(e);
+			e = next;
+		}
+	}
+	free(t->buckets);
+	pthread_mutex_destroy(&t->mu);
 }
 
 /* ---- Requests ---------------------------------------------------------- */
@@ -228,10 +461,10 @@ ctx_send(srv_ctx *c, nng_msg *msg)
 	nng_leave(c->s);
 }
 
-/* Answers the whole request with one status. Any thread owning c. */
-static void
-send_status(srv_ctx *c, asynq_status st, const char *message,
-    uint64_t request_id)
+/* A reply that fails the whole request with one status; NULL without
+ * memory. */
+static nng_msg *
+status_msg(asynq_status st, const char *message, uint64_t request_id)
 {
 	Asynq__Rpc__Reply rep = ASYNQ__RPC__REPLY__INIT;
 	rep.status = (int32_t)st;
@@ -239,7 +472,15 @@ send_status(srv_ctx *c, asynq_status st, const char *message,
 	rep.request_id = request_id;
 	nng_msg *msg = NULL;
 	(void)asynqi_rpc_pack_msg(&rep.base, &msg);
-	ctx_send(c, msg);
+	return msg;
+}
+
+/* Answers the whole request with one status. Any thread owning c. */
+static void
+send_status(srv_ctx *c, asynq_status st, const char *message,
+    uint64_t request_id)
+{
+	ctx_send(c, status_msg(st, message, request_id));
 }
 
 /* Worker: every call has a result; answer and forget the request. */
@@ -276,14 +517,14 @@ req_finish(srv_req *r)
 	free(ptrs);
 	free(res);
 	uint64_t request_id = r->msg->request_id;
+	dd_entry *dd = r->dd;
 	req_free(r);
 	/* Once the reply is sent, close may return and free s. */
 	asynq_runtime *rt = s->rt;
-	if (msg != NULL)
-		ctx_send(c, msg);
-	else
-		send_status(c, ASYNQ_RESOURCE_EXHAUSTED, "server out of memory",
-		    request_id);
+	if (msg == NULL)
+		msg = status_msg(ASYNQ_RESOURCE_EXHAUSTED,
+		    "server out of memory", request_id);
+	answer(c, dd, msg);
 	asynq_runtime_rele(rt);
 }
 
@@ -337,7 +578,7 @@ task_main(asynq_task *t, void *arg)
 	bool pushed_dl = dl != 0 &&
 	    asynq_scoped_push(&asynq_rpc_deadline, (void *)(intptr_t)dl) ==
 	        ASYNQ_OK;
-	bool pushed_req = asynq_scoped_push(&srv_req_key, r) == ASYNQ_OK;
+	bool pushed_req = asynq_scoped_push(&srv_req_key, k) == ASYNQ_OK;
 	if (sm->h.unary != NULL) {
 		srv_call *c = &r->calls[k->idx[0]];
 		ProtobufCMessage *reply = NULL;
@@ -420,10 +661,12 @@ req_run(asynq_post *p)
 	if (s->w_inflight[c->worker] + n_run > s->cfg.max_inflight_calls) {
 		atomic_fetch_add(&s->rejected, 1);
 		uint64_t id = r->msg->request_id;
+		dd_entry *dd = r->dd;
 		asynq_runtime *rt = s->rt;
 		req_free(r);
-		send_status(c, ASYNQ_RESOURCE_EXHAUSTED,
-		    "too many calls in flight", id);
+		answer(c, dd,
+		    status_msg(ASYNQ_RESOURCE_EXHAUSTED,
+		        "too many calls in flight", id));
 		asynq_runtime_rele(rt);
 		return;
 	}
@@ -521,6 +764,15 @@ req_received(srv_ctx *c, nng_msg *msg)
 {
 	asynq_rpc_server *s = c->s;
 	atomic_fetch_add(&s->requests, 1);
+	if (nng_msg_len(msg) > s->cfg.max_msg_bytes) {
+		atomic_fetch_add(&s->rejected, 1);
+		char why[96];
+		snprintf(why, sizeof(why), "request of %zu bytes; limit %zu",
+		    nng_msg_len(msg), s->cfg.max_msg_bytes);
+		nng_msg_free(msg);
+		send_status(c, ASYNQ_RESOURCE_EXHAUSTED, why, 0);
+		return;
+	}
 	srv_req *r = calloc(1, sizeof(*r));
 	if (r == NULL) {
 		nng_msg_free(msg);
@@ -575,6 +827,7 @@ req_received(srv_ctx *c, nng_msg *msg)
 		const Asynq__Rpc__Call *call = r->msg->calls[i];
 		srv_call *k = &r->calls[i];
 		k->call_id = call->call_id;
+		k->wire = call;
 		k->sm = method_find(s, call->method);
 		if (k->sm == NULL) {
 			call_fail(k, ASYNQ_UNIMPLEMENTED, "unknown method %s",
@@ -590,9 +843,33 @@ req_received(srv_ctx *c, nng_msg *msg)
 			        : "malformed request message for %s",
 			    k->sm->m->full_name);
 	}
-	if (asynq_runtime_hold(s->rt) != ASYNQ_OK) {
+	nng_msg *stored = NULL;
+	switch (dd_check(s, c, r, &stored)) {
+	case DD_PARKED:
+		/* c is answered with the original's reply. */
 		req_free(r);
-		send_status(c, ASYNQ_UNAVAILABLE, "server is stopping", id);
+		return;
+	case DD_ANSWERED:
+		req_free(r);
+		ctx_send(c, stored);
+		return;
+	case DD_FORGOTTEN:
+		for (size_t i = 0; i < r->n; i++)
+			if (r->calls[i].sm != NULL &&
+			    !r->calls[i].sm->m->idempotent)
+				call_fail(&r->calls[i], ASYNQ_ABORTED,
+				    "%s was resent and the server cannot tell "
+				    "whether it ran; not run again",
+				    r->calls[i].sm->m->full_name);
+		break;
+	default:
+		break;
+	}
+	if (asynq_runtime_hold(s->rt) != ASYNQ_OK) {
+		dd_entry *dd = r->dd;
+		req_free(r);
+		answer(c, dd,
+		    status_msg(ASYNQ_UNAVAILABLE, "server is stopping", id));
 		return;
 	}
 	c->req = r;
@@ -635,17 +912,92 @@ tx_cb(void *arg)
 
 /* ---- Server ------------------------------------------------------------ */
 
+/* Reads a whole (PEM) file as a string; NULL on failure. */
+static char *
+file_read(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		return NULL;
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	for (;;) {
+		if (cap - len < 4096) {
+			cap = cap != 0 ? cap * 2 : 8192;
+			char *nb =
+			    cap <= (64u << 20) ? realloc(buf, cap) : NULL;
+			if (nb == NULL) {
+				free(buf);
+				fclose(f);
+				return NULL;
+			}
+			buf = nb;
+		}
+		size_t n = fread(buf + len, 1, cap - len - 1, f);
+		len += n;
+		if (n == 0)
+			break;
+	}
+	bool bad = ferror(f) != 0;
+	fclose(f);
+	if (bad) {
+		free(buf);
+		return NULL;
+	}
+	buf[len] = '\0';
+	return buf;
+}
+
+/* A TLS server configuration with the certificate and key of cfg. */
+static asynq_status
+tls_server_config(nng_tls_config **tp, const asynq_rpc_server_cfg *cfg)
+{
+	char *cert = file_read(cfg->tls_cert_file);
+	char *key = file_read(cfg->tls_key_file);
+	nng_tls_config *t = NULL;
+	asynq_status st = ASYNQ_INVALID_ARGUMENT;
+	int rv;
+	if (cert == NULL || key == NULL)
+		goto out;
+	if ((rv = nng_tls_config_alloc(&t, NNG_TLS_MODE_SERVER)) != 0) {
+		st = asynqi_rpc_status_from_nng(rv);
+		t = NULL;
+		goto out;
+	}
+	if ((rv = nng_tls_config_auth_mode(t, NNG_TLS_AUTH_MODE_NONE)) != 0 ||
+	    (rv = nng_tls_config_own_cert(t, cert, key, NULL)) != 0) {
+		st = rv == NNG_ENOMEM ? ASYNQ_RESOURCE_EXHAUSTED
+		                      : ASYNQ_INVALID_ARGUMENT;
+		nng_tls_config_free(t);
+		t = NULL;
+		goto out;
+	}
+	*tp = t;
+	st = ASYNQ_OK;
+out:
+	if (key != NULL) {
+		/* The private key does not linger in freed memory. */
+		volatile char *v = key;
+		for (size_t i = 0; v[i] != '\0'; i++)
+			v[i] = 0;
+	}
+	free(key);
+	free(cert);
+	return st;
+}
+
 static void
 conn_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
 	asynq_rpc_server *s = arg;
 	switch (ev) {
 	case NNG_PIPE_EV_ADD_PRE:
-		if ((size_t)atomic_load(&s->conns) >= s->cfg.max_connections)
+		/* nng runs REM_POST for every pipe that saw ADD_PRE, also
+		 * one closed here, so counting here keeps the count exact
+		 * when connections arrive at once. */
+		if ((size_t)atomic_fetch_add(&s->conns, 1) >=
+		    s->cfg.max_connections)
 			nng_pipe_close(p);
-		break;
-	case NNG_PIPE_EV_ADD_POST:
-		atomic_fetch_add(&s->conns, 1);
 		break;
 	case NNG_PIPE_EV_REM_POST:
 		atomic_fetch_sub(&s->conns, 1);
@@ -668,9 +1020,9 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	s->rt = rt;
 	if (cfg != NULL)
 		s->cfg = *cfg;
-	if (s->cfg.tls_cert_file != NULL || s->cfg.tls_key_file != NULL) {
+	if ((s->cfg.tls_cert_file != NULL) != (s->cfg.tls_key_file != NULL)) {
 		free(s);
-		return ASYNQ_UNIMPLEMENTED; /* tls+tcp: not yet */
+		return ASYNQ_INVALID_ARGUMENT;
 	}
 	if (s->cfg.max_msg_bytes == 0)
 		s->cfg.max_msg_bytes = DEFAULT_MAX_MSG;
@@ -684,6 +1036,12 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->cfg.decode_budget = 8 * s->cfg.max_msg_bytes;
 	if (s->cfg.contexts_per_worker == 0)
 		s->cfg.contexts_per_worker = DEFAULT_CONTEXTS;
+	if (s->cfg.dedup_entries == 0)
+		s->cfg.dedup_entries = DEFAULT_DEDUP_ENTRIES;
+	if (s->cfg.dedup_age_ms == 0)
+		s->cfg.dedup_age_ms = DEFAULT_DEDUP_AGE_MS;
+	if (s->cfg.dedup_bytes == 0)
+		s->cfg.dedup_bytes = DEFAULT_DEDUP_BYTES;
 	atomic_init(&s->conns, 0);
 	atomic_init(&s->requests, 0);
 	atomic_init(&s->calls, 0);
@@ -692,6 +1050,19 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	atomic_init(&s->duplicates, 0);
 	size_t workers = asynq_runtime_workers(rt);
 	s->n_ctxs = workers * s->cfg.contexts_per_worker;
+	size_t nb = 64;
+	while (nb < s->cfg.dedup_entries && nb < ((size_t)1 << 24))
+		nb *= 2;
+	s->dd.buckets = calloc(nb, sizeof(*s->dd.buckets));
+	s->dd.mask = nb - 1;
+	if (s->dd.buckets == NULL)
+		goto fail_dd;
+	if (pthread_mutex_init(&s->dd.mu, NULL) != 0)
+		goto fail_dd_mu;
+	if (s->cfg.tls_cert_file != NULL &&
+	    (st = tls_server_config(&s->tls, &s->cfg)) != ASYNQ_OK)
+		goto fail_tls;
+	st = ASYNQ_RESOURCE_EXHAUSTED;
 	if (pthread_mutex_init(&s->mu, NULL) != 0)
 		goto fail_mu;
 	if (pthread_cond_init(&s->cv, NULL) != 0)
@@ -706,10 +1077,8 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		goto fail_arrays;
 	}
 	if ((rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ,
-	         s->cfg.max_msg_bytes)) != 0 ||
+	         s->cfg.max_msg_bytes + SIZE_SLACK)) != 0 ||
 	    (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_PRE, conn_cb, s)) !=
-	        0 ||
-	    (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, conn_cb, s)) !=
 	        0 ||
 	    (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, conn_cb, s)) !=
 	        0) {
@@ -743,6 +1112,13 @@ fail_arrays:
 fail_cv:
 	pthread_mutex_destroy(&s->mu);
 fail_mu:
+	if (s->tls != NULL)
+		nng_tls_config_free(s->tls);
+fail_tls:
+	pthread_mutex_destroy(&s->dd.mu);
+fail_dd_mu:
+	free(s->dd.buckets);
+fail_dd:
 	free(s);
 	return st;
 }
@@ -786,7 +1162,22 @@ asynq_rpc_server_listen(asynq_rpc_server *s, const char *url)
 	pthread_mutex_unlock(&s->mu);
 	if (closing)
 		return ASYNQ_FAILED_PRECONDITION;
-	int rv = nng_listen(s->sock, url, NULL, 0);
+	int rv;
+	if (strncmp(url, "tls+", 4) == 0) {
+		if (s->tls == NULL)
+			return ASYNQ_INVALID_ARGUMENT; /* no certificate */
+		nng_listener l;
+		rv = nng_listener_create(&l, s->sock, url);
+		if (rv == 0 &&
+		    (rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG,
+		         s->tls)) == 0)
+			rv = nng_listener_start(l, 0);
+		if (rv != 0 && rv != NNG_EINVAL && rv != NNG_ENOTSUP &&
+		    rv != NNG_EADDRINVAL)
+			nng_listener_close(l);
+	} else {
+		rv = nng_listen(s->sock, url, NULL, 0);
+	}
 	if (rv != 0)
 		return rv == NNG_EADDRINUSE ? ASYNQ_UNAVAILABLE
 		    : rv == NNG_ENOMEM      ? ASYNQ_RESOURCE_EXHAUSTED
@@ -851,6 +1242,9 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 	free(s->ctxs);
 	free(s->w_inflight);
 	free(s->methods);
+	dd_fini(&s->dd);
+	if (s->tls != NULL)
+		nng_tls_config_free(s->tls);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);
 	free(s);

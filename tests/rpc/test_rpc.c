@@ -9,8 +9,13 @@
  * stack: tasks record what they see in plain structs.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -19,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,6 +44,18 @@
 /* ---- Handlers ----------------------------------------------------------- */
 
 static atomic_int sleep_started;
+static atomic_int hold_runs;
+static atomic_int hold_release;
+/* In a --serve child: where handlers report that they started. */
+static int notify_fd = -1;
+static const char *self_exe;
+
+static void
+notify(char c)
+{
+	if (notify_fd >= 0)
+		(void)!write(notify_fd, &c, 1);
+}
 
 static Asynq__Rpctest__Num *
 num_new(int64_t v)
@@ -86,6 +105,7 @@ h_sleep(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 	(void)ctx;
 	const Asynq__Rpctest__Num *in = (const Asynq__Rpctest__Num *)req;
 	atomic_fetch_add(&sleep_started, 1);
+	notify('S');
 	asynq_future *f = asynq_sleep((uint64_t)in->v * 1000000u);
 	asynq_status st = asynq_await(t, f);
 	asynq_future_rele(f);
@@ -130,12 +150,36 @@ h_depth(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 	return ASYNQ_OK;
 }
 
+static asynq_status
+h_hold(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
+    void *ctx)
+{
+	(void)ctx;
+	const Asynq__Rpctest__Num *in = (const Asynq__Rpctest__Num *)req;
+	atomic_fetch_add(&hold_runs, 1);
+	uint64_t t0 = asynq_now_ns();
+	while (!atomic_load(&hold_release)) {
+		if (asynq_now_ns() - t0 > 30000000000u)
+			return asynq_fail(t, ASYNQ_INTERNAL, "never released");
+		asynq_future *f = asynq_sleep(2000000);
+		asynq_status st = asynq_await(t, f);
+		asynq_future_rele(f);
+		ASYNQ_TRY(st);
+	}
+	Asynq__Rpctest__Num *out = num_new(in->v + 1);
+	if (out == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	*reply = &out->base;
+	return ASYNQ_OK;
+}
+
 static const asynq_rpc_handler calc_handlers[] = {
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_TWICE] = { .unary = h_double },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_FAIL] = { .unary = h_fail },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SLEEP] = { .unary = h_sleep },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SUM] = { .batch = h_sum },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_DEPTH] = { .unary = h_depth },
+	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_HOLD] = { .unary = h_hold },
 };
 
 /* ---- Fixture ------------------------------------------------------------ */
@@ -171,15 +215,14 @@ url_make(char *buf, size_t n, bool tcp)
 		snprintf(buf, n, "inproc://asynq-rpc-test-%d", ++seq);
 }
 
-/* Starts a two-worker runtime and a Calc server with scfg (NULL for
- * defaults) and opens a channel to it with chan_max_calls (0: the
- * service's). */
+/* Starts a runtime of `workers` workers and a Calc server with scfg (NULL
+ * for defaults) on a new URL; no channel. */
 static void
-fx_start(fixture *fx, bool tcp, const asynq_rpc_server_cfg *scfg,
-    size_t chan_max_calls)
+fx_server(fixture *fx, bool tcp, const asynq_rpc_server_cfg *scfg,
+    size_t workers)
 {
 	memset(fx, 0, sizeof(*fx));
-	asynq_runtime_cfg rcfg = { .workers = 2 };
+	asynq_runtime_cfg rcfg = { .workers = workers };
 	assert_int_equal(asynq_runtime_alloc(&fx->rt, &rcfg), ASYNQ_OK);
 	assert_int_equal(asynq_rpc_server_alloc(&fx->srv, fx->rt, scfg),
 	    ASYNQ_OK);
@@ -188,6 +231,16 @@ fx_start(fixture *fx, bool tcp, const asynq_rpc_server_cfg *scfg,
 	    ASYNQ_OK);
 	url_make(fx->url, sizeof(fx->url), tcp);
 	assert_int_equal(asynq_rpc_server_listen(fx->srv, fx->url), ASYNQ_OK);
+}
+
+/* Starts a two-worker runtime and a Calc server with scfg (NULL for
+ * defaults) and opens a channel to it with chan_max_calls (0: the
+ * service's). */
+static void
+fx_start(fixture *fx, bool tcp, const asynq_rpc_server_cfg *scfg,
+    size_t chan_max_calls)
+{
+	fx_server(fx, tcp, scfg, 2);
 	const char *urls[] = { fx->url };
 	asynq_rpc_channel_cfg ccfg = {
 		.urls = urls,
@@ -670,9 +723,1080 @@ test_rpc_metadata_absent_outside_handler(void **state)
 	asynq_thread_fini();
 }
 
-int
-main(void)
+/* ---- Raw requests ---------------------------------------------------------
+ */
+
+/* Packs a Request with n calls of ms[i] (call_id i), each with the payload
+ * Num{v = 5, s = `pad` x's}. */
+static uint8_t *
+raw_req(size_t *len, const asynq_rpc_method_desc *const *ms, size_t n,
+    size_t pad, uint64_t client_id, uint64_t request_id, uint32_t attempt)
 {
+	char *s = malloc(pad + 1);
+	memset(s, 'x', pad);
+	s[pad] = '\0';
+	Asynq__Rpctest__Num num = ASYNQ__RPCTEST__NUM__INIT;
+	num.v = 5;
+	num.s = s;
+	size_t plen = asynq__rpctest__num__get_packed_size(&num);
+	uint8_t *payload = malloc(plen + 1);
+	asynq__rpctest__num__pack(&num, payload);
+	Asynq__Rpc__Call calls[4], *ptrs[4];
+	assert_true(n <= 4);
+	for (size_t i = 0; i < n; i++) {
+		Asynq__Rpc__Call c = ASYNQ__RPC__CALL__INIT;
+		c.method = (char *)ms[i]->full_name;
+		c.call_id = i;
+		c.payload.data = payload;
+		c.payload.len = plen;
+		calls[i] = c;
+		ptrs[i] = &calls[i];
+	}
+	Asynq__Rpc__Request req = ASYNQ__RPC__REQUEST__INIT;
+	req.n_calls = n;
+	req.calls = ptrs;
+	req.client_id = client_id;
+	req.request_id = request_id;
+	req.attempt = attempt;
+	*len = asynq__rpc__request__get_packed_size(&req);
+	uint8_t *buf = malloc(*len);
+	asynq__rpc__request__pack(&req, buf);
+	free(payload);
+	free(s);
+	return buf;
+}
+
+/* A raw REQ socket dialed to url (synchronously) with a receive timeout. */
+static nng_socket
+raw_open(const char *url, int timeout_ms)
+{
+	nng_socket raw;
+	assert_int_equal(nng_req0_open(&raw), 0);
+	assert_int_equal(nng_socket_set_ms(raw, NNG_OPT_RECVTIMEO, timeout_ms),
+	    0);
+	assert_int_equal(nng_dial(raw, url, NULL, 0), 0);
+	return raw;
+}
+
+/* Sends buf (freed) on raw and decodes the reply: 0, or nng's error. */
+static int
+raw_call(nng_socket raw, uint8_t *buf, size_t len, Asynq__Rpc__Reply **rep)
+{
+	int rv = nng_send(raw, buf, len, 0);
+	free(buf);
+	*rep = NULL;
+	if (rv != 0)
+		return rv;
+	void *in = NULL;
+	size_t inlen = 0;
+	if ((rv = nng_recv(raw, &in, &inlen, NNG_FLAG_ALLOC)) != 0)
+		return rv;
+	*rep = asynq__rpc__reply__unpack(NULL, inlen, in);
+	nng_free(in, inlen);
+	assert_non_null(*rep);
+	return 0;
+}
+
+/* Status and value of the result for call_id in rep (INT64_MIN: none). */
+static int32_t
+rep_status(const Asynq__Rpc__Reply *rep, uint64_t call_id, int64_t *v)
+{
+	for (size_t i = 0; i < rep->n_results; i++) {
+		const Asynq__Rpc__Result *r = rep->results[i];
+		if (r->call_id != call_id)
+			continue;
+		if (v != NULL) {
+			Asynq__Rpctest__Num *n = asynq__rpctest__num__unpack(
+			    NULL, r->payload.len, r->payload.data);
+			*v = n != NULL ? n->v : INT64_MIN;
+			asynq__rpctest__num__free_unpacked(n, NULL);
+		}
+		return r->status;
+	}
+	return -1;
+}
+
+static uint64_t
+server_dups(asynq_rpc_server *s)
+{
+	asynq_rpc_server_stats ss;
+	asynq_rpc_server_stats_get(s, &ss);
+	return ss.duplicates;
+}
+
+/* ---- At most once ----------------------------------------------------------
+ */
+
+static void
+test_rpc_dedup_table(void **state)
+{
+	(void)state;
+	fixture fx;
+	asynq_rpc_server_cfg scfg = { .dedup_entries = 2 };
+	fx_server(&fx, false, &scfg, 2);
+	atomic_store(&hold_runs, 0);
+	atomic_store(&hold_release, 1);
+	nng_socket raw = raw_open(fx.url, 5000);
+	const asynq_rpc_method_desc *hold[] = { M(HOLD) };
+	const asynq_rpc_method_desc *twice[] = { M(TWICE) };
+	const asynq_rpc_method_desc *mixed[] = { M(HOLD), M(TWICE) };
+	Asynq__Rpc__Reply *rep;
+	size_t len;
+	int64_t v;
+	/* The first transmission runs. */
+	uint8_t *b = raw_req(&len, hold, 1, 0, 7, 1, 0);
+	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, &v), ASYNQ_OK);
+	assert_int_equal(v, 6);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	assert_int_equal(atomic_load(&hold_runs), 1);
+	/* A copy, and a resend, of a finished request get its reply. */
+	for (uint32_t attempt = 0; attempt < 2; attempt++) {
+		b = raw_req(&len, hold, 1, 0, 7, 1, attempt);
+		assert_int_equal(raw_call(raw, b, len, &rep), 0);
+		assert_int_equal(rep_status(rep, 0, &v), ASYNQ_OK);
+		assert_int_equal(v, 6);
+		assert_int_equal(rep->request_id, 1);
+		asynq__rpc__reply__free_unpacked(rep, NULL);
+	}
+	assert_int_equal(atomic_load(&hold_runs), 1);
+	assert_int_equal(server_dups(fx.srv), 2);
+	/* A resend the server never saw: not run, ABORTED. */
+	b = raw_req(&len, hold, 1, 0, 7, 2, 1);
+	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_ABORTED);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	assert_int_equal(atomic_load(&hold_runs), 1);
+	assert_int_equal(server_dups(fx.srv), 3);
+	/* ... but its idempotent calls run. */
+	b = raw_req(&len, mixed, 2, 0, 7, 3, 1);
+	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_ABORTED);
+	assert_int_equal(rep_status(rep, 1, &v), ASYNQ_OK);
+	assert_int_equal(v, 10);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	b = raw_req(&len, twice, 1, 0, 7, 4, 1);
+	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, &v), ASYNQ_OK);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	assert_int_equal(atomic_load(&hold_runs), 1);
+	/* Two more finished requests evict request 1 (dedup_entries = 2):
+	 * its resend is ABORTED, never run again. */
+	for (uint64_t id = 5; id <= 6; id++) {
+		b = raw_req(&len, hold, 1, 0, 7, id, 0);
+		assert_int_equal(raw_call(raw, b, len, &rep), 0);
+		assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_OK);
+		asynq__rpc__reply__free_unpacked(rep, NULL);
+	}
+	assert_int_equal(atomic_load(&hold_runs), 3);
+	b = raw_req(&len, hold, 1, 0, 7, 1, 1);
+	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_ABORTED);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	/* Another client's request 1 is a different request. */
+	b = raw_req(&len, hold, 1, 0, 8, 1, 0);
+	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_OK);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	assert_int_equal(atomic_load(&hold_runs), 4);
+	nng_close(raw);
+	fx_stop(&fx);
+}
+
+/* A TCP proxy whose connections the test can cut, as a network would. */
+typedef struct proxy {
+	int lfd, port, up_port;
+	pthread_t th;
+	atomic_bool stop, drop;
+	atomic_int accepted;
+} proxy;
+
+static int
+write_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t k = write(fd, p, n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -1;
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+static void *
+proxy_main(void *arg)
+{
+	proxy *px = arg;
+	enum { MAXFD = 16 };
+	int fds[MAXFD]; /* pairs: client, upstream */
+	size_t n = 0;
+	static _Thread_local char buf[65536];
+	while (!atomic_load(&px->stop)) {
+		if (atomic_exchange(&px->drop, false)) {
+			for (size_t i = 0; i < n; i++)
+				close(fds[i]);
+			n = 0;
+		}
+		struct pollfd pf[1 + MAXFD];
+		pf[0] = (struct pollfd){ .fd = px->lfd, .events = POLLIN };
+		for (size_t i = 0; i < n; i++)
+			pf[1 + i] =
+			    (struct pollfd){ .fd = fds[i], .events = POLLIN };
+		size_t polled = n;
+		if (poll(pf, 1 + polled, 5) <= 0)
+			continue;
+		for (size_t i = 0; i < polled; i++) {
+			if (fds[i] < 0 || (pf[1 + i].revents == 0))
+				continue;
+			ssize_t k = read(fds[i], buf, sizeof(buf));
+			if (k <= 0 ||
+			    write_all(fds[i ^ 1], buf, (size_t)k) != 0) {
+				close(fds[i & ~(size_t)1]);
+				close(fds[i | 1]);
+				fds[i & ~(size_t)1] = fds[i | 1] = -1;
+			}
+		}
+		size_t m = 0;
+		for (size_t i = 0; i < n; i++)
+			if (fds[i] >= 0)
+				fds[m++] = fds[i];
+		n = m;
+		if (pf[0].revents & POLLIN) {
+			int c = accept(px->lfd, NULL, NULL);
+			if (c < 0)
+				continue;
+			int u = socket(AF_INET, SOCK_STREAM, 0);
+			struct sockaddr_in a = { .sin_family = AF_INET };
+			a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+			a.sin_port = htons((uint16_t)px->up_port);
+			if (n + 2 > MAXFD || u < 0 ||
+			    connect(u, (struct sockaddr *)&a, sizeof(a)) != 0) {
+				close(c);
+				if (u >= 0)
+					close(u);
+				continue;
+			}
+			fds[n++] = c;
+			fds[n++] = u;
+			atomic_fetch_add(&px->accepted, 1);
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		close(fds[i]);
+	return NULL;
+}
+
+static int
+url_port(const char *url)
+{
+	const char *colon = strrchr(url, ':');
+	return colon != NULL ? atoi(colon + 1) : -1;
+}
+
+static void
+proxy_start(proxy *px, int up_port)
+{
+	memset(px, 0, sizeof(*px));
+	px->up_port = up_port;
+	px->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(px->lfd >= 0);
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t alen = sizeof(a);
+	assert_int_equal(bind(px->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(px->lfd, 16), 0);
+	assert_int_equal(getsockname(px->lfd, (struct sockaddr *)&a, &alen), 0);
+	px->port = ntohs(a.sin_port);
+	assert_int_equal(pthread_create(&px->th, NULL, proxy_main, px), 0);
+}
+
+static void
+proxy_stop(proxy *px)
+{
+	atomic_store(&px->stop, true);
+	pthread_join(px->th, NULL);
+	close(px->lfd);
+}
+
+/* Waits up to ms for *v >= want. */
+static bool
+wait_atomic(atomic_int *v, int want, int ms)
+{
+	for (int i = 0; i < ms && atomic_load(v) < want; i++)
+		usleep(1000);
+	return atomic_load(v) >= want;
+}
+
+typedef struct dropper {
+	proxy *px;
+	asynq_rpc_server *srv;
+	bool saw_run, saw_dup;
+} dropper;
+
+/* Cuts the connection while Hold runs, waits for the resent copy to reach
+ * the server, then lets Hold finish. */
+static void *
+dropper_main(void *arg)
+{
+	dropper *d = arg;
+	d->saw_run = wait_atomic(&hold_runs, 1, 20000);
+	atomic_store(&d->px->drop, true);
+	for (int i = 0; i < 20000 && server_dups(d->srv) < 1; i++)
+		usleep(1000);
+	d->saw_dup = server_dups(d->srv) >= 1;
+	atomic_store(&hold_release, 1);
+	return NULL;
+}
+
+static void
+test_rpc_resend_after_lost_connection_runs_once(void **state)
+{
+	(void)state;
+	fixture fx;
+	fx_server(&fx, true, NULL, 2);
+	proxy px;
+	proxy_start(&px, url_port(fx.url));
+	char url[64];
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", px.port);
+	const char *urls[] = { url };
+	asynq_rpc_channel_cfg ccfg = {
+		.urls = urls,
+		.n_urls = 1,
+		.default_deadline_ms = 30000,
+	};
+	assert_int_equal(asynq_rpc_channel_alloc(&fx.ch, CALC, &ccfg),
+	    ASYNQ_OK);
+	asynq_future *w = call_num(fx.ch, M(TWICE), 1);
+	assert_int_equal(asynq_wait(w), ASYNQ_OK);
+	asynq_future_rele(w);
+
+	atomic_store(&hold_runs, 0);
+	atomic_store(&hold_release, 0);
+	dropper d = { &px, fx.srv, false, false };
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, dropper_main, &d), 0);
+	asynq_future *f = call_num(fx.ch, M(HOLD), 5);
+	asynq_status st = asynq_wait(f);
+	pthread_join(th, NULL);
+	assert_true(d.saw_run);
+	assert_true(d.saw_dup);
+	assert_int_equal(st, ASYNQ_OK);
+	assert_int_equal(num_of(f), 6);
+	asynq_future_rele(f);
+	assert_int_equal(atomic_load(&hold_runs), 1);
+	assert_true(atomic_load(&px.accepted) >= 2);
+	asynq_rpc_channel_stats cs;
+	asynq_rpc_channel_stats_get(fx.ch, &cs);
+	assert_true(cs.resends >= 1);
+	assert_int_equal(cs.failures, 0);
+	assert_true(server_dups(fx.srv) >= 1);
+	fx_stop(&fx);
+	proxy_stop(&px);
+}
+
+/* ---- A server in another process ------------------------------------------
+ */
+
+/* The --serve mode of this binary: a Calc server on argv[2] that writes 'R'
+ * to fd 3 once listening and 'S' whenever Sleep starts; runs until killed. */
+static int
+serve_main(const char *url)
+{
+	notify_fd = 3;
+	asynq_runtime *rt;
+	asynq_runtime_cfg rcfg = { .workers = 2 };
+	asynq_rpc_server *srv;
+	if (asynq_runtime_alloc(&rt, &rcfg) != ASYNQ_OK ||
+	    asynq_rpc_server_alloc(&srv, rt, NULL) != ASYNQ_OK ||
+	    asynq_rpc_server_add_service(srv, CALC, calc_handlers, NULL) !=
+	        ASYNQ_OK)
+		return 2;
+	for (int i = 0; asynq_rpc_server_listen(srv, url) != ASYNQ_OK; i++) {
+		if (i == 100)
+			return 3;
+		usleep(50000);
+	}
+	notify('R');
+	for (;;)
+		pause();
+}
+
+/* Starts `self --serve url`; *rfd reads its notifications. */
+static pid_t
+child_start(const char *url, int *rfd)
+{
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, p[1], 3);
+	char *argv[] = { (char *)self_exe, "--serve", (char *)url, NULL };
+	extern char **environ;
+	pid_t pid;
+	assert_int_equal(posix_spawn(&pid, self_exe, &fa, NULL, argv, environ),
+	    0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(p[1]);
+	*rfd = p[0];
+	return pid;
+}
+
+/* Reads n bytes equal to c from fd within ms. */
+static bool
+child_expect(int fd, char c, int n, int ms)
+{
+	uint64_t t0 = asynq_now_ns();
+	while (n > 0) {
+		int left = ms - (int)ms_since(t0);
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		if (left <= 0 || poll(&pf, 1, left) <= 0)
+			return false;
+		char got;
+		if (read(fd, &got, 1) != 1)
+			return false;
+		if (got == c)
+			n--;
+	}
+	return true;
+}
+
+typedef struct killed_job {
+	asynq_rpc_channel *ch;
+	asynq_status st[5];
+	int64_t ms;
+} killed_job;
+
+static asynq_status
+killed_job_main(asynq_task *t, void *arg)
+{
+	killed_job *j = arg;
+	asynq_future *f[5];
+	uint64_t t0 = asynq_now_ns();
+	for (size_t i = 0; i < 5; i++)
+		f[i] = call_num(j->ch, M(SLEEP), 60000);
+	(void)asynq_await_all(t, f, 5);
+	j->ms = ms_since(t0);
+	for (size_t i = 0; i < 5; i++)
+		j->st[i] = asynq_future_status(f[i]);
+	asynq_future_rele_n(f, 5);
+	return ASYNQ_OK;
+}
+
+static void
+test_rpc_server_killed_then_restarted(void **state)
+{
+	(void)state;
+	char url[64];
+	url_make(url, sizeof(url), true);
+	int rfd;
+	pid_t pid = child_start(url, &rfd);
+	assert_true(child_expect(rfd, 'R', 1, 20000));
+	const char *urls[] = { url };
+	asynq_rpc_channel_cfg ccfg = {
+		.urls = urls,
+		.n_urls = 1,
+		.default_deadline_ms = 3000,
+	};
+	asynq_rpc_channel *ch;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, CALC, &ccfg), ASYNQ_OK);
+	asynq_runtime *crt;
+	asynq_runtime_cfg rcfg = { .workers = 1 };
+	assert_int_equal(asynq_runtime_alloc(&crt, &rcfg), ASYNQ_OK);
+	killed_job j = { .ch = ch };
+	asynq_ticket *tk;
+	assert_int_equal(asynq_runtime_submit(crt, 0, killed_job_main, &j, &tk),
+	    ASYNQ_OK);
+	/* Every call is running in the child: kill it mid-batch. */
+	bool started = child_expect(rfd, 'S', 5, 20000);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	close(rfd);
+	assert_true(started);
+	assert_int_equal(asynq_ticket_wait(tk), ASYNQ_OK);
+	asynq_ticket_free(tk);
+	for (size_t i = 0; i < 5; i++)
+		assert_true(j.st[i] == ASYNQ_UNAVAILABLE ||
+		    j.st[i] == ASYNQ_DEADLINE_EXCEEDED);
+	/* Within the deadline (3 s), plus scheduling slack. */
+	assert_true(j.ms < 3000 + 2000);
+	asynq_runtime_free(crt);
+
+	/* A new server on the same address: the same channel works again. */
+	pid = child_start(url, &rfd);
+	bool ready = child_expect(rfd, 'R', 1, 20000);
+	if (ready) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		int64_t dl = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec +
+		    (int64_t)20000 * 1000000;
+		assert_int_equal(asynq_scoped_push(&asynq_rpc_deadline,
+		                     (void *)(intptr_t)dl),
+		    ASYNQ_OK);
+		asynq_future *f[3];
+		for (size_t i = 0; i < 3; i++)
+			f[i] = call_num(ch, M(TWICE), 20 + (int64_t)i);
+		assert_int_equal(asynq_scoped_pop(&asynq_rpc_deadline),
+		    ASYNQ_OK);
+		asynq_status st = asynq_wait_all(f, 3);
+		int64_t v0 = num_of(f[0]), v2 = num_of(f[2]);
+		asynq_future_rele_n(f, 3);
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		close(rfd);
+		assert_int_equal(st, ASYNQ_OK);
+		assert_int_equal(v0, 40);
+		assert_int_equal(v2, 44);
+	} else {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		close(rfd);
+	}
+	assert_true(ready);
+	asynq_rpc_channel_free(ch);
+	asynq_thread_fini();
+}
+
+/* ---- Replicas --------------------------------------------------------------
+ */
+
+static uint64_t
+server_requests(asynq_rpc_server *s)
+{
+	asynq_rpc_server_stats ss;
+	asynq_rpc_server_stats_get(s, &ss);
+	return ss.requests;
+}
+
+/* Makes n calls one request at a time; returns how many succeeded. */
+static int
+one_by_one(asynq_rpc_channel *ch, int n)
+{
+	int ok = 0;
+	for (int i = 0; i < n; i++) {
+		asynq_future *f = call_num(ch, M(TWICE), i);
+		if (asynq_wait(f) == ASYNQ_OK && num_of(f) == 2 * i)
+			ok++;
+		asynq_future_rele(f);
+	}
+	return ok;
+}
+
+static void
+test_rpc_replicas_share_requests(void **state)
+{
+	(void)state;
+	fixture a, b;
+	fx_server(&a, true, NULL, 2);
+	fx_server(&b, true, NULL, 2);
+	const char *urls[] = { a.url, b.url };
+	asynq_rpc_channel_cfg ccfg = { .urls = urls, .n_urls = 2 };
+	assert_int_equal(asynq_rpc_channel_alloc(&a.ch, CALC, &ccfg), ASYNQ_OK);
+	assert_int_equal(one_by_one(a.ch, 200), 200);
+	uint64_t ra = server_requests(a.srv), rb = server_requests(b.srv);
+	assert_true(ra > 0);
+	assert_true(rb > 0);
+	assert_int_equal(ra + rb, 200);
+	/* One replica down: the other answers everything. */
+	asynq_rpc_server_close(b.srv);
+	assert_int_equal(one_by_one(a.ch, 50), 50);
+	assert_int_equal(server_requests(b.srv), rb);
+	assert_int_equal(server_requests(a.srv), ra + 50);
+
+	/* A replica that never came up does not hold calls back. */
+	char down[64];
+	url_make(down, sizeof(down), true);
+	const char *urls2[] = { down, a.url };
+	asynq_rpc_channel_cfg ccfg2 = {
+		.urls = urls2,
+		.n_urls = 2,
+		.default_deadline_ms = 5000,
+	};
+	asynq_rpc_channel *ch2;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch2, CALC, &ccfg2), ASYNQ_OK);
+	assert_int_equal(one_by_one(ch2, 20), 20);
+	asynq_rpc_channel_free(ch2);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+
+/* ---- Limits ----------------------------------------------------------------
+ */
+
+/* Exact size of the Request the channel sends for one Twice call with
+ * s = `pad` bytes, as its first request (request_id 1) under deadline dl. */
+static size_t
+request_size(size_t pad, int64_t dl)
+{
+	char *s = malloc(pad + 1);
+	memset(s, 'y', pad);
+	s[pad] = '\0';
+	Asynq__Rpctest__Num num = ASYNQ__RPCTEST__NUM__INIT;
+	num.v = 3;
+	num.s = s;
+	size_t plen = asynq__rpctest__num__get_packed_size(&num);
+	uint8_t *payload = malloc(plen);
+	asynq__rpctest__num__pack(&num, payload);
+	Asynq__Rpc__Call c = ASYNQ__RPC__CALL__INIT, *cp = &c;
+	c.method = (char *)M(TWICE)->full_name;
+	c.payload.data = payload;
+	c.payload.len = plen;
+	Asynq__Rpc__Request req = ASYNQ__RPC__REQUEST__INIT;
+	req.n_calls = 1;
+	req.calls = &cp;
+	req.deadline_unix_ns = dl;
+	req.request_id = 1;
+	req.client_id = 1; /* fixed64: any non-zero id has this size */
+	size_t n = asynq__rpc__request__get_packed_size(&req);
+	free(payload);
+	free(s);
+	return n;
+}
+
+static void
+test_rpc_client_max_msg_bytes(void **state)
+{
+	(void)state;
+	enum { LIMIT = 1000 };
+	fixture fx;
+	fx_server(&fx, false, NULL, 2);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t dl = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec +
+	    (int64_t)30000 * 1000000;
+	const char *urls[] = { fx.url };
+	asynq_rpc_channel_cfg ccfg = {
+		.urls = urls,
+		.n_urls = 1,
+		.max_msg_bytes = LIMIT,
+	};
+	for (int d = -1; d <= 1; d++) {
+		size_t want = (size_t)(LIMIT + d), pad = 0;
+		while (pad < LIMIT && request_size(pad, dl) < want)
+			pad++;
+		assert_int_equal(request_size(pad, dl), want);
+		asynq_rpc_channel *ch;
+		assert_int_equal(asynq_rpc_channel_alloc(&ch, CALC, &ccfg),
+		    ASYNQ_OK);
+		char *s = malloc(pad + 1);
+		memset(s, 'y', pad);
+		s[pad] = '\0';
+		Asynq__Rpctest__Num n = ASYNQ__RPCTEST__NUM__INIT;
+		n.v = 3;
+		n.s = s;
+		assert_int_equal(asynq_scoped_push(&asynq_rpc_deadline,
+		                     (void *)(intptr_t)dl),
+		    ASYNQ_OK);
+		asynq_future *f = asynq_rpc_call(ch, M(TWICE), &n.base);
+		assert_int_equal(asynq_scoped_pop(&asynq_rpc_deadline),
+		    ASYNQ_OK);
+		free(s);
+		asynq_status st = asynq_wait(f);
+		asynq_rpc_channel_stats cs;
+		asynq_rpc_channel_stats_get(ch, &cs);
+		if (d <= 0) {
+			assert_int_equal(st, ASYNQ_OK);
+			assert_int_equal(num_of(f), 6);
+			assert_int_equal(cs.requests, 1);
+		} else {
+			assert_int_equal(st, ASYNQ_RESOURCE_EXHAUSTED);
+			assert_int_equal(cs.requests, 0); /* never sent */
+		}
+		asynq_future_rele(f);
+		asynq_rpc_channel_free(ch);
+	}
+	/* A batch too big for one request is split to fit. */
+	asynq_rpc_channel *ch;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, CALC, &ccfg), ASYNQ_OK);
+	char s[301];
+	memset(s, 'z', 300);
+	s[300] = '\0';
+	asynq_future *f[6];
+	for (size_t i = 0; i < 6; i++) {
+		Asynq__Rpctest__Num n = ASYNQ__RPCTEST__NUM__INIT;
+		n.v = (int64_t)i;
+		n.s = s;
+		f[i] = asynq_rpc_call(ch, M(TWICE), &n.base);
+	}
+	assert_int_equal(asynq_wait_all(f, 6), ASYNQ_OK);
+	for (size_t i = 0; i < 6; i++)
+		assert_int_equal(num_of(f[i]), 2 * (int64_t)i);
+	asynq_future_rele_n(f, 6);
+	asynq_rpc_channel_stats cs;
+	asynq_rpc_channel_stats_get(ch, &cs);
+	assert_true(cs.requests >= 2);
+	asynq_rpc_channel_free(ch);
+	fx_stop(&fx);
+}
+
+static void
+test_rpc_server_max_msg_bytes(void **state)
+{
+	(void)state;
+	enum { LIMIT = 1000 };
+	fixture fx;
+	asynq_rpc_server_cfg scfg = { .max_msg_bytes = LIMIT };
+	fx_start(&fx, true, &scfg, 0);
+	const asynq_rpc_method_desc *twice[] = { M(TWICE) };
+	for (int d = -1; d <= 1; d++) {
+		size_t want = (size_t)(LIMIT + d), pad = 0, len = 0;
+		uint8_t *b = NULL;
+		for (;; pad++) {
+			free(b);
+			b = raw_req(&len, twice, 1, pad, 0, 1, 0);
+			if (len >= want)
+				break;
+		}
+		assert_int_equal(len, want);
+		nng_socket raw = raw_open(fx.url, 5000);
+		Asynq__Rpc__Reply *rep;
+		assert_int_equal(raw_call(raw, b, len, &rep), 0);
+		if (d <= 0) {
+			assert_int_equal(rep->status, ASYNQ_OK);
+			assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_OK);
+		} else {
+			assert_int_equal(rep->status, ASYNQ_RESOURCE_EXHAUSTED);
+		}
+		asynq__rpc__reply__free_unpacked(rep, NULL);
+		nng_close(raw);
+	}
+	/* Far over the limit: nng drops it (and the connection). */
+	size_t len;
+	uint8_t *b = raw_req(&len, twice, 1, 4 * LIMIT, 0, 1, 0);
+	nng_socket raw = raw_open(fx.url, 500);
+	Asynq__Rpc__Reply *rep;
+	assert_int_not_equal(raw_call(raw, b, len, &rep), 0);
+	nng_close(raw);
+	/* The server keeps serving. */
+	asynq_future *f = call_num(fx.ch, M(TWICE), 8);
+	assert_int_equal(asynq_wait(f), ASYNQ_OK);
+	assert_int_equal(num_of(f), 16);
+	asynq_future_rele(f);
+	asynq_rpc_server_stats ss;
+	asynq_rpc_server_stats_get(fx.srv, &ss);
+	assert_int_equal(ss.rejected, 1);
+	fx_stop(&fx);
+}
+
+typedef struct inflight_job {
+	asynq_rpc_channel *ch;
+	size_t k;
+	bool held;
+	asynq_status st;
+	int64_t sum;
+} inflight_job;
+
+/* Once the six Hold calls run, makes k Twice calls as a second request. */
+static asynq_status
+inflight_job_main(asynq_task *t, void *arg)
+{
+	inflight_job *j = arg;
+	uint64_t t0 = asynq_now_ns();
+	while (atomic_load(&hold_runs) < 6 && ms_since(t0) < 20000) {
+		asynq_future *s = asynq_sleep(2000000);
+		(void)asynq_await(t, s);
+		asynq_future_rele(s);
+	}
+	j->held = atomic_load(&hold_runs) == 6;
+	asynq_future *f[8];
+	for (size_t i = 0; i < j->k; i++)
+		f[i] = call_num(j->ch, M(TWICE), 1);
+	j->st = asynq_await_all(t, f, j->k);
+	for (size_t i = 0; i < j->k && j->st == ASYNQ_OK; i++)
+		j->sum += num_of(f[i]);
+	asynq_future_rele_n(f, j->k);
+	atomic_store(&hold_release, 1);
+	return ASYNQ_OK;
+}
+
+static void
+check_inflight(size_t k, asynq_status want)
+{
+	fixture fx;
+	asynq_rpc_server_cfg scfg = { .max_inflight_calls = 10 };
+	fx_server(&fx, false, &scfg, 1);
+	const char *urls[] = { fx.url };
+	asynq_rpc_channel_cfg ccfg = { .urls = urls, .n_urls = 1 };
+	assert_int_equal(asynq_rpc_channel_alloc(&fx.ch, CALC, &ccfg),
+	    ASYNQ_OK);
+	atomic_store(&hold_runs, 0);
+	atomic_store(&hold_release, 0);
+	asynq_future *h[6];
+	for (size_t i = 0; i < 6; i++)
+		h[i] = call_num(fx.ch, M(HOLD), (int64_t)i);
+	inflight_job j = { fx.ch, k, false, ASYNQ_UNKNOWN, 0 };
+	asynq_future *jf = asynq_spawn(inflight_job_main, &j);
+	assert_int_equal(asynq_wait(jf), ASYNQ_OK);
+	asynq_future_rele(jf);
+	assert_int_equal(asynq_wait_all(h, 6), ASYNQ_OK);
+	for (size_t i = 0; i < 6; i++)
+		assert_int_equal(num_of(h[i]), (int64_t)i + 1);
+	asynq_future_rele_n(h, 6);
+	assert_true(j.held);
+	assert_int_equal(j.st, want);
+	if (want == ASYNQ_OK)
+		assert_int_equal(j.sum, 2 * (int64_t)k);
+	asynq_rpc_server_stats ss;
+	asynq_rpc_server_stats_get(fx.srv, &ss);
+	assert_int_equal(ss.rejected, want == ASYNQ_OK ? 0 : 1);
+	fx_stop(&fx);
+}
+
+static void
+test_rpc_max_inflight_calls_limit(void **state)
+{
+	(void)state;
+	check_inflight(3, ASYNQ_OK);                 /* 9 in flight */
+	check_inflight(4, ASYNQ_OK);                 /* 10 */
+	check_inflight(5, ASYNQ_RESOURCE_EXHAUSTED); /* 11 */
+}
+
+/* One Twice call over raw: OK when answered. */
+static bool
+raw_twice_ok(nng_socket raw)
+{
+	const asynq_rpc_method_desc *twice[] = { M(TWICE) };
+	size_t len;
+	uint8_t *b = raw_req(&len, twice, 1, 0, 0, 1, 0);
+	Asynq__Rpc__Reply *rep;
+	if (raw_call(raw, b, len, &rep) != 0)
+		return false;
+	bool ok = rep_status(rep, 0, NULL) == ASYNQ_OK;
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	return ok;
+}
+
+static void
+test_rpc_max_connections_limit(void **state)
+{
+	(void)state;
+	fixture fx;
+	asynq_rpc_server_cfg scfg = { .max_connections = 2 };
+	fx_server(&fx, true, &scfg, 2);
+	nng_socket c1 = raw_open(fx.url, 5000);
+	assert_true(raw_twice_ok(c1)); /* limit - 1 */
+	nng_socket c2 = raw_open(fx.url, 5000);
+	assert_true(raw_twice_ok(c2)); /* limit */
+	nng_socket c3 = raw_open(fx.url, 700);
+	assert_false(raw_twice_ok(c3)); /* limit + 1: refused */
+	assert_true(raw_twice_ok(c1));
+	assert_true(raw_twice_ok(c2));
+	/* A freed slot lets the refused client in (it redials). */
+	nng_close(c1);
+	assert_int_equal(nng_socket_set_ms(c3, NNG_OPT_RECVTIMEO, 10000), 0);
+	assert_true(raw_twice_ok(c3));
+	assert_true(raw_twice_ok(c2));
+	nng_close(c2);
+	nng_close(c3);
+	fx_stop(&fx);
+}
+
+/* ---- Metadata --------------------------------------------------------------
+ */
+
+typedef struct md_job {
+	asynq_rpc_channel *ch;
+	const char *tag;
+	asynq_future *f;
+} md_job;
+
+static asynq_status
+md_job_main(asynq_task *t, void *arg)
+{
+	md_job *j = arg;
+	ASYNQ_TRY(asynq_rpc_metadata_push("tag", j->tag, strlen(j->tag)));
+	j->f = call_num(j->ch, M(TWICE), 1);
+	ASYNQ_TRY(asynq_rpc_metadata_pop());
+	return asynq_await(t, j->f);
+}
+
+static const char *
+reply_s(asynq_future *f)
+{
+	const Asynq__Rpctest__Num *n = asynq_future_ptr(f);
+	return n != NULL && n->s != NULL && n->s[0] != '\0' ? n->s : "(none)";
+}
+
+static void
+test_rpc_metadata_from_client(void **state)
+{
+	(void)state;
+	fixture fx;
+	fx_start(&fx, false, NULL, 0);
+	/* On the thread: every call made while pushed carries it; an inner
+	 * push shadows an outer one. */
+	assert_int_equal(asynq_rpc_metadata_pop(), ASYNQ_FAILED_PRECONDITION);
+	assert_int_equal(asynq_rpc_metadata_push(NULL, "x", 1),
+	    ASYNQ_INVALID_ARGUMENT);
+	assert_int_equal(asynq_rpc_metadata_push("tag", "outer", 5), ASYNQ_OK);
+	asynq_future *f[4];
+	f[0] = call_num(fx.ch, M(TWICE), 1);
+	assert_int_equal(asynq_rpc_metadata_push("tag", "inner", 5), ASYNQ_OK);
+	f[1] = call_num(fx.ch, M(TWICE), 1);
+	assert_int_equal(asynq_rpc_metadata_pop(), ASYNQ_OK);
+	f[2] = call_num(fx.ch, M(TWICE), 1);
+	assert_int_equal(asynq_rpc_metadata_pop(), ASYNQ_OK);
+	f[3] = call_num(fx.ch, M(TWICE), 1);
+	assert_int_equal(asynq_wait_all(f, 4), ASYNQ_OK);
+	assert_string_equal(reply_s(f[0]), "outer");
+	assert_string_equal(reply_s(f[1]), "inner");
+	assert_string_equal(reply_s(f[2]), "outer");
+	assert_string_equal(reply_s(f[3]), "(none)");
+	asynq_future_rele_n(f, 4);
+	/* Tasks with different metadata still share one request. */
+	asynq_rpc_channel_stats cs0, cs1;
+	asynq_rpc_channel_stats_get(fx.ch, &cs0);
+	md_job j[3] = { { fx.ch, "alpha", NULL }, { fx.ch, "beta", NULL },
+		{ fx.ch, "gamma", NULL } };
+	asynq_future *t[3];
+	for (size_t i = 0; i < 3; i++)
+		t[i] = asynq_spawn(md_job_main, &j[i]);
+	assert_int_equal(asynq_wait_all(t, 3), ASYNQ_OK);
+	asynq_future_rele_n(t, 3);
+	asynq_rpc_channel_stats_get(fx.ch, &cs1);
+	assert_int_equal(cs1.requests - cs0.requests, 1);
+	for (size_t i = 0; i < 3; i++) {
+		assert_string_equal(reply_s(j[i].f), j[i].tag);
+		asynq_future_rele(j[i].f);
+	}
+	/* Binary values with NULs arrive intact. */
+	static const char bin[] = { 'a', 0, 'b' };
+	assert_int_equal(asynq_rpc_metadata_push("tag", bin, 3), ASYNQ_OK);
+	asynq_future *g = call_num(fx.ch, M(TWICE), 1);
+	assert_int_equal(asynq_rpc_metadata_pop(), ASYNQ_OK);
+	assert_int_equal(asynq_wait(g), ASYNQ_OK);
+	assert_string_equal(reply_s(g), "a"); /* strndup stops at the NUL */
+	asynq_future_rele(g);
+	fx_stop(&fx);
+}
+
+/* ---- TLS -------------------------------------------------------------------
+ */
+
+static int
+sh(const char *dir, const char *cmd)
+{
+	char buf[2048];
+	snprintf(buf, sizeof(buf), "cd '%s' && %s >/dev/null 2>&1", dir, cmd);
+	return system(buf);
+}
+
+static void
+test_rpc_tls_with_certificate_files(void **state)
+{
+	(void)state;
+	if (access("/usr/bin/openssl", X_OK) != 0) {
+		skip();
+		return;
+	}
+	const char *tmp = getenv("TEST_TMPDIR");
+	char dir[512];
+	snprintf(dir, sizeof(dir), "%s/asynq-tls-XXXXXX",
+	    tmp != NULL ? tmp : "/tmp");
+	assert_non_null(mkdtemp(dir));
+	char cmd[1024];
+	const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+	                 "-nodes -days 2";
+	snprintf(cmd, sizeof(cmd),
+	    "openssl req -x509 %s -keyout ca.key -out ca.crt "
+	    "-subj /CN=asynq-test-ca",
+	    ec);
+	assert_int_equal(sh(dir, cmd), 0);
+	snprintf(cmd, sizeof(cmd),
+	    "openssl req -x509 %s -keyout other.key -out other.crt "
+	    "-subj /CN=asynq-other-ca",
+	    ec);
+	assert_int_equal(sh(dir, cmd), 0);
+	snprintf(cmd, sizeof(cmd),
+	    "openssl req %s -keyout srv.key -out srv.csr -subj /CN=localhost",
+	    ec);
+	assert_int_equal(sh(dir, cmd), 0);
+	assert_int_equal(sh(dir,
+	                     "printf 'subjectAltName=DNS:localhost,"
+	                     "IP:127.0.0.1\\n' > ext.cnf && "
+	                     "openssl x509 -req -in srv.csr -CA ca.crt "
+	                     "-CAkey ca.key -CAcreateserial -out srv.crt "
+	                     "-days 2 -extfile ext.cnf"),
+	    0);
+	char cert[600], key[600], ca[600], other[600];
+	snprintf(cert, sizeof(cert), "%s/srv.crt", dir);
+	snprintf(key, sizeof(key), "%s/srv.key", dir);
+	snprintf(ca, sizeof(ca), "%s/ca.crt", dir);
+	snprintf(other, sizeof(other), "%s/other.crt", dir);
+
+	/* Files that cannot be used. */
+	asynq_runtime *rt;
+	asynq_runtime_cfg rcfg = { .workers = 2 };
+	assert_int_equal(asynq_runtime_alloc(&rt, &rcfg), ASYNQ_OK);
+	asynq_rpc_server *srv;
+	asynq_rpc_server_cfg bad = { .tls_cert_file = "/nonexistent",
+		.tls_key_file = key };
+	assert_int_equal(asynq_rpc_server_alloc(&srv, rt, &bad),
+	    ASYNQ_INVALID_ARGUMENT);
+	bad.tls_cert_file = cert;
+	bad.tls_key_file = NULL;
+	assert_int_equal(asynq_rpc_server_alloc(&srv, rt, &bad),
+	    ASYNQ_INVALID_ARGUMENT);
+
+	asynq_rpc_server_cfg scfg = { .tls_cert_file = cert,
+		.tls_key_file = key };
+	assert_int_equal(asynq_rpc_server_alloc(&srv, rt, &scfg), ASYNQ_OK);
+	assert_int_equal(
+	    asynq_rpc_server_add_service(srv, CALC, calc_handlers, NULL),
+	    ASYNQ_OK);
+	char url[64];
+	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", free_port());
+	assert_int_equal(asynq_rpc_server_listen(srv, url), ASYNQ_OK);
+	const char *urls[] = { url };
+	asynq_rpc_channel_cfg ccfg = {
+		.urls = urls,
+		.n_urls = 1,
+		.tls_ca_file = ca,
+		.tls_server_name = "localhost",
+	};
+	asynq_rpc_channel *ch;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, CALC, &ccfg), ASYNQ_OK);
+	asynq_future *f[20];
+	for (size_t i = 0; i < 20; i++)
+		f[i] = call_num(ch, M(TWICE), (int64_t)i);
+	assert_int_equal(asynq_wait_all(f, 20), ASYNQ_OK);
+	for (size_t i = 0; i < 20; i++)
+		assert_int_equal(num_of(f[i]), 2 * (int64_t)i);
+	asynq_future_rele_n(f, 20);
+	asynq_rpc_channel_free(ch);
+
+	/* A client that trusts another CA never connects. */
+	ccfg.tls_ca_file = other;
+	ccfg.default_deadline_ms = 1000;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, CALC, &ccfg), ASYNQ_OK);
+	asynq_future *g = call_num(ch, M(TWICE), 1);
+	assert_int_equal(asynq_wait(g), ASYNQ_UNAVAILABLE);
+	asynq_future_rele(g);
+	asynq_rpc_channel_free(ch);
+	/* Nor does one that expects another name. */
+	ccfg.tls_ca_file = ca;
+	ccfg.tls_server_name = "not-this-server";
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, CALC, &ccfg), ASYNQ_OK);
+	g = call_num(ch, M(TWICE), 1);
+	assert_int_equal(asynq_wait(g), ASYNQ_UNAVAILABLE);
+	asynq_future_rele(g);
+	asynq_rpc_channel_free(ch);
+
+	asynq_rpc_server_free(srv);
+	asynq_runtime_free(rt);
+	asynq_thread_fini();
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	(void)!system(cmd);
+}
+
+int
+main(int argc, char **argv)
+{
+	self_exe = "/proc/self/exe";
+	if (argc == 3 && strcmp(argv[1], "--serve") == 0)
+		return serve_main(argv[2]);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_rpc_batches_calls_inproc),
 		cmocka_unit_test(test_rpc_batches_calls_tcp),
@@ -688,6 +1812,17 @@ main(void)
 		cmocka_unit_test(test_rpc_deep_nesting_rejected),
 		cmocka_unit_test(test_rpc_close_answers_inflight),
 		cmocka_unit_test(test_rpc_metadata_absent_outside_handler),
+		cmocka_unit_test(test_rpc_dedup_table),
+		cmocka_unit_test(
+		    test_rpc_resend_after_lost_connection_runs_once),
+		cmocka_unit_test(test_rpc_server_killed_then_restarted),
+		cmocka_unit_test(test_rpc_replicas_share_requests),
+		cmocka_unit_test(test_rpc_client_max_msg_bytes),
+		cmocka_unit_test(test_rpc_server_max_msg_bytes),
+		cmocka_unit_test(test_rpc_max_inflight_calls_limit),
+		cmocka_unit_test(test_rpc_max_connections_limit),
+		cmocka_unit_test(test_rpc_metadata_from_client),
+		cmocka_unit_test(test_rpc_tls_with_certificate_files),
 	};
 	/* RPC_TEST_FILTER=test_rpc_deadline* runs a subset. */
 	if (getenv("RPC_TEST_FILTER") != NULL)

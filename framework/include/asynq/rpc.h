@@ -39,10 +39,32 @@ extern const asynq_scoped asynq_rpc_deadline;
 /* asynq_rpc_deadline_get returns the current deadline (0 for none). */
 int64_t asynq_rpc_deadline_get(void);
 
-/* asynq_rpc_metadata_get returns the value of request metadata `key` of the
- * request the current handler serves (borrowed, valid during the handler), or
- * NULL; *len gets its length. */
+/* asynq_rpc_metadata_get returns the value of metadata `key` of the call
+ * the current handler serves (borrowed, valid during the handler), or NULL;
+ * *len gets its length. A unary handler sees its call's metadata; a
+ * whole-batch handler sees the metadata its calls share (a client sends
+ * metadata once per request when every call of it has the same). Task
+ * only. */
 const void *asynq_rpc_metadata_get(const char *key, size_t *len);
+
+/* asynq_rpc_metadata_push adds the pair (key, val[0..len)) to the metadata
+ * of every call the current task and the tasks it creates make from now on,
+ * until the matching asynq_rpc_metadata_pop (a scoped value). Key and value
+ * are copied. A key pushed again shadows the earlier value. Every push must
+ * be popped by the same task (otherwise the copy leaks). INVALID_ARGUMENT for
+ * a NULL key, RESOURCE_EXHAUSTED without memory. Scheduler thread only. */
+asynq_status asynq_rpc_metadata_push(const char *key, const void *val,
+    size_t len);
+
+/* asynq_rpc_metadata_pop removes the current task's innermost push;
+ * FAILED_PRECONDITION if it has none. Scheduler thread only. */
+asynq_status asynq_rpc_metadata_pop(void);
+
+/* asynq_rpc_with_metadata runs fn(arg) with (key, val) pushed and pops it
+ * however fn returns. Returns fn's status, or push's failure (then fn did
+ * not run). Scheduler thread only. */
+asynq_status asynq_rpc_with_metadata(const char *key, const void *val,
+    size_t len, asynq_status (*fn)(void *arg), void *arg);
 
 /* ---- Client ------------------------------------------------------------ */
 
@@ -61,10 +83,15 @@ typedef struct asynq_rpc_channel_cfg {
 	/* Deadline of calls whose caller has none, in ms. Default: the
 	 * service's default_deadline_ms option, else 10,000. */
 	uint32_t default_deadline_ms;
-	/* Largest reply accepted, bytes; default 4 MiB. */
+	/* Largest request sent and reply accepted, bytes; default 4 MiB.
+	 * Batches are split to fit; a call too big for a request of its own
+	 * fails with RESOURCE_EXHAUSTED without being sent. */
 	size_t max_msg_bytes;
-	/* tls+tcp: CA certificate file to verify the server with (not yet
-	 * supported: asynq_rpc_channel_alloc returns UNIMPLEMENTED). */
+	/* tls+tcp: PEM file of the CA certificates that verify the server
+	 * (a server that fails verification is never connected: calls fail
+	 * with UNAVAILABLE at their deadline), and the name its certificate
+	 * must carry (default: the host of the URL). Used for tls+tcp:// URLs
+	 * only. */
 	const char *tls_ca_file;
 	const char *tls_server_name;
 } asynq_rpc_channel_cfg;
@@ -94,9 +121,10 @@ asynq_future *asynq_rpc_call(asynq_rpc_channel *ch,
 
 /* Counters of a channel, summed over threads. */
 typedef struct asynq_rpc_channel_stats {
-	uint64_t calls;      /* calls made */
-	uint64_t requests;   /* nng requests sent */
-	uint64_t failures;   /* calls that ended with an error */
+	uint64_t calls;    /* calls made */
+	uint64_t requests; /* nng requests sent */
+	uint64_t failures; /* calls that ended with an error */
+	uint64_t resends;  /* requests resent after a lost connection */
 } asynq_rpc_channel_stats;
 
 /* asynq_rpc_channel_stats_get copies the channel's counters. Any thread. */
@@ -139,23 +167,39 @@ typedef struct asynq_rpc_handler {
 /* Server settings and limits; zero fields take the default. Over a limit a
  * request is answered RESOURCE_EXHAUSTED at once. */
 typedef struct asynq_rpc_server_cfg {
-	size_t max_msg_bytes;       /* request size; default 4 MiB */
+	size_t max_msg_bytes;       /* request size; default 4 MiB. A request
+	                               more than 64 bytes over it is dropped
+	                               by nng (the connection is closed) */
 	size_t max_calls;           /* calls per request; default 10,000 */
 	size_t max_inflight_calls;  /* per worker; default 100,000 */
-	size_t max_connections;     /* open connections; default 1,024 */
+	size_t max_connections;     /* open connections; default 1,024; a
+	                               connection over it is closed at once */
 	size_t decode_budget;       /* bytes a decode may allocate; default
 	                               8x max_msg_bytes */
 	size_t contexts_per_worker; /* concurrent requests received per worker;
 	                               default 8 */
-	/* tls+tcp: certificate and key files of the server. */
+	/* tls+tcp: PEM files of the server's certificate (chain) and private
+	 * key; both or neither. Used by tls+tcp:// listeners only. */
 	const char *tls_cert_file;
 	const char *tls_key_file;
+	/* At-most-once execution: the server remembers requests that carry
+	 * non-idempotent calls by (client id, request id), so a copy that a
+	 * client resends after a lost connection does not run them again. A
+	 * copy of a request still running waits for it and gets its reply; a
+	 * copy of a finished one gets the remembered reply; a copy of one
+	 * forgotten runs only its idempotent calls, the others fail with
+	 * ABORTED. Finished requests are remembered up to these limits:
+	 * dedup_entries requests (default 4,096), dedup_age_ms (default
+	 * 60,000), dedup_bytes of remembered replies (default 16 MiB). */
+	size_t dedup_entries;
+	uint32_t dedup_age_ms;
+	size_t dedup_bytes;
 } asynq_rpc_server_cfg;
 
 /* asynq_rpc_server_alloc makes a server that runs on rt's workers.
  * Close it before rt stops: requests that arrive while rt stops are
- * answered UNAVAILABLE. UNIMPLEMENTED for tls settings (not yet supported).
- * Not from a worker. */
+ * answered UNAVAILABLE. INVALID_ARGUMENT for tls files that cannot be read
+ * or used. Not from a worker. */
 asynq_status asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
     const asynq_rpc_server_cfg *cfg);
 
@@ -180,11 +224,12 @@ void asynq_rpc_server_free(asynq_rpc_server *s);
 
 /* Counters of a server. */
 typedef struct asynq_rpc_server_stats {
-	uint64_t requests;       /* requests received */
-	uint64_t calls;          /* calls run */
-	uint64_t rejected;       /* requests answered RESOURCE_EXHAUSTED */
-	uint64_t malformed;      /* requests that could not be decoded */
-	uint64_t duplicates;     /* resent requests not run again */
+	uint64_t requests;   /* requests received */
+	uint64_t calls;      /* calls run */
+	uint64_t rejected;   /* requests answered RESOURCE_EXHAUSTED */
+	uint64_t malformed;  /* requests that could not be decoded */
+	uint64_t duplicates; /* resent or repeated requests whose
+	                        non-idempotent calls were not run again */
 } asynq_rpc_server_stats;
 
 /* asynq_rpc_server_stats_get copies the server's counters. Any thread. */
