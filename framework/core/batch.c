@@ -97,6 +97,13 @@ asynq_batch_add(asynq_backend *be, int64_t key, void *req)
 	if (be->sched == NULL)
 		be->sched = s;
 	asynq_batch *b = be->active;
+	if (b != NULL && b->state == BATCH_OPEN && be->flush_at != 0 &&
+	    b->n_items >= be->flush_at) {
+		/* Full: send it now, while the tasks go on running. Done here,
+		 * at the next add, so every item of it is complete (the
+		 * caller of the last add may still be filling its request). */
+		asynqi_batch_run_flush(s, b);
+	}
 	if (b == NULL || b->state != BATCH_OPEN) {
 		b = batch_new(s, be);
 		if (b == NULL)
@@ -127,10 +134,6 @@ asynq_batch_add(asynq_backend *be, int64_t key, void *req)
 		s->pending = b;
 		if (be->flush_delay_ns != 0)
 			b->due = asynqi_now_ns() + be->flush_delay_ns;
-	}
-	if (be->flush_at != 0 && b->n_items >= be->flush_at) {
-		/* Full: send it now; the caller keeps its reference. */
-		asynqi_batch_run_flush(s, b);
 	}
 	return f;
 }

@@ -361,6 +361,11 @@ thread_backend(asynq_rpc_channel *ch)
 	if (be == NULL)
 		return NULL;
 	asynq_backend_init(&be->base, &rpc_backend_ops, ch->svc->full_name);
+	/* Flush policy: a full request goes out while the tasks keep running;
+	 * the service's flush_delay_us lets calls from work that arrives
+	 * meanwhile join an idle worker's batch. */
+	be->base.flush_at = ch->max_calls;
+	be->base.flush_delay_ns = (uint64_t)ch->svc->flush_delay_us * 1000u;
 	be->ch = ch;
 	atomic_init(&be->refs, 1);
 	pthread_mutex_lock(&ch->mu);

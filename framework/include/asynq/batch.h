@@ -54,8 +54,10 @@ struct asynq_backend {
 	const asynq_backend_ops *ops;
 	const char *name;       /* for dumps and errors */
 	/* Flush policy (asynq_backend_init sets both to 0: flush when every
-	 * task is blocked, as asynq does). flush_at: flush a batch as soon as
-	 * it holds this many items, while tasks go on running. flush_delay_ns:
+	 * task is blocked, as asynq does). flush_at: a batch holding this many
+	 * items is flushed when the next item arrives (which starts a new
+	 * batch), while tasks go on running; the last one flushes when they
+	 * block. flush_delay_ns:
 	 * an idle scheduler waits up to this long after a batch's first item
 	 * before flushing it, so calls from work that arrives meanwhile (other
 	 * requests) join it; other batches and tasks run as usual. */
