@@ -1,0 +1,283 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The answers service: GetAnswer and ListAnswers, each answered a whole
+ * request at a time with one SQL query (see answers.h).
+ *
+ * Design notes: as in the users service, a whole-batch handler runs as one
+ * task on the receiving worker and uses that worker's own connection. Rows
+ * come back in index order, not call order, and a request may repeat an id:
+ * GetAnswer sorts rows by id and binary-searches each call's id; ListAnswers
+ * asks for rows ordered by (question_id, id) and gives each call the run of
+ * rows of its question. Replies own their memory (the server frees them with
+ * protobuf_c_message_free_unpacked).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "services/answers/answers.h"
+
+struct answers_service {
+	svc_db db;
+	asynq_rpc_server *srv;
+};
+
+/* A growable array of rows of either query. */
+typedef struct answer_row {
+	int64_t id, question_id, author_id;
+	char *body; /* GetAnswer only */
+} answer_row;
+
+typedef struct answer_rows {
+	answer_row *v;
+	size_t n, cap;
+	bool with_body;
+} answer_rows;
+
+static asynq_status
+rows_collect(sqlite3_stmt *st, void *arg)
+{
+	answer_rows *r = arg;
+	if (r->n == r->cap) {
+		size_t cap = r->cap != 0 ? 2 * r->cap : 64;
+		answer_row *v = realloc(r->v, cap * sizeof(*v));
+		if (v == NULL)
+			return ASYNQ_RESOURCE_EXHAUSTED;
+		r->v = v;
+		r->cap = cap;
+	}
+	answer_row *row = &r->v[r->n];
+	memset(row, 0, sizeof(*row));
+	row->id = sqlite3_column_int64(st, 0);
+	row->question_id = sqlite3_column_int64(st, 1);
+	if (r->with_body) {
+		const unsigned char *body = sqlite3_column_text(st, 3);
+		row->author_id = sqlite3_column_int64(st, 2);
+		row->body = strdup(body != NULL ? (const char *)body : "");
+		if (row->body == NULL)
+			return ASYNQ_RESOURCE_EXHAUSTED;
+	}
+	r->n++;
+	return ASYNQ_OK;
+}
+
+static void
+rows_free(answer_rows *r)
+{
+	for (size_t i = 0; i < r->n; i++)
+		free(r->v[i].body);
+	free(r->v);
+}
+
+static int
+by_id(const void *a, const void *b)
+{
+	int64_t x = ((const answer_row *)a)->id,
+	        y = ((const answer_row *)b)->id;
+	return (x > y) - (x < y);
+}
+
+/* Collects the int64 field at byte offset `off` of every call's request. */
+static int64_t *
+request_ids(const asynq_rpc_batch_call *calls, size_t n, size_t off)
+{
+	int64_t *ids = malloc((n != 0 ? n : 1) * sizeof(*ids));
+	if (ids != NULL)
+		for (size_t i = 0; i < n; i++)
+			memcpy(&ids[i], (const char *)calls[i].req + off,
+			    sizeof(int64_t));
+	return ids;
+}
+
+static asynq_status
+h_get_answer(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+{
+	answers_service *s = ctx;
+	answer_rows rows = { .with_body = true };
+	int64_t *ids =
+	    request_ids(calls, n, offsetof(Asynq__Answers__AnswerId, id));
+	asynq_status rv;
+
+	if (ids == NULL)
+		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "out of memory");
+	rv = svc_db_in(&s->db,
+	    "SELECT id, question_id, author_id, body FROM answers", "id", "",
+	    ids, n, rows_collect, &rows);
+	if (rv != ASYNQ_OK) {
+		free(ids);
+		rows_free(&rows);
+		return asynq_fail(t, rv, "answers query failed");
+	}
+	qsort(rows.v, rows.n, sizeof(*rows.v), by_id);
+	for (size_t i = 0; i < n; i++) {
+		answer_row key = { .id = ids[i] };
+		const answer_row *r = rows.n != 0
+		    ? bsearch(&key, rows.v, rows.n, sizeof(*rows.v), by_id)
+		    : NULL;
+		if (r == NULL) {
+			calls[i].status = ASYNQ_NOT_FOUND;
+			calls[i].message = "no such answer";
+			continue;
+		}
+		Asynq__Answers__Answer *a = malloc(sizeof(*a));
+		char *body = strdup(r->body);
+		if (a == NULL || body == NULL) {
+			free(a);
+			free(body);
+			calls[i].status = ASYNQ_RESOURCE_EXHAUSTED;
+			continue;
+		}
+		asynq__answers__answer__init(a);
+		a->id = r->id;
+		a->question_id = r->question_id;
+		a->author_id = r->author_id;
+		a->body = body;
+		calls[i].reply = &a->base;
+		calls[i].status = ASYNQ_OK;
+	}
+	free(ids);
+	rows_free(&rows);
+	return ASYNQ_OK;
+}
+
+static asynq_status
+h_list_answers(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+{
+	answers_service *s = ctx;
+	answer_rows rows = { .with_body = false };
+	int64_t *ids =
+	    request_ids(calls, n, offsetof(Asynq__Answers__QuestionId, id));
+	asynq_status rv;
+
+	if (ids == NULL)
+		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "out of memory");
+	rv = svc_db_in(&s->db, "SELECT id, question_id FROM answers",
+	    "question_id", "ORDER BY question_id, id", ids, n, rows_collect,
+	    &rows);
+	if (rv != ASYNQ_OK) {
+		free(ids);
+		rows_free(&rows);
+		return asynq_fail(t, rv, "answers query failed");
+	}
+	for (size_t i = 0; i < n; i++) {
+		/* First row of the question: rows are sorted by question. */
+		size_t lo = 0, hi = rows.n;
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+			if (rows.v[mid].question_id < ids[i])
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		size_t end = lo;
+		while (end < rows.n && rows.v[end].question_id == ids[i])
+			end++;
+		Asynq__Answers__AnswerIds *out = malloc(sizeof(*out));
+		int64_t *v =
+		    malloc((end - lo != 0 ? end - lo : 1) * sizeof(*v));
+		if (out == NULL || v == NULL) {
+			free(out);
+			free(v);
+			calls[i].status = ASYNQ_RESOURCE_EXHAUSTED;
+			continue;
+		}
+		asynq__answers__answer_ids__init(out);
+		for (size_t k = lo; k < end; k++)
+			v[k - lo] = rows.v[k].id;
+		out->n_ids = end - lo;
+		out->ids = v;
+		calls[i].reply = &out->base;
+		calls[i].status = ASYNQ_OK;
+	}
+	free(ids);
+	rows_free(&rows);
+	return ASYNQ_OK;
+}
+
+static const asynq_rpc_handler answers_handlers[] = {
+	[ASYNQ__ANSWERS__ANSWERS__ASYNQ_METHOD_GET_ANSWER] = { .batch =
+	                                                           h_get_answer },
+	[ASYNQ__ANSWERS__ANSWERS__ASYNQ_METHOD_LIST_ANSWERS] = { .batch =
+	                                                             h_list_answers },
+};
+
+asynq_status
+answers_service_alloc(answers_service **sp, const char *db_path)
+{
+	answers_service *s = calloc(1, sizeof(*s));
+	asynq_status rv;
+
+	if (s == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	if ((rv = svc_db_init(&s->db, db_path, "answers")) != ASYNQ_OK) {
+		free(s);
+		return rv;
+	}
+	*sp = s;
+	return ASYNQ_OK;
+}
+
+static void
+hook_start(asynq_runtime *rt, size_t w, void *arg)
+{
+	(void)rt;
+	svc_db_worker_open(&((answers_service *)arg)->db, w);
+}
+
+static void
+hook_stop(asynq_runtime *rt, size_t w, void *arg)
+{
+	(void)rt;
+	svc_db_worker_close(&((answers_service *)arg)->db, w);
+}
+
+svc_hook
+answers_service_hook(answers_service *s)
+{
+	return (svc_hook){ .start = hook_start, .stop = hook_stop, .arg = s };
+}
+
+asynq_status
+answers_service_start(answers_service *s, asynq_runtime *rt, const char *url)
+{
+	asynq_status rv;
+
+	if (s->srv != NULL)
+		return ASYNQ_FAILED_PRECONDITION;
+	if ((rv = asynq_rpc_server_alloc(&s->srv, rt, NULL)) != ASYNQ_OK)
+		return rv;
+	if ((rv = asynq_rpc_server_add_service(s->srv,
+	         &asynq__answers__answers__asynq_desc, answers_handlers, s)) !=
+	        ASYNQ_OK ||
+	    (rv = asynq_rpc_server_listen(s->srv, url)) != ASYNQ_OK) {
+		asynq_rpc_server_free(s->srv);
+		s->srv = NULL;
+		return rv;
+	}
+	return ASYNQ_OK;
+}
+
+void
+answers_service_close(answers_service *s)
+{
+	if (s != NULL && s->srv != NULL)
+		asynq_rpc_server_close(s->srv);
+}
+
+void
+answers_service_free(answers_service *s)
+{
+	if (s == NULL)
+		return;
+	asynq_rpc_server_free(s->srv);
+	svc_db_fini(&s->db);
+	free(s);
+}
+
+void
+answers_service_counters(void *arg, svc_counters *out)
+{
+	answers_service *s = arg;
+	if (s->srv != NULL)
+		svc_server_counters(s->srv, out);
+	out->sql += atomic_load(&s->db.queries);
+}

@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The cache service as a program:
+ *
+ *   bazel run //services/cache -- --listen tcp://127.0.0.1:7003 \
+ *       --workers 2 [--max-mb 64]
+ *
+ * It prints where it listens, logs its counters at most once per second, and
+ * on SIGINT or SIGTERM stops receiving, answers the calls in flight and exits
+ * 0.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "services/cache/cache.h"
+
+int
+main(int argc, char **argv)
+{
+	svc_flags f = { .listen = "tcp://127.0.0.1:7003" };
+	cache_service *s = NULL;
+	asynq_runtime *rt = NULL;
+	asynq_status rv;
+	size_t max_mb = 64;
+
+	svc_signals_block();
+	/* --max-mb is the cache's own flag; the rest are the common ones. */
+	for (int i = 1; i + 1 < argc; i++) {
+		if (strcmp(argv[i], "--max-mb") == 0) {
+			max_mb = strtoull(argv[i + 1], NULL, 10);
+			memmove(&argv[i], &argv[i + 2],
+			    (size_t)(argc - i - 1) * sizeof(*argv));
+			argc -= 2;
+			break;
+		}
+	}
+	if (!svc_flags_parse(&f, argc, argv,
+	        "[--listen URL] [--workers N] [--max-mb N] [--quiet]"))
+		return 2;
+	if ((rv = cache_service_alloc(&s, max_mb << 20)) != ASYNQ_OK)
+		goto fail;
+	if ((rv = svc_runtime_alloc(&rt, f.workers, NULL)) != ASYNQ_OK)
+		goto fail;
+	if ((rv = cache_service_start(s, rt, f.listen)) != ASYNQ_OK)
+		goto fail;
+	printf("cache: listening on %s (%zu workers, %zu MiB)\n", f.listen,
+	    asynq_runtime_workers(rt), max_mb);
+	fflush(stdout);
+	svc_run_until_signal("cache", cache_service_counters, s, f.quiet);
+	fprintf(stderr, "cache: stopping\n");
+	cache_service_close(s);
+	asynq_runtime_free(rt);
+	cache_service_free(s);
+	return 0;
+fail:
+	fprintf(stderr, "cache: %s\n", asynq_strerror(rv));
+	cache_service_close(s);
+	asynq_runtime_free(rt);
+	cache_service_free(s);
+	return 1;
+}

@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What the example services share: a deterministic data generator that makes
+ * their SQLite databases on first run, per-worker read-only SQLite
+ * connections with a query counter and batched `WHERE id IN (...)` lookups,
+ * a runtime whose worker hooks several services can share, command-line
+ * flags, and a main loop that logs counters once per second and returns on
+ * SIGINT or SIGTERM so the caller can close its servers cleanly.
+ *
+ * Nothing here is part of the framework; it uses the public headers only.
+ */
+#ifndef SERVICES_COMMON_SVC_H
+#define SERVICES_COMMON_SVC_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sqlite3.h>
+
+#include "asynq/asynq.h"
+#include "asynq/rpc.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Most worker threads a service's runtime may have. */
+#define SVC_MAX_WORKERS 256
+
+/* ---- Data generator ------------------------------------------------------ */
+
+/* Sizes of the generated data; zero fields take the defaults below. */
+typedef struct svc_data_cfg {
+	size_t users;     /* users 1..users; default 100,000 */
+	size_t answers;   /* answers 1..answers; default 1,000,000 */
+	size_t questions; /* questions 1..questions; default 100,000 */
+} svc_data_cfg;
+
+#define SVC_DEFAULT_USERS 100000
+#define SVC_DEFAULT_ANSWERS 1000000
+#define SVC_DEFAULT_QUESTIONS 100000
+
+/* svc_user_name writes the generated name of user id into buf (at most n
+ * bytes, NUL-terminated): the same id always gets the same name. */
+void svc_user_name(int64_t id, char *buf, size_t n);
+
+/* svc_data_users_ensure makes the users database at path (table users(id,
+ * name)) unless a file is already there; *created says which. The file
+ * appears whole or not at all (written aside, then renamed). INTERNAL with
+ * SQLite's message on stderr on failure. Any thread. */
+asynq_status svc_data_users_ensure(const char *path, const svc_data_cfg *cfg,
+    bool *created);
+
+/* svc_data_answers_ensure makes the answers database at path (table
+ * answers(id, question_id, author_id, body), indexed by question_id) unless a
+ * file is already there, with authors drawn from cfg->users. Same rules as
+ * svc_data_users_ensure. */
+asynq_status svc_data_answers_ensure(const char *path, const svc_data_cfg *cfg,
+    bool *created);
+
+/* ---- Per-worker SQLite connections ------------------------------------- */
+
+/* A read-only database a service queries from its runtime's workers: one
+ * connection per worker thread (SQLITE_OPEN_NOMUTEX: never shared), opened in
+ * the worker_start hook and closed in worker_stop. */
+typedef struct svc_db {
+	char *path;
+	sqlite3
+	    *conns[SVC_MAX_WORKERS];  /* slot i: worker i's, only it uses it */
+	atomic_uint_fast64_t queries; /* SQL statements run */
+} svc_db;
+
+/* svc_db_init checks that path opens read-only and has `table`, and prepares
+ * db (no connection kept). NOT_FOUND if the file is missing, INTERNAL if it
+ * does not open or lacks the table. */
+asynq_status svc_db_init(svc_db *db, const char *path, const char *table);
+
+/* svc_db_fini closes connections left open (their runtime must have
+ * stopped) and frees db's memory. NULL-safe. */
+void svc_db_fini(svc_db *db);
+
+/* svc_db_worker_open opens worker w's connection; call it from worker w's
+ * worker_start hook. A failure is printed; the handler then opens lazily. */
+void svc_db_worker_open(svc_db *db, size_t w);
+
+/* svc_db_worker_close closes worker w's connection; from its worker_stop. */
+void svc_db_worker_close(svc_db *db, size_t w);
+
+/* svc_db_conn returns the calling worker's connection, opening it if the
+ * hook did not; NULL off the runtime's workers or if it cannot open. */
+sqlite3 *svc_db_conn(svc_db *db);
+
+/* Called for each row an IN lookup returns; a non-OK status stops it. */
+typedef asynq_status (*svc_row_fn)(sqlite3_stmt *row, void *arg);
+
+/* svc_db_in runs `<select> WHERE <column> IN (?,...,?) <tail>` with ids bound
+ * (duplicates allowed) on the calling worker's connection and calls fn for
+ * each row. It runs one statement per SQLITE_LIMIT_VARIABLE_NUMBER ids (one
+ * for any batch the RPC layer delivers by default), counted in db->queries.
+ * UNAVAILABLE without a connection, INTERNAL on an SQL error. */
+asynq_status svc_db_in(svc_db *db, const char *select, const char *column,
+    const char *tail, const int64_t *ids, size_t n, svc_row_fn fn, void *arg);
+
+/* ---- Runtime with shared worker hooks ------------------------------------ */
+
+/* A service's per-worker set-up and tear-down (either may be NULL). */
+typedef struct svc_hook {
+	void (*start)(asynq_runtime *rt, size_t worker, void *arg);
+	void (*stop)(asynq_runtime *rt, size_t worker, void *arg);
+	void *arg;
+} svc_hook;
+
+#define SVC_MAX_HOOKS 8
+
+/* The hooks of every service that runs on one runtime. */
+typedef struct svc_hooks {
+	svc_hook hook[SVC_MAX_HOOKS];
+	size_t n;
+} svc_hooks;
+
+/* svc_hooks_add appends h; RESOURCE_EXHAUSTED past SVC_MAX_HOOKS. */
+asynq_status svc_hooks_add(svc_hooks *hs, svc_hook h);
+
+/* svc_runtime_alloc starts a runtime of `workers` threads (0: one per CPU,
+ * at most SVC_MAX_WORKERS) that runs every hook of hs (borrowed: it must
+ * outlive the runtime) on each worker, with coroutine stacks big enough for
+ * SQLite (256 KiB). Not from a worker. */
+asynq_status svc_runtime_alloc(asynq_runtime **rtp, size_t workers,
+    svc_hooks *hs);
+
+/* ---- Flags, signals, counters ------------------------------------------ */
+
+/* Command-line settings of the service mains; unset strings are NULL. */
+typedef struct svc_flags {
+	const char *listen;      /* --listen URL */
+	size_t workers;          /* --workers N (0: one per CPU) */
+	const char *db;          /* --db PATH */
+	const char *users_url;   /* --users URL (frontend) */
+	const char *answers_url; /* --answers URL (frontend) */
+	const char *cache_url;   /* --cache URL (frontend) */
+	svc_data_cfg data;       /* --gen-users/--gen-answers/--gen-questions */
+	bool quiet;              /* --quiet: no counters log */
+} svc_flags;
+
+/* svc_flags_parse fills f from argv, starting from the defaults already in
+ * f. Prints usage and returns false on --help or a bad flag. */
+bool svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage);
+
+/* svc_signals_block blocks SIGINT and SIGTERM in the calling thread and so in
+ * every thread it starts afterwards; call it first in main, so that
+ * svc_run_until_signal alone receives them. */
+void svc_signals_block(void);
+
+/* A service's counters, as svc_run_until_signal logs them. */
+typedef struct svc_counters {
+	uint64_t calls;        /* calls served */
+	uint64_t requests;     /* requests received (calls / requests is the
+	                          average batch size) */
+	uint64_t sql;          /* SQL statements run */
+	uint64_t out_calls;    /* calls made to other services */
+	uint64_t out_requests; /* requests they went out in */
+} svc_counters;
+
+/* Reads a service's counters; any thread. */
+typedef void (*svc_counters_fn)(void *arg, svc_counters *out);
+
+/* svc_run_until_signal waits for SIGINT or SIGTERM (blocked beforehand with
+ * svc_signals_block), and meanwhile, unless quiet, prints a line of counter
+ * deltas to stderr at most once per second when they changed. Returns the
+ * signal's number. */
+int svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
+    bool quiet);
+
+/* svc_server_counters adds a server's calls and requests to out. */
+void svc_server_counters(const asynq_rpc_server *s, svc_counters *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SERVICES_COMMON_SVC_H */

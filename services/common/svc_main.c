@@ -1,0 +1,221 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Process plumbing for the example services: a runtime whose worker hooks
+ * several services share, command-line flags, and the main thread's loop
+ * that waits for SIGINT/SIGTERM while logging counters.
+ *
+ * Design notes: signals are blocked in main before any thread exists, so
+ * every thread (workers, nng's) inherits the mask and only the main thread,
+ * in sigtimedwait, ever receives SIGINT or SIGTERM; no handler runs, so
+ * nothing here needs to be async-signal-safe. The caller then closes its
+ * servers (which answers the calls in flight) and stops its runtimes.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "services/common/svc.h"
+
+/* ---- Runtime ------------------------------------------------------------ */
+
+asynq_status
+svc_hooks_add(svc_hooks *hs, svc_hook h)
+{
+	if (hs->n >= SVC_MAX_HOOKS)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	hs->hook[hs->n++] = h;
+	return ASYNQ_OK;
+}
+
+static void
+hooks_start(asynq_runtime *rt, size_t w, void *arg)
+{
+	svc_hooks *hs = arg;
+	for (size_t i = 0; i < hs->n; i++)
+		if (hs->hook[i].start != NULL)
+			hs->hook[i].start(rt, w, hs->hook[i].arg);
+}
+
+static void
+hooks_stop(asynq_runtime *rt, size_t w, void *arg)
+{
+	svc_hooks *hs = arg;
+	for (size_t i = hs->n; i-- > 0;)
+		if (hs->hook[i].stop != NULL)
+			hs->hook[i].stop(rt, w, hs->hook[i].arg);
+}
+
+asynq_status
+svc_runtime_alloc(asynq_runtime **rtp, size_t workers, svc_hooks *hs)
+{
+	if (workers > SVC_MAX_WORKERS)
+		return ASYNQ_INVALID_ARGUMENT;
+	asynq_runtime_cfg cfg = {
+		.workers = workers,
+		.sched = { .stack_size = 256 * 1024 },
+		.worker_start = hs != NULL ? hooks_start : NULL,
+		.worker_stop = hs != NULL ? hooks_stop : NULL,
+		.worker_arg = hs,
+	};
+	asynq_status rv = asynq_runtime_alloc(rtp, &cfg);
+	if (rv == ASYNQ_OK && asynq_runtime_workers(*rtp) > SVC_MAX_WORKERS) {
+		asynq_runtime_free(*rtp);
+		*rtp = NULL;
+		return ASYNQ_INVALID_ARGUMENT;
+	}
+	return rv;
+}
+
+/* ---- Flags -------------------------------------------------------------- */
+
+static bool
+parse_size(const char *s, size_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno != 0 || end == s || *end != '\0' || s[0] == '-')
+		return false;
+	*out = (size_t)v;
+	return true;
+}
+
+bool
+svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
+{
+	enum { O_USERS = 256, O_ANSWERS, O_CACHE, O_GEN_U, O_GEN_A, O_GEN_Q };
+	static const struct option opts[] = {
+		{ "listen", required_argument, NULL, 'l' },
+		{ "workers", required_argument, NULL, 'w' },
+		{ "db", required_argument, NULL, 'd' },
+		{ "users", required_argument, NULL, O_USERS },
+		{ "answers", required_argument, NULL, O_ANSWERS },
+		{ "cache", required_argument, NULL, O_CACHE },
+		{ "gen-users", required_argument, NULL, O_GEN_U },
+		{ "gen-answers", required_argument, NULL, O_GEN_A },
+		{ "gen-questions", required_argument, NULL, O_GEN_Q },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+	bool ok = true;
+
+	optind = 1;
+	while (
+	    ok && (c = getopt_long(argc, argv, "l:w:d:qh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'l':
+			f->listen = optarg;
+			break;
+		case 'w':
+			ok = parse_size(optarg, &f->workers) &&
+			    f->workers <= SVC_MAX_WORKERS;
+			break;
+		case 'd':
+			f->db = optarg;
+			break;
+		case O_USERS:
+			f->users_url = optarg;
+			break;
+		case O_ANSWERS:
+			f->answers_url = optarg;
+			break;
+		case O_CACHE:
+			f->cache_url = optarg;
+			break;
+		case O_GEN_U:
+			ok = parse_size(optarg, &f->data.users);
+			break;
+		case O_GEN_A:
+			ok = parse_size(optarg, &f->data.answers);
+			break;
+		case O_GEN_Q:
+			ok = parse_size(optarg, &f->data.questions);
+			break;
+		case 'q':
+			f->quiet = true;
+			break;
+		default:
+			ok = false;
+			break;
+		}
+	}
+	if (ok && optind < argc)
+		ok = false;
+	if (!ok)
+		fprintf(stderr, "usage: %s %s\n", argv[0], usage);
+	return ok;
+}
+
+/* ---- Signals and the counters log ----------------------------------------
+ */
+
+void
+svc_signals_block(void)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+void
+svc_server_counters(const asynq_rpc_server *s, svc_counters *out)
+{
+	asynq_rpc_server_stats st;
+	asynq_rpc_server_stats_get(s, &st);
+	out->calls += st.calls;
+	out->requests += st.requests;
+}
+
+static void
+log_delta(const char *name, const svc_counters *now, const svc_counters *was)
+{
+	uint64_t calls = now->calls - was->calls;
+	uint64_t reqs = now->requests - was->requests;
+	char out[96] = "";
+	if (now->out_calls != was->out_calls)
+		snprintf(out, sizeof(out), " out_calls=%llu out_requests=%llu",
+		    (unsigned long long)(now->out_calls - was->out_calls),
+		    (unsigned long long)(now->out_requests -
+		        was->out_requests));
+	fprintf(stderr,
+	    "%s: calls=%llu requests=%llu avg_batch=%.1f sql=%llu%s\n", name,
+	    (unsigned long long)calls, (unsigned long long)reqs,
+	    reqs != 0 ? (double)calls / (double)reqs : 0.0,
+	    (unsigned long long)(now->sql - was->sql), out);
+}
+
+int
+svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
+    bool quiet)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	svc_counters was = { 0 };
+	if (fn != NULL)
+		fn(arg, &was);
+	for (;;) {
+		struct timespec ts = { .tv_sec = 1 };
+		int sig = sigtimedwait(&set, NULL, &ts);
+		if (sig == SIGINT || sig == SIGTERM)
+			return sig;
+		if (sig < 0 && errno != EAGAIN && errno != EINTR)
+			return -1;
+		if (quiet || fn == NULL)
+			continue;
+		svc_counters now = { 0 };
+		fn(arg, &now);
+		if (memcmp(&now, &was, sizeof(now)) != 0)
+			log_delta(name, &now, &was);
+		was = now;
+	}
+}
