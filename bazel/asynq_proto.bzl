@@ -6,7 +6,9 @@ a cc_library `name` holding <base>.pb-c.c/.h.
 
 asynq_proto_library(name, srcs, deps) does the same and also runs the asynq
 protoc plugin (//framework/codegen:protoc-gen-asynq), which writes
-<base>.asynq.c/.h: the service descriptor tables of asynq/rpc_desc.h. The
+<base>.asynq.c/.h: per service, the descriptor table of asynq/rpc_desc.h,
+typed client stubs (<svc>__<m>__call, <svc>__<m>__reply) and a typed
+handler table served with <svc>__asynq_serve. The
 cc_library `name` holds both.
 
 Conventions and limits:

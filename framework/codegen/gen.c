@@ -3,8 +3,10 @@
  * protoc-gen-asynq's generator. For every file protoc asks for it writes
  * <file>.asynq.h and <file>.asynq.c (even for a file without services, so a
  * build rule can name its outputs from the .proto names alone); for every
- * service of the file they hold what the parts[] table below emits. Today
- * that is the service descriptor table of asynq/rpc_desc.h.
+ * service of the file they hold what the parts[] table below emits: the
+ * service descriptor table of asynq/rpc_desc.h, typed client stubs
+ * (<service>__<method>__call and __reply) and a typed server handler table
+ * (<service>__asynq_handlers, registered by <service>__asynq_serve).
  *
  * Design notes
  *
@@ -23,7 +25,19 @@
  *   CamelToLower ("HTTPRequest" -> "httprequest", "GetName" -> "get_name"),
  *   pieces are joined with "__", and a file's (pb_c_file).c_package replaces
  *   its package. A mismatch would be a compile error of the generated .c,
- *   never a silent one.
+ *   never a silent one. The typed stubs and handlers also need the C type
+ *   of each message, protoc-c's FullNameToC (camel() below).
+ * - Names: every C name the output defines, and protoc-c's service names
+ *   next to them (<service>__<method> is protoc-c's own stub), is checked
+ *   for collisions before anything is emitted (check_names). A method whose
+ *   lower-case name is a C keyword ("Double") gets a handler-table field
+ *   with a trailing underscore; protoc-c 1.4's own service struct in the
+ *   .pb-c.h does not compile for such a method, which is protoc-c's limit.
+ * - Typed whole-batch calls: the server's asynq_rpc_batch_call array is
+ *   handed to the typed handler as an array of a generated struct whose
+ *   layout a _Static_assert in the .c pins to asynq_rpc_batch_call's; the
+ *   two are only ever accessed on either side of a call through a function
+ *   pointer in another translation unit.
  * - Memory: everything allocated is recorded in the generator and freed by
  *   asynqi_codegen_free; running out of memory sets a flag that makes the run
  *   fail. Only ISO C is used: the plugin is built for the host too.
@@ -265,6 +279,41 @@ mangle(asynqi_codegen *g, const char *dotted, bool upper)
 	return buf_take(&b);
 }
 
+/* camel returns protoc-c's FullNameToC of a dotted name, the C type name
+ * of a message: each piece through ToCamel (an underscore is dropped and
+ * the next character upper-cased, as is the first; "get_name_req" ->
+ * "GetNameReq", "HTTPLookup" stays), pieces joined with "__". */
+static char *
+camel(asynqi_codegen *g, const char *dotted)
+{
+	struct buf b;
+	bool next_upper = true;
+	bool piece_empty = true;
+
+	buf_init(&b, g);
+	for (const char *p = dotted; *p != '\0'; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c == '.') {
+			next_upper = true;
+			piece_empty = true;
+			continue;
+		}
+		if (piece_empty && b.len > 0)
+			buf_printf(&b, "__");
+		piece_empty = false;
+		if (c == '_') {
+			next_upper = true;
+		} else if (next_upper) {
+			buf_putc(&b, (char)toupper(c));
+			next_upper = false;
+		} else {
+			buf_putc(&b, (char)c);
+		}
+	}
+	return buf_take(&b);
+}
+
 /* ---- Option values ------------------------------------------------- */
 
 /* read_varint decodes a varint from the len bytes at p; returns how many
@@ -423,8 +472,13 @@ struct method {
 	const method_proto *proto;
 	char *full_name; /* "pkg.Svc/Method" */
 	char *upper;     /* "METHOD" in the index enum */
+	char *lower;     /* protoc-c's "method" in <service>__<method> */
+	char *member;    /* its field in the handler table: lower, or lower
+	                    and "_" when lower is a C keyword or macro */
 	char *input_c;   /* protoc-c name of the request type */
 	char *output_c;  /* protoc-c name of the response type */
+	char *input_t;   /* protoc-c C type of the request */
+	char *output_t;  /* protoc-c C type of the response */
 	bool idempotent;
 	bool whole_batch;
 };
@@ -480,15 +534,17 @@ has_message(message_proto *const *m, size_t n, const char *rel)
 	return false;
 }
 
-/* type_c_name returns protoc-c's name of the message type ".pkg.Msg" (the
- * fully qualified form protoc gives), found among the request's files. */
+/* type_c_name returns protoc-c's names of the message type ".pkg.Msg" (the
+ * fully qualified form protoc gives), found among the request's files: the
+ * lower-case prefix of its functions and descriptor, and its C type. */
 static int
 type_c_name(asynqi_codegen *g, const char *where, const char *type,
-    char **namep)
+    char **namep, char **typep)
 {
 	const request *req = g->req;
 
 	*namep = NULL;
+	*typep = NULL;
 	if (type == NULL || type[0] != '.')
 		return fail(g, "%s: message type \"%s\" is not fully qualified",
 		    where, type ? type : "");
@@ -511,7 +567,8 @@ type_c_name(asynqi_codegen *g, const char *where, const char *type,
 		if (cpkg != NULL)
 			pkg = cpkg;
 		if ((full = gen_printf(g, "%s.%s", pkg, rel)) == NULL ||
-		    (*namep = mangle(g, full, false)) == NULL)
+		    (*namep = mangle(g, full, false)) == NULL ||
+		    (*typep = camel(g, full)) == NULL)
 			return -1;
 		return 0;
 	}
@@ -521,24 +578,46 @@ type_c_name(asynqi_codegen *g, const char *where, const char *type,
 	    where, type);
 }
 
-/* Names that the generated C uses next to protoc-c's <service>__<method>
- * functions. */
-static const char *const reserved_suffixes[] = { "asynq_desc",
-	"asynq_methods" };
+/* Lower-case method names that cannot be a field of the handler table:
+ * C keywords (C11, C23 and GNU's) and the lower-case object-like macros of
+ * the standard headers the generated code includes. Such a method's field
+ * gets a trailing underscore ("Double" -> double_). C++ keywords are left
+ * alone: protoc-c's own service struct in the .pb-c.h uses the same names,
+ * so that header does not compile as C++ for them anyway. */
+static const char *const c_reserved[] = { "alignas", "alignof", "asm", "assert",
+	"auto", "bool", "break", "case", "char", "complex", "const",
+	"constexpr", "continue", "default", "do", "double", "else", "enum",
+	"errno", "extern", "false", "float", "for", "goto", "if", "imaginary",
+	"inline", "int", "long", "noreturn", "nullptr", "offsetof", "register",
+	"restrict", "return", "short", "signed", "sizeof", "static",
+	"static_assert", "struct", "switch", "thread_local", "true", "typedef",
+	"typeof", "typeof_unqual", "union", "unsigned", "void", "volatile",
+	"while" };
+
+static bool
+is_c_reserved(const char *name)
+{
+	for (size_t i = 0; i < sizeof(c_reserved) / sizeof(c_reserved[0]); i++)
+		if (strcmp(name, c_reserved[i]) == 0)
+			return true;
+	return false;
+}
 
 static int
 read_method(asynqi_codegen *g, const struct service *s, const method_proto *mp,
     struct method *m)
 {
 	const ProtobufCMessage *opts = mp->options ? &mp->options->base : NULL;
-	char *where, *lower;
+	char *where;
 
 	m->proto = mp;
 	if ((m->full_name = gen_printf(g, "%s/%s", s->full_name, mp->name)) ==
 	        NULL ||
 	    (where = gen_printf(g, "method %s", m->full_name)) == NULL ||
 	    (m->upper = mangle(g, mp->name, true)) == NULL ||
-	    (lower = mangle(g, mp->name, false)) == NULL)
+	    (m->lower = mangle(g, mp->name, false)) == NULL ||
+	    (m->member = gen_printf(g, "%s%s", m->lower,
+	         is_c_reserved(m->lower) ? "_" : "")) == NULL)
 		return -1;
 	if (mp->client_streaming || mp->server_streaming)
 		return fail(g,
@@ -546,16 +625,10 @@ read_method(asynqi_codegen *g, const struct service *s, const method_proto *mp,
 		    "asynq call sends one request message and gets "
 		    "one response",
 		    where);
-	for (size_t i = 0;
-	     i < sizeof(reserved_suffixes) / sizeof(reserved_suffixes[0]); i++)
-		if (strcmp(lower, reserved_suffixes[i]) == 0)
-			return fail(g,
-			    "%s: the name collides with the "
-			    "generated symbol %s__%s; rename the "
-			    "method",
-			    where, s->lower, reserved_suffixes[i]);
-	if (type_c_name(g, where, mp->input_type, &m->input_c) != 0 ||
-	    type_c_name(g, where, mp->output_type, &m->output_c) != 0)
+	if (type_c_name(g, where, mp->input_type, &m->input_c, &m->input_t) !=
+	        0 ||
+	    type_c_name(g, where, mp->output_type, &m->output_c,
+	        &m->output_t) != 0)
 		return -1;
 	if (opt_bool(g, opts, ASYNQI_OPT_IDEMPOTENT, where,
 	        "(asynq.idempotent)", &m->idempotent) != 0 ||
@@ -628,6 +701,104 @@ read_service(asynqi_codegen *g, const file_proto *f, const service_proto *sp,
 	return 0;
 }
 
+/* One C name the output of a file defines or sits next to: what protoc-c
+ * generates for a service (<service>__init, __descriptor, __<method>) and
+ * what the parts[] below generate. */
+struct c_name {
+	const char *name;
+	const struct service *s;
+	const struct method *m; /* the method that brings it, if any */
+};
+
+/* add_names appends the C names of service s to n[*len]. Returns -1 when
+ * memory ran out. Keep it in step with what the parts emit. */
+static int
+add_names(asynqi_codegen *g, const struct service *s, struct c_name *n,
+    size_t *len)
+{
+	static const char *const fixed[] = { "init", "descriptor", "asynq_desc",
+		"asynq_methods", "asynq_handlers", "asynq_binding",
+		"asynq_serve" };
+	size_t k = *len;
+
+	for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+		n[k++] = (struct c_name){
+			gen_printf(g, "%s__%s", s->lower, fixed[i]), s, NULL
+		};
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const struct method *m = &s->methods[i];
+		const char *l = m->lower;
+
+		n[k++] = (struct c_name){ gen_printf(g, "%s__%s", s->lower, l),
+			s, m };
+		n[k++] =
+		    (struct c_name){ gen_printf(g, "%s__%s__call", s->lower, l),
+			    s, m };
+		n[k++] = (struct c_name){
+			gen_printf(g, "%s__%s__reply", s->lower, l), s, m
+		};
+		n[k++] = (struct c_name){
+			gen_printf(g, "%s__%s__%s", s->lower, l,
+			    m->whole_batch ? "batch_call" : "asynq_unary"),
+			s, m
+		};
+		if (m->whole_batch)
+			n[k++] = (struct c_name){ gen_printf(g,
+				                      "%s__%s__asynq_batch",
+				                      s->lower, l),
+				s, m };
+		n[k++] = (struct c_name){ gen_printf(g, "%s__ASYNQ_METHOD_%s",
+			                      s->upper, m->upper),
+			s, m };
+		n[k++] = (struct c_name){ gen_printf(g, "%s__asynq_handlers.%s",
+			                      s->lower, m->member),
+			s, m };
+	}
+	for (size_t i = *len; i < k; i++)
+		if (n[i].name == NULL)
+			return -1;
+	*len = k;
+	return 0;
+}
+
+/* check_names fails the run when two C names of a file's services are the
+ * same (e.g. a method "AsynqDesc", whose protoc-c function would be named
+ * like the descriptor table, or "Double" next to "Double_", whose fields in
+ * the handler table would both be double_). */
+static int
+check_names(asynqi_codegen *g, const struct file *fl)
+{
+	struct c_name *n;
+	size_t cap = 0, len = 0;
+
+	for (size_t i = 0; i < fl->n_services; i++)
+		cap += 7 + 7 * fl->services[i].n_methods;
+	if ((n = gen_zalloc(g, cap, sizeof(*n))) == NULL)
+		return -1;
+	for (size_t i = 0; i < fl->n_services; i++)
+		if (add_names(g, &fl->services[i], n, &len) != 0)
+			return -1;
+	for (size_t j = 1; j < len; j++)
+		for (size_t i = 0; i < j; i++) {
+			const struct c_name *a = &n[i], *b = &n[j];
+
+			if (strcmp(a->name, b->name) != 0)
+				continue;
+			if (b->m == NULL)
+				b = a;
+			if (b->m != NULL)
+				return fail(g,
+				    "method %s: the name collides with the "
+				    "generated symbol %s; rename the method",
+				    b->m->full_name, a->name);
+			return fail(g,
+			    "%s: service %s: the name collides with the "
+			    "generated symbol %s; rename the service",
+			    fl->proto->name, b->s->full_name, a->name);
+		}
+	return 0;
+}
+
 /* A file name becomes a C string literal and a comment in the output. */
 static bool
 name_is_plain(const char *name)
@@ -680,7 +851,7 @@ read_file(asynqi_codegen *g, const char *name, struct file *fl)
 	for (size_t i = 0; i < f->n_service; i++)
 		if (read_service(g, f, f->service[i], &fl->services[i]) != 0)
 			return -1;
-	return 0;
+	return check_names(g, fl);
 }
 
 /* ---- What is generated per service ---------------------------------- */
@@ -749,14 +920,281 @@ desc_defn(const struct service *s, struct buf *c)
 	    (unsigned long)s->default_deadline_ms);
 }
 
+/* The client stubs: <service>__<method>__call and __reply. protoc-c
+ * already names its own (ProtobufCService) stub <service>__<method>, so
+ * ours take a suffix. */
+static void
+client_decl(const struct service *s, struct buf *h)
+{
+	if (s->n_methods == 0)
+		return;
+	buf_printf(h,
+	    "/* Client stubs of %s, for a channel opened with\n"
+	    " * %s__asynq_desc (asynq/rpc.h). */\n",
+	    s->full_name, s->lower);
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const struct method *m = &s->methods[i];
+
+		buf_printf(h,
+		    "\n/* %s__%s__call calls %s with req (borrowed;\n"
+		    " * NULL fails the future with INVALID_ARGUMENT): the "
+		    "future's value is a\n"
+		    " * %s owned by the future (read it with\n"
+		    " * %s__%s__reply). Scheduler thread only. */\n"
+		    "asynq_future *%s__%s__call(asynq_rpc_channel *ch,\n"
+		    "    const %s *req);\n",
+		    s->lower, m->lower, m->full_name, m->output_t, s->lower,
+		    m->lower, s->lower, m->lower, m->input_t);
+		buf_printf(h,
+		    "\n/* %s__%s__reply returns the reply of a future of\n"
+		    " * %s__%s__call, borrowed from f, or NULL unless f is "
+		    "computed OK. */\n"
+		    "const %s *%s__%s__reply(const asynq_future *f);\n",
+		    s->lower, m->lower, s->lower, m->lower, m->output_t,
+		    s->lower, m->lower);
+	}
+}
+
+static void
+client_defn(const struct service *s, struct buf *c)
+{
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const struct method *m = &s->methods[i];
+
+		if (i > 0)
+			buf_printf(c, "\n");
+		/* Casts, not &req->base: (pb_c_msg).base_field_name may
+		 * rename the first member, which is a ProtobufCMessage. */
+		buf_printf(c,
+		    "asynq_future *\n"
+		    "%s__%s__call(asynq_rpc_channel *ch, const %s *req)\n"
+		    "{\n"
+		    "\treturn asynq_rpc_call(ch,\n"
+		    "\t    &%s__asynq_methods[%s__ASYNQ_METHOD_%s],\n"
+		    "\t    (const ProtobufCMessage *)req);\n"
+		    "}\n\n",
+		    s->lower, m->lower, m->input_t, s->lower, s->upper,
+		    m->upper);
+		buf_printf(c,
+		    "const %s *\n"
+		    "%s__%s__reply(const asynq_future *f)\n"
+		    "{\n"
+		    "\tconst ProtobufCMessage *msg;\n\n"
+		    "\tif (asynq_future_status(f) != ASYNQ_OK)\n"
+		    "\t\treturn NULL;\n"
+		    "\tmsg = asynq_future_ptr(f);\n"
+		    "\tif (msg == NULL || msg->descriptor != &%s__descriptor)\n"
+		    "\t\treturn NULL;\n"
+		    "\treturn (const %s *)msg;\n"
+		    "}\n",
+		    m->output_t, s->lower, m->lower, m->output_c, m->output_t);
+	}
+}
+
+/* The server's typed handler table, <service>__asynq_handlers, and
+ * <service>__asynq_serve, which registers it through generated trampolines
+ * with asynq_rpc_handler's generic signatures. They reach the typed table
+ * and the caller's ctx through a binding the caller provides: the server
+ * keeps the ctx it is given until it is freed but has no hook to free it,
+ * so a binding allocated here would leak. */
+static void
+server_decl(const struct service *s, struct buf *h)
+{
+	if (s->n_methods == 0) {
+		buf_printf(h,
+		    "/* %s has no methods: no client stubs or handler "
+		    "table. */\n",
+		    s->full_name);
+		return;
+	}
+	buf_printf(h,
+	    "/* Server side of %s: one typed handler per method in\n"
+	    " * %s__asynq_handlers, registered with %s__asynq_serve. */\n",
+	    s->full_name, s->lower, s->lower);
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const struct method *m = &s->methods[i];
+
+		if (!m->whole_batch)
+			continue;
+		buf_printf(h,
+		    "\n/* One call of %s given to its whole-batch handler:\n"
+		    " * asynq_rpc_batch_call with the method's types (the "
+		    "same layout). */\n"
+		    "typedef struct %s__%s__batch_call {\n"
+		    "\tconst %s *req; /* decoded request, borrowed */\n"
+		    "\t%s *reply; /* set by the handler, malloc'd */\n"
+		    "\tasynq_status status; /* set by the handler */\n"
+		    "\tconst char *message; /* static or NULL */\n"
+		    "} %s__%s__batch_call;\n",
+		    m->full_name, s->lower, m->lower, m->input_t, m->output_t,
+		    s->lower, m->lower);
+	}
+	buf_printf(h,
+	    "\n/* The handlers of %s, one per method, none NULL. A\n"
+	    " * reply is a message the handler allocated with "
+	    "malloc-compatible memory;\n"
+	    " * the server frees it with protobuf_c_message_free_unpacked "
+	    "(asynq/rpc.h:\n"
+	    " * asynq_rpc_unary_fn, asynq_rpc_batch_fn). */\n"
+	    "typedef struct %s__asynq_handlers {\n",
+	    s->full_name, s->lower);
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const struct method *m = &s->methods[i];
+		const char *note = strcmp(m->member, m->lower) != 0
+		    ? " (the field's name has a trailing _: the method's "
+		      "C name is reserved)"
+		    : "";
+
+		if (m->whole_batch)
+			buf_printf(h,
+			    "\t/* %s: whole batch; sets each call's reply or "
+			    "status%s. */\n"
+			    "\tasynq_status (*%s)(asynq_task *t,\n"
+			    "\t    %s__%s__batch_call *calls, size_t n, "
+			    "void *ctx);\n",
+			    m->proto->name, note, m->member, s->lower,
+			    m->lower);
+		else
+			buf_printf(h,
+			    "\t/* %s: unary; sets *reply%s. */\n"
+			    "\tasynq_status (*%s)(asynq_task *t, const %s "
+			    "*req,\n"
+			    "\t    %s **reply, void *ctx);\n",
+			    m->proto->name, note, m->member, m->input_t,
+			    m->output_t);
+	}
+	buf_printf(h, "} %s__asynq_handlers;\n", s->lower);
+	buf_printf(h,
+	    "\n/* What the server's generic handlers of %s carry as\n"
+	    " * their ctx: a copy of the typed table, the caller's ctx and "
+	    "the generic\n"
+	    " * table registered. %s__asynq_serve fills it; the caller "
+	    "owns it\n"
+	    " * and keeps it alive and unchanged until the server is freed "
+	    "(e.g. next\n"
+	    " * to the server in the caller's own struct). */\n"
+	    "typedef struct %s__asynq_binding {\n"
+	    "\t%s__asynq_handlers handlers;\n"
+	    "\tvoid *ctx;\n"
+	    "\tasynq_rpc_handler rpc[%zu];\n"
+	    "} %s__asynq_binding;\n",
+	    s->full_name, s->lower, s->lower, s->lower, s->n_methods, s->lower);
+	buf_printf(h,
+	    "\n/* %s__asynq_serve registers the handlers of h on s, each\n"
+	    " * called with ctx: it copies h (which need not outlive the call) "
+	    "and ctx\n"
+	    " * into *b, which must outlive the server, and adds the service "
+	    "with\n"
+	    " * asynq_rpc_server_add_service. INVALID_ARGUMENT for a NULL s, "
+	    "h, b or\n"
+	    " * handler (nothing is registered then), otherwise "
+	    "add_service's status.\n"
+	    " * Before the server listens. */\n"
+	    "asynq_status %s__asynq_serve(asynq_rpc_server *s,\n"
+	    "    const %s__asynq_handlers *h, void *ctx,\n"
+	    "    %s__asynq_binding *b);\n",
+	    s->lower, s->lower, s->lower, s->lower);
+}
+
+static void
+server_defn(const struct service *s, struct buf *c)
+{
+	if (s->n_methods == 0)
+		return;
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const struct method *m = &s->methods[i];
+		const char *bc;
+
+		if (m->whole_batch) {
+			if ((bc = gen_printf(c->g, "%s__%s__batch_call",
+			         s->lower, m->lower)) == NULL)
+				return;
+			/* The trampoline passes the server's array through
+			 * as the typed one. */
+			buf_printf(c,
+			    "_Static_assert(sizeof(%s) == "
+			    "sizeof(asynq_rpc_batch_call) &&\n"
+			    "    _Alignof(%s) == _Alignof(asynq_rpc_batch_call) "
+			    "&&\n"
+			    "    offsetof(%s, req) == "
+			    "offsetof(asynq_rpc_batch_call, req) &&\n"
+			    "    offsetof(%s, reply) == "
+			    "offsetof(asynq_rpc_batch_call, reply) &&\n"
+			    "    offsetof(%s, status) == "
+			    "offsetof(asynq_rpc_batch_call, status) &&\n"
+			    "    offsetof(%s, message) == "
+			    "offsetof(asynq_rpc_batch_call, message),\n"
+			    "    \"%s has the layout of asynq_rpc_batch_call\");"
+			    "\n\n",
+			    bc, bc, bc, bc, bc, bc, bc);
+			buf_printf(c,
+			    "static asynq_status\n"
+			    "%s__%s__asynq_batch(asynq_task *t, "
+			    "asynq_rpc_batch_call *calls,\n"
+			    "    size_t n, void *ctx)\n"
+			    "{\n"
+			    "\tconst %s__asynq_binding *b = ctx;\n\n"
+			    "\treturn (b->handlers.%s)(t, (%s *)calls, n, "
+			    "b->ctx);\n"
+			    "}\n\n",
+			    s->lower, m->lower, s->lower, m->member, bc);
+		} else {
+			buf_printf(c,
+			    "static asynq_status\n"
+			    "%s__%s__asynq_unary(asynq_task *t, "
+			    "const ProtobufCMessage *req,\n"
+			    "    ProtobufCMessage **reply, void *ctx)\n"
+			    "{\n"
+			    "\tconst %s__asynq_binding *b = ctx;\n"
+			    "\t%s *out = NULL;\n"
+			    "\tasynq_status st;\n\n"
+			    "\tst = (b->handlers.%s)(t, (const %s *)req, &out, "
+			    "b->ctx);\n"
+			    "\t*reply = (ProtobufCMessage *)out;\n"
+			    "\treturn st;\n"
+			    "}\n\n",
+			    s->lower, m->lower, s->lower, m->output_t,
+			    m->member, m->input_t);
+		}
+	}
+	buf_printf(c,
+	    "asynq_status\n"
+	    "%s__asynq_serve(asynq_rpc_server *s,\n"
+	    "    const %s__asynq_handlers *h, void *ctx,\n"
+	    "    %s__asynq_binding *b)\n"
+	    "{\n"
+	    "\tif (s == NULL || h == NULL || b == NULL)\n"
+	    "\t\treturn ASYNQ_INVALID_ARGUMENT;\n",
+	    s->lower, s->lower, s->lower);
+	for (size_t i = 0; i < s->n_methods; i++)
+		buf_printf(c,
+		    "\tif (h->%s == NULL)\n"
+		    "\t\treturn ASYNQ_INVALID_ARGUMENT;\n",
+		    s->methods[i].member);
+	buf_printf(c, "\tb->handlers = *h;\n\tb->ctx = ctx;\n");
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const struct method *m = &s->methods[i];
+
+		buf_printf(c,
+		    "\tb->rpc[%s__ASYNQ_METHOD_%s] = (asynq_rpc_handler){\n"
+		    "\t\t.%s = %s__%s__asynq_%s,\n"
+		    "\t};\n",
+		    s->upper, m->upper, m->whole_batch ? "batch" : "unary",
+		    s->lower, m->lower, m->whole_batch ? "batch" : "unary");
+	}
+	buf_printf(c,
+	    "\treturn asynq_rpc_server_add_service(s, &%s__asynq_desc, "
+	    "b->rpc, b);\n"
+	    "}\n",
+	    s->lower);
+}
+
 /*
  * The parts generated for each service, in order: each includes the public
  * header its code needs, declares in <file>.asynq.h and defines in
- * <file>.asynq.c. This is the extension point: the typed client stubs
- * (functions that make a call join the service's batch and return a
- * future) and the server's handler table are added here as parts of their
- * own once the RPC client and server APIs exist; the descriptor table is
- * what both will be built on.
+ * <file>.asynq.c (a part may emit nothing for a service). This is the
+ * extension point. The descriptor table comes first: the stubs and the
+ * server's registration point into it.
  */
 static const struct part {
 	const char *include;
@@ -764,6 +1202,8 @@ static const struct part {
 	void (*defn)(const struct service *s, struct buf *c);
 } parts[] = {
 	{ "asynq/rpc_desc.h", desc_decl, desc_defn },
+	{ "asynq/rpc.h", client_decl, client_defn },
+	{ "asynq/rpc.h", server_decl, server_defn },
 };
 
 #define N_PARTS (sizeof(parts) / sizeof(parts[0]))
@@ -782,6 +1222,21 @@ new_file(asynqi_codegen *g, const char *base, const char *ext, char *content)
 	return rf;
 }
 
+/* emit_part appends what fn emits for s after a blank line, or nothing
+ * when fn emits nothing. */
+static void
+emit_part(struct buf *b, void (*fn)(const struct service *, struct buf *),
+    const struct service *s)
+{
+	size_t len;
+
+	buf_printf(b, "\n");
+	len = b->len;
+	fn(s, b);
+	if (b->len == len && b->p != NULL && !b->g->oom)
+		b->p[--b->len] = '\0';
+}
+
 static int
 emit_file(asynqi_codegen *g, const struct file *fl, response_file **out)
 {
@@ -794,7 +1249,9 @@ emit_file(asynqi_codegen *g, const struct file *fl, response_file **out)
 	    "#ifndef %s\n#define %s\n\n",
 	    name, fl->guard, fl->guard);
 	for (size_t i = 0; i < N_PARTS; i++)
-		buf_printf(&h, "#include \"%s\"\n", parts[i].include);
+		if (i == 0 ||
+		    strcmp(parts[i].include, parts[i - 1].include) != 0)
+			buf_printf(&h, "#include \"%s\"\n", parts[i].include);
 	buf_printf(&h,
 	    "#include \"%s.pb-c.h\"\n\n"
 	    "#ifdef __cplusplus\nextern \"C\" {\n#endif\n",
@@ -802,10 +1259,8 @@ emit_file(asynqi_codegen *g, const struct file *fl, response_file **out)
 	if (fl->n_services == 0)
 		buf_printf(&h, "\n/* %s declares no services. */\n", name);
 	for (size_t si = 0; si < fl->n_services; si++)
-		for (size_t i = 0; i < N_PARTS; i++) {
-			buf_printf(&h, "\n");
-			parts[i].decl(&fl->services[si], &h);
-		}
+		for (size_t i = 0; i < N_PARTS; i++)
+			emit_part(&h, parts[i].decl, &fl->services[si]);
 	buf_printf(&h, "\n#ifdef __cplusplus\n}\n#endif\n\n#endif /* %s */\n",
 	    fl->guard);
 
@@ -815,10 +1270,8 @@ emit_file(asynqi_codegen *g, const struct file *fl, response_file **out)
 	    "#include \"%s.asynq.h\"\n",
 	    name, fl->base);
 	for (size_t si = 0; si < fl->n_services; si++)
-		for (size_t i = 0; i < N_PARTS; i++) {
-			buf_printf(&c, "\n");
-			parts[i].defn(&fl->services[si], &c);
-		}
+		for (size_t i = 0; i < N_PARTS; i++)
+			emit_part(&c, parts[i].defn, &fl->services[si]);
 
 	if ((out[0] = new_file(g, fl->base, ".asynq.h", buf_take(&h))) ==
 	    NULL) {

@@ -322,10 +322,173 @@ test_plugin_follows_c_package(void **state)
 	assert_non_null(c = read_out(&r, "cpkg.asynq.c"));
 	assert_contains(h, "short__svc__asynq_desc;");
 	assert_contains(c, ".input = &short__req__descriptor,");
+	/* So do the stubs' functions and types. */
+	assert_contains(h, "asynq_future *short__svc__get__call(");
+	assert_contains(h, "const Short__Req *req);");
+	assert_contains(h, "typedef struct short__svc__asynq_handlers {");
 	/* The wire name keeps the .proto's package. */
 	assert_contains(c, ".full_name = \"long.name.Svc/Get\",");
 	free(h);
 	free(c);
+}
+
+/* Typed client stubs and the server's handler table, next to the
+ * descriptor table: names, types and the trampolines' registration. */
+static void
+test_plugin_writes_stubs_and_handlers(void **state)
+{
+	struct run r;
+	char *h, *c;
+
+	(void)state;
+	protoc(&r, "stubs", "stubs.proto",
+	    HEAD "message Out { string s = 1; }\n"
+	         "service Svc {\n"
+	         "  rpc Get(Req) returns (Out);\n"
+	         "  rpc All(Req) returns (Out) {\n"
+	         "    option (asynq.whole_batch) = true;\n"
+	         "  }\n"
+	         "}\n"
+	         "service Empty {}\n",
+	    "");
+	assert_int_equal(r.status, 0);
+	assert_string_equal(r.output, "");
+	assert_non_null(h = read_out(&r, "stubs.asynq.h"));
+	assert_non_null(c = read_out(&r, "stubs.asynq.c"));
+	assert_contains(h, "#include \"asynq/rpc.h\"");
+	assert_contains(h, "#include \"stubs.pb-c.h\"");
+	/* The table is still there, unchanged. */
+	assert_contains(h,
+	    "extern const asynq_rpc_service_desc "
+	    "t__svc__asynq_desc;");
+	assert_contains(h,
+	    "asynq_future *t__svc__get__call(asynq_rpc_channel *ch,\n"
+	    "    const T__Req *req);");
+	assert_contains(h,
+	    "const T__Out *t__svc__get__reply(const "
+	    "asynq_future *f);");
+	assert_contains(h,
+	    "typedef struct t__svc__all__batch_call {\n"
+	    "\tconst T__Req *req;");
+	assert_contains(h, "\tT__Out *reply;");
+	assert_contains(h, "typedef struct t__svc__asynq_handlers {");
+	assert_contains(h,
+	    "\tasynq_status (*get)(asynq_task *t, const T__Req *req,\n"
+	    "\t    T__Out **reply, void *ctx);");
+	assert_contains(h,
+	    "\tasynq_status (*all)(asynq_task *t,\n"
+	    "\t    t__svc__all__batch_call *calls, size_t n, void *ctx);");
+	assert_contains(h,
+	    "\tasynq_rpc_handler rpc[2];\n"
+	    "} t__svc__asynq_binding;");
+	assert_contains(h,
+	    "asynq_status t__svc__asynq_serve(asynq_rpc_server *s,\n"
+	    "    const t__svc__asynq_handlers *h, void *ctx,\n"
+	    "    t__svc__asynq_binding *b);");
+	/* A unary method has no batch call type. */
+	assert_null(strstr(h, "t__svc__get__batch_call"));
+	/* A service without methods gets its table only. */
+	assert_contains(h, "t__empty__asynq_desc;");
+	assert_contains(h, "t.Empty has no methods");
+	assert_null(strstr(h, "t__empty__asynq_handlers"));
+
+	assert_contains(c,
+	    "\treturn asynq_rpc_call(ch,\n"
+	    "\t    &t__svc__asynq_methods[T__SVC__ASYNQ_METHOD_GET],");
+	assert_contains(c, "msg->descriptor != &t__out__descriptor");
+	assert_contains(c,
+	    "_Static_assert(sizeof(t__svc__all__batch_call) == "
+	    "sizeof(asynq_rpc_batch_call)");
+	assert_contains(c,
+	    "\tif (h->all == NULL)\n"
+	    "\t\treturn ASYNQ_INVALID_ARGUMENT;");
+	assert_contains(c, "\t\t.unary = t__svc__get__asynq_unary,");
+	assert_contains(c, "\t\t.batch = t__svc__all__asynq_batch,");
+	assert_contains(c,
+	    "asynq_rpc_server_add_service(s, "
+	    "&t__svc__asynq_desc, b->rpc, b);");
+	free(h);
+	free(c);
+}
+
+/* A method whose lower-case name is a C keyword ("Double") or a standard
+ * macro ("Bool": stdbool.h's bool) gets a handler field with a trailing
+ * underscore; the functions are prefixed, so they keep the name. */
+static void
+test_plugin_keyword_method_names(void **state)
+{
+	struct run r;
+	char *h, *c;
+
+	(void)state;
+	protoc(&r, "keyword", "kw.proto",
+	    HEAD "service Svc {\n"
+	         "  rpc Double(Req) returns (Req);\n"
+	         "  rpc Bool(Req) returns (Req) {\n"
+	         "    option (asynq.whole_batch) = true;\n"
+	         "  }\n"
+	         "  rpc Doubles(Req) returns (Req);\n"
+	         "}\n",
+	    "");
+	assert_int_equal(r.status, 0);
+	assert_non_null(h = read_out(&r, "kw.asynq.h"));
+	assert_non_null(c = read_out(&r, "kw.asynq.c"));
+	assert_contains(h, "\tasynq_status (*double_)(asynq_task *t,");
+	assert_contains(h, "\tasynq_status (*bool_)(asynq_task *t,");
+	assert_contains(h, "\tasynq_status (*doubles)(asynq_task *t,");
+	assert_null(strstr(h, "(*double)"));
+	assert_null(strstr(h, "(*bool)"));
+	assert_contains(h, "asynq_future *t__svc__double__call(");
+	assert_contains(h, "const T__Req *t__svc__double__reply(");
+	assert_contains(h, "typedef struct t__svc__bool__batch_call {");
+	assert_contains(h, "T__SVC__ASYNQ_METHOD_DOUBLE = 0,");
+	assert_contains(c, "\tif (h->double_ == NULL)");
+	assert_contains(c, "(b->handlers.double_)(t, ");
+	assert_contains(c, "(b->handlers.bool_)(t, ");
+	free(h);
+	free(c);
+}
+
+/* Names that would collide in the output are refused, naming the method:
+ * two handler fields (Double and Double_), a generated function and
+ * protoc-c's stub of another method (Get__call is Get_Call's), and a fixed
+ * name of the output. */
+static void
+test_plugin_rejects_colliding_stub_names(void **state)
+{
+	static const struct {
+		const char *methods;
+		const char *want;
+	} cases[] = {
+		{ "rpc Double(Req) returns (Req); "
+		  "rpc Double_(Req) returns (Req);",
+		    "method t.Svc/Double_: the name collides with the "
+		    "generated symbol t__svc__asynq_handlers.double_;" },
+		{ "rpc Get(Req) returns (Req); "
+		  "rpc Get_Call(Req) returns (Req);",
+		    "method t.Svc/Get_Call: the name collides with the "
+		    "generated symbol t__svc__get__call;" },
+		{ "rpc AsynqServe(Req) returns (Req);",
+		    "method t.Svc/AsynqServe: the name collides with the "
+		    "generated symbol t__svc__asynq_serve;" },
+		{ "rpc Init(Req) returns (Req);",
+		    "method t.Svc/Init: the name collides with the "
+		    "generated symbol t__svc__init;" },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct run r;
+		char proto[1024], test[32];
+
+		snprintf(proto, sizeof(proto), HEAD "service Svc { %s }\n",
+		    cases[i].methods);
+		snprintf(test, sizeof(test), "stub_collision_%zu", i);
+		protoc(&r, test, "coll.proto", proto, "");
+		assert_int_not_equal(r.status, 0);
+		assert_contains(r.output, cases[i].want);
+		assert_no_output_files(&r, "coll");
+	}
 }
 
 /* Run by hand on something that is not a CodeGeneratorRequest. */
@@ -352,6 +515,9 @@ main(void)
 		cmocka_unit_test(test_plugin_rejects_colliding_method_name),
 		cmocka_unit_test(test_plugin_rejects_parameter),
 		cmocka_unit_test(test_plugin_follows_c_package),
+		cmocka_unit_test(test_plugin_writes_stubs_and_handlers),
+		cmocka_unit_test(test_plugin_keyword_method_names),
+		cmocka_unit_test(test_plugin_rejects_colliding_stub_names),
 		cmocka_unit_test(test_plugin_rejects_bad_input),
 	};
 
