@@ -735,6 +735,9 @@ add_names(asynqi_codegen *g, const struct service *s, struct c_name *n,
 		    (struct c_name){ gen_printf(g, "%s__%s__call", s->lower, l),
 			    s, m };
 		n[k++] = (struct c_name){
+			gen_printf(g, "%s__%s__call_rpc", s->lower, l), s, m
+		};
+		n[k++] = (struct c_name){
 			gen_printf(g, "%s__%s__reply", s->lower, l), s, m
 		};
 		n[k++] = (struct c_name){
@@ -772,7 +775,7 @@ check_names(asynqi_codegen *g, const struct file *fl)
 	size_t cap = 0, len = 0;
 
 	for (size_t i = 0; i < fl->n_services; i++)
-		cap += 7 + 7 * fl->services[i].n_methods;
+		cap += 7 + 8 * fl->services[i].n_methods;
 	if ((n = gen_zalloc(g, cap, sizeof(*n))) == NULL)
 		return -1;
 	for (size_t i = 0; i < fl->n_services; i++)
@@ -940,11 +943,18 @@ client_decl(const struct service *s, struct buf *h)
 		    " * NULL fails the future with INVALID_ARGUMENT): the "
 		    "future's value is a\n"
 		    " * %s owned by the future (read it with\n"
-		    " * %s__%s__reply). Scheduler thread only. */\n"
-		    "asynq_future *%s__%s__call(asynq_rpc_channel *ch,\n"
+		    " * %s__%s__reply). Scheduler thread only. It is a\n"
+		    " * function pointer, initially %s__%s__call_rpc, so a "
+		    "test can\n"
+		    " * replace it (asynq/testing.h: asynq_mock_install). */\n"
+		    "extern asynq_future *(*%s__%s__call)(asynq_rpc_channel "
+		    "*ch,\n"
+		    "    const %s *req);\n"
+		    "asynq_future *%s__%s__call_rpc(asynq_rpc_channel *ch,\n"
 		    "    const %s *req);\n",
 		    s->lower, m->lower, m->full_name, m->output_t, s->lower,
-		    m->lower, s->lower, m->lower, m->input_t);
+		    m->lower, s->lower, m->lower, s->lower, m->lower,
+		    m->input_t, s->lower, m->lower, m->input_t);
 		buf_printf(h,
 		    "\n/* %s__%s__reply returns the reply of a future of\n"
 		    " * %s__%s__call, borrowed from f, or NULL unless f is "
@@ -967,14 +977,17 @@ client_defn(const struct service *s, struct buf *c)
 		 * rename the first member, which is a ProtobufCMessage. */
 		buf_printf(c,
 		    "asynq_future *\n"
-		    "%s__%s__call(asynq_rpc_channel *ch, const %s *req)\n"
+		    "%s__%s__call_rpc(asynq_rpc_channel *ch, const %s *req)\n"
 		    "{\n"
 		    "\treturn asynq_rpc_call(ch,\n"
 		    "\t    &%s__asynq_methods[%s__ASYNQ_METHOD_%s],\n"
 		    "\t    (const ProtobufCMessage *)req);\n"
-		    "}\n\n",
+		    "}\n\n"
+		    "asynq_future *(*%s__%s__call)(asynq_rpc_channel *ch,\n"
+		    "    const %s *req) = %s__%s__call_rpc;\n\n",
 		    s->lower, m->lower, m->input_t, s->lower, s->upper,
-		    m->upper);
+		    m->upper, s->lower, m->lower, m->input_t, s->lower,
+		    m->lower);
 		buf_printf(c,
 		    "const %s *\n"
 		    "%s__%s__reply(const asynq_future *f)\n"

@@ -323,7 +323,7 @@ test_plugin_follows_c_package(void **state)
 	assert_contains(h, "short__svc__asynq_desc;");
 	assert_contains(c, ".input = &short__req__descriptor,");
 	/* So do the stubs' functions and types. */
-	assert_contains(h, "asynq_future *short__svc__get__call(");
+	assert_contains(h, "asynq_future *(*short__svc__get__call)(");
 	assert_contains(h, "const Short__Req *req);");
 	assert_contains(h, "typedef struct short__svc__asynq_handlers {");
 	/* The wire name keeps the .proto's package. */
@@ -361,8 +361,13 @@ test_plugin_writes_stubs_and_handlers(void **state)
 	assert_contains(h,
 	    "extern const asynq_rpc_service_desc "
 	    "t__svc__asynq_desc;");
+	/* The stub is a mockable pointer to the real call. */
 	assert_contains(h,
-	    "asynq_future *t__svc__get__call(asynq_rpc_channel *ch,\n"
+	    "extern asynq_future *(*t__svc__get__call)(asynq_rpc_channel "
+	    "*ch,\n"
+	    "    const T__Req *req);");
+	assert_contains(h,
+	    "asynq_future *t__svc__get__call_rpc(asynq_rpc_channel *ch,\n"
 	    "    const T__Req *req);");
 	assert_contains(h,
 	    "const T__Out *t__svc__get__reply(const "
@@ -438,7 +443,7 @@ test_plugin_keyword_method_names(void **state)
 	assert_contains(h, "\tasynq_status (*doubles)(asynq_task *t,");
 	assert_null(strstr(h, "(*double)"));
 	assert_null(strstr(h, "(*bool)"));
-	assert_contains(h, "asynq_future *t__svc__double__call(");
+	assert_contains(h, "asynq_future *(*t__svc__double__call)(");
 	assert_contains(h, "const T__Req *t__svc__double__reply(");
 	assert_contains(h, "typedef struct t__svc__bool__batch_call {");
 	assert_contains(h, "T__SVC__ASYNQ_METHOD_DOUBLE = 0,");
