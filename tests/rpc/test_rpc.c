@@ -205,12 +205,18 @@ free_port(void)
 	return ntohs(a.sin_port);
 }
 
+/* Transports of the fixture: false/true keep meaning inproc/tcp. */
+enum { TRANSPORT_INPROC = 0, TRANSPORT_TCP = 1, TRANSPORT_IPC = 2 };
+
 static void
-url_make(char *buf, size_t n, bool tcp)
+url_make(char *buf, size_t n, int transport)
 {
 	static int seq;
-	if (tcp)
+	if (transport == TRANSPORT_TCP)
 		snprintf(buf, n, "tcp://127.0.0.1:%d", free_port());
+	else if (transport == TRANSPORT_IPC)
+		snprintf(buf, n, "ipc:///tmp/asynq-rpc-test-%d-%d.sock",
+		    (int)getpid(), ++seq);
 	else
 		snprintf(buf, n, "inproc://asynq-rpc-test-%d", ++seq);
 }
@@ -218,7 +224,7 @@ url_make(char *buf, size_t n, bool tcp)
 /* Starts a runtime of `workers` workers and a Calc server with scfg (NULL
  * for defaults) on a new URL; no channel. */
 static void
-fx_server(fixture *fx, bool tcp, const asynq_rpc_server_cfg *scfg,
+fx_server(fixture *fx, int tcp, const asynq_rpc_server_cfg *scfg,
     size_t workers)
 {
 	memset(fx, 0, sizeof(*fx));
@@ -237,7 +243,7 @@ fx_server(fixture *fx, bool tcp, const asynq_rpc_server_cfg *scfg,
  * defaults) and opens a channel to it with chan_max_calls (0: the
  * service's). */
 static void
-fx_start(fixture *fx, bool tcp, const asynq_rpc_server_cfg *scfg,
+fx_start(fixture *fx, int tcp, const asynq_rpc_server_cfg *scfg,
     size_t chan_max_calls)
 {
 	fx_server(fx, tcp, scfg, 2);
@@ -315,7 +321,7 @@ run_job(job *j)
  */
 
 static void
-check_thousand(bool tcp)
+check_thousand(int tcp)
 {
 	fixture fx;
 	fx_start(&fx, tcp, NULL, 0);
@@ -352,7 +358,14 @@ static void
 test_rpc_batches_calls_tcp(void **state)
 {
 	(void)state;
-	check_thousand(true);
+	check_thousand(TRANSPORT_TCP);
+}
+
+static void
+test_rpc_batches_calls_ipc(void **state)
+{
+	(void)state;
+	check_thousand(TRANSPORT_IPC);
 }
 
 static void
@@ -1800,6 +1813,7 @@ main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_rpc_batches_calls_inproc),
 		cmocka_unit_test(test_rpc_batches_calls_tcp),
+		cmocka_unit_test(test_rpc_batches_calls_ipc),
 		cmocka_unit_test(test_rpc_mixed_methods),
 		cmocka_unit_test(test_rpc_handler_error_reaches_caller),
 		cmocka_unit_test(test_rpc_unknown_method_unimplemented),
