@@ -346,10 +346,11 @@ static const asynq_rpc_handler frontend_handlers[] = {
 
 static asynq_status
 channel_open(asynq_rpc_channel **chp, const asynq_rpc_service_desc *svc,
-    const char *url)
+    const char *url, size_t max_calls)
 {
 	const char *urls[] = { url };
-	asynq_rpc_channel_cfg cfg = { .urls = urls, .n_urls = 1 };
+	asynq_rpc_channel_cfg cfg = { .urls = urls, .n_urls = 1,
+		.max_calls = max_calls };
 	return asynq_rpc_channel_alloc(chp, svc, &cfg);
 }
 
@@ -357,21 +358,29 @@ asynq_status
 frontend_service_alloc(frontend_service **sp, const char *users_url,
     const char *answers_url, const char *cache_url)
 {
+	frontend_cfg cfg = { .users_url = users_url,
+		.answers_url = answers_url, .cache_url = cache_url };
+	return frontend_service_alloc_cfg(sp, &cfg);
+}
+
+asynq_status
+frontend_service_alloc_cfg(frontend_service **sp, const frontend_cfg *cfg)
+{
 	frontend_service *s = calloc(1, sizeof(*s));
 	asynq_status rv;
 
 	if (s == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
 	if ((rv = channel_open(&s->users, &asynq__users__users__asynq_desc,
-	         users_url)) != ASYNQ_OK)
+	         cfg->users_url, cfg->max_calls)) != ASYNQ_OK)
 		goto fail_users;
 	if ((rv = channel_open(&s->answers,
-	         &asynq__answers__answers__asynq_desc, answers_url)) !=
-	    ASYNQ_OK)
+	         &asynq__answers__answers__asynq_desc, cfg->answers_url,
+	         cfg->max_calls)) != ASYNQ_OK)
 		goto fail_answers;
-	if (cache_url != NULL &&
+	if (cfg->cache_url != NULL &&
 	    (rv = channel_open(&s->cache, &asynq__cache__cache__asynq_desc,
-	         cache_url)) != ASYNQ_OK)
+	         cfg->cache_url, cfg->max_calls)) != ASYNQ_OK)
 		goto fail_cache;
 	*sp = s;
 	return ASYNQ_OK;

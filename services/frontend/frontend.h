@@ -37,6 +37,19 @@ typedef struct frontend_service frontend_service;
 asynq_status frontend_service_alloc(frontend_service **sp,
     const char *users_url, const char *answers_url, const char *cache_url);
 
+/* Settings of a frontend; zero fields take the default. */
+typedef struct frontend_cfg {
+	const char *users_url;   /* required */
+	const char *answers_url; /* required */
+	const char *cache_url;   /* NULL: no cache */
+	size_t max_calls;        /* calls per request to each service; 0: the
+	                            services' batch_max_calls; 1: no batching */
+} frontend_cfg;
+
+/* frontend_service_alloc_cfg is frontend_service_alloc with settings. */
+asynq_status frontend_service_alloc_cfg(frontend_service **sp,
+    const frontend_cfg *cfg);
+
 /* frontend_service_start serves the service on rt's workers at url.
  * UNAVAILABLE if the address is in use, INVALID_ARGUMENT for a bad URL,
  * FAILED_PRECONDITION if already started. Not from a worker. */

@@ -73,9 +73,11 @@ h_get_user(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 	users_service *s = ctx;
 	user_rows rows = { 0 };
 	asynq_status rv;
-	int64_t *ids = malloc((n != 0 ? n : 1) * sizeof(*ids));
+	int64_t *ids;
 
-	if (ids == NULL)
+	if (n == 0)
+		return ASYNQ_OK;
+	if ((ids = malloc(n * sizeof(*ids))) == NULL)
 		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "out of memory");
 	for (size_t i = 0; i < n; i++)
 		ids[i] = ((const Asynq__Users__UserId *)calls[i].req)->id;

@@ -1,0 +1,1182 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The demo (see demo.h): the example services under a load of concurrent
+ * frontend requests, batched and unbatched, with the figures that show what
+ * batching saves.
+ *
+ * Design notes:
+ * - A "set" is the four services of one run. Every set a demo needs is
+ *   started before any workload runs. With --tcp each service is a child
+ *   process made by fork() that calls the service library and talks to the
+ *   demo over two pipes (a start report, then counter snapshots on request;
+ *   EOF on its command pipe tells it to stop). fork() must happen before
+ *   the demo process uses nng, whose threads do not survive it: hence all
+ *   sets first.
+ * - The unbatched run caps every channel at one call per request: the
+ *   demo's own channel to the frontend, and the frontend's channels to the
+ *   services (frontend_cfg.max_calls), set from demo_max_calls while a set
+ *   of services starts.
+ * - The workload runs as `inflight` lane tasks on the calling thread's
+ *   scheduler; each lane takes the next request number and calls the
+ *   frontend, so the lanes' calls made before they all block go out
+ *   together, as a real client's would.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "examples/demo/demo.h"
+#include "services/answers/answers.h"
+#include "services/cache/cache.h"
+#include "services/frontend/frontend.h"
+#include "services/users/users.h"
+
+#define FRONTEND (&asynq__frontend__frontend__asynq_desc)
+#define AUTHOR_NAMES                                                           \
+	(&FRONTEND->methods                                                    \
+	        [ASYNQ__FRONTEND__FRONTEND__ASYNQ_METHOD_AUTHOR_NAMES])
+#define QUESTION_PAGE                                                          \
+	(&FRONTEND->methods                                                    \
+	        [ASYNQ__FRONTEND__FRONTEND__ASYNQ_METHOD_QUESTION_PAGE])
+
+static const char *const svc_names[DEMO_N_SVC] = { "users", "answers", "cache",
+	"frontend" };
+
+/* ---- Settings ------------------------------------------------------------ */
+
+typedef struct demo_cfg {
+	svc_data_cfg data;
+	char data_dir[512];
+	bool tcp;
+	bool batched, unbatched; /* which runs */
+	int base_port;           /* --tcp ports base_port.. (0: free ones) */
+	size_t workers;          /* per service (0: one per CPU) */
+	size_t names;            /* AuthorNames requests */
+	size_t ids;              /* answer ids per AuthorNames */
+	size_t pages;            /* QuestionPage requests */
+	size_t inflight;         /* lanes */
+	bool quiet;              /* no examples, no per-service lines */
+} demo_cfg;
+
+/* ---- One channel cap for the whole process --------------------------------
+ */
+
+/* 0: every channel takes its service's cap; else the frontend started
+ * while it is set caps its channels at demo_max_calls calls per request. */
+static size_t demo_max_calls;
+
+/* ---- Formatting ------------------------------------------------------------
+ */
+
+/* Writes v with thousands separators into buf (at least 32 bytes). */
+static const char *
+commas(char *buf, uint64_t v)
+{
+	char tmp[32];
+	int n = snprintf(tmp, sizeof(tmp), "%" PRIu64, v), o = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (i != 0 && (n - i) % 3 == 0)
+			buf[o++] = ',';
+		buf[o++] = tmp[i];
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
+static double
+secs_since(uint64_t t0)
+{
+	return (double)(asynq_now_ns() - t0) / 1e9;
+}
+
+/* splitmix64: request contents depend only on the request's number. */
+static uint64_t
+mix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+/* ---- Data ------------------------------------------------------------------
+ */
+
+static int
+mkdirs(const char *dir)
+{
+	char p[512];
+
+	snprintf(p, sizeof(p), "%s", dir);
+	for (char *s = p + 1; *s != '\0'; s++) {
+		if (*s != '/')
+			continue;
+		*s = '\0';
+		if (mkdir(p, 0755) != 0 && errno != EEXIST)
+			return -1;
+		*s = '/';
+	}
+	return mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+static int
+data_ensure(const demo_cfg *cfg, char *users_db, char *answers_db, size_t n)
+{
+	char a[32], b[32], c[32];
+	bool created;
+	uint64_t t0;
+
+	if (mkdirs(cfg->data_dir) != 0) {
+		fprintf(stderr, "demo: cannot make the data directory %s: %s\n",
+		    cfg->data_dir, strerror(errno));
+		return -1;
+	}
+	snprintf(users_db, n, "%s/users-%zu.db", cfg->data_dir,
+	    cfg->data.users);
+	snprintf(answers_db, n, "%s/answers-%zu-%zu-%zu.db", cfg->data_dir,
+	    cfg->data.answers, cfg->data.questions, cfg->data.users);
+	printf("data: %s users, %s answers over %s questions in %s\n",
+	    commas(a, cfg->data.users), commas(b, cfg->data.answers),
+	    commas(c, cfg->data.questions), cfg->data_dir);
+	fflush(stdout);
+
+	t0 = asynq_now_ns();
+	if (svc_data_users_ensure(users_db, &cfg->data, &created) != ASYNQ_OK) {
+		fprintf(stderr, "demo: cannot make %s\n", users_db);
+		return -1;
+	}
+	printf("  %s: %s\n", users_db, created ? "generated" : "found");
+	if (created)
+		printf("    in %.1f s\n", secs_since(t0));
+	fflush(stdout);
+
+	t0 = asynq_now_ns();
+	if (svc_data_answers_ensure(answers_db, &cfg->data, &created) !=
+	    ASYNQ_OK) {
+		fprintf(stderr, "demo: cannot make %s\n", answers_db);
+		return -1;
+	}
+	printf("  %s: %s\n", answers_db, created ? "generated" : "found");
+	if (created)
+		printf("    in %.1f s\n", secs_since(t0));
+	fflush(stdout);
+	return 0;
+}
+
+/* ---- One service, in process ------------------------------------------------
+ */
+
+/* A started service: its object and its runtime, or (with --tcp) the child
+ * process that runs them. */
+typedef struct svc {
+	int kind;
+	char url[96];
+	svc_hooks hooks;
+	asynq_runtime *rt;
+	void *obj;
+	pid_t pid;    /* child, with --tcp; 0 otherwise */
+	bool failed;  /* did not start: its exit status says nothing new */
+	int cmd, rep; /* pipes to and from the child */
+} svc;
+
+/* A counter snapshot as a child sends it. */
+typedef struct svc_snap {
+	svc_counters c;
+	cache_stats cs;
+} svc_snap;
+
+/* Starts service s->kind at s->url on a new runtime in this process;
+ * urls[] are the set's addresses (the frontend dials the others). */
+static asynq_status
+svc_local_start(svc *s, const char *const urls[DEMO_N_SVC],
+    const char *users_db, const char *answers_db, size_t workers)
+{
+	asynq_status rv;
+
+	switch (s->kind) {
+	case DEMO_USERS:
+		if ((rv = users_service_alloc((users_service **)&s->obj,
+		         users_db)) != ASYNQ_OK)
+			return rv;
+		(void)svc_hooks_add(&s->hooks, users_service_hook(s->obj));
+		break;
+	case DEMO_ANSWERS:
+		if ((rv = answers_service_alloc((answers_service **)&s->obj,
+		         answers_db)) != ASYNQ_OK)
+			return rv;
+		(void)svc_hooks_add(&s->hooks, answers_service_hook(s->obj));
+		break;
+	case DEMO_CACHE:
+		if ((rv = cache_service_alloc((cache_service **)&s->obj, 0)) !=
+		    ASYNQ_OK)
+			return rv;
+		break;
+	default:
+		frontend_cfg fc = { .users_url = urls[DEMO_USERS],
+			.answers_url = urls[DEMO_ANSWERS],
+			.cache_url = urls[DEMO_CACHE],
+			.max_calls = demo_max_calls };
+		if ((rv = frontend_service_alloc_cfg(
+		         (frontend_service **)&s->obj, &fc)) != ASYNQ_OK)
+			return rv;
+		break;
+	}
+	if ((rv = svc_runtime_alloc(&s->rt, workers, &s->hooks)) != ASYNQ_OK)
+		return rv;
+	switch (s->kind) {
+	case DEMO_USERS:
+		return users_service_start(s->obj, s->rt, s->url);
+	case DEMO_ANSWERS:
+		return answers_service_start(s->obj, s->rt, s->url);
+	case DEMO_CACHE:
+		return cache_service_start(s->obj, s->rt, s->url);
+	default:
+		return frontend_service_start(s->obj, s->rt, s->url);
+	}
+}
+
+/* Closes the service, stops its runtime and frees both (any part may be
+ * missing). */
+static void
+svc_local_stop(svc *s)
+{
+	switch (s->kind) {
+	case DEMO_USERS:
+		users_service_close(s->obj);
+		asynq_runtime_free(s->rt);
+		users_service_free(s->obj);
+		break;
+	case DEMO_ANSWERS:
+		answers_service_close(s->obj);
+		asynq_runtime_free(s->rt);
+		answers_service_free(s->obj);
+		break;
+	case DEMO_CACHE:
+		cache_service_close(s->obj);
+		asynq_runtime_free(s->rt);
+		cache_service_free(s->obj);
+		break;
+	default:
+		frontend_service_close(s->obj);
+		asynq_runtime_free(s->rt);
+		frontend_service_free(s->obj);
+		break;
+	}
+	s->obj = NULL;
+	s->rt = NULL;
+}
+
+static void
+svc_local_snap(svc *s, svc_snap *out)
+{
+	memset(out, 0, sizeof(*out));
+	switch (s->kind) {
+	case DEMO_USERS:
+		users_service_counters(s->obj, &out->c);
+		break;
+	case DEMO_ANSWERS:
+		answers_service_counters(s->obj, &out->c);
+		break;
+	case DEMO_CACHE:
+		cache_service_counters(s->obj, &out->c);
+		cache_service_stats_get(s->obj, &out->cs);
+		break;
+	default:
+		frontend_service_counters(s->obj, &out->c);
+		break;
+	}
+}
+
+/* ---- One service, in a child process ------------------------------------- */
+
+/* What a child reports once it has started, or failed to. */
+typedef struct svc_hello {
+	asynq_status status;
+} svc_hello;
+
+static int
+write_all(int fd, const void *p, size_t n)
+{
+	const char *c = p;
+
+	while (n != 0) {
+		ssize_t w = write(fd, c, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		c += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static int
+read_all(int fd, void *p, size_t n)
+{
+	char *c = p;
+
+	while (n != 0) {
+		ssize_t r = read(fd, c, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		c += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+/* The child's life: start, report, answer snapshot requests until the
+ * command pipe closes, stop. Never returns. */
+static void
+svc_child(svc *s, const char *const urls[DEMO_N_SVC], const char *users_db,
+    const char *answers_db, size_t workers)
+{
+	svc_hello h = { .status = svc_local_start(s, urls, users_db, answers_db,
+		            workers) };
+	char c;
+
+	(void)write_all(s->rep, &h, sizeof(h));
+	while (h.status == ASYNQ_OK && read_all(s->cmd, &c, 1) == 0) {
+		svc_snap snap;
+		svc_local_snap(s, &snap);
+		if (write_all(s->rep, &snap, sizeof(snap)) != 0)
+			break;
+	}
+	svc_local_stop(s);
+	close(s->cmd);
+	close(s->rep);
+	exit(h.status == ASYNQ_OK ? 0 : 1);
+}
+
+/* The demo's ends of the pipes to the children forked so far: a new child
+ * closes them, or a sibling would never see its command pipe close. */
+static int parent_fds[4 * DEMO_N_SVC];
+static size_t n_parent_fds;
+
+/* Forks the child that runs s; the parent keeps one end of each pipe. */
+static int
+svc_fork(svc *s, const char *const urls[DEMO_N_SVC], const char *users_db,
+    const char *answers_db, size_t workers)
+{
+	int cmd[2], rep[2];
+
+	if (pipe(cmd) != 0)
+		return -1;
+	if (pipe(rep) != 0) {
+		close(cmd[0]);
+		close(cmd[1]);
+		return -1;
+	}
+	fflush(NULL);
+	if ((s->pid = fork()) < 0) {
+		close(cmd[0]);
+		close(cmd[1]);
+		close(rep[0]);
+		close(rep[1]);
+		return -1;
+	}
+	if (s->pid == 0) {
+		close(cmd[1]);
+		close(rep[0]);
+		for (size_t i = 0; i < n_parent_fds; i++)
+			close(parent_fds[i]);
+		s->cmd = cmd[0];
+		s->rep = rep[1];
+		svc_child(s, urls, users_db, answers_db, workers);
+	}
+	close(cmd[0]);
+	close(rep[1]);
+	s->cmd = cmd[1];
+	s->rep = rep[0];
+	parent_fds[n_parent_fds++] = s->cmd;
+	parent_fds[n_parent_fds++] = s->rep;
+	return 0;
+}
+
+/* ---- A set of four services ------------------------------------------------
+ */
+
+typedef struct svc_set {
+	const char *label; /* "batched" or "unbatched" */
+	size_t max_calls;  /* channel cap: 0 (the services') or 1 */
+	svc s[DEMO_N_SVC];
+	const char *urls[DEMO_N_SVC];
+	bool started[DEMO_N_SVC];
+} svc_set;
+
+/* A TCP port on 127.0.0.1 that nobody listens on right now. */
+static int
+free_port(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+
+	if (fd < 0)
+		return -1;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+		port = ntohs(a.sin_port);
+	close(fd);
+	return port;
+}
+
+static int
+set_addresses(svc_set *set, const demo_cfg *cfg, int idx)
+{
+	for (int k = 0; k < DEMO_N_SVC; k++) {
+		svc *s = &set->s[k];
+		s->kind = k;
+		if (cfg->tcp) {
+			int port = cfg->base_port != 0
+			    ? cfg->base_port + idx * DEMO_N_SVC + k
+			    : free_port();
+			if (port <= 0) {
+				fprintf(stderr,
+				    "demo: no free TCP port for %s: %s\n",
+				    svc_names[k], strerror(errno));
+				return -1;
+			}
+			snprintf(s->url, sizeof(s->url), "tcp://127.0.0.1:%d",
+			    port);
+		} else {
+			snprintf(s->url, sizeof(s->url),
+			    "inproc://asynq-demo-%s-%s", set->label,
+			    svc_names[k]);
+		}
+		set->urls[k] = s->url;
+	}
+	return 0;
+}
+
+static bool set_stop(svc_set *set, const demo_cfg *cfg);
+
+/* Starts the set's services, backends first; on a failure says which
+ * service and address, stops what started and returns -1. */
+static int
+set_start(svc_set *set, const demo_cfg *cfg, const char *users_db,
+    const char *answers_db)
+{
+	demo_max_calls = set->max_calls;
+	for (int k = 0; k < DEMO_N_SVC; k++) {
+		svc *s = &set->s[k];
+		svc_hello h = { .status = ASYNQ_INTERNAL };
+
+		if (cfg->tcp) {
+			if (svc_fork(s, set->urls, users_db, answers_db,
+			        cfg->workers) != 0) {
+				fprintf(stderr,
+				    "demo: cannot start the %s service"
+				    " process: %s\n",
+				    svc_names[k], strerror(errno));
+				goto fail;
+			}
+			set->started[k] = true;
+			if (read_all(s->rep, &h, sizeof(h)) != 0)
+				h.status = ASYNQ_INTERNAL;
+		} else {
+			h.status = svc_local_start(s, set->urls, users_db,
+			    answers_db, cfg->workers);
+			set->started[k] = true;
+		}
+		if (h.status != ASYNQ_OK) {
+			s->failed = true;
+			fprintf(stderr,
+			    "demo: the %s service failed to start on %s: %s%s\n",
+			    svc_names[k], s->url, asynq_strerror(h.status),
+			    h.status == ASYNQ_UNAVAILABLE
+			        ? " (is the address in use?)"
+			        : "");
+			goto fail;
+		}
+	}
+	demo_max_calls = 0;
+	return 0;
+fail:
+	demo_max_calls = 0;
+	(void)set_stop(set, cfg);
+	return -1;
+}
+
+/* Stops the set's services, frontend first; false if a service process
+ * ended badly. */
+static bool
+set_stop(svc_set *set, const demo_cfg *cfg)
+{
+	bool ok = true;
+
+	for (int k = DEMO_N_SVC - 1; k >= 0; k--) {
+		svc *s = &set->s[k];
+		if (!set->started[k])
+			continue;
+		set->started[k] = false;
+		if (!cfg->tcp) {
+			svc_local_stop(s);
+			continue;
+		}
+		int st = 0;
+		close(s->cmd);
+		close(s->rep);
+		while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
+			;
+		if (!s->failed && (!WIFEXITED(st) || WEXITSTATUS(st) != 0)) {
+			fprintf(stderr,
+			    "demo: the %s service process (%s) ended with %s"
+			    " %d\n",
+			    svc_names[k], s->url,
+			    WIFEXITED(st) ? "status" : "signal",
+			    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+			ok = false;
+		}
+	}
+	return ok;
+}
+
+/* Reads every service's counters. */
+static int
+set_snap(svc_set *set, const demo_cfg *cfg, svc_snap out[DEMO_N_SVC])
+{
+	for (int k = 0; k < DEMO_N_SVC; k++) {
+		svc *s = &set->s[k];
+		if (!cfg->tcp) {
+			svc_local_snap(s, &out[k]);
+			continue;
+		}
+		char c = 'c';
+		if (write_all(s->cmd, &c, 1) != 0 ||
+		    read_all(s->rep, &out[k], sizeof(out[k])) != 0) {
+			fprintf(stderr,
+			    "demo: the %s service process (pid %d, %s) is"
+			    " gone\n",
+			    svc_names[k], (int)s->pid, s->url);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* ---- The workload ----------------------------------------------------------
+ */
+
+typedef struct workload {
+	const demo_cfg *cfg;
+	asynq_rpc_channel *ch;
+	size_t total, next;  /* requests, and the next to make */
+	uint64_t *lat;       /* ns per request, by request number */
+	size_t ok, failures; /* requests that succeeded, failed */
+	uint64_t page_items; /* answers over every page returned */
+	uint64_t wrong;      /* names that do not match the data */
+	bool printed_error;
+	bool examples;             /* print a few replies */
+	char examples_buf[8][160]; /* lines to print after the run */
+	size_t n_examples;
+} workload;
+
+/* Request r is a QuestionPage when it is one of `pages` spread evenly. */
+static bool
+is_page(const workload *w, size_t r)
+{
+	size_t p = w->cfg->pages;
+	return p != 0 && (r * p) / w->total != ((r + 1) * p) / w->total;
+}
+
+static int64_t
+answer_id(const workload *w, size_t r, size_t i)
+{
+	return 1 +
+	    (int64_t)(mix(r * w->cfg->ids + i) %
+	        (uint64_t)w->cfg->data.answers);
+}
+
+static void
+note_failure(workload *w, asynq_future *f, const char *what)
+{
+	w->failures++;
+	if (w->printed_error)
+		return;
+	w->printed_error = true;
+	fprintf(stderr, "demo: a %s request failed:\n", what);
+	asynq_error_print(asynq_future_error(f), stderr);
+}
+
+static void
+author_names(workload *w, asynq_task *t, size_t r)
+{
+	int64_t ids[256];
+	size_t n = w->cfg->ids;
+	Asynq__Frontend__AnswerIds req = ASYNQ__FRONTEND__ANSWER_IDS__INIT;
+
+	for (size_t i = 0; i < n; i++)
+		ids[i] = answer_id(w, r, i);
+	req.n_ids = n;
+	req.ids = ids;
+	uint64_t t0 = asynq_now_ns();
+	asynq_future *f = asynq_rpc_call(w->ch, AUTHOR_NAMES, &req.base);
+	if (asynq_await(t, f) != ASYNQ_OK) {
+		note_failure(w, f, "AuthorNames");
+		goto out;
+	}
+	w->lat[r] = asynq_now_ns() - t0;
+	const Asynq__Frontend__Names *names = asynq_future_ptr(f);
+	if (names->n_names != n) {
+		w->wrong++;
+		goto out;
+	}
+	w->ok++;
+	for (size_t i = 0; w->examples && i < n && w->n_examples < 3; i++)
+		snprintf(w->examples_buf[w->n_examples++],
+		    sizeof(w->examples_buf[0]),
+		    "answer %" PRId64 " was written by %s", ids[i],
+		    names->names[i]);
+out:
+	asynq_future_rele(f);
+}
+
+static void
+question_page(workload *w, asynq_task *t, size_t r)
+{
+	Asynq__Frontend__QuestionId req = ASYNQ__FRONTEND__QUESTION_ID__INIT;
+	char name[128];
+
+	req.id = 1 + (int64_t)(mix(~(uint64_t)r) % w->cfg->data.questions);
+	uint64_t t0 = asynq_now_ns();
+	asynq_future *f = asynq_rpc_call(w->ch, QUESTION_PAGE, &req.base);
+	if (asynq_await(t, f) != ASYNQ_OK) {
+		note_failure(w, f, "QuestionPage");
+		goto out;
+	}
+	w->lat[r] = asynq_now_ns() - t0;
+	const Asynq__Frontend__Page *p = asynq_future_ptr(f);
+	w->ok++;
+	w->page_items += p->n_items;
+	/* The page carries author ids, so its names can be checked. */
+	for (size_t i = 0; i < p->n_items; i++) {
+		svc_user_name(p->items[i]->author_id, name, sizeof(name));
+		if (strcmp(name, p->items[i]->author_name) != 0)
+			w->wrong++;
+	}
+	if (w->examples && w->n_examples < 5 && p->n_items != 0)
+		snprintf(w->examples_buf[w->n_examples++],
+		    sizeof(w->examples_buf[0]),
+		    "question %" PRId64 " has %zu answer%s; answer %" PRId64
+		    " by %s: \"%.60s\"",
+		    p->question_id, p->n_items, p->n_items == 1 ? "" : "s",
+		    p->items[0]->answer_id, p->items[0]->author_name,
+		    p->items[0]->body);
+out:
+	asynq_future_rele(f);
+}
+
+static asynq_status
+lane(asynq_task *t, void *arg)
+{
+	workload *w = arg;
+
+	while (w->next < w->total) {
+		size_t r = w->next++;
+		if (is_page(w, r))
+			question_page(w, t, r);
+		else
+			author_names(w, t, r);
+	}
+	return ASYNQ_OK;
+}
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Runs the workload from the calling thread against set's frontend and
+ * fills run; prints examples when asked. 0 when every request succeeded. */
+static int
+workload_run(svc_set *set, const demo_cfg *cfg, bool examples, demo_run *run)
+{
+	workload w = {
+		.cfg = cfg,
+		.total = cfg->names + cfg->pages,
+		.examples = examples,
+	};
+	const char *urls[] = { set->urls[DEMO_FRONTEND] };
+	asynq_rpc_channel_cfg ccfg = { .urls = urls, .n_urls = 1 };
+	asynq_future **lanes = calloc(cfg->inflight, sizeof(*lanes));
+	asynq_rpc_channel_stats cs;
+	svc_snap before[DEMO_N_SVC], after[DEMO_N_SVC];
+	int rc = -1;
+
+	w.lat = calloc(w.total != 0 ? w.total : 1, sizeof(*w.lat));
+	if (lanes == NULL || w.lat == NULL) {
+		fprintf(stderr, "demo: out of memory\n");
+		goto out;
+	}
+	ccfg.max_calls = set->max_calls;
+	asynq_status rv = asynq_rpc_channel_alloc(&w.ch, FRONTEND, &ccfg);
+	if (rv != ASYNQ_OK) {
+		fprintf(stderr, "demo: cannot open a channel to %s: %s\n",
+		    urls[0], asynq_strerror(rv));
+		goto out;
+	}
+	/* One request first, so connections are up before the clock
+	 * starts; the counters are read after it. */
+	{
+		workload warm = w;
+		warm.total = 1;
+		warm.examples = false;
+		asynq_future *f = asynq_spawn(lane, &warm);
+		(void)asynq_wait(f);
+		asynq_future_rele(f);
+		if (warm.failures != 0) {
+			fprintf(stderr, "demo: the %s services do not answer\n",
+			    set->label);
+			goto out;
+		}
+	}
+	asynq_rpc_channel_stats cs0;
+	asynq_rpc_channel_stats_get(w.ch, &cs0);
+	if (set_snap(set, cfg, before) != 0)
+		goto out;
+
+	uint64_t t0 = asynq_now_ns();
+	for (size_t i = 0; i < cfg->inflight; i++)
+		lanes[i] = asynq_spawn(lane, &w);
+	(void)asynq_wait_all(lanes, cfg->inflight);
+	run->elapsed_s = secs_since(t0);
+	asynq_future_rele_n(lanes, cfg->inflight);
+
+	if (set_snap(set, cfg, after) != 0)
+		goto out;
+	asynq_rpc_channel_stats_get(w.ch, &cs);
+	run->ran = true;
+	run->requests = w.ok;
+	run->rps = run->elapsed_s > 0 ? (double)w.ok / run->elapsed_s : 0;
+	run->client_calls = cs.calls - cs0.calls;
+	run->client_requests = cs.requests - cs0.requests;
+	for (int k = 0; k < DEMO_N_SVC; k++) {
+		svc_counters *d = &run->svc[k];
+		d->calls = after[k].c.calls - before[k].c.calls;
+		d->requests = after[k].c.requests - before[k].c.requests;
+		d->sql = after[k].c.sql - before[k].c.sql;
+		d->out_calls = after[k].c.out_calls - before[k].c.out_calls;
+		d->out_requests =
+		    after[k].c.out_requests - before[k].c.out_requests;
+	}
+	if (w.ok != 0) {
+		qsort(w.lat, w.total, sizeof(*w.lat), cmp_u64);
+		/* Failed requests left 0 at the front: skip them. */
+		uint64_t *l = w.lat + (w.total - w.ok);
+		run->p50_ms = (double)l[(w.ok - 1) / 2] / 1e6;
+		run->p99_ms = (double)l[(w.ok * 99 + 99) / 100 - 1] / 1e6;
+	}
+	for (size_t i = 0; i < w.n_examples; i++)
+		printf("  %s\n", w.examples_buf[i]);
+
+	/* The counters must add up. */
+	const svc_counters *u = &run->svc[DEMO_USERS],
+	                   *a = &run->svc[DEMO_ANSWERS],
+	                   *c = &run->svc[DEMO_CACHE],
+	                   *f = &run->svc[DEMO_FRONTEND];
+	uint64_t misses =
+	    after[DEMO_CACHE].cs.misses - before[DEMO_CACHE].cs.misses;
+	uint64_t want_answers =
+	    (uint64_t)cfg->names * cfg->ids + w.page_items + cfg->pages;
+	struct {
+		const char *what;
+		uint64_t got, want;
+	} checks[] = {
+		{ "frontend requests that succeeded", w.ok, w.total },
+		{ "names that match the data (wrong ones)", w.wrong, 0 },
+		{ "frontend calls served vs demo's calls", f->calls,
+		    run->client_calls },
+		{ "frontend requests received vs demo's requests", f->requests,
+		    run->client_requests },
+		{ "answers lookups served vs expected", a->calls,
+		    want_answers },
+		{ "frontend's outgoing calls vs calls served", f->out_calls,
+		    u->calls + a->calls + c->calls },
+		{ "frontend's outgoing requests vs requests received",
+		    f->out_requests, u->requests + a->requests + c->requests },
+		{ "users lookups vs cache misses", u->calls, misses },
+	};
+	rc = 0;
+	for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++) {
+		if (checks[i].got == checks[i].want)
+			continue;
+		fprintf(stderr,
+		    "demo: %s run: %s: %" PRIu64 ", expected %" PRIu64 "\n",
+		    set->label, checks[i].what, checks[i].got, checks[i].want);
+		rc = -1;
+	}
+	if (set->max_calls == 1 && f->out_requests != f->out_calls) {
+		fprintf(stderr,
+		    "demo: unbatched run: %" PRIu64
+		    " calls went out in %" PRIu64
+		    " requests, expected one request per call\n",
+		    f->out_calls, f->out_requests);
+		rc = -1;
+	}
+	if (set->max_calls != 1) {
+		for (int k = 0; k < DEMO_N_SVC; k++) {
+			const svc_counters *s = &run->svc[k];
+			if (s->calls <= 1 || s->requests < s->calls)
+				continue;
+			fprintf(stderr,
+			    "demo: batched run: %s got %" PRIu64
+			    " calls in %" PRIu64 " requests: no batching\n",
+			    svc_names[k], s->calls, s->requests);
+			rc = -1;
+		}
+	}
+out:
+	if (w.ch != NULL) {
+		asynq_rpc_channel_free(w.ch);
+	}
+	free(w.lat);
+	free(lanes);
+	return rc;
+}
+
+/* ---- Report
+ * ------------------------------------------------------------------ */
+
+static void
+print_services(const demo_run *r)
+{
+	char a[32], b[32], c[32];
+	const svc_counters *s = r->svc;
+
+	printf("  client:   %s requests -> %s nng requests\n",
+	    commas(a, r->client_calls), commas(b, r->client_requests));
+	printf("  frontend: %s requests -> %s calls to the services in %s "
+	       "requests\n",
+	    commas(a, s[DEMO_FRONTEND].calls),
+	    commas(b, s[DEMO_FRONTEND].out_calls),
+	    commas(c, s[DEMO_FRONTEND].out_requests));
+	printf("  answers:  %s lookups -> %s requests -> %s SQL queries (one "
+	       "per method per request)\n",
+	    commas(a, s[DEMO_ANSWERS].calls),
+	    commas(b, s[DEMO_ANSWERS].requests),
+	    commas(c, s[DEMO_ANSWERS].sql));
+	printf("  cache:    %s gets and sets -> %s requests\n",
+	    commas(a, s[DEMO_CACHE].calls), commas(b, s[DEMO_CACHE].requests));
+	printf("  users:    %s lookups -> %s requests -> %s SQL queries\n",
+	    commas(a, s[DEMO_USERS].calls), commas(b, s[DEMO_USERS].requests),
+	    commas(c, s[DEMO_USERS].sql));
+}
+
+static void
+print_run(const char *label, const demo_run *r)
+{
+	char a[32], b[32];
+
+	printf("%s: %s requests in %.2f s: %s requests/s, latency p50 %.2f "
+	       "ms, p99 %.2f ms\n",
+	    label, commas(a, r->requests), r->elapsed_s,
+	    commas(b, (uint64_t)(r->rps + 0.5)), r->p50_ms, r->p99_ms);
+}
+
+/* ---- Flags
+ * ------------------------------------------------------------------- */
+
+static void
+usage(FILE *f, const char *prog)
+{
+	fprintf(f,
+	    "usage: %s [--small] [--tcp] [--compare | --no-batching |"
+	    " --batching-only]\n"
+	    "       [--requests N] [--ids N] [--pages N] [--inflight N]"
+	    " [--workers N]\n"
+	    "       [--data-dir DIR] [--base-port PORT] [--quiet]\n"
+	    "\n"
+	    "Starts the users, answers, cache and frontend services (one"
+	    " process over\n"
+	    "inproc://, or with --tcp one process each on 127.0.0.1), sends"
+	    " --requests\n"
+	    "AuthorNames requests of --ids answer ids and --pages QuestionPage"
+	    " requests,\n"
+	    "--inflight at a time, and prints throughput, latency and what"
+	    " each service\n"
+	    "was asked. By default it runs the workload batched and with every"
+	    " channel\n"
+	    "capped at one call per request, and prints the speedup.\n"
+	    "Data (made on first run): --data-dir, default"
+	    " $XDG_CACHE_HOME/asynq-demo\n"
+	    "or $HOME/.cache/asynq-demo; --small: 10,000 users and 100,000"
+	    " answers\n"
+	    "instead of 100,000 and 1,000,000.\n",
+	    prog);
+}
+
+static bool
+parse_size(const char *s, size_t *out, size_t max)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno != 0 || end == s || *end != '\0' || v > max || s[0] == '-')
+		return false;
+	*out = (size_t)v;
+	return true;
+}
+
+static void
+default_data_dir(char *buf, size_t n)
+{
+	const char *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME");
+
+	if (x != NULL && x[0] == '/')
+		snprintf(buf, n, "%s/asynq-demo", x);
+	else if (h != NULL && h[0] == '/')
+		snprintf(buf, n, "%s/.cache/asynq-demo", h);
+	else
+		snprintf(buf, n, "/tmp/asynq-demo");
+}
+
+/* 0 to run, 1 after --help, 2 for a bad flag. */
+static int
+parse_flags(demo_cfg *cfg, int argc, char **argv)
+{
+	enum {
+		F_SMALL = 256,
+		F_TCP,
+		F_COMPARE,
+		F_NO_BATCHING,
+		F_BATCHING_ONLY,
+		F_REQUESTS,
+		F_IDS,
+		F_PAGES,
+		F_INFLIGHT,
+		F_WORKERS,
+		F_DATA_DIR,
+		F_BASE_PORT,
+		F_QUIET,
+		F_HELP,
+	};
+	static const struct option opts[] = {
+		{ "small", no_argument, NULL, F_SMALL },
+		{ "tcp", no_argument, NULL, F_TCP },
+		{ "compare", no_argument, NULL, F_COMPARE },
+		{ "no-batching", no_argument, NULL, F_NO_BATCHING },
+		{ "batching-only", no_argument, NULL, F_BATCHING_ONLY },
+		{ "requests", required_argument, NULL, F_REQUESTS },
+		{ "ids", required_argument, NULL, F_IDS },
+		{ "pages", required_argument, NULL, F_PAGES },
+		{ "inflight", required_argument, NULL, F_INFLIGHT },
+		{ "workers", required_argument, NULL, F_WORKERS },
+		{ "data-dir", required_argument, NULL, F_DATA_DIR },
+		{ "base-port", required_argument, NULL, F_BASE_PORT },
+		{ "quiet", no_argument, NULL, F_QUIET },
+		{ "help", no_argument, NULL, F_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
+	size_t v;
+	int o;
+
+	*cfg = (demo_cfg){
+		.data = { SVC_DEFAULT_USERS, SVC_DEFAULT_ANSWERS,
+		    SVC_DEFAULT_QUESTIONS },
+		.batched = true,
+		.unbatched = true,
+		.names = 2000,
+		.ids = 20,
+		.pages = 500,
+		.inflight = 64,
+	};
+	default_data_dir(cfg->data_dir, sizeof(cfg->data_dir));
+	optind = 0; /* glibc: start afresh, demo_main may run twice */
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case F_SMALL:
+			cfg->data = (svc_data_cfg){ 10000, 100000, 10000 };
+			break;
+		case F_TCP:
+			cfg->tcp = true;
+			break;
+		case F_COMPARE:
+			cfg->batched = cfg->unbatched = true;
+			break;
+		case F_NO_BATCHING:
+			cfg->batched = false;
+			cfg->unbatched = true;
+			break;
+		case F_BATCHING_ONLY:
+			cfg->batched = true;
+			cfg->unbatched = false;
+			break;
+		case F_REQUESTS:
+			if (!parse_size(optarg, &cfg->names, 100000000))
+				goto bad;
+			break;
+		case F_IDS:
+			if (!parse_size(optarg, &cfg->ids, 256))
+				goto bad;
+			break;
+		case F_PAGES:
+			if (!parse_size(optarg, &cfg->pages, 100000000))
+				goto bad;
+			break;
+		case F_INFLIGHT:
+			if (!parse_size(optarg, &cfg->inflight, 100000) ||
+			    cfg->inflight == 0)
+				goto bad;
+			break;
+		case F_WORKERS:
+			if (!parse_size(optarg, &cfg->workers, 64))
+				goto bad;
+			break;
+		case F_DATA_DIR:
+			if (optarg[0] == '\0' ||
+			    strlen(optarg) >= sizeof(cfg->data_dir) - 64)
+				goto bad;
+			snprintf(cfg->data_dir, sizeof(cfg->data_dir), "%s",
+			    optarg);
+			break;
+		case F_BASE_PORT:
+			if (!parse_size(optarg, &v, 65535 - 2 * DEMO_N_SVC) ||
+			    v == 0)
+				goto bad;
+			cfg->base_port = (int)v;
+			break;
+		case F_QUIET:
+			cfg->quiet = true;
+			break;
+		case F_HELP:
+			usage(stdout, argv[0]);
+			return 1;
+		default:
+			goto bad;
+		}
+	}
+	if (optind != argc || cfg->names + cfg->pages == 0)
+		goto bad;
+	return 0;
+bad:
+	usage(stderr, argv[0]);
+	return 2;
+}
+
+/* ---- Main
+ * -------------------------------------------------------------------- */
+
+int
+demo_main(int argc, char **argv, demo_result *out)
+{
+	static char users_db[640], answers_db[640];
+	demo_result res = { 0 };
+	demo_cfg cfg;
+	svc_set sets[2] = {
+		{ .label = "batched", .max_calls = 0 },
+		{ .label = "unbatched", .max_calls = 1 },
+	};
+	bool want[2];
+	int rc = 1;
+	char a[32], b[32];
+
+	switch (parse_flags(&cfg, argc, argv)) {
+	case 0:
+		break;
+	case 1:
+		return 0; /* --help */
+	default:
+		return 2;
+	}
+	want[0] = cfg.batched;
+	want[1] = cfg.unbatched;
+	signal(SIGPIPE, SIG_IGN);
+	uint64_t t_start = asynq_now_ns();
+
+	if (data_ensure(&cfg, users_db, answers_db, sizeof(users_db)) != 0)
+		return 1;
+
+	/* Every set starts before the demo uses nng (see design notes). */
+	for (int i = 0; i < 2; i++) {
+		if (!want[i])
+			continue;
+		if (set_addresses(&sets[i], &cfg, i) != 0 ||
+		    set_start(&sets[i], &cfg, users_db, answers_db) != 0)
+			goto stop;
+	}
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	printf("services: users, answers, cache, frontend %s, %zu worker "
+	       "threads each\n",
+	    cfg.tcp ? "as processes on 127.0.0.1 TCP"
+	            : "in this process over inproc://",
+	    cfg.workers != 0 ? cfg.workers : (size_t)(ncpu > 0 ? ncpu : 1));
+	for (int i = 0; i < 2; i++)
+		if (want[i] && cfg.tcp)
+			printf("  %s: users %s, answers %s, cache %s, frontend "
+			       "%s\n",
+			    sets[i].label, sets[i].urls[0], sets[i].urls[1],
+			    sets[i].urls[2], sets[i].urls[3]);
+	printf("workload: %s AuthorNames of %zu answers + %s QuestionPage, "
+	       "%zu in flight\n",
+	    commas(a, cfg.names), cfg.ids, commas(b, cfg.pages), cfg.inflight);
+	fflush(stdout);
+
+	demo_run *runs[2] = { &res.batched, &res.unbatched };
+	bool failed = false;
+	for (int i = 0; i < 2; i++) {
+		if (!want[i])
+			continue;
+		printf("\n%s run (%s):\n", sets[i].label,
+		    sets[i].max_calls == 1
+		        ? "every channel capped at 1 call per request"
+		        : "calls batched per worker");
+		fflush(stdout);
+		bool first = i == 0 || !want[0];
+		if (workload_run(&sets[i], &cfg, !cfg.quiet && first,
+		        runs[i]) != 0)
+			failed = true;
+		if (!runs[i]->ran)
+			break;
+		print_run(sets[i].label, runs[i]);
+		if (!cfg.quiet)
+			print_services(runs[i]);
+		fflush(stdout);
+	}
+	if (!failed && res.batched.ran && res.unbatched.ran) {
+		printf("\n%-22s %12s %12s\n", "", "batched", "unbatched");
+		printf("%-22s %12.0f %12.0f\n", "requests/s", res.batched.rps,
+		    res.unbatched.rps);
+		printf("%-22s %12.2f %12.2f\n", "p50 latency (ms)",
+		    res.batched.p50_ms, res.unbatched.p50_ms);
+		printf("%-22s %12.2f %12.2f\n", "p99 latency (ms)",
+		    res.batched.p99_ms, res.unbatched.p99_ms);
+		printf("%-22s %12" PRIu64 " %12" PRIu64 "\n",
+		    "service requests",
+		    res.batched.svc[DEMO_FRONTEND].out_requests,
+		    res.unbatched.svc[DEMO_FRONTEND].out_requests);
+		printf("speedup with batching: %.1fx the requests/s\n",
+		    res.unbatched.rps > 0 ? res.batched.rps / res.unbatched.rps
+		                          : 0.0);
+	}
+	rc = failed ? 1 : 0;
+stop:
+	asynq_thread_fini();
+	for (int i = 1; i >= 0; i--)
+		if (!set_stop(&sets[i], &cfg))
+			rc = 1;
+	printf("%s in %.1f s\n", rc == 0 ? "done" : "FAILED",
+	    secs_since(t_start));
+	fflush(stdout);
+	if (out != NULL)
+		*out = res;
+	return rc;
+}

@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The demo on small data with a tiny workload, in one process over inproc://
+ * and as processes over TCP: it must exit 0, the batched run must send
+ * fewer requests than calls to every service, and the unbatched run one
+ * request per call. Also: a service that cannot listen makes the demo exit
+ * non-zero, naming the service and its address.
+ *
+ * Each case runs demo_main in a forked child (the demo forks its service
+ * processes before it uses nng, so the test process never touches nng);
+ * the child hands its figures back through shared memory and its stderr
+ * through a pipe. Assertions run in the test process only.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "examples/demo/demo.h"
+
+typedef struct outcome {
+	int status; /* exit status, or -1 if the child did not exit */
+	char err[8192];
+	demo_result res;
+} outcome;
+
+/* Runs the demo with the smoke-test flags plus `extra` in a child. */
+static void
+run_demo(const char *const *extra, size_t n_extra, outcome *o)
+{
+	static char data_dir[1024];
+	const char *dir = getenv("TEST_TMPDIR");
+	const char *argv[32] = { "demo", "--small", "--requests", "40",
+		"--pages", "10", "--inflight", "8", "--workers", "2", "--quiet",
+		"--data-dir", data_dir };
+	size_t argc = 13;
+	demo_result *shared = mmap(NULL, sizeof(*shared),
+	    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	int errp[2];
+
+	snprintf(data_dir, sizeof(data_dir), "%s/demo-data",
+	    dir != NULL ? dir : "/tmp");
+	for (size_t i = 0; i < n_extra; i++)
+		argv[argc++] = extra[i];
+	assert_true(shared != MAP_FAILED);
+	assert_int_equal(pipe(errp), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(errp[0]);
+		dup2(errp[1], 2);
+		close(errp[1]);
+		exit(demo_main((int)argc, (char **)argv, shared));
+	}
+	close(errp[1]);
+	size_t len = 0;
+	ssize_t r;
+	while ((r = read(errp[0], o->err + len, sizeof(o->err) - 1 - len)) > 0)
+		len += (size_t)r;
+	o->err[len] = '\0';
+	close(errp[0]);
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	o->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	o->res = *shared;
+	munmap(shared, sizeof(*shared));
+	if (o->status != 0)
+		fprintf(stderr, "demo's stderr:\n%s", o->err);
+}
+
+static void
+check_batching(const demo_result *r)
+{
+	const demo_run *b = &r->batched, *u = &r->unbatched;
+
+	assert_true(b->ran);
+	assert_true(u->ran);
+	assert_int_equal(b->requests, 50);
+	assert_int_equal(u->requests, 50);
+	for (int k = 0; k < DEMO_N_SVC; k++) {
+		assert_true(b->svc[k].calls > 1);
+		assert_true(b->svc[k].requests < b->svc[k].calls);
+		assert_int_equal(u->svc[k].requests, u->svc[k].calls);
+	}
+	/* One SQL query per request for the whole-batch lookups. */
+	assert_true(b->svc[DEMO_USERS].sql < b->svc[DEMO_USERS].calls);
+	assert_true(b->svc[DEMO_ANSWERS].sql < b->svc[DEMO_ANSWERS].calls);
+	assert_true(b->svc[DEMO_FRONTEND].out_requests <
+	    b->svc[DEMO_FRONTEND].out_calls);
+	assert_int_equal(u->svc[DEMO_FRONTEND].out_requests,
+	    u->svc[DEMO_FRONTEND].out_calls);
+	assert_int_equal(u->svc[DEMO_ANSWERS].sql, u->svc[DEMO_ANSWERS].calls);
+}
+
+static void
+test_demo_inproc_batches(void **state)
+{
+	(void)state;
+	static outcome o;
+	run_demo(NULL, 0, &o);
+	assert_int_equal(o.status, 0);
+	check_batching(&o.res);
+}
+
+static void
+test_demo_tcp_batches(void **state)
+{
+	(void)state;
+	static outcome o;
+	const char *extra[] = { "--tcp" };
+	run_demo(extra, 1, &o);
+	assert_int_equal(o.status, 0);
+	check_batching(&o.res);
+}
+
+static void
+test_demo_tcp_port_in_use_fails(void **state)
+{
+	(void)state;
+	static outcome o;
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	char port[16], want[128];
+
+	/* Hold a port so the users service cannot listen there. */
+	assert_true(fd >= 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fd, 1), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	snprintf(port, sizeof(port), "%d", ntohs(a.sin_port));
+	const char *extra[] = { "--tcp", "--base-port", port };
+	run_demo(extra, 3, &o);
+	close(fd);
+	assert_int_equal(o.status, 1);
+	snprintf(want, sizeof(want),
+	    "the users service failed to start on tcp://127.0.0.1:%s", port);
+	assert_non_null(strstr(o.err, want));
+	assert_false(o.res.batched.ran);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_demo_inproc_batches),
+		cmocka_unit_test(test_demo_tcp_batches),
+		cmocka_unit_test(test_demo_tcp_port_in_use_fails),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
