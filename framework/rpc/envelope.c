@@ -84,6 +84,10 @@ asynqi_arena_fini(asynqi_arena *a)
 void *
 asynqi_arena_alloc(asynqi_arena *a, size_t size)
 {
+	if (size > a->budget) { /* also keeps the rounding below from wrapping */
+		a->exhausted = true;
+		return NULL;
+	}
 	size = (size + 15) & ~(size_t)15;
 	if (size == 0)
 		size = 16;

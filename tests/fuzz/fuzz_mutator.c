@@ -148,8 +148,8 @@ call_new(void)
 	if (c == NULL)
 		abort();
 	asynq__rpc__call__init(c);
-	c->method = dup_str(FUZZ_SVC->methods[rnd((uint32_t)FUZZ_SVC->n_methods)]
-	                        .full_name);
+	c->method = dup_str(
+	    FUZZ_SVC->methods[rnd((uint32_t)FUZZ_SVC->n_methods)].full_name);
 	c->call_id = rnd(8);
 	return c;
 }
@@ -171,9 +171,8 @@ calls_add(Asynq__Rpc__Request *rq, Asynq__Rpc__Call *c)
 static void
 mutate_request(Asynq__Rpc__Request *rq, size_t max_payload)
 {
-	Asynq__Rpc__Call *c = rq->n_calls > 0
-	    ? rq->calls[rnd((uint32_t)rq->n_calls)]
-	    : NULL;
+	Asynq__Rpc__Call *c =
+	    rq->n_calls > 0 ? rq->calls[rnd((uint32_t)rq->n_calls)] : NULL;
 	switch (rnd(12)) {
 	case 0:
 	case 1:
@@ -208,24 +207,25 @@ mutate_request(Asynq__Rpc__Request *rq, size_t max_payload)
 	case 5: /* another method */
 		if (c != NULL) {
 			uint32_t k = rnd((uint32_t)FUZZ_SVC->n_methods + 1);
-			str_set(&c->method, k < FUZZ_SVC->n_methods
+			str_set(&c->method,
+			    k < FUZZ_SVC->n_methods
 			        ? FUZZ_SVC->methods[k].full_name
 			        : "asynq.fuzz.Absent/Gone");
 		}
 		break;
 	case 6: /* a call_id, often one already used */
 		if (c != NULL)
-			c->call_id = rnd(2) ? rq->calls[rnd((uint32_t)
-			                          rq->n_calls)]->call_id
-			                    : rnd(1000);
+			c->call_id = rnd(2)
+			    ? rq->calls[rnd((uint32_t)rq->n_calls)]->call_id
+			    : rnd(1000);
 		break;
 	case 7: { /* a payload nested around the depth limit */
 		if (c == NULL)
 			break;
 		static const unsigned fields[] = { 1, 2, 6 };
-		const asynq_rpc_method_desc *m = rnd(2)
-		    ? FUZZ_METHOD(COUNT)
-		    : rnd(2) ? FUZZ_METHOD(ECHO) : FUZZ_METHOD(OLD);
+		const asynq_rpc_method_desc *m = rnd(2) ? FUZZ_METHOD(COUNT)
+		    : rnd(2)                            ? FUZZ_METHOD(ECHO)
+		                                        : FUZZ_METHOD(OLD);
 		str_set(&c->method, m->full_name);
 		uint8_t *b;
 		size_t depth = FUZZ_MAX_DEPTH - 3 + rnd(7);

@@ -68,8 +68,7 @@ pack(const ProtobufCMessage *m, size_t *len)
 /* Checks one decode of data as desc that returned st (and m when OK). */
 static void
 check_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
-    size_t len, asynq_status st, const ProtobufCMessage *m,
-    bool spent_budget)
+    size_t len, asynq_status st, const ProtobufCMessage *m, bool spent_budget)
 {
 	asynq_status depth =
 	    asynqi_rpc_check_depth(desc, data, len, ASYNQI_RPC_MAX_DEPTH);
@@ -87,7 +86,8 @@ check_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
 	if (st != ASYNQ_OK && st != ASYNQ_INVALID_ARGUMENT &&
 	    st != ASYNQ_RESOURCE_EXHAUSTED)
 		dz_fail("%s: decode returned %d", desc->name, (int)st);
-	ProtobufCMessage *ref = protobuf_c_message_unpack(desc, NULL, len, data);
+	ProtobufCMessage *ref =
+	    protobuf_c_message_unpack(desc, NULL, len, data);
 	if (st == ASYNQ_INVALID_ARGUMENT && ref != NULL)
 		dz_fail("%s: protobuf-c decodes what the codec calls malformed",
 		    desc->name);
@@ -101,8 +101,7 @@ check_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
 			abort();
 		if (ws.depth > ASYNQI_RPC_MAX_DEPTH)
 			dz_fail("%s: decoded %llu deep (limit %d)", desc->name,
-			    (unsigned long long)ws.depth,
-			    ASYNQI_RPC_MAX_DEPTH);
+			    (unsigned long long)ws.depth, ASYNQI_RPC_MAX_DEPTH);
 		size_t a_len, r_len;
 		uint8_t *a = pack(m, &a_len), *r = pack(ref, &r_len);
 		if (a_len != r_len || memcmp(a, r, a_len) != 0)
@@ -150,8 +149,8 @@ as_server(const uint8_t *data, size_t len)
 			ProtobufCMessage *in = NULL;
 			st = asynqi_rpc_decode(md->input, c->payload.data,
 			    c->payload.len, &arena.pa, &arena, &in);
-			check_decode(md->input, c->payload.data,
-			    c->payload.len, st, in, arena.exhausted);
+			check_decode(md->input, c->payload.data, c->payload.len,
+			    st, in, arena.exhausted);
 		}
 	}
 	if (arena.used > arena.budget)
@@ -176,7 +175,8 @@ as_client(const uint8_t *data, size_t len)
 		for (size_t i = 0; i < rep->n_results; i++) {
 			const Asynq__Rpc__Result *r = rep->results[i];
 			const asynq_rpc_method_desc *md =
-			    &FUZZ_SVC->methods[r->call_id % FUZZ_SVC->n_methods];
+			    &FUZZ_SVC
+			         ->methods[r->call_id % FUZZ_SVC->n_methods];
 			asynqi_budget_alloc ba;
 			asynqi_budget_alloc_init(&ba, FUZZ_DECODE_BUDGET);
 			ProtobufCMessage *out = NULL;

@@ -18,12 +18,12 @@
  *   matched by call_id, with a valid status; unknown methods are
  *   UNIMPLEMENTED; a past deadline fails calls with DEADLINE_EXCEEDED, and
  *   without one no call fails so (but by its handler's choice); a payload
- *   protobuf-c decodes is never called malformed; no decoded payload nests deeper than FUZZ_MAX_DEPTH;
- *   Fail, Wrong and Sleep (deadline, per-call then request metadata) answer
- *   as their handlers say. Each request reaches the server exactly once
- *   (its counters), and a canary request is still served after failed
- *   answers. A broken rule aborts, so libFuzzer saves the input; ASan,
- *   UBSan and LSan check memory.
+ *   protobuf-c decodes is never called malformed; no decoded payload nests
+ *   deeper than FUZZ_MAX_DEPTH; Fail, Wrong and Sleep (deadline, per-call
+ *   then request metadata) answer as their handlers say. Each request
+ *   reaches the server exactly once (its counters), and a canary request is
+ *   still served after failed answers. A broken rule aborts, so libFuzzer
+ *   saves the input; ASan, UBSan and LSan check memory.
  * - Duplicate detection makes the server's answer depend on earlier inputs:
  *   a request with a client_id may get the remembered reply of an earlier
  *   one with the same (client_id, request_id), and its non-idempotent calls
@@ -73,8 +73,8 @@ static struct {
 	/* Outcomes, printed at exit. */
 	uint64_t inputs, by_status[ASYNQ_STATUS_COUNT], dropped, replayed,
 	    canaries;
-	uint64_t sent;          /* requests sent */
-	unsigned since_canary;  /* failed answers since the last canary */
+	uint64_t sent;         /* requests sent */
+	unsigned since_canary; /* failed answers since the last canary */
 } fz;
 
 static void __attribute__((noreturn, format(printf, 3, 4)))
@@ -206,11 +206,10 @@ fz_stop(void)
 	    (unsigned long long)fz.by_status[ASYNQ_OK],
 	    (unsigned long long)fz.by_status[ASYNQ_INVALID_ARGUMENT],
 	    (unsigned long long)fz.by_status[ASYNQ_RESOURCE_EXHAUSTED],
-	    (unsigned long long)fz.dropped,
-	    (unsigned long long)fz.replayed,
-	    (unsigned long long)fz.canaries,
-	    (unsigned long long)ss.requests, (unsigned long long)ss.calls,
-	    (unsigned long long)ss.rejected, (unsigned long long)ss.malformed,
+	    (unsigned long long)fz.dropped, (unsigned long long)fz.replayed,
+	    (unsigned long long)fz.canaries, (unsigned long long)ss.requests,
+	    (unsigned long long)ss.calls, (unsigned long long)ss.rejected,
+	    (unsigned long long)ss.malformed,
 	    (unsigned long long)ss.duplicates);
 }
 
@@ -225,8 +224,8 @@ canary_make(void)
 	uint8_t nb[16], tb[16];
 	size_t nl = asynq__fuzz__num__pack(&num, nb);
 	size_t tl = asynq__fuzz__tree__pack(&tree, tb);
-	Asynq__Rpc__Call c[3] = { ASYNQ__RPC__CALL__INIT, ASYNQ__RPC__CALL__INIT,
-		ASYNQ__RPC__CALL__INIT };
+	Asynq__Rpc__Call c[3] = { ASYNQ__RPC__CALL__INIT,
+		ASYNQ__RPC__CALL__INIT, ASYNQ__RPC__CALL__INIT };
 	c[0].method = (char *)FUZZ_METHOD(SUM)->full_name;
 	c[0].call_id = 1;
 	c[0].payload = (ProtobufCBinaryData){ nl, nb };
@@ -349,7 +348,8 @@ exchange(const uint8_t *data, size_t len, size_t n, int *rv,
 		nng_msg_free(m);
 		if (rep[i] == NULL)
 			fz_fail(data, len,
-			    "the %zu-byte answer is not an asynq.rpc.Reply", bl);
+			    "the %zu-byte answer is not an asynq.rpc.Reply",
+			    bl);
 	}
 }
 
@@ -394,10 +394,10 @@ cmp_u64(const void *a, const void *b)
 
 static char why[512];
 
-#define BROKEN(...)                                        \
-	do {                                               \
-		snprintf(why, sizeof(why), __VA_ARGS__);   \
-		return false;                              \
+#define BROKEN(...)                                                            \
+	do {                                                                   \
+		snprintf(why, sizeof(why), __VA_ARGS__);                       \
+		return false;                                                  \
 	} while (0)
 
 /* The metadata value a unary handler of call c sees for key, as
@@ -432,8 +432,8 @@ check_call(const Asynq__Rpc__Request *rq, const Asynq__Rpc__Call *c,
 	 * client_id) fail ABORTED when the server cannot tell whether they
 	 * ran; a decode error comes before that. */
 	bool may_abort = rq->client_id != 0 && !m->idempotent;
-	bool decode_err = st == ASYNQ_INVALID_ARGUMENT ||
-	    st == ASYNQ_RESOURCE_EXHAUSTED;
+	bool decode_err =
+	    st == ASYNQ_INVALID_ARGUMENT || st == ASYNQ_RESOURCE_EXHAUSTED;
 	bool by_handler = m == FUZZ_METHOD(FAIL) || m == FUZZ_METHOD(SUM);
 	if (st == ASYNQ_ABORTED && may_abort)
 		return true;
@@ -496,9 +496,10 @@ check_call(const Asynq__Rpc__Request *rq, const Asynq__Rpc__Call *c,
 			ok = false;
 		}
 	} else if (out->v != (rq->deadline_unix_ns != 0)) {
-		snprintf(why, sizeof(why), "Sleep saw deadline %lld; request "
-		    "has %lld", (long long)out->v,
-		    (long long)rq->deadline_unix_ns);
+		snprintf(why, sizeof(why),
+		    "Sleep saw deadline %lld; request "
+		    "has %lld",
+		    (long long)out->v, (long long)rq->deadline_unix_ns);
 		ok = false;
 	} else {
 		/* The handler replies the "tag" value up to its first NUL,
@@ -610,8 +611,7 @@ check_reply(size_t len, const Asynq__Rpc__Request *rq,
 /* Judges answer i to the input; returns its status, or -1 if dropped. */
 static int
 judge(const uint8_t *data, size_t len, const Asynq__Rpc__Request *rq, int rv,
-    const Asynq__Rpc__Reply *rep, uint64_t hash, int64_t sent,
-    int64_t answered)
+    const Asynq__Rpc__Reply *rep, uint64_t hash, int64_t sent, int64_t answered)
 {
 	if (rv == NNG_ETIMEDOUT && len > FUZZ_MAX_MSG_BYTES + 64) {
 		/* Where nng enforces the size limit, it drops the request. */
@@ -625,16 +625,16 @@ judge(const uint8_t *data, size_t len, const Asynq__Rpc__Request *rq, int rv,
 		fz_fail(data, len, "no answer: %s", nng_strerror(rv));
 	int st = rep->status;
 	if (fz.verbose)
-		fprintf(stderr, "rpc_server fuzz: %zu bytes: %s (%zu results) %s\n",
-		    len, asynq_status_name((asynq_status)st), rep->n_results,
+		fprintf(stderr,
+		    "rpc_server fuzz: %zu bytes: %s (%zu results) %s\n", len,
+		    asynq_status_name((asynq_status)st), rep->n_results,
 		    rep->message);
 	if (st < 0 || st >= ASYNQ_STATUS_COUNT)
 		fz_fail(data, len, "reply status %d", st);
 	fz.by_status[st]++;
 	bool dedup = rq != NULL && rq->client_id != 0;
 	if (!check_reply(len, rq, rep, sent, answered)) {
-		if (!dedup ||
-		    !seen_match(rq->client_id, rq->request_id, hash))
+		if (!dedup || !seen_match(rq->client_id, rq->request_id, hash))
 			fz_fail(data, len, "%s", why);
 		fz.replayed++;
 	}

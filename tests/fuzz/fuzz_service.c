@@ -163,15 +163,15 @@ fuzz_walk(const ProtobufCMessage *root, fuzz_walk_stats *out)
 					goto fail;
 				continue;
 			}
-			size_t n = *(const size_t *)(base +
-			    f->quantifier_offset);
+			size_t n =
+			    *(const size_t *)(base + f->quantifier_offset);
 			const char *arr = *(char *const *)p;
 			if (n > 0 && arr == NULL)
 				walk_broken(m, "repeated field without array");
 			size_t es = elem_size(f->type);
 			for (size_t j = 0; j < n; j++)
-				if (walk_value(&s, m, f, arr + j * es,
-				        it.depth, &st.sum) != 0)
+				if (walk_value(&s, m, f, arr + j * es, it.depth,
+				        &st.sum) != 0)
 					goto fail;
 		}
 	}
@@ -289,7 +289,8 @@ h_mirror(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 		o->packed = malloc(in->n_packed * sizeof(*o->packed));
 		if (o->packed == NULL)
 			goto fail;
-		memcpy(o->packed, in->packed, in->n_packed * sizeof(*o->packed));
+		memcpy(o->packed, in->packed,
+		    in->n_packed * sizeof(*o->packed));
 		o->n_packed = in->n_packed;
 	}
 	if (in->n_strs > 0) {
@@ -354,8 +355,8 @@ h_sum(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 			return asynq_fail(t, ASYNQ_ABORTED,
 			    "sum aborted at call %zu", i);
 		if (in->v < 0) {
-			calls[i].status = (asynq_status)(1 +
-			    (uint64_t)(-(in->v + 1)) % 16);
+			calls[i].status =
+			    (asynq_status)(1 + (uint64_t)(-(in->v + 1)) % 16);
 			calls[i].message = "negative";
 			continue;
 		}

@@ -18,7 +18,7 @@
 
 /* The service and its methods. */
 #define FUZZ_SVC (&asynq__fuzz__fuzz__asynq_desc)
-#define FUZZ_METHOD(name) \
+#define FUZZ_METHOD(name)                                                      \
 	(&FUZZ_SVC->methods[ASYNQ__FUZZ__FUZZ__ASYNQ_METHOD_##name])
 
 /* Limits of the fuzz server: small, so that inputs of at most 64 KiB (the

@@ -380,8 +380,8 @@ seeds_valid(void)
 			req_call(&q, M(ECHO), chain(1 + i % 7, 1));
 			break;
 		case 1:
-			req_call(&q, M(COUNT), i % 2 ? tree_full()
-			                             : chain(4, 2));
+			req_call(&q, M(COUNT),
+			    i % 2 ? tree_full() : chain(4, 2));
 			break;
 		case 2:
 			req_call(&q, M(MIRROR), leaf_full());

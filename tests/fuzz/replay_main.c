@@ -124,9 +124,9 @@ main(int argc, char **argv)
 			perror(argv[i]);
 			return 1;
 		}
-		long n = S_ISDIR(st.st_mode) ? replay_dir(argv[i])
-		                             : replay_file(argv[i]) == 0 ? 1
-		                                                         : -1;
+		long n = S_ISDIR(st.st_mode)    ? replay_dir(argv[i])
+		    : replay_file(argv[i]) == 0 ? 1
+		                                : -1;
 		if (n < 0)
 			return 1;
 		fprintf(stderr, "replayed %ld inputs from %s\n", n, argv[i]);

@@ -14,7 +14,7 @@
 #
 # -o DIR keeps the build, corpus copies, logs and artifacts in DIR (default:
 # a new directory under ${TMPDIR:-/tmp}, printed). Extra libFuzzer flags may
-# follow `--`, e.g. `-- -jobs=2`.
+# follow `--`, e.g. `-- -seed=1`.
 #
 # Exit status 0 when every run finished clean, 1 when one found a crash, a
 # leak or a timeout (its reproducer's path is printed), 2 for a usage or build
@@ -22,6 +22,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+SELF="$ROOT/tests/fuzz/run.sh"
 cd "$ROOT"
 
 SECONDS_EACH=60
@@ -32,7 +33,7 @@ MODE=fuzz
 EXTRA=()
 
 usage() {
-	sed -n '3,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '3,21p' "$SELF" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -155,7 +156,13 @@ done
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return=0:abort_on_error=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-FLAGS=(-rss_limit_mb=2048 -max_len=65536 -timeout=30
+# libFuzzer's leak check after each input with new coverage costs a heap
+# scan, and the server keeps memory across inputs (duplicate detection), so
+# early in a run it would check nearly every input and run at a tenth of
+# the speed. LeakSanitizer still checks at exit, after the harness has
+# closed the server; a leak found there is traced to its input afterwards
+# by replaying the corpus with the per-input check on.
+FLAGS=(-rss_limit_mb=2048 -max_len=65536 -timeout=30 -detect_leaks=0
 	-dict="$ROOT/tests/fuzz/rpc.dict" -print_final_stats=1)
 
 passed=0
@@ -209,6 +216,18 @@ for t in "${TARGETS[@]}"; do
 	grep -E 'ERROR: (AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|libFuzzer)|SUMMARY|runtime error|rpc_(server|decode) fuzz: |ALARM' \
 	    "$log" | head -20 >&2 || true
 	repro="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)"
+	# A leak found at exit comes with the empty input as its "unit".
+	if [ "$MODE" = fuzz ] && grep -q 'ERROR: LeakSanitizer' "$log" &&
+	    grep -qE '^Done [0-9]+ runs' "$log"; then
+		echo "run.sh: $t leaked; replaying its corpus to find the input" >&2
+		"$WORK/$t" "${FLAGS[@]}" -detect_leaks=1 -runs=0 \
+		    -artifact_prefix="$art" "$WORK/corpus/$t" \
+		    >"$log.leak" 2>&1 || true
+		repro="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' \
+		    "$log.leak" | tail -1)"
+		[ -n "$repro" ] || echo "run.sh: no single input leaks;" \
+		    "the leak needs a sequence (see $log)" >&2
+	fi
 	if [ -n "$repro" ]; then
 		echo "run.sh: $t: reproducer: $repro" >&2
 		echo "run.sh: reproduce with: tests/fuzz/run.sh -t $t -r $repro" >&2
