@@ -239,21 +239,8 @@ answers_service_hook(answers_service *s)
 asynq_status
 answers_service_start(answers_service *s, asynq_runtime *rt, const char *url)
 {
-	asynq_status rv;
-
-	if (s->srv != NULL)
-		return ASYNQ_FAILED_PRECONDITION;
-	if ((rv = asynq_rpc_server_alloc(&s->srv, rt, NULL)) != ASYNQ_OK)
-		return rv;
-	if ((rv = asynq_rpc_server_add_service(s->srv,
-	         &asynq__answers__answers__asynq_desc, answers_handlers, s)) !=
-	        ASYNQ_OK ||
-	    (rv = asynq_rpc_server_listen(s->srv, url)) != ASYNQ_OK) {
-		asynq_rpc_server_free(s->srv);
-		s->srv = NULL;
-		return rv;
-	}
-	return ASYNQ_OK;
+	return svc_serve(&s->srv, rt, &asynq__answers__answers__asynq_desc,
+	    answers_handlers, s, url);
 }
 
 void

@@ -320,21 +320,8 @@ cache_service_alloc(cache_service **sp, size_t max_bytes)
 asynq_status
 cache_service_start(cache_service *s, asynq_runtime *rt, const char *url)
 {
-	asynq_status rv;
-
-	if (s->srv != NULL)
-		return ASYNQ_FAILED_PRECONDITION;
-	if ((rv = asynq_rpc_server_alloc(&s->srv, rt, NULL)) != ASYNQ_OK)
-		return rv;
-	if ((rv = asynq_rpc_server_add_service(s->srv,
-	         &asynq__cache__cache__asynq_desc, cache_handlers, s)) !=
-	        ASYNQ_OK ||
-	    (rv = asynq_rpc_server_listen(s->srv, url)) != ASYNQ_OK) {
-		asynq_rpc_server_free(s->srv);
-		s->srv = NULL;
-		return rv;
-	}
-	return ASYNQ_OK;
+	return svc_serve(&s->srv, rt, &asynq__cache__cache__asynq_desc,
+	    cache_handlers, s, url);
 }
 
 void

@@ -173,6 +173,14 @@ typedef void (*svc_counters_fn)(void *arg, svc_counters *out);
 int svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
     bool quiet);
 
+/* svc_serve makes *srvp, a server on rt for service svc with handlers
+ * (ctx passed to them), listening at url. FAILED_PRECONDITION if *srvp is
+ * already set; on failure *srvp stays NULL and the status says why
+ * (UNAVAILABLE: address in use). Not from a worker. */
+asynq_status svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
+    const asynq_rpc_service_desc *svc, const asynq_rpc_handler *handlers,
+    void *ctx, const char *url);
+
 /* svc_server_counters adds a server's calls and requests to out. */
 void svc_server_counters(const asynq_rpc_server *s, svc_counters *out);
 

@@ -165,6 +165,28 @@ svc_signals_block(void)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 
+asynq_status
+svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
+    const asynq_rpc_service_desc *svc, const asynq_rpc_handler *handlers,
+    void *ctx, const char *url)
+{
+	asynq_rpc_server *srv;
+	asynq_status rv;
+
+	if (*srvp != NULL)
+		return ASYNQ_FAILED_PRECONDITION;
+	if ((rv = asynq_rpc_server_alloc(&srv, rt, NULL)) != ASYNQ_OK)
+		return rv;
+	if ((rv = asynq_rpc_server_add_service(srv, svc, handlers, ctx)) !=
+	        ASYNQ_OK ||
+	    (rv = asynq_rpc_server_listen(srv, url)) != ASYNQ_OK) {
+		asynq_rpc_server_free(srv);
+		return rv;
+	}
+	*srvp = srv;
+	return ASYNQ_OK;
+}
+
 void
 svc_server_counters(const asynq_rpc_server *s, svc_counters *out)
 {

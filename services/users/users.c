@@ -162,21 +162,8 @@ users_service_hook(users_service *s)
 asynq_status
 users_service_start(users_service *s, asynq_runtime *rt, const char *url)
 {
-	asynq_status rv;
-
-	if (s->srv != NULL)
-		return ASYNQ_FAILED_PRECONDITION;
-	if ((rv = asynq_rpc_server_alloc(&s->srv, rt, NULL)) != ASYNQ_OK)
-		return rv;
-	if ((rv = asynq_rpc_server_add_service(s->srv,
-	         &asynq__users__users__asynq_desc, users_handlers, s)) !=
-	        ASYNQ_OK ||
-	    (rv = asynq_rpc_server_listen(s->srv, url)) != ASYNQ_OK) {
-		asynq_rpc_server_free(s->srv);
-		s->srv = NULL;
-		return rv;
-	}
-	return ASYNQ_OK;
+	return svc_serve(&s->srv, rt, &asynq__users__users__asynq_desc,
+	    users_handlers, s, url);
 }
 
 void
