@@ -216,24 +216,10 @@ answers_service_alloc(answers_service **sp, const char *db_path)
 	return ASYNQ_OK;
 }
 
-static void
-hook_start(asynq_runtime *rt, size_t w, void *arg)
-{
-	(void)rt;
-	svc_db_worker_open(&((answers_service *)arg)->db, w);
-}
-
-static void
-hook_stop(asynq_runtime *rt, size_t w, void *arg)
-{
-	(void)rt;
-	svc_db_worker_close(&((answers_service *)arg)->db, w);
-}
-
 svc_hook
 answers_service_hook(answers_service *s)
 {
-	return (svc_hook){ .start = hook_start, .stop = hook_stop, .arg = s };
+	return svc_db_hook(&s->db);
 }
 
 asynq_status

@@ -123,6 +123,10 @@ typedef struct svc_hooks {
 /* svc_hooks_add appends h; RESOURCE_EXHAUSTED past SVC_MAX_HOOKS. */
 asynq_status svc_hooks_add(svc_hooks *hs, svc_hook h);
 
+/* svc_db_hook returns the hook that opens db's connection on each worker
+ * when it starts and closes it when it stops. */
+svc_hook svc_db_hook(svc_db *db);
+
 /* svc_runtime_alloc starts a runtime of `workers` threads (0: one per CPU,
  * at most SVC_MAX_WORKERS) that runs every hook of hs (borrowed: it must
  * outlive the runtime) on each worker, with coroutine stacks big enough for

@@ -91,6 +91,27 @@ svc_db_worker_close(svc_db *db, size_t w)
 	}
 }
 
+static void
+db_hook_start(asynq_runtime *rt, size_t w, void *arg)
+{
+	(void)rt;
+	svc_db_worker_open(arg, w);
+}
+
+static void
+db_hook_stop(asynq_runtime *rt, size_t w, void *arg)
+{
+	(void)rt;
+	svc_db_worker_close(arg, w);
+}
+
+svc_hook
+svc_db_hook(svc_db *db)
+{
+	return (svc_hook){ .start = db_hook_start, .stop = db_hook_stop,
+		.arg = db };
+}
+
 sqlite3 *
 svc_db_conn(svc_db *db)
 {

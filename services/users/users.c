@@ -139,24 +139,10 @@ users_service_alloc(users_service **sp, const char *db_path)
 	return ASYNQ_OK;
 }
 
-static void
-hook_start(asynq_runtime *rt, size_t w, void *arg)
-{
-	(void)rt;
-	svc_db_worker_open(&((users_service *)arg)->db, w);
-}
-
-static void
-hook_stop(asynq_runtime *rt, size_t w, void *arg)
-{
-	(void)rt;
-	svc_db_worker_close(&((users_service *)arg)->db, w);
-}
-
 svc_hook
 users_service_hook(users_service *s)
 {
-	return (svc_hook){ .start = hook_start, .stop = hook_stop, .arg = s };
+	return svc_db_hook(&s->db);
 }
 
 asynq_status
