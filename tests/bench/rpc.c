@@ -20,8 +20,8 @@
  *                    variable ASYNQ_BENCH_GRPC_PEER does the same.
  *                    tests/bench/rpc_vs_grpc.sh sets up, builds and passes it
  *   --quick          one short round (a smoke run; figures are rougher)
- *   --rounds N       rounds of every shape (default 3)
- *   --seconds S      measured time per shape per round (default 0.4)
+ *   --rounds N       rounds of every shape (default 5)
+ *   --seconds S      measured time per shape per round (default 0.25)
  *   --serve          internal: be the asynq server (see below)
  *
  * Design notes:
@@ -942,8 +942,8 @@ peer_start(bench *b, const char *dir)
 int
 main(int argc, char **argv)
 {
-	int rounds = 3;
-	double secs = 0.4;
+	int rounds = 5;
+	double secs = 0.25;
 	const char *peer = getenv("ASYNQ_BENCH_GRPC_PEER");
 	bool quick = false;
 
