@@ -69,7 +69,7 @@ batch_maybe_free(asynq_batch *b)
 void
 asynqi_batch_item_freed(asynq_future *item)
 {
-	asynq_batch *b = item->batch;
+	asynq_batch *b = ASYNQI_ITEM(item)->batch;
 	b->refs--;
 	batch_maybe_free(b);
 }
@@ -122,9 +122,9 @@ asynq_batch_add(asynq_backend *be, int64_t key, void *req)
 	if (f == NULL)
 		return NULL;
 	f->refs = 2; /* the caller's and the batch's */
-	f->batch = b;
-	f->key = key;
-	f->req = req;
+	ASYNQI_ITEM(f)->batch = b;
+	ASYNQI_ITEM(f)->key = key;
+	ASYNQI_ITEM(f)->req = req;
 	b->items[b->n_items++] = f;
 	b->refs++;
 	if (b->n_items == 1) {
@@ -153,19 +153,20 @@ asynq_batch_item(const asynq_batch *b, size_t i)
 asynq_batch *
 asynq_item_batch(const asynq_future *item)
 {
-	return item != NULL && item->kind == FUT_ITEM ? item->batch : NULL;
+	return item != NULL && item->kind == FUT_ITEM ? ASYNQI_ITEM(item)->batch
+	                                               : NULL;
 }
 
 int64_t
 asynq_item_key(const asynq_future *item)
 {
-	return item->key;
+	return ASYNQI_ITEM(item)->key;
 }
 
 void *
 asynq_item_req(const asynq_future *item)
 {
-	return item->req;
+	return ASYNQI_ITEM(item)->req;
 }
 
 static bool

@@ -152,6 +152,8 @@ map_slab(asynqi_stack_pool *p)
 		char *guard = (char *)base + (size_t)i * each;
 		s->lo = guard + ps;
 		s->size = p->stack_size;
+		s->slab = slab;
+		s->idle = true;
 		if (p->guard_budget > 0 &&
 		    mprotect(guard, ps, PROT_NONE) == 0) {
 			s->guarded = true;
@@ -169,6 +171,7 @@ map_slab(asynqi_stack_pool *p)
 	}
 	slab->next = p->slabs;
 	p->slabs = slab;
+	p->n_slabs++;
 	return 0;
 }
 
@@ -195,6 +198,7 @@ asynqi_stack_get(asynqi_stack_pool *p)
 		}
 	}
 	p->n_idle--;
+	s->idle = false;
 	if (++p->in_use > p->peak)
 		p->peak = p->in_use;
 	return s;
@@ -204,17 +208,17 @@ void
 asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s)
 {
 	s->next = p->hot;
+	s->idle = true;
 	p->hot = s;
 	p->n_hot++;
 	p->n_idle++;
 	p->in_use--;
 }
 
-void
-asynqi_stack_pool_trim(asynqi_stack_pool *p)
+/* Hands back the pages of hot stacks beyond `keep`. */
+static void
+cool(asynqi_stack_pool *p, size_t keep)
 {
-	size_t keep = p->warm > p->peak ? p->warm : p->peak;
-	p->peak = p->in_use;
 	while (p->n_hot > keep) {
 		asynqi_stack *s = p->hot;
 		p->hot = s->next;
@@ -225,6 +229,87 @@ asynqi_stack_pool_trim(asynqi_stack_pool *p)
 		s->next = p->cold;
 		p->cold = s;
 	}
+}
+
+void
+asynqi_stack_pool_trim(asynqi_stack_pool *p)
+{
+	size_t keep = p->warm > p->peak ? p->warm : p->peak;
+	p->peak = p->in_use;
+	cool(p, keep);
+}
+
+static bool
+slab_idle(const struct asynqi_slab *slab)
+{
+	for (int i = 0; i < ASYNQI_SLAB; i++)
+		if (!slab->stacks[i].idle)
+			return false;
+	return true;
+}
+
+static void
+slab_unmap(asynqi_stack_pool *p, struct asynqi_slab *slab)
+{
+	for (int i = 0; i < ASYNQI_SLAB; i++) {
+		asynqi_stack *s = &slab->stacks[i];
+#if defined(ASYNQ_TSAN)
+		if (s->fiber.tsan_fiber != NULL)
+			__tsan_destroy_fiber(s->fiber.tsan_fiber);
+#endif
+		if (s->guarded)
+			p->guard_budget++;
+	}
+	munmap(slab->base, slab->len);
+	free(slab);
+	p->n_idle -= ASYNQI_SLAB;
+	p->unmapped += ASYNQI_SLAB;
+	p->n_slabs--;
+}
+
+void
+asynqi_stack_pool_release(asynqi_stack_pool *p, size_t keep)
+{
+	if (keep < p->warm)
+		keep = p->warm;
+	p->peak = p->in_use;
+	if (p->n_idle <= keep)
+		return;
+	/* Whole idle slabs first: they give back everything. */
+	struct asynqi_slab **sp = &p->slabs;
+	bool unmapped = false;
+	while (*sp != NULL && p->n_idle >= keep + ASYNQI_SLAB) {
+		struct asynqi_slab *slab = *sp;
+		if (!slab_idle(slab)) {
+			sp = &slab->next;
+			continue;
+		}
+		*sp = slab->next;
+		slab_unmap(p, slab);
+		unmapped = true;
+	}
+	if (unmapped) {
+		/* Rebuild the idle lists from the slabs left. */
+		p->hot = p->cold = NULL;
+		p->n_hot = 0;
+		for (struct asynqi_slab *slab = p->slabs; slab != NULL;
+		     slab = slab->next) {
+			for (int i = ASYNQI_SLAB - 1; i >= 0; i--) {
+				asynqi_stack *s = &slab->stacks[i];
+				if (!s->idle)
+					continue;
+				if (s->cold) {
+					s->next = p->cold;
+					p->cold = s;
+				} else {
+					s->next = p->hot;
+					p->hot = s;
+					p->n_hot++;
+				}
+			}
+		}
+	}
+	cool(p, keep);
 }
 
 #ifdef ASYNQI_UCONTEXT
@@ -301,6 +386,7 @@ asynqi_fiber_init_thread(asynqi_fiber *f)
 #endif
 #if defined(ASYNQ_TSAN)
 	f->tsan_fiber = __tsan_get_current_fiber();
+	f->tsan_cur = f->tsan_fiber;
 #endif
 }
 
@@ -322,6 +408,7 @@ asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s)
 #if defined(ASYNQ_TSAN)
 	if (s != NULL && to->tsan_fiber == NULL)
 		to->tsan_fiber = __tsan_create_fiber(0);
+	to->tsan_cur = to->tsan_fiber;
 #endif
 }
 
@@ -335,7 +422,7 @@ asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
 	    to->stack_lo, to->stack_size);
 #endif
 #if defined(ASYNQ_TSAN)
-	__tsan_switch_to_fiber(to->tsan_fiber, 0);
+	__tsan_switch_to_fiber(to->tsan_cur, 0);
 #endif
 	(void)to;
 	asynqi_ctx_switch(from_ctx, to_ctx);
@@ -343,6 +430,36 @@ asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
 	__sanitizer_finish_switch_fiber(from->asan_fake, NULL, NULL);
 #endif
 	(void)from;
+}
+
+#ifdef ASYNQI_STACK_CALL
+void
+asynqi_fiber_call(asynqi_fiber *from, asynqi_stack *to, void (*fn)(void *),
+    void *arg)
+{
+#if defined(ASYNQ_ASAN)
+	__sanitizer_start_switch_fiber(&from->asan_fake, to->lo, to->size);
+#endif
+#if defined(ASYNQ_TSAN)
+	/* No TSan switch: the call and its return stay on one shadow call
+	 * stack, the caller's; a switch back to this stack must find it. */
+	to->fiber.tsan_cur = from->tsan_cur;
+#endif
+	asynqi_stack_call(arg, fn, asynqi_stack_top(to));
+#if defined(ASYNQ_ASAN)
+	__sanitizer_finish_switch_fiber(from->asan_fake, NULL, NULL);
+#endif
+	(void)from;
+}
+#endif
+
+void
+asynqi_fiber_return(asynqi_fiber *to)
+{
+	(void)to;
+#if defined(ASYNQ_ASAN)
+	__sanitizer_start_switch_fiber(NULL, to->stack_lo, to->stack_size);
+#endif
 }
 
 void

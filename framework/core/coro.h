@@ -31,6 +31,17 @@ typedef struct asynqi_ctx {
 /* asynqi_ctx_switch saves the current context in from and runs to. */
 void asynqi_ctx_switch(asynqi_ctx *from, const asynqi_ctx *to);
 
+#ifndef ASYNQI_UCONTEXT
+/* ASYNQI_STACK_CALL says asynqi_stack_call exists (the assembly switch). */
+#define ASYNQI_STACK_CALL 1
+
+/* asynqi_stack_call runs fn(arg) with the stack pointer at top (16-byte
+ * aligned) as an ordinary call, in the default floating-point environment,
+ * and returns when fn returns, with the caller's environment back. fn may
+ * switch away and be switched back to in between. */
+void asynqi_stack_call(void *arg, void (*fn)(void *), void *top);
+#endif
+
 /* asynqi_ctx_make prepares ctx to run entry(arg) on the stack [lo, lo+size)
  * the first time it is switched to. entry must never return. */
 void asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size,
@@ -39,7 +50,11 @@ void asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size,
 /* Sanitizer state of one execution context (a coroutine stack or a
  * thread's own stack); empty in normal builds. */
 typedef struct asynqi_fiber {
-	void *tsan_fiber;      /* TSan fiber handle */
+	void *tsan_fiber;      /* TSan fiber handle, owned */
+	/* TSan: the fiber of the call chain running on this stack: its own, or
+	 * that of the stack that called into it (asynqi_fiber_call), since TSan
+	 * keeps one shadow call stack per fiber. */
+	void *tsan_cur;
 	const void *stack_lo;  /* ASan: the stack bounds */
 	size_t stack_size;
 	void *asan_fake;       /* ASan fake-stack save slot */
@@ -52,7 +67,9 @@ typedef struct asynqi_stack {
 	size_t size;    /* usable bytes */
 	bool guarded;   /* a PROT_NONE page lies just below lo */
 	bool cold;      /* pages handed back to the kernel */
+	bool idle;      /* in the pool */
 	struct asynqi_stack *next;
+	struct asynqi_slab *slab;
 	asynqi_fiber fiber;
 } asynqi_stack;
 
@@ -65,7 +82,9 @@ typedef struct asynqi_stack_pool {
 	size_t n_hot, n_idle;
 	size_t in_use, peak; /* stacks held by tasks; most since last trim */
 	struct asynqi_slab *slabs;
-	uint64_t mapped, guarded;
+	size_t n_slabs;
+	uint64_t mapped, guarded; /* stacks ever mapped, of which guarded */
+	uint64_t unmapped;        /* stacks unmapped again */
 } asynqi_stack_pool;
 
 /* asynqi_stack_pool_init prepares a pool; guarded == 0 picks a budget from
@@ -90,6 +109,20 @@ void asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s);
  * never per task. */
 void asynqi_stack_pool_trim(asynqi_stack_pool *p);
 
+/* asynqi_stack_pool_release keeps at most `keep` idle stacks: whole slabs
+ * of idle stacks beyond it are unmapped (giving back their pages, page
+ * tables, map entries and guard budget) and the other surplus stacks have
+ * their pages handed back. For a scheduler that has been idle a while. */
+void asynqi_stack_pool_release(asynqi_stack_pool *p, size_t keep);
+
+/* asynqi_stack_top returns the initial stack pointer of s: its top, 16-byte
+ * aligned. */
+static inline void *
+asynqi_stack_top(const asynqi_stack *s)
+{
+	return (void *)(((uintptr_t)s->lo + s->size) & ~(uintptr_t)15);
+}
+
 /* asynqi_stack_canary_ok says whether the canary at the bottom of an
  * unguarded stack is intact (always true for guarded stacks). */
 bool asynqi_stack_canary_ok(const asynqi_stack *s);
@@ -105,6 +138,16 @@ void asynqi_fiber_init_thread(asynqi_fiber *f);
  * current fiber will never run again. */
 void asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
     asynqi_fiber *to, const asynqi_ctx *to_ctx, bool dying);
+
+/* asynqi_fiber_call runs fn(arg) on stack `to` as a call from fiber `from`
+ * (asynqi_stack_call), telling the sanitizers; fn ends with
+ * asynqi_fiber_return(from). Returns when fn has returned. */
+void asynqi_fiber_call(asynqi_fiber *from, asynqi_stack *to,
+    void (*fn)(void *), void *arg);
+
+/* asynqi_fiber_return is the last thing a function run by asynqi_fiber_call
+ * does before it returns to fiber `to`; its own stack is done with. */
+void asynqi_fiber_return(asynqi_fiber *to);
 
 /* asynqi_fiber_prepare readies a stack's fiber record before the first
  * switch to it. */

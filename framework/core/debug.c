@@ -83,7 +83,8 @@ dump_task(FILE *f, asynq_task *t)
 			fprintf(f, " task %s", ((asynq_task *)d)->name);
 		else if (d->kind == FUT_ITEM)
 			fprintf(f, " item of %s (key %lld)",
-			    d->batch->backend->name, (long long)d->key);
+			    ASYNQI_ITEM(d)->batch->backend->name,
+			    (long long)ASYNQI_ITEM(d)->key);
 		else
 			fprintf(f, " future");
 	}

@@ -48,19 +48,33 @@ struct asynq_future {
 		int64_t i;
 		void *p;
 	} v;
-	void (*vfree)(void *);
-	asynq_error *error;
 	asynq_task *waiter;        /* first waiter, inline */
+	asynq_sched *sched;
 	waiter_node *more_waiters; /* the rest */
 	cb_node *cbs;
-	asynq_sched *sched;
-	/* Batch items only. */
-	asynq_batch *batch;
-	int64_t key;
-	void *req;
-	/* Timers only: when it fires (monotonic ns). */
-	uint64_t due;
+	void (*vfree)(void *);
+	asynq_error *error;
 };
+
+/* The record of a future that is not a task: what follows depends on its
+ * kind. Tasks embed the bare asynq_future. */
+typedef struct asynqi_fut_rec {
+	asynq_future fut;
+	union {
+		struct {
+			asynq_batch *batch;
+			int64_t key;
+			void *req;
+		} item;
+		uint64_t due; /* timers: when it fires (monotonic ns) */
+		struct asynqi_fut_rec *free_next; /* on the free list */
+	};
+} asynqi_fut_rec;
+
+/* ASYNQI_ITEM is the batch-item part of an item future. */
+#define ASYNQI_ITEM(f) (&((asynqi_fut_rec *)(f))->item)
+/* ASYNQI_DUE is a timer future's due time. */
+#define ASYNQI_DUE(f) (((asynqi_fut_rec *)(f))->due)
 
 typedef struct scoped_entry {
 	const asynq_scoped *key;
@@ -70,29 +84,36 @@ typedef struct scoped_entry {
 
 struct asynq_task {
 	asynq_future fut; /* first: a task is a future */
+	/* What spawning, awaiting and switching touch, together. */
+	int state; /* enum task_state */
+	bool dep_failed; /* a dependency of the current await failed */
+	size_t pending;             /* dependencies not yet computed */
+	asynqi_stack *stack;
+	asynqi_ctx ctx;
+	asynq_task *q_prev, *q_next;     /* ready queue; q_next: free list */
+	/* The task that started it by awaiting it, until it runs: that task
+	 * cannot go on before this one finishes, so it may run this one as a
+	 * plain call on a fresh stack instead of switching to it. */
+	asynq_task *starter;
 	asynq_task_fn fn;
 	void *arg;
+	asynq_context *contexts;         /* innermost entered */
+	asynq_task *creator; /* held */
+	asynq_task *all_prev, *all_next; /* live tasks */
+	size_t depth;
+	uint64_t id;
 	const char *name;
 	const char *file;
 	int line;
-	int state; /* enum task_state */
-	size_t depth;
-	uint64_t id;
-	asynq_task *creator; /* held */
-	asynqi_ctx ctx;
-	asynqi_stack *stack;
-	size_t pending;             /* dependencies not yet computed */
+	int nonsusp;
 	asynq_future **deps;  /* what it awaits now */
 	size_t n_deps;
-	asynq_task *q_prev, *q_next;     /* ready queue */
-	asynq_task *all_prev, *all_next; /* live tasks */
-	asynq_context *contexts;         /* innermost entered */
+	/* Rarely set. */
+	asynq_error *last_error;
 	asynq_error *ctx_error;          /* first context failure, unreported */
 	scoped_entry *scoped;
-	int nonsusp;
 	const char *nonsusp_file;
 	int nonsusp_line;
-	asynq_error *last_error;
 };
 
 /* A running scheduler loop (asynq_wait); nested waits stack them. */
@@ -124,7 +145,13 @@ struct asynq_sched {
 	size_t ctx_in_tasks;        /* contexts entered inside tasks */
 	asynq_context *thread_contexts;
 	scoped_entry *thread_scoped;
-	asynq_task *free_tasks;     /* freelist */
+	asynq_task *free_tasks;     /* free list of task records */
+	asynqi_fut_rec *free_futs;  /* free list of other futures */
+	size_t n_free_tasks, n_free_futs;
+	uint64_t tasks_peak;        /* most live tasks since the last trim */
+	uint64_t futs_live, futs_peak; /* other futures, likewise */
+	uint64_t trim_due;          /* idle trim planned at (0: none) */
+	uint64_t trim_switches;     /* stats.switches when it was planned */
 	asynq_sched_stats stats;
 	asynq_trace_fn trace;
 	void *trace_arg;

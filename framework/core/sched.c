@@ -152,6 +152,8 @@ asynq_thread_init(const asynq_sched_cfg *cfg)
 		s->cfg.warm_stacks = 64;
 	if (s->cfg.on_error == NULL)
 		s->cfg.on_error = default_on_error;
+	if (s->cfg.idle_trim_ms == 0)
+		s->cfg.idle_trim_ms = 250;
 	if (pthread_mutex_init(&s->mu, NULL) != 0)
 		goto fail_mu;
 	/* Timed sleeps (timers) use the monotonic clock, like asynqi_now_ns. */
@@ -220,6 +222,9 @@ asynq_sched_stats_get(asynq_sched_stats *out)
 	out->stacks_mapped = s->pool.mapped;
 	out->stacks_guarded = s->pool.guarded;
 	out->stacks_idle = s->pool.n_idle;
+	out->stacks_held = s->pool.mapped - s->pool.unmapped;
+	out->stacks_warm = s->pool.n_hot;
+	out->records_cached = s->n_free_tasks + s->n_free_futs;
 }
 
 void
@@ -230,31 +235,57 @@ asynqi_report(asynq_sched *s, const asynq_error *e)
 
 /* ---- Futures -------------------------------------------------------- */
 
+/* Sets every field of a future record: records come from the free list
+ * dirty, and naming the fields is cheaper than clearing the whole record. */
+static inline void
+fut_init(asynq_future *f, asynq_sched *s, int kind)
+{
+	f->refs = 1;
+	f->kind = (uint8_t)kind;
+	f->vkind = VAL_NONE;
+	f->done = false;
+	atomic_init(&f->claimed, false);
+	f->status = ASYNQ_OK;
+	f->v.i = 0;
+	f->waiter = NULL;
+	f->sched = s;
+	f->more_waiters = NULL;
+	f->cbs = NULL;
+	f->vfree = NULL;
+	f->error = NULL;
+	s->live_futures++;
+}
+
 asynq_future *
 asynqi_future_alloc(asynq_sched *s, int kind)
 {
-	asynq_future *f;
-	if (kind == FUT_TASK) {
-		asynq_task *t = s->free_tasks;
-		if (t != NULL) {
-			s->free_tasks = t->q_next;
-			memset(t, 0, sizeof(*t));
-		} else {
-			t = calloc(1, sizeof(*t));
-		}
-		f = &t->fut;
-		if (t == NULL)
-			return NULL;
-	} else {
-		f = calloc(1, sizeof(*f));
-		if (f == NULL)
-			return NULL;
+	asynqi_fut_rec *r = s->free_futs;
+	if (r != NULL) {
+		s->free_futs = r->free_next;
+		s->n_free_futs--;
+	} else if ((r = malloc(sizeof(*r))) == NULL) {
+		return NULL;
 	}
-	f->refs = 1;
-	f->kind = (uint8_t)kind;
-	f->sched = s;
-	s->live_futures++;
-	return f;
+	fut_init(&r->fut, s, kind);
+	memset(&r->item, 0, sizeof(r->item));
+	if (++s->futs_live > s->futs_peak)
+		s->futs_peak = s->futs_live;
+	return &r->fut;
+}
+
+/* Gives a future that is not a task back to the free list. */
+static void
+fut_put(asynq_sched *s, asynq_future *f)
+{
+	asynqi_fut_rec *r = (asynqi_fut_rec *)f;
+	s->futs_live--;
+	if (USE_FREELIST && !s->zombie) {
+		r->free_next = s->free_futs;
+		s->free_futs = r;
+		s->n_free_futs++;
+	} else {
+		free(r);
+	}
 }
 
 static void
@@ -276,7 +307,8 @@ future_free(asynq_future *f)
 {
 	asynq_sched *s = f->sched;
 	value_clear(f);
-	asynq_error_rele(f->error);
+	if (f->error != NULL)
+		asynq_error_rele(f->error);
 	for (cb_node *c = f->cbs; c != NULL;) {
 		cb_node *next = c->next;
 		free(c);
@@ -288,15 +320,15 @@ future_free(asynq_future *f)
 		break;
 	case FUT_ITEM:
 		asynqi_batch_item_freed(f);
-		free(f);
+		fut_put(s, f);
 		break;
 	case FUT_PROMISE:
 		if (!f->done)
 			s->n_promises--;
-		free(f);
+		fut_put(s, f);
 		break;
 	default:
-		free(f);
+		fut_put(s, f);
 		break;
 	}
 	/* After asynq_thread_fini the scheduler lives on until the last
@@ -507,9 +539,11 @@ asynq_promise_set_error(asynq_future *p, asynq_error *e)
 
 static void ready_push_front(asynq_sched *s, asynq_task *t);
 
-static void
-wake(asynq_sched *s, asynq_task *w)
+static inline void
+wake(asynq_sched *s, asynq_task *w, const asynq_future *f)
 {
+	if (f->status != ASYNQ_OK)
+		w->dep_failed = true;
 	if (--w->pending == 0 && w->state == TASK_BLOCKED) {
 		w->state = TASK_READY;
 		ready_push_front(s, w);
@@ -523,12 +557,12 @@ asynqi_future_complete(asynq_sched *s, asynq_future *f)
 	if (f->waiter != NULL) {
 		asynq_task *w = f->waiter;
 		f->waiter = NULL;
-		wake(s, w);
+		wake(s, w, f);
 	}
 	while (f->more_waiters != NULL) {
 		waiter_node *n = f->more_waiters;
 		f->more_waiters = n->next;
-		wake(s, n->task);
+		wake(s, n->task, f);
 		free(n);
 	}
 	if (f->cbs == NULL)
@@ -639,8 +673,10 @@ ready_pop(asynq_sched *s)
 static void
 task_free(asynq_sched *s, asynq_task *t)
 {
-	asynq_error_rele(t->last_error);
-	asynq_error_rele(t->ctx_error);
+	if (t->last_error != NULL)
+		asynq_error_rele(t->last_error);
+	if (t->ctx_error != NULL)
+		asynq_error_rele(t->ctx_error);
 	if (t->all_prev != NULL)
 		t->all_prev->all_next = t->all_next;
 	else if (s->all_tasks == t)
@@ -652,6 +688,7 @@ task_free(asynq_sched *s, asynq_task *t)
 	if (USE_FREELIST && !s->zombie) {
 		t->q_next = s->free_tasks;
 		s->free_tasks = t;
+		s->n_free_tasks++;
 	} else {
 		free(t);
 	}
@@ -686,26 +723,48 @@ asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
 		    "intended)",
 		    s->cfg.max_depth, name, file, line));
 	}
-	asynq_task *t = (asynq_task *)asynqi_future_alloc(s, FUT_TASK);
-	if (t == NULL)
+	asynq_task *t = s->free_tasks;
+	if (t != NULL) {
+		s->free_tasks = t->q_next;
+		s->n_free_tasks--;
+	} else if ((t = malloc(sizeof(*t))) == NULL) {
 		return NULL;
+	}
+	fut_init(&t->fut, s, FUT_TASK);
+	t->state = TASK_CREATED;
+	t->dep_failed = false;
+	t->pending = 0;
+	t->stack = NULL;
+	t->q_prev = t->q_next = NULL;
+	t->starter = NULL;
 	t->fn = fn;
 	t->arg = arg;
-	t->name = name;
-	t->file = file;
-	t->line = line;
-	t->depth = depth;
-	t->state = TASK_CREATED;
+	t->contexts = NULL;
+	t->creator = creator;
 	if (creator != NULL)
-		t->creator = (asynq_task *)asynq_future_hold(&creator->fut);
+		creator->fut.refs++;
+	t->all_prev = NULL;
 	t->all_next = s->all_tasks;
 	if (s->all_tasks != NULL)
 		s->all_tasks->all_prev = t;
 	s->all_tasks = t;
+	t->depth = depth;
+	t->name = name;
+	t->file = file;
+	t->line = line;
+	t->nonsusp = 0;
+	t->deps = NULL;
+	t->n_deps = 0;
+	t->last_error = NULL;
+	t->ctx_error = NULL;
+	t->scoped = NULL;
+	t->nonsusp_file = NULL;
+	t->nonsusp_line = 0;
 	s->stats.tasks_spawned++;
 	t->id = s->stats.tasks_spawned;
 	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_SPAWN, t, ASYNQ_OK);
-	s->stats.tasks_live++;
+	if (++s->stats.tasks_live > s->tasks_peak)
+		s->tasks_peak = s->stats.tasks_live;
 	return &t->fut;
 }
 
@@ -884,6 +943,18 @@ after_switch(asynq_sched *s)
 static void task_entry(void *arg);
 static asynq_status take_ctx_error(asynq_task *t);
 
+/* Finishes t with RESOURCE_EXHAUSTED: no stack could be mapped for it. */
+static void
+task_no_stack(asynq_sched *s, asynq_task *t)
+{
+	t->fut.status = ASYNQ_RESOURCE_EXHAUSTED;
+	t->fut.error = asynqi_error_makef(t, ASYNQ_RESOURCE_EXHAUSTED, NULL,
+	    "no coroutine stack for task %s: %s", t->name, strerror(ENOMEM));
+	t->state = TASK_DONE;
+	asynqi_future_complete(s, &t->fut);
+	asynq_future_rele(&t->fut); /* the scheduler's reference */
+}
+
 /* Gives t a stack and a first frame; false if no stack can be mapped, in
  * which case t is finished with RESOURCE_EXHAUSTED. */
 static bool
@@ -892,22 +963,77 @@ task_prepare(asynq_sched *s, asynq_task *t)
 	if (t->stack != NULL)
 		return true;
 	asynqi_stack *st = asynqi_stack_get(&s->pool);
-	if (st == NULL) {
-		t->fut.status = ASYNQ_RESOURCE_EXHAUSTED;
-		t->fut.error = asynqi_error_makef(t, ASYNQ_RESOURCE_EXHAUSTED,
-		    NULL, "no coroutine stack for task %s: %s", t->name,
-		    strerror(ENOMEM));
-		t->state = TASK_DONE;
-		asynqi_future_complete(s, &t->fut);
-		asynq_future_rele(&t->fut); /* the scheduler's reference */
+	if (__builtin_expect(st == NULL, 0)) {
+		task_no_stack(s, t);
 		return false;
 	}
 	t->stack = st;
+	t->starter = NULL;
 	asynqi_fiber_prepare(&st->fiber, st);
 	asynqi_ctx_make(&t->ctx, st->lo, st->size, task_entry, t);
 	s->stats.tasks_started++;
 	return true;
 }
+
+/* Runs t's body and stores its outcome, on t's own stack. */
+static void
+task_run(asynq_sched *s, asynq_task *t)
+{
+	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_RUN, t, ASYNQ_OK);
+	if (s->ctx_in_tasks > 0)
+		asynqi_ctx_resume_chain(s, t);
+	asynq_status st = t->fn(t, t->arg);
+	if (t->contexts != NULL)
+		asynqi_task_contexts_end(s, t);
+	if (s->ctx_in_tasks > 0)
+		asynqi_ctx_pause_chain(s, t);
+	if (st == ASYNQ_OK && t->ctx_error != NULL)
+		st = take_ctx_error(t);
+	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_FINISH, t, st);
+	task_finish(s, t, st);
+}
+
+#ifdef ASYNQI_STACK_CALL
+/* Entry of a task run as a call (call_task): returns to its starter. */
+static void
+called_entry(void *arg)
+{
+	asynq_task *t = arg;
+	asynq_sched *s = t->fut.sched;
+	asynqi_fiber_started(&t->stack->fiber);
+	task_run(s, t);
+	canary_check(t);
+	asynqi_fiber_return(&t->starter->stack->fiber);
+}
+
+/* Runs next, which has never run and which `from` awaits, as a plain call
+ * on a fresh stack: `from` cannot go on before next finishes, so nothing
+ * needs from's stack meanwhile, and a task that finishes without suspending
+ * costs a call instead of two switches. If next suspends, whatever resumes
+ * it later finishes it, and it returns here then. */
+static void
+call_task(asynq_sched *s, asynq_task *from, asynq_task *next)
+{
+	asynqi_stack *st = asynqi_stack_get(&s->pool);
+	if (__builtin_expect(st == NULL, 0)) {
+		task_no_stack(s, next);
+		return;
+	}
+	next->stack = st;
+	asynqi_fiber_prepare(&st->fiber, st);
+	s->stats.tasks_started++;
+	next->state = TASK_RUNNING;
+	s->current = next;
+	s->stats.switches++;
+	asynqi_fiber_call(&from->stack->fiber, st, called_entry, next);
+	/* Back on from's stack: next has finished. */
+	s->current = from;
+	s->stats.switches++;
+	next->stack = NULL;
+	asynqi_stack_put(&s->pool, st);
+	asynq_future_rele(&next->fut); /* the scheduler's reference */
+}
+#endif
 
 /* Leaves task `from` for the next ready task or the wait loop. Returns when
  * `from` is resumed (never if it is dying). */
@@ -915,7 +1041,6 @@ static void
 switch_next(asynq_sched *s, asynq_task *from, bool dying)
 {
 	canary_check(from);
-	asynqi_fiber *from_fiber = &from->stack->fiber;
 	for (;;) {
 		asynq_task *next = NULL;
 		if (!s->loop->target->done)
@@ -923,16 +1048,27 @@ switch_next(asynq_sched *s, asynq_task *from, bool dying)
 		if (next == NULL) {
 			s->current = NULL;
 			s->stats.switches++;
-			asynqi_fiber_switch(from_fiber, &from->ctx,
+			asynqi_fiber_switch(&from->stack->fiber, &from->ctx,
 			    s->loop->fiber, &s->loop->ctx, dying);
 			break;
 		}
+		if (next == from) {
+			/* Woken while a task it called ran: go on. */
+			next->state = TASK_RUNNING;
+			return;
+		}
+#ifdef ASYNQI_STACK_CALL
+		if (next->starter == from && next->stack == NULL && !dying) {
+			call_task(s, from, next);
+			continue;
+		}
+#endif
 		if (!task_prepare(s, next))
 			continue;
 		next->state = TASK_RUNNING;
 		s->current = next;
 		s->stats.switches++;
-		asynqi_fiber_switch(from_fiber, &from->ctx,
+		asynqi_fiber_switch(&from->stack->fiber, &from->ctx,
 		    &next->stack->fiber, &next->ctx, dying);
 		break;
 	}
@@ -946,17 +1082,7 @@ task_entry(void *arg)
 	asynq_sched *s = t->fut.sched;
 	asynqi_fiber_started(&t->stack->fiber);
 	after_switch(s);
-	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_RUN, t, ASYNQ_OK);
-	if (s->ctx_in_tasks > 0)
-		asynqi_ctx_resume_chain(s, t);
-	asynq_status st = t->fn(t, t->arg);
-	asynqi_task_contexts_end(s, t);
-	if (s->ctx_in_tasks > 0)
-		asynqi_ctx_pause_chain(s, t);
-	if (st == ASYNQ_OK && t->ctx_error != NULL)
-		st = take_ctx_error(t);
-	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_FINISH, t, st);
-	task_finish(s, t, st);
+	task_run(s, t);
 	s->dead = t;
 	switch_next(s, t, true);
 	abort(); /* a dead task is never resumed */
@@ -1030,30 +1156,71 @@ take_ctx_error(asynq_task *t)
 	return asynq_fail_with(t, e);
 }
 
+/* Takes back a child that asynq_await_all started a moment ago. */
+static void
+ready_unstart(asynq_sched *s, asynq_task *c)
+{
+	if (c->q_prev != NULL)
+		c->q_prev->q_next = c->q_next;
+	else
+		s->ready_head = c->q_next;
+	if (c->q_next != NULL)
+		c->q_next->q_prev = c->q_prev;
+	else
+		s->ready_tail = c->q_prev;
+	c->q_prev = c->q_next = NULL;
+	c->state = TASK_CREATED;
+	c->starter = NULL;
+	c->fut.refs--;
+}
+
+/* Undoes the first n futures' registration by an await of t that fails. */
+static void
+await_undo(asynq_sched *s, asynq_task *t, asynq_future **fs, size_t n)
+{
+	for (size_t j = 0; j < n; j++) {
+		asynq_future *f = fs[j];
+		if (f == NULL || f->done)
+			continue;
+		remove_waiter(f, t);
+		asynq_task *c = asynq_future_task(f);
+		if (c != NULL && c->state == TASK_READY && c->starter == t &&
+		    c->stack == NULL)
+			ready_unstart(s, c);
+	}
+}
+
 asynq_status
 asynq_await_all(asynq_task *t, asynq_future **fs, size_t n)
 {
 	asynq_sched *s = t->fut.sched;
 	size_t pending = 0;
+	bool failed = false;
 	if (t != s->current)
 		return asynq_fail(t, ASYNQ_FAILED_PRECONDITION,
 		    "asynq_await called for task %s, which is not running",
 		    t->name);
+	/* One pass: register as a waiter of each pending future, and start
+	 * the children that have not run, in array order, ahead of everything
+	 * else: depth first. */
+	asynq_task *before = s->ready_head;
 	for (size_t i = 0; i < n; i++) {
 		asynq_future *f = fs[i];
-		if (f == NULL || f->done)
+		if (f == NULL) {
+			failed = true;
 			continue;
-		if (f == &t->fut) {
-			for (size_t j = 0; j < i; j++)
-				if (fs[j] != NULL && !fs[j]->done)
-					remove_waiter(fs[j], t);
+		}
+		if (f->done) {
+			failed |= f->status != ASYNQ_OK;
+			continue;
+		}
+		if (__builtin_expect(f == &t->fut, 0)) {
+			await_undo(s, t, fs, i);
 			return asynq_fail(t, ASYNQ_FAILED_PRECONDITION,
 			    "task %s awaits itself", t->name);
 		}
-		if (t->nonsusp > 0 || !add_waiter(f, t)) {
-			for (size_t j = 0; j < i; j++)
-				if (fs[j] != NULL && !fs[j]->done)
-					remove_waiter(fs[j], t);
+		if (__builtin_expect(t->nonsusp > 0 || !add_waiter(f, t), 0)) {
+			await_undo(s, t, fs, i);
 			if (t->nonsusp > 0)
 				return asynq_fail(t, ASYNQ_FAILED_PRECONDITION,
 				    "task %s awaits inside a non-suspending "
@@ -1063,22 +1230,21 @@ asynq_await_all(asynq_task *t, asynq_future **fs, size_t n)
 			    "out of memory awaiting");
 		}
 		pending++;
+		if (f->kind == FUT_TASK) {
+			asynq_task *c = (asynq_task *)f;
+			if (c->state == TASK_CREATED) {
+				c->state = TASK_READY;
+				c->starter = t;
+				c->fut.refs++; /* the scheduler's, until done */
+				ready_insert(s, c, before);
+			}
+		}
 	}
 	if (pending > 0) {
-		/* Start the children that have not run, in array order, ahead
-		 * of everything else: depth first. */
-		asynq_task *before = s->ready_head;
-		for (size_t i = 0; i < n; i++) {
-			asynq_task *c = asynq_future_task(fs[i]);
-			if (c == NULL || c->state != TASK_CREATED)
-				continue;
-			c->state = TASK_READY;
-			c->fut.refs++; /* the scheduler's, until it finishes */
-			ready_insert(s, c, before);
-		}
 		t->pending = pending;
 		t->deps = fs;
 		t->n_deps = n;
+		t->dep_failed = failed;
 		t->state = TASK_BLOCKED;
 		if (s->ctx_in_tasks > 0)
 			asynqi_ctx_pause_chain(s, t);
@@ -1088,13 +1254,16 @@ asynq_await_all(asynq_task *t, asynq_future **fs, size_t n)
 		ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_RUN, t, ASYNQ_OK);
 		t->deps = NULL;
 		t->n_deps = 0;
+		failed = t->dep_failed;
 		if (s->ctx_in_tasks > 0)
 			asynqi_ctx_resume_chain(s, t);
 	}
-	asynq_status st = take_ctx_error(t);
-	if (st != ASYNQ_OK)
-		return st;
-	return collect(t, fs, n);
+	if (t->ctx_error != NULL) {
+		asynq_status st = take_ctx_error(t);
+		if (st != ASYNQ_OK)
+			return st;
+	}
+	return failed ? collect(t, fs, n) : ASYNQ_OK;
 }
 
 void
@@ -1112,6 +1281,119 @@ asynq_status
 asynq_await(asynq_task *t, asynq_future *f)
 {
 	return asynq_await_all(t, &f, 1);
+}
+
+/* ---- Giving memory back -------------------------------------------- */
+
+/* Freed task and future records always kept for reuse. */
+#define RECORDS_WARM 256
+
+static void
+free_tasks_trim(asynq_sched *s, uint64_t keep)
+{
+	while (s->n_free_tasks > keep) {
+		asynq_task *t = s->free_tasks;
+		s->free_tasks = t->q_next;
+		s->n_free_tasks--;
+		free(t);
+	}
+}
+
+static void
+free_futs_trim(asynq_sched *s, uint64_t keep)
+{
+	while (s->n_free_futs > keep) {
+		asynqi_fut_rec *r = s->free_futs;
+		s->free_futs = r->free_next;
+		s->n_free_futs--;
+		free(r);
+	}
+}
+
+/* The cheap trim, at the end of an outermost wait and when work ran since
+ * the idle trim was planned: what the last period needed at its peak stays,
+ * so a workload that repeats keeps its stacks and records. */
+static void
+trim_recent(asynq_sched *s)
+{
+	asynqi_stack_pool_trim(&s->pool);
+	uint64_t need = s->tasks_peak - s->stats.tasks_live;
+	free_tasks_trim(s, need > RECORDS_WARM ? need : RECORDS_WARM);
+	s->tasks_peak = s->stats.tasks_live;
+	need = s->futs_peak - s->futs_live;
+	free_futs_trim(s, need > RECORDS_WARM ? need : RECORDS_WARM);
+	s->futs_peak = s->futs_live;
+}
+
+/* jemalloc, when the program links it (the services do): its arenas keep
+ * freed pages until more allocation activity decays them, which an idle
+ * worker never has. */
+extern int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp,
+    size_t newlen) __attribute__((weak));
+/* glibc's; declared here rather than through <malloc.h>. */
+extern int malloc_trim(size_t pad);
+
+/* The full trim, after an idle period: everything beyond the warm counts
+ * goes back, then the allocator's free pages. */
+static void
+trim_all(asynq_sched *s)
+{
+	asynqi_stack_pool_release(&s->pool, 0);
+	free_tasks_trim(s, RECORDS_WARM);
+	free_futs_trim(s, RECORDS_WARM);
+	s->tasks_peak = s->stats.tasks_live;
+	s->futs_peak = s->futs_live;
+	if (mallctl != NULL)
+		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
+	else
+		(void)malloc_trim(0);
+	s->stats.trims++;
+	s->trim_switches = s->stats.switches;
+	s->trim_due = 0;
+}
+
+/* Whether an idle trim would give anything back. */
+static bool
+trim_surplus(const asynq_sched *s)
+{
+	const asynqi_stack_pool *p = &s->pool;
+	return p->n_hot > p->warm || p->n_idle >= p->warm + 16 ||
+	    s->n_free_tasks > RECORDS_WARM || s->n_free_futs > RECORDS_WARM;
+}
+
+/* Called each time the loop is about to sleep: runs an idle trim that is
+ * due, plans one when work ran since the last and left a surplus, and
+ * returns when the sleep must end for a planned trim (0: none). A trim is
+ * full only if nothing ran since it was planned. */
+static uint64_t
+trim_when_idle(asynq_sched *s)
+{
+	if (s->trim_due != 0) {
+		uint64_t now = asynqi_now_ns();
+		if (now < s->trim_due)
+			return s->trim_due;
+		if (s->stats.switches == s->trim_switches) {
+			trim_all(s);
+			return 0;
+		}
+		trim_recent(s);
+		s->trim_due = 0;
+	} else if (s->stats.switches == s->trim_switches) {
+		return 0; /* nothing ran since the last full trim */
+	}
+	if (!trim_surplus(s))
+		return 0;
+	s->trim_switches = s->stats.switches;
+	s->trim_due = asynqi_now_ns() + (uint64_t)s->cfg.idle_trim_ms * 1000000u;
+	return s->trim_due;
+}
+
+void
+asynq_sched_trim(void)
+{
+	asynq_sched *s = asynqi_tls_sched;
+	if (s != NULL)
+		trim_all(s);
 }
 
 /* ---- The wait loop -------------------------------------------------- */
@@ -1154,7 +1436,7 @@ run_loop(asynq_sched *s, asynq_future *target)
 			asynqi_process_posted(s, false, 0);
 			continue;
 		}
-		if (s->n_timers > 0 && s->timers[0]->due <= asynqi_now_ns()) {
+		if (s->n_timers > 0 && ASYNQI_DUE(s->timers[0]) <= asynqi_now_ns()) {
 			asynqi_timers_fire(s, asynqi_now_ns());
 			continue;
 		}
@@ -1171,11 +1453,13 @@ run_loop(asynq_sched *s, asynq_future *target)
 		}
 		if (s->n_inflight > 0 || s->n_timers > 0 ||
 		    s->n_promises > 0 || due != 0) {
-			uint64_t until = s->n_timers > 0 ? s->timers[0]->due : 0;
+			uint64_t until = s->n_timers > 0 ? ASYNQI_DUE(s->timers[0]) : 0;
 			if (due != 0 && (until == 0 || due < until))
 				until = due;
+			uint64_t trim = trim_when_idle(s);
+			if (trim != 0 && (until == 0 || trim < until))
+				until = trim;
 			s->stats.sleeps++;
-			asynqi_stack_pool_trim(&s->pool);
 			asynqi_process_posted(s, true, until);
 			continue;
 		}
@@ -1189,7 +1473,7 @@ run_loop(asynq_sched *s, asynq_future *target)
 	s->loop = l.prev;
 	s->current = caller;
 	if (s->loop == NULL)
-		asynqi_stack_pool_trim(&s->pool);
+		trim_recent(s);
 	return rv;
 }
 
@@ -1335,11 +1619,8 @@ asynq_thread_fini(void)
 		s->altstack = NULL;
 	}
 #endif
-	while (s->free_tasks != NULL) {
-		asynq_task *t = s->free_tasks;
-		s->free_tasks = t->q_next;
-		free(t);
-	}
+	free_tasks_trim(s, 0);
+	free_futs_trim(s, 0);
 	asynqi_stack_pool_fini(&s->pool);
 	asynqi_tls_sched = NULL;
 	s->zombie = true;

@@ -42,7 +42,7 @@ heap_up(asynq_future **h, size_t i)
 {
 	while (i > 0) {
 		size_t parent = (i - 1) / 2;
-		if (h[parent]->due <= h[i]->due)
+		if (ASYNQI_DUE(h[parent]) <= ASYNQI_DUE(h[i]))
 			break;
 		heap_swap(h, parent, i);
 		i = parent;
@@ -54,9 +54,9 @@ heap_down(asynq_future **h, size_t n, size_t i)
 {
 	for (;;) {
 		size_t l = 2 * i + 1, r = l + 1, m = i;
-		if (l < n && h[l]->due < h[m]->due)
+		if (l < n && ASYNQI_DUE(h[l]) < ASYNQI_DUE(h[m]))
 			m = l;
-		if (r < n && h[r]->due < h[m]->due)
+		if (r < n && ASYNQI_DUE(h[r]) < ASYNQI_DUE(h[m]))
 			m = r;
 		if (m == i)
 			return;
@@ -83,7 +83,7 @@ asynq_sleep(uint64_t ns)
 	if (f == NULL)
 		return NULL;
 	f->refs = 2; /* the caller's and the heap's */
-	f->due = asynqi_now_ns() + ns;
+	ASYNQI_DUE(f) = asynqi_now_ns() + ns;
 	f->vkind = VAL_I64;
 	s->timers[s->n_timers] = f;
 	heap_up(s->timers, s->n_timers++);
@@ -102,7 +102,7 @@ heap_pop(asynq_sched *s)
 void
 asynqi_timers_fire(asynq_sched *s, uint64_t now)
 {
-	while (s->n_timers > 0 && s->timers[0]->due <= now) {
+	while (s->n_timers > 0 && ASYNQI_DUE(s->timers[0]) <= now) {
 		asynq_future *f = heap_pop(s);
 		f->status = ASYNQ_OK;
 		asynqi_future_complete(s, f);

@@ -3,7 +3,12 @@
  * Context switch for aarch64 (AAPCS64). asynqi_ctx_switch(from, to) saves the
  * callee-saved general registers x19-x30, d8-d15 and FPCR in a frame on the
  * current stack, stores sp in from->sp, loads to->sp and restores the frame
- * found there, returning through the restored x30.
+ * found there, returning through the restored x30. FPCR is written only when
+ * the other context's differs: msr fpcr is a slow, serialising write, and two
+ * contexts almost always run in the same mode. asynqi_stack_call(arg, fn,
+ * top) runs fn(arg) on another stack as an ordinary call, in the default
+ * floating-point environment, and gives the caller its own back when fn
+ * returns, however many switches fn made in between.
  */
 #include "frame.h"
 
@@ -30,11 +35,11 @@ asynqi_ctx_switch:
 	stp	d14, d15, [sp, #ASYNQI_FRAME_D14]
 	mrs	x9, fpcr
 	str	x9, [sp, #ASYNQI_FRAME_FPCR]
-	mov	x9, sp
-	str	x9, [x0]
+	mov	x11, sp
+	str	x11, [x0]
 
-	ldr	x9, [x1]
-	mov	sp, x9
+	ldr	x11, [x1]
+	mov	sp, x11
 	ldp	x19, x20, [sp, #ASYNQI_FRAME_X19]
 	ldp	x21, x22, [sp, #ASYNQI_FRAME_X21]
 	ldp	x23, x24, [sp, #ASYNQI_FRAME_X23]
@@ -45,9 +50,11 @@ asynqi_ctx_switch:
 	ldp	d10, d11, [sp, #ASYNQI_FRAME_D10]
 	ldp	d12, d13, [sp, #ASYNQI_FRAME_D12]
 	ldp	d14, d15, [sp, #ASYNQI_FRAME_D14]
-	ldr	x9, [sp, #ASYNQI_FRAME_FPCR]
-	msr	fpcr, x9
-	add	sp, sp, #ASYNQI_FRAME_SIZE
+	ldr	x10, [sp, #ASYNQI_FRAME_FPCR]
+	cmp	x9, x10 /* x9 still holds our FPCR */
+	b.eq	1f
+	msr	fpcr, x10
+1:	add	sp, sp, #ASYNQI_FRAME_SIZE
 	.cfi_adjust_cfa_offset -ASYNQI_FRAME_SIZE
 	ret
 	.cfi_endproc
@@ -67,5 +74,39 @@ asynqi_ctx_trampoline:
 	brk	#0
 	.cfi_endproc
 	.size	asynqi_ctx_trampoline, .-asynqi_ctx_trampoline
+
+/* void asynqi_stack_call(void *arg, void (*fn)(void *), void *top)
+ * top is 16-byte aligned. The caller's frame: x29, x30, its FPCR. */
+	.globl	asynqi_stack_call
+	.hidden	asynqi_stack_call
+	.type	asynqi_stack_call, %function
+	.p2align 4
+asynqi_stack_call:
+	.cfi_startproc
+	stp	x29, x30, [sp, #-32]!
+	.cfi_def_cfa_offset 32
+	.cfi_offset x29, -32
+	.cfi_offset x30, -24
+	mov	x29, sp
+	.cfi_def_cfa_register x29
+	mrs	x9, fpcr
+	str	x9, [sp, #16]
+	cbz	x9, 1f
+	msr	fpcr, xzr
+1:	mov	sp, x2
+	blr	x1
+	mov	sp, x29
+	ldr	x9, [sp, #16]
+	mrs	x10, fpcr
+	cmp	x9, x10
+	b.eq	2f
+	msr	fpcr, x9
+2:	ldp	x29, x30, [sp], #32
+	.cfi_def_cfa sp, 0
+	.cfi_restore x29
+	.cfi_restore x30
+	ret
+	.cfi_endproc
+	.size	asynqi_stack_call, .-asynqi_stack_call
 
 	.section .note.GNU-stack,"",@progbits

@@ -4,9 +4,27 @@
  * callee-saved registers and the SSE/x87 control words in a frame on the
  * current stack, stores the stack pointer in from->sp, loads to->sp and
  * restores the frame found there. Everything else is caller-saved, so the C
- * compiler already keeps it around the call.
+ * compiler already keeps it around the call. asynqi_stack_call(arg, fn, top)
+ * runs fn(arg) on another stack as an ordinary call and comes back when fn
+ * returns, however many switches fn made in between.
+ *
+ * Design notes:
+ * - The control words are compared before they are loaded: ldmxcsr and fldcw
+ *   stall the pipeline, and two contexts almost always run in the same mode.
+ *   Only MXCSR's control bits count (the low six are sticky exception flags,
+ *   caller-saved by the ABI).
+ * - The switch leaves through `jmp *%rcx` rather than `ret`: the return
+ *   stack buffer always predicts the caller of the other context, whereas
+ *   the indirect predictor learns the few places tasks resume at.
+ * - A function run by asynqi_stack_call starts in the default floating-point
+ *   environment, as a coroutine made by asynqi_ctx_make does, and its caller
+ *   gets its own environment back when it returns.
  */
 #include "frame.h"
+
+#define MXCSR_CONTROL 0xffc0 /* MXCSR without the exception flags */
+#define MXCSR_DEFAULT 0x1f80 /* all exceptions masked, round to nearest */
+#define FPUCW_DEFAULT 0x037f /* likewise for x87, extended precision */
 
 	.text
 
@@ -27,20 +45,33 @@ asynqi_ctx_switch:
 	movq	%rbp, ASYNQI_FRAME_RBP(%rsp)
 	stmxcsr	ASYNQI_FRAME_MXCSR(%rsp)
 	fnstcw	ASYNQI_FRAME_FPUCW(%rsp)
+	movl	ASYNQI_FRAME_MXCSR(%rsp), %eax
+	movzwl	ASYNQI_FRAME_FPUCW(%rsp), %edx
 	movq	%rsp, (%rdi)
 
 	movq	(%rsi), %rsp
-	ldmxcsr	ASYNQI_FRAME_MXCSR(%rsp)
-	fldcw	ASYNQI_FRAME_FPUCW(%rsp)
-	movq	ASYNQI_FRAME_R15(%rsp), %r15
+	/* eax: our MXCSR, edx: our x87 control word; load the other
+	 * context's only where they differ. */
+	xorl	ASYNQI_FRAME_MXCSR(%rsp), %eax
+	testl	$MXCSR_CONTROL, %eax
+	jnz	1f
+2:	cmpw	ASYNQI_FRAME_FPUCW(%rsp), %dx
+	jne	3f
+4:	movq	ASYNQI_FRAME_R15(%rsp), %r15
 	movq	ASYNQI_FRAME_R14(%rsp), %r14
 	movq	ASYNQI_FRAME_R13(%rsp), %r13
 	movq	ASYNQI_FRAME_R12(%rsp), %r12
 	movq	ASYNQI_FRAME_RBX(%rsp), %rbx
 	movq	ASYNQI_FRAME_RBP(%rsp), %rbp
-	addq	$(ASYNQI_FRAME_RET), %rsp
-	.cfi_adjust_cfa_offset -ASYNQI_FRAME_RET
-	ret
+	movq	ASYNQI_FRAME_RET(%rsp), %rcx
+	addq	$(ASYNQI_FRAME_SIZE), %rsp
+	.cfi_adjust_cfa_offset -ASYNQI_FRAME_SIZE
+	jmp	*%rcx
+	.cfi_adjust_cfa_offset ASYNQI_FRAME_SIZE
+1:	ldmxcsr	ASYNQI_FRAME_MXCSR(%rsp)
+	jmp	2b
+3:	fldcw	ASYNQI_FRAME_FPUCW(%rsp)
+	jmp	4b
 	.cfi_endproc
 	.size	asynqi_ctx_switch, .-asynqi_ctx_switch
 
@@ -58,5 +89,64 @@ asynqi_ctx_trampoline:
 	ud2
 	.cfi_endproc
 	.size	asynqi_ctx_trampoline, .-asynqi_ctx_trampoline
+
+/* void asynqi_stack_call(void *arg, void (*fn)(void *), void *top)
+ * top is 16-byte aligned. The caller's frame keeps its control words at
+ * -16(%rbp) and a scratch copy at -8(%rbp). */
+	.globl	asynqi_stack_call
+	.hidden	asynqi_stack_call
+	.type	asynqi_stack_call, @function
+	.p2align 4
+asynqi_stack_call:
+	.cfi_startproc
+	pushq	%rbp
+	.cfi_adjust_cfa_offset 8
+	.cfi_offset rbp, -16
+	movq	%rsp, %rbp
+	.cfi_def_cfa_register rbp
+	subq	$16, %rsp
+	stmxcsr	(%rsp)
+	fnstcw	4(%rsp)
+	movl	(%rsp), %eax
+	andl	$MXCSR_CONTROL, %eax
+	cmpl	$MXCSR_DEFAULT, %eax
+	jne	1f
+2:	cmpw	$FPUCW_DEFAULT, 4(%rsp)
+	jne	3f
+4:	movq	%rdx, %rsp
+	callq	*%rsi
+	movq	%rbp, %rsp
+	subq	$16, %rsp
+	stmxcsr	8(%rsp)
+	fnstcw	12(%rsp)
+	movl	8(%rsp), %eax
+	xorl	(%rsp), %eax
+	testl	$MXCSR_CONTROL, %eax
+	jnz	5f
+6:	movzwl	12(%rsp), %eax
+	cmpw	4(%rsp), %ax
+	jne	7f
+8:	movq	%rbp, %rsp
+	popq	%rbp
+	.cfi_def_cfa rsp, 8
+	ret
+	.cfi_def_cfa rbp, 16
+1:	ldmxcsr	mxcsr_default(%rip)
+	jmp	2b
+3:	fldcw	fpucw_default(%rip)
+	jmp	4b
+5:	ldmxcsr	(%rsp)
+	jmp	6b
+7:	fldcw	4(%rsp)
+	jmp	8b
+	.cfi_endproc
+	.size	asynqi_stack_call, .-asynqi_stack_call
+
+	.section .rodata
+	.p2align 2
+mxcsr_default:
+	.long	MXCSR_DEFAULT
+fpucw_default:
+	.short	FPUCW_DEFAULT
 
 	.section .note.GNU-stack,"",@progbits

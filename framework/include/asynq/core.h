@@ -50,6 +50,12 @@ typedef struct asynq_sched_cfg {
 	 * the traceback to stderr. The error is borrowed. */
 	void (*on_error)(const asynq_error *e, void *arg);
 	void *on_error_arg;
+	/* After this long asleep with nothing to run, the scheduler hands back
+	 * what a burst left behind: idle stacks beyond warm_stacks (unmapped,
+	 * or their pages dropped), cached task and future records, and the
+	 * allocator's free memory. Default 250 ms; the hot path never pays
+	 * for it. */
+	uint32_t idle_trim_ms;
 } asynq_sched_cfg;
 
 /* Counters of one scheduler, for tests, benchmarks and logs. */
@@ -67,6 +73,10 @@ typedef struct asynq_sched_stats {
 	uint64_t stacks_mapped;     /* coroutine stacks ever mapped */
 	uint64_t stacks_guarded;    /* of which with a guard page */
 	uint64_t stacks_idle;       /* stacks in the pool now */
+	uint64_t stacks_held;       /* stacks mapped now, in use or idle */
+	uint64_t stacks_warm;       /* idle stacks whose pages are resident */
+	uint64_t records_cached;    /* freed task and future records kept */
+	uint64_t trims;             /* idle trims (asynq_sched_trim too) */
 } asynq_sched_stats;
 
 /* asynq_thread_init makes the calling thread's scheduler with cfg (NULL for
@@ -86,6 +96,12 @@ asynq_sched *asynq_sched_current(void);
 
 /* asynq_sched_stats_get copies the calling thread's scheduler counters. */
 void asynq_sched_stats_get(asynq_sched_stats *out);
+
+/* asynq_sched_trim hands back now what an idle scheduler hands back after
+ * asynq_sched_cfg.idle_trim_ms: idle stacks beyond warm_stacks, cached
+ * records beyond a few hundred, the allocator's free memory. Any thread, for
+ * itself; outside tasks or inside, never needed for correctness. */
+void asynq_sched_trim(void);
 
 /* ---- Futures -------------------------------------------------------- */
 
