@@ -50,6 +50,20 @@ _Static_assert(sizeof(struct asynqi_frame) == ASYNQI_FRAME_SIZE, "");
 #define ASYNQI_FRAME_FN(f) ((f)->r13)
 #endif
 
+/* The floating-point control state a call onto another stack restores
+ * (asynqi_stack_call): MXCSR and the x87 control word. */
+#define ASYNQI_FPENV_MXCSR 0
+#define ASYNQI_FPENV_FPUCW 4
+#ifndef __ASSEMBLER__
+typedef struct asynqi_fpenv {
+	uint32_t mxcsr;
+	uint16_t fpucw;
+	uint16_t pad;
+} asynqi_fpenv;
+_Static_assert(offsetof(asynqi_fpenv, mxcsr) == ASYNQI_FPENV_MXCSR, "");
+_Static_assert(offsetof(asynqi_fpenv, fpucw) == ASYNQI_FPENV_FPUCW, "");
+#endif
+
 #elif defined(__aarch64__)
 
 /* AAPCS64: callee-saved x19-x28, frame pointer x29, link register x30,
@@ -92,6 +106,16 @@ _Static_assert(sizeof(struct asynqi_frame) == ASYNQI_FRAME_SIZE, "");
  * function, read by the trampoline; x30 is the trampoline itself. */
 #define ASYNQI_FRAME_ARG(f) ((f)->x[0])
 #define ASYNQI_FRAME_FN(f) ((f)->x[1])
+#endif
+
+/* The floating-point control state a call onto another stack restores
+ * (asynqi_stack_call): FPCR. */
+#define ASYNQI_FPENV_FPCR 0
+#ifndef __ASSEMBLER__
+typedef struct asynqi_fpenv {
+	uint64_t fpcr;
+} asynqi_fpenv;
+_Static_assert(offsetof(asynqi_fpenv, fpcr) == ASYNQI_FPENV_FPCR, "");
 #endif
 
 #endif

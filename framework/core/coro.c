@@ -39,8 +39,8 @@
 #endif
 
 #define ASYNQI_SLAB 16
-#define CANARY_BYTES 64
-static const uint64_t canary_word = 0xa5f1c0de5afe57acULL;
+#define CANARY_BYTES ASYNQI_CANARY_BYTES
+static const uint64_t canary_word = ASYNQI_CANARY_WORD;
 
 struct asynqi_slab {
 	struct asynqi_slab *next;
@@ -112,16 +112,6 @@ put_canary(asynqi_stack *s)
 }
 
 bool
-asynqi_stack_canary_ok(const asynqi_stack *s)
-{
-	if (s->guarded)
-		return true;
-	const uint64_t *w = s->lo;
-	return w[0] == canary_word && w[CANARY_BYTES / sizeof(*w) - 1] ==
-	    canary_word;
-}
-
-bool
 asynqi_stack_guard_hit(const asynqi_stack *s, const void *addr)
 {
 	const char *a = addr, *lo = s->lo;
@@ -176,43 +166,24 @@ map_slab(asynqi_stack_pool *p)
 }
 
 asynqi_stack *
-asynqi_stack_get(asynqi_stack_pool *p)
+asynqi_stack_get_slow(asynqi_stack_pool *p)
 {
-	asynqi_stack *s = p->hot;
-	if (s != NULL) {
-		p->hot = s->next;
-		p->n_hot--;
-	} else {
-		if (p->cold == NULL && map_slab(p) != 0)
+	asynqi_stack *s;
+	if (p->cold == NULL) {
+		if (map_slab(p) != 0)
 			return NULL;
-		if (p->hot != NULL) { /* map_slab filled the hot list */
-			s = p->hot;
-			p->hot = s->next;
-			p->n_hot--;
-		} else {
-			s = p->cold;
-			p->cold = s->next;
-			s->cold = false;
-			if (!s->guarded)
-				put_canary(s);
-		}
+		return asynqi_stack_get(p); /* map_slab filled the hot list */
 	}
+	s = p->cold;
+	p->cold = s->next;
+	s->cold = false;
+	if (!s->guarded)
+		put_canary(s);
 	p->n_idle--;
 	s->idle = false;
 	if (++p->in_use > p->peak)
 		p->peak = p->in_use;
 	return s;
-}
-
-void
-asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s)
-{
-	s->next = p->hot;
-	s->idle = true;
-	p->hot = s;
-	p->n_hot++;
-	p->n_idle++;
-	p->in_use--;
 }
 
 /* Hands back the pages of hot stacks beyond `keep`. */
@@ -390,6 +361,7 @@ asynqi_fiber_init_thread(asynqi_fiber *f)
 #endif
 }
 
+#ifdef ASYNQI_FIBER_HOOKS
 void
 asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s)
 {
@@ -435,7 +407,7 @@ asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
 #ifdef ASYNQI_STACK_CALL
 void
 asynqi_fiber_call(asynqi_fiber *from, asynqi_stack *to, void (*fn)(void *),
-    void *arg)
+    void *arg, const asynqi_fpenv *env)
 {
 #if defined(ASYNQ_ASAN)
 	__sanitizer_start_switch_fiber(&from->asan_fake, to->lo, to->size);
@@ -445,7 +417,7 @@ asynqi_fiber_call(asynqi_fiber *from, asynqi_stack *to, void (*fn)(void *),
 	 * stack, the caller's; a switch back to this stack must find it. */
 	to->fiber.tsan_cur = from->tsan_cur;
 #endif
-	asynqi_stack_call(arg, fn, asynqi_stack_top(to));
+	asynqi_stack_call(arg, fn, asynqi_stack_top(to), env);
 #if defined(ASYNQ_ASAN)
 	__sanitizer_finish_switch_fiber(from->asan_fake, NULL, NULL);
 #endif
@@ -470,3 +442,4 @@ asynqi_fiber_started(asynqi_fiber *self)
 	__sanitizer_finish_switch_fiber(NULL, NULL, NULL);
 #endif
 }
+#endif

@@ -35,11 +35,19 @@ void asynqi_ctx_switch(asynqi_ctx *from, const asynqi_ctx *to);
 /* ASYNQI_STACK_CALL says asynqi_stack_call exists (the assembly switch). */
 #define ASYNQI_STACK_CALL 1
 
+#include "framework/arch/frame.h"
+
+/* asynqi_fpenv_save reads the floating-point control state (slow on x86-64:
+ * read it once for a run of calls). */
+void asynqi_fpenv_save(asynqi_fpenv *env);
+
 /* asynqi_stack_call runs fn(arg) with the stack pointer at top (16-byte
- * aligned) as an ordinary call, in the default floating-point environment,
- * and returns when fn returns, with the caller's environment back. fn may
- * switch away and be switched back to in between. */
-void asynqi_stack_call(void *arg, void (*fn)(void *), void *top);
+ * aligned) as an ordinary call and returns when fn returns; fn may switch
+ * away and be switched back to in between. fn starts in the default
+ * floating-point environment, as a new coroutine does; env, the caller's
+ * state from asynqi_fpenv_save, is in force again when the call returns. */
+void asynqi_stack_call(void *arg, void (*fn)(void *), void *top,
+    const asynqi_fpenv *env);
 #endif
 
 /* asynqi_ctx_make prepares ctx to run entry(arg) on the stack [lo, lo+size)
@@ -95,12 +103,38 @@ void asynqi_stack_pool_init(asynqi_stack_pool *p, size_t stack_size,
 /* asynqi_stack_pool_fini unmaps every slab; all stacks must be idle. */
 void asynqi_stack_pool_fini(asynqi_stack_pool *p);
 
+/* asynqi_stack_get_slow maps or warms a stack when the hot list is empty;
+ * NULL when mapping fails. */
+struct asynqi_stack *asynqi_stack_get_slow(asynqi_stack_pool *p);
+
 /* asynqi_stack_get returns an idle stack or maps more; NULL when mapping
  * fails. */
-asynqi_stack *asynqi_stack_get(asynqi_stack_pool *p);
+static inline asynqi_stack *
+asynqi_stack_get(asynqi_stack_pool *p)
+{
+	asynqi_stack *s = p->hot;
+	if (__builtin_expect(s == NULL, 0))
+		return asynqi_stack_get_slow(p);
+	p->hot = s->next;
+	p->n_hot--;
+	p->n_idle--;
+	s->idle = false;
+	if (++p->in_use > p->peak)
+		p->peak = p->in_use;
+	return s;
+}
 
 /* asynqi_stack_put returns a stack to the pool. */
-void asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s);
+static inline void
+asynqi_stack_put(asynqi_stack_pool *p, asynqi_stack *s)
+{
+	s->next = p->hot;
+	s->idle = true;
+	p->hot = s;
+	p->n_hot++;
+	p->n_idle++;
+	p->in_use--;
+}
 
 /* asynqi_stack_pool_trim hands back the pages of idle stacks beyond both the
  * warm count and the most stacks in use since the previous trim, so a
@@ -123,9 +157,22 @@ asynqi_stack_top(const asynqi_stack *s)
 	return (void *)(((uintptr_t)s->lo + s->size) & ~(uintptr_t)15);
 }
 
+/* The canary of an unguarded stack: its lowest ASYNQI_CANARY_BYTES hold
+ * this word. */
+#define ASYNQI_CANARY_WORD 0xa5f1c0de5afe57acULL
+#define ASYNQI_CANARY_BYTES 64
+
 /* asynqi_stack_canary_ok says whether the canary at the bottom of an
  * unguarded stack is intact (always true for guarded stacks). */
-bool asynqi_stack_canary_ok(const asynqi_stack *s);
+static inline bool
+asynqi_stack_canary_ok(const asynqi_stack *s)
+{
+	if (s->guarded)
+		return true;
+	const uint64_t *w = s->lo;
+	return w[0] == ASYNQI_CANARY_WORD &&
+	    w[ASYNQI_CANARY_BYTES / sizeof(*w) - 1] == ASYNQI_CANARY_WORD;
+}
 
 /* asynqi_stack_guard_hit says whether addr lies in s's guard page or canary
  * area. */
@@ -133,6 +180,11 @@ bool asynqi_stack_guard_hit(const asynqi_stack *s, const void *addr);
 
 /* asynqi_fiber_init_thread describes the calling thread's own stack. */
 void asynqi_fiber_init_thread(asynqi_fiber *f);
+
+/* Without sanitizers the fiber hooks are empty and inline; with them,
+ * coro.c defines them. */
+#if defined(ASYNQ_ASAN) || defined(ASYNQ_TSAN)
+#define ASYNQI_FIBER_HOOKS 1
 
 /* asynqi_fiber_switch switches from one fiber to another; `dying` says the
  * current fiber will never run again. */
@@ -143,17 +195,60 @@ void asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
  * (asynqi_stack_call), telling the sanitizers; fn ends with
  * asynqi_fiber_return(from). Returns when fn has returned. */
 void asynqi_fiber_call(asynqi_fiber *from, asynqi_stack *to,
-    void (*fn)(void *), void *arg);
+    void (*fn)(void *), void *arg, const asynqi_fpenv *env);
 
 /* asynqi_fiber_return is the last thing a function run by asynqi_fiber_call
  * does before it returns to fiber `to`; its own stack is done with. */
 void asynqi_fiber_return(asynqi_fiber *to);
 
 /* asynqi_fiber_prepare readies a stack's fiber record before the first
- * switch to it. */
+ * switch to it (or call on it). */
 void asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s);
 
 /* asynqi_fiber_started is called first thing on a new coroutine. */
 void asynqi_fiber_started(asynqi_fiber *self);
+
+#else
+
+static inline void
+asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
+    asynqi_fiber *to, const asynqi_ctx *to_ctx, bool dying)
+{
+	(void)from;
+	(void)to;
+	(void)dying;
+	asynqi_ctx_switch(from_ctx, to_ctx);
+}
+
+#ifdef ASYNQI_STACK_CALL
+static inline void
+asynqi_fiber_call(asynqi_fiber *from, asynqi_stack *to, void (*fn)(void *),
+    void *arg, const asynqi_fpenv *env)
+{
+	(void)from;
+	asynqi_stack_call(arg, fn, asynqi_stack_top(to), env);
+}
+#endif
+
+static inline void
+asynqi_fiber_return(asynqi_fiber *to)
+{
+	(void)to;
+}
+
+static inline void
+asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s)
+{
+	(void)to;
+	(void)s;
+}
+
+static inline void
+asynqi_fiber_started(asynqi_fiber *self)
+{
+	(void)self;
+}
+
+#endif
 
 #endif /* ASYNQ_CORE_CORO_H */

@@ -106,10 +106,10 @@ install_segv(void)
 }
 #endif
 
-static void
-canary_check(asynq_task *t)
+static void __attribute__((noinline, cold, noreturn))
+canary_report(asynq_task *t)
 {
-	if (t->stack != NULL && !asynqi_stack_canary_ok(t->stack)) {
+	{
 		/* We are on the overrun stack: write(2) only, no stdio. */
 		char line[32];
 		snprintf(line, sizeof(line), ":%d", t->line);
@@ -122,6 +122,14 @@ canary_check(asynq_task *t)
 		          "asynq_sched_cfg.stack_size)\n");
 		abort();
 	}
+}
+
+static inline void
+canary_check(asynq_task *t)
+{
+	if (t->stack != NULL &&
+	    __builtin_expect(!asynqi_stack_canary_ok(t->stack), 0))
+		canary_report(t);
 }
 
 /* ---- Scheduler lifecycle ------------------------------------------- */
@@ -1012,7 +1020,8 @@ called_entry(void *arg)
  * costs a call instead of two switches. If next suspends, whatever resumes
  * it later finishes it, and it returns here then. */
 static void
-call_task(asynq_sched *s, asynq_task *from, asynq_task *next)
+call_task(asynq_sched *s, asynq_task *from, asynq_task *next,
+    const asynqi_fpenv *env)
 {
 	asynqi_stack *st = asynqi_stack_get(&s->pool);
 	if (__builtin_expect(st == NULL, 0)) {
@@ -1025,7 +1034,7 @@ call_task(asynq_sched *s, asynq_task *from, asynq_task *next)
 	next->state = TASK_RUNNING;
 	s->current = next;
 	s->stats.switches++;
-	asynqi_fiber_call(&from->stack->fiber, st, called_entry, next);
+	asynqi_fiber_call(&from->stack->fiber, st, called_entry, next, env);
 	/* Back on from's stack: next has finished. */
 	s->current = from;
 	s->stats.switches++;
@@ -1041,6 +1050,12 @@ static void
 switch_next(asynq_sched *s, asynq_task *from, bool dying)
 {
 	canary_check(from);
+#ifdef ASYNQI_STACK_CALL
+	/* from's floating-point state, read at the first call only: nothing
+	 * but the scheduler runs on from's stack between calls. */
+	asynqi_fpenv env;
+	bool have_env = false;
+#endif
 	for (;;) {
 		asynq_task *next = NULL;
 		if (!s->loop->target->done)
@@ -1059,7 +1074,11 @@ switch_next(asynq_sched *s, asynq_task *from, bool dying)
 		}
 #ifdef ASYNQI_STACK_CALL
 		if (next->starter == from && next->stack == NULL && !dying) {
-			call_task(s, from, next);
+			if (!have_env) {
+				asynqi_fpenv_save(&env);
+				have_env = true;
+			}
+			call_task(s, from, next, &env);
 			continue;
 		}
 #endif
@@ -1280,7 +1299,37 @@ asynq_task_start(asynq_future *f)
 asynq_status
 asynq_await(asynq_task *t, asynq_future *f)
 {
-	return asynq_await_all(t, &f, 1);
+	asynq_sched *s = t->fut.sched;
+	/* The common case, one pending future and no hooks, on a short path;
+	 * everything else as an await of one. */
+	if (f == NULL || f->done || f == &t->fut || f->waiter != NULL ||
+	    t != s->current || t->nonsusp > 0 || s->ctx_in_tasks > 0 ||
+	    s->trace != NULL)
+		return asynq_await_all(t, &f, 1);
+	f->waiter = t;
+	if (f->kind == FUT_TASK) {
+		asynq_task *c = (asynq_task *)f;
+		if (c->state == TASK_CREATED) {
+			c->state = TASK_READY;
+			c->starter = t;
+			c->fut.refs++; /* the scheduler's, until done */
+			ready_push_front(s, c);
+		}
+	}
+	t->pending = 1;
+	t->deps = &f;
+	t->n_deps = 1;
+	t->dep_failed = false;
+	t->state = TASK_BLOCKED;
+	switch_next(s, t, false);
+	t->deps = NULL;
+	t->n_deps = 0;
+	if (t->ctx_error != NULL) {
+		asynq_status st = take_ctx_error(t);
+		if (st != ASYNQ_OK)
+			return st;
+	}
+	return t->dep_failed ? collect(t, &f, 1) : ASYNQ_OK;
 }
 
 /* ---- Giving memory back -------------------------------------------- */

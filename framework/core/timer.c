@@ -9,6 +9,8 @@
  *   reference on each, so a caller may drop its own before the timer fires.
  * - The wait loop looks at the heap's top only while timers exist: programs
  *   without timers read no clock.
+ * - Timers that expire together are completed latest first, so their tasks,
+ *   each woken to the front of the ready queue, run in due order.
  */
 #include <stdlib.h>
 #include <time.h>
@@ -99,15 +101,30 @@ heap_pop(asynq_sched *s)
 	return f;
 }
 
-void
-asynqi_timers_fire(asynq_sched *s, uint64_t now)
+/* Completes expired timers, latest first: each completion puts its waiter
+ * at the front of the ready queue, so timers that expired together (the
+ * thread woke late) resume their tasks in due order. */
+static void
+fire_expired(asynq_sched *s, uint64_t now)
 {
-	while (s->n_timers > 0 && ASYNQI_DUE(s->timers[0]) <= now) {
-		asynq_future *f = heap_pop(s);
+	asynq_future *batch[32];
+	size_t n = 0;
+	while (n < 32 && s->n_timers > 0 && ASYNQI_DUE(s->timers[0]) <= now)
+		batch[n++] = heap_pop(s);
+	if (n == 32)
+		fire_expired(s, now); /* the later ones first */
+	while (n > 0) {
+		asynq_future *f = batch[--n];
 		f->status = ASYNQ_OK;
 		asynqi_future_complete(s, f);
 		asynq_future_rele(f);
 	}
+}
+
+void
+asynqi_timers_fire(asynq_sched *s, uint64_t now)
+{
+	fire_expired(s, now);
 }
 
 void

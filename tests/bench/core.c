@@ -1,9 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Core benchmark: prints, in one run, the figures that DESIGN.md §7 budgets
+ * Core benchmark: prints, in one run, the figures that DESIGN.md §9 budgets
  * for the core (context switch, empty task, await chain, local batched call,
- * resident memory per suspended task), each next to its budget with PASS or
- * OVER. Run with `bazel run -c opt //tests/bench:core`.
+ * resident memory per suspended task and its return after a burst on a
+ * runtime worker), each next to its budget with PASS or OVER, and, when Node
+ * is present, the same three task shapes run by the DataLoader peer
+ * (peers/dataloader) in the same run, as ratios against the budget of
+ * at most 0.5x DataLoader's time. Run with `bazel run -c opt
+ * //tests/bench:core`; `core 2 3` runs only sections 2 and 3, and `core -n`
+ * (or ASYNQ_BENCH_NO_PEER=1) skips the peer.
  *
  * Design notes:
  * - A report, not a test: a missed budget still exits 0. Every shape checks
@@ -17,6 +22,7 @@
  * - Big per-shape arrays live on the heap: a 64 KiB coroutine stack cannot
  *   hold 10,000 future pointers.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -146,6 +152,10 @@ end_sched(const char *what)
 		    st.tasks_live);
 	asynq_thread_fini();
 }
+
+/* The asynq figures compared with the peer, filled in by their sections
+ * (0: not measured in this run). */
+static double our_fanout_ns, our_chain_ns, our_lookup_ns;
 
 /* ---- 1. Context switch ------------------------------------------------ */
 
@@ -325,6 +335,7 @@ bench_fanout(void)
 	free(fa.fs);
 	double b = best_of(ns, FAN_ROUNDS), m = median_of(ns, FAN_ROUNDS);
 	double ob = best_of(outer, FAN_ROUNDS);
+	our_fanout_ns = b;
 	printf("  (%d rounds; %" PRIu64 " switches, %" PRIu64
 	       " stacks mapped in all)\n",
 	    FAN_ROUNDS, s.switches, s.stacks_mapped);
@@ -382,6 +393,7 @@ run_chain(const char *label, const asynq_sched_cfg *cfg, bool budgeted)
 	double b = best_of(ns, (size_t)rounds);
 	double m = median_of(ns, (size_t)rounds);
 	char what[96];
+	our_chain_ns = b;
 	snprintf(what, sizeof(what), "per await, best (ns) %s", label);
 	row(what, b, "ns", budgeted ? "<=" : NULL, 100);
 	snprintf(what, sizeof(what), "per await, median (ns) %s", label);
@@ -592,6 +604,8 @@ run_lookup(const char *label, asynq_task_fn root_fn, struct lookup *lk,
 	end_sched(label);
 	double b = best_of(ns, LK_ROUNDS), m = median_of(ns, LK_ROUNDS);
 	char what[96];
+	if (root_fn == author_names_root)
+		our_lookup_ns = b;
 	printf("  %s: %zu flushes per round (%zu answers + %zu users items)\n",
 	    label, flushes_first, lk->n, lk->n);
 	snprintf(what, sizeof(what), "%s, best (ns/call)", label);
@@ -778,6 +792,253 @@ bench_rss(void)
 	    s.stacks_guarded, s.stacks_idle);
 }
 
+/* ---- 6. Memory returned after a burst on a runtime worker ------------- */
+
+#define BURST_N 100000
+#define IDLE_MS 1000
+
+extern int malloc_trim(size_t pad); /* glibc's, without <malloc.h> */
+
+/* The burst's backend lives on the one worker: items join the batch of the
+ * scheduler of the thread that adds them. */
+static struct park_backend burst;
+
+static asynq_status
+burst_flush(asynq_batch *b)
+{
+	size_t n = asynq_batch_size(b);
+	if (burst.flushes++ == 0)
+		burst.rss_in_flush = rss_bytes();
+	burst.items += n;
+	for (size_t i = 0; i < n; i++) {
+		asynq_future *it = asynq_batch_item(b, i);
+		asynq_item_set_i64(it, asynq_item_key(it) + 1);
+	}
+	return ASYNQ_OK;
+}
+
+static const asynq_backend_ops burst_ops = {
+	.batch_alloc = park_batch_alloc,
+	.flush = burst_flush,
+	.batch_free = park_batch_free,
+};
+
+static asynq_status
+burst_task(asynq_task *t, void *arg)
+{
+	int64_t k = (int64_t)(intptr_t)arg;
+	asynq_future *f = asynq_batch_add(&burst.base, k, NULL);
+	asynq_status st = asynq_await(t, f);
+	int64_t v = asynq_future_i64(f);
+	asynq_future_rele(f);
+	ASYNQ_TRY(st);
+	return asynq_return_i64(t, v == k + 1);
+}
+
+static asynq_status
+burst_root(asynq_task *t, void *arg)
+{
+	asynq_future **fs = arg;
+	for (size_t i = 0; i < BURST_N; i++)
+		fs[i] = asynq_spawn(burst_task, (void *)(intptr_t)i);
+	asynq_status st = asynq_await_all(t, fs, BURST_N);
+	int64_t good = 0;
+	for (size_t i = 0; i < BURST_N; i++)
+		good += asynq_future_i64(fs[i]);
+	asynq_future_rele_n(fs, BURST_N);
+	ASYNQ_TRY(st);
+	return asynq_return_i64(t, good);
+}
+
+/* Reads the worker's scheduler counters, on the worker. */
+static asynq_status
+burst_stats(asynq_task *t, void *arg)
+{
+	(void)t;
+	asynq_sched_stats_get(arg);
+	return ASYNQ_OK;
+}
+
+static void
+bench_burst(void)
+{
+	section("6. memory after a burst: 100,000 tasks parked at once on a "
+	        "runtime worker, then 1 s idle");
+	asynq_runtime *rt;
+	asynq_runtime_cfg cfg = { .workers = 1 };
+	asynq_future **fs = calloc(BURST_N, sizeof(*fs));
+	if (fs == NULL || asynq_runtime_alloc(&rt, &cfg) != ASYNQ_OK) {
+		fail("burst", "cannot start a runtime");
+		free(fs);
+		return;
+	}
+	memset(fs, 0, BURST_N * sizeof(*fs)); /* resident before "before" */
+	asynq_backend_init(&burst.base, &burst_ops, "burst");
+	/* What earlier sections freed on this thread is not the worker's. */
+	(void)malloc_trim(0);
+	struct timespec settle = { 0, 100 * 1000000 };
+	nanosleep(&settle, NULL);
+	size_t before = rss_bytes();
+	asynq_ticket *tk;
+	asynq_status st = asynq_runtime_submit(rt, 0, burst_root, fs, &tk);
+	check_status("burst submit", st);
+	if (st != ASYNQ_OK)
+		goto out;
+	check_status("burst", asynq_ticket_wait(tk));
+	size_t done = rss_bytes();
+	if (asynq_ticket_i64(tk) != BURST_N || burst.flushes != 1)
+		fail("burst", "%" PRId64 " of %d tasks right, %zu flushes",
+		    asynq_ticket_i64(tk), BURST_N, burst.flushes);
+	asynq_ticket_free(tk);
+	struct timespec idle = { IDLE_MS / 1000, (IDLE_MS % 1000) * 1000000L };
+	nanosleep(&idle, NULL);
+	size_t after = rss_bytes();
+	asynq_sched_stats ws;
+	memset(&ws, 0, sizeof(ws));
+	if (asynq_runtime_submit(rt, 0, burst_stats, &ws, &tk) == ASYNQ_OK) {
+		(void)asynq_ticket_wait(tk);
+		asynq_ticket_free(tk);
+	}
+	double grown = (double)burst.rss_in_flush - (double)before;
+	double kept = (double)after - (double)before;
+	printf("  RSS before %zu KiB, all parked %zu KiB, all finished %zu "
+	       "KiB, after %d ms idle %zu KiB\n",
+	    before / 1024, burst.rss_in_flush / 1024, done / 1024, IDLE_MS,
+	    after / 1024);
+	printf("  worker after idle: stacks_held %" PRIu64 ", stacks_warm %"
+	       PRIu64 ", records_cached %" PRIu64 ", trims %" PRIu64 "\n",
+	    ws.stacks_held, ws.stacks_warm, ws.records_cached, ws.trims);
+	row("resident after 1 s idle, above before (MiB)", kept / 1048576.0,
+	    "MiB", NULL, 0);
+	row("share of the burst's growth given back (%)",
+	    grown > 0 ? 100.0 * (grown - kept) / grown : 100.0, "%", ">=", 95);
+out:
+	asynq_runtime_free(rt);
+	free(fs);
+}
+
+/* ---- The DataLoader peer ---------------------------------------------- */
+
+struct peer_fig {
+	double best, median;
+	bool have;
+};
+
+static struct peer_fig peer_fanout, peer_chain, peer_lookup;
+static char peer_note[256]; /* why there are no peer figures, or its banner */
+
+/* peer_script finds peers/dataloader/run.sh: in the runfiles (bazel run
+ * starts in them), beside the binary's runfiles, or in a source tree. */
+static bool
+peer_script(const char *argv0, char *out, size_t len)
+{
+	const char *rel = "tests/bench/peers/dataloader/run.sh";
+	const char *rd = getenv("RUNFILES_DIR");
+	char cand[4][1024];
+	int n = 0;
+	if (rd != NULL)
+		snprintf(cand[n++], sizeof(cand[0]), "%.900s/asynq/%s", rd,
+		    rel);
+	snprintf(cand[n++], sizeof(cand[0]), "%s", rel);
+	snprintf(cand[n++], sizeof(cand[0]), "%.900s.runfiles/asynq/%s", argv0,
+	    rel);
+	for (int i = 0; i < n; i++) {
+		if (access(cand[i], R_OK) == 0) {
+			snprintf(out, len, "%.1000s", cand[i]);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* run_peer runs the DataLoader benchmark and keeps its figures; without
+ * Node or the package it notes why. */
+static void
+run_peer(const char *argv0)
+{
+	char script[1100], cmd[1200], line[512];
+	if (!peer_script(argv0, script, sizeof(script))) {
+		snprintf(peer_note, sizeof(peer_note),
+		    "peers/dataloader/run.sh not found next to the benchmark");
+		return;
+	}
+	snprintf(cmd, sizeof(cmd), "sh '%s' 2>&1", script);
+	printf("\nRunning the DataLoader peer (%s) ...\n", script);
+	FILE *p = popen(cmd, "r");
+	if (p == NULL) {
+		snprintf(peer_note, sizeof(peer_note), "cannot run %.160s: %.80s",
+		    script, strerror(errno));
+		return;
+	}
+	bool ok = false;
+	while (fgets(line, sizeof(line), p) != NULL) {
+		char name[32];
+		double b, m;
+		line[strcspn(line, "\n")] = '\0';
+		if (sscanf(line, "%31s best %lf median %lf", name, &b, &m) == 3) {
+			struct peer_fig *f = strcmp(name, "fanout") == 0 ? &peer_fanout
+			    : strcmp(name, "chain") == 0                 ? &peer_chain
+			    : strcmp(name, "lookup") == 0 ? &peer_lookup
+			                                  : NULL;
+			if (f != NULL)
+				*f = (struct peer_fig){ b, m, true };
+		} else if (strcmp(line, "ok") == 0) {
+			ok = true;
+		} else if (strncmp(line, "node ", 5) == 0 ||
+		    strncmp(line, "unavailable: ", 13) == 0 ||
+		    strncmp(line, "error: ", 7) == 0) {
+			snprintf(peer_note, sizeof(peer_note), "%.250s", line);
+		}
+		printf("  peer: %s\n", line);
+	}
+	int rc = pclose(p);
+	if (!ok || rc != 0) {
+		peer_fanout.have = peer_chain.have = peer_lookup.have = false;
+		if (peer_note[0] == '\0' || strncmp(peer_note, "node ", 5) == 0)
+			snprintf(peer_note, sizeof(peer_note),
+			    "the peer exited with status %d", rc);
+	}
+}
+
+static void
+compare_row(const char *what, double ours, const struct peer_fig *peer)
+{
+	if (ours <= 0)
+		return;
+	if (!peer->have) {
+		printf("  %-44s %9.1f %13s %7s\n", what, ours, "-", "-");
+		return;
+	}
+	double ratio = ours / peer->best;
+	bool ok = ratio <= 0.5;
+	if (!ok)
+		overs++;
+	printf("  %-44s %9.1f %13.1f %6.2fx  <= 0.50x  %s\n", what, ours,
+	    peer->best, ratio, ok ? "PASS" : "OVER");
+}
+
+static void
+print_comparison(bool peer_ran)
+{
+	section("DataLoader on Node, same run: best ns of each side, target "
+	        "asynq <= 0.5x DataLoader's time");
+	if (!peer_ran)
+		printf("  (peer skipped: -n or ASYNQ_BENCH_NO_PEER)\n");
+	else if (!peer_fanout.have)
+		printf("  (no DataLoader figures: %s; asynq's own only)\n",
+		    peer_note);
+	else
+		printf("  (%s)\n", peer_note);
+	printf("  %-44s %9s %13s %7s  %-8s  %s\n", "shape", "asynq ns",
+	    "DataLoader ns", "ratio", "target", "verdict");
+	compare_row("empty task in a 100,000-task fan-out", our_fanout_ns,
+	    &peer_fanout);
+	compare_row("await chain, per level (500 deep)", our_chain_ns,
+	    &peer_chain);
+	compare_row("batched lookup, a task per call (10,000)", our_lookup_ns,
+	    &peer_lookup);
+}
+
 /* ---- Main ------------------------------------------------------------- */
 
 /* want says whether section n was asked for: all of them with no
@@ -785,10 +1046,25 @@ bench_rss(void)
 static bool
 want(int argc, char **argv, int n)
 {
-	if (argc < 2)
+	bool any = false;
+	for (int i = 1; i < argc; i++) {
+		if (argv[i][0] == '-')
+			continue;
+		any = true;
+		if (atoi(argv[i]) == n)
+			return true;
+	}
+	return !any;
+}
+
+static bool
+no_peer(int argc, char **argv)
+{
+	const char *e = getenv("ASYNQ_BENCH_NO_PEER");
+	if (e != NULL && e[0] != '\0' && strcmp(e, "0") != 0)
 		return true;
 	for (int i = 1; i < argc; i++)
-		if (atoi(argv[i]) == n)
+		if (strcmp(argv[i], "-n") == 0)
 			return true;
 	return false;
 }
@@ -800,10 +1076,14 @@ main(int argc, char **argv)
 	printf("asynq core benchmark (%ld CPUs online, page %ld bytes)\n",
 	    sysconf(_SC_NPROCESSORS_ONLN), sysconf(_SC_PAGESIZE));
 	printf("  figure = best of several rounds unless marked median; "
-	       "budgets from DESIGN.md section 7\n");
+	       "budgets from DESIGN.md section 9\n");
 	printf("  %-52s %14s  %-14s %s\n", "measure", "figure", "budget",
 	    "verdict");
 
+	bool peer = !no_peer(argc, argv) &&
+	    (want(argc, argv, 2) || want(argc, argv, 3) || want(argc, argv, 4));
+	if (peer)
+		run_peer(argv[0]);
 	if (want(argc, argv, 1))
 		bench_switch();
 	if (want(argc, argv, 2))
@@ -814,10 +1094,10 @@ main(int argc, char **argv)
 		bench_lookup();
 	if (want(argc, argv, 5))
 		bench_rss();
-
-	printf("\nFor context only (not measured here): Python asynq costs "
-	       "3-12 \u00b5s per task and per batched call\n"
-	       "for these shapes on this machine (DESIGN.md section 7).\n");
+	if (want(argc, argv, 6))
+		bench_burst();
+	if (want(argc, argv, 2) || want(argc, argv, 3) || want(argc, argv, 4))
+		print_comparison(peer);
 	asynq_thread_fini();
 	printf("\n%d figure(s) over budget; %d correctness check(s) failed\n",
 	    overs, failures);

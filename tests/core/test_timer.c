@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Timers (asynq_sleep): a sleeping task lets the others run, timers fire in
- * due order, the scheduler sleeps instead of spinning while it waits for
+ * due order (also when they expired together), the scheduler sleeps instead of spinning while it waits for
  * one, and teardown fails the timers still pending.
  */
 #include <time.h>
@@ -74,6 +74,54 @@ lookup_task(asynq_task *t, void *arg)
 	return st;
 }
 
+/* Until when the spinner spins and the sleepers below sleep: absolute
+ * times, so how long spawning takes does not change their order. */
+static uint64_t together_base;
+
+/* Sleeps until together_base + arg * 10 ms, then logs arg. */
+static asynq_status
+sleep_until_task(asynq_task *t, void *arg)
+{
+	uint64_t k = (uint64_t)(uintptr_t)arg;
+	uint64_t until = together_base + k * 10 * MS, now = asynq_now_ns();
+	asynq_future *f = asynq_sleep(until > now ? until - now : 0);
+	asynq_status st = asynq_await(t, f);
+	asynq_future_rele(f);
+	TCHECK_STATUS(st, ASYNQ_OK);
+	tu_log("%llu ", (unsigned long long)k);
+	return asynq_return_i64(t, (int64_t)k);
+}
+
+/* Spins, without suspending, until every sleeper's time has passed. */
+static asynq_status
+spin_until_task(asynq_task *t, void *arg)
+{
+	(void)arg;
+	while (asynq_now_ns() < together_base + 50 * MS)
+		;
+	tu_log("spun ");
+	return asynq_return_i64(t, 0);
+}
+
+/* Timers that expired together, because the thread was busy past all of
+ * them, resume their tasks in due order too. */
+static void
+test_timer_expired_together_resume_in_due_order(void **state)
+{
+	(void)state;
+	together_base = asynq_now_ns() + 100 * MS;
+	asynq_future *fs[4] = {
+		asynq_spawn(sleep_until_task, (void *)(uintptr_t)3),
+		asynq_spawn(sleep_until_task, (void *)(uintptr_t)1),
+		asynq_spawn(sleep_until_task, (void *)(uintptr_t)2),
+		asynq_spawn(spin_until_task, NULL),
+	};
+	assert_status(asynq_wait_all(fs, 4), ASYNQ_OK);
+	ASSERT_TASK_CHECKS(3);
+	assert_string_equal(tu()->log, "spun 1 2 3 ");
+	asynq_future_rele_n(fs, 4);
+}
+
 static void
 test_timer_other_tasks_run_while_one_sleeps(void **state)
 {
@@ -119,6 +167,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		TU_TEST(test_timer_sleep_waits_without_spinning),
 		TU_TEST(test_timer_fire_in_due_order),
+		TU_TEST(test_timer_expired_together_resume_in_due_order),
 		TU_TEST(test_timer_other_tasks_run_while_one_sleeps),
 		TU_TEST(test_timer_released_before_it_fires),
 		TU_TEST(test_timer_pending_at_fini_is_cancelled),

@@ -6,9 +6,9 @@
  * found there, returning through the restored x30. FPCR is written only when
  * the other context's differs: msr fpcr is a slow, serialising write, and two
  * contexts almost always run in the same mode. asynqi_stack_call(arg, fn,
- * top) runs fn(arg) on another stack as an ordinary call, in the default
- * floating-point environment, and gives the caller its own back when fn
- * returns, however many switches fn made in between.
+ * top) runs fn(arg) on another stack as an ordinary call and comes back when
+ * fn returns, however many switches fn made in between, starting fn in the
+ * default floating-point environment and giving the caller its own back.
  */
 #include "frame.h"
 
@@ -75,8 +75,24 @@ asynqi_ctx_trampoline:
 	.cfi_endproc
 	.size	asynqi_ctx_trampoline, .-asynqi_ctx_trampoline
 
-/* void asynqi_stack_call(void *arg, void (*fn)(void *), void *top)
- * top is 16-byte aligned. The caller's frame: x29, x30, its FPCR. */
+/* void asynqi_fpenv_save(asynqi_fpenv *env) */
+	.globl	asynqi_fpenv_save
+	.hidden	asynqi_fpenv_save
+	.type	asynqi_fpenv_save, %function
+	.p2align 4
+asynqi_fpenv_save:
+	.cfi_startproc
+	mrs	x9, fpcr
+	str	x9, [x0, #ASYNQI_FPENV_FPCR]
+	ret
+	.cfi_endproc
+	.size	asynqi_fpenv_save, .-asynqi_fpenv_save
+
+/* void asynqi_stack_call(void *arg, void (*fn)(void *), void *top,
+ *     const asynqi_fpenv *env)
+ * top is 16-byte aligned; env is the caller's state, read beforehand. fn
+ * starts with FPCR at its reset value (written only if env's differs), and
+ * env's FPCR is back when fn returns (written only if fn left another). */
 	.globl	asynqi_stack_call
 	.hidden	asynqi_stack_call
 	.type	asynqi_stack_call, %function
@@ -87,22 +103,26 @@ asynqi_stack_call:
 	.cfi_def_cfa_offset 32
 	.cfi_offset x29, -32
 	.cfi_offset x30, -24
+	str	x19, [sp, #16]
+	.cfi_offset x19, -16
 	mov	x29, sp
 	.cfi_def_cfa_register x29
-	mrs	x9, fpcr
-	str	x9, [sp, #16]
+	mov	x19, x3
+	ldr	x9, [x3, #ASYNQI_FPENV_FPCR]
 	cbz	x9, 1f
 	msr	fpcr, xzr
 1:	mov	sp, x2
 	blr	x1
 	mov	sp, x29
-	ldr	x9, [sp, #16]
+	ldr	x9, [x19, #ASYNQI_FPENV_FPCR]
 	mrs	x10, fpcr
 	cmp	x9, x10
 	b.eq	2f
 	msr	fpcr, x9
-2:	ldp	x29, x30, [sp], #32
+2:	ldr	x19, [sp, #16]
+	ldp	x29, x30, [sp], #32
 	.cfi_def_cfa sp, 0
+	.cfi_restore x19
 	.cfi_restore x29
 	.cfi_restore x30
 	ret

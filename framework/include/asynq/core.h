@@ -209,6 +209,13 @@ void asynq_sched_post(asynq_sched *s, asynq_post *p);
 
 /* ---- Tasks ----------------------------------------------------------- */
 
+/* Each task has a stack of asynq_sched_cfg.stack_size bytes of its own and
+ * starts in the default floating-point environment, whichever task started
+ * it; control modes a task sets stay with it across its awaits. A task that
+ * its awaiter starts may run as an ordinary call from the awaiter's stack
+ * onto its own: cheaper than switching to it, and nothing a task can
+ * observe. */
+
 /* asynq_spawn returns a task future that will run fn(t, arg). Tasks are lazy:
  * nothing runs until the future is awaited or waited on. The name and
  * file:line of the call are recorded for asynq stacks. Past the depth limit
