@@ -186,9 +186,50 @@ void asynqi_trace_batch(asynq_sched *s, asynq_trace_kind kind, asynq_batch *b);
 /* asynqi_sched_get returns the thread's scheduler, making it on first use. */
 asynq_sched *asynqi_sched_get(void);
 
+/* asynqi_ready_push_front makes t the next task to run. */
+static inline void
+asynqi_ready_push_front(asynq_sched *s, asynq_task *t)
+{
+	t->q_prev = NULL;
+	t->q_next = s->ready_head;
+	if (s->ready_head != NULL)
+		s->ready_head->q_prev = t;
+	else
+		s->ready_tail = t;
+	s->ready_head = t;
+}
+
+/* asynqi_wake tells waiter w that f, one of the futures it awaits, is
+ * computed; the last one makes it ready, at the front: depth first. */
+static inline void
+asynqi_wake(asynq_sched *s, asynq_task *w, const asynq_future *f)
+{
+	if (f->status != ASYNQ_OK)
+		w->dep_failed = true;
+	if (--w->pending == 0 && w->state == TASK_BLOCKED) {
+		w->state = TASK_READY;
+		asynqi_ready_push_front(s, w);
+	}
+}
+
+/* asynqi_future_complete_rest wakes f's other waiters and runs its
+ * callbacks. */
+void asynqi_future_complete_rest(asynq_sched *s, asynq_future *f);
+
 /* asynqi_future_complete marks f computed and wakes its waiters and
  * callbacks; the result must already be stored. */
-void asynqi_future_complete(asynq_sched *s, asynq_future *f);
+static inline void
+asynqi_future_complete(asynq_sched *s, asynq_future *f)
+{
+	f->done = true;
+	asynq_task *w = f->waiter;
+	if (w != NULL) {
+		f->waiter = NULL;
+		asynqi_wake(s, w, f);
+	}
+	if (__builtin_expect(f->more_waiters != NULL || f->cbs != NULL, 0))
+		asynqi_future_complete_rest(s, f);
+}
 
 /* asynqi_future_set_error stores e (owned) as f's outcome; an error whose
  * code is OK is stored as UNKNOWN. */
