@@ -1402,31 +1402,36 @@ trim_surplus(const asynq_sched *s)
 	    s->n_free_tasks > RECORDS_WARM || s->n_free_futs > RECORDS_WARM;
 }
 
-/* Called each time the loop is about to sleep: runs an idle trim that is
- * due, plans one when work ran since the last and left a surplus, and
- * returns when the sleep must end for a planned trim (0: none). A trim is
- * full only if nothing ran since it was planned. */
+/* Called each time the loop is about to sleep: plans an idle trim when work
+ * ran since the last full one and left a surplus, and returns when the sleep
+ * must end for it (0: none planned). */
 static uint64_t
-trim_when_idle(asynq_sched *s)
+trim_plan(asynq_sched *s)
 {
-	if (s->trim_due != 0) {
-		uint64_t now = asynqi_now_ns();
-		if (now < s->trim_due)
-			return s->trim_due;
-		if (s->stats.switches == s->trim_switches) {
-			trim_all(s);
-			return 0;
-		}
-		trim_recent(s);
-		s->trim_due = 0;
-	} else if (s->stats.switches == s->trim_switches) {
-		return 0; /* nothing ran since the last full trim */
-	}
-	if (!trim_surplus(s))
+	if (s->trim_due != 0)
+		return s->trim_due;
+	if (s->stats.switches == s->trim_switches || !trim_surplus(s))
 		return 0;
 	s->trim_switches = s->stats.switches;
 	s->trim_due = asynqi_now_ns() + (uint64_t)s->cfg.idle_trim_ms * 1000000u;
 	return s->trim_due;
+}
+
+/* Called each time the loop wakes from a sleep, before it looks at timers
+ * or posts: runs the planned trim once its time has come. It is full only
+ * if nothing ran since it was planned; else what the last period needed
+ * stays and the next sleep plans again. */
+static void
+trim_if_due(asynq_sched *s)
+{
+	if (s->trim_due == 0 || asynqi_now_ns() < s->trim_due)
+		return;
+	if (s->stats.switches == s->trim_switches) {
+		trim_all(s);
+		return;
+	}
+	trim_recent(s);
+	s->trim_due = 0;
 }
 
 void
@@ -1497,11 +1502,13 @@ run_loop(asynq_sched *s, asynq_future *target)
 			uint64_t until = s->n_timers > 0 ? ASYNQI_DUE(s->timers[0]) : 0;
 			if (due != 0 && (until == 0 || due < until))
 				until = due;
-			uint64_t trim = trim_when_idle(s);
+			uint64_t trim = trim_plan(s);
 			if (trim != 0 && (until == 0 || trim < until))
 				until = trim;
 			s->stats.sleeps++;
 			asynqi_process_posted(s, true, until);
+			if (trim != 0)
+				trim_if_due(s);
 			continue;
 		}
 		fprintf(stderr,

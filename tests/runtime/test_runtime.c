@@ -6,7 +6,8 @@
  * asynq_ticket_wait, batching across requests on one worker, graceful stop
  * (nothing accepted is lost, nothing new is accepted, held units are waited
  * for), posts and promises on a worker, one wake-up for a burst of posts,
- * per-worker scheduler settings and hooks, and the argument checks.
+ * per-worker scheduler settings and hooks, memory an idle worker gives back
+ * after a burst, and the argument checks.
  *
  * Task bodies and helper threads never call cmocka's asserts (a failed
  * assert longjmps to the runner, which must not happen from a coroutine
@@ -1028,6 +1029,86 @@ nest_task(asynq_task *t, void *arg)
 	return asynq_return_i64(t, v);
 }
 
+/* ---- Memory after a burst -------------------------------------------- */
+
+#define BURST_TASKS 300
+#define TRIM_WARM 4
+
+static asynq_status
+burst_leaf(asynq_task *t, void *arg)
+{
+	(void)arg;
+	return asynq_debug_sync(t);
+}
+
+/* Parks BURST_TASKS tasks at once on the worker, then lets them finish. */
+static asynq_status
+burst_task(asynq_task *t, void *arg)
+{
+	static asynq_future *fs[BURST_TASKS];
+	(void)arg;
+	for (int i = 0; i < BURST_TASKS; i++)
+		fs[i] = asynq_spawn(burst_leaf, NULL);
+	asynq_status st = asynq_await_all(t, fs, BURST_TASKS);
+	asynq_future_rele_n(fs, BURST_TASKS);
+	return st;
+}
+
+static asynq_status
+stats_task(asynq_task *t, void *arg)
+{
+	(void)t;
+	asynq_sched_stats_get(arg);
+	return ASYNQ_OK;
+}
+
+static asynq_sched_stats
+worker_stats(asynq_runtime *rt)
+{
+	asynq_sched_stats st;
+	asynq_ticket *tk;
+	memset(&st, 0, sizeof(st));
+	assert_status(asynq_runtime_submit(rt, 0, stats_task, &st, &tk),
+	    ASYNQ_OK);
+	assert_status(asynq_ticket_wait(tk), ASYNQ_OK);
+	asynq_ticket_free(tk);
+	return st;
+}
+
+/* A worker left idle after a burst gives the burst's stacks back by itself:
+ * whole slabs unmapped down to warm_stacks. Polled, not timed: the check is
+ * that it happens, whenever the machine lets the worker sleep long enough. */
+static void
+test_runtime_idle_worker_gives_back_a_burst(void **state)
+{
+	asynq_runtime_cfg cfg = hooks_cfg(1);
+	asynq_runtime *rt;
+	asynq_ticket *tk;
+	asynq_sched_stats st;
+
+	(void)state;
+	cfg.sched.warm_stacks = TRIM_WARM;
+	cfg.sched.idle_trim_ms = 1;
+	rt = rt_make(&cfg);
+	assert_status(asynq_runtime_submit(rt, 0, burst_task, NULL, &tk),
+	    ASYNQ_OK);
+	assert_status(asynq_ticket_wait(tk), ASYNQ_OK);
+	asynq_ticket_free(tk);
+	st = worker_stats(rt);
+	assert_true(st.stacks_mapped >= BURST_TASKS);
+	for (int i = 0; i < 6000 && st.trims == 0; i++) {
+		struct timespec ts = { 0, 10 * (long)MS };
+		nanosleep(&ts, NULL);
+		st = worker_stats(rt);
+	}
+	assert_true(st.trims >= 1);
+	/* The probe's own task may hold one more. */
+	assert_true(st.stacks_held <= TRIM_WARM + 16);
+	assert_true(st.stacks_warm <= TRIM_WARM + 1);
+	assert_true(st.records_cached <= 2 * 256);
+	rt_free(rt);
+}
+
 static void
 test_runtime_worker_sched_cfg_applies(void **state)
 {
@@ -1132,6 +1213,7 @@ main(void)
 		RT_TEST(test_runtime_post_sets_promise_on_worker),
 		RT_TEST(test_runtime_posts_run_in_posting_order),
 		RT_TEST(test_runtime_post_burst_costs_few_wakeups),
+		RT_TEST(test_runtime_idle_worker_gives_back_a_burst),
 		RT_TEST(test_runtime_worker_sched_cfg_applies),
 		RT_TEST(test_runtime_invalid_worker_index),
 		RT_TEST(test_runtime_default_workers_one_per_cpu),
