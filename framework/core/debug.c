@@ -66,13 +66,14 @@ static void
 dump_task(FILE *f, asynq_task *t)
 {
 	fprintf(f, "  task %s (%s) spawned at %s:%d, depth %zu", t->name,
-	    state_names[t->state], t->file, t->line, t->depth);
+	    state_names[t->state], t->file, t->line, (size_t)t->depth);
 	if (t->creator != NULL)
 		fprintf(f, ", created by %s", t->creator->name);
 	fputc('\n', f);
 	if (t->state != TASK_BLOCKED)
 		return;
-	fprintf(f, "    waits on %zu of %zu:", t->pending, t->n_deps);
+	fprintf(f, "    waits on %zu of %zu:", (size_t)t->pending,
+	    (size_t)t->n_deps);
 	size_t shown = 0;
 	for (size_t i = 0; i < t->n_deps && shown < 8; i++) {
 		asynq_future *d = t->deps[i];

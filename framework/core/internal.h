@@ -84,10 +84,10 @@ typedef struct scoped_entry {
 
 struct asynq_task {
 	asynq_future fut; /* first: a task is a future */
-	/* What spawning, awaiting and switching touch, together. */
-	int state; /* enum task_state */
-	bool dep_failed; /* a dependency of the current await failed */
-	size_t pending;             /* dependencies not yet computed */
+	/* What spawning, awaiting and switching touch first, first; 256 bytes
+	 * in all. */
+	int state;        /* enum task_state */
+	uint32_t pending; /* dependencies not yet computed */
 	asynqi_stack *stack;
 	asynqi_ctx ctx;
 	asynq_task *q_prev, *q_next;     /* ready queue; q_next: free list */
@@ -100,20 +100,20 @@ struct asynq_task {
 	asynq_context *contexts;         /* innermost entered */
 	asynq_task *creator; /* held */
 	asynq_task *all_prev, *all_next; /* live tasks */
-	size_t depth;
-	uint64_t id;
+	scoped_entry *scoped;
+	asynq_error *ctx_error;          /* first context failure, unreported */
+	asynq_error *last_error;
 	const char *name;
 	const char *file;
+	uint64_t id;
+	asynq_future **deps;  /* what it awaits now */
+	const char *nonsusp_file;
+	uint32_t depth;
+	uint32_t n_deps;
 	int line;
 	int nonsusp;
-	asynq_future **deps;  /* what it awaits now */
-	size_t n_deps;
-	/* Rarely set. */
-	asynq_error *last_error;
-	asynq_error *ctx_error;          /* first context failure, unreported */
-	scoped_entry *scoped;
-	const char *nonsusp_file;
 	int nonsusp_line;
+	bool dep_failed; /* a dependency of the current await failed */
 };
 
 /* A running scheduler loop (asynq_wait); nested waits stack them. */
