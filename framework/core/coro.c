@@ -11,11 +11,21 @@
  *   lowest bytes, checked each time their task is switched out: an overflow
  *   there is reported at the next switch instead of at the faulting write.
  * - Idle stacks beyond the warm count and the recent peak have their pages
- *   handed back with madvise(MADV_DONTNEED) when the scheduler goes idle
+ *   handed back with madvise(MADV_DONTNEED) when an outermost wait ends
  *   (asynqi_stack_pool_trim), never on each put: a page fault costs more than
- *   a task here, and a repeating burst of tasks reuses its stacks. So 100,000 tasks parked at
- *   once do not stay resident after they finish. Unguarded stacks get their
- *   canary back when they are taken from the cold list.
+ *   a task here, and a repeating burst of tasks reuses its stacks. After an
+ *   idle period the scheduler calls asynqi_stack_pool_release, which unmaps
+ *   whole slabs of idle stacks beyond the warm count (their page tables, map
+ *   entries and guard budget go back too) and drops the pages of the rest.
+ *   So 100,000 tasks parked at once do not stay resident after they finish.
+ *   Unguarded stacks get their canary back when they are taken from the
+ *   cold list.
+ * - A task that its awaiter starts runs as a plain call onto its stack
+ *   (asynqi_fiber_call). For TSan the call chain stays one fiber: the called
+ *   stack's fiber record points at its caller's TSan fiber (tsan_cur), so
+ *   the shadow call stack sees balanced calls and returns, and a switch back
+ *   to the called task lands in the fiber that holds its frames. ASan is told
+ *   of the stack change both ways.
  * - Stacks are coloured: each one's initial stack pointer sits 0 to 2 KiB
  *   below its page-aligned top, differing between neighbours. The frames a
  *   suspended or calling task keeps near its top then spread over the

@@ -20,9 +20,28 @@
  *   order.
  * - Stacks are taken when a task first runs and given back when it finishes:
  *   a task that never suspends reuses a warm stack from the pool.
+ * - Calls instead of switches: a task that has never run and that the
+ *   running task awaits (its `starter`) cannot let the awaiter go on before
+ *   it finishes, so nothing needs the awaiter's stack meanwhile. It runs as
+ *   an ordinary call onto its own fresh stack (asynqi_stack_call): from
+ *   asynq_await at once, or from switch_next when it is next in the queue.
+ *   Finishing returns to the awaiter's frame, which then does what a dying
+ *   task's switch_next would: go on itself if its dependencies are done and
+ *   it is next, else run the next task or return to the wait loop. A called
+ *   task that suspends is switched away from and back to like any other,
+ *   and returns to its awaiter when it finishes. The wait loop never calls
+ *   tasks (it must stay switchable-to), and a dying task never does.
+ * - Records: tasks and other futures come from per-scheduler free lists and
+ *   are set field by field (no memset, whose rep stos costs more than the
+ *   rest of a spawn). The free lists, like the stack pool, are trimmed to
+ *   what the last period needed at its peak when an outermost wait ends,
+ *   and to a few hundred once the scheduler has slept idle_trim_ms with
+ *   nothing run (the idle trim, planned before the sleep and run when it
+ *   ends; it also unmaps idle stack slabs and trims the allocator). A
+ *   scheduler that keeps working never pays for it.
  * - Overflow: a guard page hit is caught by a SIGSEGV handler on an
  *   alternate stack that names the task; an unguarded stack's canary is
- *   checked on each switch out.
+ *   checked on each switch out and when a called task returns.
  */
 #include <errno.h>
 #include <signal.h>
