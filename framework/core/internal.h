@@ -8,6 +8,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 
 #include "asynq/asynq.h"
 #include "coro.h"
@@ -235,8 +236,48 @@ asynqi_future_complete(asynq_sched *s, asynq_future *f)
  * code is OK is stored as UNKNOWN. */
 void asynqi_future_set_error(asynq_future *f, asynq_error *e);
 
-/* asynqi_future_alloc returns a zeroed future with one reference. */
-asynq_future *asynqi_future_alloc(asynq_sched *s, int kind);
+/* asynqi_fut_init sets every field of a future record: records come from
+ * the free lists dirty, and naming the fields is cheaper than clearing the
+ * whole record. */
+static inline void
+asynqi_fut_init(asynq_future *f, asynq_sched *s, int kind)
+{
+	f->refs = 1;
+	f->kind = (uint8_t)kind;
+	f->vkind = VAL_NONE;
+	f->done = false;
+	atomic_init(&f->claimed, false);
+	f->status = ASYNQ_OK;
+	f->v.i = 0;
+	f->waiter = NULL;
+	f->sched = s;
+	f->more_waiters = NULL;
+	f->cbs = NULL;
+	f->vfree = NULL;
+	f->error = NULL;
+	s->live_futures++;
+}
+
+/* asynqi_future_alloc returns a future that is not a task, with one
+ * reference and its kind's fields zero; NULL without memory. */
+static inline asynq_future *
+asynqi_future_alloc(asynq_sched *s, int kind)
+{
+	asynqi_fut_rec *r = s->free_futs;
+	if (__builtin_expect(r != NULL, 1)) {
+		s->free_futs = r->free_next;
+		s->n_free_futs--;
+	} else if ((r = malloc(sizeof(*r))) == NULL) {
+		return NULL;
+	}
+	asynqi_fut_init(&r->fut, s, kind);
+	r->item.batch = NULL;
+	r->item.key = 0;
+	r->item.req = NULL;
+	if (++s->futs_live > s->futs_peak)
+		s->futs_peak = s->futs_live;
+	return &r->fut;
+}
 
 /* asynqi_report sends an error nobody awaits to the on_error hook; the error
  * is borrowed. */

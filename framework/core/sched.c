@@ -262,44 +262,6 @@ asynqi_report(asynq_sched *s, const asynq_error *e)
 
 /* ---- Futures -------------------------------------------------------- */
 
-/* Sets every field of a future record: records come from the free list
- * dirty, and naming the fields is cheaper than clearing the whole record. */
-static inline void
-fut_init(asynq_future *f, asynq_sched *s, int kind)
-{
-	f->refs = 1;
-	f->kind = (uint8_t)kind;
-	f->vkind = VAL_NONE;
-	f->done = false;
-	atomic_init(&f->claimed, false);
-	f->status = ASYNQ_OK;
-	f->v.i = 0;
-	f->waiter = NULL;
-	f->sched = s;
-	f->more_waiters = NULL;
-	f->cbs = NULL;
-	f->vfree = NULL;
-	f->error = NULL;
-	s->live_futures++;
-}
-
-asynq_future *
-asynqi_future_alloc(asynq_sched *s, int kind)
-{
-	asynqi_fut_rec *r = s->free_futs;
-	if (r != NULL) {
-		s->free_futs = r->free_next;
-		s->n_free_futs--;
-	} else if ((r = malloc(sizeof(*r))) == NULL) {
-		return NULL;
-	}
-	fut_init(&r->fut, s, kind);
-	memset(&r->item, 0, sizeof(r->item));
-	if (++s->futs_live > s->futs_peak)
-		s->futs_peak = s->futs_live;
-	return &r->fut;
-}
-
 /* Gives a future that is not a task back to the free list. */
 static void
 fut_put(asynq_sched *s, asynq_future *f)
@@ -726,7 +688,7 @@ asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
 	} else if ((t = malloc(sizeof(*t))) == NULL) {
 		return NULL;
 	}
-	fut_init(&t->fut, s, FUT_TASK);
+	asynqi_fut_init(&t->fut, s, FUT_TASK);
 	t->state = TASK_CREATED;
 	t->dep_failed = false;
 	t->pending = 0;
