@@ -969,7 +969,7 @@ called_entry(void *arg)
  * needs from's stack meanwhile, and a task that finishes without suspending
  * costs a call instead of two switches. If next suspends, whatever resumes
  * it later finishes it, and it returns here then. */
-static void
+static inline __attribute__((always_inline)) void
 call_task(asynq_sched *s, asynq_task *from, asynq_task *next,
     const asynqi_fpenv *env)
 {
