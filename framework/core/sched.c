@@ -1273,8 +1273,9 @@ asynq_await(asynq_task *t, asynq_future *f)
 				/* What switch_next would do next, without the
 				 * queue: run c as a call, then go on if c's end
 				 * made t the next to run. */
+				/* No canary check: t is not switched out, and is
+				 * checked when it is (or when it finishes). */
 				asynqi_fpenv env;
-				canary_check(t);
 				asynqi_fpenv_save(&env);
 				call_task(s, t, c, &env);
 				if (s->ready_head == t && !s->loop->target->done) {
