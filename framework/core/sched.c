@@ -1358,6 +1358,16 @@ extern int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp,
 /* glibc's; declared here rather than through <malloc.h>. */
 extern int malloc_trim(size_t pad);
 
+/* Hands the allocator's free pages back to the system. */
+static void
+allocator_trim(void)
+{
+	if (mallctl != NULL)
+		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
+	else
+		(void)malloc_trim(0);
+}
+
 /* The full trim, after an idle period: everything beyond the warm counts
  * goes back, then the allocator's free pages. */
 static void
@@ -1368,10 +1378,7 @@ trim_all(asynq_sched *s)
 	free_futs_trim(s, RECORDS_WARM);
 	s->tasks_peak = s->stats.tasks_live;
 	s->futs_peak = s->futs_live;
-	if (mallctl != NULL)
-		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
-	else
-		(void)malloc_trim(0);
+	allocator_trim();
 	s->stats.trims++;
 	s->trim_switches = s->stats.switches;
 	s->trim_due = 0;
@@ -1654,6 +1661,7 @@ asynq_thread_fini(void)
 	free_tasks_trim(s, 0);
 	free_futs_trim(s, 0);
 	asynqi_stack_pool_fini(&s->pool);
+	allocator_trim(); /* the records of a burst were many small blocks */
 	asynqi_tls_sched = NULL;
 	s->zombie = true;
 	if (s->live_futures == 0)
