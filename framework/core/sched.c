@@ -654,38 +654,50 @@ task_free(asynq_sched *s, asynq_task *t)
 		future_free(&creator->fut);
 }
 
+/* The depth limit's failure, out of the spawn path. */
+static asynq_future * __attribute__((noinline, cold))
+spawn_too_deep(asynq_sched *s, const char *name, const char *file, int line)
+{
+	if (!s->depth_dumped) {
+		/* Once per thread: a runaway recursion would print this at
+		 * every level it unwinds. */
+		s->depth_dumped = true;
+		fprintf(stderr,
+		    "asynq: task depth limit (%zu) reached spawning %s at %s:%d; "
+		    "scheduler state:\n",
+		    s->cfg.max_depth, name, file, line);
+		asynqi_dump_sched(s, stderr, 20);
+	}
+	return asynq_const_error(asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
+	    "task depth limit (%zu) exceeded spawning %s at %s:%d (runaway "
+	    "recursion? raise asynq_sched_cfg.max_depth if intended)",
+	    s->cfg.max_depth, name, file, line));
+}
+
+/* A task record when the free list is empty; NULL without memory. */
+static asynq_task * __attribute__((noinline))
+task_record_new(void)
+{
+	return malloc(sizeof(asynq_task));
+}
+
 asynq_future *
 asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
     const char *file, int line)
 {
-	asynq_sched *s = asynqi_sched_get();
-	if (s == NULL)
+	asynq_sched *s = asynqi_tls_sched;
+	if (__builtin_expect(s == NULL, 0) &&
+	    (s = asynqi_sched_get()) == NULL)
 		return NULL;
 	asynq_task *creator = s->current;
-	size_t depth = creator != NULL ? creator->depth + 1 : 0;
-	if (depth >= s->cfg.max_depth) {
-		if (!s->depth_dumped) {
-			/* Once per thread: a runaway recursion would print
-			 * this at every level it unwinds. */
-			s->depth_dumped = true;
-			fprintf(stderr,
-			    "asynq: task depth limit (%zu) reached spawning %s "
-			    "at %s:%d; scheduler state:\n",
-			    s->cfg.max_depth, name, file, line);
-			asynqi_dump_sched(s, stderr, 20);
-		}
-		return asynq_const_error(asynq_error_alloc(
-		    ASYNQ_RESOURCE_EXHAUSTED,
-		    "task depth limit (%zu) exceeded spawning %s at %s:%d "
-		    "(runaway recursion? raise asynq_sched_cfg.max_depth if "
-		    "intended)",
-		    s->cfg.max_depth, name, file, line));
-	}
+	uint32_t depth = creator != NULL ? creator->depth + 1 : 0;
+	if (__builtin_expect(depth >= s->cfg.max_depth, 0))
+		return spawn_too_deep(s, name, file, line);
 	asynq_task *t = s->free_tasks;
-	if (t != NULL) {
+	if (__builtin_expect(t != NULL, 1)) {
 		s->free_tasks = t->q_next;
 		s->n_free_tasks--;
-	} else if ((t = malloc(sizeof(*t))) == NULL) {
+	} else if ((t = task_record_new()) == NULL) {
 		return NULL;
 	}
 	asynqi_fut_init(&t->fut, s, FUT_TASK);
@@ -715,8 +727,7 @@ asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
 	t->last_error = NULL;
 	t->ctx_error = NULL;
 	t->scoped = NULL;
-	s->stats.tasks_spawned++;
-	t->id = s->stats.tasks_spawned;
+	t->id = ++s->stats.tasks_spawned;
 	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_SPAWN, t, ASYNQ_OK);
 	if (++s->stats.tasks_live > s->tasks_peak)
 		s->tasks_peak = s->stats.tasks_live;
