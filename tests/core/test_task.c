@@ -759,6 +759,69 @@ test_task_wait_nested_inside_task(void **state)
 	asynq_future_rele(f);
 }
 
+/* A child its awaiter runs at once (as a call onto its own stack), waiting
+ * from inside on a grandchild with a nested asynq_wait, then suspending on
+ * an item of its own: the awaiter resumes once, after it, with its value. */
+static asynq_task *called_parent_task;
+
+static asynq_status
+called_grandchild(asynq_task *t, void *arg)
+{
+	(void)arg;
+	asynq_future *item = asynq_debug_item(&dbg, 20);
+	asynq_status st = asynq_await(t, item);
+	int64_t v = asynq_future_i64(item);
+	asynq_future_rele(item);
+	TCHECK_STATUS(st, ASYNQ_OK);
+	return asynq_return_i64(t, v + 1);
+}
+
+static asynq_status
+called_child(asynq_task *t, void *arg)
+{
+	(void)arg;
+	asynq_future *g = asynq_spawn(called_grandchild, NULL);
+	TCHECK_STATUS(asynq_wait(g), ASYNQ_OK);
+	TCHECK(asynq_task_current() == t);
+	int64_t v = asynq_future_i64(g);
+	asynq_future_rele(g);
+	asynq_future *item = asynq_debug_item(&dbg, 100);
+	TCHECK_STATUS(asynq_await(t, item), ASYNQ_OK);
+	TCHECK(asynq_task_current() == t);
+	v += asynq_future_i64(item);
+	asynq_future_rele(item);
+	/* Its awaiter is still blocked on it. */
+	TCHECK_INT(asynq_task_dependencies(called_parent_task), 1);
+	return asynq_return_i64(t, v);
+}
+
+static asynq_status
+called_parent(asynq_task *t, void *arg)
+{
+	(void)arg;
+	called_parent_task = t;
+	asynq_future *c = asynq_spawn(called_child, NULL);
+	TCHECK_STATUS(asynq_await(t, c), ASYNQ_OK);
+	TCHECK(asynq_task_current() == t);
+	int64_t v = asynq_future_i64(c);
+	asynq_future_rele(c);
+	return asynq_return_i64(t, v);
+}
+
+static void
+test_task_awaited_child_waits_nested_and_suspends(void **state)
+{
+	(void)state;
+	dbg_init();
+	asynq_future *f = asynq_spawn(called_parent, NULL);
+	assert_status(asynq_wait(f), ASYNQ_OK);
+	ASSERT_TASK_CHECKS(8);
+	assert_int_equal(asynq_future_i64(f), 121);
+	assert_int_equal(dbg.flushes, 2);
+	assert_null(asynq_task_current());
+	asynq_future_rele(f);
+}
+
 static void
 test_task_awaited_twice_runs_once(void **state)
 {
@@ -887,6 +950,7 @@ main(void)
 		TASK_TEST(test_task_return_ptr_replaced_value_freed),
 		TASK_TEST(test_task_wait_outside_any_task),
 		TASK_TEST(test_task_wait_nested_inside_task),
+		TASK_TEST(test_task_awaited_child_waits_nested_and_suspends),
 		TASK_TEST(test_task_awaited_twice_runs_once),
 		TASK_TEST(test_task_current_name_and_future),
 		TASK_TEST(test_task_await_null_future),
