@@ -72,10 +72,10 @@ dump_task(FILE *f, asynq_task *t)
 	fputc('\n', f);
 	if (t->state != TASK_BLOCKED)
 		return;
-	fprintf(f, "    waits on %zu of %zu:", (size_t)t->pending,
-	    (size_t)t->n_deps);
+	size_t n_deps = t->n_deps != 0 ? t->n_deps : t->deps != NULL;
+	fprintf(f, "    waits on %zu of %zu:", (size_t)t->pending, n_deps);
 	size_t shown = 0;
-	for (size_t i = 0; i < t->n_deps && shown < 8; i++) {
+	for (size_t i = 0; i < n_deps && shown < 8; i++) {
 		asynq_future *d = t->deps[i];
 		if (d == NULL || d->done)
 			continue;

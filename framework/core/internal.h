@@ -85,9 +85,10 @@ typedef struct scoped_entry {
 
 struct asynq_task {
 	asynq_future fut; /* first: a task is a future */
-	/* What spawning, awaiting and switching touch first, first; 256 bytes
-	 * in all. */
-	int state;        /* enum task_state */
+	/* What spawning, awaiting, calling and switching touch first: with the
+	 * future, the first 128 bytes; 256 in all. */
+	uint8_t state;    /* enum task_state */
+	bool dep_failed;  /* a dependency of the current await failed */
 	uint32_t pending; /* dependencies not yet computed */
 	asynqi_stack *stack;
 	asynqi_ctx ctx;
@@ -96,6 +97,9 @@ struct asynq_task {
 	 * cannot go on before this one finishes, so it may run this one as a
 	 * plain call on a fresh stack instead of switching to it. */
 	asynq_task *starter;
+	/* What it awaits now, n_deps futures; n_deps 0 with deps set means
+	 * one (the short path of asynq_await leaves n_deps alone). */
+	asynq_future **deps;
 	asynq_task_fn fn;
 	void *arg;
 	asynq_context *contexts;         /* innermost entered */
@@ -107,14 +111,12 @@ struct asynq_task {
 	const char *name;
 	const char *file;
 	uint64_t id;
-	asynq_future **deps;  /* what it awaits now */
 	const char *nonsusp_file;
 	uint32_t depth;
 	uint32_t n_deps;
 	int line;
 	int nonsusp;
 	int nonsusp_line;
-	bool dep_failed; /* a dependency of the current await failed */
 };
 
 /* A running scheduler loop (asynq_wait); nested waits stack them. */

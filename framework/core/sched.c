@@ -723,7 +723,8 @@ asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
 	t->file = file;
 	t->line = line;
 	t->nonsusp = 0; /* nonsusp_file and _line are read only above 0 */
-	t->deps = NULL; /* n_deps is read only with deps */
+	t->deps = NULL;
+	t->n_deps = 0;
 	t->last_error = NULL;
 	t->ctx_error = NULL;
 	t->scoped = NULL;
@@ -1269,8 +1270,7 @@ asynq_await(asynq_task *t, asynq_future *f)
 		return asynq_await_all(t, &f, 1);
 	f->waiter = t;
 	t->pending = 1;
-	t->deps = &f;
-	t->n_deps = 1;
+	t->deps = &f; /* n_deps stays 0: one */
 	t->dep_failed = false;
 	t->state = TASK_BLOCKED;
 	if (f->kind == FUT_TASK) {
@@ -1310,7 +1310,6 @@ resumed:
 	if (__builtin_expect(s->ctx_in_tasks > 0, 0))
 		asynqi_ctx_resume_chain(s, t);
 	t->deps = NULL;
-	t->n_deps = 0;
 	if (t->ctx_error != NULL) {
 		asynq_status st = take_ctx_error(t);
 		if (st != ASYNQ_OK)
