@@ -1483,13 +1483,18 @@ run_loop(asynq_sched *s, asynq_future *target)
 			asynqi_process_posted(s, false, 0);
 			continue;
 		}
-		if (s->n_timers > 0 && ASYNQI_DUE(s->timers[0]) <= asynqi_now_ns()) {
-			asynqi_timers_fire(s, asynqi_now_ns());
-			continue;
-		}
+		/* Woken tasks run before timers are looked at again: a timer
+		 * that came due meanwhile must not put its task ahead of the
+		 * task of one that fired before it. (Tasks hand the CPU to
+		 * each other directly, so the loop sees timers only when no
+		 * task is ready anyway.) */
 		asynq_task *t = ready_pop(s);
 		if (t != NULL) {
 			run_task(s, &l, t);
+			continue;
+		}
+		if (s->n_timers > 0 && ASYNQI_DUE(s->timers[0]) <= asynqi_now_ns()) {
+			asynqi_timers_fire(s, asynqi_now_ns());
 			continue;
 		}
 		uint64_t due = 0;

@@ -49,14 +49,33 @@ test_timer_sleep_waits_without_spinning(void **state)
 	asynq_future_rele(f);
 }
 
+/* Sleepers below sleep until due_base + their label in ms: absolute due
+ * times, so a slow spawn (a loaded machine, a sanitizer) cannot reorder
+ * them. */
+static uint64_t due_base;
+
+static asynq_status
+due_sleeper_task(asynq_task *t, void *arg)
+{
+	uint64_t ms = (uint64_t)(uintptr_t)arg;
+	uint64_t until = due_base + ms * MS, now = asynq_now_ns();
+	asynq_future *f = asynq_sleep(until > now ? until - now : 0);
+	asynq_status st = asynq_await(t, f);
+	asynq_future_rele(f);
+	TCHECK_STATUS(st, ASYNQ_OK);
+	tu_log("%llu ", (unsigned long long)ms);
+	return asynq_return_i64(t, (int64_t)ms);
+}
+
 static void
 test_timer_fire_in_due_order(void **state)
 {
 	(void)state;
+	due_base = asynq_now_ns() + 50 * MS;
 	asynq_future *fs[3] = {
-		asynq_spawn(sleeper_task, (void *)(uintptr_t)30),
-		asynq_spawn(sleeper_task, (void *)(uintptr_t)10),
-		asynq_spawn(sleeper_task, (void *)(uintptr_t)20),
+		asynq_spawn(due_sleeper_task, (void *)(uintptr_t)30),
+		asynq_spawn(due_sleeper_task, (void *)(uintptr_t)10),
+		asynq_spawn(due_sleeper_task, (void *)(uintptr_t)20),
 	};
 	assert_status(asynq_wait_all(fs, 3), ASYNQ_OK);
 	ASSERT_TASK_CHECKS(3);
@@ -126,14 +145,16 @@ static void
 test_timer_other_tasks_run_while_one_sleeps(void **state)
 {
 	(void)state;
+	/* 200 ms: long enough that the flush comes first even on a loaded
+	 * machine under a sanitizer. */
 	asynq_future *fs[2] = {
-		asynq_spawn(sleeper_task, (void *)(uintptr_t)20),
+		asynq_spawn(sleeper_task, (void *)(uintptr_t)200),
 		asynq_spawn(lookup_task, NULL),
 	};
 	assert_status(asynq_wait_all(fs, 2), ASYNQ_OK);
 	ASSERT_TASK_CHECKS(2);
 	/* The batch flushed before the timer fired. */
-	assert_string_equal(tu()->log, "flushed 20 ");
+	assert_string_equal(tu()->log, "flushed 200 ");
 	assert_int_equal(asynq_debug_default()->flushes, 1);
 	asynq_future_rele_n(fs, 2);
 }
