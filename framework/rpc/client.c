@@ -1,49 +1,53 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The RPC client: a channel is one nng REQ socket dialed to every replica;
- * each scheduler thread that calls through it gets its own batch backend, so
- * the calls the tasks of one worker make join one batch, and a flush sends
- * the batch as one or more multi-call requests.
+ * The RPC client: a channel keeps a connection to each replica (conn.c) and
+ * speaks the asynq framing on it (proto/asynq/rpc.proto). Each scheduler
+ * thread that calls through a channel gets its own batch backend, so the
+ * calls the tasks of one worker make join one batch; a flush sends the
+ * batch as one or more multi-call requests, many of which may be in flight
+ * on one connection at once.
  *
  * Design notes:
- * - A thread finds its backend for a channel in a small thread-local table
- *   keyed by the channel's unique id (never by address, which may be reused
- *   after a free; stale entries are never matched). The table is freed at
- *   thread exit.
- * - Backends are reference counted: the channel holds one, every batch one.
- *   So a batch finished after the channel is freed (its calls CANCELLED) can
- *   still reach its backend's vtable.
- * - asynq_rpc_call packs the request at call time into the batch's call
- *   list. A flush splits the batch into requests of at most max_calls calls,
- *   each with its own nng context and aio, defers the batch, and sends them
- *   all. Each request's aio callback (an nng thread) walks send -> receive,
- *   decodes the reply, sets its items by call_id (which is the item's index
- *   in the batch), and the last of the batch's requests calls
- *   asynq_batch_complete. Nothing touches a request or the batch after
- *   that call except through the channel, which outlives every request in
- *   flight (`inflight`, waited for by asynq_rpc_channel_free).
- * - Request timeouts come from the earliest call deadline of the request;
- *   nng's resend timer is off so a slow call is never sent twice by timer.
- *   With the timer off, nng fails a request whose connection drops with
- *   NNG_ECONNRESET instead of resending it. The client then resends it
- *   itself (at most MAX_RESENDS times, within the deadline) with the same
- *   client_id and request_id and Request.attempt set: the server answers a
- *   copy of a request it remembers with the original's reply, and runs only
- *   the idempotent calls of a resend it does not remember (the others fail
- *   with ABORTED), so every call still runs at most once. The resend is the
- *   original bytes with an `attempt` field appended (protobuf keeps the last
- *   value of a scalar field), kept as a copy while the request is in flight.
- * - Requests are split at max_calls calls and at max_msg_bytes bytes; a
- *   call too big for a request of its own fails with RESOURCE_EXHAUSTED
- *   and is never sent.
- * - Metadata (asynq_rpc_metadata_push) is a scoped value holding an
- *   immutable, reference-counted chain of key/value nodes; a call holds a
- *   reference to the chain it was made under. A request whose calls all
- *   share one chain carries it once in Request.metadata, else each call
- *   carries its own, so calls with different metadata still share a batch.
- * - Lock order: the channel's mutex is a leaf.
+ * - Calls are encoded at call time straight into the batch's buffer, each as
+ *   a complete Request.calls field (method by number, call_id = the item's
+ *   index, payload packed in place), so a flush only cuts the buffer into
+ *   requests of at most max_calls calls and max_msg_bytes bytes and sends
+ *   each as [frame header][method table, first request of a connection]
+ *   [calls][shared metadata][trailer] with no copy of the calls.
+ * - A batch's metadata chain is the first call's: it goes once into every
+ *   request of the batch; a call made under another chain carries its own
+ *   with own_metadata set.
+ * - Sub-request states (under the channel's mutex `mu`): WAITING (no ready
+ *   connection yet), SENT (on a connection, in the pending table by
+ *   request_id), DONE. Whoever moves a sub-request to DONE (its reply, its
+ *   deadline, a cancel, a failure) sets its items and counts it finished; the
+ *   last sub-request of a batch calls asynq_batch_complete. Replies are
+ *   decoded on the connection's reader thread after the claim, outside mu.
+ * - A batch's memory (buffer, sub-requests) is reference counted: the core
+ *   holds one until batch_free, and each wbuf queued on a connection one,
+ *   so a write that outlives its batch never reads freed bytes.
+ * - Deadlines: each backend keeps its in-flight sub-requests in a list by
+ *   deadline (scheduler thread only) and one core timer for the earliest,
+ *   so a call fails with DEADLINE_EXCEEDED even if its server never answers.
+ *   On the wire the deadline goes as the time left (timeout_us).
+ * - Connections: a replica dials, writes the preface, and is READY once the
+ *   server's preface and HELLO arrived. A flush picks the READY replica with
+ *   the fewest outstanding requests. With none READY, calls wait while a
+ *   first attempt is in progress; when every replica has failed its last
+ *   attempt they fail UNAVAILABLE at once, unless wait_for_ready (then they
+ *   wait until their deadline). Failed attempts back off as gRPC does (1 s,
+ *   x1.6, jitter 0.2, at most 120 s); a lost READY connection redials at
+ *   once.
+ * - At-most-once: a request in flight on a connection that is lost is sent
+ *   again (at most MAX_RESENDS times, within its deadline) with the same
+ *   client_id and request_id and attempt + 1; the server answers a copy it
+ *   remembers with the original's reply, and runs only the idempotent calls
+ *   of one it does not. After a GOAWAY, requests with ids above its
+ *   last_request_id never reached a handler and go again as new.
+ * - Lock order: the channel's mu, then a connection's lock (inside conn.c);
+ *   conn.c calls wbuf done and on_close without its lock, and they take mu.
+ *   Nothing calls into conn.c's queue/flush with mu held.
  */
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -53,199 +57,1079 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "asynq/batch.h"
-#include "internal.h"
-
-#include <nng/protocol/reqrep0/req.h>
+#include <nng/nng.h>
 #include <nng/supplemental/tls/tls.h>
+
+#include "asynq/batch.h"
+#include "conn.h"
+#include "internal.h"
 
 #define DEFAULT_MAX_CALLS 1000
 #define DEFAULT_DEADLINE_MS 10000
 #define DEFAULT_MAX_MSG (4u << 20)
-/* Resends of one request after lost connections. */
 #define MAX_RESENDS 3
-/* Upper bound of the bytes a Request spends outside its calls and hoisted
- * metadata: deadline (1 + 10), request_id (1 + 10), client_id (1 + 8),
- * attempt (1 + 5). */
-#define REQUEST_OVERHEAD 37
+/* Bytes of a trailer: request_id (1 + 10), client_id (1 + 8), timeout_us
+ * (1 + 10), attempt (1 + 5). */
+#define TRAILER_MAX 40
+#define BACKOFF_INITIAL_MS 1000
+#define BACKOFF_MAX_MS 120000
 
 typedef struct chan_backend chan_backend;
+typedef struct rpc_batch rpc_batch;
+typedef struct sub_req sub_req;
+typedef struct replica replica;
+typedef struct cli_conn cli_conn;
+
+enum { REP_IDLE, REP_CONNECTING, REP_HANDSHAKE, REP_READY, REP_FAILED };
+enum { SUB_NEW, SUB_WAITING, SUB_SENT, SUB_DONE };
 
 struct asynq_rpc_channel {
 	const asynq_rpc_service_desc *svc;
 	uint64_t id;
-	nng_socket sock;
 	size_t max_calls;
 	uint32_t default_deadline_ms;
 	size_t max_msg_bytes;
+	bool wait_for_ready;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	chan_backend *backends; /* under mu */
-	long inflight;          /* requests in flight, under mu */
-	atomic_bool closing;
-	atomic_int pipes; /* connected pipes */
+	replica *reps;
+	size_t n_reps;
+	sub_req *wait_head, *wait_tail; /* WAITING, in order */
+	sub_req **pend;                 /* SENT, by request_id */
+	size_t pend_mask, n_pend;
+	chan_backend *backends;
+	long inflight; /* sub-requests not DONE */
+	long live_conns;
+	bool closing;
 	uint64_t client_id;
 	atomic_uint_fast64_t next_request_id;
+	asynqi_buf table; /* Request.methods of the whole service */
 	atomic_uint_fast64_t calls, requests, failures, resends;
 	nng_tls_config *tls;
+	uint64_t rng;
+	size_t rr; /* where the next replica pick starts */
+};
+
+struct replica {
+	asynq_rpc_channel *ch;
+	char *url;
+	asynqi_dialer *d;
+	int state;
+	cli_conn *cc; /* current connection, or NULL */
+	uint32_t backoff_ms;
+	size_t outstanding;
+	int last_err;
+	bool probing; /* calls wait for an attempt they hurried */
+};
+
+struct cli_conn {
+	replica *rep;
+	asynqi_conn *c;
+	int refs; /* under mu: the connection's, one per busy wbuf */
+	bool got_preface, ready, goaway, dead;
+	uint64_t server_max_bytes;
+	uint32_t server_max_calls;
+	sub_req *head; /* SENT on it */
+	asynqi_wbuf pw;
 };
 
 struct chan_backend {
 	asynq_backend base;
 	asynq_rpc_channel *ch;
 	atomic_int refs;
+	atomic_bool dead;   /* the channel is gone */
 	chan_backend *next; /* channel's list */
+	/* Scheduler thread only. */
+	sub_req *dl_head, *dl_tail; /* by deadline */
+	uint64_t armed;             /* due time of the armed timer, or 0 */
 };
 
-/* One node of a metadata chain; immutable once pushed. */
-typedef struct md_node md_node;
-struct md_node {
-	atomic_long refs;
-	md_node *prev; /* holds a reference */
-	size_t depth;  /* nodes in the chain from here */
-	size_t wire;   /* bytes of the chain as Metadata fields */
-	char *key;
-	size_t len;
-	unsigned char val[];
-};
-
-/* One call in a batch, packed at call time. */
+/* One call in a batch. */
 typedef struct call_rec {
 	const asynq_rpc_method_desc *m;
-	uint8_t *buf;
-	size_t len;
-	int64_t deadline;
-	md_node *md; /* holds a reference, or NULL */
-	size_t wire; /* bytes the call adds to a Request, with metadata */
-	bool failed; /* failed at flush, not sent */
+	size_t off, wire; /* its bytes in the batch buffer */
+	int64_t deadline; /* monotonic ns */
+	asynqi_md_node *md;
+	bool idempotent;
 } call_rec;
 
-typedef struct rpc_batch rpc_batch;
-
-enum { SUB_SEND, SUB_RECV };
-
-/* One nng request of a flushed batch: calls [start, start + n). */
-typedef struct sub_req {
+struct sub_req {
 	rpc_batch *b;
-	nng_ctx ctx;
-	nng_aio *aio;
 	size_t start, n;
+	size_t off, len;
 	int64_t deadline;
+	uint64_t request_id;
 	int state;
-	bool ctx_open;
-	unsigned attempt; /* resends so far */
-	nng_msg *copy;    /* the request as first sent, for resends */
-	/* Receive hand-off: the callback and the return of nng_ctx_recv
-	 * each drop one; the last handles the reply (nng may complete the
-	 * receive before the call returns). */
-	atomic_int gate;
-} sub_req;
+	unsigned attempt;
+	bool w_busy;
+	bool unsendable;
+	cli_conn *w_cc; /* the connection the wbuf was queued on (held) */
+	sub_req *hnext; /* pending table */
+	sub_req *qnext; /* waiting list */
+	sub_req *cprev, *cnext; /* connection's list */
+	cli_conn *cc;
+	sub_req *dprev, *dnext; /* backend's deadline list */
+	bool in_dl;
+	asynqi_wbuf w;
+	uint8_t hdr[ASYNQI_FRAME_HDR];
+	uint8_t trailer[TRAILER_MAX];
+	asynq_status fail_st; /* set with fail_why by the claimer */
+	const char *fail_why;
+};
 
 struct rpc_batch {
 	asynq_batch base;
 	chan_backend *be;
 	call_rec *recs;
 	size_t n_recs, cap_recs;
+	asynqi_buf buf;   /* the calls, encoded */
+	asynqi_buf mdbuf; /* the batch's chain as Request.metadata */
+	asynqi_md_node *base_md;
 	sub_req *subs;
 	size_t n_subs;
-	atomic_size_t pending; /* requests not yet finished */
+	atomic_size_t pending;
+	atomic_int refs;
+	uint64_t first_id; /* request_id of subs[0]; the others follow */
 };
 
 static atomic_uint_fast64_t next_channel_id = 1;
 
-/* ---- Metadata ---------------------------------------------------------- */
+static void replica_dial(replica *r, uint32_t delay_ms);
+static void client_requeue(asynq_rpc_channel *ch, sub_req *q, bool maybe_sent);
 
-static const asynq_scoped md_key = ASYNQ_SCOPED_INIT("asynq.rpc.metadata", 0);
+/* ---- Small helpers ------------------------------------------------------- */
 
-static size_t
-varint_len(uint64_t v)
+static void
+backend_rele(chan_backend *be)
 {
-	size_t n = 1;
-	while (v >= 0x80) {
-		v >>= 7;
-		n++;
-	}
-	return n;
-}
-
-/* Bytes of a length-delimited field of n bytes, with its tag. */
-static size_t
-ld_len(size_t n)
-{
-	return 1 + varint_len(n) + n;
-}
-
-static md_node *
-md_hold(md_node *n)
-{
-	if (n != NULL)
-		atomic_fetch_add(&n->refs, 1);
-	return n;
+	if (atomic_fetch_sub(&be->refs, 1) == 1)
+		free(be);
 }
 
 static void
-md_rele(md_node *n)
+batch_rele(rpc_batch *b)
 {
-	while (n != NULL && atomic_fetch_sub(&n->refs, 1) == 1) {
-		md_node *prev = n->prev;
-		free(n->key);
-		free(n);
-		n = prev;
+	if (atomic_fetch_sub(&b->refs, 1) != 1)
+		return;
+	for (size_t i = 0; i < b->n_recs; i++)
+		asynqi_md_rele(b->recs[i].md);
+	free(b->recs);
+	free(b->subs);
+	asynqi_buf_fini(&b->buf);
+	asynqi_buf_fini(&b->mdbuf);
+	chan_backend *be = b->be;
+	free(b);
+	backend_rele(be);
+}
+
+static void
+fail_item(rpc_batch *b, size_t i, asynq_status st, const char *why)
+{
+	asynq_rpc_channel *ch = b->be->ch;
+	const call_rec *r = &b->recs[i];
+	if (asynq_item_set_error(asynq_batch_item(&b->base, i),
+	        asynq_error_alloc(st, "rpc %s: %s", r->m->full_name, why)) ==
+	        ASYNQ_OK &&
+	    ch != NULL)
+		atomic_fetch_add_explicit(&ch->failures, 1,
+		    memory_order_relaxed);
+}
+
+/* The sub-request is DONE and its items set: counts it finished. Any
+ * thread; no lock held. */
+static void
+sub_finished(asynq_rpc_channel *ch, sub_req *q)
+{
+	rpc_batch *b = q->b;
+	if (atomic_fetch_sub(&b->pending, 1) == 1)
+		asynq_batch_complete(&b->base, ASYNQ_OK);
+	/* b may be gone now. */
+	pthread_mutex_lock(&ch->mu);
+	if (--ch->inflight == 0)
+		pthread_cond_broadcast(&ch->cv);
+	pthread_mutex_unlock(&ch->mu);
+}
+
+/* Fails every call of a claimed sub-request and finishes it. */
+static void
+sub_fail(asynq_rpc_channel *ch, sub_req *q, asynq_status st, const char *why)
+{
+	for (size_t i = q->start; i < q->start + q->n; i++)
+		fail_item(q->b, i, st, why);
+	sub_finished(ch, q);
+}
+
+/* ---- Pending table (under mu) -------------------------------------------- */
+
+static size_t
+pend_slot(const asynq_rpc_channel *ch, uint64_t id)
+{
+	uint64_t h = id * 0x9e3779b97f4a7c15u;
+	return (size_t)(h >> 20) & ch->pend_mask;
+}
+
+static bool
+pend_insert(asynq_rpc_channel *ch, sub_req *q)
+{
+	if (ch->n_pend + 1 > (ch->pend_mask + 1) / 2 || ch->pend == NULL) {
+		size_t nb = ch->pend != NULL ? (ch->pend_mask + 1) * 2 : 64;
+		sub_req **t = calloc(nb, sizeof(*t));
+		if (t == NULL)
+			return false;
+		size_t old = ch->pend != NULL ? ch->pend_mask + 1 : 0;
+		sub_req **ot = ch->pend;
+		ch->pend = t;
+		ch->pend_mask = nb - 1;
+		for (size_t i = 0; i < old; i++) {
+			sub_req *e = ot[i];
+			while (e != NULL) {
+				sub_req *next = e->hnext;
+				size_t s = pend_slot(ch, e->request_id);
+				e->hnext = t[s];
+				t[s] = e;
+				e = next;
+			}
+		}
+		free(ot);
+	}
+	size_t s = pend_slot(ch, q->request_id);
+	q->hnext = ch->pend[s];
+	ch->pend[s] = q;
+	ch->n_pend++;
+	return true;
+}
+
+static sub_req *
+pend_find(asynq_rpc_channel *ch, uint64_t id)
+{
+	if (ch->pend == NULL)
+		return NULL;
+	sub_req *e = ch->pend[pend_slot(ch, id)];
+	while (e != NULL && e->request_id != id)
+		e = e->hnext;
+	return e;
+}
+
+static void
+pend_remove(asynq_rpc_channel *ch, sub_req *q)
+{
+	sub_req **p = &ch->pend[pend_slot(ch, q->request_id)];
+	while (*p != NULL && *p != q)
+		p = &(*p)->hnext;
+	if (*p == q) {
+		*p = q->hnext;
+		ch->n_pend--;
+	}
+	q->hnext = NULL;
+}
+
+/* ---- Sub-request lists (under mu) ---------------------------------------- */
+
+static void
+wait_push(asynq_rpc_channel *ch, sub_req *q)
+{
+	q->state = SUB_WAITING;
+	q->qnext = NULL;
+	if (ch->wait_tail != NULL)
+		ch->wait_tail->qnext = q;
+	else
+		ch->wait_head = q;
+	ch->wait_tail = q;
+}
+
+static void
+wait_remove(asynq_rpc_channel *ch, sub_req *q)
+{
+	sub_req *prev = NULL;
+	for (sub_req *e = ch->wait_head; e != NULL; prev = e, e = e->qnext) {
+		if (e != q)
+			continue;
+		if (prev != NULL)
+			prev->qnext = e->qnext;
+		else
+			ch->wait_head = e->qnext;
+		if (ch->wait_tail == e)
+			ch->wait_tail = prev;
+		break;
+	}
+	q->qnext = NULL;
+}
+
+static void
+conn_list_remove(sub_req *q)
+{
+	cli_conn *cc = q->cc;
+	if (q->cprev != NULL)
+		q->cprev->cnext = q->cnext;
+	else if (cc != NULL && cc->head == q)
+		cc->head = q->cnext;
+	if (q->cnext != NULL)
+		q->cnext->cprev = q->cprev;
+	q->cprev = q->cnext = NULL;
+}
+
+/* Claims q for completion: moves it to DONE and out of every list. False if
+ * it was DONE already. */
+static bool
+sub_claim(asynq_rpc_channel *ch, sub_req *q)
+{
+	switch (q->state) {
+	case SUB_DONE:
+		return false;
+	case SUB_WAITING:
+		wait_remove(ch, q);
+		break;
+	case SUB_SENT:
+		pend_remove(ch, q);
+		conn_list_remove(q);
+		if (q->cc != NULL && q->cc->rep != NULL &&
+		    q->cc->rep->outstanding > 0)
+			q->cc->rep->outstanding--;
+		break;
+	default:
+		break;
+	}
+	q->state = SUB_DONE;
+	return true;
+}
+
+static void
+cc_rele_locked(cli_conn *cc)
+{
+	if (--cc->refs == 0)
+		free(cc);
+}
+
+/* ---- Sending ------------------------------------------------------------- */
+
+static int64_t
+mono_ns(void)
+{
+	return (int64_t)asynq_now_ns();
+}
+
+/* A wbuf was written (err 0) or dropped by a closed connection. */
+static void
+sub_wdone(asynqi_wbuf *w, int err)
+{
+	sub_req *q = (sub_req *)((char *)w - offsetof(sub_req, w));
+	rpc_batch *b = q->b;
+	asynq_rpc_channel *ch = b->be->ch;
+	pthread_mutex_lock(&ch->mu);
+	q->w_busy = false;
+	cli_conn *cc = q->w_cc;
+	q->w_cc = NULL;
+	/* on_close ran before this write failed: it left q to us. */
+	bool requeue =
+	    err != 0 && q->state == SUB_SENT && q->cc == cc && cc->dead;
+	pthread_mutex_unlock(&ch->mu);
+	if (requeue)
+		client_requeue(ch, q, true);
+	pthread_mutex_lock(&ch->mu);
+	if (cc != NULL)
+		cc_rele_locked(cc);
+	pthread_mutex_unlock(&ch->mu);
+	batch_rele(b);
+}
+
+static size_t
+put_varint(uint8_t *d, uint64_t v)
+{
+	size_t n = 0;
+	while (v >= 0x80) {
+		d[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	d[n++] = (uint8_t)v;
+	return n;
+}
+
+/* Under mu: readies q's wbuf for connection cc (q SENT on it). */
+static void
+sub_prepare(asynq_rpc_channel *ch, sub_req *q, cli_conn *cc)
+{
+	rpc_batch *b = q->b;
+	size_t t = 0;
+	uint8_t *tr = q->trailer;
+	/* request_id = 4, client_id = 5 (fixed64), timeout_us = 8,
+	 * attempt = 6. */
+	tr[t++] = 4 << 3;
+	t += put_varint(tr + t, q->request_id);
+	tr[t++] = (5 << 3) | 1;
+	for (int i = 0; i < 8; i++)
+		tr[t++] = (uint8_t)(ch->client_id >> (8 * i));
+	int64_t left = q->deadline - mono_ns();
+	uint64_t us = left > 0 ? (uint64_t)(left + 999) / 1000 : 1;
+	tr[t++] = 8 << 3;
+	t += put_varint(tr + t, us);
+	if (q->attempt > 0) {
+		tr[t++] = 6 << 3;
+		t += put_varint(tr + t, q->attempt);
+	}
+	unsigned k = 0;
+	q->w.iov[k++] = (nng_iov){ q->hdr, ASYNQI_FRAME_HDR };
+	size_t body = 0;
+	q->w.iov[k++] = (nng_iov){ b->buf.p + q->off, q->len };
+	body += q->len;
+	if (b->mdbuf.len > 0) {
+		q->w.iov[k++] = (nng_iov){ b->mdbuf.p, b->mdbuf.len };
+		body += b->mdbuf.len;
+	}
+	q->w.iov[k++] = (nng_iov){ q->trailer, t };
+	body += t;
+	q->w.niov = k;
+	q->w.done = sub_wdone;
+	asynqi_frame_hdr(q->hdr, ASYNQI_FRAME_REQUEST, (uint32_t)body);
+	q->w_busy = true;
+	q->w_cc = cc;
+	q->cc = cc;
+	cc->refs++;
+	atomic_fetch_add(&b->refs, 1);
+	q->state = SUB_SENT;
+	q->cprev = NULL;
+	q->cnext = cc->head;
+	if (cc->head != NULL)
+		cc->head->cprev = q;
+	cc->head = q;
+	cc->rep->outstanding++;
+	if (q->attempt > 0)
+		atomic_fetch_add_explicit(&ch->resends, 1,
+		    memory_order_relaxed);
+	else
+		atomic_fetch_add_explicit(&ch->requests, 1,
+		    memory_order_relaxed);
+}
+
+/* Under mu: the READY replica with the fewest outstanding requests. */
+static replica *
+pick_replica(asynq_rpc_channel *ch)
+{
+	replica *best = NULL;
+	size_t start = ch->rr++;
+	for (size_t k = 0; k < ch->n_reps; k++) {
+		replica *r = &ch->reps[(start + k) % ch->n_reps];
+		if (r->state != REP_READY || r->cc == NULL)
+			continue;
+		if (best == NULL || r->outstanding < best->outstanding)
+			best = r;
+	}
+	return best;
+}
+
+/* Under mu: whether a call may still wait for a connection (some replica is
+ * connecting, or an attempt hurried by calls is under way, or the channel
+ * waits for ready). */
+static bool
+may_wait(const asynq_rpc_channel *ch)
+{
+	if (ch->wait_for_ready)
+		return true;
+	for (size_t i = 0; i < ch->n_reps; i++) {
+		int s = ch->reps[i].state;
+		if (s == REP_CONNECTING || s == REP_HANDSHAKE ||
+		    s == REP_READY || ch->reps[i].probing)
+			return true;
+	}
+	return false;
+}
+
+/* Under mu: every replica failed its last attempt. Calls start the next
+ * attempt of each at once (instead of after its backoff) and wait for its
+ * outcome, so the first call after a server comes back finds it; when the
+ * attempts fail too, the waiting calls fail UNAVAILABLE. */
+static bool
+probe_replicas(asynq_rpc_channel *ch)
+{
+	bool any = false;
+	for (size_t i = 0; i < ch->n_reps; i++) {
+		replica *r = &ch->reps[i];
+		if (r->state != REP_FAILED)
+			continue;
+		r->probing = true;
+		any = true;
+		asynqi_dialer_hurry(r->d);
+	}
+	return any;
+}
+
+/* What a dispatch decided, acted on once mu is released. */
+typedef struct outbox {
+	cli_conn *touched[8]; /* connections to flush (held) */
+	size_t n_touched;
+	sub_req *sends; /* prepared, to queue (via qnext) */
+	sub_req *fails; /* claimed, to fail with fail_st (via qnext) */
+} outbox;
+
+static void
+outbox_touch(outbox *o, cli_conn *cc)
+{
+	for (size_t i = 0; i < o->n_touched; i++)
+		if (o->touched[i] == cc)
+			return;
+	if (o->n_touched < 8) {
+		cc->refs++;
+		asynqi_conn_hold(cc->c);
+		o->touched[o->n_touched++] = cc;
 	}
 }
 
-asynq_status
-asynq_rpc_metadata_push(const char *key, const void *val, size_t len)
+/* Under mu: sends q on a ready replica, parks it, or fails it. */
+static void
+dispatch(asynq_rpc_channel *ch, sub_req *q, outbox *o)
 {
-	if (key == NULL || (val == NULL && len != 0))
-		return ASYNQ_INVALID_ARGUMENT;
-	md_node *n = malloc(sizeof(*n) + (len != 0 ? len : 1));
-	if (n == NULL)
-		return ASYNQ_RESOURCE_EXHAUSTED;
-	n->key = strdup(key);
-	if (n->key == NULL) {
-		free(n);
-		return ASYNQ_RESOURCE_EXHAUSTED;
+	if (ch->closing) {
+		if (sub_claim(ch, q)) {
+			q->fail_st = ASYNQ_CANCELLED;
+			q->fail_why = "channel closed";
+			q->qnext = o->fails;
+			o->fails = q;
+		}
+		return;
 	}
-	if (len != 0)
-		memcpy(n->val, val, len);
-	n->len = len;
-	atomic_init(&n->refs, 1);
-	n->prev = md_hold(asynq_scoped_get(&md_key));
-	size_t klen = strlen(key);
-	size_t one =
-	    (klen != 0 ? ld_len(klen) : 0) + (len != 0 ? ld_len(len) : 0);
-	n->depth = 1 + (n->prev != NULL ? n->prev->depth : 0);
-	n->wire = ld_len(one) + (n->prev != NULL ? n->prev->wire : 0);
-	asynq_status st = asynq_scoped_push(&md_key, n);
-	if (st != ASYNQ_OK)
-		md_rele(n);
-	return st;
+	replica *r = pick_replica(ch);
+	if (r != NULL) {
+		if (!pend_insert(ch, q)) {
+			if (sub_claim(ch, q)) {
+				q->fail_st = ASYNQ_RESOURCE_EXHAUSTED;
+				q->fail_why = "out of memory";
+				q->qnext = o->fails;
+				o->fails = q;
+			}
+			return;
+		}
+		sub_prepare(ch, q, r->cc);
+		outbox_touch(o, r->cc);
+		q->qnext = o->sends;
+		o->sends = q;
+		return;
+	}
+	if (may_wait(ch) || probe_replicas(ch)) {
+		wait_push(ch, q);
+		return;
+	}
+	if (sub_claim(ch, q)) {
+		q->fail_st = ASYNQ_UNAVAILABLE;
+		q->fail_why = "no server reachable (every replica failed its "
+		              "last connection attempt)";
+		q->qnext = o->fails;
+		o->fails = q;
+	}
 }
 
-asynq_status
-asynq_rpc_metadata_pop(void)
+/* Without mu: queues the prepared sends, flushes, fails the failures. */
+static void
+outbox_run(asynq_rpc_channel *ch, outbox *o)
 {
-	md_node *n = asynq_scoped_get(&md_key);
-	asynq_status st = asynq_scoped_pop(&md_key);
-	if (st == ASYNQ_OK)
-		md_rele(n);
-	return st;
+	/* Sends were pushed in reverse; queue them in order. */
+	sub_req *rev = NULL;
+	while (o->sends != NULL) {
+		sub_req *q = o->sends;
+		o->sends = q->qnext;
+		q->qnext = rev;
+		rev = q;
+	}
+	while (rev != NULL) {
+		sub_req *q = rev;
+		rev = q->qnext;
+		q->qnext = NULL;
+		/* w_cc is held by q's wbuf until its done runs. */
+		asynqi_conn_queue(q->w_cc->c, &q->w);
+	}
+	for (size_t i = 0; i < o->n_touched; i++) {
+		cli_conn *cc = o->touched[i];
+		asynqi_conn_flush(cc->c);
+		asynqi_conn *c = cc->c;
+		pthread_mutex_lock(&ch->mu);
+		cc_rele_locked(cc);
+		pthread_mutex_unlock(&ch->mu);
+		asynqi_conn_rele(c);
+	}
+	while (o->fails != NULL) {
+		sub_req *q = o->fails;
+		o->fails = q->qnext;
+		q->qnext = NULL;
+		sub_fail(ch, q, q->fail_st, q->fail_why);
+	}
 }
 
-asynq_status
-asynq_rpc_with_metadata(const char *key, const void *val, size_t len,
-    asynq_status (*fn)(void *arg), void *arg)
+/* A sub-request lost its connection (it may have reached the server when
+ * `maybe_sent`): send it again, or fail it. Takes mu. */
+static void
+client_requeue(asynq_rpc_channel *ch, sub_req *q, bool maybe_sent)
 {
-	asynq_status st = asynq_rpc_metadata_push(key, val, len);
-	if (st != ASYNQ_OK)
-		return st;
-	st = fn(arg);
-	(void)asynq_rpc_metadata_pop();
-	return st;
+	outbox o = { 0 };
+	pthread_mutex_lock(&ch->mu);
+	if (q->state == SUB_SENT) {
+		pend_remove(ch, q);
+		conn_list_remove(q);
+		if (q->cc != NULL && q->cc->rep->outstanding > 0)
+			q->cc->rep->outstanding--;
+		q->cc = NULL;
+		q->state = SUB_NEW;
+	}
+	if (q->state != SUB_DONE) {
+		if (maybe_sent)
+			q->attempt++;
+		if (q->attempt > MAX_RESENDS || mono_ns() >= q->deadline) {
+			q->state = SUB_DONE;
+			q->fail_st = ASYNQ_UNAVAILABLE;
+			q->fail_why = "connection lost; the call may have run";
+			q->qnext = o.fails;
+			o.fails = q;
+		} else {
+			dispatch(ch, q, &o);
+		}
+	}
+	pthread_mutex_unlock(&ch->mu);
+	outbox_run(ch, &o);
 }
 
-/* ---- Thread-local backend table -------------------------------------- */
+/* ---- Connections --------------------------------------------------------- */
+
+static size_t cli_on_read(asynqi_conn *c, uint8_t *buf, size_t len,
+    size_t *need);
+static void cli_on_close(asynqi_conn *c, int err);
+
+static const asynqi_conn_ops cli_ops = {
+	.on_read = cli_on_read,
+	.on_close = cli_on_close,
+};
+
+static void
+preface_done(asynqi_wbuf *w, int err)
+{
+	(void)err;
+	cli_conn *cc = (cli_conn *)((char *)w - offsetof(cli_conn, pw));
+	asynq_rpc_channel *ch = cc->rep->ch;
+	pthread_mutex_lock(&ch->mu);
+	cc_rele_locked(cc);
+	pthread_mutex_unlock(&ch->mu);
+}
+
+/* gRPC's connection backoff: the next delay after `cur` (0: first). */
+static uint32_t
+backoff_next(uint32_t cur)
+{
+	uint64_t next = cur == 0 ? BACKOFF_INITIAL_MS : (uint64_t)cur * 8 / 5;
+	if (next > BACKOFF_MAX_MS)
+		next = BACKOFF_MAX_MS;
+	return (uint32_t)next;
+}
+
+static uint32_t
+jitter(asynq_rpc_channel *ch, uint32_t ms)
+{
+	/* xorshift64*; under mu. */
+	ch->rng ^= ch->rng >> 12;
+	ch->rng ^= ch->rng << 25;
+	ch->rng ^= ch->rng >> 27;
+	uint64_t r = ch->rng * 2685821657736338717u;
+	double f = 0.8 + 0.4 * (double)(r >> 11) / (double)(1ull << 53);
+	return (uint32_t)((double)ms * f);
+}
+
+/* Under mu: starts a connection attempt after delay_ms (the dialer runs
+ * one at a time; every caller has just seen the last one end). */
+static void
+replica_dial(replica *r, uint32_t delay_ms)
+{
+	if (r->ch->closing) {
+		r->state = REP_IDLE;
+		pthread_cond_broadcast(&r->ch->cv);
+		return;
+	}
+	asynqi_dialer_dial(r->d, delay_ms);
+}
+
+/* Under mu: the last attempt of r failed: fail fast until one succeeds,
+ * and try again after the backoff. */
+static void
+replica_failed(replica *r)
+{
+	asynq_rpc_channel *ch = r->ch;
+	r->state = REP_FAILED;
+	r->backoff_ms = backoff_next(r->backoff_ms);
+	replica_dial(r, jitter(ch, r->backoff_ms));
+}
+
+/* Under mu: when no replica can take calls any more, fails the waiting
+ * ones (fail fast) into o. */
+static void
+fail_waiting_if_hopeless(asynq_rpc_channel *ch, outbox *o, const char *why)
+{
+	if (may_wait(ch))
+		return;
+	while (ch->wait_head != NULL) {
+		sub_req *q = ch->wait_head;
+		sub_claim(ch, q);
+		q->fail_st = ASYNQ_UNAVAILABLE;
+		q->fail_why = why;
+		q->qnext = o->fails;
+		o->fails = q;
+	}
+}
+
+static void
+on_connect(void *arg, asynqi_conn *c, int err)
+{
+	replica *r = arg;
+	asynq_rpc_channel *ch = r->ch;
+	outbox o = { 0 };
+	pthread_mutex_lock(&ch->mu);
+	if (c == NULL) {
+		r->last_err = err;
+		if (ch->closing) {
+			r->state = REP_IDLE;
+			pthread_cond_broadcast(&ch->cv);
+			pthread_mutex_unlock(&ch->mu);
+			return;
+		}
+		r->probing = false;
+		replica_failed(r);
+		fail_waiting_if_hopeless(ch, &o,
+		    "no server reachable: connection attempt failed");
+		pthread_mutex_unlock(&ch->mu);
+		outbox_run(ch, &o);
+		return;
+	}
+	cli_conn *cc = calloc(1, sizeof(*cc));
+	if (cc == NULL || ch->closing) {
+		free(cc);
+		r->state = REP_IDLE;
+		pthread_cond_broadcast(&ch->cv);
+		pthread_mutex_unlock(&ch->mu);
+		asynqi_conn_close(c);
+		asynqi_conn_rele(c);
+		return;
+	}
+	cc->rep = r;
+	cc->c = c;
+	r->probing = false;
+	cc->refs = 2; /* the connection's, the preface wbuf's */
+	r->cc = cc;
+	r->state = REP_HANDSHAKE;
+	ch->live_conns++;
+	pthread_mutex_unlock(&ch->mu);
+	asynqi_conn_set_ops(c, &cli_ops, cc,
+	    ch->max_msg_bytes + ASYNQI_FRAME_HDR + (64u << 10));
+	/* The preface, then the service's method table. */
+	cc->pw.iov[0] = (nng_iov){ (void *)ASYNQI_PREFACE, ASYNQI_PREFACE_LEN };
+	cc->pw.iov[1] = (nng_iov){ ch->table.p, ch->table.len };
+	cc->pw.niov = 2;
+	cc->pw.done = preface_done;
+	asynqi_conn_start(c);
+	asynqi_conn_queue(c, &cc->pw);
+	asynqi_conn_flush(c);
+}
+
+static void
+cli_on_close(asynqi_conn *c, int err)
+{
+	cli_conn *cc = asynqi_conn_arg(c);
+	replica *r = cc->rep;
+	asynq_rpc_channel *ch = r->ch;
+	sub_req *lost = NULL;
+	outbox o = { 0 };
+	pthread_mutex_lock(&ch->mu);
+	cc->dead = true;
+	if (r->cc == cc) {
+		r->cc = NULL;
+		r->last_err = err;
+		if (ch->closing) {
+			r->state = REP_IDLE;
+		} else if (cc->ready || cc->goaway) {
+			r->state = REP_CONNECTING; /* redial at once */
+			r->backoff_ms = 0;
+			replica_dial(r, 0);
+		} else {
+			replica_failed(r); /* lost during the handshake */
+		}
+	}
+	/* Requests on it go again. Those whose write is still busy are left
+	 * SENT on cc: their wbuf's done sees `dead` and requeues them. */
+	sub_req *q = cc->head;
+	cc->head = NULL;
+	while (q != NULL) {
+		sub_req *next = q->cnext;
+		q->cprev = q->cnext = NULL;
+		if (!q->w_busy) {
+			pend_remove(ch, q);
+			if (r->outstanding > 0)
+				r->outstanding--;
+			q->cc = NULL;
+			q->state = SUB_NEW;
+			q->qnext = lost;
+			lost = q;
+		}
+		q = next;
+	}
+	ch->live_conns--;
+	pthread_cond_broadcast(&ch->cv);
+	if (!ch->closing)
+		fail_waiting_if_hopeless(ch, &o,
+		    "no server reachable: connection lost");
+	cc_rele_locked(cc);
+	pthread_mutex_unlock(&ch->mu);
+	outbox_run(ch, &o);
+	while (lost != NULL) {
+		sub_req *e = lost;
+		lost = e->qnext;
+		e->qnext = NULL;
+		client_requeue(ch, e, true);
+	}
+	asynqi_conn_rele(c);
+}
+
+/* Sends every waiting sub-request that a ready replica can take. Under
+ * mu. */
+static void
+drain_waiting(asynq_rpc_channel *ch, outbox *o)
+{
+	while (ch->wait_head != NULL && pick_replica(ch) != NULL) {
+		sub_req *q = ch->wait_head;
+		ch->wait_head = q->qnext;
+		if (ch->wait_head == NULL)
+			ch->wait_tail = NULL;
+		q->qnext = NULL;
+		q->state = SUB_NEW;
+		dispatch(ch, q, o);
+	}
+}
+
+/* The reply to q (claimed) arrived: sets its items. Reader thread. */
+static void
+handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
+    size_t len, asynq_status rst, const char *rmsg, size_t rmsg_len)
+{
+	rpc_batch *b = q->b;
+	if (rst != ASYNQ_OK) {
+		char why[256];
+		snprintf(why, sizeof(why), "%.*s", (int)rmsg_len, rmsg);
+		sub_fail(ch, q, rst, rmsg_len != 0 ? why : asynq_strerror(rst));
+		return;
+	}
+	asynqi_reader rd = { body, body + len };
+	asynqi_field f;
+	int rv;
+	while ((rv = asynqi_reader_next(&rd, &f)) > 0) {
+		if (f.num != 1 || f.wt != 2)
+			continue;
+		asynqi_reader rr = { f.p, f.p + f.len };
+		asynqi_field g;
+		uint64_t call_id = 0;
+		int32_t status = 0;
+		const uint8_t *msg = NULL, *payload = NULL;
+		size_t msg_len = 0, payload_len = 0;
+		int rv2;
+		while ((rv2 = asynqi_reader_next(&rr, &g)) > 0) {
+			if (g.num == 1 && g.wt == 0)
+				call_id = g.v;
+			else if (g.num == 2 && g.wt == 0)
+				status = (int32_t)g.v;
+			else if (g.num == 3 && g.wt == 2) {
+				msg = g.p;
+				msg_len = g.len;
+			} else if (g.num == 4 && g.wt == 2) {
+				payload = g.p;
+				payload_len = g.len;
+			}
+		}
+		if (rv2 < 0 || call_id < q->start || call_id >= q->start + q->n)
+			continue;
+		size_t i = (size_t)call_id;
+		asynq_future *item = asynq_batch_item(&b->base, i);
+		if (status != 0) {
+			asynq_status cst = asynqi_rpc_status_from_wire(status);
+			if (asynq_item_set_error(item,
+			        asynq_error_alloc(cst, "%.*s",
+			            msg_len != 0
+			                ? (int)msg_len
+			                : (int)strlen(asynq_strerror(cst)),
+			            msg_len != 0 ? (const char *)msg
+			                         : asynq_strerror(cst))) ==
+			    ASYNQ_OK)
+				atomic_fetch_add_explicit(&ch->failures, 1,
+				    memory_order_relaxed);
+			continue;
+		}
+		asynqi_budget_alloc ba;
+		asynqi_budget_alloc_init(&ba, 8 * ch->max_msg_bytes);
+		ProtobufCMessage *out = NULL;
+		const asynq_rpc_method_desc *md = b->recs[i].m;
+		if (asynqi_rpc_decode(md->output, payload, payload_len, &ba.pa,
+		        NULL, &out) != ASYNQ_OK) {
+			fail_item(b, i, ASYNQ_INTERNAL,
+			    "malformed response message");
+			continue;
+		}
+		if (asynq_item_set_ptr(item, out, asynqi_rpc_free_msg) !=
+		    ASYNQ_OK)
+			asynqi_rpc_free_msg(out);
+	}
+	/* Calls the reply left out (or a malformed reply). */
+	for (size_t i = q->start; i < q->start + q->n; i++)
+		fail_item(b, i, ASYNQ_INTERNAL,
+		    rv < 0 ? "malformed reply" : "the reply has no result");
+	sub_finished(ch, q);
+}
+
+static void
+on_reply(cli_conn *cc, const uint8_t *body, size_t len)
+{
+	asynq_rpc_channel *ch = cc->rep->ch;
+	asynqi_reader rd = { body, body + len };
+	asynqi_field f;
+	uint64_t id = 0;
+	int32_t status = 0;
+	const uint8_t *msg = NULL;
+	size_t msg_len = 0;
+	int rv;
+	while ((rv = asynqi_reader_next(&rd, &f)) > 0) {
+		if (f.num == 4 && f.wt == 0)
+			id = f.v;
+		else if (f.num == 2 && f.wt == 0)
+			status = (int32_t)f.v;
+		else if (f.num == 3 && f.wt == 2) {
+			msg = f.p;
+			msg_len = f.len;
+		}
+	}
+	if (rv < 0)
+		return; /* unmatchable; its calls time out */
+	pthread_mutex_lock(&ch->mu);
+	sub_req *q = pend_find(ch, id);
+	bool mine = q != NULL && q->state == SUB_SENT && q->cc == cc;
+	if (mine)
+		sub_claim(ch, q);
+	pthread_mutex_unlock(&ch->mu);
+	if (!mine)
+		return; /* late (its deadline passed) or not ours */
+	handle_results(ch, q, body, len, asynqi_rpc_status_from_wire(status),
+	    (const char *)msg, msg_len);
+}
+
+static void
+on_hello(cli_conn *cc, const uint8_t *body, size_t len)
+{
+	asynq_rpc_channel *ch = cc->rep->ch;
+	asynqi_reader rd = { body, body + len };
+	asynqi_field f;
+	while (asynqi_reader_next(&rd, &f) > 0) {
+		if (f.num == 1 && f.wt == 0)
+			cc->server_max_bytes = f.v;
+		else if (f.num == 2 && f.wt == 0)
+			cc->server_max_calls = (uint32_t)f.v;
+	}
+	outbox o = { 0 };
+	pthread_mutex_lock(&ch->mu);
+	cc->ready = true;
+	if (cc->rep->cc == cc && !cc->dead && !cc->goaway) {
+		cc->rep->state = REP_READY;
+		cc->rep->backoff_ms = 0;
+		drain_waiting(ch, &o);
+	}
+	pthread_mutex_unlock(&ch->mu);
+	outbox_run(ch, &o);
+}
+
+static void
+on_goaway(cli_conn *cc, const uint8_t *body, size_t len)
+{
+	asynq_rpc_channel *ch = cc->rep->ch;
+	asynqi_reader rd = { body, body + len };
+	asynqi_field f;
+	uint64_t last = 0;
+	while (asynqi_reader_next(&rd, &f) > 0)
+		if (f.num == 1 && f.wt == 0)
+			last = f.v;
+	sub_req *fresh = NULL;
+	pthread_mutex_lock(&ch->mu);
+	cc->goaway = true;
+	replica *r = cc->rep;
+	if (r->cc == cc) {
+		/* It takes no new requests; the next go to a new connection
+		 * while this one drains. */
+		r->cc = NULL;
+		r->state = REP_CONNECTING;
+		r->backoff_ms = 0;
+		replica_dial(r, 0);
+	}
+	for (sub_req *q = cc->head; q != NULL;) {
+		sub_req *next = q->cnext;
+		if (q->request_id > last && !q->w_busy) {
+			pend_remove(ch, q);
+			conn_list_remove(q);
+			if (r->outstanding > 0)
+				r->outstanding--;
+			q->cc = NULL;
+			q->state = SUB_NEW;
+			q->qnext = fresh;
+			fresh = q;
+		}
+		q = next;
+	}
+	pthread_mutex_unlock(&ch->mu);
+	while (fresh != NULL) {
+		sub_req *q = fresh;
+		fresh = q->qnext;
+		q->qnext = NULL;
+		client_requeue(ch, q, false);
+	}
+}
+
+static size_t
+cli_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
+{
+	cli_conn *cc = asynqi_conn_arg(c);
+	size_t used = 0;
+	if (!cc->got_preface) {
+		if (len < ASYNQI_PREFACE_LEN) {
+			*need = ASYNQI_PREFACE_LEN;
+			return 0;
+		}
+		if (memcmp(buf, ASYNQI_PREFACE, ASYNQI_PREFACE_LEN) != 0)
+			return SIZE_MAX; /* not an asynq server */
+		cc->got_preface = true;
+		used = ASYNQI_PREFACE_LEN;
+	}
+	for (;;) {
+		if (len - used < ASYNQI_FRAME_HDR) {
+			*need = ASYNQI_FRAME_HDR;
+			return used;
+		}
+		const uint8_t *h = buf + used;
+		size_t blen = ((size_t)h[1] << 24) | ((size_t)h[2] << 16) |
+		    ((size_t)h[3] << 8) | h[4];
+		size_t max = cc->rep->ch->max_msg_bytes + (64u << 10);
+		if (blen > max)
+			return SIZE_MAX;
+		if (len - used - ASYNQI_FRAME_HDR < blen) {
+			*need = ASYNQI_FRAME_HDR + blen;
+			return used;
+		}
+		const uint8_t *body = h + ASYNQI_FRAME_HDR;
+		switch (h[0]) {
+		case ASYNQI_FRAME_REPLY:
+			if (!cc->ready)
+				return SIZE_MAX;
+			on_reply(cc, body, blen);
+			break;
+		case ASYNQI_FRAME_HELLO:
+			if (cc->ready)
+				return SIZE_MAX;
+			on_hello(cc, body, blen);
+			break;
+		case ASYNQI_FRAME_GOAWAY:
+			on_goaway(cc, body, blen);
+			break;
+		default:
+			break; /* PING, PONG and unknown types: skipped */
+		}
+		used += ASYNQI_FRAME_HDR + blen;
+	}
+}
+
+/* ---- Thread-local backend table ------------------------------------------ */
 
 typedef struct tls_entry {
 	uint64_t id;
@@ -275,14 +1159,7 @@ tls_key_make(void)
 	(void)pthread_key_create(&tls_key, tls_table_free);
 }
 
-/* ---- Backend ---------------------------------------------------------- */
-
-static void
-backend_rele(chan_backend *be)
-{
-	if (atomic_fetch_sub(&be->refs, 1) == 1)
-		free(be);
-}
+/* ---- Backend ------------------------------------------------------------- */
 
 static asynq_batch *
 rpc_batch_alloc(asynq_backend *base)
@@ -292,36 +1169,36 @@ rpc_batch_alloc(asynq_backend *base)
 	if (b == NULL)
 		return NULL;
 	b->be = be;
+	atomic_init(&b->refs, 1);
 	atomic_fetch_add(&be->refs, 1);
 	return &b->base;
 }
+
+static void dl_remove(chan_backend *be, sub_req *q);
 
 static void
 rpc_batch_free(asynq_batch *base)
 {
 	rpc_batch *b = (rpc_batch *)base;
-	for (size_t i = 0; i < b->n_subs; i++) {
-		/* Waits for a callback still returning. */
-		if (b->subs[i].aio != NULL)
-			nng_aio_free(b->subs[i].aio);
-	}
-	free(b->subs);
-	for (size_t i = 0; i < b->n_recs; i++) {
-		free(b->recs[i].buf);
-		md_rele(b->recs[i].md);
-	}
-	free(b->recs);
-	chan_backend *be = b->be;
-	free(b);
-	backend_rele(be);
+	for (size_t i = 0; i < b->n_subs; i++)
+		if (b->subs[i].in_dl)
+			dl_remove(b->be, &b->subs[i]);
+	batch_rele(b);
 }
 
 static void
 rpc_batch_cancel(asynq_batch *base)
 {
 	rpc_batch *b = (rpc_batch *)base;
-	for (size_t i = 0; i < b->n_subs; i++)
-		nng_aio_cancel(b->subs[i].aio);
+	asynq_rpc_channel *ch = b->be->ch;
+	for (size_t i = 0; i < b->n_subs; i++) {
+		sub_req *q = &b->subs[i];
+		pthread_mutex_lock(&ch->mu);
+		bool mine = sub_claim(ch, q);
+		pthread_mutex_unlock(&ch->mu);
+		if (mine)
+			sub_fail(ch, q, ASYNQ_CANCELLED, "cancelled");
+	}
 }
 
 static asynq_status rpc_batch_flush(asynq_batch *base);
@@ -368,6 +1245,7 @@ thread_backend(asynq_rpc_channel *ch)
 	be->base.flush_delay_ns = (uint64_t)ch->svc->flush_delay_us * 1000u;
 	be->ch = ch;
 	atomic_init(&be->refs, 1);
+	atomic_init(&be->dead, false);
 	pthread_mutex_lock(&ch->mu);
 	be->next = ch->backends;
 	ch->backends = be;
@@ -378,44 +1256,131 @@ thread_backend(asynq_rpc_channel *ch)
 	return be;
 }
 
-/* ---- Calls ------------------------------------------------------------ */
+/* ---- Deadlines (scheduler thread) ---------------------------------------- */
+
+static void
+dl_remove(chan_backend *be, sub_req *q)
+{
+	if (q->dprev != NULL)
+		q->dprev->dnext = q->dnext;
+	else
+		be->dl_head = q->dnext;
+	if (q->dnext != NULL)
+		q->dnext->dprev = q->dprev;
+	else
+		be->dl_tail = q->dprev;
+	q->dprev = q->dnext = NULL;
+	q->in_dl = false;
+}
+
+static void dl_arm(chan_backend *be);
+
+static asynq_status
+dl_fire(asynq_future *f, void *arg)
+{
+	(void)f;
+	chan_backend *be = arg;
+	be->armed = 0;
+	if (!atomic_load(&be->dead)) {
+		asynq_rpc_channel *ch = be->ch;
+		int64_t now = mono_ns();
+		while (be->dl_head != NULL && be->dl_head->deadline <= now) {
+			sub_req *q = be->dl_head;
+			dl_remove(be, q);
+			pthread_mutex_lock(&ch->mu);
+			int was = q->state;
+			bool mine = sub_claim(ch, q);
+			pthread_mutex_unlock(&ch->mu);
+			if (!mine)
+				continue;
+			if (was == SUB_WAITING)
+				sub_fail(ch, q, ASYNQ_UNAVAILABLE,
+				    "no server reachable before the deadline");
+			else
+				sub_fail(ch, q, ASYNQ_DEADLINE_EXCEEDED,
+				    "deadline exceeded");
+		}
+		dl_arm(be);
+	}
+	backend_rele(be);
+	return ASYNQ_OK;
+}
+
+/* Arms the timer for the earliest deadline unless one as early is armed. */
+static void
+dl_arm(chan_backend *be)
+{
+	if (be->dl_head == NULL)
+		return;
+	uint64_t due = (uint64_t)be->dl_head->deadline;
+	if (be->armed != 0 && be->armed <= due)
+		return;
+	uint64_t now = asynq_now_ns();
+	asynq_future *t = asynq_sleep(due > now ? due - now : 0);
+	if (t == NULL)
+		return;
+	atomic_fetch_add(&be->refs, 1);
+	if (asynq_future_on_done(t, dl_fire, be) != ASYNQ_OK) {
+		backend_rele(be);
+		asynq_future_rele(t);
+		return;
+	}
+	be->armed = due;
+	asynq_future_rele(t);
+}
+
+static void
+dl_insert(chan_backend *be, sub_req *q)
+{
+	sub_req *p = be->dl_tail;
+	while (p != NULL && p->deadline > q->deadline)
+		p = p->dprev;
+	q->dprev = p;
+	q->dnext = p != NULL ? p->dnext : be->dl_head;
+	if (q->dnext != NULL)
+		q->dnext->dprev = q;
+	else
+		be->dl_tail = q;
+	if (p != NULL)
+		p->dnext = q;
+	else
+		be->dl_head = q;
+	q->in_dl = true;
+}
+
+/* ---- Calls --------------------------------------------------------------- */
 
 asynq_future *
 asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
     const ProtobufCMessage *req)
 {
 	atomic_fetch_add_explicit(&ch->calls, 1, memory_order_relaxed);
-	if (req == NULL || req->descriptor != m->input) {
+	if (req == NULL || m == NULL || req->descriptor != m->input) {
 		atomic_fetch_add_explicit(&ch->failures, 1,
 		    memory_order_relaxed);
-		return asynq_const_error(
-		    asynq_error_alloc(ASYNQ_INVALID_ARGUMENT,
-		        "rpc %s: request is not a %s", m->full_name,
-		        ((const ProtobufCMessageDescriptor *)m->input)->name));
+		return asynq_const_error(asynq_error_alloc(
+		    ASYNQ_INVALID_ARGUMENT, "rpc %s: request is not a %s",
+		    m != NULL ? m->full_name : "(no method)",
+		    m != NULL
+		        ? ((const ProtobufCMessageDescriptor *)m->input)->name
+		        : "message"));
 	}
 	chan_backend *be = thread_backend(ch);
 	if (be == NULL)
 		return NULL;
-	int64_t deadline = asynq_rpc_deadline_get();
-	if (deadline == 0)
-		deadline = asynqi_realtime_ns() +
-		    (int64_t)ch->default_deadline_ms * 1000000;
-	size_t len = protobuf_c_message_get_packed_size(req);
-	uint8_t *buf = malloc(len != 0 ? len : 1);
-	if (buf == NULL)
-		return NULL;
-	protobuf_c_message_pack(req, buf);
+	int64_t now = mono_ns();
+	int64_t dl_rt = asynq_rpc_deadline_get();
+	int64_t deadline = dl_rt != 0
+	    ? now + (dl_rt - asynqi_realtime_ns())
+	    : now + (int64_t)ch->default_deadline_ms * 1000000;
 	asynq_future *f = asynq_batch_add(&be->base, 0, NULL);
-	if (f == NULL) {
-		free(buf);
+	if (f == NULL)
 		return NULL;
-	}
 	rpc_batch *b = (rpc_batch *)asynq_item_batch(f);
 	if (b->n_recs == b->cap_recs) {
 		size_t cap = b->cap_recs != 0 ? b->cap_recs * 2 : 16;
 		call_rec *r = realloc(b->recs, cap * sizeof(*r));
 		if (r == NULL) {
-			free(buf);
 			/* Keep the item's index equal to its record's. */
 			asynq_item_set_error(f,
 			    asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
@@ -425,450 +1390,176 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		b->recs = r;
 		b->cap_recs = cap;
 	}
-	md_node *md = md_hold(asynq_scoped_get(&md_key));
+	asynqi_md_node *md = asynq_scoped_get(&asynqi_md_key);
 	size_t idx = b->n_recs;
-	size_t nlen = strlen(m->full_name);
-	size_t call = ld_len(nlen) + (idx != 0 ? 1 + varint_len(idx) : 0) +
-	    (len != 0 ? ld_len(len) : 0) + (md != NULL ? md->wire : 0);
-	b->recs[b->n_recs++] =
-	    (call_rec){ m, buf, len, deadline, md, ld_len(call), false };
+	if (idx == 0)
+		b->base_md = md;
+	bool own = md != b->base_md;
+	size_t mi = (size_t)(m - ch->svc->methods);
+	bool by_id = m >= ch->svc->methods && mi < ch->svc->n_methods;
+	size_t plen = protobuf_c_message_get_packed_size(req);
+	size_t nlen = by_id ? 0 : strlen(m->full_name);
+	size_t body = (idx != 0 ? 1 + asynqi_varint_len(idx) : 0) +
+	    (plen != 0 ? 1 + asynqi_varint_len(plen) + plen : 0) +
+	    (by_id ? 1 + asynqi_varint_len(mi + 1)
+	           : 1 + asynqi_varint_len(nlen) + nlen) +
+	    (own ? (md != NULL ? md->wire : 0) + 2 : 0);
+	asynqi_buf *buf = &b->buf;
+	size_t off = buf->len;
+	asynqi_buf_tag(buf, 1, 2);
+	asynqi_buf_varint(buf, body);
+	if (idx != 0) {
+		asynqi_buf_tag(buf, 2, 0);
+		asynqi_buf_varint(buf, idx);
+	}
+	if (plen != 0) {
+		asynqi_buf_tag(buf, 3, 2);
+		asynqi_buf_varint(buf, plen);
+		uint8_t *d = asynqi_buf_reserve(buf, plen);
+		if (d != NULL) {
+			protobuf_c_message_pack(req, d);
+			buf->len += plen;
+		}
+	}
+	if (by_id) {
+		asynqi_buf_tag(buf, 5, 0);
+		asynqi_buf_varint(buf, mi + 1);
+	} else {
+		asynqi_buf_bytes(buf, 1, m->full_name, nlen);
+	}
+	if (own) {
+		asynqi_md_write(buf, 4, md);
+		asynqi_buf_tag(buf, 6, 0);
+		asynqi_buf_varint(buf, 1);
+	}
+	b->recs[b->n_recs++] = (call_rec){ m, off, buf->len - off, deadline,
+		asynqi_md_hold(md), m->idempotent };
+	if (buf->failed)
+		asynq_item_set_error(f,
+		    asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
+		        "rpc %s: out of memory", m->full_name));
 	return f;
 }
 
-/* ---- Flush and completion --------------------------------------------- */
+/* ---- Flush --------------------------------------------------------------- */
 
-static int64_t
-ms_until(int64_t deadline)
+/* Bytes of the trailer of a request (as first sent) with id `id` whose
+ * earliest deadline is dl: request_id, client_id, timeout_us. */
+static size_t
+trailer_len(uint64_t id, int64_t dl, int64_t now)
 {
-	int64_t left = deadline - asynqi_realtime_ns();
-	if (left <= 0)
-		return 0;
-	return (left + 999999) / 1000000;
-}
-
-static void
-fail_item(rpc_batch *b, size_t i, asynq_status st, const char *why)
-{
-	asynq_rpc_channel *ch = b->be->ch;
-	const call_rec *r = &b->recs[i];
-	if (asynq_item_set_error(asynq_batch_item(&b->base, i),
-	        asynq_error_alloc(st, "rpc %s: %s", r->m->full_name, why)) ==
-	    ASYNQ_OK)
-		atomic_fetch_add_explicit(&ch->failures, 1,
-		    memory_order_relaxed);
-}
-
-/* On an nng thread (or the flushing thread): the request is over. */
-static void
-sub_finish(sub_req *q)
-{
-	rpc_batch *b = q->b;
-	asynq_rpc_channel *ch = b->be->ch;
-	nng_msg_free(q->copy);
-	q->copy = NULL;
-	if (q->ctx_open) {
-		nng_ctx_close(q->ctx);
-		q->ctx_open = false;
-	}
-	if (atomic_fetch_sub(&b->pending, 1) == 1)
-		asynq_batch_complete(&b->base, ASYNQ_OK);
-	/* b may be gone now. */
-	pthread_mutex_lock(&ch->mu);
-	if (--ch->inflight == 0)
-		pthread_cond_broadcast(&ch->cv);
-	pthread_mutex_unlock(&ch->mu);
-}
-
-static void
-sub_fail(sub_req *q, asynq_status st, const char *why)
-{
-	for (size_t i = q->start; i < q->start + q->n; i++)
-		fail_item(q->b, i, st, why);
-	sub_finish(q);
-}
-
-static void
-sub_reply(sub_req *q, nng_msg *msg)
-{
-	rpc_batch *b = q->b;
-	asynq_rpc_channel *ch = b->be->ch;
-	asynqi_arena arena;
-	asynqi_arena_init(&arena, 8 * ch->max_msg_bytes);
-	ProtobufCMessage *m = NULL;
-	asynq_status st = asynqi_rpc_decode(&asynq__rpc__reply__descriptor,
-	    nng_msg_body(msg), nng_msg_len(msg), &arena.pa, &arena, &m);
-	nng_msg_free(msg);
-	if (st != ASYNQ_OK) {
-		asynqi_arena_fini(&arena);
-		sub_fail(q, ASYNQ_INTERNAL, "malformed reply");
-		return;
-	}
-	Asynq__Rpc__Reply *rep = (Asynq__Rpc__Reply *)m;
-	if (rep->status != 0) {
-		asynq_status rst = asynqi_rpc_status_from_wire(rep->status);
-		for (size_t i = q->start; i < q->start + q->n; i++) {
-			if (asynq_item_set_error(asynq_batch_item(&b->base, i),
-			        asynq_error_alloc(rst, "rpc %s: %s",
-			            b->recs[i].m->full_name,
-			            rep->message[0] != '\0'
-			                ? rep->message
-			                : asynq_strerror(rst))) == ASYNQ_OK)
-				atomic_fetch_add_explicit(&ch->failures, 1,
-				    memory_order_relaxed);
-		}
-		asynqi_arena_fini(&arena);
-		sub_finish(q);
-		return;
-	}
-	for (size_t k = 0; k < rep->n_results; k++) {
-		const Asynq__Rpc__Result *r = rep->results[k];
-		if (r->call_id < q->start || r->call_id >= q->start + q->n)
-			continue;
-		size_t i = (size_t)r->call_id;
-		asynq_future *item = asynq_batch_item(&b->base, i);
-		const asynq_rpc_method_desc *md = b->recs[i].m;
-		if (r->status != 0) {
-			asynq_status cst =
-			    asynqi_rpc_status_from_wire(r->status);
-			if (asynq_item_set_error(item,
-			        asynq_error_alloc(cst, "%s",
-			            r->message[0] != '\0'
-			                ? r->message
-			                : asynq_strerror(cst))) == ASYNQ_OK)
-				atomic_fetch_add_explicit(&ch->failures, 1,
-				    memory_order_relaxed);
-			continue;
-		}
-		asynqi_budget_alloc ba;
-		asynqi_budget_alloc_init(&ba, 8 * ch->max_msg_bytes);
-		ProtobufCMessage *out = NULL;
-		asynq_status dst = asynqi_rpc_decode(md->output,
-		    r->payload.data, r->payload.len, &ba.pa, NULL, &out);
-		if (dst != ASYNQ_OK) {
-			fail_item(b, i, ASYNQ_INTERNAL,
-			    "malformed response message");
-			continue;
-		}
-		asynq_item_set_ptr(item, out, asynqi_rpc_free_msg);
-	}
-	asynqi_arena_fini(&arena);
-	/* Calls the reply left out. */
-	for (size_t i = q->start; i < q->start + q->n; i++)
-		fail_item(b, i, ASYNQ_INTERNAL, "the reply has no result");
-	sub_finish(q);
-}
-
-static void sub_done(sub_req *q);
-
-/* After a lost connection: send q again, marked as a resend. False if it
- * may not (no copy, too many resends, deadline passed, closing). */
-static bool
-sub_resend(sub_req *q)
-{
-	asynq_rpc_channel *ch = q->b->be->ch;
-	if (q->copy == NULL || q->attempt >= MAX_RESENDS ||
-	    atomic_load(&ch->closing))
-		return false;
-	int64_t ms = ms_until(q->deadline);
-	nng_msg *msg;
-	if (ms == 0 || nng_msg_dup(&msg, q->copy) != 0)
-		return false;
-	q->attempt++;
-	/* Request.attempt = q->attempt: field 6, varint. */
-	uint8_t tail[6] = { 6 << 3 };
-	size_t n = 1;
-	for (uint32_t v = q->attempt; n < sizeof(tail); v >>= 7) {
-		tail[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-		if (v <= 0x7f)
-			break;
-	}
-	if (nng_msg_append(msg, tail, n) != 0) {
-		nng_msg_free(msg);
-		return false;
-	}
-	atomic_fetch_add_explicit(&ch->resends, 1, memory_order_relaxed);
-	q->state = SUB_SEND;
-	nng_aio_set_timeout(q->aio, (nng_duration)ms);
-	nng_aio_set_msg(q->aio, msg);
-	nng_ctx_send(q->ctx, q->aio);
-	return true;
-}
-
-static void
-sub_cb(void *arg)
-{
-	sub_req *q = arg;
-	if (q->state == SUB_RECV && atomic_fetch_sub(&q->gate, 1) != 1)
-		return;
-	sub_done(q);
-}
-
-/* An nng thread: the send or the receive of q is over. */
-static void
-sub_done(sub_req *q)
-{
-	asynq_rpc_channel *ch = q->b->be->ch;
-	int rv = nng_aio_result(q->aio);
-	if (rv != 0) {
-		if (q->state == SUB_SEND) {
-			nng_msg *msg = nng_aio_get_msg(q->aio);
-			nng_aio_set_msg(q->aio, NULL);
-			nng_msg_free(msg);
-		}
-		if (atomic_load(&ch->closing) || rv == NNG_ECANCELED)
-			sub_fail(q, ASYNQ_CANCELLED, "cancelled");
-		else if (rv == NNG_ECONNRESET && sub_resend(q))
-			return; /* q belongs to the send now */
-		else if (rv == NNG_ECONNRESET)
-			sub_fail(q, ASYNQ_UNAVAILABLE,
-			    "connection lost; the call may have run");
-		else if (rv == NNG_ETIMEDOUT && q->state == SUB_SEND &&
-		    atomic_load(&ch->pipes) == 0)
-			sub_fail(q, ASYNQ_UNAVAILABLE,
-			    "no server reachable before the deadline");
-		else if (rv == NNG_ETIMEDOUT)
-			sub_fail(q, ASYNQ_DEADLINE_EXCEEDED,
-			    "deadline exceeded");
-		else
-			sub_fail(q, asynqi_rpc_status_from_nng(rv),
-			    nng_strerror(rv));
-		return;
-	}
-	if (q->state == SUB_SEND) {
-		int64_t ms = ms_until(q->deadline);
-		if (ms == 0) {
-			sub_fail(q, ASYNQ_DEADLINE_EXCEEDED,
-			    "deadline exceeded");
-			return;
-		}
-		q->state = SUB_RECV;
-		atomic_store(&q->gate, 2);
-		nng_aio_set_timeout(q->aio, (nng_duration)ms);
-		nng_ctx_recv(q->ctx, q->aio);
-		if (atomic_fetch_sub(&q->gate, 1) == 1)
-			sub_done(q);
-		return;
-	}
-	nng_msg *msg = nng_aio_get_msg(q->aio);
-	nng_aio_set_msg(q->aio, NULL);
-	sub_reply(q, msg);
-}
-
-/* Lays out the metadata chain md as Metadata messages in out[0..depth). */
-static void
-md_fill(const md_node *md, Asynq__Rpc__Metadata *out,
-    Asynq__Rpc__Metadata **ptrs)
-{
-	for (size_t i = 0; md != NULL; md = md->prev, i++) {
-		Asynq__Rpc__Metadata m = ASYNQ__RPC__METADATA__INIT;
-		m.key = md->key;
-		m.value.data = (uint8_t *)md->val;
-		m.value.len = md->len;
-		out[i] = m;
-		ptrs[i] = &out[i];
-	}
-}
-
-static asynq_status
-build_request(rpc_batch *b, sub_req *q, nng_msg **msgp)
-{
-	asynq_rpc_channel *ch = b->be->ch;
-	asynq_status st = ASYNQ_RESOURCE_EXHAUSTED;
-	/* One shared chain goes once into the Request; else per call. */
-	const md_node *shared = b->recs[q->start].md;
-	size_t n_md = 0;
-	for (size_t k = 0; k < q->n; k++) {
-		const md_node *md = b->recs[q->start + k].md;
-		if (md != shared)
-			shared = NULL;
-		n_md += md != NULL ? md->depth : 0;
-	}
-	if (shared != NULL)
-		n_md = shared->depth;
-	Asynq__Rpc__Call *calls = calloc(q->n, sizeof(*calls));
-	Asynq__Rpc__Call **ptrs = calloc(q->n, sizeof(*ptrs));
-	Asynq__Rpc__Metadata *mds = calloc(n_md + 1, sizeof(*mds));
-	Asynq__Rpc__Metadata **mdp = calloc(n_md + 1, sizeof(*mdp));
-	if (calls == NULL || ptrs == NULL || mds == NULL || mdp == NULL)
-		goto out;
-	int64_t deadline = INT64_MAX;
-	size_t n_calls = 0, md_off = 0;
-	for (size_t k = 0; k < q->n; k++) {
-		const call_rec *r = &b->recs[q->start + k];
-		if (r->failed)
-			continue;
-		Asynq__Rpc__Call c = ASYNQ__RPC__CALL__INIT;
-		c.method = (char *)r->m->full_name;
-		c.call_id = q->start + k;
-		c.payload.data = r->buf;
-		c.payload.len = r->len;
-		if (shared == NULL && r->md != NULL) {
-			md_fill(r->md, &mds[md_off], &mdp[md_off]);
-			c.n_metadata = r->md->depth;
-			c.metadata = &mdp[md_off];
-			md_off += r->md->depth;
-		}
-		calls[n_calls] = c;
-		ptrs[n_calls] = &calls[n_calls];
-		n_calls++;
-		if (r->deadline < deadline)
-			deadline = r->deadline;
-	}
-	Asynq__Rpc__Request req = ASYNQ__RPC__REQUEST__INIT;
-	req.n_calls = n_calls;
-	req.calls = ptrs;
-	req.deadline_unix_ns = deadline;
-	req.request_id = atomic_fetch_add(&ch->next_request_id, 1);
-	req.client_id = ch->client_id;
-	if (shared != NULL) {
-		md_fill(shared, mds, mdp);
-		req.n_metadata = shared->depth;
-		req.metadata = mdp;
-	}
-	q->deadline = deadline;
-	st = asynqi_rpc_pack_msg(&req.base, msgp);
-out:
-	free(mdp);
-	free(mds);
-	free(ptrs);
-	free(calls);
-	return st;
+	int64_t left = dl - now;
+	uint64_t us = left > 0 ? (uint64_t)(left + 999) / 1000 : 1;
+	return 1 + asynqi_varint_len(id) + 9 + 1 + asynqi_varint_len(us);
 }
 
 static asynq_status
 rpc_batch_flush(asynq_batch *base)
 {
 	rpc_batch *b = (rpc_batch *)base;
-	asynq_rpc_channel *ch = b->be->ch;
+	chan_backend *be = b->be;
+	asynq_rpc_channel *ch = be->ch;
 	size_t n = asynq_batch_size(base);
-	if (n != b->n_recs)
-		return ASYNQ_INTERNAL;
-	if (atomic_load(&ch->closing))
-		return ASYNQ_CANCELLED;
-	/* Requests of at most max_calls calls and max_msg_bytes bytes (as
-	 * estimated from above), cut greedily in call order. */
-	size_t budget = ch->max_msg_bytes > REQUEST_OVERHEAD
-	    ? ch->max_msg_bytes - REQUEST_OVERHEAD
-	    : 0;
-	size_t n_subs = 0;
-	for (size_t i = 0, cn = 0, cb = 0; i < n; i++) {
-		size_t w = b->recs[i].wire;
-		if (cn == 0 || cn == ch->max_calls || w > budget - cb) {
-			n_subs++;
-			cn = 0;
-			cb = 0;
-		}
-		cn++;
-		cb += w < budget ? w : budget;
-	}
-	b->subs = calloc(n_subs, sizeof(*b->subs));
-	nng_msg **msgs = calloc(n_subs, sizeof(*msgs));
-	if (b->subs == NULL || msgs == NULL) {
-		free(msgs);
+	if (n != b->n_recs || b->buf.failed)
+		return b->buf.failed ? ASYNQ_RESOURCE_EXHAUSTED
+		                     : ASYNQ_INTERNAL;
+	if (b->base_md != NULL)
+		asynqi_md_write(&b->mdbuf, 3, b->base_md);
+	if (b->mdbuf.failed)
 		return ASYNQ_RESOURCE_EXHAUSTED;
-	}
-	for (size_t i = 0, k = 0, cn = 0, cb = 0; i < n; i++) {
-		size_t w = b->recs[i].wire;
-		if (cn == 0 || cn == ch->max_calls || w > budget - cb) {
-			b->subs[k].start = i;
-			k++;
-			cn = 0;
-			cb = 0;
+	/* Requests of at most max_calls calls and max_msg_bytes bytes (the
+	 * Request as first sent), cut greedily in call order. */
+	int64_t t_split = mono_ns();
+	size_t n_subs = 0;
+	/* Ids for up to n requests (one per call at most), so that their
+	 * sizes are known while cutting. */
+	b->first_id = atomic_fetch_add(&ch->next_request_id, n) + 1;
+	for (int pass = 0; pass < 2; pass++) {
+		size_t k = 0, cn = 0, cb = 0;
+		int64_t dl = INT64_MAX;
+		for (size_t i = 0; i < n; i++) {
+			size_t w = b->recs[i].wire;
+			int64_t d =
+			    b->recs[i].deadline < dl ? b->recs[i].deadline : dl;
+			if (cn == 0 || cn == ch->max_calls ||
+			    cb + w + b->mdbuf.len +
+			            trailer_len(b->first_id + k, d, t_split) >
+			        ch->max_msg_bytes) {
+				if (pass == 1) {
+					sub_req *q = &b->subs[k];
+					q->b = b;
+					q->start = i;
+					q->off = b->recs[i].off;
+					q->deadline = INT64_MAX;
+				}
+				k++;
+				cn = 0;
+				cb = 0;
+				d = b->recs[i].deadline;
+			}
+			dl = d;
+			if (pass == 1) {
+				sub_req *q = &b->subs[k - 1];
+				q->n++;
+				q->len += w;
+				q->deadline = d;
+				if (w + b->mdbuf.len +
+				        trailer_len(b->first_id + k - 1, d,
+				            t_split) >
+				    ch->max_msg_bytes)
+					q->unsendable = true;
+			}
+			cn++;
+			cb += w;
 		}
-		b->subs[k - 1].n++;
-		cn++;
-		cb += w < budget ? w : budget;
+		if (pass == 0) {
+			n_subs = k;
+			b->subs = calloc(n_subs, sizeof(*b->subs));
+			if (b->subs == NULL)
+				return ASYNQ_RESOURCE_EXHAUSTED;
+		}
 	}
 	b->n_subs = n_subs;
-	asynq_status st = ASYNQ_OK;
-	for (size_t i = 0; i < n_subs && st == ASYNQ_OK; i++) {
-		sub_req *q = &b->subs[i];
-		q->b = b;
-		q->state = SUB_SEND;
-		if (nng_aio_alloc(&q->aio, sub_cb, q) != 0) {
-			q->aio = NULL;
-			st = ASYNQ_RESOURCE_EXHAUSTED;
-			break;
-		}
-		int rv = nng_ctx_open(&q->ctx, ch->sock);
-		if (rv != 0) {
-			st = asynqi_rpc_status_from_nng(rv);
-			break;
-		}
-		q->ctx_open = true;
-		st = build_request(b, q, &msgs[i]);
-		if (st == ASYNQ_OK &&
-		    nng_msg_len(msgs[i]) > ch->max_msg_bytes) {
-			/* Only a call too big alone gets here; failed
-			 * below without being sent. */
-			nng_msg_free(msgs[i]);
-			msgs[i] = NULL;
-		} else if (st == ASYNQ_OK) {
-			(void)nng_msg_dup(&q->copy, msgs[i]);
-		}
-	}
-	if (st != ASYNQ_OK) {
-		for (size_t i = 0; i < n_subs; i++) {
-			if (b->subs[i].ctx_open)
-				nng_ctx_close(b->subs[i].ctx);
-			b->subs[i].ctx_open = false;
-			nng_msg_free(msgs[i]);
-			nng_msg_free(b->subs[i].copy);
-			b->subs[i].copy = NULL;
-		}
-		free(msgs);
-		return st;
-	}
-	/* The payloads are in the messages now. */
-	for (size_t i = 0; i < b->n_recs; i++) {
-		free(b->recs[i].buf);
-		b->recs[i].buf = NULL;
-	}
 	atomic_store(&b->pending, n_subs);
+	asynq_batch_defer(base);
+	outbox o = { 0 };
+	int64_t now = mono_ns();
 	pthread_mutex_lock(&ch->mu);
 	ch->inflight += (long)n_subs;
-	pthread_mutex_unlock(&ch->mu);
-	asynq_batch_defer(base);
 	for (size_t i = 0; i < n_subs; i++) {
 		sub_req *q = &b->subs[i];
-		if (msgs[i] == NULL) {
-			sub_fail(q, ASYNQ_RESOURCE_EXHAUSTED,
-			    "request over the channel's max_msg_bytes");
+		q->request_id = b->first_id + i;
+		q->state = SUB_NEW;
+		if (q->unsendable || q->deadline <= now || ch->closing) {
+			q->state = SUB_DONE;
+			q->fail_st = ch->closing ? ASYNQ_CANCELLED
+			    : q->unsendable      ? ASYNQ_RESOURCE_EXHAUSTED
+			                         : ASYNQ_DEADLINE_EXCEEDED;
+			q->fail_why = ch->closing ? "channel closed"
+			    : q->unsendable
+			    ? "request over the channel's max_msg_bytes"
+			    : "deadline exceeded";
+			q->qnext = o.fails;
+			o.fails = q;
 			continue;
 		}
-		int64_t ms = ms_until(q->deadline);
-		if (ms == 0) {
-			nng_msg_free(msgs[i]);
-			sub_fail(q, ASYNQ_DEADLINE_EXCEEDED,
-			    "deadline exceeded");
-			continue;
-		}
-		atomic_fetch_add_explicit(&ch->requests, 1,
-		    memory_order_relaxed);
-		nng_aio_set_timeout(q->aio, (nng_duration)ms);
-		nng_aio_set_msg(q->aio, msgs[i]);
-		nng_ctx_send(q->ctx, q->aio);
+		dispatch(ch, q, &o);
 	}
-	free(msgs);
+	pthread_mutex_unlock(&ch->mu);
+	/* Deadlines before the sends, so a reply cannot beat them. */
+	for (size_t i = 0; i < n_subs; i++)
+		if (b->subs[i].deadline != INT64_MAX)
+			dl_insert(be, &b->subs[i]);
+	dl_arm(be);
+	outbox_run(ch, &o);
 	return ASYNQ_OK;
 }
 
-/* ---- Channel ---------------------------------------------------------- */
-
-static void
-pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
-{
-	(void)p;
-	asynq_rpc_channel *ch = arg;
-	if (ev == NNG_PIPE_EV_ADD_POST)
-		atomic_fetch_add(&ch->pipes, 1);
-	else if (ev == NNG_PIPE_EV_REM_POST)
-		atomic_fetch_sub(&ch->pipes, 1);
-}
+/* ---- Channel ------------------------------------------------------------- */
 
 /* A random client id, never 0 (0 means "no id" on the wire). */
 static uint64_t
-random_client_id(void)
+random_u64(void)
 {
 	uint64_t v = 0;
 	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v)) {
@@ -882,16 +1573,40 @@ random_client_id(void)
 	return v != 0 ? v : 1;
 }
 
+static asynq_status
+tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
+{
+	int rv;
+	if ((rv = nng_tls_config_alloc(&ch->tls, NNG_TLS_MODE_CLIENT)) != 0) {
+		ch->tls = NULL;
+		return asynqi_rpc_status_from_nng(rv);
+	}
+	if ((rv = nng_tls_config_auth_mode(ch->tls,
+	         NNG_TLS_AUTH_MODE_REQUIRED)) != 0 ||
+	    (cfg->tls_ca_file != NULL &&
+	        (rv = nng_tls_config_ca_file(ch->tls, cfg->tls_ca_file)) !=
+	            0) ||
+	    (cfg->tls_server_name != NULL &&
+	        (rv = nng_tls_config_server_name(ch->tls,
+	             cfg->tls_server_name)) != 0))
+		return rv == NNG_ENOMEM ? ASYNQ_RESOURCE_EXHAUSTED
+		                        : ASYNQ_INVALID_ARGUMENT;
+	return ASYNQ_OK;
+}
+
 asynq_status
 asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
     const asynq_rpc_service_desc *svc, const asynq_rpc_channel_cfg *cfg)
 {
 	if (svc == NULL || cfg == NULL || cfg->urls == NULL || cfg->n_urls == 0)
 		return ASYNQ_INVALID_ARGUMENT;
-	asynq_status st = ASYNQ_RESOURCE_EXHAUSTED;
+	for (size_t i = 0; i < cfg->n_urls; i++)
+		if (cfg->urls[i] == NULL)
+			return ASYNQ_INVALID_ARGUMENT;
 	asynq_rpc_channel *ch = calloc(1, sizeof(*ch));
 	if (ch == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
+	asynq_status st = ASYNQ_RESOURCE_EXHAUSTED;
 	ch->svc = svc;
 	ch->id = atomic_fetch_add(&next_channel_id, 1);
 	ch->max_calls = cfg->max_calls != 0 ? cfg->max_calls
@@ -903,84 +1618,74 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	                                    : DEFAULT_DEADLINE_MS;
 	ch->max_msg_bytes =
 	    cfg->max_msg_bytes != 0 ? cfg->max_msg_bytes : DEFAULT_MAX_MSG;
-	atomic_init(&ch->closing, false);
-	atomic_init(&ch->pipes, 0);
-	atomic_init(&ch->next_request_id, 1);
+	ch->wait_for_ready = cfg->wait_for_ready;
+	atomic_init(&ch->next_request_id, 0);
 	atomic_init(&ch->calls, 0);
 	atomic_init(&ch->requests, 0);
 	atomic_init(&ch->failures, 0);
 	atomic_init(&ch->resends, 0);
-	ch->client_id = random_client_id();
+	ch->client_id = random_u64();
+	ch->rng = random_u64();
+	/* The METHODS frame every connection starts with. */
+	uint8_t *th = asynqi_buf_reserve(&ch->table, ASYNQI_FRAME_HDR);
+	if (th != NULL)
+		ch->table.len = ASYNQI_FRAME_HDR;
+	for (size_t i = 0; i < svc->n_methods; i++)
+		asynqi_buf_bytes(&ch->table, 7, svc->methods[i].full_name,
+		    strlen(svc->methods[i].full_name));
+	if (!ch->table.failed)
+		asynqi_frame_hdr(ch->table.p, ASYNQI_FRAME_METHODS,
+		    (uint32_t)(ch->table.len - ASYNQI_FRAME_HDR));
+	if (ch->table.failed)
+		goto fail_table;
 	if (pthread_mutex_init(&ch->mu, NULL) != 0)
-		goto fail_mu;
+		goto fail_table;
 	if (pthread_cond_init(&ch->cv, NULL) != 0)
 		goto fail_cv;
-	int rv;
-	if ((rv = nng_req0_open(&ch->sock)) != 0) {
-		st = asynqi_rpc_status_from_nng(rv);
-		goto fail_sock;
-	}
-	if ((rv = nng_socket_set_ms(ch->sock, NNG_OPT_REQ_RESENDTIME,
-	         NNG_DURATION_INFINITE)) != 0 ||
-	    (rv = nng_socket_set_size(ch->sock, NNG_OPT_RECVMAXSZ,
-	         ch->max_msg_bytes)) != 0 ||
-	    (rv = nng_pipe_notify(ch->sock, NNG_PIPE_EV_ADD_POST, pipe_cb,
-	         ch)) != 0 ||
-	    (rv = nng_pipe_notify(ch->sock, NNG_PIPE_EV_REM_POST, pipe_cb,
-	         ch)) != 0) {
-		st = asynqi_rpc_status_from_nng(rv);
-		goto fail_dial;
-	}
-	if (cfg->tls_ca_file != NULL || cfg->tls_server_name != NULL) {
-		if ((rv = nng_tls_config_alloc(&ch->tls,
-		         NNG_TLS_MODE_CLIENT)) != 0) {
-			ch->tls = NULL;
-			st = asynqi_rpc_status_from_nng(rv);
-			goto fail_dial;
-		}
-		if ((rv = nng_tls_config_auth_mode(ch->tls,
-		         NNG_TLS_AUTH_MODE_REQUIRED)) != 0 ||
-		    (cfg->tls_ca_file != NULL &&
-		        (rv = nng_tls_config_ca_file(ch->tls,
-		             cfg->tls_ca_file)) != 0) ||
-		    (cfg->tls_server_name != NULL &&
-		        (rv = nng_tls_config_server_name(ch->tls,
-		             cfg->tls_server_name)) != 0)) {
-			st = rv == NNG_ENOMEM ? ASYNQ_RESOURCE_EXHAUSTED
-			                      : ASYNQ_INVALID_ARGUMENT;
-			goto fail_dial;
-		}
-	}
+	if ((cfg->tls_ca_file != NULL || cfg->tls_server_name != NULL) &&
+	    (st = tls_client_config(ch, cfg)) != ASYNQ_OK)
+		goto fail_tls;
+	st = ASYNQ_RESOURCE_EXHAUSTED;
+	ch->reps = calloc(cfg->n_urls, sizeof(*ch->reps));
+	if (ch->reps == NULL)
+		goto fail_tls;
 	for (size_t i = 0; i < cfg->n_urls; i++) {
-		if (cfg->urls[i] == NULL) {
-			st = ASYNQ_INVALID_ARGUMENT;
-			goto fail_dial;
+		replica *r = &ch->reps[i];
+		r->ch = ch;
+		r->url = strdup(cfg->urls[i]);
+		if (r->url == NULL) {
+			st = ASYNQ_RESOURCE_EXHAUSTED;
+			goto fail_reps;
 		}
-		nng_dialer d;
-		rv = nng_dialer_create(&d, ch->sock, cfg->urls[i]);
-		if (rv == 0 && ch->tls != NULL &&
-		    strncmp(cfg->urls[i], "tls+", 4) == 0)
-			rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, ch->tls);
-		if (rv == 0)
-			rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK);
-		if (rv != 0) {
-			st = rv == NNG_ENOMEM ? ASYNQ_RESOURCE_EXHAUSTED
-			                      : ASYNQ_INVALID_ARGUMENT;
-			goto fail_dial;
-		}
+		st = asynqi_dialer_open(&r->d, cfg->urls[i], ch->tls,
+		    on_connect, r);
+		if (st != ASYNQ_OK)
+			goto fail_reps;
+		ch->n_reps++;
 	}
+	pthread_mutex_lock(&ch->mu);
+	for (size_t i = 0; i < ch->n_reps; i++) {
+		ch->reps[i].state = REP_CONNECTING;
+		replica_dial(&ch->reps[i], 0);
+	}
+	pthread_mutex_unlock(&ch->mu);
 	*chp = ch;
 	return ASYNQ_OK;
 
-fail_dial:
-	nng_close(ch->sock);
+fail_reps:
+	for (size_t i = 0; i < cfg->n_urls; i++) {
+		asynqi_dialer_close(ch->reps[i].d);
+		free(ch->reps[i].url);
+	}
+	free(ch->reps);
+fail_tls:
 	if (ch->tls != NULL)
 		nng_tls_config_free(ch->tls);
-fail_sock:
 	pthread_cond_destroy(&ch->cv);
 fail_cv:
 	pthread_mutex_destroy(&ch->mu);
-fail_mu:
+fail_table:
+	asynqi_buf_fini(&ch->table);
 	free(ch);
 	return st;
 }
@@ -990,20 +1695,74 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 {
 	if (ch == NULL)
 		return;
-	atomic_store(&ch->closing, true);
-	/* Aborts every request in flight (NNG_ECLOSED -> CANCELLED). */
-	nng_close(ch->sock);
+	outbox o = { 0 };
 	pthread_mutex_lock(&ch->mu);
-	while (ch->inflight > 0)
+	ch->closing = true;
+	/* Everything not answered yet fails CANCELLED. */
+	while (ch->wait_head != NULL) {
+		sub_req *q = ch->wait_head;
+		sub_claim(ch, q);
+		q->fail_st = ASYNQ_CANCELLED;
+		q->fail_why = "channel closed";
+		q->qnext = o.fails;
+		o.fails = q;
+	}
+	for (size_t s = 0; ch->pend != NULL && s <= ch->pend_mask; s++) {
+		while (ch->pend[s] != NULL) {
+			sub_req *q = ch->pend[s];
+			sub_claim(ch, q);
+			q->fail_st = ASYNQ_CANCELLED;
+			q->fail_why = "channel closed";
+			q->qnext = o.fails;
+			o.fails = q;
+		}
+	}
+	asynqi_conn *conns[64];
+	size_t n_conns = 0;
+	for (size_t i = 0; i < ch->n_reps; i++) {
+		cli_conn *cc = ch->reps[i].cc;
+		if (cc != NULL && n_conns < 64) {
+			asynqi_conn_hold(cc->c);
+			conns[n_conns++] = cc->c;
+		}
+	}
+	pthread_mutex_unlock(&ch->mu);
+	outbox_run(ch, &o);
+	for (size_t i = 0; i < ch->n_reps; i++)
+		asynqi_dialer_close(ch->reps[i].d);
+	for (size_t i = 0; i < n_conns; i++) {
+		asynqi_conn_close(conns[i]);
+		asynqi_conn_rele(conns[i]);
+	}
+	pthread_mutex_lock(&ch->mu);
+	/* A connection that came up as the dialers closed. */
+	for (size_t i = 0; i < ch->n_reps; i++) {
+		cli_conn *cc = ch->reps[i].cc;
+		if (cc != NULL) {
+			asynqi_conn *c = cc->c;
+			asynqi_conn_hold(c);
+			pthread_mutex_unlock(&ch->mu);
+			asynqi_conn_close(c);
+			asynqi_conn_rele(c);
+			pthread_mutex_lock(&ch->mu);
+		}
+	}
+	while (ch->inflight > 0 || ch->live_conns > 0)
 		pthread_cond_wait(&ch->cv, &ch->mu);
 	chan_backend *be = ch->backends;
 	ch->backends = NULL;
 	pthread_mutex_unlock(&ch->mu);
 	while (be != NULL) {
 		chan_backend *next = be->next;
+		atomic_store(&be->dead, true);
 		backend_rele(be);
 		be = next;
 	}
+	for (size_t i = 0; i < ch->n_reps; i++)
+		free(ch->reps[i].url);
+	free(ch->reps);
+	free(ch->pend);
+	asynqi_buf_fini(&ch->table);
 	if (ch->tls != NULL)
 		nng_tls_config_free(ch->tls);
 	pthread_cond_destroy(&ch->cv);

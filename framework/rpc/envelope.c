@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The envelope codec: decoding untrusted protobuf bytes safely, packing
- * messages into nng messages, and the mapping of nng errors and wire
+ * messages into byte buffers, and the mapping of nng errors and wire
  * numbers to asynq statuses. Also the deadline scoped value.
  *
  * Design notes:
@@ -84,7 +84,8 @@ asynqi_arena_fini(asynqi_arena *a)
 void *
 asynqi_arena_alloc(asynqi_arena *a, size_t size)
 {
-	if (size > a->budget) { /* also keeps the rounding below from wrapping */
+	if (size >
+	    a->budget) { /* also keeps the rounding below from wrapping */
 		a->exhausted = true;
 		return NULL;
 	}
@@ -268,17 +269,41 @@ asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
 	return ASYNQ_OK;
 }
 
-asynq_status
-asynqi_rpc_pack_msg(const ProtobufCMessage *m, nng_msg **msgp)
+void
+asynqi_buf_message(asynqi_buf *b, uint32_t field, const ProtobufCMessage *m)
 {
 	size_t n = protobuf_c_message_get_packed_size(m);
-	nng_msg *msg;
-	if (nng_msg_alloc(&msg, n) != 0)
-		return ASYNQ_RESOURCE_EXHAUSTED;
-	if (n > 0)
-		protobuf_c_message_pack(m, nng_msg_body(msg));
-	*msgp = msg;
-	return ASYNQ_OK;
+	asynqi_buf_tag(b, field, 2);
+	asynqi_buf_varint(b, n);
+	uint8_t *d = asynqi_buf_reserve(b, n);
+	if (d == NULL)
+		return;
+	protobuf_c_message_pack(m, d);
+	b->len += n;
+}
+
+const char *
+asynqi_rpc_nng_why(int rv)
+{
+	switch (rv) {
+	case NNG_ECONNREFUSED:
+		return "connection refused";
+	case NNG_ECONNRESET:
+	case NNG_ECONNSHUT:
+		return "connection lost";
+	case NNG_ETIMEDOUT:
+		return "timed out";
+	case NNG_EADDRINUSE:
+		return "address in use";
+	case NNG_EPEERAUTH:
+		return "peer could not be authenticated";
+	case NNG_ECRYPTO:
+		return "TLS handshake failed";
+	case NNG_EPROTO:
+		return "protocol error";
+	default:
+		return nng_strerror(rv);
+	}
 }
 
 asynq_status

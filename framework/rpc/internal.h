@@ -2,8 +2,9 @@
 /*
  * Internal interface of the RPC layer: the envelope codec shared by the
  * client and the server (decoding into a budgeted arena, a nesting-depth
- * check that runs before protobuf-c's recursive decoder, packing into nng
- * messages), status mapping and clocks.
+ * check that runs before protobuf-c's recursive decoder), client metadata
+ * chains, status mapping and clocks. Framing is in frame.h, connections in
+ * conn.h.
  */
 #ifndef ASYNQI_RPC_INTERNAL_H
 #define ASYNQI_RPC_INTERNAL_H
@@ -11,10 +12,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <stdatomic.h>
+
 #include <nng/nng.h>
 #include <protobuf-c/protobuf-c.h>
 
 #include "asynq/rpc.h"
+#include "frame.h"
 #include "proto/asynq/rpc.pb-c.h"
 
 /* Deepest message nesting a decode accepts (protobuf's own default). */
@@ -68,9 +72,34 @@ typedef struct asynqi_budget_alloc {
 /* asynqi_budget_alloc_init prepares a counting allocator. */
 void asynqi_budget_alloc_init(asynqi_budget_alloc *b, size_t budget);
 
-/* asynqi_rpc_pack_msg packs m into a new nng message in *msgp.
- * RESOURCE_EXHAUSTED without memory. */
-asynq_status asynqi_rpc_pack_msg(const ProtobufCMessage *m, nng_msg **msgp);
+/* asynqi_buf_message appends m packed as a length-delimited field. */
+void asynqi_buf_message(asynqi_buf *b, uint32_t field,
+    const ProtobufCMessage *m);
+
+/* One node of a client metadata chain (metadata.c); immutable once pushed. */
+typedef struct asynqi_md_node asynqi_md_node;
+struct asynqi_md_node {
+	atomic_long refs;
+	asynqi_md_node *prev; /* holds a reference */
+	size_t depth;         /* nodes in the chain from here */
+	size_t wire;          /* bytes of the chain as Metadata fields */
+	char *key;
+	size_t len;
+	unsigned char val[];
+};
+
+/* The scoped value holding the current chain. */
+extern const asynq_scoped asynqi_md_key;
+
+/* asynqi_md_hold adds a reference (NULL is returned as is). */
+asynqi_md_node *asynqi_md_hold(asynqi_md_node *n);
+
+/* asynqi_md_rele drops a reference. Any thread. */
+void asynqi_md_rele(asynqi_md_node *n);
+
+/* asynqi_md_write appends the chain as repeated Metadata field `field`,
+ * innermost push first. */
+void asynqi_md_write(asynqi_buf *b, uint32_t field, const asynqi_md_node *md);
 
 /* asynqi_rpc_status_from_nng maps an nng error to a status. */
 asynq_status asynqi_rpc_status_from_nng(int rv);
@@ -80,6 +109,9 @@ asynq_status asynqi_rpc_status_from_wire(int32_t s);
 
 /* asynqi_realtime_ns returns CLOCK_REALTIME in ns since the epoch. */
 int64_t asynqi_realtime_ns(void);
+
+/* asynqi_rpc_nng_why turns an nng error into words for a message. */
+const char *asynqi_rpc_nng_why(int rv);
 
 /* asynqi_rpc_free_msg frees a message decoded with the malloc allocator;
  * the free function items are given. */

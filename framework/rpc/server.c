@@ -1,51 +1,44 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The RPC server: an nng REP socket served by a runtime's workers. Each
- * worker owns `contexts_per_worker` nng contexts; each context receives one
- * request at a time, has its calls run on its worker, and answers them all
- * in one reply before it receives again.
+ * The RPC server: listeners accept connections (conn.c) that speak the
+ * asynq framing (proto/asynq/rpc.proto); the requests read on a connection
+ * run on the runtime worker the connection belongs to, many at once, and
+ * each is answered with one REPLY frame as soon as its calls are done.
  *
  * Design notes:
- * - A context's receive completes on an nng thread, which decodes the
- *   envelope and every call's request message into a per-request arena with
- *   a byte budget (never on a coroutine stack), holds the runtime
- *   (asynq_runtime_hold) and posts the request to the context's worker; a
- *   burst of posts costs the worker one wake-up. Malformed or over-limit
- *   requests, and requests arriving while the runtime stops, are answered
- *   from the nng thread without bothering the worker.
- * - On the worker, the post handler spawns one task per call (one per method
- *   for whole-batch methods) and starts it; the tasks see the request's
- *   deadline as asynq_rpc_deadline and its metadata through
- *   asynq_rpc_metadata_get. Each task records its result; the on-done
- *   callback of the last one packs the Reply, sends it and releases the
- *   runtime. The send completion (nng thread) receives again.
- * - A context's state moves recv -> worker -> send -> recv, so its request,
- *   post and aios are used by one thread at a time; nng's aio completion and
- *   the scheduler's post queue order the hand-overs.
- * - Closing: `closing` (under mu) stops contexts from receiving again; close
- *   cancels pending receives (repeatedly, to catch a context that was just
- *   re-arming) and waits until every context has stopped, i.e. every request
- *   received has been answered. Lock order: mu is a leaf.
+ * - Reading runs on nng's threads (or, in process, on the connection's
+ *   worker in a post): it checks the preface, answers with the server's
+ *   preface and HELLO, cuts frames, and for each REQUEST decodes the
+ *   envelope and every call's message into a per-request arena with a byte
+ *   budget (never on a coroutine stack), resolves methods (by the
+ *   connection's method table or by name), applies the limits, consults the
+ *   dedup table, holds the runtime (asynq_runtime_hold) and posts the
+ *   request to the worker; a burst of posts costs one wake-up. Requests
+ *   refused before they run are answered from the reader.
+ * - On the worker, a request's calls run as tasks: one per unary call, one
+ *   per whole-batch method. Each result is packed straight into the
+ *   request's reply buffer as a Result field; the last task to finish
+ *   completes the frame, queues it on the connection and marks the
+ *   connection dirty. A post on the worker flushes its dirty connections, so
+ *   replies that finish in one pass of the scheduler go out in one write.
+ * - Connection state `sc` is reference counted (atomics): the transport's
+ *   reference until on_close, one per request in flight, one per dirty
+ *   mark, one per parked dedup copy. A connection with more than
+ *   MAX_CONN_INFLIGHT requests in flight stops reading until one finishes,
+ *   so a pipelining client cannot grow the server's memory without bound.
+ * - Closing: `closing` stops the listeners; every connection gets a GOAWAY
+ *   naming the last request id it accepted (under the connection's mutex,
+ *   so no request is accepted after the id is read); requests read later
+ *   are answered UNAVAILABLE without running. Close waits until every
+ *   request received is answered, then closes each connection once its
+ *   queued writes are sent, and waits until every connection is gone.
  * - The server must be closed before its runtime stops: requests received
  *   while the runtime stops are answered UNAVAILABLE.
- * - At-most-once: a request with a client_id and at least one
- *   non-idempotent call is entered in the dedup table (one per server,
- *   under dd.mu) while it runs, and stays there with a copy of its reply
- *   once answered, until evicted by count, bytes or age (oldest first;
- *   running entries are never evicted, their number is bounded by the
- *   contexts). A copy of a running request parks its context on the entry
- *   (it receives nothing meanwhile) and is sent the original's reply when
- *   that is ready; a copy of an answered one is sent the stored reply at
- *   once; neither reaches a worker. A resend (Request.attempt > 0) of a
- *   request not in the table runs only its idempotent calls: the others
- *   fail with ABORTED. Every reply to a tracked request goes through
- *   answer(), which completes its entry; it sends to the parked contexts
- *   before the request's own, so the server outlives the sends (close waits
- *   for every active context). Lock order: dd.mu and mu are leaves, never
- *   held together.
- * - Request size: nng drops (by closing the connection) messages more than
- *   SIZE_SLACK bytes over max_msg_bytes; the rest over max_msg_bytes are
- *   answered RESOURCE_EXHAUSTED, so the limit is exact for the peer.
+ * - At-most-once (dedup.c): a request with a client_id and a non-idempotent
+ *   call is entered in the table while it runs and remembered with its
+ *   reply; copies of it never reach a worker.
+ * - Lock order: s->mu, then sc->mu; the dedup table's lock is a leaf; no
+ *   server lock is held while calling into conn.c.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -54,21 +47,27 @@
 #include <string.h>
 #include <time.h>
 
-#include "internal.h"
-
-#include <nng/protocol/reqrep0/rep.h>
+#include <nng/nng.h>
 #include <nng/supplemental/tls/tls.h>
+
+#include "conn.h"
+#include "dedup.h"
+#include "internal.h"
 
 #define DEFAULT_MAX_MSG (4u << 20)
 #define DEFAULT_MAX_CALLS 10000
 #define DEFAULT_MAX_INFLIGHT 100000
 #define DEFAULT_MAX_CONNS 1024
-#define DEFAULT_CONTEXTS 8
 #define DEFAULT_DEDUP_ENTRIES 4096
 #define DEFAULT_DEDUP_AGE_MS 60000
 #define DEFAULT_DEDUP_BYTES (16u << 20)
-/* Room for the SP header (a backtrace of up to 16 hops) over the body. */
-#define SIZE_SLACK 64
+/* A request up to this much over max_msg_bytes is read and answered
+ * RESOURCE_EXHAUSTED; a longer frame closes the connection. */
+#define SIZE_SLACK (64u << 10)
+/* Requests in flight on one connection before it stops reading. */
+#define MAX_CONN_INFLIGHT 256
+/* How long close waits for a peer to read the last replies. */
+#define CLOSE_LINGER_MS 2000
 
 typedef struct srv_method {
 	const asynq_rpc_method_desc *m;
@@ -76,41 +75,24 @@ typedef struct srv_method {
 	void *ctx;
 } srv_method;
 
-typedef struct srv_ctx srv_ctx;
+typedef struct srv_conn srv_conn;
 typedef struct srv_req srv_req;
 
-/* A remembered request (see the design notes). */
-typedef struct dd_entry dd_entry;
-struct dd_entry {
-	uint64_t client_id, request_id;
-	dd_entry *hnext;       /* hash chain */
-	dd_entry *prev, *next; /* done list, oldest first */
-	bool done;
-	bool has_reply;
-	uint8_t *reply; /* the reply's body, malloc'd */
-	size_t len;
-	uint64_t done_ns; /* asynq_now_ns when answered */
-	srv_ctx *waiters; /* parked copies, via srv_ctx.dd_next */
-};
-
-typedef struct dd_table {
-	pthread_mutex_t mu;
-	dd_entry **buckets;
-	size_t mask;
-	dd_entry *oldest, *newest; /* done entries */
-	size_t n_done, bytes;
-} dd_table;
+/* An entry of a connection's method table: the method, or for a name the
+ * server lacks, the name (malloc'd), for the error message. */
+typedef struct srv_mt_entry {
+	const srv_method *sm;
+	char *missing;
+} srv_mt_entry;
+typedef struct srv_writer srv_writer;
 
 /* One call of a request and its result. */
 typedef struct srv_call {
-	const srv_method *sm;         /* NULL when the result is already set */
-	const Asynq__Rpc__Call *wire; /* the call as received */
+	const srv_method *sm; /* NULL when the result is already set */
+	const Asynq__Rpc__Call *wire;
 	ProtobufCMessage *in; /* decoded request message, in the arena */
 	uint64_t call_id;
-	asynq_status status;
-	char *message; /* malloc'd or NULL */
-	uint8_t *out;  /* packed response, malloc'd */
-	size_t out_len;
+	bool answered;
 } srv_call;
 
 /* One task of a request: a unary call, or a whole-batch method's calls. */
@@ -123,52 +105,86 @@ typedef struct srv_task {
 } srv_task;
 
 struct srv_req {
-	srv_ctx *c;
+	srv_conn *sc; /* holds a reference */
+	asynq_post post;
 	asynqi_arena arena;
 	Asynq__Rpc__Request *msg;
+	uint64_t request_id;
+	int64_t deadline; /* CLOCK_REALTIME ns, 0 for none */
 	srv_call *calls;
 	size_t n;
 	srv_task *tasks;
 	size_t *idx;
 	size_t remaining; /* tasks not finished, worker only */
 	size_t running;   /* calls counted in the worker's in-flight count */
-	dd_entry *dd;     /* its dedup entry, or NULL */
+	asynqi_dd_entry *dd;
+	asynqi_buf out; /* the reply frame being built */
 };
 
-struct srv_ctx {
+/* A reply frame on its way out. */
+typedef struct srv_out {
+	asynqi_wbuf w;
+	srv_conn *sc; /* holds a reference */
+	uint8_t *p;   /* malloc'd frame */
+} srv_out;
+
+struct srv_conn {
 	asynq_rpc_server *s;
+	asynqi_conn *c; /* holds a reference */
 	size_t worker;
-	nng_ctx ctx;
-	nng_aio *rx, *tx;
+	atomic_long refs;
+	atomic_long inflight; /* requests not answered */
+	pthread_mutex_t mu;
+	bool goaway;      /* under mu */
+	uint64_t last_id; /* under mu */
+	bool paused;      /* under mu */
+	/* Reader only. */
+	bool got_preface;
+	srv_mt_entry *mt;
+	size_t n_mt;
+	/* Worker only. */
+	bool dirty;
+	srv_conn *dirty_next;
+	/* Server's list, under s->mu. */
+	srv_conn *prev, *next;
+};
+
+/* Flushes the connections a worker's replies made dirty. */
+struct srv_writer {
 	asynq_post post;
-	srv_req *req;
-	srv_ctx *dd_next; /* parked on a dedup entry, under dd.mu */
-	bool ctx_open;
-	bool active; /* under s->mu */
+	asynq_rpc_server *s;
+	srv_conn *dirty; /* worker only */
+	bool posted;     /* worker only */
 };
 
 struct asynq_rpc_server {
 	asynq_runtime *rt;
 	asynq_rpc_server_cfg cfg;
-	nng_socket sock;
 	srv_method *methods;
 	size_t n_methods;
-	srv_ctx *ctxs;
-	size_t n_ctxs;
+	size_t workers;
 	size_t *w_inflight; /* per worker, worker only */
+	srv_writer *writers;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool started, closing, closed; /* under mu */
-	size_t active;                 /* contexts still serving, under mu */
-	size_t in_nng;                 /* nng_ctx_send/recv calls running */
-	atomic_int conns;
+	asynqi_listener **listeners;   /* under mu */
+	size_t n_listeners;
+	srv_conn *conns;   /* under mu */
+	size_t n_conns;    /* srv_conns alive, under mu */
+	long reqs;         /* requests held, under mu */
+	long writer_posts; /* writer posts queued, under mu */
+	atomic_size_t next_worker;
+	atomic_int open_conns;
 	atomic_uint_fast64_t requests, calls, rejected, malformed, duplicates;
-	dd_table dd;
+	asynqi_dedup *dd;
 	nng_tls_config *tls;
 };
 
 /* The task the current handler runs in; its value is a srv_task. */
 static const asynq_scoped srv_req_key = ASYNQ_SCOPED_INIT("asynq.rpc.req", 0);
+
+/* ---- Metadata ------------------------------------------------------------ */
 
 static const void *
 md_find(Asynq__Rpc__Metadata *const *mds, size_t n, const char *key,
@@ -196,376 +212,344 @@ asynq_rpc_metadata_get(const char *key, size_t *len)
 	if (k->sm->h.unary != NULL) {
 		const Asynq__Rpc__Call *w = r->calls[k->idx[0]].wire;
 		const void *v = md_find(w->metadata, w->n_metadata, key, len);
-		if (v != NULL)
+		if (v != NULL || w->own_metadata)
 			return v;
 	}
 	return md_find(r->msg->metadata, r->msg->n_metadata, key, len);
 }
 
-/* ---- Dedup table --------------------------------------------------------- */
+/* ---- Connections --------------------------------------------------------- */
 
-static void ctx_send(srv_ctx *c, nng_msg *msg);
-
-static dd_entry **
-dd_slot(dd_table *t, uint64_t client_id, uint64_t request_id)
+static void
+sc_hold(srv_conn *sc)
 {
-	uint64_t h = client_id ^ (request_id * 0x9e3779b97f4a7c15u);
-	h ^= h >> 31;
-	h *= 0xbf58476d1ce4e5b9u;
-	h ^= h >> 29;
-	dd_entry **p = &t->buckets[h & t->mask];
-	while (*p != NULL &&
-	    ((*p)->client_id != client_id || (*p)->request_id != request_id))
-		p = &(*p)->hnext;
-	return p;
+	atomic_fetch_add_explicit(&sc->refs, 1, memory_order_relaxed);
 }
 
-/* Forgets the oldest answered entry. Under dd.mu. */
 static void
-dd_evict_oldest(dd_table *t)
+sc_rele(srv_conn *sc)
 {
-	dd_entry *e = t->oldest;
-	dd_entry **p = dd_slot(t, e->client_id, e->request_id);
-	*p = e->hnext;
-	t->oldest = e->next;
-	if (t->oldest != NULL)
-		t->oldest->prev = NULL;
+	if (atomic_fetch_sub(&sc->refs, 1) != 1)
+		return;
+	asynq_rpc_server *s = sc->s;
+	asynqi_conn_rele(sc->c);
+	for (size_t i = 0; i < sc->n_mt; i++)
+		free(sc->mt[i].missing);
+	free(sc->mt);
+	pthread_mutex_destroy(&sc->mu);
+	pthread_mutex_lock(&s->mu);
+	if (sc->prev != NULL)
+		sc->prev->next = sc->next;
 	else
-		t->newest = NULL;
-	t->n_done--;
-	t->bytes -= e->len;
-	free(e->reply);
-	free(e);
+		s->conns = sc->next;
+	if (sc->next != NULL)
+		sc->next->prev = sc->prev;
+	s->n_conns--;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	free(sc);
 }
 
-/* Applies the limits. Under dd.mu. */
 static void
-dd_trim(asynq_rpc_server *s)
+out_done(asynqi_wbuf *w, int err)
 {
-	dd_table *t = &s->dd;
-	uint64_t now = asynq_now_ns();
-	uint64_t age = (uint64_t)s->cfg.dedup_age_ms * 1000000u;
-	while (t->oldest != NULL &&
-	    (t->n_done > s->cfg.dedup_entries ||
-	        t->bytes > s->cfg.dedup_bytes ||
-	        now - t->oldest->done_ns > age))
-		dd_evict_oldest(t);
+	(void)err;
+	srv_out *o = (srv_out *)w;
+	srv_conn *sc = o->sc;
+	free(o->p);
+	free(o);
+	sc_rele(sc);
 }
 
-/* Answers the request of c with msg (ownership moves; NULL: out of memory),
- * completing its dedup entry e (may be NULL) and answering the copies
- * parked on it. Any thread owning c. c->s may be freed on return. */
+/* Queues a frame (ownership of p moves; NULL: out of memory, nothing
+ * sent). Any thread. */
 static void
-answer(srv_ctx *c, dd_entry *e, nng_msg *msg)
+sc_queue(srv_conn *sc, uint8_t *p, size_t len)
 {
-	if (e == NULL) {
-		ctx_send(c, msg);
+	if (p == NULL)
+		return;
+	srv_out *o = malloc(sizeof(*o));
+	if (o == NULL) {
+		free(p);
 		return;
 	}
-	asynq_rpc_server *s = c->s;
-	dd_table *t = &s->dd;
-	size_t len = msg != NULL ? nng_msg_len(msg) : 0;
-	uint8_t *copy = NULL;
-	if (msg != NULL && len <= s->cfg.dedup_bytes) {
-		copy = malloc(len != 0 ? len : 1);
-		if (copy != NULL)
-			memcpy(copy, nng_msg_body(msg), len);
-	}
-	pthread_mutex_lock(&t->mu);
-	srv_ctx *w = e->waiters;
-	e->waiters = NULL;
-	e->done = true;
-	e->has_reply = copy != NULL;
-	e->reply = copy;
-	e->len = copy != NULL ? len : 0;
-	e->done_ns = asynq_now_ns();
-	e->prev = t->newest;
-	e->next = NULL;
-	if (t->newest != NULL)
-		t->newest->next = e;
-	else
-		t->oldest = e;
-	t->newest = e;
-	t->n_done++;
-	t->bytes += e->len;
-	dd_trim(s);
-	pthread_mutex_unlock(&t->mu);
-	/* c stays active until its own send, so s outlives these. */
-	while (w != NULL) {
-		srv_ctx *next = w->dd_next;
-		nng_msg *m = NULL;
-		if (msg != NULL && nng_msg_dup(&m, msg) != 0)
-			m = NULL;
-		ctx_send(w, m);
-		w = next;
-	}
-	ctx_send(c, msg);
+	o->p = p;
+	o->sc = sc;
+	sc_hold(sc);
+	o->w.iov[0] = (nng_iov){ p, len };
+	o->w.niov = 1;
+	o->w.done = out_done;
+	asynqi_conn_queue(sc->c, &o->w);
 }
 
-/* What to do with a received request, after the dedup table saw it. */
-enum { DD_RUN, DD_ANSWERED, DD_PARKED, DD_FORGOTTEN };
-
-/* nng thread: looks r up and enters it when new. DD_ANSWERED: msg is the
- * stored reply to send; DD_PARKED: c waits on the original;
- * DD_FORGOTTEN: run only the idempotent calls; DD_RUN: run (r->dd set if
- * tracked). */
-static int
-dd_check(asynq_rpc_server *s, srv_ctx *c, srv_req *r, nng_msg **msg)
+/* A frame of type with body b (taken over). */
+static void
+sc_queue_frame(srv_conn *sc, unsigned type, asynqi_buf *b)
 {
-	const Asynq__Rpc__Request *rq = r->msg;
-	bool track = false;
-	for (size_t i = 0; i < r->n && !track; i++)
-		track =
-		    r->calls[i].sm != NULL && !r->calls[i].sm->m->idempotent;
-	if (!track || rq->client_id == 0)
-		return DD_RUN;
-	dd_table *t = &s->dd;
-	int what = DD_RUN;
-	pthread_mutex_lock(&t->mu);
-	dd_trim(s);
-	dd_entry **p = dd_slot(t, rq->client_id, rq->request_id);
-	dd_entry *e = *p;
-	if (e != NULL && !e->done) {
-		c->dd_next = e->waiters;
-		e->waiters = c;
-		what = DD_PARKED;
-	} else if (e != NULL && e->has_reply) {
-		if (nng_msg_alloc(msg, e->len) == 0) {
-			memcpy(nng_msg_body(*msg), e->reply, e->len);
-			what = DD_ANSWERED;
-		} else {
-			what = DD_FORGOTTEN; /* out of memory: be safe */
-		}
-	} else if (e != NULL) {
-		what = DD_FORGOTTEN; /* the reply was too big to keep */
-	} else {
-		e = calloc(1, sizeof(*e));
-		if (e != NULL) {
-			e->client_id = rq->client_id;
-			e->request_id = rq->request_id;
-			*p = e;
-			r->dd = e;
-		}
-		what = rq->attempt > 0 || e == NULL ? DD_FORGOTTEN : DD_RUN;
+	if (b->failed) {
+		asynqi_buf_fini(b);
+		return;
 	}
-	pthread_mutex_unlock(&t->mu);
-	if (what != DD_RUN)
-		atomic_fetch_add(&s->duplicates, 1);
-	return what;
+	/* b was built with ASYNQI_FRAME_HDR bytes reserved in front. */
+	asynqi_frame_hdr(b->p, type, (uint32_t)(b->len - ASYNQI_FRAME_HDR));
+	sc_queue(sc, b->p, b->len);
+	b->p = NULL;
+	asynqi_buf_fini(b);
 }
 
 static void
-dd_fini(dd_table *t)
+buf_frame_start(asynqi_buf *b)
 {
-	for (size_t i = 0; i <= t->mask; i++) {
-		dd_entry *e = t->buckets[i];
-		while (e != NULL) {
-			dd_entry *next = e->hnext;
-			free(e->reply);
-			free(e);
-			e = next;
-		}
-	}
-	free(t->buckets);
-	pthread_mutex_destroy(&t->mu);
+	memset(b, 0, sizeof(*b));
+	uint8_t *d = asynqi_buf_reserve(b, ASYNQI_FRAME_HDR);
+	if (d != NULL)
+		b->len = ASYNQI_FRAME_HDR;
 }
 
-/* ---- Requests ---------------------------------------------------------- */
+/* A reply failing a whole request with one status. */
+static void
+sc_status(srv_conn *sc, asynq_status st, const char *message,
+    uint64_t request_id)
+{
+	asynqi_buf b;
+	buf_frame_start(&b);
+	asynqi_buf_tag(&b, 2, 0);
+	asynqi_buf_varint(&b, (uint64_t)st);
+	asynqi_buf_bytes(&b, 3, message, strlen(message));
+	asynqi_buf_tag(&b, 4, 0);
+	asynqi_buf_varint(&b, request_id);
+	sc_queue_frame(sc, ASYNQI_FRAME_REPLY, &b);
+}
+
+/* A stored reply body, framed. */
+static void
+sc_reply_body(srv_conn *sc, const uint8_t *body, size_t len)
+{
+	uint8_t *p = malloc(ASYNQI_FRAME_HDR + len);
+	if (p == NULL)
+		return;
+	asynqi_frame_hdr(p, ASYNQI_FRAME_REPLY, (uint32_t)len);
+	memcpy(p + ASYNQI_FRAME_HDR, body, len);
+	sc_queue(sc, p, ASYNQI_FRAME_HDR + len);
+}
+
+/* ---- Writers (worker only) ----------------------------------------------- */
+
+static void
+writer_run(asynq_post *p)
+{
+	srv_writer *w = (srv_writer *)p;
+	asynq_rpc_server *s = w->s;
+	srv_conn *sc = w->dirty;
+	w->dirty = NULL;
+	w->posted = false;
+	while (sc != NULL) {
+		srv_conn *next = sc->dirty_next;
+		sc->dirty = false;
+		sc->dirty_next = NULL;
+		asynqi_conn_flush(sc->c);
+		sc_rele(sc);
+		sc = next;
+	}
+	pthread_mutex_lock(&s->mu);
+	if (--s->writer_posts == 0)
+		pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* Worker: sc has replies queued; flush it when this pass ends. */
+static void
+writer_mark(asynq_rpc_server *s, srv_conn *sc)
+{
+	srv_writer *w = &s->writers[sc->worker];
+	if (!sc->dirty) {
+		sc->dirty = true;
+		sc_hold(sc);
+		sc->dirty_next = w->dirty;
+		w->dirty = sc;
+	}
+	if (!w->posted) {
+		w->posted = true;
+		pthread_mutex_lock(&s->mu);
+		s->writer_posts++;
+		pthread_mutex_unlock(&s->mu);
+		asynq_sched_post(asynq_runtime_sched(s->rt, sc->worker),
+		    &w->post);
+	}
+}
+
+/* ---- Requests ------------------------------------------------------------ */
 
 static void
 req_free(srv_req *r)
 {
 	if (r == NULL)
 		return;
-	for (size_t i = 0; i < r->n; i++) {
-		free(r->calls[i].message);
-		free(r->calls[i].out);
-	}
 	free(r->calls);
 	free(r->tasks);
 	free(r->idx);
+	asynqi_buf_fini(&r->out);
 	asynqi_arena_fini(&r->arena);
 	free(r);
 }
 
+/* Appends call k's Result: status and message, or a packed reply. */
 static void
-call_fail(srv_call *c, asynq_status st, const char *fmt, const char *arg)
+result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
+    const ProtobufCMessage *reply)
 {
-	c->sm = NULL;
-	c->status = st;
-	size_t n = strlen(fmt) + (arg != NULL ? strlen(arg) : 0) + 1;
-	c->message = malloc(n);
-	if (c->message != NULL)
-		snprintf(c->message, n, fmt, arg != NULL ? arg : "");
+	asynqi_buf *b = &r->out;
+	if (k->answered)
+		return;
+	k->answered = true;
+	size_t plen = st == ASYNQ_OK && reply != NULL
+	    ? protobuf_c_message_get_packed_size(reply)
+	    : 0;
+	size_t mlen = st != ASYNQ_OK ? strlen(message) : 0;
+	size_t body =
+	    (k->call_id != 0 ? 1 + asynqi_varint_len(k->call_id) : 0) +
+	    (st != ASYNQ_OK ? 1 + asynqi_varint_len((uint64_t)st) : 0) +
+	    (mlen != 0 ? 1 + asynqi_varint_len(mlen) + mlen : 0) +
+	    (plen != 0 ? 1 + asynqi_varint_len(plen) + plen : 0);
+	asynqi_buf_tag(b, 1, 2);
+	asynqi_buf_varint(b, body);
+	if (k->call_id != 0) {
+		asynqi_buf_tag(b, 1, 0);
+		asynqi_buf_varint(b, k->call_id);
+	}
+	if (st != ASYNQ_OK) {
+		asynqi_buf_tag(b, 2, 0);
+		asynqi_buf_varint(b, (uint64_t)st);
+		if (mlen != 0)
+			asynqi_buf_bytes(b, 3, message, mlen);
+	}
+	if (plen != 0) {
+		asynqi_buf_tag(b, 4, 2);
+		asynqi_buf_varint(b, plen);
+		uint8_t *d = asynqi_buf_reserve(b, plen);
+		if (d != NULL) {
+			protobuf_c_message_pack(reply, d);
+			b->len += plen;
+		}
+	}
 }
 
-/* nng may complete an operation (and run its callback, which may let
- * close return) before the call that started it has returned; close waits
- * for those calls too, so the aios and the socket outlive them. */
 static void
-nng_enter(asynq_rpc_server *s)
+call_fail(srv_req *r, srv_call *k, asynq_status st, const char *fmt,
+    const char *arg)
 {
-	pthread_mutex_lock(&s->mu);
-	s->in_nng++;
-	pthread_mutex_unlock(&s->mu);
+	char msg[256];
+	snprintf(msg, sizeof(msg), fmt, arg != NULL ? arg : "");
+	k->sm = NULL;
+	result_put(r, k, st, msg, NULL);
 }
 
+/* What a parked copy of a request is sent. */
+typedef struct dd_answer {
+	const uint8_t *body; /* the reply body, or NULL: refused */
+	size_t len;
+	uint64_t request_id;
+} dd_answer;
+
 static void
-nng_leave(asynq_rpc_server *s)
+dd_send_waiter(void *waiter, void *ctx)
 {
+	srv_conn *sc = waiter;
+	const dd_answer *a = ctx;
+	if (a->body != NULL)
+		sc_reply_body(sc, a->body, a->len);
+	else
+		sc_status(sc, ASYNQ_UNAVAILABLE,
+		    "server is stopping; the request did not run",
+		    a->request_id);
+	asynqi_conn_flush(sc->c);
+	sc_rele(sc);
+}
+
+/* A request left the server (answered or refused). Any thread. */
+static void
+req_release(asynq_rpc_server *s, srv_conn *sc)
+{
+	pthread_mutex_lock(&sc->mu);
+	long left = atomic_fetch_sub(&sc->inflight, 1) - 1;
+	if (sc->paused && left < MAX_CONN_INFLIGHT / 2) {
+		sc->paused = false;
+		asynqi_conn_resume(sc->c);
+	}
+	pthread_mutex_unlock(&sc->mu);
 	pthread_mutex_lock(&s->mu);
-	if (--s->in_nng == 0)
+	if (--s->reqs == 0)
 		pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 }
 
-static void
-ctx_recv(srv_ctx *c)
-{
-	nng_enter(c->s);
-	nng_ctx_recv(c->ctx, c->rx);
-	nng_leave(c->s);
-}
-
-static void
-rearm(srv_ctx *c)
-{
-	asynq_rpc_server *s = c->s;
-	pthread_mutex_lock(&s->mu);
-	bool closing = s->closing;
-	if (closing) {
-		c->active = false;
-		if (--s->active == 0)
-			pthread_cond_broadcast(&s->cv);
-	} else {
-		s->in_nng++; /* nng_enter */
-	}
-	pthread_mutex_unlock(&s->mu);
-	if (!closing) {
-		nng_ctx_recv(c->ctx, c->rx);
-		nng_leave(s);
-	}
-}
-
-/* Sends msg on c, or receives again if there is nothing to send. */
-static void
-ctx_send(srv_ctx *c, nng_msg *msg)
-{
-	if (msg == NULL) {
-		rearm(c);
-		return;
-	}
-	nng_aio_set_msg(c->tx, msg);
-	nng_enter(c->s);
-	nng_ctx_send(c->ctx, c->tx);
-	nng_leave(c->s);
-}
-
-/* A reply that fails the whole request with one status; NULL without
- * memory. */
-static nng_msg *
-status_msg(asynq_status st, const char *message, uint64_t request_id)
-{
-	Asynq__Rpc__Reply rep = ASYNQ__RPC__REPLY__INIT;
-	rep.status = (int32_t)st;
-	rep.message = (char *)message;
-	rep.request_id = request_id;
-	nng_msg *msg = NULL;
-	(void)asynqi_rpc_pack_msg(&rep.base, &msg);
-	return msg;
-}
-
-/* Answers the whole request with one status. Any thread owning c. */
-static void
-send_status(srv_ctx *c, asynq_status st, const char *message,
-    uint64_t request_id)
-{
-	ctx_send(c, status_msg(st, message, request_id));
-}
-
-/* Worker: every call has a result; answer and forget the request. */
+/* Worker: every call has a result; send the reply, forget the request. */
 static void
 req_finish(srv_req *r)
 {
-	srv_ctx *c = r->c;
-	asynq_rpc_server *s = c->s;
-	s->w_inflight[c->worker] -= r->running;
-	Asynq__Rpc__Result *res = calloc(r->n, sizeof(*res));
-	Asynq__Rpc__Result **ptrs = calloc(r->n, sizeof(*ptrs));
-	nng_msg *msg = NULL;
-	if (res != NULL && ptrs != NULL) {
-		for (size_t i = 0; i < r->n; i++) {
-			const srv_call *k = &r->calls[i];
-			Asynq__Rpc__Result one = ASYNQ__RPC__RESULT__INIT;
-			one.call_id = k->call_id;
-			one.status = (int32_t)k->status;
-			if (k->status != ASYNQ_OK)
-				one.message = k->message != NULL
-				    ? k->message
-				    : (char *)asynq_strerror(k->status);
-			one.payload.data = k->out;
-			one.payload.len = k->out_len;
-			res[i] = one;
-			ptrs[i] = &res[i];
-		}
-		Asynq__Rpc__Reply rep = ASYNQ__RPC__REPLY__INIT;
-		rep.n_results = r->n;
-		rep.results = ptrs;
-		rep.request_id = r->msg->request_id;
-		(void)asynqi_rpc_pack_msg(&rep.base, &msg);
-	}
-	free(ptrs);
-	free(res);
-	uint64_t request_id = r->msg->request_id;
-	dd_entry *dd = r->dd;
+	srv_conn *sc = r->sc;
+	asynq_rpc_server *s = sc->s;
+	s->w_inflight[sc->worker] -= r->running;
+	for (size_t i = 0; i < r->n; i++)
+		if (!r->calls[i].answered)
+			result_put(r, &r->calls[i], ASYNQ_INTERNAL,
+			    "the handler left the call unanswered", NULL);
+	asynqi_buf_tag(&r->out, 4, 0);
+	asynqi_buf_varint(&r->out, r->request_id);
+	asynqi_buf out = r->out;
+	memset(&r->out, 0, sizeof(r->out));
+	asynqi_dd_entry *dd = r->dd;
+	uint64_t request_id = r->request_id;
 	req_free(r);
-	/* Once the reply is sent, close may return and free s. */
+	if (out.failed) {
+		asynqi_buf_fini(&out);
+		buf_frame_start(&out);
+		asynqi_buf_tag(&out, 2, 0);
+		asynqi_buf_varint(&out, ASYNQ_RESOURCE_EXHAUSTED);
+		asynqi_buf_bytes(&out, 3, "server out of memory", 20);
+		asynqi_buf_tag(&out, 4, 0);
+		asynqi_buf_varint(&out, request_id);
+	}
+	if (dd != NULL) {
+		dd_answer a = { out.p + ASYNQI_FRAME_HDR,
+			out.len - ASYNQI_FRAME_HDR, 0 };
+		asynqi_dedup_complete(s->dd, dd, out.failed ? NULL : a.body,
+		    a.len, dd_send_waiter, &a);
+	}
+	sc_queue_frame(sc, ASYNQI_FRAME_REPLY, &out);
+	writer_mark(s, sc);
 	asynq_runtime *rt = s->rt;
-	if (msg == NULL)
-		msg = status_msg(ASYNQ_RESOURCE_EXHAUSTED,
-		    "server out of memory", request_id);
-	answer(c, dd, msg);
+	req_release(s, sc);
+	sc_rele(sc);
 	asynq_runtime_rele(rt);
 }
 
 /* Records a handler's outcome for call k. */
 static void
-call_result(srv_call *k, asynq_status st, ProtobufCMessage *reply,
-    asynq_task *t)
+call_result(srv_req *r, srv_call *k, asynq_status st, ProtobufCMessage *reply,
+    asynq_task *t, const char *message)
 {
 	if (st != ASYNQ_OK) {
 		if (reply != NULL)
 			protobuf_c_message_free_unpacked(reply, NULL);
 		asynq_error *e = t != NULL ? asynq_task_error(t) : NULL;
-		k->status = st;
-		if (e != NULL && asynq_error_code(e) == st)
-			k->message = strdup(asynq_error_message(e));
+		const char *msg = message;
+		if (msg == NULL && e != NULL && asynq_error_code(e) == st)
+			msg = asynq_error_message(e);
+		result_put(r, k, st, msg != NULL ? msg : asynq_strerror(st),
+		    NULL);
 		return;
 	}
 	if (reply != NULL && reply->descriptor != k->sm->m->output) {
 		protobuf_c_message_free_unpacked(reply, NULL);
-		call_fail(k, ASYNQ_INTERNAL,
-		    "handler of %s replied with a "
-		    "message of the wrong type",
+		call_fail(r, k, ASYNQ_INTERNAL,
+		    "handler of %s replied with a message of the wrong type",
 		    k->sm->m->full_name);
 		return;
 	}
-	k->status = ASYNQ_OK;
-	if (reply == NULL)
-		return; /* an empty message */
-	size_t n = protobuf_c_message_get_packed_size(reply);
-	if (n > 0) {
-		k->out = malloc(n);
-		if (k->out == NULL) {
-			protobuf_c_message_free_unpacked(reply, NULL);
-			call_fail(k, ASYNQ_RESOURCE_EXHAUSTED,
-			    "server out of memory%s", "");
-			return;
-		}
-		protobuf_c_message_pack(reply, k->out);
-		k->out_len = n;
-	}
-	protobuf_c_message_free_unpacked(reply, NULL);
+	result_put(r, k, ASYNQ_OK, NULL, reply);
+	if (reply != NULL)
+		protobuf_c_message_free_unpacked(reply, NULL);
 }
 
 static asynq_status
@@ -574,7 +558,7 @@ task_main(asynq_task *t, void *arg)
 	srv_task *k = arg;
 	srv_req *r = k->r;
 	const srv_method *sm = k->sm;
-	int64_t dl = r->msg->deadline_unix_ns;
+	int64_t dl = r->deadline;
 	bool pushed_dl = dl != 0 &&
 	    asynq_scoped_push(&asynq_rpc_deadline, (void *)(intptr_t)dl) ==
 	        ASYNQ_OK;
@@ -583,12 +567,12 @@ task_main(asynq_task *t, void *arg)
 		srv_call *c = &r->calls[k->idx[0]];
 		ProtobufCMessage *reply = NULL;
 		asynq_status st = sm->h.unary(t, c->in, &reply, sm->ctx);
-		call_result(c, st, reply, t);
+		call_result(r, c, st, reply, t, NULL);
 	} else {
 		asynq_rpc_batch_call *bc = calloc(k->n, sizeof(*bc));
 		if (bc == NULL) {
 			for (size_t i = 0; i < k->n; i++)
-				call_fail(&r->calls[k->idx[i]],
+				call_fail(r, &r->calls[k->idx[i]],
 				    ASYNQ_RESOURCE_EXHAUSTED,
 				    "server out of memory%s", "");
 			goto out;
@@ -598,18 +582,17 @@ task_main(asynq_task *t, void *arg)
 		asynq_status st = sm->h.batch(t, bc, k->n, sm->ctx);
 		for (size_t i = 0; i < k->n; i++) {
 			srv_call *c = &r->calls[k->idx[i]];
-			if (bc[i].status != ASYNQ_OK) {
-				if (bc[i].reply != NULL)
-					protobuf_c_message_free_unpacked(
-					    bc[i].reply, NULL);
-				c->status = bc[i].status;
-				if (bc[i].message != NULL)
-					c->message = strdup(bc[i].message);
-			} else if (bc[i].reply != NULL || st == ASYNQ_OK) {
-				call_result(c, ASYNQ_OK, bc[i].reply, NULL);
-			} else {
-				call_result(c, st, NULL, t);
-			}
+			if (bc[i].status != ASYNQ_OK)
+				call_result(r, c, bc[i].status, bc[i].reply,
+				    NULL,
+				    bc[i].message != NULL
+				        ? bc[i].message
+				        : asynq_strerror(bc[i].status));
+			else if (bc[i].reply != NULL || st == ASYNQ_OK)
+				call_result(r, c, ASYNQ_OK, bc[i].reply, NULL,
+				    NULL);
+			else
+				call_result(r, c, st, NULL, t, NULL);
 		}
 		free(bc);
 	}
@@ -618,29 +601,6 @@ out:
 		(void)asynq_scoped_pop(&srv_req_key);
 	if (pushed_dl)
 		(void)asynq_scoped_pop(&asynq_rpc_deadline);
-	return ASYNQ_OK;
-}
-
-static asynq_status
-task_done(asynq_future *f, void *arg)
-{
-	srv_task *k = arg;
-	srv_req *r = k->r;
-	asynq_status st = asynq_future_status(f);
-	if (st != ASYNQ_OK) {
-		/* The task never ran (depth limit) or broke. */
-		asynq_error *e = asynq_future_error(f);
-		for (size_t i = 0; i < k->n; i++) {
-			srv_call *c = &r->calls[k->idx[i]];
-			if (c->status == ASYNQ_OK && c->out == NULL) {
-				c->status = st;
-				if (e != NULL)
-					c->message =
-					    strdup(asynq_error_message(e));
-			}
-		}
-	}
-	asynq_future_rele(f);
 	if (--r->remaining == 0)
 		req_finish(r);
 	return ASYNQ_OK;
@@ -650,37 +610,35 @@ task_done(asynq_future *f, void *arg)
 static void
 req_run(asynq_post *p)
 {
-	srv_ctx *c = (srv_ctx *)((char *)p - offsetof(srv_ctx, post));
-	asynq_rpc_server *s = c->s;
-	srv_req *r = c->req;
-	c->req = NULL;
+	srv_req *r = (srv_req *)((char *)p - offsetof(srv_req, post));
+	srv_conn *sc = r->sc;
+	asynq_rpc_server *s = sc->s;
 	size_t n_run = 0;
 	for (size_t i = 0; i < r->n; i++)
 		if (r->calls[i].sm != NULL)
 			n_run++;
-	if (s->w_inflight[c->worker] + n_run > s->cfg.max_inflight_calls) {
+	if (s->w_inflight[sc->worker] + n_run > s->cfg.max_inflight_calls) {
 		atomic_fetch_add(&s->rejected, 1);
-		uint64_t id = r->msg->request_id;
-		dd_entry *dd = r->dd;
-		asynq_runtime *rt = s->rt;
-		req_free(r);
-		answer(c, dd,
-		    status_msg(ASYNQ_RESOURCE_EXHAUSTED,
-		        "too many calls in flight", id));
-		asynq_runtime_rele(rt);
-		return;
-	}
-	int64_t dl = r->msg->deadline_unix_ns;
-	if (dl != 0 && dl <= asynqi_realtime_ns()) {
 		for (size_t i = 0; i < r->n; i++)
 			if (r->calls[i].sm != NULL)
-				call_fail(&r->calls[i], ASYNQ_DEADLINE_EXCEEDED,
+				call_fail(r, &r->calls[i],
+				    ASYNQ_RESOURCE_EXHAUSTED,
+				    "too many calls in flight on the server%s",
+				    "");
+		n_run = 0;
+	}
+	if (n_run != 0 && r->deadline != 0 &&
+	    r->deadline <= asynqi_realtime_ns()) {
+		for (size_t i = 0; i < r->n; i++)
+			if (r->calls[i].sm != NULL)
+				call_fail(r, &r->calls[i],
+				    ASYNQ_DEADLINE_EXCEEDED,
 				    "deadline passed before the call ran%s",
 				    "");
 		n_run = 0;
 	}
 	r->running = n_run;
-	s->w_inflight[c->worker] += n_run;
+	s->w_inflight[sc->worker] += n_run;
 	atomic_fetch_add(&s->calls, n_run);
 	/* Group the calls into tasks: one per unary call, one per
 	 * whole-batch method. */
@@ -709,7 +667,6 @@ req_run(asynq_post *p)
 		}
 		r->tasks[j].n++;
 	}
-	/* Lay out the whole-batch index lists, then fill them. */
 	size_t off = 0;
 	for (size_t j = 0; j < n_tasks; j++) {
 		srv_task *t = &r->tasks[j];
@@ -733,17 +690,19 @@ req_run(asynq_post *p)
 		srv_task *t = &r->tasks[j];
 		asynq_future *f = asynq_spawn_at(task_main, t,
 		    t->sm->m->full_name, __FILE__, __LINE__);
-		if (f == NULL ||
-		    asynq_future_on_done(f, task_done, t) != ASYNQ_OK) {
-			asynq_future_rele(f);
+		if (f == NULL || asynq_future_done(f)) {
 			for (size_t i = 0; i < t->n; i++)
-				call_fail(&r->calls[t->idx[i]],
-				    ASYNQ_RESOURCE_EXHAUSTED,
-				    "server out of memory%s", "");
+				call_fail(r, &r->calls[t->idx[i]],
+				    f == NULL ? ASYNQ_RESOURCE_EXHAUSTED
+				              : asynq_future_status(f),
+				    "the server could not start the call%s",
+				    "");
+			asynq_future_rele(f);
 			r->remaining--;
 			continue;
 		}
 		asynq_task_start(f);
+		asynq_future_rele(f);
 	}
 	if (--r->remaining == 0)
 		req_finish(r);
@@ -758,159 +717,395 @@ method_find(const asynq_rpc_server *s, const char *name)
 	return NULL;
 }
 
-/* nng thread: decode a received request and hand it to the worker. */
-static void
-req_received(srv_ctx *c, nng_msg *msg)
+/* Reader: a METHODS frame; false when it is malformed or too large (the
+ * connection is closed, since later numbers would be wrong). */
+static bool
+methods_received(srv_conn *sc, const uint8_t *body, size_t len)
 {
-	asynq_rpc_server *s = c->s;
+	asynq_rpc_server *s = sc->s;
+	asynqi_reader rd = { body, body + len };
+	asynqi_field f;
+	int rv;
+	while ((rv = asynqi_reader_next(&rd, &f)) > 0) {
+		if (f.num != 7 || f.wt != 2)
+			continue;
+		if (sc->n_mt >= s->n_methods + 4096)
+			return false;
+		srv_mt_entry *mt =
+		    realloc(sc->mt, (sc->n_mt + 1) * sizeof(*mt));
+		char *name = malloc(f.len + 1);
+		if (mt != NULL)
+			sc->mt = mt;
+		if (mt == NULL || name == NULL) {
+			free(name);
+			return false;
+		}
+		memcpy(name, f.p, f.len);
+		name[f.len] = '\0';
+		srv_mt_entry *e = &sc->mt[sc->n_mt++];
+		e->sm = method_find(s, name);
+		e->missing = e->sm == NULL ? name : NULL;
+		if (e->sm != NULL)
+			free(name);
+	}
+	return rv == 0;
+}
+
+/* Reader: a REQUEST frame. */
+static void
+req_received(srv_conn *sc, const uint8_t *body, size_t len)
+{
+	asynq_rpc_server *s = sc->s;
 	atomic_fetch_add(&s->requests, 1);
-	if (nng_msg_len(msg) > s->cfg.max_msg_bytes) {
+	char why[128];
+	if (len > s->cfg.max_msg_bytes) {
 		atomic_fetch_add(&s->rejected, 1);
-		char why[96];
 		snprintf(why, sizeof(why), "request of %zu bytes; limit %zu",
-		    nng_msg_len(msg), s->cfg.max_msg_bytes);
-		nng_msg_free(msg);
-		send_status(c, ASYNQ_RESOURCE_EXHAUSTED, why, 0);
+		    len, s->cfg.max_msg_bytes);
+		sc_status(sc, ASYNQ_RESOURCE_EXHAUSTED, why,
+		    asynqi_request_scan_id(body, len));
 		return;
 	}
 	srv_req *r = calloc(1, sizeof(*r));
 	if (r == NULL) {
-		nng_msg_free(msg);
-		send_status(c, ASYNQ_RESOURCE_EXHAUSTED, "server out of memory",
-		    0);
+		sc_status(sc, ASYNQ_RESOURCE_EXHAUSTED, "server out of memory",
+		    asynqi_request_scan_id(body, len));
 		return;
 	}
-	r->c = c;
 	asynqi_arena_init(&r->arena, s->cfg.decode_budget);
 	ProtobufCMessage *m = NULL;
 	asynq_status st = asynqi_rpc_decode(&asynq__rpc__request__descriptor,
-	    nng_msg_body(msg), nng_msg_len(msg), &r->arena.pa, &r->arena, &m);
-	nng_msg_free(msg);
+	    body, len, &r->arena.pa, &r->arena, &m);
 	if (st != ASYNQ_OK) {
 		if (st == ASYNQ_RESOURCE_EXHAUSTED)
 			atomic_fetch_add(&s->rejected, 1);
 		else
 			atomic_fetch_add(&s->malformed, 1);
 		req_free(r);
-		send_status(c,
+		sc_status(sc,
 		    st == ASYNQ_RESOURCE_EXHAUSTED ? ASYNQ_RESOURCE_EXHAUSTED
 		                                   : ASYNQ_INVALID_ARGUMENT,
 		    st == ASYNQ_RESOURCE_EXHAUSTED
 		        ? "request over the decode budget"
 		        : "malformed request",
-		    0);
+		    asynqi_request_scan_id(body, len));
 		return;
 	}
 	r->msg = (Asynq__Rpc__Request *)m;
-	uint64_t id = r->msg->request_id;
+	r->request_id = r->msg->request_id;
+	uint64_t id = r->request_id;
+	pthread_mutex_lock(&sc->mu);
+	bool refused = sc->goaway;
+	if (!refused && id > sc->last_id)
+		sc->last_id = id;
+	pthread_mutex_unlock(&sc->mu);
+	if (refused) {
+		req_free(r);
+		sc_status(sc, ASYNQ_UNAVAILABLE,
+		    "server is closing; the request did not run", id);
+		return;
+	}
 	if (r->msg->n_calls > s->cfg.max_calls) {
 		atomic_fetch_add(&s->rejected, 1);
-		char why[96];
 		snprintf(why, sizeof(why), "request has %zu calls; limit %zu",
 		    r->msg->n_calls, s->cfg.max_calls);
 		req_free(r);
-		send_status(c, ASYNQ_RESOURCE_EXHAUSTED, why, id);
+		sc_status(sc, ASYNQ_RESOURCE_EXHAUSTED, why, id);
 		return;
+	}
+	if (r->msg->timeout_us != 0) {
+		uint64_t us = r->msg->timeout_us;
+		if (us > (uint64_t)INT64_MAX / 2000)
+			us = (uint64_t)INT64_MAX / 2000;
+		r->deadline = asynqi_realtime_ns() + (int64_t)us * 1000;
+	} else {
+		r->deadline = r->msg->deadline_unix_ns;
 	}
 	r->n = r->msg->n_calls;
 	size_t n1 = r->n != 0 ? r->n : 1;
 	r->calls = calloc(n1, sizeof(*r->calls));
 	r->tasks = calloc(n1, sizeof(*r->tasks));
 	r->idx = calloc(n1, sizeof(*r->idx));
-	if (r->calls == NULL || r->tasks == NULL || r->idx == NULL) {
+	buf_frame_start(&r->out);
+	if (r->calls == NULL || r->tasks == NULL || r->idx == NULL ||
+	    r->out.failed) {
 		req_free(r);
-		send_status(c, ASYNQ_RESOURCE_EXHAUSTED, "server out of memory",
+		sc_status(sc, ASYNQ_RESOURCE_EXHAUSTED, "server out of memory",
 		    id);
 		return;
 	}
+	bool track = false;
 	for (size_t i = 0; i < r->n; i++) {
 		const Asynq__Rpc__Call *call = r->msg->calls[i];
 		srv_call *k = &r->calls[i];
 		k->call_id = call->call_id;
 		k->wire = call;
-		k->sm = method_find(s, call->method);
-		if (k->sm == NULL) {
-			call_fail(k, ASYNQ_UNIMPLEMENTED, "unknown method %s",
-			    call->method);
-			continue;
+		if (call->method_id != 0) {
+			const srv_mt_entry *e = call->method_id <= sc->n_mt
+			    ? &sc->mt[call->method_id - 1]
+			    : NULL;
+			k->sm = e != NULL ? e->sm : NULL;
+			if (k->sm == NULL) {
+				char num[24];
+				snprintf(num, sizeof(num), "%u",
+				    call->method_id);
+				if (e != NULL)
+					call_fail(r, k, ASYNQ_UNIMPLEMENTED,
+					    "unknown method %s",
+					    e->missing != NULL ? e->missing
+					                       : "");
+				else
+					call_fail(r, k, ASYNQ_UNIMPLEMENTED,
+					    "method number %s is not in the "
+					    "connection's method table",
+					    num);
+				continue;
+			}
+		} else {
+			k->sm = method_find(s, call->method);
+			if (k->sm == NULL) {
+				call_fail(r, k, ASYNQ_UNIMPLEMENTED,
+				    "unknown method %s", call->method);
+				continue;
+			}
 		}
 		st = asynqi_rpc_decode(k->sm->m->input, call->payload.data,
 		    call->payload.len, &r->arena.pa, &r->arena, &k->in);
-		if (st != ASYNQ_OK)
-			call_fail(k, st,
+		if (st != ASYNQ_OK) {
+			call_fail(r, k, st,
 			    st == ASYNQ_RESOURCE_EXHAUSTED
 			        ? "request message of %s over the decode limits"
 			        : "malformed request message for %s",
 			    k->sm->m->full_name);
+			continue;
+		}
+		if (!k->sm->m->idempotent)
+			track = true;
 	}
-	nng_msg *stored = NULL;
-	switch (dd_check(s, c, r, &stored)) {
-	case DD_PARKED:
-		/* c is answered with the original's reply. */
-		req_free(r);
-		return;
-	case DD_ANSWERED:
-		req_free(r);
-		ctx_send(c, stored);
-		return;
-	case DD_FORGOTTEN:
-		for (size_t i = 0; i < r->n; i++)
-			if (r->calls[i].sm != NULL &&
-			    !r->calls[i].sm->m->idempotent)
-				call_fail(&r->calls[i], ASYNQ_ABORTED,
-				    "%s was resent and the server cannot tell "
-				    "whether it ran; not run again",
-				    r->calls[i].sm->m->full_name);
-		break;
-	default:
-		break;
-	}
-	if (asynq_runtime_hold(s->rt) != ASYNQ_OK) {
-		dd_entry *dd = r->dd;
-		req_free(r);
-		answer(c, dd,
-		    status_msg(ASYNQ_UNAVAILABLE, "server is stopping", id));
-		return;
-	}
-	c->req = r;
-	asynq_sched_post(asynq_runtime_sched(s->rt, c->worker), &c->post);
-}
-
-static void
-rx_cb(void *arg)
-{
-	srv_ctx *c = arg;
-	int rv = nng_aio_result(c->rx);
-	if (rv != 0) {
-		if (rv == NNG_ECLOSED) {
-			pthread_mutex_lock(&c->s->mu);
-			c->active = false;
-			if (--c->s->active == 0)
-				pthread_cond_broadcast(&c->s->cv);
-			pthread_mutex_unlock(&c->s->mu);
+	if (track && r->msg->client_id != 0) {
+		uint8_t *stored = NULL;
+		size_t slen = 0;
+		sc_hold(sc); /* the waiter's, if parked */
+		int what = asynqi_dedup_check(s->dd, r->msg->client_id, id,
+		    r->msg->attempt > 0, sc, &r->dd, &stored, &slen);
+		if (what != ASYNQI_DD_PARKED)
+			sc_rele(sc);
+		if (what != ASYNQI_DD_RUN)
+			atomic_fetch_add(&s->duplicates, 1);
+		if (what == ASYNQI_DD_PARKED) {
+			req_free(r); /* answered with the original's reply */
 			return;
 		}
-		rearm(c); /* stops if closing */
+		if (what == ASYNQI_DD_ANSWERED) {
+			req_free(r);
+			sc_reply_body(sc, stored, slen);
+			free(stored);
+			return;
+		}
+		if (what == ASYNQI_DD_FORGOTTEN) {
+			for (size_t i = 0; i < r->n; i++)
+				if (r->calls[i].sm != NULL &&
+				    !r->calls[i].sm->m->idempotent)
+					call_fail(r, &r->calls[i],
+					    ASYNQ_ABORTED,
+					    "%s was resent and the server "
+					    "cannot tell whether it ran; not "
+					    "run again",
+					    r->calls[i].sm->m->full_name);
+		}
+	}
+	if (asynq_runtime_hold(s->rt) != ASYNQ_OK) {
+		asynqi_dd_entry *dd = r->dd;
+		req_free(r);
+		if (dd != NULL) {
+			dd_answer a = { NULL, 0, id };
+			asynqi_dedup_complete(s->dd, dd, NULL, 0,
+			    dd_send_waiter, &a);
+		}
+		sc_status(sc, ASYNQ_UNAVAILABLE, "server is stopping", id);
 		return;
 	}
-	nng_msg *msg = nng_aio_get_msg(c->rx);
-	nng_aio_set_msg(c->rx, NULL);
-	req_received(c, msg);
+	pthread_mutex_lock(&s->mu);
+	s->reqs++;
+	pthread_mutex_unlock(&s->mu);
+	sc_hold(sc);
+	r->sc = sc;
+	r->post.fn = req_run;
+	pthread_mutex_lock(&sc->mu);
+	if (atomic_fetch_add(&sc->inflight, 1) + 1 >= MAX_CONN_INFLIGHT &&
+	    !sc->paused) {
+		sc->paused = true;
+		asynqi_conn_pause(sc->c);
+	}
+	pthread_mutex_unlock(&sc->mu);
+	asynq_sched_post(asynq_runtime_sched(s->rt, sc->worker), &r->post);
 }
 
 static void
-tx_cb(void *arg)
+send_hello(srv_conn *sc)
 {
-	srv_ctx *c = arg;
-	if (nng_aio_result(c->tx) != 0) {
-		nng_msg *msg = nng_aio_get_msg(c->tx);
-		nng_aio_set_msg(c->tx, NULL);
-		nng_msg_free(msg);
+	asynq_rpc_server *s = sc->s;
+	asynqi_buf b;
+	memset(&b, 0, sizeof(b));
+	asynqi_buf_put(&b, ASYNQI_PREFACE, ASYNQI_PREFACE_LEN);
+	size_t at = b.len;
+	uint8_t hdr[ASYNQI_FRAME_HDR] = { 0 };
+	asynqi_buf_put(&b, hdr, sizeof(hdr));
+	asynqi_buf_tag(&b, 1, 0);
+	asynqi_buf_varint(&b, s->cfg.max_msg_bytes);
+	asynqi_buf_tag(&b, 2, 0);
+	asynqi_buf_varint(&b, s->cfg.max_calls);
+	if (b.failed) {
+		asynqi_buf_fini(&b);
+		return;
 	}
-	rearm(c);
+	asynqi_frame_hdr(b.p + at, ASYNQI_FRAME_HELLO,
+	    (uint32_t)(b.len - at - ASYNQI_FRAME_HDR));
+	sc_queue(sc, b.p, b.len);
 }
 
-/* ---- Server ------------------------------------------------------------ */
+static size_t
+srv_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
+{
+	srv_conn *sc = asynqi_conn_arg(c);
+	asynq_rpc_server *s = sc->s;
+	size_t used = 0;
+	if (!sc->got_preface) {
+		size_t k = len < ASYNQI_PREFACE_LEN ? len : ASYNQI_PREFACE_LEN;
+		if (memcmp(buf, ASYNQI_PREFACE, k) != 0) {
+			atomic_fetch_add(&s->malformed, 1);
+			return SIZE_MAX; /* not an asynq client */
+		}
+		if (len < ASYNQI_PREFACE_LEN) {
+			*need = ASYNQI_PREFACE_LEN;
+			return 0;
+		}
+		sc->got_preface = true;
+		used = ASYNQI_PREFACE_LEN;
+		send_hello(sc);
+	}
+	for (;;) {
+		if (len - used < ASYNQI_FRAME_HDR) {
+			*need = ASYNQI_FRAME_HDR;
+			break;
+		}
+		const uint8_t *h = buf + used;
+		size_t blen = ((size_t)h[1] << 24) | ((size_t)h[2] << 16) |
+		    ((size_t)h[3] << 8) | h[4];
+		if (blen > s->cfg.max_msg_bytes + SIZE_SLACK) {
+			atomic_fetch_add(&s->rejected, 1);
+			asynqi_conn_flush(c);
+			return SIZE_MAX;
+		}
+		if (len - used - ASYNQI_FRAME_HDR < blen) {
+			*need = ASYNQI_FRAME_HDR + blen;
+			break;
+		}
+		const uint8_t *body = h + ASYNQI_FRAME_HDR;
+		switch (h[0]) {
+		case ASYNQI_FRAME_REQUEST:
+			req_received(sc, body, blen);
+			break;
+		case ASYNQI_FRAME_METHODS:
+			if (!methods_received(sc, body, blen)) {
+				asynqi_conn_flush(c);
+				return SIZE_MAX;
+			}
+			break;
+		case ASYNQI_FRAME_PING: {
+			asynqi_buf b;
+			buf_frame_start(&b);
+			asynqi_buf_put(&b, body, blen < 8 ? blen : 8);
+			sc_queue_frame(sc, ASYNQI_FRAME_PONG, &b);
+			break;
+		}
+		default:
+			break; /* unknown frames are skipped */
+		}
+		used += ASYNQI_FRAME_HDR + blen;
+	}
+	asynqi_conn_flush(c);
+	return used;
+}
+
+static void
+srv_on_close(asynqi_conn *c, int err)
+{
+	(void)err;
+	srv_conn *sc = asynqi_conn_arg(c);
+	atomic_fetch_sub(&sc->s->open_conns, 1);
+	sc_rele(sc);
+}
+
+static const asynqi_conn_ops srv_ops = {
+	.on_read = srv_on_read,
+	.on_close = srv_on_close,
+};
+
+/* A listener accepted c. */
+static void
+srv_accept(void *arg, asynqi_conn *c)
+{
+	asynq_rpc_server *s = arg;
+	if ((size_t)atomic_fetch_add(&s->open_conns, 1) >=
+	    s->cfg.max_connections) {
+		atomic_fetch_sub(&s->open_conns, 1);
+		asynqi_conn_close(c);
+		asynqi_conn_rele(c);
+		return;
+	}
+	srv_conn *sc = calloc(1, sizeof(*sc));
+	if (sc == NULL || pthread_mutex_init(&sc->mu, NULL) != 0) {
+		free(sc);
+		atomic_fetch_sub(&s->open_conns, 1);
+		asynqi_conn_close(c);
+		asynqi_conn_rele(c);
+		return;
+	}
+	sc->s = s;
+	sc->c = c;
+	atomic_init(&sc->refs, 1);
+	atomic_init(&sc->inflight, 0);
+	sc->worker = asynqi_conn_is_inproc(c)
+	    ? 0
+	    : atomic_fetch_add(&s->next_worker, 1) % s->workers;
+	pthread_mutex_lock(&s->mu);
+	bool closing = s->closing;
+	if (!closing) {
+		sc->next = s->conns;
+		if (s->conns != NULL)
+			s->conns->prev = sc;
+		s->conns = sc;
+		s->n_conns++;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (closing) {
+		atomic_fetch_sub(&s->open_conns, 1);
+		pthread_mutex_destroy(&sc->mu);
+		free(sc);
+		asynqi_conn_close(c);
+		asynqi_conn_rele(c);
+		return;
+	}
+	asynqi_conn_set_ops(c, &srv_ops, sc,
+	    s->cfg.max_msg_bytes + SIZE_SLACK + ASYNQI_FRAME_HDR);
+	asynqi_conn_start(c);
+}
+
+/* In-process connections run on one worker, chosen in turn. */
+static asynq_sched *
+srv_owner(void *arg)
+{
+	asynq_rpc_server *s = arg;
+	pthread_mutex_lock(&s->mu);
+	bool closing = s->closing;
+	pthread_mutex_unlock(&s->mu);
+	if (closing)
+		return NULL;
+	return asynq_runtime_sched(s->rt, 0);
+}
+
+/* ---- Server -------------------------------------------------------------- */
 
 /* Reads a whole (PEM) file as a string; NULL on failure. */
 static char *
@@ -986,27 +1181,6 @@ out:
 	return st;
 }
 
-static void
-conn_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
-{
-	asynq_rpc_server *s = arg;
-	switch (ev) {
-	case NNG_PIPE_EV_ADD_PRE:
-		/* nng runs REM_POST for every pipe that saw ADD_PRE, also
-		 * one closed here, so counting here keeps the count exact
-		 * when connections arrive at once. */
-		if ((size_t)atomic_fetch_add(&s->conns, 1) >=
-		    s->cfg.max_connections)
-			nng_pipe_close(p);
-		break;
-	case NNG_PIPE_EV_REM_POST:
-		atomic_fetch_sub(&s->conns, 1);
-		break;
-	default:
-		break;
-	}
-}
-
 asynq_status
 asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
     const asynq_rpc_server_cfg *cfg)
@@ -1034,31 +1208,23 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->cfg.max_connections = DEFAULT_MAX_CONNS;
 	if (s->cfg.decode_budget == 0)
 		s->cfg.decode_budget = 8 * s->cfg.max_msg_bytes;
-	if (s->cfg.contexts_per_worker == 0)
-		s->cfg.contexts_per_worker = DEFAULT_CONTEXTS;
 	if (s->cfg.dedup_entries == 0)
 		s->cfg.dedup_entries = DEFAULT_DEDUP_ENTRIES;
 	if (s->cfg.dedup_age_ms == 0)
 		s->cfg.dedup_age_ms = DEFAULT_DEDUP_AGE_MS;
 	if (s->cfg.dedup_bytes == 0)
 		s->cfg.dedup_bytes = DEFAULT_DEDUP_BYTES;
-	atomic_init(&s->conns, 0);
+	atomic_init(&s->next_worker, 0);
+	atomic_init(&s->open_conns, 0);
 	atomic_init(&s->requests, 0);
 	atomic_init(&s->calls, 0);
 	atomic_init(&s->rejected, 0);
 	atomic_init(&s->malformed, 0);
 	atomic_init(&s->duplicates, 0);
-	size_t workers = asynq_runtime_workers(rt);
-	s->n_ctxs = workers * s->cfg.contexts_per_worker;
-	size_t nb = 64;
-	while (nb < s->cfg.dedup_entries && nb < ((size_t)1 << 24))
-		nb *= 2;
-	s->dd.buckets = calloc(nb, sizeof(*s->dd.buckets));
-	s->dd.mask = nb - 1;
-	if (s->dd.buckets == NULL)
+	s->workers = asynq_runtime_workers(rt);
+	if ((st = asynqi_dedup_alloc(&s->dd, s->cfg.dedup_entries,
+	         s->cfg.dedup_age_ms, s->cfg.dedup_bytes)) != ASYNQ_OK)
 		goto fail_dd;
-	if (pthread_mutex_init(&s->dd.mu, NULL) != 0)
-		goto fail_dd_mu;
 	if (s->cfg.tls_cert_file != NULL &&
 	    (st = tls_server_config(&s->tls, &s->cfg)) != ASYNQ_OK)
 		goto fail_tls;
@@ -1067,46 +1233,19 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		goto fail_mu;
 	if (pthread_cond_init(&s->cv, NULL) != 0)
 		goto fail_cv;
-	s->w_inflight = calloc(workers, sizeof(*s->w_inflight));
-	s->ctxs = calloc(s->n_ctxs, sizeof(*s->ctxs));
-	if (s->w_inflight == NULL || s->ctxs == NULL)
+	s->w_inflight = calloc(s->workers, sizeof(*s->w_inflight));
+	s->writers = calloc(s->workers, sizeof(*s->writers));
+	if (s->w_inflight == NULL || s->writers == NULL)
 		goto fail_arrays;
-	int rv;
-	if ((rv = nng_rep0_open(&s->sock)) != 0) {
-		st = asynqi_rpc_status_from_nng(rv);
-		goto fail_arrays;
-	}
-	if ((rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ,
-	         s->cfg.max_msg_bytes + SIZE_SLACK)) != 0 ||
-	    (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_PRE, conn_cb, s)) !=
-	        0 ||
-	    (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, conn_cb, s)) !=
-	        0) {
-		st = asynqi_rpc_status_from_nng(rv);
-		goto fail_ctxs;
-	}
-	for (size_t i = 0; i < s->n_ctxs; i++) {
-		srv_ctx *c = &s->ctxs[i];
-		c->s = s;
-		c->worker = i % workers;
-		c->post.fn = req_run;
-		if (nng_aio_alloc(&c->rx, rx_cb, c) != 0 ||
-		    nng_aio_alloc(&c->tx, tx_cb, c) != 0 ||
-		    nng_ctx_open(&c->ctx, s->sock) != 0)
-			goto fail_ctxs;
-		c->ctx_open = true;
+	for (size_t i = 0; i < s->workers; i++) {
+		s->writers[i].post.fn = writer_run;
+		s->writers[i].s = s;
 	}
 	*sp = s;
 	return ASYNQ_OK;
 
-fail_ctxs:
-	nng_close(s->sock);
-	for (size_t i = 0; i < s->n_ctxs; i++) {
-		nng_aio_free(s->ctxs[i].rx);
-		nng_aio_free(s->ctxs[i].tx);
-	}
 fail_arrays:
-	free(s->ctxs);
+	free(s->writers);
 	free(s->w_inflight);
 	pthread_cond_destroy(&s->cv);
 fail_cv:
@@ -1115,9 +1254,7 @@ fail_mu:
 	if (s->tls != NULL)
 		nng_tls_config_free(s->tls);
 fail_tls:
-	pthread_mutex_destroy(&s->dd.mu);
-fail_dd_mu:
-	free(s->dd.buckets);
+	asynqi_dedup_free(s->dd);
 fail_dd:
 	free(s);
 	return st;
@@ -1159,41 +1296,26 @@ asynq_rpc_server_listen(asynq_rpc_server *s, const char *url)
 		return ASYNQ_INVALID_ARGUMENT;
 	pthread_mutex_lock(&s->mu);
 	bool closing = s->closing;
+	s->started = true;
 	pthread_mutex_unlock(&s->mu);
 	if (closing)
 		return ASYNQ_FAILED_PRECONDITION;
-	int rv;
-	if (strncmp(url, "tls+", 4) == 0) {
-		if (s->tls == NULL)
-			return ASYNQ_INVALID_ARGUMENT; /* no certificate */
-		nng_listener l;
-		rv = nng_listener_create(&l, s->sock, url);
-		if (rv == 0 &&
-		    (rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG,
-		         s->tls)) == 0)
-			rv = nng_listener_start(l, 0);
-		if (rv != 0 && rv != NNG_EINVAL && rv != NNG_ENOTSUP &&
-		    rv != NNG_EADDRINVAL)
-			nng_listener_close(l);
-	} else {
-		rv = nng_listen(s->sock, url, NULL, 0);
-	}
-	if (rv != 0)
-		return rv == NNG_EADDRINUSE ? ASYNQ_UNAVAILABLE
-		    : rv == NNG_ENOMEM      ? ASYNQ_RESOURCE_EXHAUSTED
-		                            : ASYNQ_INVALID_ARGUMENT;
+	if (strncmp(url, "tls+", 4) == 0 && s->tls == NULL)
+		return ASYNQ_INVALID_ARGUMENT; /* no certificate */
+	asynqi_listener **ls =
+	    realloc(s->listeners, (s->n_listeners + 1) * sizeof(*ls));
+	if (ls == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	s->listeners = ls;
+	asynqi_listener *l = NULL;
+	const char *why = NULL;
+	asynq_status st = asynqi_listener_open(&l, url, s->tls, srv_accept,
+	    srv_owner, s, &why);
+	if (st != ASYNQ_OK)
+		return st;
 	pthread_mutex_lock(&s->mu);
-	bool start = !s->started;
-	if (start) {
-		s->started = true;
-		s->active = s->n_ctxs;
-		for (size_t i = 0; i < s->n_ctxs; i++)
-			s->ctxs[i].active = true;
-	}
+	s->listeners[s->n_listeners++] = l;
 	pthread_mutex_unlock(&s->mu);
-	if (start)
-		for (size_t i = 0; i < s->n_ctxs; i++)
-			ctx_recv(&s->ctxs[i]);
 	return ASYNQ_OK;
 }
 
@@ -1206,27 +1328,79 @@ asynq_rpc_server_close(asynq_rpc_server *s)
 		return;
 	}
 	s->closing = true;
-	while (s->active > 0 || s->in_nng > 0) {
-		/* Cancel the receives of idle contexts; busy ones stop after
-		 * their reply is sent. Repeat to catch a context that was
-		 * re-arming as closing was set. */
-		pthread_mutex_unlock(&s->mu);
-		for (size_t i = 0; i < s->n_ctxs; i++)
-			nng_aio_cancel(s->ctxs[i].rx);
-		pthread_mutex_lock(&s->mu);
+	asynqi_listener **ls = s->listeners;
+	size_t n_ls = s->n_listeners;
+	s->listeners = NULL;
+	s->n_listeners = 0;
+	pthread_mutex_unlock(&s->mu);
+	for (size_t i = 0; i < n_ls; i++)
+		asynqi_listener_close(ls[i]);
+	free(ls);
+	/* GOAWAY on every connection; later requests are refused. */
+	pthread_mutex_lock(&s->mu);
+	size_t n = s->n_conns, k = 0;
+	srv_conn **all = calloc(n != 0 ? n : 1, sizeof(*all));
+	for (srv_conn *sc = s->conns; sc != NULL && all != NULL && k < n;
+	     sc = sc->next) {
+		sc_hold(sc);
+		all[k++] = sc;
+	}
+	pthread_mutex_unlock(&s->mu);
+	for (size_t i = 0; i < k; i++) {
+		srv_conn *sc = all[i];
+		pthread_mutex_lock(&sc->mu);
+		sc->goaway = true;
+		uint64_t last = sc->last_id;
+		pthread_mutex_unlock(&sc->mu);
+		asynqi_buf b;
+		buf_frame_start(&b);
+		asynqi_buf_tag(&b, 1, 0);
+		asynqi_buf_varint(&b, last);
+		asynqi_buf_bytes(&b, 2, "server closing", 14);
+		sc_queue_frame(sc, ASYNQI_FRAME_GOAWAY, &b);
+		asynqi_conn_flush(sc->c);
+	}
+	/* Every request received is answered... */
+	pthread_mutex_lock(&s->mu);
+	while (s->reqs > 0 || s->writer_posts > 0)
+		pthread_cond_wait(&s->cv, &s->mu);
+	pthread_mutex_unlock(&s->mu);
+	/* ...and sent; then the connections close. A peer that does not
+	 * read what is left is cut off after CLOSE_LINGER_MS. */
+	for (size_t i = 0; i < k; i++) {
+		asynqi_conn_close_flushed(all[i]->c);
+		sc_rele(all[i]);
+	}
+	free(all);
+	uint64_t t0 = asynq_now_ns();
+	pthread_mutex_lock(&s->mu);
+	while (s->n_conns > 0) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 20 * 1000000;
+		ts.tv_nsec += 50 * 1000000;
 		if (ts.tv_nsec >= 1000000000) {
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000;
 		}
-		if (s->active > 0 || s->in_nng > 0)
-			(void)pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+		if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == 0 ||
+		    asynq_now_ns() - t0 < CLOSE_LINGER_MS * 1000000ull)
+			continue;
+		asynqi_conn *cs[64];
+		size_t nc = 0;
+		for (srv_conn *sc = s->conns; sc != NULL && nc < 64;
+		     sc = sc->next) {
+			asynqi_conn_hold(sc->c);
+			cs[nc++] = sc->c;
+		}
+		pthread_mutex_unlock(&s->mu);
+		for (size_t i = 0; i < nc; i++) {
+			asynqi_conn_close(cs[i]);
+			asynqi_conn_rele(cs[i]);
+		}
+		pthread_mutex_lock(&s->mu);
 	}
 	s->closed = true;
 	pthread_mutex_unlock(&s->mu);
-	nng_close(s->sock);
 }
 
 void
@@ -1235,14 +1409,11 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 	if (s == NULL)
 		return;
 	asynq_rpc_server_close(s);
-	for (size_t i = 0; i < s->n_ctxs; i++) {
-		nng_aio_free(s->ctxs[i].rx);
-		nng_aio_free(s->ctxs[i].tx);
-	}
-	free(s->ctxs);
+	free(s->listeners);
+	free(s->writers);
 	free(s->w_inflight);
 	free(s->methods);
-	dd_fini(&s->dd);
+	asynqi_dedup_free(s->dd);
 	if (s->tls != NULL)
 		nng_tls_config_free(s->tls);
 	pthread_cond_destroy(&s->cv);

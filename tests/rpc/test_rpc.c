@@ -24,14 +24,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/req.h>
 
 #include "asynq/asynq.h"
 #include "asynq/rpc.h"
@@ -317,6 +316,215 @@ run_job(job *j)
 	asynq_future_rele(f);
 }
 
+/* ---- A raw asynq connection -------------------------------------------------
+ */
+
+/* A connection that speaks the framing by hand (plain sockets, tcp:// and
+ * ipc:// URLs), to send what the client never would. */
+typedef struct raw_conn {
+	int fd;
+	int timeout_ms;
+} raw_conn;
+
+/* Reads exactly n bytes within the timeout: 0, or -1 (closed/timeout). */
+static int
+raw_read(raw_conn *r, void *buf, size_t n)
+{
+	uint8_t *p = buf;
+	uint64_t t0 = asynq_now_ns();
+	while (n > 0) {
+		int64_t left = r->timeout_ms - ms_since(t0);
+		if (left <= 0)
+			return -1;
+		struct pollfd pfd = { .fd = r->fd, .events = POLLIN };
+		int pr = poll(&pfd, 1, (int)left);
+		if (pr <= 0)
+			continue;
+		ssize_t k = read(r->fd, p, n);
+		if (k <= 0)
+			return -1;
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+static int
+raw_write(raw_conn *r, const void *buf, size_t n)
+{
+	const uint8_t *p = buf;
+	while (n > 0) {
+		ssize_t k = send(r->fd, p, n, MSG_NOSIGNAL);
+		if (k <= 0)
+			return -1;
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+/* Writes one frame. */
+static int
+raw_frame(raw_conn *r, uint8_t type, const void *body, size_t len)
+{
+	uint8_t h[5] = { type, (uint8_t)(len >> 24), (uint8_t)(len >> 16),
+		(uint8_t)(len >> 8), (uint8_t)len };
+	if (raw_write(r, h, sizeof(h)) != 0)
+		return -1;
+	return len != 0 ? raw_write(r, body, len) : 0;
+}
+
+/* Reads one frame (body malloc'd): 0, or -1. */
+static int
+raw_next(raw_conn *r, uint8_t *type, uint8_t **body, size_t *len)
+{
+	uint8_t h[5];
+	if (raw_read(r, h, sizeof(h)) != 0)
+		return -1;
+	*type = h[0];
+	*len = ((size_t)h[1] << 24) | ((size_t)h[2] << 16) |
+	    ((size_t)h[3] << 8) | h[4];
+	*body = malloc(*len + 1);
+	if (raw_read(r, *body, *len) != 0) {
+		free(*body);
+		return -1;
+	}
+	return 0;
+}
+
+/* Connects to url; with `hello`, writes the preface and reads the server's
+ * preface and HELLO. fd is -1 when that failed. */
+static raw_conn
+raw_connect(const char *url, int timeout_ms, bool hello)
+{
+	raw_conn r = { -1, timeout_ms };
+	int fd;
+	if (strncmp(url, "tcp://", 6) == 0) {
+		struct sockaddr_in a = { .sin_family = AF_INET };
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		a.sin_port = htons((uint16_t)atoi(strrchr(url, ':') + 1));
+		fd = socket(AF_INET, SOCK_STREAM, 0);
+		if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+			close(fd);
+			return r;
+		}
+	} else {
+		struct sockaddr_un a = { .sun_family = AF_UNIX };
+		assert_true(strncmp(url, "ipc://", 6) == 0);
+		snprintf(a.sun_path, sizeof(a.sun_path), "%s", url + 6);
+		fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+			close(fd);
+			return r;
+		}
+	}
+	r.fd = fd;
+	if (!hello)
+		return r;
+	uint8_t pre[8], type;
+	uint8_t *body;
+	size_t len;
+	if (raw_write(&r, "asynq/1\n", 8) != 0 || raw_read(&r, pre, 8) != 0 ||
+	    memcmp(pre, "asynq/1\n", 8) != 0 ||
+	    raw_next(&r, &type, &body, &len) != 0) {
+		close(fd);
+		r.fd = -1;
+		return r;
+	}
+	free(body);
+	if (type != 3) {
+		close(fd);
+		r.fd = -1;
+	}
+	return r;
+}
+
+static raw_conn
+raw_open(const char *url, int timeout_ms)
+{
+	raw_conn r = raw_connect(url, timeout_ms, true);
+	assert_true(r.fd >= 0);
+	return r;
+}
+
+static void
+raw_close(raw_conn *r)
+{
+	if (r->fd >= 0)
+		close(r->fd);
+	r->fd = -1;
+}
+
+/* Sends buf (freed) as a REQUEST and decodes the REPLY: 0, or -1 when the
+ * connection closed or timed out first. */
+static int
+raw_call(raw_conn *r, uint8_t *buf, size_t len, Asynq__Rpc__Reply **rep)
+{
+	*rep = NULL;
+	int rv = r->fd >= 0 ? raw_frame(r, 1, buf, len) : -1;
+	free(buf);
+	if (rv != 0)
+		return -1;
+	for (;;) {
+		uint8_t type;
+		uint8_t *in;
+		size_t inlen;
+		if (raw_next(r, &type, &in, &inlen) != 0)
+			return -1;
+		if (type != 2) {
+			free(in);
+			continue;
+		}
+		*rep = asynq__rpc__reply__unpack(NULL, inlen, in);
+		free(in);
+		assert_non_null(*rep);
+		return 0;
+	}
+}
+
+/* ---- Raw requests ---------------------------------------------------------
+ */
+
+/* Packs a Request with n calls of ms[i] (call_id i), each with the payload
+ * Num{v = 5, s = `pad` x's}. */
+static uint8_t *
+raw_req(size_t *len, const asynq_rpc_method_desc *const *ms, size_t n,
+    size_t pad, uint64_t client_id, uint64_t request_id, uint32_t attempt)
+{
+	char *s = malloc(pad + 1);
+	memset(s, 'x', pad);
+	s[pad] = '\0';
+	Asynq__Rpctest__Num num = ASYNQ__RPCTEST__NUM__INIT;
+	num.v = 5;
+	num.s = s;
+	size_t plen = asynq__rpctest__num__get_packed_size(&num);
+	uint8_t *payload = malloc(plen + 1);
+	asynq__rpctest__num__pack(&num, payload);
+	Asynq__Rpc__Call calls[4], *ptrs[4];
+	assert_true(n <= 4);
+	for (size_t i = 0; i < n; i++) {
+		Asynq__Rpc__Call c = ASYNQ__RPC__CALL__INIT;
+		c.method = (char *)ms[i]->full_name;
+		c.call_id = i;
+		c.payload.data = payload;
+		c.payload.len = plen;
+		calls[i] = c;
+		ptrs[i] = &calls[i];
+	}
+	Asynq__Rpc__Request req = ASYNQ__RPC__REQUEST__INIT;
+	req.n_calls = n;
+	req.calls = ptrs;
+	req.client_id = client_id;
+	req.request_id = request_id;
+	req.attempt = attempt;
+	*len = asynq__rpc__request__get_packed_size(&req);
+	uint8_t *buf = malloc(*len);
+	asynq__rpc__request__pack(&req, buf);
+	free(payload);
+	free(s);
+	return buf;
+}
+
 /* ---- Tests ----------------------------------------------------------------
  */
 
@@ -475,23 +683,32 @@ test_rpc_malformed_request_then_serves(void **state)
 {
 	(void)state;
 	fixture fx;
-	fx_start(&fx, false, NULL, 0);
-	nng_socket raw;
-	assert_int_equal(nng_req0_open(&raw), 0);
-	assert_int_equal(nng_socket_set_ms(raw, NNG_OPT_RECVTIMEO, 5000), 0);
-	assert_int_equal(nng_dial(raw, fx.url, NULL, 0), 0);
+	fx_start(&fx, true, NULL, 0);
+	raw_conn raw = raw_open(fx.url, 5000);
 	static const uint8_t junk[] = { 0x0a, 0xff, 0xff, 0xff, 0x7f, 0x01 };
-	assert_int_equal(nng_send(raw, (void *)junk, sizeof(junk), 0), 0);
-	void *buf = NULL;
-	size_t len = 0;
-	assert_int_equal(nng_recv(raw, &buf, &len, NNG_FLAG_ALLOC), 0);
-	Asynq__Rpc__Reply *rep = asynq__rpc__reply__unpack(NULL, len, buf);
-	assert_non_null(rep);
+	uint8_t *buf = malloc(sizeof(junk));
+	memcpy(buf, junk, sizeof(junk));
+	Asynq__Rpc__Reply *rep;
+	assert_int_equal(raw_call(&raw, buf, sizeof(junk), &rep), 0);
 	assert_int_equal(rep->status, ASYNQ_INVALID_ARGUMENT);
 	assert_int_equal(rep->n_results, 0);
 	asynq__rpc__reply__free_unpacked(rep, NULL);
-	nng_free(buf, len);
-	nng_close(raw);
+	/* The same connection goes on serving. */
+	const asynq_rpc_method_desc *twice[] = { M(TWICE) };
+	size_t len;
+	buf = raw_req(&len, twice, 1, 0, 0, 9, 0);
+	assert_int_equal(raw_call(&raw, buf, len, &rep), 0);
+	assert_int_equal(rep->status, ASYNQ_OK);
+	assert_int_equal(rep->request_id, 9);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	raw_close(&raw);
+	/* A peer that is not an asynq client is cut off. */
+	raw = raw_connect(fx.url, 5000, false);
+	assert_true(raw.fd >= 0);
+	assert_int_equal(raw_write(&raw, "GET / HTTP/1.1\r\n\r\n", 18), 0);
+	uint8_t b1;
+	assert_int_equal(raw_read(&raw, &b1, 1), -1);
+	raw_close(&raw);
 
 	asynq_future *f = call_num(fx.ch, M(TWICE), 5);
 	assert_int_equal(asynq_wait(f), ASYNQ_OK);
@@ -499,7 +716,7 @@ test_rpc_malformed_request_then_serves(void **state)
 	asynq_future_rele(f);
 	asynq_rpc_server_stats ss;
 	asynq_rpc_server_stats_get(fx.srv, &ss);
-	assert_int_equal(ss.malformed, 1);
+	assert_int_equal(ss.malformed, 2); /* the request and the peer */
 	fx_stop(&fx);
 }
 
@@ -625,7 +842,7 @@ test_rpc_deep_nesting_rejected(void **state)
 {
 	(void)state;
 	fixture fx;
-	fx_start(&fx, false, NULL, 0);
+	fx_start(&fx, true, NULL, 0);
 	/* Within the limit: decoded on this thread's stack, packed by the
 	 * channel, decoded by the server. */
 	size_t len;
@@ -655,24 +872,15 @@ test_rpc_deep_nesting_rejected(void **state)
 	uint8_t *rbuf = malloc(rlen);
 	asynq__rpc__request__pack(&req, rbuf);
 	free(payload);
-	nng_socket raw;
-	assert_int_equal(nng_req0_open(&raw), 0);
-	assert_int_equal(nng_socket_set_ms(raw, NNG_OPT_RECVTIMEO, 5000), 0);
-	assert_int_equal(nng_dial(raw, fx.url, NULL, 0), 0);
-	assert_int_equal(nng_send(raw, rbuf, rlen, 0), 0);
-	free(rbuf);
-	void *buf = NULL;
-	len = 0;
-	assert_int_equal(nng_recv(raw, &buf, &len, NNG_FLAG_ALLOC), 0);
-	Asynq__Rpc__Reply *rep = asynq__rpc__reply__unpack(NULL, len, buf);
-	assert_non_null(rep);
+	raw_conn raw = raw_open(fx.url, 5000);
+	Asynq__Rpc__Reply *rep;
+	assert_int_equal(raw_call(&raw, rbuf, rlen, &rep), 0);
 	assert_int_equal(rep->status, 0);
 	assert_int_equal(rep->n_results, 1);
 	assert_int_equal(rep->results[0]->call_id, 3);
 	assert_int_equal(rep->results[0]->status, ASYNQ_RESOURCE_EXHAUSTED);
 	asynq__rpc__reply__free_unpacked(rep, NULL);
-	nng_free(buf, len);
-	nng_close(raw);
+	raw_close(&raw);
 	fx_stop(&fx);
 }
 
@@ -736,80 +944,6 @@ test_rpc_metadata_absent_outside_handler(void **state)
 	asynq_thread_fini();
 }
 
-/* ---- Raw requests ---------------------------------------------------------
- */
-
-/* Packs a Request with n calls of ms[i] (call_id i), each with the payload
- * Num{v = 5, s = `pad` x's}. */
-static uint8_t *
-raw_req(size_t *len, const asynq_rpc_method_desc *const *ms, size_t n,
-    size_t pad, uint64_t client_id, uint64_t request_id, uint32_t attempt)
-{
-	char *s = malloc(pad + 1);
-	memset(s, 'x', pad);
-	s[pad] = '\0';
-	Asynq__Rpctest__Num num = ASYNQ__RPCTEST__NUM__INIT;
-	num.v = 5;
-	num.s = s;
-	size_t plen = asynq__rpctest__num__get_packed_size(&num);
-	uint8_t *payload = malloc(plen + 1);
-	asynq__rpctest__num__pack(&num, payload);
-	Asynq__Rpc__Call calls[4], *ptrs[4];
-	assert_true(n <= 4);
-	for (size_t i = 0; i < n; i++) {
-		Asynq__Rpc__Call c = ASYNQ__RPC__CALL__INIT;
-		c.method = (char *)ms[i]->full_name;
-		c.call_id = i;
-		c.payload.data = payload;
-		c.payload.len = plen;
-		calls[i] = c;
-		ptrs[i] = &calls[i];
-	}
-	Asynq__Rpc__Request req = ASYNQ__RPC__REQUEST__INIT;
-	req.n_calls = n;
-	req.calls = ptrs;
-	req.client_id = client_id;
-	req.request_id = request_id;
-	req.attempt = attempt;
-	*len = asynq__rpc__request__get_packed_size(&req);
-	uint8_t *buf = malloc(*len);
-	asynq__rpc__request__pack(&req, buf);
-	free(payload);
-	free(s);
-	return buf;
-}
-
-/* A raw REQ socket dialed to url (synchronously) with a receive timeout. */
-static nng_socket
-raw_open(const char *url, int timeout_ms)
-{
-	nng_socket raw;
-	assert_int_equal(nng_req0_open(&raw), 0);
-	assert_int_equal(nng_socket_set_ms(raw, NNG_OPT_RECVTIMEO, timeout_ms),
-	    0);
-	assert_int_equal(nng_dial(raw, url, NULL, 0), 0);
-	return raw;
-}
-
-/* Sends buf (freed) on raw and decodes the reply: 0, or nng's error. */
-static int
-raw_call(nng_socket raw, uint8_t *buf, size_t len, Asynq__Rpc__Reply **rep)
-{
-	int rv = nng_send(raw, buf, len, 0);
-	free(buf);
-	*rep = NULL;
-	if (rv != 0)
-		return rv;
-	void *in = NULL;
-	size_t inlen = 0;
-	if ((rv = nng_recv(raw, &in, &inlen, NNG_FLAG_ALLOC)) != 0)
-		return rv;
-	*rep = asynq__rpc__reply__unpack(NULL, inlen, in);
-	nng_free(in, inlen);
-	assert_non_null(*rep);
-	return 0;
-}
-
 /* Status and value of the result for call_id in rep (INT64_MIN: none). */
 static int32_t
 rep_status(const Asynq__Rpc__Reply *rep, uint64_t call_id, int64_t *v)
@@ -846,10 +980,10 @@ test_rpc_dedup_table(void **state)
 	(void)state;
 	fixture fx;
 	asynq_rpc_server_cfg scfg = { .dedup_entries = 2 };
-	fx_server(&fx, false, &scfg, 2);
+	fx_server(&fx, true, &scfg, 2);
 	atomic_store(&hold_runs, 0);
 	atomic_store(&hold_release, 1);
-	nng_socket raw = raw_open(fx.url, 5000);
+	raw_conn raw = raw_open(fx.url, 5000);
 	const asynq_rpc_method_desc *hold[] = { M(HOLD) };
 	const asynq_rpc_method_desc *twice[] = { M(TWICE) };
 	const asynq_rpc_method_desc *mixed[] = { M(HOLD), M(TWICE) };
@@ -858,7 +992,7 @@ test_rpc_dedup_table(void **state)
 	int64_t v;
 	/* The first transmission runs. */
 	uint8_t *b = raw_req(&len, hold, 1, 0, 7, 1, 0);
-	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
 	assert_int_equal(rep_status(rep, 0, &v), ASYNQ_OK);
 	assert_int_equal(v, 6);
 	asynq__rpc__reply__free_unpacked(rep, NULL);
@@ -866,7 +1000,7 @@ test_rpc_dedup_table(void **state)
 	/* A copy, and a resend, of a finished request get its reply. */
 	for (uint32_t attempt = 0; attempt < 2; attempt++) {
 		b = raw_req(&len, hold, 1, 0, 7, 1, attempt);
-		assert_int_equal(raw_call(raw, b, len, &rep), 0);
+		assert_int_equal(raw_call(&raw, b, len, &rep), 0);
 		assert_int_equal(rep_status(rep, 0, &v), ASYNQ_OK);
 		assert_int_equal(v, 6);
 		assert_int_equal(rep->request_id, 1);
@@ -876,20 +1010,20 @@ test_rpc_dedup_table(void **state)
 	assert_int_equal(server_dups(fx.srv), 2);
 	/* A resend the server never saw: not run, ABORTED. */
 	b = raw_req(&len, hold, 1, 0, 7, 2, 1);
-	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
 	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_ABORTED);
 	asynq__rpc__reply__free_unpacked(rep, NULL);
 	assert_int_equal(atomic_load(&hold_runs), 1);
 	assert_int_equal(server_dups(fx.srv), 3);
 	/* ... but its idempotent calls run. */
 	b = raw_req(&len, mixed, 2, 0, 7, 3, 1);
-	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
 	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_ABORTED);
 	assert_int_equal(rep_status(rep, 1, &v), ASYNQ_OK);
 	assert_int_equal(v, 10);
 	asynq__rpc__reply__free_unpacked(rep, NULL);
 	b = raw_req(&len, twice, 1, 0, 7, 4, 1);
-	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
 	assert_int_equal(rep_status(rep, 0, &v), ASYNQ_OK);
 	asynq__rpc__reply__free_unpacked(rep, NULL);
 	assert_int_equal(atomic_load(&hold_runs), 1);
@@ -897,22 +1031,22 @@ test_rpc_dedup_table(void **state)
 	 * its resend is ABORTED, never run again. */
 	for (uint64_t id = 5; id <= 6; id++) {
 		b = raw_req(&len, hold, 1, 0, 7, id, 0);
-		assert_int_equal(raw_call(raw, b, len, &rep), 0);
+		assert_int_equal(raw_call(&raw, b, len, &rep), 0);
 		assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_OK);
 		asynq__rpc__reply__free_unpacked(rep, NULL);
 	}
 	assert_int_equal(atomic_load(&hold_runs), 3);
 	b = raw_req(&len, hold, 1, 0, 7, 1, 1);
-	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
 	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_ABORTED);
 	asynq__rpc__reply__free_unpacked(rep, NULL);
 	/* Another client's request 1 is a different request. */
 	b = raw_req(&len, hold, 1, 0, 8, 1, 0);
-	assert_int_equal(raw_call(raw, b, len, &rep), 0);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
 	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_OK);
 	asynq__rpc__reply__free_unpacked(rep, NULL);
 	assert_int_equal(atomic_load(&hold_runs), 4);
-	nng_close(raw);
+	raw_close(&raw);
 	fx_stop(&fx);
 }
 
@@ -1339,7 +1473,7 @@ test_rpc_replicas_share_requests(void **state)
  */
 
 /* Exact size of the Request the channel sends for one Twice call with
- * s = `pad` bytes, as its first request (request_id 1) under deadline dl. */
+ * s = `pad` bytes, as its first request (request_id 1) with 30 s left. */
 static size_t
 request_size(size_t pad, int64_t dl)
 {
@@ -1353,13 +1487,14 @@ request_size(size_t pad, int64_t dl)
 	uint8_t *payload = malloc(plen);
 	asynq__rpctest__num__pack(&num, payload);
 	Asynq__Rpc__Call c = ASYNQ__RPC__CALL__INIT, *cp = &c;
-	c.method = (char *)M(TWICE)->full_name;
+	c.method_id = 1 + ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_TWICE;
 	c.payload.data = payload;
 	c.payload.len = plen;
 	Asynq__Rpc__Request req = ASYNQ__RPC__REQUEST__INIT;
 	req.n_calls = 1;
 	req.calls = &cp;
-	req.deadline_unix_ns = dl;
+	(void)dl;
+	req.timeout_us = 29000000; /* as long a varint as 30 s */
 	req.request_id = 1;
 	req.client_id = 1; /* fixed64: any non-zero id has this size */
 	size_t n = asynq__rpc__request__get_packed_size(&req);
@@ -1463,9 +1598,9 @@ test_rpc_server_max_msg_bytes(void **state)
 				break;
 		}
 		assert_int_equal(len, want);
-		nng_socket raw = raw_open(fx.url, 5000);
+		raw_conn raw = raw_open(fx.url, 5000);
 		Asynq__Rpc__Reply *rep;
-		assert_int_equal(raw_call(raw, b, len, &rep), 0);
+		assert_int_equal(raw_call(&raw, b, len, &rep), 0);
 		if (d <= 0) {
 			assert_int_equal(rep->status, ASYNQ_OK);
 			assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_OK);
@@ -1473,15 +1608,22 @@ test_rpc_server_max_msg_bytes(void **state)
 			assert_int_equal(rep->status, ASYNQ_RESOURCE_EXHAUSTED);
 		}
 		asynq__rpc__reply__free_unpacked(rep, NULL);
-		nng_close(raw);
+		raw_close(&raw);
 	}
-	/* Far over the limit: nng drops it (and the connection). */
+	/* Over the limit but within 64 KiB of it: read, and answered. */
 	size_t len;
 	uint8_t *b = raw_req(&len, twice, 1, 4 * LIMIT, 0, 1, 0);
-	nng_socket raw = raw_open(fx.url, 500);
+	raw_conn raw = raw_open(fx.url, 5000);
 	Asynq__Rpc__Reply *rep;
-	assert_int_not_equal(raw_call(raw, b, len, &rep), 0);
-	nng_close(raw);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
+	assert_int_equal(rep->status, ASYNQ_RESOURCE_EXHAUSTED);
+	assert_int_equal(rep->request_id, 1);
+	assert_non_null(strstr(rep->message, "limit 1000"));
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	/* Further over: the connection is closed, nothing is read. */
+	b = raw_req(&len, twice, 1, LIMIT + (64u << 10) + 1, 0, 2, 0);
+	assert_int_not_equal(raw_call(&raw, b, len, &rep), 0);
+	raw_close(&raw);
 	/* The server keeps serving. */
 	asynq_future *f = call_num(fx.ch, M(TWICE), 8);
 	assert_int_equal(asynq_wait(f), ASYNQ_OK);
@@ -1489,7 +1631,7 @@ test_rpc_server_max_msg_bytes(void **state)
 	asynq_future_rele(f);
 	asynq_rpc_server_stats ss;
 	asynq_rpc_server_stats_get(fx.srv, &ss);
-	assert_int_equal(ss.rejected, 1);
+	assert_int_equal(ss.rejected, 3);
 	fx_stop(&fx);
 }
 
@@ -1568,7 +1710,7 @@ test_rpc_max_inflight_calls_limit(void **state)
 
 /* One Twice call over raw: OK when answered. */
 static bool
-raw_twice_ok(nng_socket raw)
+raw_twice_ok(raw_conn *raw)
 {
 	const asynq_rpc_method_desc *twice[] = { M(TWICE) };
 	size_t len;
@@ -1588,21 +1730,31 @@ test_rpc_max_connections_limit(void **state)
 	fixture fx;
 	asynq_rpc_server_cfg scfg = { .max_connections = 2 };
 	fx_server(&fx, true, &scfg, 2);
-	nng_socket c1 = raw_open(fx.url, 5000);
-	assert_true(raw_twice_ok(c1)); /* limit - 1 */
-	nng_socket c2 = raw_open(fx.url, 5000);
-	assert_true(raw_twice_ok(c2)); /* limit */
-	nng_socket c3 = raw_open(fx.url, 700);
-	assert_false(raw_twice_ok(c3)); /* limit + 1: refused */
-	assert_true(raw_twice_ok(c1));
-	assert_true(raw_twice_ok(c2));
-	/* A freed slot lets the refused client in (it redials). */
-	nng_close(c1);
-	assert_int_equal(nng_socket_set_ms(c3, NNG_OPT_RECVTIMEO, 10000), 0);
-	assert_true(raw_twice_ok(c3));
-	assert_true(raw_twice_ok(c2));
-	nng_close(c2);
-	nng_close(c3);
+	raw_conn c1 = raw_open(fx.url, 5000);
+	assert_true(raw_twice_ok(&c1)); /* limit - 1 */
+	raw_conn c2 = raw_open(fx.url, 5000);
+	assert_true(raw_twice_ok(&c2)); /* limit */
+	/* limit + 1: closed before the handshake completes. */
+	raw_conn c3 = raw_connect(fx.url, 2000, true);
+	assert_int_equal(c3.fd, -1);
+	assert_true(raw_twice_ok(&c1));
+	assert_true(raw_twice_ok(&c2));
+	/* A freed slot lets a new client in. */
+	raw_close(&c1);
+	bool in = false;
+	for (int i = 0; i < 100 && !in; i++) {
+		c3 = raw_connect(fx.url, 2000, true);
+		in = c3.fd >= 0 && raw_twice_ok(&c3);
+		if (!in) {
+			raw_close(&c3);
+			struct timespec ts = { 0, 20 * 1000000 };
+			nanosleep(&ts, NULL);
+		}
+	}
+	assert_true(in);
+	assert_true(raw_twice_ok(&c2));
+	raw_close(&c2);
+	raw_close(&c3);
 	fx_stop(&fx);
 }
 

@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * gRPC-style RPC over nng with batching. A client task calls a method and
- * gets a future; the calls that the tasks of one worker make to one channel
- * join a batch, and a flush sends the whole batch as one nng request carrying
- * an asynq.rpc.Request (proto/asynq/rpc.proto). A server runs on a runtime's
- * workers: it receives requests, runs a task per call (or one whole-batch
- * handler per method), and answers every call in one reply.
+ * gRPC-style RPC with batching. A client task calls a method and gets a
+ * future; the calls that the tasks of one worker make to one channel join a
+ * batch, and a flush sends the whole batch as one asynq.rpc.Request of many
+ * calls, framed on a byte stream (nng's stream API, or an in-process pipe;
+ * proto/asynq/rpc.proto describes the framing), with many requests in flight
+ * per connection. A server runs on a runtime's workers: it reads requests,
+ * runs a task per call (or one whole-batch handler per method), and answers
+ * every call of a request in one reply.
  *
  * Messages are protobuf-c messages described by the tables protoc-gen-asynq
  * generates (asynq/rpc_desc.h). Status codes are asynq's (gRPC's).
@@ -72,9 +74,12 @@ typedef struct asynq_rpc_channel asynq_rpc_channel;
 
 /* Client settings; zero fields take the default. */
 typedef struct asynq_rpc_channel_cfg {
-	/* nng URLs of the server replicas ("tcp://127.0.0.1:5000",
-	 * "inproc://users", "ipc:///tmp/users.sock", "tls+tcp://..."). Requests
-	 * spread over them; at least one. */
+	/* URLs of the server replicas: "tcp://127.0.0.1:5000",
+	 * "ipc:///tmp/users.sock", "abstract://users", "tls+tcp://..." (nng
+	 * streams), or "inproc://users" for a server of this process (no
+	 * socket: requests and replies are handed over between the runtimes'
+	 * threads). Each request goes to the ready replica with the fewest
+	 * requests outstanding; at least one. */
 	const char *const *urls;
 	size_t n_urls;
 	/* Most calls per request; a larger batch is split. Default: the
@@ -94,13 +99,19 @@ typedef struct asynq_rpc_channel_cfg {
 	 * only. */
 	const char *tls_ca_file;
 	const char *tls_server_name;
+	/* A call made when no connection is ready waits while a connection is
+	 * being set up; once every replica has failed its last attempt, calls
+	 * fail UNAVAILABLE at once (gRPC's default). With wait_for_ready they
+	 * wait for a connection until their deadline instead. */
+	bool wait_for_ready;
 } asynq_rpc_channel_cfg;
 
 /* asynq_rpc_channel_alloc opens a channel to a service: it dials the URLs
- * (connecting in the background; calls made before a connection is up wait
- * for it until their deadline). INVALID_ARGUMENT for a bad URL or settings.
- * The channel may be used from any thread; each scheduler thread batches its
- * own calls. Any thread. */
+ * (connecting in the background; calls made while the first attempt is in
+ * progress wait for it; see wait_for_ready). A lost connection is redialed
+ * at once, failed attempts back off (1 s, x1.6, jitter 0.2, at most 120 s).
+ * INVALID_ARGUMENT for a bad URL or settings. The channel may be used from
+ * any thread; each scheduler thread batches its own calls. Any thread. */
 asynq_status asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
     const asynq_rpc_service_desc *svc, const asynq_rpc_channel_cfg *cfg);
 
@@ -122,7 +133,7 @@ asynq_future *asynq_rpc_call(asynq_rpc_channel *ch,
 /* Counters of a channel, summed over threads. */
 typedef struct asynq_rpc_channel_stats {
 	uint64_t calls;    /* calls made */
-	uint64_t requests; /* nng requests sent */
+	uint64_t requests; /* requests sent (first transmissions) */
 	uint64_t failures; /* calls that ended with an error */
 	uint64_t resends;  /* requests resent after a lost connection */
 } asynq_rpc_channel_stats;
@@ -168,16 +179,17 @@ typedef struct asynq_rpc_handler {
  * request is answered RESOURCE_EXHAUSTED at once. */
 typedef struct asynq_rpc_server_cfg {
 	size_t max_msg_bytes;       /* request size; default 4 MiB. A request
-	                               more than 64 bytes over it is dropped
-	                               by nng (the connection is closed) */
+	                               more than 64 KiB over it closes the
+	                               connection */
 	size_t max_calls;           /* calls per request; default 10,000 */
 	size_t max_inflight_calls;  /* per worker; default 100,000 */
 	size_t max_connections;     /* open connections; default 1,024; a
 	                               connection over it is closed at once */
 	size_t decode_budget;       /* bytes a decode may allocate; default
 	                               8x max_msg_bytes */
-	size_t contexts_per_worker; /* concurrent requests received per worker;
-	                               default 8 */
+	size_t contexts_per_worker; /* unused (requests are no longer received
+	                               through a fixed number of contexts);
+	                               kept for source compatibility */
 	/* tls+tcp: PEM files of the server's certificate (chain) and private
 	 * key; both or neither. Used by tls+tcp:// listeners only. */
 	const char *tls_cert_file;
@@ -210,13 +222,17 @@ asynq_status asynq_rpc_server_add_service(asynq_rpc_server *s,
     const asynq_rpc_service_desc *svc, const asynq_rpc_handler *handlers,
     void *ctx);
 
-/* asynq_rpc_server_listen starts receiving on an nng URL (tcp://, ipc://,
- * inproc://, tls+tcp://). May be called for several URLs. UNAVAILABLE if the
- * address is in use, INVALID_ARGUMENT for a bad URL. */
+/* asynq_rpc_server_listen starts accepting connections on a URL (tcp://,
+ * ipc://, abstract://, tls+tcp://; inproc://NAME for channels of this
+ * process). May be called for several URLs. UNAVAILABLE if the address is
+ * in use, INVALID_ARGUMENT for a bad URL. */
 asynq_status asynq_rpc_server_listen(asynq_rpc_server *s, const char *url);
 
-/* asynq_rpc_server_close stops receiving, answers every request already
- * received, and closes the listeners. Blocks until done. Not from a worker. */
+/* asynq_rpc_server_close stops accepting, tells every client (GOAWAY) which
+ * of its requests it accepted, answers every one of them, refuses later ones
+ * with UNAVAILABLE (they did not run, so clients send them elsewhere), and
+ * closes the connections once the replies are sent. Blocks until done. Not
+ * from a worker. */
 void asynq_rpc_server_close(asynq_rpc_server *s);
 
 /* asynq_rpc_server_free closes the server if needed and frees it. */
