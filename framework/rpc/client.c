@@ -151,6 +151,7 @@ typedef struct call_rec {
 	int64_t deadline; /* monotonic ns */
 	asynqi_md_node *md;
 	bool idempotent;
+	bool answered; /* its result was set (reader, while handling) */
 } call_rec;
 
 struct sub_req {
@@ -896,22 +897,30 @@ drain_waiting(asynq_rpc_channel *ch, outbox *o)
 	}
 }
 
-/* The reply to q (claimed) arrived: sets its items. Reader thread. */
+/* The reply to q (claimed) arrived: sets its items from one pass over the
+ * reply's fields. Reader thread. */
 static void
 handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
-    size_t len, asynq_status rst, const char *rmsg, size_t rmsg_len)
+    size_t len)
 {
 	rpc_batch *b = q->b;
-	if (rst != ASYNQ_OK) {
-		char why[256];
-		snprintf(why, sizeof(why), "%.*s", (int)rmsg_len, rmsg);
-		sub_fail(ch, q, rst, rmsg_len != 0 ? why : asynq_strerror(rst));
-		return;
-	}
+	asynqi_sarena *arena = NULL;
 	asynqi_reader rd = { body, body + len };
 	asynqi_field f;
+	int32_t rstatus = 0;
+	const uint8_t *rmsg = NULL;
+	size_t rmsg_len = 0;
 	int rv;
 	while ((rv = asynqi_reader_next(&rd, &f)) > 0) {
+		if (f.num == 2 && f.wt == 0) {
+			rstatus = (int32_t)f.v;
+			continue;
+		}
+		if (f.num == 3 && f.wt == 2) {
+			rmsg = f.p;
+			rmsg_len = f.len;
+			continue;
+		}
 		if (f.num != 1 || f.wt != 2)
 			continue;
 		asynqi_reader rr = { f.p, f.p + f.len };
@@ -934,9 +943,11 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
 				payload_len = g.len;
 			}
 		}
-		if (rv2 < 0 || call_id < q->start || call_id >= q->start + q->n)
+		if (rv2 < 0 || call_id < q->start ||
+		    call_id >= q->start + q->n || b->recs[call_id].answered)
 			continue;
 		size_t i = (size_t)call_id;
+		b->recs[i].answered = true;
 		asynq_future *item = asynq_batch_item(&b->base, i);
 		if (status != 0) {
 			asynq_status cst = asynqi_rpc_status_from_wire(status);
@@ -952,24 +963,47 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
 				    memory_order_relaxed);
 			continue;
 		}
-		asynqi_budget_alloc ba;
-		asynqi_budget_alloc_init(&ba, 8 * ch->max_msg_bytes);
+		if (arena == NULL)
+			arena = asynqi_sarena_alloc(8 * ch->max_msg_bytes);
 		ProtobufCMessage *out = NULL;
 		const asynq_rpc_method_desc *md = b->recs[i].m;
-		if (asynqi_rpc_decode(md->output, payload, payload_len, &ba.pa,
-		        NULL, &out) != ASYNQ_OK) {
+		asynq_status dst = arena != NULL
+		    ? asynqi_sarena_decode(arena, md->output, payload,
+		          payload_len, &out)
+		    : ASYNQ_RESOURCE_EXHAUSTED;
+		if (dst != ASYNQ_OK && dst != ASYNQ_STATUS_COUNT) {
 			fail_item(b, i, ASYNQ_INTERNAL,
-			    "malformed response message");
+			    dst == ASYNQ_RESOURCE_EXHAUSTED
+			        ? "response message over the decode limits"
+			        : "malformed response message");
 			continue;
 		}
-		if (asynq_item_set_ptr(item, out, asynqi_rpc_free_msg) !=
-		    ASYNQ_OK)
-			asynqi_rpc_free_msg(out);
+		void (*free_fn)(void *) = dst == ASYNQ_OK
+		    ? asynqi_sarena_msg_free
+		    : asynqi_rpc_free_msg;
+		if (asynq_item_set_ptr(item, out, free_fn) != ASYNQ_OK)
+			free_fn(out);
 	}
-	/* Calls the reply left out (or a malformed reply). */
-	for (size_t i = q->start; i < q->start + q->n; i++)
-		fail_item(b, i, ASYNQ_INTERNAL,
-		    rv < 0 ? "malformed reply" : "the reply has no result");
+	asynqi_sarena_rele(arena);
+	/* Calls the reply left out: a request-level failure (over a limit,
+	 * malformed, refused) fails them with its status; else it is the
+	 * server's fault. */
+	asynq_status rst = asynqi_rpc_status_from_wire(rstatus);
+	char why[256];
+	if (rst != ASYNQ_OK)
+		snprintf(why, sizeof(why), "%.*s", (int)rmsg_len,
+		    rmsg != NULL ? (const char *)rmsg : "");
+	for (size_t i = q->start; i < q->start + q->n; i++) {
+		if (b->recs[i].answered)
+			continue;
+		if (rst != ASYNQ_OK)
+			fail_item(b, i, rst,
+			    rmsg_len != 0 ? why : asynq_strerror(rst));
+		else
+			fail_item(b, i, ASYNQ_INTERNAL,
+			    rv < 0 ? "malformed reply"
+			           : "the reply has no result");
+	}
 	sub_finished(ch, q);
 }
 
@@ -980,22 +1014,18 @@ on_reply(cli_conn *cc, const uint8_t *body, size_t len)
 	asynqi_reader rd = { body, body + len };
 	asynqi_field f;
 	uint64_t id = 0;
-	int32_t status = 0;
-	const uint8_t *msg = NULL;
-	size_t msg_len = 0;
-	int rv;
-	while ((rv = asynqi_reader_next(&rd, &f)) > 0) {
-		if (f.num == 4 && f.wt == 0)
-			id = f.v;
-		else if (f.num == 2 && f.wt == 0)
-			status = (int32_t)f.v;
-		else if (f.num == 3 && f.wt == 2) {
-			msg = f.p;
-			msg_len = f.len;
-		}
+	/* The server writes request_id first; any order is read. */
+	int rv = asynqi_reader_next(&rd, &f);
+	if (rv > 0 && f.num == 4 && f.wt == 0) {
+		id = f.v;
+	} else {
+		rd.p = body;
+		while ((rv = asynqi_reader_next(&rd, &f)) > 0)
+			if (f.num == 4 && f.wt == 0)
+				id = f.v;
+		if (rv < 0)
+			return; /* unmatchable; its calls time out */
 	}
-	if (rv < 0)
-		return; /* unmatchable; its calls time out */
 	pthread_mutex_lock(&ch->mu);
 	sub_req *q = pend_find(ch, id);
 	bool mine = q != NULL && q->state == SUB_SENT && q->cc == cc;
@@ -1004,8 +1034,7 @@ on_reply(cli_conn *cc, const uint8_t *body, size_t len)
 	pthread_mutex_unlock(&ch->mu);
 	if (!mine)
 		return; /* late (its deadline passed) or not ours */
-	handle_results(ch, q, body, len, asynqi_rpc_status_from_wire(status),
-	    (const char *)msg, msg_len);
+	handle_results(ch, q, body, len);
 }
 
 static void
@@ -1433,7 +1462,7 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		asynqi_buf_varint(buf, 1);
 	}
 	b->recs[b->n_recs++] = (call_rec){ m, off, buf->len - off, deadline,
-		asynqi_md_hold(md), m->idempotent };
+		asynqi_md_hold(md), m->idempotent, false };
 	if (buf->failed)
 		asynq_item_set_error(f,
 		    asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
@@ -1573,24 +1602,81 @@ random_u64(void)
 	return v != 0 ? v : 1;
 }
 
+/* TLS client configurations, one per (CA file, server name), kept for the
+ * life of the process: the shared nng dialers (conn.c) hold them. */
+typedef struct tls_ent tls_ent;
+struct tls_ent {
+	char *ca, *name;
+	nng_tls_config *cfg;
+	tls_ent *next;
+};
+static pthread_mutex_t tls_mu = PTHREAD_MUTEX_INITIALIZER;
+static tls_ent *tls_head;
+
+static bool
+str_eq(const char *a, const char *b)
+{
+	return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static asynq_status tls_client_make(nng_tls_config **tp,
+    const asynq_rpc_channel_cfg *cfg);
+
 static asynq_status
 tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
 {
-	int rv;
-	if ((rv = nng_tls_config_alloc(&ch->tls, NNG_TLS_MODE_CLIENT)) != 0) {
-		ch->tls = NULL;
-		return asynqi_rpc_status_from_nng(rv);
+	asynq_status st = ASYNQ_OK;
+	pthread_mutex_lock(&tls_mu);
+	tls_ent *e = tls_head;
+	while (e != NULL &&
+	    (!str_eq(e->ca, cfg->tls_ca_file) ||
+	        !str_eq(e->name, cfg->tls_server_name)))
+		e = e->next;
+	if (e == NULL) {
+		nng_tls_config *t = NULL;
+		st = tls_client_make(&t, cfg);
+		e = st == ASYNQ_OK ? calloc(1, sizeof(*e)) : NULL;
+		if (st == ASYNQ_OK && e == NULL)
+			st = ASYNQ_RESOURCE_EXHAUSTED;
+		if (e != NULL) {
+			e->ca = cfg->tls_ca_file != NULL
+			    ? strdup(cfg->tls_ca_file)
+			    : NULL;
+			e->name = cfg->tls_server_name != NULL
+			    ? strdup(cfg->tls_server_name)
+			    : NULL;
+			e->cfg = t;
+			e->next = tls_head;
+			tls_head = e;
+		} else if (t != NULL) {
+			nng_tls_config_free(t);
+		}
 	}
-	if ((rv = nng_tls_config_auth_mode(ch->tls,
-	         NNG_TLS_AUTH_MODE_REQUIRED)) != 0 ||
+	if (e != NULL)
+		ch->tls = e->cfg;
+	pthread_mutex_unlock(&tls_mu);
+	return st;
+}
+
+static asynq_status
+tls_client_make(nng_tls_config **tp, const asynq_rpc_channel_cfg *cfg)
+{
+	nng_tls_config *t;
+	int rv;
+	if ((rv = nng_tls_config_alloc(&t, NNG_TLS_MODE_CLIENT)) != 0)
+		return asynqi_rpc_status_from_nng(rv);
+	if ((rv = nng_tls_config_auth_mode(t, NNG_TLS_AUTH_MODE_REQUIRED)) !=
+	        0 ||
 	    (cfg->tls_ca_file != NULL &&
-	        (rv = nng_tls_config_ca_file(ch->tls, cfg->tls_ca_file)) !=
-	            0) ||
+	        (rv = nng_tls_config_ca_file(t, cfg->tls_ca_file)) != 0) ||
 	    (cfg->tls_server_name != NULL &&
-	        (rv = nng_tls_config_server_name(ch->tls,
-	             cfg->tls_server_name)) != 0))
+	        (rv = nng_tls_config_server_name(t, cfg->tls_server_name)) !=
+	            0)) {
+		nng_tls_config_free(t);
 		return rv == NNG_ENOMEM ? ASYNQ_RESOURCE_EXHAUSTED
 		                        : ASYNQ_INVALID_ARGUMENT;
+	}
+	*tp = t;
 	return ASYNQ_OK;
 }
 
@@ -1679,8 +1765,6 @@ fail_reps:
 	}
 	free(ch->reps);
 fail_tls:
-	if (ch->tls != NULL)
-		nng_tls_config_free(ch->tls);
 	pthread_cond_destroy(&ch->cv);
 fail_cv:
 	pthread_mutex_destroy(&ch->mu);
@@ -1763,8 +1847,6 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 	free(ch->reps);
 	free(ch->pend);
 	asynqi_buf_fini(&ch->table);
-	if (ch->tls != NULL)
-		nng_tls_config_free(ch->tls);
 	pthread_cond_destroy(&ch->cv);
 	pthread_mutex_destroy(&ch->mu);
 	free(ch);

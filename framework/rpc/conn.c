@@ -179,9 +179,13 @@ asynqi_conn_alloc_stream(asynqi_conn **cp, nng_stream *st,
 	bool nodelay;
 	int pid;
 	bool tls = nng_stream_get_bool(st, NNG_OPT_TLS_VERIFIED, &nodelay) == 0;
+	bool tcp = nng_stream_get_bool(st, NNG_OPT_TCP_NODELAY, &nodelay) == 0;
 	c->fast_tx = !tls &&
-	    (nng_stream_get_bool(st, NNG_OPT_TCP_NODELAY, &nodelay) == 0 ||
-	        nng_stream_get_int(st, NNG_OPT_IPC_PEER_PID, &pid) == 0);
+	    (tcp || nng_stream_get_int(st, NNG_OPT_IPC_PEER_PID, &pid) == 0);
+	/* Frames are written whole: Nagle's algorithm would only hold a reply
+	 * back for the peer's delayed ACK. */
+	if (tcp)
+		(void)nng_stream_set_bool(st, NNG_OPT_TCP_NODELAY, true);
 	c->st = st;
 	c->ops = ops;
 	c->arg = arg;
@@ -335,8 +339,13 @@ asynqi_conn_close(asynqi_conn *c)
 	}
 	bool fin = finish_claim(c);
 	pthread_mutex_unlock(&c->mu);
-	if (was_open)
+	if (was_open) {
 		nng_stream_close(c->st); /* completes the aios in flight */
+		/* nng's TLS stream keeps a send queued behind a handshake that
+		 * never finished, even when closed: cancel it too. */
+		nng_aio_cancel(c->txs);
+		nng_aio_cancel(c->rx);
+	}
 	if (fin)
 		finish(c);
 }
@@ -994,6 +1003,62 @@ asynqi_listener_close(asynqi_listener *l)
 
 /* ---- Dialers ------------------------------------------------------------- */
 
+/* nng stream dialers are kept for the life of the process, one per URL and
+ * TLS configuration, and shared by every dialer of ours for them. nng frees
+ * a stream dialer on its reaper thread when the last of its connections
+ * goes, through reference counts ThreadSanitizer cannot follow; one that is
+ * never freed keeps every TSan run meaningful, and costs a few hundred bytes
+ * per distinct address. */
+typedef struct nng_dialer_ent nng_dialer_ent;
+struct nng_dialer_ent {
+	char *url;
+	void *tls;
+	nng_stream_dialer *d;
+	nng_dialer_ent *next;
+};
+
+static pthread_mutex_t nd_mu = PTHREAD_MUTEX_INITIALIZER;
+static nng_dialer_ent *nd_head;
+
+static int
+shared_dialer(const char *url, void *tls, nng_stream_dialer **dp)
+{
+	int rv = 0;
+	pthread_mutex_lock(&nd_mu);
+	nng_dialer_ent *e = nd_head;
+	while (e != NULL && (strcmp(e->url, url) != 0 || e->tls != tls))
+		e = e->next;
+	if (e == NULL) {
+		nng_stream_dialer *d = NULL;
+		rv = nng_stream_dialer_alloc(&d, url);
+		if (rv == 0 && strncmp(url, "tls+", 4) == 0 && tls != NULL)
+			rv = nng_stream_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG,
+			    tls);
+		e = rv == 0 ? calloc(1, sizeof(*e)) : NULL;
+		if (e != NULL)
+			e->url = strdup(url);
+		if (rv == 0 && (e == NULL || e->url == NULL)) {
+			rv = NNG_ENOMEM;
+			if (e != NULL)
+				free(e);
+			e = NULL;
+		}
+		if (rv != 0) {
+			if (d != NULL)
+				nng_stream_dialer_free(d);
+		} else {
+			e->tls = tls;
+			e->d = d;
+			e->next = nd_head;
+			nd_head = e;
+		}
+	}
+	if (e != NULL)
+		*dp = e->d;
+	pthread_mutex_unlock(&nd_mu);
+	return rv;
+}
+
 struct asynqi_dialer {
 	char *name;           /* inproc name, or NULL */
 	nng_stream_dialer *d; /* or NULL */
@@ -1021,7 +1086,6 @@ dial_cb(void *arg)
 		d->connect(d->arg, NULL, NNG_ENOMEM);
 		return;
 	}
-	(void)nng_stream_set_bool(st, NNG_OPT_TCP_NODELAY, true);
 	d->connect(d->arg, c, 0);
 }
 
@@ -1093,10 +1157,7 @@ asynqi_dialer_open(asynqi_dialer **dp, const char *url, void *tls,
 		d->name = strdup(url + 9);
 		rv = d->name != NULL ? 0 : NNG_ENOMEM;
 	} else {
-		rv = nng_stream_dialer_alloc(&d->d, url);
-		if (rv == 0 && strncmp(url, "tls+", 4) == 0 && tls != NULL)
-			rv = nng_stream_dialer_set_ptr(d->d, NNG_OPT_TLS_CONFIG,
-			    tls);
+		rv = shared_dialer(url, tls, &d->d);
 	}
 	if (rv == 0)
 		rv = nng_aio_alloc(&d->timer, timer_cb, d);
@@ -1104,8 +1165,6 @@ asynqi_dialer_open(asynqi_dialer **dp, const char *url, void *tls,
 		rv = nng_aio_alloc(&d->dial, dial_cb, d);
 	if (rv != 0) {
 		nng_aio_free(d->timer);
-		if (d->d != NULL)
-			nng_stream_dialer_free(d->d);
 		free(d->name);
 		pthread_mutex_destroy(&d->mu);
 		free(d);
@@ -1143,14 +1202,11 @@ asynqi_dialer_close(asynqi_dialer *d)
 {
 	if (d == NULL)
 		return;
+	/* Stops our attempt; the shared nng dialer stays (see above). */
 	nng_aio_stop(d->timer);
 	nng_aio_stop(d->dial);
-	if (d->d != NULL)
-		nng_stream_dialer_close(d->d);
 	nng_aio_free(d->timer);
 	nng_aio_free(d->dial);
-	if (d->d != NULL)
-		nng_stream_dialer_free(d->d);
 	free(d->name);
 	pthread_mutex_destroy(&d->mu);
 	free(d);

@@ -81,8 +81,27 @@ asynqi_arena_fini(asynqi_arena *a)
 	a->used = 0;
 }
 
+static void *arena_alloc_raw(asynqi_arena *a, size_t size);
+
 void *
 asynqi_arena_alloc(asynqi_arena *a, size_t size)
+{
+	if (a->tag == NULL)
+		return arena_alloc_raw(a, size);
+	/* 16 bytes in front for the owner, keeping the 16-alignment. */
+	if (size > SIZE_MAX - 16)
+		return NULL;
+	void **p = arena_alloc_raw(a, size + 16);
+	if (p == NULL)
+		return NULL;
+	p[0] = a->tag;
+	a->tag = NULL;
+	a->tagged = (char *)p + 16;
+	return a->tagged;
+}
+
+static void *
+arena_alloc_raw(asynqi_arena *a, size_t size)
 {
 	if (size >
 	    a->budget) { /* also keeps the rounding below from wrapping */
@@ -123,6 +142,64 @@ asynqi_arena_alloc(asynqi_arena *a, size_t size)
 	c->off += size;
 	a->used += size;
 	return p;
+}
+
+/* ---- Shared arenas ----------------------------------------------------- */
+
+asynqi_sarena *
+asynqi_sarena_alloc(size_t budget)
+{
+	asynqi_sarena *s = malloc(sizeof(*s));
+	if (s == NULL)
+		return NULL;
+	asynqi_arena_init(&s->a, budget);
+	atomic_init(&s->refs, 1);
+	return s;
+}
+
+void
+asynqi_sarena_rele(asynqi_sarena *s)
+{
+	if (s != NULL && atomic_fetch_sub(&s->refs, 1) == 1) {
+		asynqi_arena_fini(&s->a);
+		free(s);
+	}
+}
+
+asynq_status
+asynqi_sarena_decode(asynqi_sarena *s, const ProtobufCMessageDescriptor *desc,
+    const uint8_t *data, size_t len, ProtobufCMessage **out)
+{
+	/* protobuf-c allocates the message itself first; it gets the header.
+	 * Should it not, the message is decoded again with malloc. */
+	s->a.tag = s;
+	s->a.tagged = NULL;
+	ProtobufCMessage *m = NULL;
+	asynq_status st =
+	    asynqi_rpc_decode(desc, data, len, &s->a.pa, &s->a, &m);
+	void *tagged = s->a.tagged;
+	s->a.tag = NULL;
+	if (st != ASYNQ_OK)
+		return st;
+	if ((void *)m != tagged) {
+		asynqi_budget_alloc ba;
+		asynqi_budget_alloc_init(&ba, s->a.budget);
+		st = asynqi_rpc_decode(desc, data, len, &ba.pa, NULL, &m);
+		if (st != ASYNQ_OK)
+			return st;
+		*out = m;
+		return ASYNQ_STATUS_COUNT; /* freed with asynqi_rpc_free_msg */
+	}
+	atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+	*out = m;
+	return ASYNQ_OK;
+}
+
+void
+asynqi_sarena_msg_free(void *m)
+{
+	if (m != NULL)
+		asynqi_sarena_rele(*(asynqi_sarena **)((char *)m - 16));
 }
 
 /* ---- Counting malloc allocator ---------------------------------------- */
@@ -247,13 +324,24 @@ asynqi_rpc_check_depth(const ProtobufCMessageDescriptor *desc,
 	return ASYNQ_OK;
 }
 
+/* A message with no message-typed field cannot nest. */
+static bool
+is_flat(const ProtobufCMessageDescriptor *desc)
+{
+	for (unsigned i = 0; i < desc->n_fields; i++)
+		if (desc->fields[i].type == PROTOBUF_C_TYPE_MESSAGE)
+			return false;
+	return true;
+}
+
 asynq_status
 asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
     size_t len, ProtobufCAllocator *pa, asynqi_arena *arena,
     ProtobufCMessage **out)
 {
-	asynq_status st =
-	    asynqi_rpc_check_depth(desc, data, len, ASYNQI_RPC_MAX_DEPTH);
+	asynq_status st = is_flat(desc)
+	    ? ASYNQ_OK
+	    : asynqi_rpc_check_depth(desc, data, len, ASYNQI_RPC_MAX_DEPTH);
 	if (st != ASYNQ_OK)
 		return st;
 	ProtobufCMessage *m = protobuf_c_message_unpack(desc, pa, len, data);

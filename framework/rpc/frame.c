@@ -17,7 +17,7 @@
 #include "frame.h"
 
 uint8_t *
-asynqi_buf_reserve(asynqi_buf *b, size_t n)
+asynqi_buf_grow(asynqi_buf *b, size_t n)
 {
 	if (b->failed)
 		return NULL;
@@ -59,38 +59,6 @@ asynqi_buf_put(asynqi_buf *b, const void *p, size_t n)
 	b->len += n;
 }
 
-size_t
-asynqi_varint_len(uint64_t v)
-{
-	size_t n = 1;
-	while (v >= 0x80) {
-		v >>= 7;
-		n++;
-	}
-	return n;
-}
-
-void
-asynqi_buf_varint(asynqi_buf *b, uint64_t v)
-{
-	uint8_t *d = asynqi_buf_reserve(b, 10);
-	if (d == NULL)
-		return;
-	size_t n = 0;
-	while (v >= 0x80) {
-		d[n++] = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	d[n++] = (uint8_t)v;
-	b->len += n;
-}
-
-void
-asynqi_buf_tag(asynqi_buf *b, uint32_t field, unsigned wt)
-{
-	asynqi_buf_varint(b, ((uint64_t)field << 3) | wt);
-}
-
 void
 asynqi_buf_bytes(asynqi_buf *b, uint32_t field, const void *p, size_t n)
 {
@@ -127,7 +95,7 @@ get_varint(asynqi_reader *r, uint64_t *v)
 }
 
 int
-asynqi_reader_next(asynqi_reader *r, asynqi_field *f)
+asynqi_reader_slow(asynqi_reader *r, asynqi_field *f)
 {
 	if (r->p >= r->end)
 		return 0;
@@ -181,4 +149,207 @@ asynqi_request_scan_id(const uint8_t *p, size_t len)
 		if (f.num == 4 && f.wt == 0)
 			id = f.v;
 	return rv < 0 ? 0 : id;
+}
+
+/* ---- Parsing a Request ------------------------------------------------- */
+
+/* The wire type each known field must have (protobuf-c rejects others). */
+static bool
+request_field_ok(const asynqi_field *f)
+{
+	switch (f->num) {
+	case 1:
+	case 3:
+	case 7:
+		return f->wt == 2;
+	case 5:
+		return f->wt == 1;
+	case 2:
+	case 4:
+	case 6:
+	case 8:
+		return f->wt == 0;
+	default:
+		return true; /* unknown: skipped */
+	}
+}
+
+static bool
+call_field_ok(const asynqi_field *f)
+{
+	switch (f->num) {
+	case 1:
+	case 3:
+	case 4:
+		return f->wt == 2;
+	case 2:
+	case 5:
+	case 6:
+		return f->wt == 0;
+	default:
+		return true;
+	}
+}
+
+asynq_status
+asynqi_request_count(const uint8_t *p, size_t len, size_t *n_calls)
+{
+	asynqi_reader r = { p, p + len };
+	asynqi_field f;
+	size_t n = 0;
+	int rv;
+	while ((rv = asynqi_reader_next(&r, &f)) > 0) {
+		if (!request_field_ok(&f))
+			return ASYNQ_INVALID_ARGUMENT;
+		if (f.num == 1)
+			n++;
+	}
+	*n_calls = n;
+	return rv < 0 ? ASYNQ_INVALID_ARGUMENT : ASYNQ_OK;
+}
+
+/* Parses one Metadata message. */
+static bool
+md_parse(const uint8_t *p, size_t len, asynqi_md_ref *m)
+{
+	asynqi_reader r = { p, p + len };
+	asynqi_field f;
+	int rv;
+	m->key = (const uint8_t *)"";
+	m->klen = 0;
+	m->val = NULL;
+	m->vlen = 0;
+	while ((rv = asynqi_reader_next(&r, &f)) > 0) {
+		if ((f.num == 1 || f.num == 2) && f.wt != 2)
+			return false;
+		if (f.num == 1) {
+			m->key = f.p;
+			m->klen = f.len;
+		} else if (f.num == 2) {
+			m->val = f.p;
+			m->vlen = f.len;
+		}
+	}
+	return rv == 0;
+}
+
+/* Counts the Metadata fields `field` of a message's bytes. */
+static size_t
+md_count(const uint8_t *p, size_t len, uint32_t field)
+{
+	asynqi_reader r = { p, p + len };
+	asynqi_field f;
+	size_t n = 0;
+	while (asynqi_reader_next(&r, &f) > 0)
+		if (f.num == field && f.wt == 2)
+			n++;
+	return n;
+}
+
+static asynq_status
+call_parse(const uint8_t *p, size_t len, void *(*alloc)(void *, size_t),
+    void *ctx, asynqi_call_ref *c)
+{
+	memset(c, 0, sizeof(*c));
+	/* Metadata entries are counted first only when there are any: one
+	 * pass for the common call without. */
+	size_t n_md = 0;
+	asynqi_reader r = { p, p + len };
+	asynqi_field f;
+	int rv;
+	while ((rv = asynqi_reader_next(&r, &f)) > 0) {
+		if (!call_field_ok(&f))
+			return ASYNQ_INVALID_ARGUMENT;
+		switch (f.num) {
+		case 1:
+			c->method = f.p;
+			c->method_len = f.len;
+			break;
+		case 2:
+			c->call_id = f.v;
+			break;
+		case 3:
+			c->payload = f.p;
+			c->payload_len = f.len;
+			break;
+		case 4:
+			if (c->md == NULL) {
+				n_md = md_count(p, len, 4);
+				c->md = alloc(ctx, n_md * sizeof(*c->md));
+				if (c->md == NULL)
+					return ASYNQ_RESOURCE_EXHAUSTED;
+			}
+			if (c->n_md >= n_md ||
+			    !md_parse(f.p, f.len, &c->md[c->n_md++]))
+				return ASYNQ_INVALID_ARGUMENT;
+			break;
+		case 5:
+			c->method_id = (uint32_t)f.v;
+			break;
+		case 6:
+			c->own_metadata = f.v != 0;
+			break;
+		default:
+			break;
+		}
+	}
+	if (c->method != NULL && c->method_len == 0)
+		c->method = NULL; /* proto3: an empty string is absent */
+	return rv < 0 ? ASYNQ_INVALID_ARGUMENT : ASYNQ_OK;
+}
+
+asynq_status
+asynqi_request_parse(const uint8_t *p, size_t len,
+    void *(*alloc)(void *ctx, size_t bytes), void *ctx, asynqi_request_ref *out)
+{
+	memset(out, 0, sizeof(*out));
+	size_t n_calls;
+	asynq_status st = asynqi_request_count(p, len, &n_calls);
+	if (st != ASYNQ_OK)
+		return st;
+	size_t n_md = md_count(p, len, 3);
+	if (n_calls > 0) {
+		out->calls = alloc(ctx, n_calls * sizeof(*out->calls));
+		if (out->calls == NULL)
+			return ASYNQ_RESOURCE_EXHAUSTED;
+	}
+	if (n_md > 0) {
+		out->md = alloc(ctx, n_md * sizeof(*out->md));
+		if (out->md == NULL)
+			return ASYNQ_RESOURCE_EXHAUSTED;
+	}
+	asynqi_reader r = { p, p + len };
+	asynqi_field f;
+	while (asynqi_reader_next(&r, &f) > 0) {
+		switch (f.num) {
+		case 1:
+			st = call_parse(f.p, f.len, alloc, ctx,
+			    &out->calls[out->n_calls++]);
+			if (st != ASYNQ_OK)
+				return st;
+			break;
+		case 2:
+			out->deadline_unix_ns = (int64_t)f.v;
+			break;
+		case 3:
+			if (!md_parse(f.p, f.len, &out->md[out->n_md++]))
+				return ASYNQ_INVALID_ARGUMENT;
+			break;
+		case 4:
+			out->request_id = f.v;
+			break;
+		case 5:
+			out->client_id = f.v;
+			break;
+		case 6:
+			out->attempt = (uint32_t)f.v;
+			break;
+		case 8:
+			out->timeout_us = f.v;
+			break;
+		default:
+			break;
+		}
+	}
+	return ASYNQ_OK;
 }

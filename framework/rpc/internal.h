@@ -35,7 +35,37 @@ typedef struct asynqi_arena {
 	size_t budget;  /* bytes the arena may hand out */
 	size_t used;    /* bytes handed out so far */
 	bool exhausted; /* an allocation hit the budget */
+	/* Set: the next allocation gets a header holding this pointer (see
+	 * asynqi_sarena); `tagged` is what that allocation returned. */
+	void *tag;
+	void *tagged;
 } asynqi_arena;
+
+/* A reference-counted arena for the messages of one reply: each message
+ * decoded into it holds a reference, dropped by asynqi_sarena_msg_free, so
+ * a batch's results cost no malloc each and go when the last is freed. */
+typedef struct asynqi_sarena {
+	asynqi_arena a;
+	atomic_long refs;
+} asynqi_sarena;
+
+/* asynqi_sarena_alloc makes one (one reference, the caller's); NULL
+ * without memory. */
+asynqi_sarena *asynqi_sarena_alloc(size_t budget);
+
+/* asynqi_sarena_rele drops a reference. Any thread. */
+void asynqi_sarena_rele(asynqi_sarena *s);
+
+/* asynqi_sarena_decode decodes a desc message into s; on success the
+ * message holds a reference on s and is freed with asynqi_sarena_msg_free.
+ * Errors as asynqi_rpc_decode. Not on a coroutine stack. */
+asynq_status asynqi_sarena_decode(asynqi_sarena *s,
+    const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+    ProtobufCMessage **out);
+
+/* asynqi_sarena_msg_free frees a message of asynqi_sarena_decode (an item's
+ * free function). Any thread. */
+void asynqi_sarena_msg_free(void *m);
 
 /* asynqi_arena_init prepares an arena that may hand out `budget` bytes. */
 void asynqi_arena_init(asynqi_arena *a, size_t budget);

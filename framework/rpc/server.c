@@ -89,7 +89,7 @@ typedef struct srv_writer srv_writer;
 /* One call of a request and its result. */
 typedef struct srv_call {
 	const srv_method *sm; /* NULL when the result is already set */
-	const Asynq__Rpc__Call *wire;
+	const asynqi_call_ref *wire;
 	ProtobufCMessage *in; /* decoded request message, in the arena */
 	uint64_t call_id;
 	bool answered;
@@ -108,7 +108,7 @@ struct srv_req {
 	srv_conn *sc; /* holds a reference */
 	asynq_post post;
 	asynqi_arena arena;
-	Asynq__Rpc__Request *msg;
+	asynqi_request_ref rq; /* points into a copy of the body, in arena */
 	uint64_t request_id;
 	int64_t deadline; /* CLOCK_REALTIME ns, 0 for none */
 	srv_call *calls;
@@ -187,16 +187,15 @@ static const asynq_scoped srv_req_key = ASYNQ_SCOPED_INIT("asynq.rpc.req", 0);
 /* ---- Metadata ------------------------------------------------------------ */
 
 static const void *
-md_find(Asynq__Rpc__Metadata *const *mds, size_t n, const char *key,
-    size_t *len)
+md_find(const asynqi_md_ref *mds, size_t n, const char *key, size_t *len)
 {
+	size_t klen = strlen(key);
 	for (size_t i = 0; i < n; i++) {
-		if (strcmp(mds[i]->key, key) == 0) {
+		if (mds[i].klen == klen && memcmp(mds[i].key, key, klen) == 0) {
 			if (len != NULL)
-				*len = mds[i]->value.len;
-			return mds[i]->value.data != NULL
-			    ? (const void *)mds[i]->value.data
-			    : (const void *)"";
+				*len = mds[i].vlen;
+			return mds[i].val != NULL ? (const void *)mds[i].val
+			                          : (const void *)"";
 		}
 	}
 	return NULL;
@@ -210,12 +209,12 @@ asynq_rpc_metadata_get(const char *key, size_t *len)
 		return NULL;
 	const srv_req *r = k->r;
 	if (k->sm->h.unary != NULL) {
-		const Asynq__Rpc__Call *w = r->calls[k->idx[0]].wire;
-		const void *v = md_find(w->metadata, w->n_metadata, key, len);
+		const asynqi_call_ref *w = r->calls[k->idx[0]].wire;
+		const void *v = md_find(w->md, w->n_md, key, len);
 		if (v != NULL || w->own_metadata)
 			return v;
 	}
-	return md_find(r->msg->metadata, r->msg->n_metadata, key, len);
+	return md_find(r->rq.md, r->rq.n_md, key, len);
 }
 
 /* ---- Connections --------------------------------------------------------- */
@@ -224,6 +223,18 @@ static void
 sc_hold(srv_conn *sc)
 {
 	atomic_fetch_add_explicit(&sc->refs, 1, memory_order_relaxed);
+}
+
+/* Holds sc unless its last reference is already gone (it is being freed
+ * and only waits for s->mu to leave the server's list). Under s->mu. */
+static bool
+sc_tryhold(srv_conn *sc)
+{
+	long r = atomic_load(&sc->refs);
+	while (r > 0)
+		if (atomic_compare_exchange_weak(&sc->refs, &r, r + 1))
+			return true;
+	return false;
 }
 
 static void
@@ -313,11 +324,11 @@ sc_status(srv_conn *sc, asynq_status st, const char *message,
 {
 	asynqi_buf b;
 	buf_frame_start(&b);
+	asynqi_buf_tag(&b, 4, 0);
+	asynqi_buf_varint(&b, request_id);
 	asynqi_buf_tag(&b, 2, 0);
 	asynqi_buf_varint(&b, (uint64_t)st);
 	asynqi_buf_bytes(&b, 3, message, strlen(message));
-	asynqi_buf_tag(&b, 4, 0);
-	asynqi_buf_varint(&b, request_id);
 	sc_queue_frame(sc, ASYNQI_FRAME_REPLY, &b);
 }
 
@@ -494,8 +505,6 @@ req_finish(srv_req *r)
 		if (!r->calls[i].answered)
 			result_put(r, &r->calls[i], ASYNQ_INTERNAL,
 			    "the handler left the call unanswered", NULL);
-	asynqi_buf_tag(&r->out, 4, 0);
-	asynqi_buf_varint(&r->out, r->request_id);
 	asynqi_buf out = r->out;
 	memset(&r->out, 0, sizeof(r->out));
 	asynqi_dd_entry *dd = r->dd;
@@ -504,11 +513,11 @@ req_finish(srv_req *r)
 	if (out.failed) {
 		asynqi_buf_fini(&out);
 		buf_frame_start(&out);
+		asynqi_buf_tag(&out, 4, 0);
+		asynqi_buf_varint(&out, request_id);
 		asynqi_buf_tag(&out, 2, 0);
 		asynqi_buf_varint(&out, ASYNQ_RESOURCE_EXHAUSTED);
 		asynqi_buf_bytes(&out, 3, "server out of memory", 20);
-		asynqi_buf_tag(&out, 4, 0);
-		asynqi_buf_varint(&out, request_id);
 	}
 	if (dd != NULL) {
 		dd_answer a = { out.p + ASYNQI_FRAME_HDR,
@@ -709,12 +718,26 @@ req_run(asynq_post *p)
 }
 
 static const srv_method *
+method_find_n(const asynq_rpc_server *s, const char *name, size_t len)
+{
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const char *fn = s->methods[i].m->full_name;
+		if (strncmp(fn, name, len) == 0 && fn[len] == '\0')
+			return &s->methods[i];
+	}
+	return NULL;
+}
+
+static const srv_method *
 method_find(const asynq_rpc_server *s, const char *name)
 {
-	for (size_t i = 0; i < s->n_methods; i++)
-		if (strcmp(s->methods[i].m->full_name, name) == 0)
-			return &s->methods[i];
-	return NULL;
+	return method_find_n(s, name, strlen(name));
+}
+
+static void *
+arena_cb(void *ctx, size_t n)
+{
+	return asynqi_arena_alloc(ctx, n);
 }
 
 /* Reader: a METHODS frame; false when it is malformed or too large (the
@@ -773,9 +796,26 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 		return;
 	}
 	asynqi_arena_init(&r->arena, s->cfg.decode_budget);
-	ProtobufCMessage *m = NULL;
-	asynq_status st = asynqi_rpc_decode(&asynq__rpc__request__descriptor,
-	    body, len, &r->arena.pa, &r->arena, &m);
+	/* The body is copied: the read buffer is reused after this frame. */
+	uint8_t *copy = asynqi_arena_alloc(&r->arena, len);
+	size_t n_calls = 0;
+	asynq_status st = copy == NULL
+	    ? ASYNQ_RESOURCE_EXHAUSTED
+	    : asynqi_request_count(body, len, &n_calls);
+	if (st == ASYNQ_OK && n_calls > s->cfg.max_calls) {
+		atomic_fetch_add(&s->rejected, 1);
+		snprintf(why, sizeof(why), "request has %zu calls; limit %zu",
+		    n_calls, s->cfg.max_calls);
+		req_free(r);
+		sc_status(sc, ASYNQ_RESOURCE_EXHAUSTED, why,
+		    asynqi_request_scan_id(body, len));
+		return;
+	}
+	if (st == ASYNQ_OK) {
+		memcpy(copy, body, len);
+		st = asynqi_request_parse(copy, len, arena_cb, &r->arena,
+		    &r->rq);
+	}
 	if (st != ASYNQ_OK) {
 		if (st == ASYNQ_RESOURCE_EXHAUSTED)
 			atomic_fetch_add(&s->rejected, 1);
@@ -791,8 +831,7 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 		    asynqi_request_scan_id(body, len));
 		return;
 	}
-	r->msg = (Asynq__Rpc__Request *)m;
-	r->request_id = r->msg->request_id;
+	r->request_id = r->rq.request_id;
 	uint64_t id = r->request_id;
 	pthread_mutex_lock(&sc->mu);
 	bool refused = sc->goaway;
@@ -805,28 +844,24 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 		    "server is closing; the request did not run", id);
 		return;
 	}
-	if (r->msg->n_calls > s->cfg.max_calls) {
-		atomic_fetch_add(&s->rejected, 1);
-		snprintf(why, sizeof(why), "request has %zu calls; limit %zu",
-		    r->msg->n_calls, s->cfg.max_calls);
-		req_free(r);
-		sc_status(sc, ASYNQ_RESOURCE_EXHAUSTED, why, id);
-		return;
-	}
-	if (r->msg->timeout_us != 0) {
-		uint64_t us = r->msg->timeout_us;
+	if (r->rq.timeout_us != 0) {
+		uint64_t us = r->rq.timeout_us;
 		if (us > (uint64_t)INT64_MAX / 2000)
 			us = (uint64_t)INT64_MAX / 2000;
 		r->deadline = asynqi_realtime_ns() + (int64_t)us * 1000;
 	} else {
-		r->deadline = r->msg->deadline_unix_ns;
+		r->deadline = r->rq.deadline_unix_ns;
 	}
-	r->n = r->msg->n_calls;
+	r->n = r->rq.n_calls;
 	size_t n1 = r->n != 0 ? r->n : 1;
 	r->calls = calloc(n1, sizeof(*r->calls));
 	r->tasks = calloc(n1, sizeof(*r->tasks));
 	r->idx = calloc(n1, sizeof(*r->idx));
 	buf_frame_start(&r->out);
+	/* The reply names its request first, so a client matches it before
+	 * reading its results. */
+	asynqi_buf_tag(&r->out, 4, 0);
+	asynqi_buf_varint(&r->out, r->request_id);
 	if (r->calls == NULL || r->tasks == NULL || r->idx == NULL ||
 	    r->out.failed) {
 		req_free(r);
@@ -836,7 +871,7 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 	}
 	bool track = false;
 	for (size_t i = 0; i < r->n; i++) {
-		const Asynq__Rpc__Call *call = r->msg->calls[i];
+		const asynqi_call_ref *call = &r->rq.calls[i];
 		srv_call *k = &r->calls[i];
 		k->call_id = call->call_id;
 		k->wire = call;
@@ -862,15 +897,24 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 				continue;
 			}
 		} else {
-			k->sm = method_find(s, call->method);
+			k->sm = call->method != NULL
+			    ? method_find_n(s, (const char *)call->method,
+			          call->method_len)
+			    : NULL;
 			if (k->sm == NULL) {
+				char name[200];
+				snprintf(name, sizeof(name), "%.*s",
+				    (int)call->method_len,
+				    call->method != NULL
+				        ? (const char *)call->method
+				        : "");
 				call_fail(r, k, ASYNQ_UNIMPLEMENTED,
-				    "unknown method %s", call->method);
+				    "unknown method %s", name);
 				continue;
 			}
 		}
-		st = asynqi_rpc_decode(k->sm->m->input, call->payload.data,
-		    call->payload.len, &r->arena.pa, &r->arena, &k->in);
+		st = asynqi_rpc_decode(k->sm->m->input, call->payload,
+		    call->payload_len, &r->arena.pa, &r->arena, &k->in);
 		if (st != ASYNQ_OK) {
 			call_fail(r, k, st,
 			    st == ASYNQ_RESOURCE_EXHAUSTED
@@ -882,12 +926,12 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 		if (!k->sm->m->idempotent)
 			track = true;
 	}
-	if (track && r->msg->client_id != 0) {
+	if (track && r->rq.client_id != 0) {
 		uint8_t *stored = NULL;
 		size_t slen = 0;
 		sc_hold(sc); /* the waiter's, if parked */
-		int what = asynqi_dedup_check(s->dd, r->msg->client_id, id,
-		    r->msg->attempt > 0, sc, &r->dd, &stored, &slen);
+		int what = asynqi_dedup_check(s->dd, r->rq.client_id, id,
+		    r->rq.attempt > 0, sc, &r->dd, &stored, &slen);
 		if (what != ASYNQI_DD_PARKED)
 			sc_rele(sc);
 		if (what != ASYNQI_DD_RUN)
@@ -1341,10 +1385,9 @@ asynq_rpc_server_close(asynq_rpc_server *s)
 	size_t n = s->n_conns, k = 0;
 	srv_conn **all = calloc(n != 0 ? n : 1, sizeof(*all));
 	for (srv_conn *sc = s->conns; sc != NULL && all != NULL && k < n;
-	     sc = sc->next) {
-		sc_hold(sc);
-		all[k++] = sc;
-	}
+	     sc = sc->next)
+		if (sc_tryhold(sc))
+			all[k++] = sc;
 	pthread_mutex_unlock(&s->mu);
 	for (size_t i = 0; i < k; i++) {
 		srv_conn *sc = all[i];
@@ -1387,15 +1430,18 @@ asynq_rpc_server_close(asynq_rpc_server *s)
 			continue;
 		asynqi_conn *cs[64];
 		size_t nc = 0;
+		srv_conn *held[64];
 		for (srv_conn *sc = s->conns; sc != NULL && nc < 64;
 		     sc = sc->next) {
-			asynqi_conn_hold(sc->c);
+			if (!sc_tryhold(sc))
+				continue;
+			held[nc] = sc;
 			cs[nc++] = sc->c;
 		}
 		pthread_mutex_unlock(&s->mu);
 		for (size_t i = 0; i < nc; i++) {
 			asynqi_conn_close(cs[i]);
-			asynqi_conn_rele(cs[i]);
+			sc_rele(held[i]);
 		}
 		pthread_mutex_lock(&s->mu);
 	}
