@@ -190,7 +190,9 @@ struct rpc_batch {
 	size_t n_subs;
 	atomic_size_t pending;
 	atomic_int refs;
-	uint64_t first_id; /* request_id of subs[0]; the others follow */
+	uint64_t first_id;  /* request_id of subs[0]; the others follow */
+	int64_t default_dl; /* the default deadline of its calls, or 0 */
+	int64_t min_dl;     /* the earliest deadline of its calls */
 };
 
 static atomic_uint_fast64_t next_channel_id = 1;
@@ -433,17 +435,7 @@ sub_wdone(asynqi_wbuf *w, int err)
 	batch_rele(b);
 }
 
-static size_t
-put_varint(uint8_t *d, uint64_t v)
-{
-	size_t n = 0;
-	while (v >= 0x80) {
-		d[n++] = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	d[n++] = (uint8_t)v;
-	return n;
-}
+#define put_varint asynqi_put_varint
 
 /* Under mu: readies q's wbuf for connection cc (q SENT on it). */
 static void
@@ -1397,15 +1389,24 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	chan_backend *be = thread_backend(ch);
 	if (be == NULL)
 		return NULL;
-	int64_t now = mono_ns();
 	int64_t dl_rt = asynq_rpc_deadline_get();
-	int64_t deadline = dl_rt != 0
-	    ? now + (dl_rt - asynqi_realtime_ns())
-	    : now + (int64_t)ch->default_deadline_ms * 1000000;
 	asynq_future *f = asynq_batch_add(&be->base, 0, NULL);
 	if (f == NULL)
 		return NULL;
 	rpc_batch *b = (rpc_batch *)asynq_item_batch(f);
+	/* A call without a deadline of its own gets the default one from
+	 * the batch's first such call: one clock read per batch. */
+	int64_t deadline;
+	if (dl_rt != 0) {
+		deadline = mono_ns() + (dl_rt - asynqi_realtime_ns());
+	} else {
+		if (b->default_dl == 0)
+			b->default_dl = mono_ns() +
+			    (int64_t)ch->default_deadline_ms * 1000000;
+		deadline = b->default_dl;
+	}
+	if (b->n_recs == 0 || deadline < b->min_dl)
+		b->min_dl = deadline;
 	if (b->n_recs == b->cap_recs) {
 		size_t cap = b->cap_recs != 0 ? b->cap_recs * 2 : 16;
 		call_rec *r = realloc(b->recs, cap * sizeof(*r));
@@ -1428,38 +1429,45 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	bool by_id = m >= ch->svc->methods && mi < ch->svc->n_methods;
 	size_t plen = protobuf_c_message_get_packed_size(req);
 	size_t nlen = by_id ? 0 : strlen(m->full_name);
+	size_t mdw = own ? (md != NULL ? md->wire : 0) + 2 : 0;
 	size_t body = (idx != 0 ? 1 + asynqi_varint_len(idx) : 0) +
 	    (plen != 0 ? 1 + asynqi_varint_len(plen) + plen : 0) +
 	    (by_id ? 1 + asynqi_varint_len(mi + 1)
 	           : 1 + asynqi_varint_len(nlen) + nlen) +
-	    (own ? (md != NULL ? md->wire : 0) + 2 : 0);
+	    mdw;
 	asynqi_buf *buf = &b->buf;
 	size_t off = buf->len;
-	asynqi_buf_tag(buf, 1, 2);
-	asynqi_buf_varint(buf, body);
-	if (idx != 0) {
-		asynqi_buf_tag(buf, 2, 0);
-		asynqi_buf_varint(buf, idx);
-	}
-	if (plen != 0) {
-		asynqi_buf_tag(buf, 3, 2);
-		asynqi_buf_varint(buf, plen);
-		uint8_t *d = asynqi_buf_reserve(buf, plen);
-		if (d != NULL) {
-			protobuf_c_message_pack(req, d);
-			buf->len += plen;
+	/* The whole Request.calls field at once: reserved, then written. */
+	uint8_t *d = asynqi_buf_reserve(buf, 1 + 10 + body);
+	if (d != NULL) {
+		uint8_t *p = d;
+		*p++ = (1 << 3) | 2;
+		p += put_varint(p, body);
+		if (idx != 0) {
+			*p++ = 2 << 3;
+			p += put_varint(p, idx);
 		}
-	}
-	if (by_id) {
-		asynqi_buf_tag(buf, 5, 0);
-		asynqi_buf_varint(buf, mi + 1);
-	} else {
-		asynqi_buf_bytes(buf, 1, m->full_name, nlen);
-	}
-	if (own) {
-		asynqi_md_write(buf, 4, md);
-		asynqi_buf_tag(buf, 6, 0);
-		asynqi_buf_varint(buf, 1);
+		if (plen != 0) {
+			*p++ = (3 << 3) | 2;
+			p += put_varint(p, plen);
+			protobuf_c_message_pack(req, p);
+			p += plen;
+		}
+		if (by_id) {
+			*p++ = 5 << 3;
+			p += put_varint(p, mi + 1);
+		} else {
+			*p++ = (1 << 3) | 2;
+			p += put_varint(p, nlen);
+			memcpy(p, m->full_name, nlen);
+			p += nlen;
+		}
+		buf->len += (size_t)(p - d);
+		if (own) {
+			asynqi_md_write(buf, 4, md);
+			asynqi_buf_tag(buf, 6, 0);
+			asynqi_buf_varint(buf, 1);
+		}
 	}
 	b->recs[b->n_recs++] = (call_rec){ m, off, buf->len - off, deadline,
 		asynqi_md_hold(md), m->idempotent, false };
@@ -1500,6 +1508,21 @@ rpc_batch_flush(asynq_batch *base)
 	 * Request as first sent), cut greedily in call order. */
 	int64_t t_split = mono_ns();
 	size_t n_subs = 0;
+	if (n <= ch->max_calls &&
+	    b->buf.len + b->mdbuf.len + TRAILER_MAX <= ch->max_msg_bytes) {
+		/* The common case: the whole batch is one request. */
+		b->first_id = atomic_fetch_add(&ch->next_request_id, 1) + 1;
+		b->subs = calloc(1, sizeof(*b->subs));
+		if (b->subs == NULL)
+			return ASYNQ_RESOURCE_EXHAUSTED;
+		sub_req *q = &b->subs[0];
+		q->b = b;
+		q->n = n;
+		q->len = b->buf.len;
+		q->deadline = b->min_dl;
+		n_subs = 1;
+		goto cut;
+	}
 	/* Ids for up to n requests (one per call at most), so that their
 	 * sizes are known while cutting. */
 	b->first_id = atomic_fetch_add(&ch->next_request_id, n) + 1;
@@ -1548,6 +1571,7 @@ rpc_batch_flush(asynq_batch *base)
 				return ASYNQ_RESOURCE_EXHAUSTED;
 		}
 	}
+cut:
 	b->n_subs = n_subs;
 	atomic_store(&b->pending, n_subs);
 	asynq_batch_defer(base);

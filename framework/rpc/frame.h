@@ -103,6 +103,20 @@ asynqi_varint_len(uint64_t v)
 	return n;
 }
 
+/* asynqi_put_varint writes v as a varint at d (room for 10 bytes) and
+ * returns its length. */
+static inline size_t
+asynqi_put_varint(uint8_t *d, uint64_t v)
+{
+	size_t n = 0;
+	while (v >= 0x80) {
+		d[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	d[n++] = (uint8_t)v;
+	return n;
+}
+
 /* asynqi_frame_hdr writes a frame header for a body of len bytes. */
 void asynqi_frame_hdr(uint8_t out[ASYNQI_FRAME_HDR], unsigned type,
     uint32_t len);
@@ -158,6 +172,17 @@ asynqi_reader_next(asynqi_reader *r, asynqi_field *f)
 			r->p = p + 2 + p[1];
 			return 1;
 		}
+	}
+	/* A one-byte key and a two-byte varint (ids up to 16383). */
+	if (r->end - p >= 3 && p[0] < 0x80 && p[0] >= 8 && (p[0] & 7) == 0 &&
+	    p[1] >= 0x80 && p[2] < 0x80) {
+		f->num = p[0] >> 3;
+		f->wt = 0;
+		f->v = (uint64_t)(p[1] & 0x7f) | ((uint64_t)p[2] << 7);
+		f->p = NULL;
+		f->len = 0;
+		r->p = p + 3;
+		return 1;
 	}
 	return asynqi_reader_slow(r, f);
 }

@@ -64,6 +64,7 @@
 /* A request up to this much over max_msg_bytes is read and answered
  * RESOURCE_EXHAUSTED; a longer frame closes the connection. */
 #define SIZE_SLACK (64u << 10)
+#define put_varint asynqi_put_varint
 /* Requests in flight on one connection before it stops reading. */
 #define MAX_CONN_INFLIGHT 256
 /* How long close waits for a peer to read the last replies. */
@@ -115,8 +116,8 @@ struct srv_req {
 	size_t n;
 	srv_task *tasks;
 	size_t *idx;
-	size_t remaining; /* tasks not finished, worker only */
-	size_t running;   /* calls counted in the worker's in-flight count */
+	size_t n_tasks; /* of `tasks`, worker only */
+	size_t running; /* calls counted in the worker's in-flight count */
 	asynqi_dd_entry *dd;
 	asynqi_buf out; /* the reply frame being built */
 };
@@ -422,27 +423,34 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 	    (st != ASYNQ_OK ? 1 + asynqi_varint_len((uint64_t)st) : 0) +
 	    (mlen != 0 ? 1 + asynqi_varint_len(mlen) + mlen : 0) +
 	    (plen != 0 ? 1 + asynqi_varint_len(plen) + plen : 0);
-	asynqi_buf_tag(b, 1, 2);
-	asynqi_buf_varint(b, body);
+	/* The whole Reply.results field at once: reserved, then written. */
+	uint8_t *d = asynqi_buf_reserve(b, 1 + 10 + body);
+	if (d == NULL)
+		return;
+	uint8_t *p = d;
+	*p++ = (1 << 3) | 2;
+	p += put_varint(p, body);
 	if (k->call_id != 0) {
-		asynqi_buf_tag(b, 1, 0);
-		asynqi_buf_varint(b, k->call_id);
+		*p++ = 1 << 3;
+		p += put_varint(p, k->call_id);
 	}
 	if (st != ASYNQ_OK) {
-		asynqi_buf_tag(b, 2, 0);
-		asynqi_buf_varint(b, (uint64_t)st);
-		if (mlen != 0)
-			asynqi_buf_bytes(b, 3, message, mlen);
-	}
-	if (plen != 0) {
-		asynqi_buf_tag(b, 4, 2);
-		asynqi_buf_varint(b, plen);
-		uint8_t *d = asynqi_buf_reserve(b, plen);
-		if (d != NULL) {
-			protobuf_c_message_pack(reply, d);
-			b->len += plen;
+		*p++ = 2 << 3;
+		p += put_varint(p, (uint64_t)st);
+		if (mlen != 0) {
+			*p++ = (3 << 3) | 2;
+			p += put_varint(p, mlen);
+			memcpy(p, message, mlen);
+			p += mlen;
 		}
 	}
+	if (plen != 0) {
+		*p++ = (4 << 3) | 2;
+		p += put_varint(p, plen);
+		protobuf_c_message_pack(reply, p);
+		p += plen;
+	}
+	b->len += (size_t)(p - d);
 }
 
 static void
@@ -567,10 +575,6 @@ task_main(asynq_task *t, void *arg)
 	srv_task *k = arg;
 	srv_req *r = k->r;
 	const srv_method *sm = k->sm;
-	int64_t dl = r->deadline;
-	bool pushed_dl = dl != 0 &&
-	    asynq_scoped_push(&asynq_rpc_deadline, (void *)(intptr_t)dl) ==
-	        ASYNQ_OK;
 	bool pushed_req = asynq_scoped_push(&srv_req_key, k) == ASYNQ_OK;
 	if (sm->h.unary != NULL) {
 		srv_call *c = &r->calls[k->idx[0]];
@@ -608,10 +612,53 @@ task_main(asynq_task *t, void *arg)
 out:
 	if (pushed_req)
 		(void)asynq_scoped_pop(&srv_req_key);
+	return ASYNQ_OK;
+}
+
+/* The task of a request: its calls' tasks, awaited together. Awaited
+ * before they ever ran, they start as plain calls on fresh stacks (the
+ * core's "calls instead of switches"), so a handler that finishes without
+ * suspending costs a call, and one that suspends lets the next start, so
+ * their own calls still batch. The deadline is pushed once; every call's
+ * task inherits it. */
+static asynq_status
+req_main(asynq_task *t, void *arg)
+{
+	srv_req *r = arg;
+	size_t n = r->n_tasks;
+	int64_t dl = r->deadline;
+	bool pushed_dl = dl != 0 &&
+	    asynq_scoped_push(&asynq_rpc_deadline, (void *)(intptr_t)dl) ==
+	        ASYNQ_OK;
+	asynq_future *one, **fs = n > 1 ? malloc(n * sizeof(*fs)) : &one;
+	size_t k = 0;
+	for (size_t j = 0; j < n; j++) {
+		srv_task *tk = &r->tasks[j];
+		asynq_future *f = fs != NULL
+		    ? asynq_spawn_at(task_main, tk, tk->sm->m->full_name,
+		          __FILE__, __LINE__)
+		    : NULL;
+		if (f == NULL || asynq_future_done(f)) {
+			for (size_t i = 0; i < tk->n; i++)
+				call_fail(r, &r->calls[tk->idx[i]],
+				    f == NULL ? ASYNQ_RESOURCE_EXHAUSTED
+				              : asynq_future_status(f),
+				    "the server could not start the call%s",
+				    "");
+			asynq_future_rele(f);
+			continue;
+		}
+		fs[k++] = f;
+	}
+	if (k > 0) {
+		(void)asynq_await_all(t, fs, k);
+		asynq_future_rele_n(fs, k);
+	}
+	if (fs != &one)
+		free(fs);
 	if (pushed_dl)
 		(void)asynq_scoped_pop(&asynq_rpc_deadline);
-	if (--r->remaining == 0)
-		req_finish(r);
+	req_finish(r);
 	return ASYNQ_OK;
 }
 
@@ -694,27 +741,24 @@ req_run(asynq_post *p)
 			j++;
 		r->tasks[j].idx[r->tasks[j].n++] = i;
 	}
-	r->remaining = n_tasks + 1; /* + 1 until every task is started */
-	for (size_t j = 0; j < n_tasks; j++) {
-		srv_task *t = &r->tasks[j];
-		asynq_future *f = asynq_spawn_at(task_main, t,
-		    t->sm->m->full_name, __FILE__, __LINE__);
-		if (f == NULL || asynq_future_done(f)) {
-			for (size_t i = 0; i < t->n; i++)
-				call_fail(r, &r->calls[t->idx[i]],
-				    f == NULL ? ASYNQ_RESOURCE_EXHAUSTED
-				              : asynq_future_status(f),
+	r->n_tasks = n_tasks;
+	asynq_future *f = n_tasks != 0
+	    ? asynq_spawn_at(req_main, r, "asynq.rpc.request", __FILE__,
+	          __LINE__)
+	    : NULL;
+	if (f == NULL || asynq_future_done(f)) {
+		for (size_t i = 0; i < r->n; i++)
+			if (r->calls[i].sm != NULL)
+				call_fail(r, &r->calls[i],
+				    ASYNQ_RESOURCE_EXHAUSTED,
 				    "the server could not start the call%s",
 				    "");
-			asynq_future_rele(f);
-			r->remaining--;
-			continue;
-		}
-		asynq_task_start(f);
 		asynq_future_rele(f);
-	}
-	if (--r->remaining == 0)
 		req_finish(r);
+		return;
+	}
+	asynq_task_start(f);
+	asynq_future_rele(f);
 }
 
 static const srv_method *
@@ -854,9 +898,10 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 	}
 	r->n = r->rq.n_calls;
 	size_t n1 = r->n != 0 ? r->n : 1;
-	r->calls = calloc(n1, sizeof(*r->calls));
-	r->tasks = calloc(n1, sizeof(*r->tasks));
-	r->idx = calloc(n1, sizeof(*r->idx));
+	/* Every field is set below (calls) or in req_run (tasks, idx). */
+	r->calls = malloc(n1 * sizeof(*r->calls));
+	r->tasks = malloc(n1 * sizeof(*r->tasks));
+	r->idx = malloc(n1 * sizeof(*r->idx));
 	buf_frame_start(&r->out);
 	/* The reply names its request first, so a client matches it before
 	 * reading its results. */
@@ -875,6 +920,8 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 		srv_call *k = &r->calls[i];
 		k->call_id = call->call_id;
 		k->wire = call;
+		k->in = NULL;
+		k->answered = false;
 		if (call->method_id != 0) {
 			const srv_mt_entry *e = call->method_id <= sc->n_mt
 			    ? &sc->mt[call->method_id - 1]
