@@ -281,6 +281,14 @@ num_of(asynq_future *f)
 }
 
 static int64_t
+realtime_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t
 ms_since(uint64_t t0)
 {
 	return (int64_t)((asynq_now_ns() - t0) / 1000000u);
@@ -1956,6 +1964,271 @@ test_rpc_tls_with_certificate_files(void **state)
 	(void)!system(cmd);
 }
 
+/* ---- The stream transport ---------------------------------------------------
+ */
+
+/* A server that is not there: calls fail UNAVAILABLE at once, not at their
+ * deadline, also after the first attempt (later calls start the next
+ * attempt instead of waiting out the backoff). */
+static void
+test_rpc_fail_fast_without_server(void **state)
+{
+	(void)state;
+	char url[64];
+	url_make(url, sizeof(url), true);
+	const char *urls[] = { url };
+	asynq_rpc_channel_cfg ccfg = {
+		.urls = urls,
+		.n_urls = 1,
+		.default_deadline_ms = 20000,
+	};
+	asynq_rpc_channel *ch;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, CALC, &ccfg), ASYNQ_OK);
+	for (int i = 0; i < 3; i++) {
+		uint64_t t0 = asynq_now_ns();
+		asynq_future *f = call_num(ch, M(TWICE), 1);
+		assert_int_equal(asynq_wait(f), ASYNQ_UNAVAILABLE);
+		assert_true(ms_since(t0) < 2000); /* the deadline is 20 s */
+		assert_non_null(
+		    strstr(asynq_error_message(asynq_future_error(f)),
+		        "no server reachable"));
+		asynq_future_rele(f);
+	}
+	asynq_rpc_channel_free(ch);
+	asynq_thread_fini();
+}
+
+typedef struct late_server {
+	fixture *fx;
+	const char *url;
+	int delay_ms;
+} late_server;
+
+static void *
+late_server_main(void *arg)
+{
+	late_server *ls = arg;
+	struct timespec ts = { ls->delay_ms / 1000,
+		(long)(ls->delay_ms % 1000) * 1000000 };
+	nanosleep(&ts, NULL);
+	assert_int_equal(asynq_rpc_server_listen(ls->fx->srv, ls->url),
+	    ASYNQ_OK);
+	return NULL;
+}
+
+/* wait_for_ready: a call made before its server listens waits for it and
+ * succeeds; the first attempt failed, the next one (after the backoff)
+ * connects. */
+static void
+test_rpc_wait_for_ready(void **state)
+{
+	(void)state;
+	fixture fx;
+	memset(&fx, 0, sizeof(fx));
+	asynq_runtime_cfg rcfg = { .workers = 1 };
+	assert_int_equal(asynq_runtime_alloc(&fx.rt, &rcfg), ASYNQ_OK);
+	assert_int_equal(asynq_rpc_server_alloc(&fx.srv, fx.rt, NULL),
+	    ASYNQ_OK);
+	assert_int_equal(
+	    asynq_rpc_server_add_service(fx.srv, CALC, calc_handlers, NULL),
+	    ASYNQ_OK);
+	url_make(fx.url, sizeof(fx.url), true);
+	const char *urls[] = { fx.url };
+	asynq_rpc_channel_cfg ccfg = {
+		.urls = urls,
+		.n_urls = 1,
+		.default_deadline_ms = 10000,
+		.wait_for_ready = true,
+	};
+	assert_int_equal(asynq_rpc_channel_alloc(&fx.ch, CALC, &ccfg),
+	    ASYNQ_OK);
+	late_server ls = { &fx, fx.url, 300 };
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, late_server_main, &ls), 0);
+	uint64_t t0 = asynq_now_ns();
+	asynq_future *f = call_num(fx.ch, M(TWICE), 21);
+	assert_int_equal(asynq_wait(f), ASYNQ_OK);
+	assert_int_equal(num_of(f), 42);
+	assert_true(ms_since(t0) >= 300);
+	asynq_future_rele(f);
+	pthread_join(th, NULL);
+	fx_stop(&fx);
+}
+
+/* Many requests in flight on one connection are answered as they finish:
+ * a fast call sent after a slow one is answered first. */
+static void
+test_rpc_replies_in_any_order(void **state)
+{
+	(void)state;
+	fixture fx;
+	fx_start(&fx, true, NULL, 1); /* one call per request */
+	asynq_future *w = call_num(fx.ch, M(TWICE), 1);
+	assert_int_equal(asynq_wait(w), ASYNQ_OK);
+	asynq_future_rele(w);
+	uint64_t t0 = asynq_now_ns();
+	asynq_future *slow = call_num(fx.ch, M(SLEEP), 400);
+	asynq_future *fast = call_num(fx.ch, M(TWICE), 4);
+	assert_int_equal(asynq_wait(fast), ASYNQ_OK);
+	int64_t fast_ms = ms_since(t0);
+	assert_false(asynq_future_done(slow));
+	assert_int_equal(asynq_wait(slow), ASYNQ_OK);
+	assert_true(fast_ms < 300);
+	assert_true(ms_since(t0) >= 400);
+	asynq_future_rele(slow);
+	asynq_future_rele(fast);
+	asynq_rpc_channel_stats cs;
+	asynq_rpc_channel_stats_get(fx.ch, &cs);
+	assert_int_equal(cs.requests, 3);
+	fx_stop(&fx);
+}
+
+/* A Request of one call of method number `mid` (1-based in the METHODS
+ * table) with Num{v}, a deadline_unix_ns and a timeout_us. */
+static uint8_t *
+raw_req_by_id(size_t *len, uint32_t mid, int64_t v, uint64_t request_id,
+    int64_t deadline_unix_ns, uint64_t timeout_us)
+{
+	Asynq__Rpctest__Num num = ASYNQ__RPCTEST__NUM__INIT;
+	num.v = v;
+	size_t plen = asynq__rpctest__num__get_packed_size(&num);
+	uint8_t *payload = malloc(plen + 1);
+	asynq__rpctest__num__pack(&num, payload);
+	Asynq__Rpc__Call c = ASYNQ__RPC__CALL__INIT, *cp = &c;
+	c.method_id = mid;
+	c.payload.data = payload;
+	c.payload.len = plen;
+	Asynq__Rpc__Request req = ASYNQ__RPC__REQUEST__INIT;
+	req.n_calls = 1;
+	req.calls = &cp;
+	req.request_id = request_id;
+	req.deadline_unix_ns = deadline_unix_ns;
+	req.timeout_us = timeout_us;
+	*len = asynq__rpc__request__get_packed_size(&req);
+	uint8_t *buf = malloc(*len);
+	asynq__rpc__request__pack(&req, buf);
+	free(payload);
+	return buf;
+}
+
+/* The framing by hand: PING is answered PONG with its bytes, unknown frame
+ * types are skipped, methods go by number after a METHODS frame, a number
+ * outside the table is UNIMPLEMENTED, and the time left (timeout_us) wins
+ * over a wall-clock deadline, so clock skew cannot fail a call. */
+static void
+test_rpc_raw_frames(void **state)
+{
+	(void)state;
+	fixture fx;
+	fx_start(&fx, true, NULL, 0);
+	raw_conn raw = raw_open(fx.url, 5000);
+	uint8_t type, *body;
+	size_t len;
+	assert_int_equal(raw_frame(&raw, 5, "12345678", 8), 0);
+	assert_int_equal(raw_next(&raw, &type, &body, &len), 0);
+	assert_int_equal(type, 6);
+	assert_int_equal(len, 8);
+	assert_memory_equal(body, "12345678", 8);
+	free(body);
+	assert_int_equal(raw_frame(&raw, 99, "zz", 2), 0);
+	/* METHODS: Sleep then Twice, numbered 1 and 2. */
+	Asynq__Rpc__Request mt = ASYNQ__RPC__REQUEST__INIT;
+	char *names[] = { (char *)M(SLEEP)->full_name,
+		(char *)M(TWICE)->full_name };
+	mt.n_methods = 2;
+	mt.methods = names;
+	size_t mlen = asynq__rpc__request__get_packed_size(&mt);
+	uint8_t *mbuf = malloc(mlen);
+	asynq__rpc__request__pack(&mt, mbuf);
+	assert_int_equal(raw_frame(&raw, 7, mbuf, mlen), 0);
+	free(mbuf);
+	Asynq__Rpc__Reply *rep;
+	int64_t v;
+	/* By number; the wall-clock deadline is an hour ago (a skewed
+	 * clock), but 5 s are left: it runs. */
+	int64_t past = realtime_ns() - 3600 * (int64_t)1000000000;
+	uint8_t *b = raw_req_by_id(&len, 2, 21, 1, past, 5000000);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
+	assert_int_equal(rep->request_id, 1);
+	assert_int_equal(rep_status(rep, 0, &v), ASYNQ_OK);
+	assert_int_equal(v, 42);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	/* 1 us left: the deadline passes before the call runs. */
+	b = raw_req_by_id(&len, 1, 50, 2, 0, 1);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_DEADLINE_EXCEEDED);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	/* Number 3 is not in the table. */
+	b = raw_req_by_id(&len, 3, 1, 3, 0, 0);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_UNIMPLEMENTED);
+	assert_non_null(strstr(rep->results[0]->message, "method table"));
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	raw_close(&raw);
+	fx_stop(&fx);
+}
+
+typedef struct closer {
+	asynq_rpc_server *srv;
+	atomic_int done;
+} closer;
+
+static void *
+closer_main(void *arg)
+{
+	closer *c = arg;
+	asynq_rpc_server_close(c->srv);
+	atomic_store(&c->done, 1);
+	return NULL;
+}
+
+/* Closing: the client gets a GOAWAY naming the last request the server
+ * accepted; a request sent after it is refused UNAVAILABLE without running;
+ * close returns once the connection is done. */
+static void
+test_rpc_close_sends_goaway(void **state)
+{
+	(void)state;
+	fixture fx;
+	fx_start(&fx, true, NULL, 0);
+	atomic_store(&hold_runs, 0);
+	atomic_store(&hold_release, 1);
+	raw_conn raw = raw_open(fx.url, 5000);
+	const asynq_rpc_method_desc *hold[] = { M(HOLD) };
+	size_t len;
+	Asynq__Rpc__Reply *rep;
+	uint8_t *b = raw_req(&len, hold, 1, 0, 0, 5, 0);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_OK);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	assert_int_equal(atomic_load(&hold_runs), 1);
+	closer c = { fx.srv, 0 };
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, closer_main, &c), 0);
+	uint8_t type, *body;
+	assert_int_equal(raw_next(&raw, &type, &body, &len), 0);
+	assert_int_equal(type, 4);
+	Asynq__Rpc__GoAway *ga = asynq__rpc__go_away__unpack(NULL, len, body);
+	free(body);
+	assert_non_null(ga);
+	assert_int_equal(ga->last_request_id, 5);
+	asynq__rpc__go_away__free_unpacked(ga, NULL);
+	/* Sent after the GOAWAY: refused (or the connection is gone). */
+	b = raw_req(&len, hold, 1, 0, 0, 6, 0);
+	if (raw_call(&raw, b, len, &rep) == 0) {
+		assert_int_equal(rep->status, ASYNQ_UNAVAILABLE);
+		assert_int_equal(rep->request_id, 6);
+		asynq__rpc__reply__free_unpacked(rep, NULL);
+	}
+	assert_int_equal(atomic_load(&hold_runs), 1);
+	uint8_t one;
+	assert_int_equal(raw_read(&raw, &one, 1), -1); /* closed */
+	pthread_join(th, NULL);
+	assert_int_equal(atomic_load(&c.done), 1);
+	raw_close(&raw);
+	fx_stop(&fx);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1989,6 +2262,11 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_rpc_max_connections_limit),
 		cmocka_unit_test(test_rpc_metadata_from_client),
 		cmocka_unit_test(test_rpc_tls_with_certificate_files),
+		cmocka_unit_test(test_rpc_fail_fast_without_server),
+		cmocka_unit_test(test_rpc_wait_for_ready),
+		cmocka_unit_test(test_rpc_replies_in_any_order),
+		cmocka_unit_test(test_rpc_raw_frames),
+		cmocka_unit_test(test_rpc_close_sends_goaway),
 	};
 	/* RPC_TEST_FILTER=test_rpc_deadline* runs a subset. */
 	if (getenv("RPC_TEST_FILTER") != NULL)
