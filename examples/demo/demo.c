@@ -862,7 +862,7 @@ print_services(const demo_run *r)
 	char a[32], b[32], c[32];
 	const svc_counters *s = r->svc;
 
-	printf("  client:   %s requests -> %s nng requests\n",
+	printf("  client:   %s requests -> %s RPC requests\n",
 	    commas(a, r->client_calls), commas(b, r->client_requests));
 	printf("  frontend: %s requests -> %s calls to the services in %s "
 	       "requests\n",
