@@ -5,9 +5,10 @@
  * and never gets to dispatch. One time in four this leaves the input to
  * libFuzzer's own mutations; otherwise it decodes the input as an
  * asynq.rpc.Request and changes one thing the server acts on (a payload's
- * bytes, a method name, a call_id, the calls themselves, the deadline, the
- * metadata, the duplicate-detection ids, a payload nested near the depth
- * limit) and encodes it again.
+ * bytes, a method name or number, a call_id, the calls themselves, the
+ * timeout or deadline, the metadata, the duplicate-detection ids, a payload
+ * nested near the depth limit) and encodes it again. fuzz_mutate_request
+ * is that mutation, for the requests inside rpc_stream's frames too.
  *
  * Design notes:
  * - Deterministic for a given seed, as libFuzzer requires: all choices come
@@ -204,13 +205,20 @@ mutate_request(Asynq__Rpc__Request *rq, size_t max_payload)
 			rq->calls[i] = rq->calls[--rq->n_calls];
 		}
 		break;
-	case 5: /* another method */
-		if (c != NULL) {
+	case 5: /* another method, by name or by number */
+		if (c != NULL && rnd(2)) {
 			uint32_t k = rnd((uint32_t)FUZZ_SVC->n_methods + 1);
 			str_set(&c->method,
 			    k < FUZZ_SVC->n_methods
 			        ? FUZZ_SVC->methods[k].full_name
 			        : "asynq.fuzz.Absent/Gone");
+			c->method_id = 0;
+		} else if (c != NULL) {
+			/* 0 (by name again), the table's numbers, and one
+			 * or two past its end; the name goes unless kept. */
+			c->method_id = rnd(FUZZ_METHOD_IDS + 3);
+			if (rnd(4) != 0)
+				str_set(&c->method, "");
 		}
 		break;
 	case 6: /* a call_id, often one already used */
@@ -234,14 +242,21 @@ mutate_request(Asynq__Rpc__Request *rq, size_t max_payload)
 		set_payload(c, b, n);
 		break;
 	}
-	case 8: { /* the deadline */
+	case 8: { /* the deadline: relative, or the legacy absolute one */
 		static const int64_t dls[] = { 0, 1, -1, INT64_MAX, INT64_MIN,
 			INT64_C(4102444800) * 1000000000 };
-		rq->deadline_unix_ns = dls[rnd(6)];
+		static const uint64_t tos[] = { 0, 1, 1000, 60000000,
+			UINT64_MAX, (uint64_t)INT64_MAX / 1000 + 1 };
+		if (rnd(2))
+			rq->timeout_us = tos[rnd(6)];
+		else
+			rq->deadline_unix_ns = dls[rnd(6)];
 		break;
 	}
 	case 9: /* metadata, of the request or of a call */
-		if (c != NULL && rnd(2))
+		if (c != NULL && rnd(4) == 0)
+			c->own_metadata = !c->own_metadata;
+		else if (c != NULL && rnd(2))
 			md_add(&c->n_metadata, &c->metadata,
 			    md_new(rnd(2) ? "tag" : "x", rnd(2) ? "v" : ""));
 		else
@@ -270,7 +285,7 @@ mutate_request(Asynq__Rpc__Request *rq, size_t max_payload)
 }
 
 size_t
-LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
+fuzz_mutate_request(uint8_t *data, size_t size, size_t max_size,
     unsigned int seed)
 {
 	rng = (uint64_t)seed * 0x9e3779b97f4a7c15u + 1;
@@ -291,4 +306,13 @@ LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
 	if (n > max_size)
 		return LLVMFuzzerMutate(data, size, max_size);
 	return n;
+}
+
+/* Weak, so that a target with a mutator of its own (rpc_stream) overrides
+ * it and may still call fuzz_mutate_request. */
+__attribute__((weak)) size_t
+LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
+    unsigned int seed)
+{
+	return fuzz_mutate_request(data, size, max_size, seed);
 }

@@ -5,7 +5,9 @@
  * Each input is decoded
  *  - as the server does: asynqi_rpc_decode of an asynq.rpc.Request into an
  *    arena with a small budget, then each call's payload, for a method of
- *    asynq.fuzz.Fuzz found by name, into the same arena;
+ *    asynq.fuzz.Fuzz found by name or by its number in the method table
+ *    the live-server targets send (fuzz_method_id_name), into the same
+ *    arena;
  *  - as the client does: as an asynq.rpc.Reply into an arena, then each
  *    result's payload with the counting malloc allocator, for the output
  *    type of the method picked by call_id.
@@ -143,7 +145,11 @@ as_server(const uint8_t *data, size_t len)
 		const Asynq__Rpc__Request *rq = (const Asynq__Rpc__Request *)m;
 		for (size_t i = 0; i < rq->n_calls; i++) {
 			const Asynq__Rpc__Call *c = rq->calls[i];
-			const asynq_rpc_method_desc *md = method_of(c->method);
+			const char *name = c->method_id != 0
+			    ? fuzz_method_id_name(c->method_id)
+			    : c->method;
+			const asynq_rpc_method_desc *md =
+			    name != NULL ? method_of(name) : NULL;
 			if (md == NULL)
 				continue;
 			ProtobufCMessage *in = NULL;

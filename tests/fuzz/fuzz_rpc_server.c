@@ -2,28 +2,36 @@
 /*
  * Fuzz target rpc_server: the whole server path for one untrusted request.
  * An asynq RPC server serving asynq.fuzz.Fuzz (fuzz_service.c) runs on a
- * two-worker runtime over inproc://, started once; each input goes to it as
- * the raw body of one nng request from a plain REQ socket, so it is decoded
- * on an nng thread, checked against the limits, dispatched to tasks on the
- * workers and answered exactly as a request from the network would be.
+ * two-worker runtime, listening on an ipc:// socket, started once; the
+ * harness keeps two live connections to it (fuzz_wire.c: a plain socket,
+ * the preface and HELLO handshake, then a METHODS frame naming the table
+ * of fuzz_method_id_name) and sends each input as the body of one REQUEST
+ * frame, so it is cut from the stream and decoded on an nng thread,
+ * checked against the limits, dispatched to tasks on the workers (methods
+ * named by number as well as by name) and answered exactly as a request
+ * from the network would be.
  *
  * Design notes:
  * - What must hold for every input: the server answers within
- *   FUZZ_RECV_TIMEOUT_MS with a body that decodes as asynq.rpc.Reply (only
- *   an input more than 64 bytes over FUZZ_MAX_MSG_BYTES may go unanswered,
- *   where nng enforces its size limit; inproc does not), and the answer
- *   agrees with the input: over max_msg_bytes or max_calls it is
- *   RESOURCE_EXHAUSTED; a request protobuf-c rejects is never answered OK;
- *   an OK answer echoes the request_id and has one result per call,
- *   matched by call_id, with a valid status; unknown methods are
- *   UNIMPLEMENTED; a past deadline fails calls with DEADLINE_EXCEEDED, and
- *   without one no call fails so (but by its handler's choice); a payload
- *   protobuf-c decodes is never called malformed; no decoded payload nests
- *   deeper than FUZZ_MAX_DEPTH; Fail, Wrong and Sleep (deadline, per-call
- *   then request metadata) answer as their handlers say. Each request
- *   reaches the server exactly once (its counters), and a canary request is
- *   still served after failed answers. A broken rule aborts, so libFuzzer
- *   saves the input; ASan, UBSan and LSan check memory.
+ *   FUZZ_RECV_TIMEOUT_MS with one REPLY frame whose body decodes as
+ *   asynq.rpc.Reply, and sends nothing else (only an input longer than
+ *   FUZZ_MAX_FRAME goes unanswered: the server must close the connection,
+ *   and the harness opens a new one), and the answer agrees with the
+ *   input: over max_msg_bytes or max_calls it is RESOURCE_EXHAUSTED; a
+ *   request protobuf-c rejects is never answered OK; a request protobuf-c
+ *   decodes has its request_id echoed, whatever the status; an OK answer
+ *   has one result per call, matched by call_id, with a valid status;
+ *   unknown methods (by name, or by a number the connection's table lacks
+ *   or names a method the server lacks) are UNIMPLEMENTED; a past
+ *   deadline fails calls with DEADLINE_EXCEEDED, and without one (or with
+ *   a timeout_us longer than the exchange) no call fails so (but by its
+ *   handler's choice); a payload protobuf-c decodes is never called
+ *   malformed; no decoded payload nests deeper than FUZZ_MAX_DEPTH; Fail,
+ *   Wrong and Sleep (deadline, per-call then request metadata) answer as
+ *   their handlers say. Each request reaches the server exactly once (its
+ *   counters), and a canary request is still served after failed answers.
+ *   A broken rule aborts, so libFuzzer saves the input; ASan, UBSan and
+ *   LSan check memory.
  * - Duplicate detection makes the server's answer depend on earlier inputs:
  *   a request with a client_id may get the remembered reply of an earlier
  *   one with the same (client_id, request_id), and its non-idempotent calls
@@ -32,13 +40,16 @@
  *   it received for that key within the server's dedup age (the server is
  *   configured to forget after FUZZ_DEDUP_AGE_MS). A crash that depends on
  *   that state may need the inputs before it to reproduce.
+ * - A request that takes part in duplicate detection is sent twice at
+ *   once, so that the copy may find the original running: both frames in
+ *   one write on one connection when its request_id is even, one on each
+ *   connection when it is odd (a copy parked on another connection).
  * - The harness decodes the input itself with protobuf-c only as an
  *   asynq.rpc.Request (which nests two levels) and payloads only of flat
  *   types (Num, Leaf): decoding a hostile recursive message on this thread
  *   would overflow the harness's own stack.
- * - Only this thread talks to the REQ socket, and libFuzzer runs inputs one
- *   at a time, so the server sees one request at a time (REQ resends are
- *   pushed out to an hour).
+ * - Only this thread writes to the connections, and libFuzzer runs inputs
+ *   one at a time, so the server sees at most two requests at a time.
  */
 #include <stdarg.h>
 #include <stdbool.h>
@@ -49,30 +60,25 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/req.h>
-
 #include "asynq/asynq.h"
 #include "asynq/rpc.h"
 #include "proto/asynq/rpc.pb-c.h"
 #include "tests/fuzz/fuzz_service.h"
+#include "tests/fuzz/fuzz_wire.h"
 
 /* How long a request may go unanswered before it counts as a hang. */
 #define FUZZ_RECV_TIMEOUT_MS 10000
 
 static struct {
-	asynq_runtime *rt;
-	asynq_rpc_server *srv;
-	nng_socket req;
-	nng_ctx ctx[2]; /* two requests of the REQ socket may be in flight */
-	nng_aio *aio[2];
+	fuzz_server fs;
+	fuzz_conn c[2]; /* live connections, handshake and METHODS done */
 	bool up;
 	bool verbose; /* FUZZ_VERBOSE=1: a line per input */
 	uint8_t *canary;
 	size_t canary_len;
 	/* Outcomes, printed at exit. */
 	uint64_t inputs, by_status[ASYNQ_STATUS_COUNT], dropped, replayed,
-	    canaries;
+	    canaries, by_id, reconnects;
 	uint64_t sent;         /* requests sent */
 	unsigned since_canary; /* failed answers since the last canary */
 } fz;
@@ -107,6 +113,23 @@ method_of(const char *name)
 		if (strcmp(FUZZ_SVC->methods[i].full_name, name) == 0)
 			return &FUZZ_SVC->methods[i];
 	return NULL;
+}
+
+/* The method a call names: by method_id through the connection's table
+ * when it is set (the name is then ignored), else by name; NULL for one
+ * the server lacks. */
+static const asynq_rpc_method_desc *
+call_method(const Asynq__Rpc__Call *c, const char **name)
+{
+	*name = c->method;
+	if (c->method_id == 0)
+		return method_of(c->method);
+	*name = fuzz_method_id_name(c->method_id);
+	if (*name == NULL) {
+		*name = "(a number not in the table)";
+		return NULL;
+	}
+	return method_of(*name);
 }
 
 /* ---- Replies the server may replay ----------------------------------------
@@ -187,109 +210,52 @@ fz_stop(void)
 	if (!fz.up)
 		return;
 	asynq_rpc_server_stats ss;
-	asynq_rpc_server_stats_get(fz.srv, &ss);
+	asynq_rpc_server_stats_get(fz.fs.srv, &ss);
 	fz.up = false;
-	nng_close(fz.req);
-	nng_aio_free(fz.aio[0]);
-	nng_aio_free(fz.aio[1]);
-	asynq_rpc_server_free(fz.srv);
-	asynq_runtime_free(fz.rt);
-	asynq_thread_fini();
+	fuzz_conn_close(&fz.c[0]);
+	fuzz_conn_close(&fz.c[1]);
+	fuzz_server_stop(&fz.fs);
 	free(fz.canary);
 	seen_clear();
 	fprintf(stderr,
 	    "rpc_server fuzz: %llu inputs; answered OK %llu, "
 	    "INVALID_ARGUMENT %llu, RESOURCE_EXHAUSTED %llu; dropped %llu; "
-	    "replayed by dedup %llu; canaries %llu; server: %llu requests, "
-	    "%llu calls run, %llu rejected, %llu malformed, %llu duplicates\n",
+	    "replayed by dedup %llu; canaries %llu; calls by number %llu; "
+	    "reconnects %llu; server: %llu requests, %llu calls run, "
+	    "%llu rejected, %llu malformed, %llu duplicates\n",
 	    (unsigned long long)fz.inputs,
 	    (unsigned long long)fz.by_status[ASYNQ_OK],
 	    (unsigned long long)fz.by_status[ASYNQ_INVALID_ARGUMENT],
 	    (unsigned long long)fz.by_status[ASYNQ_RESOURCE_EXHAUSTED],
 	    (unsigned long long)fz.dropped, (unsigned long long)fz.replayed,
-	    (unsigned long long)fz.canaries, (unsigned long long)ss.requests,
+	    (unsigned long long)fz.canaries, (unsigned long long)fz.by_id,
+	    (unsigned long long)fz.reconnects, (unsigned long long)ss.requests,
 	    (unsigned long long)ss.calls, (unsigned long long)ss.rejected,
 	    (unsigned long long)ss.malformed,
 	    (unsigned long long)ss.duplicates);
 }
 
-/* The canary: a Sum call, a Count call and a call of an unknown method. */
+/* Opens connection i (closing what is left of it). */
 static void
-canary_make(void)
+conn_open(size_t i)
 {
-	Asynq__Fuzz__Num num = ASYNQ__FUZZ__NUM__INIT;
-	num.v = 1;
-	Asynq__Fuzz__Tree tree = ASYNQ__FUZZ__TREE__INIT;
-	tree.v = 2;
-	uint8_t nb[16], tb[16];
-	size_t nl = asynq__fuzz__num__pack(&num, nb);
-	size_t tl = asynq__fuzz__tree__pack(&tree, tb);
-	Asynq__Rpc__Call c[3] = { ASYNQ__RPC__CALL__INIT,
-		ASYNQ__RPC__CALL__INIT, ASYNQ__RPC__CALL__INIT };
-	c[0].method = (char *)FUZZ_METHOD(SUM)->full_name;
-	c[0].call_id = 1;
-	c[0].payload = (ProtobufCBinaryData){ nl, nb };
-	c[1].method = (char *)FUZZ_METHOD(COUNT)->full_name;
-	c[1].call_id = 2;
-	c[1].payload = (ProtobufCBinaryData){ tl, tb };
-	c[2].method = "asynq.fuzz.Absent/Gone";
-	c[2].call_id = 3;
-	Asynq__Rpc__Call *cp[3] = { &c[0], &c[1], &c[2] };
-	Asynq__Rpc__Request rq = ASYNQ__RPC__REQUEST__INIT;
-	rq.n_calls = 3;
-	rq.calls = cp;
-	rq.request_id = 77;
-	fz.canary_len = asynq__rpc__request__get_packed_size(&rq);
-	fz.canary = malloc(fz.canary_len);
-	if (fz.canary == NULL)
+	char why[160];
+	fuzz_conn_close(&fz.c[i]);
+	if (fuzz_conn_open(&fz.c[i], &fz.fs, FUZZ_RECV_TIMEOUT_MS, why,
+	        sizeof(why)) != 0) {
+		fprintf(stderr, "rpc_server fuzz: cannot connect: %s\n", why);
 		abort();
-	asynq__rpc__request__pack(&rq, fz.canary);
+	}
 }
 
 static void
 fz_start(void)
 {
-	asynq_runtime_cfg rcfg = { .workers = 2 };
-	asynq_rpc_server_cfg scfg = {
-		.max_msg_bytes = FUZZ_MAX_MSG_BYTES,
-		.max_calls = FUZZ_MAX_CALLS,
-		.max_inflight_calls = FUZZ_MAX_INFLIGHT,
-		.decode_budget = FUZZ_DECODE_BUDGET,
-		.dedup_entries = FUZZ_DEDUP_ENTRIES,
-		.dedup_age_ms = FUZZ_DEDUP_AGE_MS,
-		.dedup_bytes = FUZZ_DEDUP_BYTES,
-	};
-	char url[64];
-	snprintf(url, sizeof(url), "inproc://asynq-fuzz-%d", (int)getpid());
-	if (asynq_runtime_alloc(&fz.rt, &rcfg) != ASYNQ_OK ||
-	    asynq_rpc_server_alloc(&fz.srv, fz.rt, &scfg) != ASYNQ_OK ||
-	    asynq_rpc_server_add_service(fz.srv, FUZZ_SVC, fuzz_handlers,
-	        NULL) != ASYNQ_OK ||
-	    asynq_rpc_server_listen(fz.srv, url) != ASYNQ_OK) {
-		fprintf(stderr, "rpc_server fuzz: cannot start the server\n");
-		abort();
-	}
-	int rv;
-	if ((rv = nng_req0_open(&fz.req)) != 0 ||
-	    (rv = nng_socket_set_ms(fz.req, NNG_OPT_RECVTIMEO,
-	         FUZZ_RECV_TIMEOUT_MS)) != 0 ||
-	    (rv = nng_socket_set_ms(fz.req, NNG_OPT_REQ_RESENDTIME,
-	         3600 * 1000)) != 0 ||
-	    (rv = nng_dial(fz.req, url, NULL, 0)) != 0) {
-		fprintf(stderr, "rpc_server fuzz: REQ socket: %s\n",
-		    nng_strerror(rv));
-		abort();
-	}
-	for (size_t i = 0; i < 2; i++)
-		if ((rv = nng_ctx_open(&fz.ctx[i], fz.req)) != 0 ||
-		    (rv = nng_ctx_set_ms(fz.ctx[i], NNG_OPT_REQ_RESENDTIME,
-		         3600 * 1000)) != 0 ||
-		    (rv = nng_aio_alloc(&fz.aio[i], NULL, NULL)) != 0) {
-			fprintf(stderr, "rpc_server fuzz: REQ context: %s\n",
-			    nng_strerror(rv));
-			abort();
-		}
-	canary_make();
+	fuzz_server_start(&fz.fs, "rpc_server");
+	fz.c[0].fd = fz.c[1].fd = -1;
+	conn_open(0);
+	conn_open(1);
+	fz.canary = fuzz_canary_body(&fz.canary_len);
 	fz.verbose = getenv("FUZZ_VERBOSE") != NULL;
 	fz.up = true;
 	atexit(fz_stop);
@@ -304,53 +270,83 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
-/* Sends data as a request on n (1 or 2) contexts at once and waits for
- * the answers: rv[i] is 0 with the decoded reply in rep[i] and a hash of
- * its bytes in hash[i], or an nng error (NNG_ETIMEDOUT: no answer). */
+/* Writes data as REQUEST frames: n copies on connection `on[i]` each, the
+ * copies for one connection in one write. */
 static void
-exchange(const uint8_t *data, size_t len, size_t n, int *rv,
+send_requests(const uint8_t *data, size_t len, size_t n, const size_t *on)
+{
+	for (size_t k = 0; k < 2; k++) {
+		size_t copies = 0;
+		for (size_t i = 0; i < n; i++)
+			copies += on[i] == k;
+		if (copies == 0)
+			continue;
+		size_t fl = FUZZ_FRAME_HDR + len;
+		uint8_t *b = malloc(copies * fl);
+		if (b == NULL)
+			abort();
+		for (size_t i = 0; i < copies; i++) {
+			fuzz_frame_hdr(b + i * fl, FUZZ_FRAME_REQUEST,
+			    (uint32_t)len);
+			if (len > 0)
+				memcpy(b + i * fl + FUZZ_FRAME_HDR, data, len);
+		}
+		/* A write that fails means the server closed the
+		 * connection; the read that follows tells. */
+		(void)fuzz_conn_write(&fz.c[k], b, copies * fl);
+		free(b);
+	}
+}
+
+/* Reads the next REPLY on connection k: FUZZ_IO_OK with the decoded reply
+ * in *rep and a hash of its bytes in *hash, or a FUZZ_IO_ code. Any other
+ * frame breaks a rule (the server sends nothing unasked but for GOAWAY
+ * when it closes, and the harness does not close it). */
+static int
+read_reply(const uint8_t *data, size_t len, size_t k, uint64_t deadline,
     Asynq__Rpc__Reply **rep, uint64_t *hash)
 {
-	for (size_t i = 0; i < n; i++) {
-		nng_msg *m;
-		if (nng_msg_alloc(&m, len) != 0)
-			abort();
-		if (len > 0)
-			memcpy(nng_msg_body(m), data, len);
-		nng_aio_set_msg(fz.aio[i], m);
-		nng_aio_set_timeout(fz.aio[i], FUZZ_RECV_TIMEOUT_MS);
-		nng_ctx_send(fz.ctx[i], fz.aio[i]);
+	uint8_t type, *b;
+	size_t bl;
+	*rep = NULL;
+	int rv =
+	    fuzz_conn_next(&fz.c[k], &type, &b, &bl, SIZE_MAX / 2, deadline);
+	if (rv != FUZZ_IO_OK)
+		return rv;
+	if (type != FUZZ_FRAME_REPLY) {
+		free(b);
+		fz_fail(data, len,
+		    "the server sent a frame of type %u, not a "
+		    "REPLY",
+		    type);
 	}
-	for (size_t i = 0; i < n; i++) {
-		nng_aio_wait(fz.aio[i]);
-		int r = nng_aio_result(fz.aio[i]);
-		if (r != 0) {
-			nng_msg_free(nng_aio_get_msg(fz.aio[i]));
-			fz_fail(data, len, "send: %s", nng_strerror(r));
-		}
-		fz.sent++;
-	}
+	*rep = asynq__rpc__reply__unpack(NULL, bl, b);
+	uint64_t h = 0xcbf29ce484222325u; /* FNV-1a */
+	for (size_t i = 0; i < bl; i++)
+		h = (h ^ b[i]) * 0x100000001b3u;
+	*hash = h;
+	free(b);
+	if (*rep == NULL)
+		fz_fail(data, len,
+		    "the %zu-byte answer is not an asynq.rpc.Reply", bl);
+	return FUZZ_IO_OK;
+}
+
+/* Sends data as a request n (1 or 2) times at once and waits for the
+ * answers: rv[i] is FUZZ_IO_OK with the decoded reply in rep[i] and a hash
+ * of its bytes in hash[i], or a FUZZ_IO_ code. */
+static void
+exchange(const uint8_t *data, size_t len, size_t n, uint64_t request_id,
+    int *rv, Asynq__Rpc__Reply **rep, uint64_t *hash)
+{
+	size_t on[2] = { 0, n == 2 && request_id % 2 != 0 ? 1 : 0 };
+	send_requests(data, len, n, on);
+	fz.sent += n;
+	uint64_t deadline =
+	    asynq_now_ns() + (uint64_t)FUZZ_RECV_TIMEOUT_MS * 1000000;
 	for (size_t i = 0; i < n; i++)
-		nng_ctx_recv(fz.ctx[i], fz.aio[i]);
-	for (size_t i = 0; i < n; i++) {
-		rep[i] = NULL;
-		nng_aio_wait(fz.aio[i]);
-		if ((rv[i] = nng_aio_result(fz.aio[i])) != 0)
-			continue;
-		nng_msg *m = nng_aio_get_msg(fz.aio[i]);
-		const uint8_t *b = nng_msg_body(m);
-		size_t bl = nng_msg_len(m);
-		rep[i] = asynq__rpc__reply__unpack(NULL, bl, b);
-		uint64_t h = 0xcbf29ce484222325u; /* FNV-1a */
-		for (size_t k = 0; k < bl; k++)
-			h = (h ^ b[k]) * 0x100000001b3u;
-		hash[i] = h;
-		nng_msg_free(m);
-		if (rep[i] == NULL)
-			fz_fail(data, len,
-			    "the %zu-byte answer is not an asynq.rpc.Reply",
-			    bl);
-	}
+		rv[i] =
+		    read_reply(data, len, on[i], deadline, &rep[i], &hash[i]);
 }
 
 static void
@@ -361,23 +357,15 @@ canary(void)
 	fz.since_canary = 0;
 	uint64_t hash;
 	int rv;
-	exchange(fz.canary, fz.canary_len, 1, &rv, &rep, &hash);
-	if (rv != 0)
+	exchange(fz.canary, fz.canary_len, 1, FUZZ_CANARY_ID, &rv, &rep, &hash);
+	if (rv != FUZZ_IO_OK)
 		fz_fail(fz.canary, fz.canary_len,
-		    "the server stopped serving: canary: %s", nng_strerror(rv));
-	if (rep->status != ASYNQ_OK || rep->n_results != 3 ||
-	    rep->request_id != 77)
-		fz_fail(fz.canary, fz.canary_len,
-		    "canary answered status %d with %zu results",
-		    (int)rep->status, rep->n_results);
-	for (size_t i = 0; i < 3; i++) {
-		const Asynq__Rpc__Result *r = rep->results[i];
-		int want = r->call_id == 3 ? ASYNQ_UNIMPLEMENTED : ASYNQ_OK;
-		if (r->status != want)
-			fz_fail(fz.canary, fz.canary_len,
-			    "canary call %llu answered %d",
-			    (unsigned long long)r->call_id, (int)r->status);
-	}
+		    "the server stopped serving: canary: %s",
+		    rv == FUZZ_IO_TIMEOUT ? "no answer" : "connection closed");
+	const char *why = fuzz_canary_judge(rep);
+	if (why != NULL)
+		fz_fail(fz.canary, fz.canary_len, "%s (status %d, %zu results)",
+		    why, (int)rep->status, rep->n_results);
 	asynq__rpc__reply__free_unpacked(rep, NULL);
 }
 
@@ -401,7 +389,8 @@ static char why[512];
 	} while (0)
 
 /* The metadata value a unary handler of call c sees for key, as
- * asynq_rpc_metadata_get finds it: the call's own, then the request's. */
+ * asynq_rpc_metadata_get finds it: the call's own, then (unless the call's
+ * metadata is its own) the request's. */
 static const Asynq__Rpc__Metadata *
 md_lookup(const Asynq__Rpc__Request *rq, const Asynq__Rpc__Call *c,
     const char *key)
@@ -409,10 +398,20 @@ md_lookup(const Asynq__Rpc__Request *rq, const Asynq__Rpc__Call *c,
 	for (size_t k = 0; k < c->n_metadata; k++)
 		if (strcmp(c->metadata[k]->key, key) == 0)
 			return c->metadata[k];
+	if (c->own_metadata)
+		return NULL;
 	for (size_t k = 0; k < rq->n_metadata; k++)
 		if (strcmp(rq->metadata[k]->key, key) == 0)
 			return rq->metadata[k];
 	return NULL;
+}
+
+/* Whether the request carries a deadline (timeout_us first, as the server
+ * reads it). */
+static bool
+has_deadline(const Asynq__Rpc__Request *rq)
+{
+	return rq->timeout_us != 0 || rq->deadline_unix_ns != 0;
 }
 
 /* Checks the result r of call c (whose call_id is unique). */
@@ -420,12 +419,14 @@ static bool
 check_call(const Asynq__Rpc__Request *rq, const Asynq__Rpc__Call *c,
     const Asynq__Rpc__Result *r, bool past, bool future)
 {
-	const asynq_rpc_method_desc *m = method_of(c->method);
+	const char *name;
+	const asynq_rpc_method_desc *m = call_method(c, &name);
 	int st = r->status;
 	if (m == NULL) {
 		if (st != ASYNQ_UNIMPLEMENTED)
-			BROKEN("unknown method \"%s\" answered %d", c->method,
-			    st);
+			BROKEN("unknown method \"%s\" (method_id %u) answered "
+			       "%d",
+			    name, c->method_id, st);
 		return true;
 	}
 	/* Non-idempotent calls of a request that may be a copy (it has a
@@ -495,11 +496,12 @@ check_call(const Asynq__Rpc__Request *rq, const Asynq__Rpc__Call *c,
 			    m->full_name, (long long)out->w, FUZZ_MAX_DEPTH);
 			ok = false;
 		}
-	} else if (out->v != (rq->deadline_unix_ns != 0)) {
+	} else if (out->v != has_deadline(rq)) {
 		snprintf(why, sizeof(why),
-		    "Sleep saw deadline %lld; request "
-		    "has %lld",
-		    (long long)out->v, (long long)rq->deadline_unix_ns);
+		    "Sleep saw deadline %lld; request has timeout_us %llu, "
+		    "deadline_unix_ns %lld",
+		    (long long)out->v, (unsigned long long)rq->timeout_us,
+		    (long long)rq->deadline_unix_ns);
 		ok = false;
 	} else {
 		/* The handler replies the "tag" value up to its first NUL,
@@ -550,9 +552,18 @@ check_results(const Asynq__Rpc__Request *rq, const Asynq__Rpc__Reply *rep,
 		if (r->status == ASYNQ_OK && r->message[0] != '\0')
 			BROKEN("OK call with message \"%s\"", r->message);
 	}
-	int64_t dl = rq->deadline_unix_ns;
-	bool past = dl != 0 && dl <= sent_ns;
-	bool future = dl == 0 || dl > answered_ns;
+	/* The deadline: timeout_us, counted from when the request arrived
+	 * (after sent_ns), else the absolute deadline_unix_ns. */
+	bool past, future;
+	if (rq->timeout_us != 0) {
+		past = false;
+		future = rq->timeout_us / 1000 >
+		    (uint64_t)(answered_ns - sent_ns) / 1000000 + 1;
+	} else {
+		int64_t dl = rq->deadline_unix_ns;
+		past = dl != 0 && dl <= sent_ns;
+		future = dl == 0 || dl > answered_ns;
+	}
 	for (size_t i = 0; i < n; i++) {
 		const Asynq__Rpc__Call *c = rq->calls[i];
 		const Asynq__Rpc__Result *r = NULL;
@@ -578,6 +589,11 @@ check_reply(size_t len, const Asynq__Rpc__Request *rq,
 	if (st != ASYNQ_OK && (rep->n_results != 0 || rep->message[0] == '\0'))
 		BROKEN("request-level %d with %zu results and message \"%s\"",
 		    st, rep->n_results, rep->message);
+	/* Even a request refused before it is decoded has its id found. */
+	if (rq != NULL && rep->request_id != rq->request_id)
+		BROKEN("request_id %llu answered as %llu (status %d)",
+		    (unsigned long long)rq->request_id,
+		    (unsigned long long)rep->request_id, st);
 	if (len > FUZZ_MAX_MSG_BYTES) {
 		if (st != ASYNQ_RESOURCE_EXHAUSTED)
 			BROKEN("a request over max_msg_bytes answered %d", st);
@@ -590,39 +606,26 @@ check_reply(size_t len, const Asynq__Rpc__Request *rq,
 		return true;
 	}
 	if (rq->n_calls > FUZZ_MAX_CALLS) {
-		if (st != ASYNQ_RESOURCE_EXHAUSTED ||
-		    rep->request_id != rq->request_id)
-			BROKEN("%zu calls (limit %d) answered %d for id %llu",
-			    rq->n_calls, FUZZ_MAX_CALLS, st,
-			    (unsigned long long)rep->request_id);
+		if (st != ASYNQ_RESOURCE_EXHAUSTED)
+			BROKEN("%zu calls (limit %d) answered %d", rq->n_calls,
+			    FUZZ_MAX_CALLS, st);
 		return true;
 	}
 	if (st == ASYNQ_RESOURCE_EXHAUSTED)
 		return true; /* decode budget or calls in flight */
 	if (st != ASYNQ_OK)
 		BROKEN("a well-formed request answered %d", st);
-	if (rep->request_id != rq->request_id)
-		BROKEN("request_id %llu answered as %llu",
-		    (unsigned long long)rq->request_id,
-		    (unsigned long long)rep->request_id);
 	return check_results(rq, rep, sent_ns, answered_ns);
 }
 
-/* Judges answer i to the input; returns its status, or -1 if dropped. */
+/* Judges answer i to the input; returns its status. */
 static int
 judge(const uint8_t *data, size_t len, const Asynq__Rpc__Request *rq, int rv,
     const Asynq__Rpc__Reply *rep, uint64_t hash, int64_t sent, int64_t answered)
 {
-	if (rv == NNG_ETIMEDOUT && len > FUZZ_MAX_MSG_BYTES + 64) {
-		/* Where nng enforces the size limit, it drops the request. */
-		if (fz.verbose)
-			fprintf(stderr, "rpc_server fuzz: %zu bytes: dropped\n",
-			    len);
-		fz.dropped++;
-		return -1;
-	}
-	if (rv != 0)
-		fz_fail(data, len, "no answer: %s", nng_strerror(rv));
+	if (rv != FUZZ_IO_OK)
+		fz_fail(data, len, "no answer: %s",
+		    rv == FUZZ_IO_TIMEOUT ? "timed out" : "connection closed");
 	int st = rep->status;
 	if (fz.verbose)
 		fprintf(stderr,
@@ -643,13 +646,50 @@ judge(const uint8_t *data, size_t len, const Asynq__Rpc__Request *rq, int rv,
 	return st;
 }
 
+/* An input longer than a frame may be: the server must close the
+ * connection without answering (it may not read the rest of it); the
+ * harness then opens a new one. */
+static void
+too_long(const uint8_t *data, size_t len)
+{
+	size_t on = 0;
+	send_requests(data, len, 1, &on);
+	uint64_t deadline =
+	    asynq_now_ns() + (uint64_t)FUZZ_RECV_TIMEOUT_MS * 1000000;
+	uint8_t type, *b;
+	size_t bl;
+	int rv =
+	    fuzz_conn_next(&fz.c[0], &type, &b, &bl, SIZE_MAX / 2, deadline);
+	free(b);
+	if (rv == FUZZ_IO_OK)
+		fz_fail(data, len,
+		    "a frame over the limit was answered (type %u)", type);
+	if (rv == FUZZ_IO_TIMEOUT)
+		fz_fail(data, len,
+		    "a frame over the limit did not close the "
+		    "connection");
+	if (fz.verbose)
+		fprintf(stderr, "rpc_server fuzz: %zu bytes: closed\n", len);
+	fz.dropped++;
+	fz.reconnects++;
+	conn_open(0);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 {
 	if (!fz.up)
 		fz_start();
 	fz.inputs++;
+	if (len > FUZZ_MAX_FRAME) {
+		too_long(data, len);
+		canary();
+		return 0;
+	}
 	Asynq__Rpc__Request *rq = asynq__rpc__request__unpack(NULL, len, data);
+	if (rq != NULL)
+		for (size_t i = 0; i < rq->n_calls; i++)
+			fz.by_id += rq->calls[i]->method_id != 0;
 	/* A request that takes part in duplicate detection goes twice at
 	 * once, so the copy may find the original running. */
 	size_t n = rq != NULL && rq->client_id != 0 ? 2 : 1;
@@ -657,23 +697,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 	uint64_t hash[2] = { 0, 0 };
 	int rv[2];
 	int64_t sent = realtime_ns();
-	exchange(data, len, n, rv, rep, hash);
+	exchange(data, len, n, rq != NULL ? rq->request_id : 0, rv, rep, hash);
 	int64_t answered = realtime_ns();
 	bool failed = false;
-	for (size_t i = 0; i < n; i++) {
-		int st = judge(data, len, rq, rv[i], rep[i], hash[i], sent,
-		    answered);
-		if (st == -1)
-			fz.since_canary = 16; /* dropped: check at once */
-		failed |= st != ASYNQ_OK;
-	}
+	for (size_t i = 0; i < n; i++)
+		failed |= judge(data, len, rq, rv[i], rep[i], hash[i], sent,
+		              answered) != ASYNQ_OK;
 	/* Each request sent reached the server once. */
-	asynq_rpc_server_stats ss;
-	asynq_rpc_server_stats_get(fz.srv, &ss);
-	if (ss.requests != fz.sent)
+	uint64_t got = fuzz_server_requests(&fz.fs);
+	if (got != fz.sent)
 		fz_fail(data, len, "%llu requests sent, server received %llu",
-		    (unsigned long long)fz.sent,
-		    (unsigned long long)ss.requests);
+		    (unsigned long long)fz.sent, (unsigned long long)got);
 	/* A well-formed request is still served after failures (every
 	 * 16th, to keep the pace). */
 	if (failed && ++fz.since_canary >= 16)

@@ -401,6 +401,24 @@ h_old(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 	return count_reply(req, reply);
 }
 
+const char *
+fuzz_method_id_name(uint32_t method_id)
+{
+	if (FUZZ_SVC->n_methods != FUZZ_N_METHODS) {
+		fprintf(stderr,
+		    "fuzz_service.h: FUZZ_N_METHODS is not the "
+		    "number of methods of asynq.fuzz.Fuzz\n");
+		abort();
+	}
+	if (method_id >= 1 && method_id <= FUZZ_N_METHODS)
+		return FUZZ_SVC->methods[method_id - 1].full_name;
+	if (method_id == FUZZ_N_METHODS + 1)
+		return "asynq.fuzz.Absent/Gone";
+	if (method_id == FUZZ_N_METHODS + 2)
+		return FUZZ_METHOD(ECHO)->full_name;
+	return NULL;
+}
+
 const asynq_rpc_handler fuzz_handlers[] = {
 	[ASYNQ__FUZZ__FUZZ__ASYNQ_METHOD_ECHO] = { .unary = h_echo },
 	[ASYNQ__FUZZ__FUZZ__ASYNQ_METHOD_COUNT] = { .unary = h_count },

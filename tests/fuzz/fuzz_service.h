@@ -26,6 +26,10 @@
  * FUZZ_MAX_CALLS so a request of a few hundred calls meets the per-worker
  * in-flight limit. */
 #define FUZZ_MAX_MSG_BYTES (32u << 10)
+/* Longest frame body the server reads: a REQUEST up to 64 KiB over
+ * max_msg_bytes is read and answered RESOURCE_EXHAUSTED, a longer frame
+ * closes the connection (proto/asynq/rpc.proto, "Framing"). */
+#define FUZZ_MAX_FRAME (FUZZ_MAX_MSG_BYTES + (64u << 10))
 #define FUZZ_DECODE_BUDGET (256u << 10)
 #define FUZZ_MAX_CALLS 256
 #define FUZZ_MAX_INFLIGHT 200
@@ -38,6 +42,35 @@
 /* Deepest message nesting a server decode accepts (ASYNQI_RPC_MAX_DEPTH in
  * framework/rpc/internal.h; DESIGN.md §5). */
 #define FUZZ_MAX_DEPTH 100
+
+/* The method table the live-server harnesses send in a METHODS frame on
+ * each connection: the methods of FUZZ_SVC in order (method_id 1 to
+ * FUZZ_N_METHODS, the last of them Old), then a method the server lacks,
+ * then Echo a second time. */
+#define FUZZ_N_METHODS (ASYNQ__FUZZ__FUZZ__ASYNQ_METHOD_OLD + 1)
+#define FUZZ_METHOD_IDS (FUZZ_N_METHODS + 2)
+
+/* The first byte of an rpc_stream input (fuzz_rpc_stream.c tells what each
+ * means): the opening, how the bytes are cut into writes, padding of the
+ * last frame, and the ending. */
+#define FUZZ_STREAM_PREFACE 0u /* openings */
+#define FUZZ_STREAM_METHODS 1u
+#define FUZZ_STREAM_RAW 2u
+#define FUZZ_STREAM_HELLO 3u
+#define FUZZ_STREAM_CHUNKS(k) ((unsigned)(k) << 2) /* 0 to 7 */
+#define FUZZ_STREAM_PAD 0x20u
+#define FUZZ_STREAM_WAIT 0x00u /* endings */
+#define FUZZ_STREAM_SHUT 0x40u
+#define FUZZ_STREAM_CLOSE 0x80u
+#define FUZZ_STREAM_CANARY_FIRST 0xc0u
+
+/* Names a connection's method table may hold: the server's methods and
+ * 4096 more (server.c); a METHODS frame past that closes the connection. */
+#define FUZZ_MAX_METHOD_NAMES (FUZZ_N_METHODS + 4096)
+
+/* fuzz_method_id_name returns the name method_id stands for in the table,
+ * or NULL when the table has no such number. */
+const char *fuzz_method_id_name(uint32_t method_id);
 
 /* The handlers of FUZZ_SVC, indexed like its methods. */
 extern const asynq_rpc_handler fuzz_handlers[];
@@ -54,5 +87,12 @@ typedef struct fuzz_walk_stats {
  * (so it is safe on a coroutine stack). Returns 0, or -1 without memory;
  * aborts on a broken message. Any thread. */
 int fuzz_walk(const ProtobufCMessage *m, fuzz_walk_stats *out);
+
+/* fuzz_mutate_request is the structure-aware mutation of an encoded
+ * asynq.rpc.Request in data[0..size) (fuzz_mutator.c): it returns the new
+ * size, at most max_size; deterministic for a seed. Only inside libFuzzer
+ * does it change anything. */
+size_t fuzz_mutate_request(uint8_t *data, size_t size, size_t max_size,
+    unsigned int seed);
 
 #endif /* ASYNQ_TESTS_FUZZ_SERVICE_H */

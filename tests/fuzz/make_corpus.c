@@ -1,18 +1,30 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Writes the seed corpora of the RPC fuzzers: `make_corpus DIR` replaces the
- * files of DIR/rpc_server and DIR/rpc_decode (tests/fuzz/corpus in the
- * repository; run it with tests/fuzz/run.sh --corpus). Every seed is made
- * by encoding asynq.rpc.Request (or Reply) messages with protobuf-c, or by
- * hand where the point is a malformed encoding, and nothing is random but
- * for a fixed-seed generator, so the output is the same on every run
- * (//tests/fuzz:corpus_up_to_date checks that the committed files are it).
+ * files of DIR/rpc_server, DIR/rpc_decode and DIR/rpc_stream
+ * (tests/fuzz/corpus in the repository; run it with tests/fuzz/run.sh
+ * --corpus). Every seed is made by encoding asynq.rpc.Request (or Reply)
+ * messages with protobuf-c, or by hand where the point is a malformed
+ * encoding, and nothing is random but for a fixed-seed generator, so the
+ * output is the same on every run (//tests/fuzz:corpus_up_to_date checks
+ * that the committed files are it).
  *
- * The seeds: requests of 1, 2 and 100 calls to every method; unknown
- * methods; metadata; past and future deadlines; call counts at the limits;
- * payloads nested 99, 100, 101 and 200 deep; a budget-busting request; an
- * oversized one; truncated varints and huge declared lengths; groups;
- * random bytes; and, for rpc_decode only, replies as a client decodes them.
+ * The request seeds (rpc_server, rpc_decode): requests of 1, 2 and 100
+ * calls to every method; methods by number (the table of
+ * fuzz_method_id_name) and unknown ones; metadata; past and future
+ * deadlines and timeouts; call counts at the limits; payloads nested 99,
+ * 100, 101 and 200 deep; a budget-busting request; oversized ones (over
+ * max_msg_bytes, and over the frame limit, which closes the connection);
+ * truncated varints and huge declared lengths; groups; random bytes; and,
+ * for rpc_decode only, replies as a client decodes them.
+ *
+ * The stream seeds (rpc_stream; a mode byte, then the bytes, as
+ * fuzz_rpc_stream.c reads them): a valid handshake and requests, by name
+ * and by number; wrong and partial prefaces; truncated headers and frames;
+ * huge length claims; lengths at the limits and one past them; unknown and
+ * server-only frame types; PINGs; METHODS frames malformed, at and over
+ * the table's limit; pipelined and duplicate requests; each way of
+ * chunking and of ending.
  */
 #include <errno.h>
 #include <dirent.h>
@@ -28,7 +40,7 @@
 
 #define MAX_CALLS 300
 
-static char server_dir[4096], decode_dir[4096];
+static char server_dir[4096], decode_dir[4096], stream_dir[4096];
 static size_t total_bytes, total_files;
 
 static void
@@ -193,14 +205,22 @@ req_meta(req *q, const char *key, const void *value, size_t len)
 	q->mdp[i] = &q->md[i];
 }
 
+/* Packs the request and frees its payloads. */
+static buf
+req_pack(req *q)
+{
+	buf b = pack_msg(&q->r.base);
+	for (size_t i = 0; i < q->r.n_calls; i++)
+		free(q->payload[i].p);
+	return b;
+}
+
 static void
 req_seed(req *q, const char *name)
 {
-	buf b = pack_msg(&q->r.base);
+	buf b = req_pack(q);
 	seed(name, b.p, b.len);
 	free(b.p);
-	for (size_t i = 0; i < q->r.n_calls; i++)
-		free(q->payload[i].p);
 }
 
 static buf
@@ -506,6 +526,56 @@ seeds_valid(void)
 	req_call(&q, M(WRONG), num(1));
 	req_call(&q, M(SLEEP), num(0));
 	req_seed(&q, "dedup-resend-unknown");
+
+	/* Methods by number: every number of the table, one past it, and a
+	 * number with a name that disagrees (the number wins). */
+	req_init(&q, 60);
+	for (uint32_t id = 1; id <= FUZZ_METHOD_IDS + 1; id++) {
+		const char *name = fuzz_method_id_name(id);
+		const asynq_rpc_method_desc *md = NULL;
+		for (size_t k = 0; name != NULL && k < FUZZ_SVC->n_methods; k++)
+			if (strcmp(FUZZ_SVC->methods[k].full_name, name) == 0)
+				md = &FUZZ_SVC->methods[k];
+		buf p = md == NULL                                ? num(1)
+		    : md->input == &asynq__fuzz__tree__descriptor ? chain(2, 1)
+		    : md->input == &asynq__fuzz__leaf__descriptor ? leaf_full()
+		    : md->input == &asynq__fuzz__legacy__descriptor
+		    ? legacy_chain(2, 1)
+		    : num(id);
+		req_call(&q, "", p);
+		q.call[q.r.n_calls - 1].method_id = id;
+	}
+	req_call(&q, M(SUM), num(3));
+	q.call[q.r.n_calls - 1].method_id =
+	    ASYNQ__FUZZ__FUZZ__ASYNQ_METHOD_SLEEP + 1;
+	req_seed(&q, "method-ids");
+
+	/* Relative timeouts: one long past every exchange, and 1 µs. */
+	req_init(&q, 61);
+	q.r.timeout_us = 60u * 1000 * 1000;
+	req_call(&q, M(SLEEP), num(2));
+	req_call(&q, M(FAIL), num(5));
+	req_call(&q, M(SUM), num(1));
+	req_seed(&q, "timeout-future");
+	req_init(&q, 62);
+	q.r.timeout_us = 1;
+	req_call(&q, M(SLEEP), num(3));
+	req_call(&q, M(COUNT), chain(2, 1));
+	req_seed(&q, "timeout-1us");
+	/* A timeout wins over the legacy absolute deadline. */
+	req_init(&q, 63);
+	q.r.timeout_us = 60u * 1000 * 1000;
+	q.r.deadline_unix_ns = 1;
+	req_call(&q, M(SLEEP), num(1));
+	req_seed(&q, "timeout-over-deadline");
+
+	/* A call whose metadata is its own: no fallback to the request's. */
+	req_init(&q, 64);
+	req_meta(&q, "tag", "request", 7);
+	req_call(&q, M(SLEEP), num(0));
+	req_call(&q, M(SLEEP), num(1));
+	q.call[0].own_metadata = 1;
+	req_seed(&q, "metadata-own");
 }
 
 static void
@@ -573,6 +643,21 @@ seeds_limits(void)
 	req_call(&q, M(MIRROR), big);
 	b = pack_msg(&q.r.base);
 	write_file(server_dir, "over-max-msg-bytes", b.p, b.len);
+	free(b.p);
+	free(big.p);
+
+	/* Over the frame limit: the server closes the connection unanswered
+	 * (longer than libFuzzer's -max_len, so replayed only). */
+	req_init(&q, 39);
+	big = (buf){ 0 };
+	blob = calloc(FUZZ_MAX_FRAME, 1);
+	if (blob == NULL)
+		die("calloc");
+	buf_ld(&big, 15, blob, FUZZ_MAX_FRAME);
+	free(blob);
+	req_call(&q, M(MIRROR), big);
+	b = pack_msg(&q.r.base);
+	write_file(server_dir, "over-frame-limit", b.p, b.len);
 	free(b.p);
 	free(big.p);
 }
@@ -692,6 +777,310 @@ seeds_replies(void)
 	free(deep.p);
 }
 
+/* ---- Stream seeds (rpc_stream) --------------------------------------------
+ */
+
+#define PREFACE "asynq/1\n"
+
+static void
+stream_seed(const char *name, unsigned mode, const buf *b)
+{
+	buf s = { 0 };
+	buf_byte(&s, (uint8_t)mode);
+	buf_put(&s, b->p, b->len);
+	write_file(stream_dir, name, s.p, s.len);
+	free(s.p);
+}
+
+static void
+frame_hdr(buf *b, uint8_t type, uint32_t len)
+{
+	uint8_t h[5] = { type, (uint8_t)(len >> 24), (uint8_t)(len >> 16),
+		(uint8_t)(len >> 8), (uint8_t)len };
+	buf_put(b, h, sizeof(h));
+}
+
+static void
+frame(buf *b, uint8_t type, const void *p, size_t n)
+{
+	frame_hdr(b, type, (uint32_t)n);
+	buf_put(b, p, n);
+}
+
+/* A REQUEST frame of q (its payloads freed). */
+static void
+frame_req(buf *b, req *q)
+{
+	buf r = req_pack(q);
+	frame(b, 1, r.p, r.len);
+	free(r.p);
+}
+
+/* A METHODS frame naming the table of fuzz_method_id_name, then `extra`
+ * empty names. */
+static void
+frame_methods(buf *b, size_t extra)
+{
+	buf m = { 0 };
+	for (uint32_t id = 1; id <= FUZZ_METHOD_IDS; id++) {
+		const char *name = fuzz_method_id_name(id);
+		buf_ld(&m, 7, name, strlen(name));
+	}
+	for (size_t i = 0; i < extra; i++)
+		buf_ld(&m, 7, NULL, 0);
+	frame(b, 7, m.p, m.len);
+	free(m.p);
+}
+
+/* A request of calls by name and by number, and a PING. */
+static void
+stream_mixed(buf *b, uint64_t request_id)
+{
+	req q;
+	req_init(&q, request_id);
+	req_call(&q, M(SUM), num(1));
+	req_call(&q, "", chain(3, 1));
+	q.call[1].method_id = ASYNQ__FUZZ__FUZZ__ASYNQ_METHOD_COUNT + 1;
+	req_call(&q, "", num(1));
+	q.call[2].method_id = ASYNQ__FUZZ__FUZZ__ASYNQ_METHOD_SLEEP + 1;
+	req_call(&q, "", num(1));
+	q.call[3].method_id = FUZZ_N_METHODS + 1; /* a method it lacks */
+	req_call(&q, "", num(1));
+	q.call[4].method_id = FUZZ_METHOD_IDS + 1; /* not in the table */
+	req_meta(&q, "tag", "stream", 6);
+	frame_req(b, &q);
+	frame(b, 5, "pingpong", 8);
+}
+
+/* n requests of one Sleep call each, by number. */
+static void
+stream_sleeps(buf *b, size_t n, uint64_t first_id)
+{
+	for (size_t i = 0; i < n; i++) {
+		req q;
+		req_init(&q, first_id + i);
+		req_call(&q, "", num((int64_t)i));
+		q.call[0].method_id = ASYNQ__FUZZ__FUZZ__ASYNQ_METHOD_SLEEP + 1;
+		frame_req(b, &q);
+	}
+}
+
+static void
+seeds_stream(void)
+{
+	buf b = { 0 };
+	req q;
+
+	/* A whole conversation in the input's bytes, preface included. */
+	buf_put(&b, PREFACE, 8);
+	frame_methods(&b, 0);
+	stream_mixed(&b, 1);
+	stream_seed("handshake-request", FUZZ_STREAM_RAW, &b);
+	/* The same, cut every way. */
+	stream_seed("chunks-1-byte", FUZZ_STREAM_RAW | FUZZ_STREAM_CHUNKS(1),
+	    &b);
+	stream_seed("chunks-random", FUZZ_STREAM_RAW | FUZZ_STREAM_CHUNKS(6),
+	    &b);
+	stream_seed("chunks-frames", FUZZ_STREAM_RAW | FUZZ_STREAM_CHUNKS(7),
+	    &b);
+	b.len = 0;
+
+	/* The harness does the handshake. */
+	stream_mixed(&b, 2);
+	stream_seed("methods-then-request", FUZZ_STREAM_METHODS, &b);
+	stream_seed("hello-then-request", FUZZ_STREAM_HELLO, &b);
+	stream_seed("chunks-5-bytes",
+	    FUZZ_STREAM_METHODS | FUZZ_STREAM_CHUNKS(3), &b);
+	b.len = 0;
+	stream_seed("empty", FUZZ_STREAM_PREFACE, &b);
+	write_file(stream_dir, "no-mode-byte", NULL, 0);
+
+	/* Prefaces: another protocol's, another version's, half of one,
+	 * none. */
+	buf_put(&b, "GET / HTTP/1.1\r\nHost: asynq\r\n\r\n", 31);
+	stream_seed("bad-preface-http1", FUZZ_STREAM_RAW, &b);
+	b.len = 0;
+	buf_put(&b, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
+	stream_seed("bad-preface-http2", FUZZ_STREAM_RAW, &b);
+	b.len = 0;
+	buf_put(&b, "asynq/2\n", 8);
+	stream_mixed(&b, 3);
+	stream_seed("bad-preface-version", FUZZ_STREAM_RAW, &b);
+	b.len = 0;
+	buf_put(&b, "asyn", 4);
+	stream_seed("partial-preface", FUZZ_STREAM_RAW, &b);
+	b.len = 0;
+	stream_mixed(&b, 4);
+	stream_seed("no-preface", FUZZ_STREAM_RAW, &b);
+	b.len = 0;
+
+	/* Cut short: a header, a body. */
+	stream_mixed(&b, 5);
+	buf_put(&b, "\x01\x00\x00", 3);
+	stream_seed("truncated-header", FUZZ_STREAM_METHODS, &b);
+	b.len = 0;
+	frame(&b, 5, "x", 1);
+	frame_hdr(&b, 1, 100);
+	buf_put(&b, "\x0a\x05\x10\x01\x18\x02", 6);
+	stream_seed("truncated-frame", FUZZ_STREAM_PREFACE, &b);
+	b.len = 0;
+
+	/* Length claims far over the limit: the connection closes at the
+	 * header, without allocating what it claims. */
+	frame(&b, 5, "before", 6);
+	frame_hdr(&b, 1, 1u << 30);
+	buf_put(&b, "\x0a\x00", 2);
+	stream_seed("huge-length-1gib", FUZZ_STREAM_PREFACE, &b);
+	b.len = 0;
+	frame_hdr(&b, 5, UINT32_MAX);
+	stream_seed("huge-length-ping", FUZZ_STREAM_PREFACE, &b);
+	b.len = 0;
+	frame_hdr(&b, 200, 0x7fffffff);
+	stream_seed("huge-length-unknown-type", FUZZ_STREAM_PREFACE, &b);
+	b.len = 0;
+
+	/* Lengths at the limits (padded with zeros by the harness) and one
+	 * past them. */
+	static const struct {
+		const char *name;
+		uint32_t len;
+		unsigned mode;
+	} at[] = {
+		{ "length-max-msg", FUZZ_MAX_MSG_BYTES, FUZZ_STREAM_PAD },
+		{ "length-max-msg-plus-1", FUZZ_MAX_MSG_BYTES + 1,
+		    FUZZ_STREAM_PAD },
+		{ "length-frame-limit", FUZZ_MAX_FRAME, FUZZ_STREAM_PAD },
+		{ "length-frame-limit-plus-1", FUZZ_MAX_FRAME + 1,
+		    FUZZ_STREAM_PAD },
+		{ "length-frame-limit-ping", FUZZ_MAX_FRAME,
+		    FUZZ_STREAM_PAD | FUZZ_STREAM_CHUNKS(5) },
+	};
+	for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
+		frame_hdr(&b, i == 4 ? 5 : 1, at[i].len);
+		stream_seed(at[i].name, FUZZ_STREAM_METHODS | at[i].mode, &b);
+		b.len = 0;
+	}
+	/* A real request over max_msg_bytes. */
+	req_init(&q, 6);
+	buf big = { 0 };
+	uint8_t *blob = calloc(FUZZ_MAX_MSG_BYTES, 1);
+	if (blob == NULL)
+		die("calloc");
+	buf_ld(&big, 15, blob, FUZZ_MAX_MSG_BYTES);
+	free(blob);
+	req_call(&q, M(MIRROR), big);
+	frame_req(&b, &q);
+	frame(&b, 5, "after", 5);
+	stream_seed("request-over-max-msg", FUZZ_STREAM_METHODS, &b);
+	b.len = 0;
+
+	/* Types the server skips: unknown ones, and the server's own. */
+	frame(&b, 0, "zero", 4);
+	frame(&b, 8, "eight", 5);
+	frame(&b, 200, NULL, 0);
+	frame(&b, 255, "\xff\xff", 2);
+	frame(&b, 5, "x", 1);
+	stream_seed("unknown-types", FUZZ_STREAM_PREFACE, &b);
+	b.len = 0;
+	frame(&b, 2, "\x20\x01", 2);
+	frame(&b, 3, "\x08\x01", 2);
+	frame(&b, 4, "\x08\x01", 2);
+	frame(&b, 6, "pong", 4);
+	stream_mixed(&b, 7);
+	stream_seed("server-frame-types", FUZZ_STREAM_METHODS, &b);
+	b.len = 0;
+
+	/* PINGs: empty, 8 bytes, longer (the PONG carries the first 8). */
+	frame(&b, 5, NULL, 0);
+	frame(&b, 5, "12345678", 8);
+	frame(&b, 5, "123456789", 9);
+	uint8_t hundred[100];
+	for (size_t i = 0; i < sizeof(hundred); i++)
+		hundred[i] = (uint8_t)i;
+	frame(&b, 5, hundred, sizeof(hundred));
+	stream_seed("pings", FUZZ_STREAM_PREFACE, &b);
+	b.len = 0;
+
+	/* METHODS frames: malformed (the connection closes: later numbers
+	 * would be wrong), twice (the table grows), at the table's limit
+	 * and one name past it. */
+	frame(&b, 7,
+	    "\x3a\x05"
+	    "ab",
+	    4);
+	stream_mixed(&b, 8);
+	stream_seed("methods-malformed", FUZZ_STREAM_PREFACE, &b);
+	b.len = 0;
+	frame(&b, 7, "\x0b\x0c", 2);
+	stream_seed("methods-group", FUZZ_STREAM_PREFACE, &b);
+	b.len = 0;
+	frame_methods(&b, 0);
+	buf two = { 0 };
+	buf_ld(&two, 7, M(SUM), strlen(M(SUM)));
+	buf_ld(&two, 7, "nope", 4);
+	buf_ld(&two, 1, "ignored", 7);
+	frame(&b, 7, two.p, two.len);
+	free(two.p);
+	req_init(&q, 9);
+	req_call(&q, "", num(1));
+	q.call[0].method_id = FUZZ_METHOD_IDS + 1; /* Sum */
+	req_call(&q, "", num(1));
+	q.call[1].method_id = FUZZ_METHOD_IDS + 2; /* nope */
+	frame_req(&b, &q);
+	stream_seed("methods-twice", FUZZ_STREAM_PREFACE, &b);
+	b.len = 0;
+	for (int over = 0; over < 2; over++) {
+		frame_methods(&b,
+		    FUZZ_MAX_METHOD_NAMES - FUZZ_METHOD_IDS + (size_t)over);
+		req_init(&q, 10);
+		req_call(&q, "", chain(1, 1));
+		q.call[0].method_id = FUZZ_METHOD_IDS; /* Echo */
+		req_call(&q, "", num(1));
+		q.call[1].method_id = FUZZ_MAX_METHOD_NAMES;
+		frame_req(&b, &q);
+		stream_seed(over ? "methods-over-limit" : "methods-at-limit",
+		    FUZZ_STREAM_PREFACE, &b);
+		b.len = 0;
+	}
+
+	/* Pipelining: more requests at once than a connection may have in
+	 * flight before the server stops reading it. */
+	stream_sleeps(&b, 300, 100);
+	stream_seed("pipelined-300", FUZZ_STREAM_METHODS, &b);
+	b.len = 0;
+	/* Duplicate detection: the same request twice in a row. */
+	for (int k = 0; k < 2; k++) {
+		req_init(&q, 5);
+		q.r.client_id = 0xfeed;
+		req_call(&q, M(FAIL), num(2));
+		req_call(&q, M(SLEEP), num(1));
+		frame_req(&b, &q);
+	}
+	stream_seed("dedup-pair", FUZZ_STREAM_METHODS, &b);
+	b.len = 0;
+
+	/* Endings with answers in flight. */
+	stream_sleeps(&b, 8, 400);
+	stream_seed("end-shut-in-flight",
+	    FUZZ_STREAM_METHODS | FUZZ_STREAM_SHUT, &b);
+	stream_seed("end-close-in-flight",
+	    FUZZ_STREAM_METHODS | FUZZ_STREAM_CLOSE, &b);
+	stream_seed("end-canary-first",
+	    FUZZ_STREAM_METHODS | FUZZ_STREAM_CANARY_FIRST, &b);
+	b.len = 0;
+
+	/* Random bytes after the preface. */
+	uint64_t x = 0x2545f4914f6cdd1du;
+	for (size_t i = 0; i < 256; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		buf_byte(&b, (uint8_t)x);
+	}
+	stream_seed("random-256", FUZZ_STREAM_PREFACE, &b);
+	free(b.p);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -703,12 +1092,15 @@ main(int argc, char **argv)
 		die(argv[1]);
 	snprintf(server_dir, sizeof(server_dir), "%s/rpc_server", argv[1]);
 	snprintf(decode_dir, sizeof(decode_dir), "%s/rpc_decode", argv[1]);
+	snprintf(stream_dir, sizeof(stream_dir), "%s/rpc_stream", argv[1]);
 	clear_dir(server_dir);
 	clear_dir(decode_dir);
+	clear_dir(stream_dir);
 	seeds_valid();
 	seeds_limits();
 	seeds_malformed();
 	seeds_replies();
+	seeds_stream();
 	printf("%zu files, %zu bytes\n", total_files, total_bytes);
 	return 0;
 }

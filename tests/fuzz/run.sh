@@ -5,16 +5,18 @@
 # Bazel (whose default toolchain is gcc), and runs them on a copy of the
 # committed seed corpus (the repository's corpus is never written).
 #
-#   tests/fuzz/run.sh [SECONDS]            fuzz rpc_server for SECONDS (60)
-#   tests/fuzz/run.sh -t TARGET [SECONDS]  rpc_server, rpc_decode or all
-#                                          (all: each for SECONDS)
+#   tests/fuzz/run.sh [SECONDS]            fuzz rpc_server, then rpc_stream,
+#                                          for SECONDS each (60; CI)
+#   tests/fuzz/run.sh -t TARGET [SECONDS]  rpc_server, rpc_stream, rpc_decode
+#                                          or all (all: each for SECONDS)
 #   tests/fuzz/run.sh -t TARGET -r FILE    run one input (a reproducer) once
-#   tests/fuzz/run.sh --replay             run every seed once, both targets
+#   tests/fuzz/run.sh --replay             run every seed once, all targets
 #   tests/fuzz/run.sh --corpus             rebuild tests/fuzz/corpus
 #
 # -o DIR keeps the build, corpus copies, logs and artifacts in DIR (default:
 # a new directory under ${TMPDIR:-/tmp}, printed). Extra libFuzzer flags may
-# follow `--`, e.g. `-- -seed=1`.
+# follow `--`, e.g. `-- -seed=1`. BAZEL names the Bazel command for the
+# generated code (default `bazel`; e.g. BAZEL="bazel --output_base=DIR").
 #
 # Exit status 0 when every run finished clean, 1 when one found a crash, a
 # leak or a timeout (its reproducer's path is printed), 2 for a usage or build
@@ -26,14 +28,16 @@ SELF="$ROOT/tests/fuzz/run.sh"
 cd "$ROOT"
 
 SECONDS_EACH=60
-TARGETS=(rpc_server)
+TARGETS=(rpc_server rpc_stream)
+ALL=(rpc_server rpc_stream rpc_decode)
+read -r -a BAZEL_CMD <<<"${BAZEL:-bazel}"
 WORK=""
 REPRO=""
 MODE=fuzz
 EXTRA=()
 
 usage() {
-	sed -n '3,21p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+	sed -n '3,24p' "$SELF" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -42,8 +46,8 @@ while [ $# -gt 0 ]; do
 	-t)
 		[ $# -ge 2 ] || usage
 		case "$2" in
-		all) TARGETS=(rpc_server rpc_decode) ;;
-		rpc_server | rpc_decode) TARGETS=("$2") ;;
+		all) TARGETS=("${ALL[@]}") ;;
+		rpc_server | rpc_stream | rpc_decode) TARGETS=("$2") ;;
 		*) usage ;;
 		esac
 		shift 2
@@ -59,7 +63,7 @@ while [ $# -gt 0 ]; do
 		WORK="$2"
 		shift 2
 		;;
-	--replay) MODE=replay; TARGETS=(rpc_server rpc_decode); shift ;;
+	--replay) MODE=replay; TARGETS=("${ALL[@]}"); shift ;;
 	--corpus) MODE=corpus; shift ;;
 	--) shift; EXTRA=("$@"); break ;;
 	-h | --help) usage ;;
@@ -69,17 +73,17 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$MODE" = corpus ]; then
-	bazel run //tests/fuzz:make_corpus -- "$ROOT/tests/fuzz/corpus"
+	"${BAZEL_CMD[@]}" run //tests/fuzz:make_corpus -- "$ROOT/tests/fuzz/corpus"
 	exit $?
 fi
 
 # ---- Build --------------------------------------------------------------------
 
-if ! bazel build //proto/asynq:rpc_c //tests/fuzz:fuzz_proto; then
+if ! "${BAZEL_CMD[@]}" build //proto/asynq:rpc_c //tests/fuzz:fuzz_proto; then
 	echo "run.sh: bazel build of the generated protobuf code failed" >&2
 	exit 2
 fi
-BIN="$(bazel info bazel-bin 2>/dev/null)"
+BIN="$("${BAZEL_CMD[@]}" info bazel-bin 2>/dev/null)"
 
 if [ -z "$WORK" ]; then
 	WORK="$(mktemp -d "${TMPDIR:-/tmp}/asynq-fuzz.XXXXXX")"
@@ -107,10 +111,14 @@ CFLAGS=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 	-Iframework/include -I. -I"$GEN" -I"$GEN/proto/asynq/wkt" -Iframework/arch)
 LIBS=(-lnng -lprotobuf-c -lpthread)
 
+# Every source of the framework's folders (framework/rpc/*.c is the
+# connection layer, framing, dedup table, metadata, envelope codec, client
+# and server), the generated code, and what the targets share.
+# fuzz_mutator.c's mutator is weak: rpc_stream's own replaces it.
 COMMON=(framework/core/*.c framework/arch/x86_64/switch.S framework/runtime/*.c
 	framework/rpc/*.c "$GEN"/proto/asynq/rpc.pb-c.c "$GEN"/tests/fuzz/*.pb-c.c
 	"$GEN"/tests/fuzz/*.asynq.c tests/fuzz/fuzz_service.c
-	tests/fuzz/fuzz_mutator.c)
+	tests/fuzz/fuzz_mutator.c tests/fuzz/fuzz_wire.c)
 
 OBJ="$WORK/obj"
 rm -rf "$OBJ"
@@ -124,7 +132,8 @@ echo "run.sh: compiling ${#COMMON[@]} sources with $CC"
 pids=()
 failed=0
 jobs_max="$(nproc)"
-for src in "${COMMON[@]}" tests/fuzz/fuzz_rpc_server.c tests/fuzz/fuzz_rpc_decode.c; do
+for src in "${COMMON[@]}" tests/fuzz/fuzz_rpc_server.c \
+    tests/fuzz/fuzz_rpc_stream.c tests/fuzz/fuzz_rpc_decode.c; do
 	compile "$src" &
 	pids+=($!)
 	while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do
@@ -162,8 +171,10 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 # the speed. LeakSanitizer still checks at exit, after the harness has
 # closed the server; a leak found there is traced to its input afterwards
 # by replaying the corpus with the per-input check on.
-FLAGS=(-rss_limit_mb=2048 -max_len=65536 -timeout=30 -detect_leaks=0
-	-dict="$ROOT/tests/fuzz/rpc.dict" -print_final_stats=1)
+# No single allocation may reach 64 MiB (the server's limits are a few
+# hundred KiB; a length claim must not turn into an allocation).
+FLAGS=(-rss_limit_mb=2048 -malloc_limit_mb=64 -max_len=65536 -timeout=30
+	-detect_leaks=0 -dict="$ROOT/tests/fuzz/rpc.dict" -print_final_stats=1)
 
 passed=0
 nfailed=0
@@ -205,7 +216,7 @@ for t in "${TARGETS[@]}"; do
 	esac
 	done_line="$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true)"
 	[ -n "$done_line" ] && echo "run.sh: $t: $done_line"
-	grep -E '^(stat::|rpc_server fuzz: [0-9]+ inputs)' "$log" |
+	grep -E '^(stat::|rpc_(server|stream) fuzz: [0-9]+ inputs)' "$log" |
 	    sed "s/^/run.sh: $t: /" || true
 	if [ "$rc" = 0 ]; then
 		passed=$((passed + 1))
@@ -213,7 +224,7 @@ for t in "${TARGETS[@]}"; do
 	fi
 	nfailed=$((nfailed + 1))
 	[ "$rc" = 124 ] && echo "run.sh: $t did not stop within its time" >&2
-	grep -E 'ERROR: (AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|libFuzzer)|SUMMARY|runtime error|rpc_(server|decode) fuzz: |ALARM' \
+	grep -E 'ERROR: (AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|libFuzzer)|SUMMARY|runtime error|rpc_(server|stream|decode) fuzz: |ALARM' \
 	    "$log" | head -20 >&2 || true
 	repro="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)"
 	# A leak found at exit comes with the empty input as its "unit".
