@@ -23,7 +23,9 @@
  * - Closing: `closed` under mu stops new reads and writes; nng_stream_close
  *   completes the aios in flight with an error. `finish` runs once nothing
  *   is in flight (rx_busy and tx_busy clear): it fails the queued wbufs and
- *   calls on_close. So on_close never overlaps on_read.
+ *   calls on_close. So on_close never overlaps on_read. Sends are started
+ *   without mu, so one may follow the close; nng's streams never complete
+ *   such a send, and send_async cancels it.
  * - In-process pairs have no stream: a flush copies the queued bytes into
  *   the peer's inbox and posts the peer's read to the owner scheduler; the
  *   post hands the inbox to on_read. Closing either end closes both, each
@@ -677,6 +679,27 @@ iov_advance(asynqi_conn *c, size_t n)
 	c->niov -= i;
 }
 
+/* Sends the iovecs through the callback aio (tx_busy held; the caller's
+ * reference moves to txs_cb). A close may come between the sender's last
+ * look at `closed` and this send, and nng's streams leave a send that
+ * follows their close queued for ever: txs_cb would never run, tx_busy
+ * never clear, finish and on_close never come. So once the send is
+ * queued, a close is looked for and the send cancelled; a close that comes
+ * later completes it (nng_stream_close fails the sends queued). */
+static void
+send_async(asynqi_conn *c)
+{
+	asynqi_conn_hold(c); /* txs_cb may drop the caller's at once */
+	nng_aio_set_iov(c->txs, c->niov, c->iov);
+	nng_stream_send(c->st, c->txs);
+	pthread_mutex_lock(&c->mu);
+	bool closed = c->closed;
+	pthread_mutex_unlock(&c->mu);
+	if (closed)
+		nng_aio_cancel(c->txs);
+	asynqi_conn_rele(c);
+}
+
 /* The sender (tx_busy held): keeps sending until the queue is empty, an
  * asynchronous send is in flight (its callback continues), or an error. */
 static void
@@ -725,8 +748,7 @@ send_loop(asynqi_conn *c, bool from_cb)
 		}
 		if (rv == NNG_ECANCELED && n == 0) {
 			/* Not sent inline: the callback aio takes over. */
-			nng_aio_set_iov(c->txs, c->niov, c->iov);
-			nng_stream_send(c->st, c->txs);
+			send_async(c);
 			return; /* the reference moves to txs_cb */
 		}
 		from_cb = false;
@@ -777,8 +799,7 @@ txs_cb(void *arg)
 	iov_advance(c, nng_aio_count(c->txs));
 	if (c->niov > 0) {
 		/* The rest of this send, again through the callback aio. */
-		nng_aio_set_iov(c->txs, c->niov, c->iov);
-		nng_stream_send(c->st, c->txs);
+		send_async(c);
 		return;
 	}
 	send_loop(c, false);
