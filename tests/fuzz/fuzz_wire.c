@@ -11,16 +11,22 @@
  *   process id: short enough for sun_path, and no port to collide on.
  * - Writes use MSG_NOSIGNAL, so a server that closes a connection
  *   mid-write is an error return, not a SIGPIPE.
+ * - Stopping is watched: a server that cannot close (a connection whose
+ *   close never finishes, a request never answered) aborts the harness
+ *   after FUZZ_STOP_TIMEOUT_S with a message that says so, rather than
+ *   hanging until run.sh's timeout.
  */
 #include "tests/fuzz/fuzz_wire.h"
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tests/fuzz/fuzz_service.h"
@@ -39,6 +45,7 @@ fuzz_server_start(fuzz_server *fs, const char *name)
 		.dedup_bytes = FUZZ_DEDUP_BYTES,
 	};
 	memset(fs, 0, sizeof(*fs));
+	fs->name = name;
 	snprintf(fs->path, sizeof(fs->path), "/tmp/asynq-fuzz-%s-%d.sock", name,
 	    (int)getpid());
 	snprintf(fs->url, sizeof(fs->url), "ipc://%s", fs->path);
@@ -64,15 +71,56 @@ fail:
 	abort();
 }
 
+/* The watchdog of fuzz_server_stop. */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool done;
+	const char *name;
+} stop_wd = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false,
+	NULL };
+
+static void *
+stop_watch(void *arg)
+{
+	(void)arg;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += FUZZ_STOP_TIMEOUT_S;
+	pthread_mutex_lock(&stop_wd.mu);
+	while (!stop_wd.done)
+		if (pthread_cond_timedwait(&stop_wd.cv, &stop_wd.mu, &ts) ==
+		    ETIMEDOUT) {
+			fprintf(stderr,
+			    "\n%s fuzz: the server did not close within %d s "
+			    "(a connection or a request it holds never "
+			    "finished)\n",
+			    stop_wd.name, FUZZ_STOP_TIMEOUT_S);
+			abort();
+		}
+	pthread_mutex_unlock(&stop_wd.mu);
+	return NULL;
+}
+
 void
 fuzz_server_stop(fuzz_server *fs)
 {
+	pthread_t wd;
+	stop_wd.name = fs->name;
+	bool watched = pthread_create(&wd, NULL, stop_watch, NULL) == 0;
 	asynq_rpc_server_free(fs->srv);
 	asynq_runtime_free(fs->rt);
 	asynq_thread_fini();
 	(void)unlink(fs->path);
 	fs->srv = NULL;
 	fs->rt = NULL;
+	if (watched) {
+		pthread_mutex_lock(&stop_wd.mu);
+		stop_wd.done = true;
+		pthread_cond_signal(&stop_wd.cv);
+		pthread_mutex_unlock(&stop_wd.mu);
+		pthread_join(wd, NULL);
+	}
 }
 
 uint64_t

@@ -41,7 +41,11 @@ enum {
 };
 
 /* The server a harness fuzzes. */
+/* How long fuzz_server_stop may take before the harness aborts. */
+#define FUZZ_STOP_TIMEOUT_S 20
+
 typedef struct fuzz_server {
+	const char *name; /* the harness's, for messages */
 	asynq_runtime *rt;
 	asynq_rpc_server *srv;
 	char path[96]; /* the ipc socket's file */
@@ -54,7 +58,8 @@ typedef struct fuzz_server {
 void fuzz_server_start(fuzz_server *fs, const char *name);
 
 /* fuzz_server_stop closes the server (it answers what it received and
- * closes its connections), stops the runtime and removes the socket. */
+ * closes its connections), stops the runtime and removes the socket;
+ * aborts if that takes FUZZ_STOP_TIMEOUT_S. */
 void fuzz_server_stop(fuzz_server *fs);
 
 /* fuzz_server_requests returns how many REQUEST frames the server read. */

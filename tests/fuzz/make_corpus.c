@@ -1048,6 +1048,17 @@ seeds_stream(void)
 	stream_sleeps(&b, 300, 100);
 	stream_seed("pipelined-300", FUZZ_STREAM_METHODS, &b);
 	b.len = 0;
+	/* Replies flushed while the reader closes the connection (a length
+	 * claim over the limit after 50 quick requests): a race the
+	 * connection layer once lost, leaving the server unable to close. */
+	for (size_t i = 0; i < 50; i++) {
+		req_init(&q, 200 + i);
+		req_call(&q, M(SUM), num(1));
+		frame_req(&b, &q);
+	}
+	frame_hdr(&b, 1, UINT32_MAX);
+	stream_seed("replies-racing-close", FUZZ_STREAM_METHODS, &b);
+	b.len = 0;
 	/* Duplicate detection: the same request twice in a row. */
 	for (int k = 0; k < 2; k++) {
 		req_init(&q, 5);
