@@ -378,6 +378,7 @@ typedef struct output {
 	size_t replies, pongs;
 	uint64_t *ids; /* request_ids of the replies */
 	bool eof;
+	bool canary; /* the canary ran (ending "canary first") */
 } output;
 
 static void
@@ -725,8 +726,10 @@ run(int fd, unsigned mode, const plan *p, const model *m, output *o)
 			ended = true;
 			if (ending == END_SHUT)
 				(void)shutdown(fd, SHUT_WR);
-			if (ending == END_CANARY_FIRST)
+			if (ending == END_CANARY_FIRST) {
 				canary();
+				o->canary = true;
+			}
 		}
 		if (o->eof)
 			break;
@@ -883,7 +886,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 		    p.len, mode, m.closes ? "closes: " : "open",
 		    m.closes ? m.why : "", o.replies, m.requests, o.pongs,
 		    m.n_pongs, o.eof ? ", closed" : "");
-	if (ending != END_CANARY_FIRST)
+	if (!o.canary)
 		canary();
 	requests_settle(fz.requests);
 	heap_check();
