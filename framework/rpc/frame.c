@@ -8,8 +8,10 @@
  * - Buffers grow by doubling, so appending N calls costs O(log N) reallocs;
  *   a buffer that failed to grow stays failed, and its owner checks once.
  * - The reader rejects what protobuf-c rejects for the envelope messages
- *   (truncated varints and lengths, groups, wire types 6 and 7, field 0),
- *   so a hand-read envelope is never accepted where protobuf-c would fail.
+ *   (truncated varints and lengths, keys and lengths over 5 bytes, values
+ *   over 10, groups, wire types 6 and 7, field 0), so a hand-read envelope
+ *   is never accepted where protobuf-c would fail; the rpc_server fuzz
+ *   target checks this.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -77,11 +79,13 @@ asynqi_frame_hdr(uint8_t out[ASYNQI_FRAME_HDR], unsigned type, uint32_t len)
 	out[4] = (uint8_t)len;
 }
 
+/* Reads a varint of at most max_bytes bytes (protobuf-c takes keys and
+ * lengths of up to 5 bytes, values of up to 10). */
 static bool
-get_varint(asynqi_reader *r, uint64_t *v)
+get_varint_n(asynqi_reader *r, uint64_t *v, unsigned max_bytes)
 {
 	uint64_t x = 0;
-	for (unsigned shift = 0; shift < 70; shift += 7) {
+	for (unsigned shift = 0; shift < 7 * max_bytes; shift += 7) {
 		if (r->p >= r->end)
 			return false;
 		uint8_t b = *r->p++;
@@ -94,13 +98,20 @@ get_varint(asynqi_reader *r, uint64_t *v)
 	return false;
 }
 
+static bool
+get_varint(asynqi_reader *r, uint64_t *v)
+{
+	return get_varint_n(r, v, 10);
+}
+
 int
 asynqi_reader_slow(asynqi_reader *r, asynqi_field *f)
 {
 	if (r->p >= r->end)
 		return 0;
 	uint64_t key;
-	if (!get_varint(r, &key) || (key >> 3) == 0 || (key >> 3) > UINT32_MAX)
+	if (!get_varint_n(r, &key, 5) || (key >> 3) == 0 ||
+	    (key >> 3) > UINT32_MAX)
 		return -1;
 	f->num = (uint32_t)(key >> 3);
 	f->wt = (unsigned)(key & 7);
@@ -126,7 +137,7 @@ asynqi_reader_slow(asynqi_reader *r, asynqi_field *f)
 		return 1;
 	case 2: {
 		uint64_t n;
-		if (!get_varint(r, &n) || n > (uint64_t)(r->end - r->p))
+		if (!get_varint_n(r, &n, 5) || n > (uint64_t)(r->end - r->p))
 			return -1;
 		f->p = r->p;
 		f->len = (size_t)n;
