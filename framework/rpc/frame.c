@@ -109,9 +109,10 @@ asynqi_reader_slow(asynqi_reader *r, asynqi_field *f)
 {
 	if (r->p >= r->end)
 		return 0;
+	/* As protobuf-c: a first byte with no field bits is malformed; a
+	 * longer key that still names field 0 is an unknown field. */
 	uint64_t key;
-	if (!get_varint_n(r, &key, 5) || (key >> 3) == 0 ||
-	    (key >> 3) > UINT32_MAX)
+	if ((*r->p & 0xf8) == 0 || !get_varint_n(r, &key, 5))
 		return -1;
 	f->num = (uint32_t)(key >> 3);
 	f->wt = (unsigned)(key & 7);

@@ -144,7 +144,8 @@ int asynqi_reader_slow(asynqi_reader *r, asynqi_field *f);
 
 /* asynqi_reader_next reads the next field: 1 when one was read, 0 at the
  * end, -1 for malformed bytes (bad varint, length past the end, a group or
- * an unknown wire type, field number 0). */
+ * an unknown wire type, a one-byte key of field 0); exactly what protobuf-c
+ * rejects. */
 static inline int
 asynqi_reader_next(asynqi_reader *r, asynqi_field *f)
 {

@@ -15,8 +15,10 @@
  *   dedup table, holds the runtime (asynq_runtime_hold) and posts the
  *   request to the worker; a burst of posts costs one wake-up. Requests
  *   refused before they run are answered from the reader.
- * - On the worker, a request's calls run as tasks: one per unary call, one
- *   per whole-batch method. Each result is packed straight into the
+ * - Requests spread over the workers as they arrive, whatever their
+ *   connection (one client usually has one connection). On the worker, a
+ *   request's calls run as tasks: one per unary call, one per whole-batch
+ *   method. Each result is packed straight into the
  *   request's reply buffer as a Result field; the last task to finish
  *   completes the frame, queues it on the connection and marks the
  *   connection dirty. A post on the worker flushes its dirty connections, so
@@ -106,7 +108,8 @@ typedef struct srv_task {
 } srv_task;
 
 struct srv_req {
-	srv_conn *sc; /* holds a reference */
+	srv_conn *sc;  /* holds a reference */
+	size_t worker; /* the worker that runs it */
 	asynq_post post;
 	asynqi_arena arena;
 	asynqi_request_ref rq; /* points into a copy of the body, in arena */
@@ -132,7 +135,6 @@ typedef struct srv_out {
 struct srv_conn {
 	asynq_rpc_server *s;
 	asynqi_conn *c; /* holds a reference */
-	size_t worker;
 	atomic_long refs;
 	atomic_long inflight; /* requests not answered */
 	pthread_mutex_t mu;
@@ -143,9 +145,8 @@ struct srv_conn {
 	bool got_preface;
 	srv_mt_entry *mt;
 	size_t n_mt;
-	/* Worker only. */
-	bool dirty;
-	srv_conn *dirty_next;
+	/* Bit w: listed by worker w's writer (workers 0-63). */
+	atomic_uint_fast64_t dirty_mask;
 	/* Server's list, under s->mu. */
 	srv_conn *prev, *next;
 };
@@ -154,8 +155,10 @@ struct srv_conn {
 struct srv_writer {
 	asynq_post post;
 	asynq_rpc_server *s;
-	srv_conn *dirty; /* worker only */
-	bool posted;     /* worker only */
+	size_t index;
+	srv_conn **dirty; /* worker only, each held */
+	size_t n_dirty, cap_dirty;
+	bool posted; /* worker only */
 };
 
 struct asynq_rpc_server {
@@ -352,41 +355,53 @@ writer_run(asynq_post *p)
 {
 	srv_writer *w = (srv_writer *)p;
 	asynq_rpc_server *s = w->s;
-	srv_conn *sc = w->dirty;
-	w->dirty = NULL;
+	uint64_t bit = (uint64_t)1 << w->index;
 	w->posted = false;
-	while (sc != NULL) {
-		srv_conn *next = sc->dirty_next;
-		sc->dirty = false;
-		sc->dirty_next = NULL;
+	for (size_t i = 0; i < w->n_dirty; i++) {
+		srv_conn *sc = w->dirty[i];
+		atomic_fetch_and(&sc->dirty_mask, ~bit);
 		asynqi_conn_flush(sc->c);
 		sc_rele(sc);
-		sc = next;
 	}
+	w->n_dirty = 0;
 	pthread_mutex_lock(&s->mu);
 	if (--s->writer_posts == 0)
 		pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 }
 
-/* Worker: sc has replies queued; flush it when this pass ends. */
+/* Worker `worker`: sc has replies queued; flush it when this pass of the
+ * worker's scheduler ends (at once past 64 workers, or without memory). */
 static void
-writer_mark(asynq_rpc_server *s, srv_conn *sc)
+writer_mark(asynq_rpc_server *s, srv_conn *sc, size_t worker)
 {
-	srv_writer *w = &s->writers[sc->worker];
-	if (!sc->dirty) {
-		sc->dirty = true;
+	srv_writer *w = &s->writers[worker];
+	if (worker >= 64) {
+		asynqi_conn_flush(sc->c);
+		return;
+	}
+	uint64_t bit = (uint64_t)1 << worker;
+	if ((atomic_fetch_or(&sc->dirty_mask, bit) & bit) == 0) {
+		if (w->n_dirty == w->cap_dirty) {
+			size_t cap = w->cap_dirty != 0 ? 2 * w->cap_dirty : 16;
+			srv_conn **d = realloc(w->dirty, cap * sizeof(*d));
+			if (d == NULL) {
+				atomic_fetch_and(&sc->dirty_mask, ~bit);
+				asynqi_conn_flush(sc->c);
+				return;
+			}
+			w->dirty = d;
+			w->cap_dirty = cap;
+		}
 		sc_hold(sc);
-		sc->dirty_next = w->dirty;
-		w->dirty = sc;
+		w->dirty[w->n_dirty++] = sc;
 	}
 	if (!w->posted) {
 		w->posted = true;
 		pthread_mutex_lock(&s->mu);
 		s->writer_posts++;
 		pthread_mutex_unlock(&s->mu);
-		asynq_sched_post(asynq_runtime_sched(s->rt, sc->worker),
-		    &w->post);
+		asynq_sched_post(asynq_runtime_sched(s->rt, worker), &w->post);
 	}
 }
 
@@ -508,7 +523,8 @@ req_finish(srv_req *r)
 {
 	srv_conn *sc = r->sc;
 	asynq_rpc_server *s = sc->s;
-	s->w_inflight[sc->worker] -= r->running;
+	size_t worker = r->worker;
+	s->w_inflight[worker] -= r->running;
 	for (size_t i = 0; i < r->n; i++)
 		if (!r->calls[i].answered)
 			result_put(r, &r->calls[i], ASYNQ_INTERNAL,
@@ -534,7 +550,7 @@ req_finish(srv_req *r)
 		    a.len, dd_send_waiter, &a);
 	}
 	sc_queue_frame(sc, ASYNQI_FRAME_REPLY, &out);
-	writer_mark(s, sc);
+	writer_mark(s, sc, worker);
 	asynq_runtime *rt = s->rt;
 	req_release(s, sc);
 	sc_rele(sc);
@@ -673,7 +689,7 @@ req_run(asynq_post *p)
 	for (size_t i = 0; i < r->n; i++)
 		if (r->calls[i].sm != NULL)
 			n_run++;
-	if (s->w_inflight[sc->worker] + n_run > s->cfg.max_inflight_calls) {
+	if (s->w_inflight[r->worker] + n_run > s->cfg.max_inflight_calls) {
 		atomic_fetch_add(&s->rejected, 1);
 		for (size_t i = 0; i < r->n; i++)
 			if (r->calls[i].sm != NULL)
@@ -694,7 +710,7 @@ req_run(asynq_post *p)
 		n_run = 0;
 	}
 	r->running = n_run;
-	s->w_inflight[sc->worker] += n_run;
+	s->w_inflight[r->worker] += n_run;
 	atomic_fetch_add(&s->calls, n_run);
 	/* Group the calls into tasks: one per unary call, one per
 	 * whole-batch method. */
@@ -1029,7 +1045,12 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 		asynqi_conn_pause(sc->c);
 	}
 	pthread_mutex_unlock(&sc->mu);
-	asynq_sched_post(asynq_runtime_sched(s->rt, sc->worker), &r->post);
+	/* Requests of one connection spread over the workers, as they arrive;
+	 * each worker batches the calls of the requests it runs. */
+	r->worker = atomic_fetch_add_explicit(&s->next_worker, 1,
+	                memory_order_relaxed) %
+	    s->workers;
+	asynq_sched_post(asynq_runtime_sched(s->rt, r->worker), &r->post);
 }
 
 static void
@@ -1157,9 +1178,7 @@ srv_accept(void *arg, asynqi_conn *c)
 	sc->c = c;
 	atomic_init(&sc->refs, 1);
 	atomic_init(&sc->inflight, 0);
-	sc->worker = asynqi_conn_is_inproc(c)
-	    ? 0
-	    : atomic_fetch_add(&s->next_worker, 1) % s->workers;
+	atomic_init(&sc->dirty_mask, 0);
 	pthread_mutex_lock(&s->mu);
 	bool closing = s->closing;
 	if (!closing) {
@@ -1193,7 +1212,8 @@ srv_owner(void *arg)
 	pthread_mutex_unlock(&s->mu);
 	if (closing)
 		return NULL;
-	return asynq_runtime_sched(s->rt, 0);
+	return asynq_runtime_sched(s->rt,
+	    atomic_fetch_add(&s->next_worker, 1) % s->workers);
 }
 
 /* ---- Server -------------------------------------------------------------- */
@@ -1331,6 +1351,7 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	for (size_t i = 0; i < s->workers; i++) {
 		s->writers[i].post.fn = writer_run;
 		s->writers[i].s = s;
+		s->writers[i].index = i;
 	}
 	*sp = s;
 	return ASYNQ_OK;
@@ -1503,6 +1524,8 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 		return;
 	asynq_rpc_server_close(s);
 	free(s->listeners);
+	for (size_t i = 0; i < s->workers; i++)
+		free(s->writers[i].dirty);
 	free(s->writers);
 	free(s->w_inflight);
 	free(s->methods);

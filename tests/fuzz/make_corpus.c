@@ -492,6 +492,15 @@ seeds_valid(void)
 
 	req_init(&q, 13);
 	req_seed(&q, "no-calls");
+	/* Keys as protobuf-c reads them: a 6-byte key is malformed, an
+	 * overlong key of field 0 is an unknown field (both once told apart
+	 * wrongly by the server's own envelope parser). */
+	static const uint8_t six_byte_key[] = { 0x8a, 0x80, 0x80, 0x80, 0x80,
+		0x00, 0x00 };
+	seed("key-six-bytes", six_byte_key, sizeof(six_byte_key));
+	static const uint8_t key_field_0[] = { 0x8a, 0x80, 0x0a, 0x00, 0x80,
+		0x00, 0x00 };
+	seed("key-overlong-field-0", key_field_0, sizeof(key_field_0));
 
 	/* Per-call metadata shadows the request's. */
 	req_init(&q, 14);
