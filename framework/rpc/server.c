@@ -26,8 +26,9 @@
  * - Connection state `sc` is reference counted (atomics): the transport's
  *   reference until on_close, one per request in flight, one per dirty
  *   mark, one per parked dedup copy. A connection with more than
- *   MAX_CONN_INFLIGHT requests in flight stops reading until one finishes,
- *   so a pipelining client cannot grow the server's memory without bound.
+ *   MAX_CONN_INFLIGHT requests in flight stops reading until they are down
+ *   to half, so a pipelining client cannot grow the server's memory
+ *   without bound.
  * - Closing: `closing` stops the listeners; every connection gets a GOAWAY
  *   naming the last request id it accepted (under the connection's mutex,
  *   so no request is accepted after the id is read); requests read later
@@ -136,7 +137,7 @@ struct srv_conn {
 	asynq_rpc_server *s;
 	asynqi_conn *c; /* holds a reference */
 	atomic_long refs;
-	atomic_long inflight; /* requests not answered */
+	long inflight; /* requests not answered, under mu */
 	pthread_mutex_t mu;
 	bool goaway;      /* under mu */
 	uint64_t last_id; /* under mu */
@@ -167,7 +168,8 @@ struct asynq_rpc_server {
 	srv_method *methods;
 	size_t n_methods;
 	size_t workers;
-	size_t *w_inflight; /* per worker, worker only */
+	size_t *w_inflight;    /* per worker, worker only */
+	atomic_size_t *w_load; /* calls read and not answered, per worker */
 	srv_writer *writers;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -500,13 +502,16 @@ dd_send_waiter(void *waiter, void *ctx)
 	sc_rele(sc);
 }
 
-/* A request left the server (answered or refused). Any thread. */
+/* A request of n_calls calls on `worker` left the server (answered or
+ * refused). Any thread. */
 static void
-req_release(asynq_rpc_server *s, srv_conn *sc)
+req_release(asynq_rpc_server *s, srv_conn *sc, size_t worker, size_t n_calls)
 {
+	atomic_fetch_sub_explicit(&s->w_load[worker], n_calls,
+	    memory_order_relaxed);
 	pthread_mutex_lock(&sc->mu);
-	long left = atomic_fetch_sub(&sc->inflight, 1) - 1;
-	if (sc->paused && left < MAX_CONN_INFLIGHT / 2) {
+	sc->inflight--;
+	if (sc->paused && sc->inflight < MAX_CONN_INFLIGHT / 2) {
 		sc->paused = false;
 		asynqi_conn_resume(sc->c);
 	}
@@ -524,6 +529,7 @@ req_finish(srv_req *r)
 	srv_conn *sc = r->sc;
 	asynq_rpc_server *s = sc->s;
 	size_t worker = r->worker;
+	size_t n_calls = r->n;
 	s->w_inflight[worker] -= r->running;
 	for (size_t i = 0; i < r->n; i++)
 		if (!r->calls[i].answered)
@@ -552,7 +558,7 @@ req_finish(srv_req *r)
 	sc_queue_frame(sc, ASYNQI_FRAME_REPLY, &out);
 	writer_mark(s, sc, worker);
 	asynq_runtime *rt = s->rt;
-	req_release(s, sc);
+	req_release(s, sc, worker, n_calls);
 	sc_rele(sc);
 	asynq_runtime_rele(rt);
 }
@@ -1039,17 +1045,31 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 	r->sc = sc;
 	r->post.fn = req_run;
 	pthread_mutex_lock(&sc->mu);
-	if (atomic_fetch_add(&sc->inflight, 1) + 1 >= MAX_CONN_INFLIGHT &&
-	    !sc->paused) {
+	sc->inflight++;
+	if (!sc->paused && sc->inflight >= MAX_CONN_INFLIGHT) {
 		sc->paused = true;
 		asynqi_conn_pause(sc->c);
 	}
 	pthread_mutex_unlock(&sc->mu);
-	/* Requests of one connection spread over the workers, as they arrive;
-	 * each worker batches the calls of the requests it runs. */
-	r->worker = atomic_fetch_add_explicit(&s->next_worker, 1,
-	                memory_order_relaxed) %
-	    s->workers;
+	/* Requests of one connection spread over the workers as they arrive:
+	 * each goes to the worker with the fewest calls in flight (ties in
+	 * turn), which batches the calls of the requests it runs. */
+	size_t start = atomic_fetch_add_explicit(&s->next_worker, 1,
+	           memory_order_relaxed),
+	       best = start % s->workers;
+	size_t least =
+	    atomic_load_explicit(&s->w_load[best], memory_order_relaxed);
+	for (size_t k = 1; k < s->workers && least > 0; k++) {
+		size_t w = (start + k) % s->workers;
+		size_t l =
+		    atomic_load_explicit(&s->w_load[w], memory_order_relaxed);
+		if (l < least) {
+			least = l;
+			best = w;
+		}
+	}
+	r->worker = best;
+	atomic_fetch_add_explicit(&s->w_load[best], r->n, memory_order_relaxed);
 	asynq_sched_post(asynq_runtime_sched(s->rt, r->worker), &r->post);
 }
 
@@ -1177,7 +1197,6 @@ srv_accept(void *arg, asynqi_conn *c)
 	sc->s = s;
 	sc->c = c;
 	atomic_init(&sc->refs, 1);
-	atomic_init(&sc->inflight, 0);
 	atomic_init(&sc->dirty_mask, 0);
 	pthread_mutex_lock(&s->mu);
 	bool closing = s->closing;
@@ -1345,8 +1364,9 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	if (pthread_cond_init(&s->cv, NULL) != 0)
 		goto fail_cv;
 	s->w_inflight = calloc(s->workers, sizeof(*s->w_inflight));
+	s->w_load = calloc(s->workers, sizeof(*s->w_load));
 	s->writers = calloc(s->workers, sizeof(*s->writers));
-	if (s->w_inflight == NULL || s->writers == NULL)
+	if (s->w_inflight == NULL || s->writers == NULL || s->w_load == NULL)
 		goto fail_arrays;
 	for (size_t i = 0; i < s->workers; i++) {
 		s->writers[i].post.fn = writer_run;
@@ -1359,6 +1379,7 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 fail_arrays:
 	free(s->writers);
 	free(s->w_inflight);
+	free(s->w_load);
 	pthread_cond_destroy(&s->cv);
 fail_cv:
 	pthread_mutex_destroy(&s->mu);
@@ -1528,6 +1549,7 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 		free(s->writers[i].dirty);
 	free(s->writers);
 	free(s->w_inflight);
+	free(s->w_load);
 	free(s->methods);
 	asynqi_dedup_free(s->dd);
 	if (s->tls != NULL)
