@@ -196,10 +196,9 @@ call_field_ok(const asynqi_field *f)
 		return f->wt == 2;
 	case 2:
 	case 5:
-	case 6:
 		return f->wt == 0;
 	default:
-		return true;
+		return true; /* 6, a bool: see call_parse; unknown: skipped */
 	}
 }
 
@@ -299,7 +298,12 @@ call_parse(const uint8_t *p, size_t len, void *(*alloc)(void *, size_t),
 			c->method_id = (uint32_t)f.v;
 			break;
 		case 6:
-			c->own_metadata = f.v != 0;
+			/* protobuf-c reads a bool of any wire type as "some
+			 * byte of the field, length prefix included, has a low
+			 * bit set"; so does this. */
+			c->own_metadata = f.wt == 2 ? f.len != 0
+			    : f.wt == 0             ? f.v != 0
+			                : (f.v & 0x7f7f7f7f7f7f7f7full) != 0;
 			break;
 		default:
 			break;

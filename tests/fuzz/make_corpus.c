@@ -501,6 +501,11 @@ seeds_valid(void)
 	static const uint8_t key_field_0[] = { 0x8a, 0x80, 0x0a, 0x00, 0x80,
 		0x00, 0x00 };
 	seed("key-overlong-field-0", key_field_0, sizeof(key_field_0));
+	/* A call whose bool own_metadata comes length-delimited, which
+	 * protobuf-c takes (true: the length byte is set). */
+	static const uint8_t bool_len[] = { 0x0a, 0x05, 0x28, 0x01, 0x32, 0x01,
+		0x00 };
+	seed("call-bool-length-delimited", bool_len, sizeof(bool_len));
 
 	/* Per-call metadata shadows the request's. */
 	req_init(&q, 14);
