@@ -76,11 +76,6 @@ typedef struct asynqi_stack {
 	bool guarded;   /* a PROT_NONE page lies just below lo */
 	bool cold;      /* pages handed back to the kernel */
 	bool idle;      /* in the pool */
-	/* The initial stack pointer: below the top by a colour of up to
-	 * ASYNQI_COLOUR_MAX bytes that differs from stack to stack, so the
-	 * frames that suspended tasks keep near their tops do not all fall in
-	 * the same cache sets (stack tops are page-aligned otherwise). */
-	void *top;
 	struct asynqi_stack *next;
 	struct asynqi_slab *slab;
 	asynqi_fiber fiber;
@@ -154,15 +149,12 @@ void asynqi_stack_pool_trim(asynqi_stack_pool *p);
  * their pages handed back. For a scheduler that has been idle a while. */
 void asynqi_stack_pool_release(asynqi_stack_pool *p, size_t keep);
 
-/* The most a stack's colour takes off its usable size. */
-#define ASYNQI_COLOUR_MAX 2048
-
-/* asynqi_stack_top returns the initial stack pointer of s, 16-byte
+/* asynqi_stack_top returns the initial stack pointer of s: its top, 16-byte
  * aligned. */
 static inline void *
 asynqi_stack_top(const asynqi_stack *s)
 {
-	return s->top;
+	return (void *)(((uintptr_t)s->lo + s->size) & ~(uintptr_t)15);
 }
 
 /* The canary of an unguarded stack: its lowest ASYNQI_CANARY_BYTES hold

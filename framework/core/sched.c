@@ -937,9 +937,7 @@ task_prepare(asynq_sched *s, asynq_task *t)
 	t->stack = st;
 	t->starter = NULL;
 	asynqi_fiber_prepare(&st->fiber, st);
-	asynqi_ctx_make(&t->ctx, st->lo,
-	    (size_t)((char *)asynqi_stack_top(st) - (char *)st->lo), task_entry,
-	    t);
+	asynqi_ctx_make(&t->ctx, st->lo, st->size, task_entry, t);
 	s->stats.tasks_started++;
 	return true;
 }
