@@ -1674,7 +1674,12 @@ asynq_thread_fini(void)
 	free_tasks_trim(s, 0);
 	free_futs_trim(s, 0);
 	asynqi_stack_pool_fini(&s->pool);
-	allocator_trim(); /* the records of a burst were many small blocks */
+#if !defined(ASYNQ_TSAN)
+	/* The records of a burst were many small blocks. Not under TSan: the
+	 * allocator's purge from several exiting workers at once is reported
+	 * as a race through jemalloc's own uninstrumented atomics. */
+	allocator_trim();
+#endif
 	asynqi_tls_sched = NULL;
 	s->zombie = true;
 	if (s->live_futures == 0)
