@@ -1366,14 +1366,19 @@ extern int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp,
 /* glibc's; declared here rather than through <malloc.h>. */
 extern int malloc_trim(size_t pad);
 
-/* Hands the allocator's free pages back to the system. */
+/* Hands the allocator's free pages back to the system. Not under TSan:
+ * jemalloc's purge from several threads at once (workers trimming or
+ * exiting together) is reported as a race through its own uninstrumented
+ * atomics, and TSan's allocator is not the one the program ships with. */
 static void
 allocator_trim(void)
 {
+#if !defined(ASYNQ_TSAN)
 	if (mallctl != NULL)
 		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
 	else
 		(void)malloc_trim(0);
+#endif
 }
 
 /* The full trim, after an idle period: everything beyond the warm counts
@@ -1674,12 +1679,7 @@ asynq_thread_fini(void)
 	free_tasks_trim(s, 0);
 	free_futs_trim(s, 0);
 	asynqi_stack_pool_fini(&s->pool);
-#if !defined(ASYNQ_TSAN)
-	/* The records of a burst were many small blocks. Not under TSan: the
-	 * allocator's purge from several exiting workers at once is reported
-	 * as a race through jemalloc's own uninstrumented atomics. */
-	allocator_trim();
-#endif
+	allocator_trim(); /* the records of a burst were many small blocks */
 	asynqi_tls_sched = NULL;
 	s->zombie = true;
 	if (s->live_futures == 0)
