@@ -56,22 +56,19 @@ pending_unlink(asynq_sched *s, asynq_batch *b)
 	b->prev = b->next = NULL;
 }
 
+void
+asynqi_batch_free(asynq_batch *b)
+{
+	free(b->items);
+	b->items = NULL;
+	b->backend->ops->batch_free(b);
+}
+
 static void
 batch_maybe_free(asynq_batch *b)
 {
-	if (b->refs == 0 && b->state == BATCH_DONE) {
-		free(b->items);
-		b->items = NULL;
-		b->backend->ops->batch_free(b);
-	}
-}
-
-void
-asynqi_batch_item_freed(asynq_future *item)
-{
-	asynq_batch *b = ASYNQI_ITEM(item)->batch;
-	b->refs--;
-	batch_maybe_free(b);
+	if (b->refs == 0 && b->state == BATCH_DONE)
+		asynqi_batch_free(b);
 }
 
 static asynq_batch *

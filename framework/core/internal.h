@@ -186,8 +186,17 @@ void asynqi_trace_batch(asynq_sched *s, asynq_trace_kind kind, asynq_batch *b);
 			asynqi_trace_batch((s), (kind), (b));                  \
 	} while (0)
 
+/* asynqi_sched_make makes the thread's default scheduler and returns it
+ * (NULL without memory). */
+asynq_sched *asynqi_sched_make(void);
+
 /* asynqi_sched_get returns the thread's scheduler, making it on first use. */
-asynq_sched *asynqi_sched_get(void);
+static inline asynq_sched *
+asynqi_sched_get(void)
+{
+	asynq_sched *s = asynqi_tls_sched;
+	return __builtin_expect(s != NULL, 1) ? s : asynqi_sched_make();
+}
 
 /* asynqi_ready_push_front makes t the next task to run. */
 static inline void
@@ -293,7 +302,17 @@ void asynqi_report(asynq_sched *s, const asynq_error *e);
 asynq_batch *asynqi_best_batch(asynq_sched *s, uint64_t *next_due);
 void asynqi_batch_run_flush(asynq_sched *s, asynq_batch *b);
 void asynqi_batch_finish(asynq_sched *s, asynq_batch *b);
-void asynqi_batch_item_freed(asynq_future *item);
+/* asynqi_batch_free frees a finished batch whose last item is gone. */
+void asynqi_batch_free(asynq_batch *b);
+
+/* asynqi_batch_item_freed drops a freed item's reference on its batch. */
+static inline void
+asynqi_batch_item_freed(asynq_future *item)
+{
+	asynq_batch *b = ASYNQI_ITEM(item)->batch;
+	if (--b->refs == 0 && b->state == BATCH_DONE)
+		asynqi_batch_free(b);
+}
 /* asynqi_process_posted finishes posted completions; with block, it first
  * sleeps until one is posted or the monotonic clock reaches `until` (0: no
  * limit). */

@@ -224,7 +224,7 @@ fail_mu:
 }
 
 asynq_sched *
-asynqi_sched_get(void)
+asynqi_sched_make(void)
 {
 	if (asynqi_tls_sched == NULL)
 		(void)asynq_thread_init(NULL);
