@@ -114,6 +114,12 @@ asynqi_conn_is_inproc(const asynqi_conn *c)
 	return c->st == NULL;
 }
 
+asynq_sched *
+asynqi_conn_owner(const asynqi_conn *c)
+{
+	return c->owner;
+}
+
 static void rx_cb(void *arg);
 static void inproc_flush(asynqi_conn *c);
 static void txs_cb(void *arg);

@@ -115,6 +115,10 @@ void asynqi_conn_close_flushed(asynqi_conn *c);
 /* asynqi_conn_is_inproc tells an in-process connection. */
 bool asynqi_conn_is_inproc(const asynqi_conn *c);
 
+/* asynqi_conn_owner returns the scheduler an in-process connection's
+ * callbacks run on (NULL for a stream). */
+asynq_sched *asynqi_conn_owner(const asynqi_conn *c);
+
 /* ---- Listeners --------------------------------------------------------- */
 
 /* Called for each accepted connection (a new connection with one reference

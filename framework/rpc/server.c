@@ -138,6 +138,10 @@ struct srv_conn {
 	asynqi_conn *c; /* holds a reference */
 	atomic_long refs;
 	long inflight; /* requests not answered, under mu */
+	/* In process: the worker its reads run on, which takes its requests
+	 * when it has no more calls in flight than the others (no hop to
+	 * another thread each way); -1 for a stream. */
+	int home;
 	pthread_mutex_t mu;
 	bool goaway;      /* under mu */
 	uint64_t last_id; /* under mu */
@@ -1054,9 +1058,11 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 	/* Requests of one connection spread over the workers as they arrive:
 	 * each goes to the worker with the fewest calls in flight (ties in
 	 * turn), which batches the calls of the requests it runs. */
-	size_t start = atomic_fetch_add_explicit(&s->next_worker, 1,
-	           memory_order_relaxed),
-	       best = start % s->workers;
+	size_t start = sc->home >= 0
+	    ? (size_t)sc->home
+	    : atomic_fetch_add_explicit(&s->next_worker, 1,
+	          memory_order_relaxed);
+	size_t best = start % s->workers;
 	size_t least =
 	    atomic_load_explicit(&s->w_load[best], memory_order_relaxed);
 	for (size_t k = 1; k < s->workers && least > 0; k++) {
@@ -1198,6 +1204,11 @@ srv_accept(void *arg, asynqi_conn *c)
 	sc->c = c;
 	atomic_init(&sc->refs, 1);
 	atomic_init(&sc->dirty_mask, 0);
+	sc->home = -1;
+	asynq_sched *owner = asynqi_conn_owner(c);
+	for (size_t i = 0; owner != NULL && i < s->workers; i++)
+		if (asynq_runtime_sched(s->rt, i) == owner)
+			sc->home = (int)i;
 	pthread_mutex_lock(&s->mu);
 	bool closing = s->closing;
 	if (!closing) {
