@@ -153,14 +153,36 @@ asynqi_reader_slow(asynqi_reader *r, asynqi_field *f)
 uint64_t
 asynqi_request_scan_id(const uint8_t *p, size_t len)
 {
+	/* Not asynqi_reader_next: a key of field number 0 spelt in more than
+	 * one byte is taken (as protobuf-c takes it, as an unknown field), so
+	 * that the id found is protobuf-c's whenever protobuf-c decodes the
+	 * request, and the bytes that are not protobuf end the scan with the
+	 * last id before them rather than none. */
 	asynqi_reader r = { p, p + len };
-	asynqi_field f;
-	uint64_t id = 0;
-	int rv;
-	while ((rv = asynqi_reader_next(&r, &f)) > 0)
-		if (f.num == 4 && f.wt == 0)
-			id = f.v;
-	return rv < 0 ? 0 : id;
+	uint64_t id = 0, key, v;
+	while (r.p < r.end && get_varint(&r, &key)) {
+		unsigned wt = (unsigned)(key & 7);
+		size_t skip = 0;
+		if (wt == 0) {
+			if (!get_varint(&r, &v))
+				break;
+			if (key >> 3 == 4)
+				id = v;
+			continue;
+		}
+		if (wt == 1 || wt == 5)
+			skip = wt == 1 ? 8 : 4;
+		else if (wt != 2 || !get_varint(&r, &v))
+			break;
+		else if (v > (uint64_t)(r.end - r.p))
+			break;
+		else
+			skip = (size_t)v;
+		if ((size_t)(r.end - r.p) < skip)
+			break;
+		r.p += skip;
+	}
+	return id;
 }
 
 /* ---- Parsing a Request ------------------------------------------------- */

@@ -189,8 +189,9 @@ asynqi_reader_next(asynqi_reader *r, asynqi_field *f)
 }
 
 /* asynqi_request_scan_id finds the request_id of Request bytes without
- * decoding them (0 when absent or malformed), to answer a request that is
- * refused before it is decoded. */
+ * decoding them, to answer a request that is refused before it is decoded:
+ * the id protobuf-c would decode; for bytes protobuf-c rejects, the last
+ * one before the malformed part; 0 when there is none. */
 uint64_t asynqi_request_scan_id(const uint8_t *p, size_t len);
 
 /* ---- Parsing a Request ------------------------------------------------- */
