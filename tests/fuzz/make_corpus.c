@@ -642,6 +642,15 @@ seeds_limits(void)
 		buf_put(&b, "\x1a\x00", 2);
 	seed("decode-budget", b.p, b.len);
 	free(b.p);
+	/* Over the budget too, ending in a key of field number 0 spelt in
+	 * four bytes, which protobuf-c takes: the refusal must still carry
+	 * the request's id. */
+	b = raw("\x20\x07", 2);
+	for (size_t i = 0; i < 4500; i++)
+		buf_put(&b, "\x1a\x00", 2);
+	buf_put(&b, "\x80\x80\x80\x00\x7e", 5);
+	seed("decode-budget-field-0-key", b.p, b.len);
+	free(b.p);
 	for (size_t i = 0; i < q.r.n_calls; i++)
 		free(q.payload[i].p);
 
