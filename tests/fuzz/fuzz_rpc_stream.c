@@ -382,7 +382,8 @@ typedef struct output {
 	size_t replies, pongs;
 	uint64_t *ids; /* request_ids of the replies */
 	bool eof;
-	bool canary; /* the canary ran (ending "canary first") */
+	bool write_failed; /* the server closed while the harness wrote */
+	bool canary;       /* the canary ran (ending "canary first") */
 } output;
 
 static void
@@ -573,12 +574,32 @@ plan_chunks(plan *p, unsigned mode, size_t from)
 	}
 }
 
+/* How many zero bytes complete the last frame of w[0..len), as the model
+ * cuts frames (0 when it is complete or over the limit). */
+static size_t
+pad_len(const uint8_t *w, size_t len)
+{
+	if (len < FUZZ_PREFACE_LEN ||
+	    memcmp(w, FUZZ_PREFACE, FUZZ_PREFACE_LEN) != 0)
+		return 0;
+	size_t at = FUZZ_PREFACE_LEN;
+	while (len - at >= FUZZ_FRAME_HDR) {
+		uint32_t blen = be32(w + at + 1);
+		if (blen > FUZZ_MAX_FRAME)
+			return 0;
+		size_t have = len - at - FUZZ_FRAME_HDR;
+		if (have < blen)
+			return blen - have;
+		at += FUZZ_FRAME_HDR + blen;
+	}
+	return 0;
+}
+
 /* The bytes the harness writes for an input, padded if asked. */
 static void
 plan_make(plan *p, const uint8_t *data, size_t len)
 {
 	unsigned mode = len > 0 ? data[0] : 0;
-	const uint8_t *s = len > 0 ? data + 1 : data;
 	size_t sl = len > 0 ? len - 1 : 0;
 	unsigned opening = MODE_OPENING(mode);
 	size_t ml = 0;
@@ -588,41 +609,7 @@ plan_make(plan *p, const uint8_t *data, size_t len)
 		head += FUZZ_FRAME_HDR + ml;
 	memset(p, 0, sizeof(*p));
 	p->len = head + sl;
-	/* Padding completes the last frame, found as the model finds it. */
-	size_t pad = 0;
-	if (mode & MODE_PAD) {
-		uint8_t *tmp = malloc(p->len + 1);
-		if (tmp == NULL)
-			abort();
-		size_t at = 0;
-		if (opening != OPEN_RAW)
-			memcpy(tmp, FUZZ_PREFACE, FUZZ_PREFACE_LEN);
-		if (mb != NULL) {
-			fuzz_frame_hdr(tmp + FUZZ_PREFACE_LEN,
-			    FUZZ_FRAME_METHODS, (uint32_t)ml);
-			memcpy(tmp + FUZZ_PREFACE_LEN + FUZZ_FRAME_HDR, mb, ml);
-		}
-		if (sl > 0)
-			memcpy(tmp + head, s, sl);
-		if (p->len >= FUZZ_PREFACE_LEN &&
-		    memcmp(tmp, FUZZ_PREFACE, FUZZ_PREFACE_LEN) == 0) {
-			at = FUZZ_PREFACE_LEN;
-			while (p->len - at >= FUZZ_FRAME_HDR) {
-				uint32_t blen = be32(tmp + at + 1);
-				if (blen > FUZZ_MAX_FRAME)
-					break;
-				size_t have = p->len - at - FUZZ_FRAME_HDR;
-				if (have < blen) {
-					pad = blen - have;
-					break;
-				}
-				at += FUZZ_FRAME_HDR + blen;
-			}
-		}
-		free(tmp);
-	}
-	p->w = calloc(p->len + pad + 1, 1);
-	if (p->w == NULL)
+	if ((p->w = malloc(p->len + 1)) == NULL)
 		abort();
 	if (opening != OPEN_RAW)
 		memcpy(p->w, FUZZ_PREFACE, FUZZ_PREFACE_LEN);
@@ -630,11 +617,17 @@ plan_make(plan *p, const uint8_t *data, size_t len)
 		fuzz_frame_hdr(p->w + FUZZ_PREFACE_LEN, FUZZ_FRAME_METHODS,
 		    (uint32_t)ml);
 		memcpy(p->w + FUZZ_PREFACE_LEN + FUZZ_FRAME_HDR, mb, ml);
+		free(mb);
 	}
-	free(mb);
 	if (sl > 0)
-		memcpy(p->w + head, s, sl);
-	p->len += pad;
+		memcpy(p->w + head, data + 1, sl);
+	size_t pad = mode & MODE_PAD ? pad_len(p->w, p->len) : 0;
+	if (pad > 0) {
+		if ((p->w = realloc(p->w, p->len + pad + 1)) == NULL)
+			abort();
+		memset(p->w + p->len, 0, pad);
+		p->len += pad;
+	}
 	if (opening == OPEN_HELLO)
 		p->sync = FUZZ_PREFACE_LEN;
 	plan_end(p, head);
@@ -723,8 +716,8 @@ canary(void)
 	}
 }
 
-/* Reads what is there: false at the end of the stream. */
-static bool
+/* Reads what is there; at the end of the stream sets o->eof. */
+static void
 drain(int fd, output *o, const model *m)
 {
 	uint8_t buf[16384];
@@ -737,11 +730,11 @@ drain(int fd, output *o, const model *m)
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k < 0 && errno == EAGAIN)
-			return true;
+			return;
 		/* The end, or ECONNRESET: the server closed with bytes of
 		 * ours unread, which is its right. */
 		o->eof = true;
-		return false;
+		return;
 	}
 }
 
@@ -787,7 +780,12 @@ run(int fd, unsigned mode, const plan *p, const model *m, output *o)
 			    FUZZ_RECV_TIMEOUT_MS,
 			    m->closes ? "the server did not close the "
 			                "connection"
-			              : "the server did not answer everything",
+			        : ending == END_SHUT && !writing
+			        ? "the server did not close after the harness "
+			          "shut its side down"
+			        : ending == END_CLOSE && !writing
+			        ? "the server did not read every request"
+			        : "the server did not answer everything",
 			    wpos, p->len, o->preface == 8 ? "its" : "no",
 			    o->hello ? "its" : "no", o->replies, m->requests,
 			    o->pongs, m->n_pongs);
@@ -804,7 +802,7 @@ run(int fd, unsigned mode, const plan *p, const model *m, output *o)
 		if (pr <= 0)
 			continue;
 		if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
-			(void)drain(fd, o, m);
+			drain(fd, o, m);
 		if ((pfd.revents & POLLOUT) && writing && synced) {
 			while (p->ends[chunk] <= wpos)
 				chunk++;
@@ -816,7 +814,7 @@ run(int fd, unsigned mode, const plan *p, const model *m, output *o)
 			if (k > 0)
 				wpos += (size_t)k;
 			else if (k < 0 && errno != EAGAIN && errno != EINTR)
-				wfailed = true; /* the server closed */
+				wfailed = o->write_failed = true;
 		}
 	}
 	close(fd);
@@ -896,6 +894,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 	fz.eofs += o.eof;
 	fz.replies += o.replies;
 	fz.pongs += o.pongs;
+	if (o.write_failed && !m.closes)
+		fz_fail("the server closed the connection while the harness "
+		        "wrote; it had no reason to");
 	if (o.eof && !m.closes && ending != END_SHUT)
 		fz_fail("the server closed the connection; it had no reason "
 		        "to (%zu of %zu replies, %zu of %zu pongs)",
