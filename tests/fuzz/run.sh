@@ -37,7 +37,7 @@ MODE=fuzz
 EXTRA=()
 
 usage() {
-	sed -n '3,24p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+	sed -n '3,23p' "$SELF" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
