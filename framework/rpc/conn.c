@@ -706,6 +706,26 @@ send_async(asynqi_conn *c)
 	asynqi_conn_rele(c);
 }
 
+/* The send in flight failed with rv (tx_busy held): the connection closes,
+ * the wbufs of the send fail, and the sender role ends. */
+static void
+send_failed(asynqi_conn *c, int rv)
+{
+	pthread_mutex_lock(&c->mu);
+	bool was_open = mark_closed(c, rv);
+	asynqi_wbuf *sent = c->s_head;
+	c->s_head = NULL;
+	c->tx_busy = false;
+	c->niov = 0;
+	bool fin = finish_claim(c);
+	pthread_mutex_unlock(&c->mu);
+	if (was_open)
+		nng_stream_close(c->st);
+	fail_list(sent, rv);
+	if (fin)
+		finish(c);
+}
+
 /* The sender (tx_busy held): keeps sending until the queue is empty, an
  * asynchronous send is in flight (its callback continues), or an error. */
 static void
@@ -759,19 +779,7 @@ send_loop(asynqi_conn *c, bool from_cb)
 		}
 		from_cb = false;
 		if (rv != 0) {
-			pthread_mutex_lock(&c->mu);
-			bool was_open = mark_closed(c, rv);
-			asynqi_wbuf *sent = c->s_head;
-			c->s_head = NULL;
-			c->tx_busy = false;
-			c->niov = 0;
-			bool fin = finish_claim(c);
-			pthread_mutex_unlock(&c->mu);
-			if (was_open)
-				nng_stream_close(c->st);
-			fail_list(sent, rv);
-			if (fin)
-				finish(c);
+			send_failed(c, rv);
 			goto out;
 		}
 		iov_advance(c, n);
@@ -786,19 +794,7 @@ txs_cb(void *arg)
 	asynqi_conn *c = arg;
 	int rv = nng_aio_result(c->txs);
 	if (rv != 0) {
-		pthread_mutex_lock(&c->mu);
-		bool was_open = mark_closed(c, rv);
-		asynqi_wbuf *sent = c->s_head;
-		c->s_head = NULL;
-		c->tx_busy = false;
-		c->niov = 0;
-		bool fin = finish_claim(c);
-		pthread_mutex_unlock(&c->mu);
-		if (was_open)
-			nng_stream_close(c->st);
-		fail_list(sent, rv);
-		if (fin)
-			finish(c);
+		send_failed(c, rv);
 		asynqi_conn_rele(c);
 		return;
 	}
