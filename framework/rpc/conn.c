@@ -293,6 +293,32 @@ inproc_post_close(asynqi_conn *c)
 	asynq_sched_post(c->owner, &c->close_post);
 }
 
+/* In-process: the other end of a closing end closes too. No lock held. */
+static void
+inproc_close_peer(asynqi_conn *peer)
+{
+	pthread_mutex_lock(&peer->mu);
+	if (mark_closed(peer, NNG_ECONNSHUT))
+		inproc_post_close(peer);
+	pthread_mutex_unlock(&peer->mu);
+}
+
+/* In-process: posts the read of end c to the owner when its inbox has bytes
+ * and no read is posted yet. Without in_mu held. */
+static void
+inproc_post_read(asynqi_conn *c)
+{
+	pthread_mutex_lock(&c->in_mu);
+	bool post = c->in_len > 0 && !c->read_posted;
+	if (post) {
+		c->read_posted = true;
+		asynqi_conn_hold(c);
+	}
+	pthread_mutex_unlock(&c->in_mu);
+	if (post)
+		asynq_sched_post(c->owner, &c->read_post);
+}
+
 static void
 inproc_close(asynq_post *p)
 {
@@ -337,12 +363,8 @@ asynqi_conn_close(asynqi_conn *c)
 		if (was_open)
 			inproc_post_close(c);
 		pthread_mutex_unlock(&c->mu);
-		if (peer != NULL && was_open) {
-			pthread_mutex_lock(&peer->mu);
-			if (mark_closed(peer, NNG_ECONNSHUT))
-				inproc_post_close(peer);
-			pthread_mutex_unlock(&peer->mu);
-		}
+		if (peer != NULL && was_open)
+			inproc_close_peer(peer);
 		return;
 	}
 	bool fin = finish_claim(c);
@@ -466,16 +488,7 @@ asynqi_conn_start(asynqi_conn *c)
 	if (c->closed)
 		inproc_post_close(c);
 	pthread_mutex_unlock(&c->mu);
-	/* Bytes the peer wrote before this end started. */
-	pthread_mutex_lock(&c->in_mu);
-	bool post = c->in_len > 0 && !c->read_posted;
-	if (post) {
-		c->read_posted = true;
-		asynqi_conn_hold(c);
-	}
-	pthread_mutex_unlock(&c->in_mu);
-	if (post)
-		asynq_sched_post(c->owner, &c->read_post);
+	inproc_post_read(c); /* bytes the peer wrote before this end started */
 }
 
 void
@@ -493,17 +506,8 @@ asynqi_conn_resume(asynqi_conn *c)
 	c->paused = false;
 	rx_arm_locked(c);
 	pthread_mutex_unlock(&c->mu);
-	if (c->st != NULL)
-		return;
-	pthread_mutex_lock(&c->in_mu);
-	bool post = c->in_len > 0 && !c->read_posted;
-	if (post) {
-		c->read_posted = true;
-		asynqi_conn_hold(c);
-	}
-	pthread_mutex_unlock(&c->in_mu);
-	if (post)
-		asynq_sched_post(c->owner, &c->read_post);
+	if (c->st == NULL)
+		inproc_post_read(c);
 }
 
 /* In-process: the owner runs the read of end c. */
@@ -557,12 +561,8 @@ inproc_read(asynq_post *p)
 	if (c->closed)
 		inproc_post_close(c);
 	pthread_mutex_unlock(&c->mu);
-	if (was_open && peer != NULL) {
-		pthread_mutex_lock(&peer->mu);
-		if (mark_closed(peer, NNG_ECONNSHUT))
-			inproc_post_close(peer);
-		pthread_mutex_unlock(&peer->mu);
-	}
+	if (was_open && peer != NULL)
+		inproc_close_peer(peer);
 	asynqi_conn_rele(c);
 }
 
