@@ -127,8 +127,6 @@ struct cli_conn {
 	asynqi_conn *c;
 	int refs; /* under mu: the connection's, one per busy wbuf */
 	bool got_preface, ready, goaway, dead;
-	uint64_t server_max_bytes;
-	uint32_t server_max_calls;
 	sub_req *head; /* SENT on it */
 	asynqi_wbuf pw;
 };
@@ -176,6 +174,7 @@ struct sub_req {
 	uint8_t trailer[TRAILER_MAX];
 	asynq_status fail_st; /* set with fail_why by the claimer */
 	const char *fail_why;
+	const char *fail_detail; /* the transport's reason, or NULL */
 };
 
 struct rpc_batch {
@@ -509,6 +508,17 @@ pick_replica(asynq_rpc_channel *ch)
 	return best;
 }
 
+/* Under mu: in words, the error of the last failed connection attempt or
+ * lost connection of any replica (NULL if none). */
+static const char *
+last_reason(const asynq_rpc_channel *ch)
+{
+	for (size_t i = 0; i < ch->n_reps; i++)
+		if (ch->reps[i].last_err != 0)
+			return asynqi_rpc_nng_why(ch->reps[i].last_err);
+	return NULL;
+}
+
 /* Under mu: whether a call may still wait for a connection (some replica is
  * connecting, or an attempt hurried by calls is under way, or the channel
  * waits for ready). */
@@ -602,8 +612,9 @@ dispatch(asynq_rpc_channel *ch, sub_req *q, outbox *o)
 	}
 	if (sub_claim(ch, q)) {
 		q->fail_st = ASYNQ_UNAVAILABLE;
-		q->fail_why = "no server reachable (every replica failed its "
-		              "last connection attempt)";
+		q->fail_why = "no server reachable: every replica failed its "
+		              "last connection attempt";
+		q->fail_detail = last_reason(ch);
 		q->qnext = o->fails;
 		o->fails = q;
 	}
@@ -641,7 +652,12 @@ outbox_run(asynq_rpc_channel *ch, outbox *o)
 		sub_req *q = o->fails;
 		o->fails = q->qnext;
 		q->qnext = NULL;
-		sub_fail(ch, q, q->fail_st, q->fail_why);
+		char why[200];
+		if (q->fail_detail != NULL)
+			snprintf(why, sizeof(why), "%s (%s)", q->fail_why,
+			    q->fail_detail);
+		sub_fail(ch, q, q->fail_st,
+		    q->fail_detail != NULL ? why : q->fail_why);
 	}
 }
 
@@ -746,7 +762,7 @@ replica_failed(replica *r)
 }
 
 /* Under mu: when no replica can take calls any more, fails the waiting
- * ones (fail fast) into o. */
+ * ones (fail fast) into o, with the last transport error as the reason. */
 static void
 fail_waiting_if_hopeless(asynq_rpc_channel *ch, outbox *o, const char *why)
 {
@@ -757,6 +773,7 @@ fail_waiting_if_hopeless(asynq_rpc_channel *ch, outbox *o, const char *why)
 		sub_claim(ch, q);
 		q->fail_st = ASYNQ_UNAVAILABLE;
 		q->fail_why = why;
+		q->fail_detail = last_reason(ch);
 		q->qnext = o->fails;
 		o->fails = q;
 	}
@@ -1032,21 +1049,19 @@ on_reply(cli_conn *cc, const uint8_t *body, size_t len)
 static void
 on_hello(cli_conn *cc, const uint8_t *body, size_t len)
 {
+	/* The server's limits in it are for tools; a channel keeps to its
+	 * own max_msg_bytes and max_calls, and the server refuses what is
+	 * over its own. */
+	(void)body;
+	(void)len;
 	asynq_rpc_channel *ch = cc->rep->ch;
-	asynqi_reader rd = { body, body + len };
-	asynqi_field f;
-	while (asynqi_reader_next(&rd, &f) > 0) {
-		if (f.num == 1 && f.wt == 0)
-			cc->server_max_bytes = f.v;
-		else if (f.num == 2 && f.wt == 0)
-			cc->server_max_calls = (uint32_t)f.v;
-	}
 	outbox o = { 0 };
 	pthread_mutex_lock(&ch->mu);
 	cc->ready = true;
 	if (cc->rep->cc == cc && !cc->dead && !cc->goaway) {
 		cc->rep->state = REP_READY;
 		cc->rep->backoff_ms = 0;
+		cc->rep->last_err = 0;
 		drain_waiting(ch, &o);
 	}
 	pthread_mutex_unlock(&ch->mu);

@@ -1969,6 +1969,9 @@ test_rpc_unreachable_unavailable(void **state)
 		assert_non_null(
 		    strstr(asynq_error_message(asynq_future_error(f)),
 		        "no server reachable"));
+		assert_non_null(
+		    strstr(asynq_error_message(asynq_future_error(f)),
+		        "connection refused")); /* ...and why */
 		asynq_future_rele(f);
 	}
 	asynq_rpc_channel_free(ch);
