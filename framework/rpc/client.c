@@ -148,7 +148,6 @@ typedef struct call_rec {
 	size_t off, wire; /* its bytes in the batch buffer */
 	int64_t deadline; /* monotonic ns */
 	asynqi_md_node *md;
-	bool idempotent;
 	bool answered; /* its result was set (reader, while handling) */
 } call_rec;
 
@@ -1485,7 +1484,7 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		}
 	}
 	b->recs[b->n_recs++] = (call_rec){ m, off, buf->len - off, deadline,
-		asynqi_md_hold(md), m->idempotent, false };
+		asynqi_md_hold(md), false };
 	if (buf->failed)
 		asynq_item_set_error(f,
 		    asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
