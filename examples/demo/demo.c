@@ -237,13 +237,13 @@ svc_local_start(svc *s, const char *const urls[DEMO_N_SVC],
 		return rv;
 	switch (s->kind) {
 	case DEMO_USERS:
-		return users_service_start(s->obj, s->rt, s->url);
+		return users_service_start(s->obj, s->rt, s->url, NULL);
 	case DEMO_ANSWERS:
-		return answers_service_start(s->obj, s->rt, s->url);
+		return answers_service_start(s->obj, s->rt, s->url, NULL);
 	case DEMO_CACHE:
-		return cache_service_start(s->obj, s->rt, s->url);
+		return cache_service_start(s->obj, s->rt, s->url, NULL);
 	default:
-		return frontend_service_start(s->obj, s->rt, s->url);
+		return frontend_service_start(s->obj, s->rt, s->url, NULL);
 	}
 }
 

@@ -568,7 +568,7 @@ inproc_read(asynq_post *p)
 
 /* ---- Writing ------------------------------------------------------------- */
 
-void
+size_t
 asynqi_conn_queue(asynqi_conn *c, asynqi_wbuf *w)
 {
 	size_t n = 0;
@@ -580,7 +580,7 @@ asynqi_conn_queue(asynqi_conn *c, asynqi_wbuf *w)
 		int err = c->err != 0 ? c->err : NNG_ECLOSED;
 		pthread_mutex_unlock(&c->mu);
 		w->done(w, err);
-		return;
+		return 0;
 	}
 	if (c->q_tail != NULL)
 		c->q_tail->next = w;
@@ -588,7 +588,9 @@ asynqi_conn_queue(asynqi_conn *c, asynqi_wbuf *w)
 		c->q_head = w;
 	c->q_tail = w;
 	c->q_bytes += n;
+	size_t queued = c->q_bytes;
 	pthread_mutex_unlock(&c->mu);
+	return queued;
 }
 
 size_t

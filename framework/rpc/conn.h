@@ -86,9 +86,10 @@ void asynqi_conn_hold(asynqi_conn *c);
 void asynqi_conn_rele(asynqi_conn *c);
 
 /* asynqi_conn_queue adds w to the connection's write queue; nothing is sent
- * until asynqi_conn_flush. On a closed connection w->done runs at once with
- * an error. Any thread. */
-void asynqi_conn_queue(asynqi_conn *c, asynqi_wbuf *w);
+ * until asynqi_conn_flush. Returns the bytes queued and not yet being sent,
+ * w's included. On a closed connection w->done runs at once with an error
+ * and it returns 0. Any thread. */
+size_t asynqi_conn_queue(asynqi_conn *c, asynqi_wbuf *w);
 
 /* asynqi_conn_flush sends everything queued: at once from the calling
  * thread when no write is in flight (one send for all of it, small pieces

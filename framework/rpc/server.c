@@ -29,6 +29,16 @@
  *   MAX_CONN_INFLIGHT requests in flight stops reading until they are down
  *   to half, so a pipelining client cannot grow the server's memory
  *   without bound.
+ * - Connection hygiene: a connection with more than max_write_queue_bytes
+ *   of replies unwritten stops reading too (out_done resumes it at half),
+ *   and one far past it is closed at once. A sweeper thread, a few times
+ *   per shortest timeout, closes connections whose preface or current frame
+ *   is overdue or whose write queue stayed over the cap, and sends idle ones
+ *   (no request in flight, nothing read) a GOAWAY and closes them once it
+ *   is written. At the connection cap, accept does the same to the
+ *   connection idle longest. Such connections are `doomed` (not picked
+ *   twice, not counted against the cap); one that does not take its GOAWAY
+ *   within CLOSE_LINGER_MS is cut. In-process connections are exempt.
  * - Closing: `closing` stops the listeners; every connection gets a GOAWAY
  *   naming the last request id it accepted (under the connection's mutex,
  *   so no request is accepted after the id is read); requests read later
@@ -72,6 +82,12 @@
 #define MAX_CONN_INFLIGHT 256
 /* How long close waits for a peer to read the last replies. */
 #define CLOSE_LINGER_MS 2000
+#define DEFAULT_HANDSHAKE_MS 10000
+#define DEFAULT_IDLE_MS 300000
+#define DEFAULT_FRAME_MS 30000
+#define DEFAULT_WRITE_QUEUE (64u << 20)
+/* Connections the sweeper closes in one pass; the rest wait a tick. */
+#define SWEEP_BATCH 256
 
 typedef struct srv_method {
 	const asynq_rpc_method_desc *m;
@@ -145,9 +161,24 @@ struct srv_conn {
 	pthread_mutex_t mu;
 	bool goaway;      /* under mu */
 	uint64_t last_id; /* under mu */
-	bool paused;      /* under mu */
+	/* Reading stops while too many requests are in flight or too many
+	 * reply bytes wait to be written (since wq_since_ns); under mu. */
+	bool paused_calls, paused_wq, paused;
+	int64_t wq_since_ns;
+	atomic_bool wq_over; /* paused_wq, read without mu */
 	/* Reader only. */
 	bool got_preface;
+	/* For the sweeper (monotonic ns): when accepted, when bytes last
+	 * arrived, and since when an incomplete frame waits (0: none). */
+	int64_t accepted_ns;
+	atomic_int_fast64_t last_ns;
+	atomic_int_fast64_t partial_ns;
+	atomic_bool preface_ok;
+	/* Under s->mu: being closed for the sweeper or to make room (GOAWAY
+	 * sent, closing once flushed), since doomed_ns; counted in
+	 * s->evicting until on_close. */
+	bool doomed;
+	int64_t doomed_ns;
 	srv_mt_entry *mt;
 	size_t n_mt;
 	/* Bit w: listed by worker w's writer (workers 0-63). */
@@ -182,11 +213,17 @@ struct asynq_rpc_server {
 	size_t n_listeners;
 	srv_conn *conns;   /* under mu */
 	size_t n_conns;    /* srv_conns alive, under mu */
-	long reqs;         /* requests held, under mu */
-	long writer_posts; /* writer posts queued, under mu */
+	size_t open;       /* accepted and not closed yet, under mu */
+	size_t evicting;   /* of those, doomed ones, under mu */
+	pthread_t sweeper; /* closes stalled and idle connections */
+	bool sweeper_on;
+	pthread_cond_t sweep_cv; /* CLOCK_MONOTONIC */
+	long reqs;               /* requests held, under mu */
+	long writer_posts;       /* writer posts queued, under mu */
 	atomic_size_t next_worker;
-	atomic_int open_conns;
 	atomic_uint_fast64_t requests, calls, rejected, malformed, duplicates;
+	atomic_uint_fast64_t conns_refused, conns_evicted, conns_idle,
+	    conns_stalled, conns_overflowed;
 	asynqi_dedup *dd;
 	nng_tls_config *tls;
 };
@@ -271,14 +308,40 @@ sc_rele(srv_conn *sc)
 	free(sc);
 }
 
+/* Under sc->mu: reading follows the reasons to pause it. */
+static void
+sc_reading_locked(srv_conn *sc)
+{
+	bool pause = sc->paused_calls || sc->paused_wq;
+	if (pause == sc->paused)
+		return;
+	sc->paused = pause;
+	if (pause)
+		asynqi_conn_pause(sc->c);
+	else
+		asynqi_conn_resume(sc->c);
+}
+
 static void
 out_done(asynqi_wbuf *w, int err)
 {
-	(void)err;
 	srv_out *o = (srv_out *)w;
 	srv_conn *sc = o->sc;
 	free(o->p);
 	free(o);
+	if (err == 0 &&
+	    atomic_load_explicit(&sc->wq_over, memory_order_relaxed)) {
+		/* The peer reads again: resume once half the cap is free. */
+		size_t q = asynqi_conn_queued_bytes(sc->c);
+		pthread_mutex_lock(&sc->mu);
+		if (sc->paused_wq &&
+		    q <= sc->s->cfg.max_write_queue_bytes / 2) {
+			sc->paused_wq = false;
+			atomic_store(&sc->wq_over, false);
+			sc_reading_locked(sc);
+		}
+		pthread_mutex_unlock(&sc->mu);
+	}
 	sc_rele(sc);
 }
 
@@ -300,7 +363,29 @@ sc_queue(srv_conn *sc, uint8_t *p, size_t len)
 	o->w.iov[0] = (nng_iov){ p, len };
 	o->w.niov = 1;
 	o->w.done = out_done;
-	asynqi_conn_queue(sc->c, &o->w);
+	asynq_rpc_server *s = sc->s;
+	size_t cap = s->cfg.max_write_queue_bytes;
+	size_t q = asynqi_conn_queue(sc->c, &o->w);
+	if (q <= cap || sc->home >= 0)
+		return;
+	if (q / 4 > cap) {
+		/* Replies of requests read before the pause took it far
+		 * past the cap: the connection goes at once. */
+		atomic_fetch_add(&s->conns_overflowed, 1);
+		asynqi_conn_close(sc->c);
+		return;
+	}
+	/* Over the cap: no more requests are read until the peer takes its
+	 * replies (the sweeper closes it if it does not, within
+	 * frame_timeout_ms). */
+	pthread_mutex_lock(&sc->mu);
+	if (!sc->paused_wq) {
+		sc->paused_wq = true;
+		sc->wq_since_ns = (int64_t)asynq_now_ns();
+		atomic_store(&sc->wq_over, true);
+		sc_reading_locked(sc);
+	}
+	pthread_mutex_unlock(&sc->mu);
 }
 
 /* A frame of type with body b (taken over). */
@@ -515,9 +600,9 @@ req_release(asynq_rpc_server *s, srv_conn *sc, size_t worker, size_t n_calls)
 	    memory_order_relaxed);
 	pthread_mutex_lock(&sc->mu);
 	sc->inflight--;
-	if (sc->paused && sc->inflight < MAX_CONN_INFLIGHT / 2) {
-		sc->paused = false;
-		asynqi_conn_resume(sc->c);
+	if (sc->paused_calls && sc->inflight < MAX_CONN_INFLIGHT / 2) {
+		sc->paused_calls = false;
+		sc_reading_locked(sc);
 	}
 	pthread_mutex_unlock(&sc->mu);
 	pthread_mutex_lock(&s->mu);
@@ -1050,9 +1135,9 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 	r->post.fn = req_run;
 	pthread_mutex_lock(&sc->mu);
 	sc->inflight++;
-	if (!sc->paused && sc->inflight >= MAX_CONN_INFLIGHT) {
-		sc->paused = true;
-		asynqi_conn_pause(sc->c);
+	if (!sc->paused_calls && sc->inflight >= MAX_CONN_INFLIGHT) {
+		sc->paused_calls = true;
+		sc_reading_locked(sc);
 	}
 	pthread_mutex_unlock(&sc->mu);
 	/* Requests of one connection spread over the workers as they arrive:
@@ -1108,6 +1193,8 @@ srv_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
 	srv_conn *sc = asynqi_conn_arg(c);
 	asynq_rpc_server *s = sc->s;
 	size_t used = 0;
+	int64_t now = (int64_t)asynq_now_ns();
+	atomic_store_explicit(&sc->last_ns, now, memory_order_relaxed);
 	if (!sc->got_preface) {
 		size_t k = len < ASYNQI_PREFACE_LEN ? len : ASYNQI_PREFACE_LEN;
 		if (memcmp(buf, ASYNQI_PREFACE, k) != 0) {
@@ -1119,6 +1206,7 @@ srv_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
 			return 0;
 		}
 		sc->got_preface = true;
+		atomic_store(&sc->preface_ok, true);
 		used = ASYNQI_PREFACE_LEN;
 		send_hello(sc);
 	}
@@ -1162,6 +1250,16 @@ srv_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
 		}
 		used += ASYNQI_FRAME_HDR + blen;
 	}
+	/* The frame left incomplete began now if this read finished the one
+	 * before it; a frame that makes no progress keeps its first time. */
+	int64_t partial = 0;
+	if (len > used)
+		partial = used > 0 ? now
+		                   : atomic_load_explicit(&sc->partial_ns,
+		                         memory_order_relaxed);
+	if (len > used && partial == 0)
+		partial = now;
+	atomic_store_explicit(&sc->partial_ns, partial, memory_order_relaxed);
 	asynqi_conn_flush(c);
 	return used;
 }
@@ -1171,7 +1269,12 @@ srv_on_close(asynqi_conn *c, int err)
 {
 	(void)err;
 	srv_conn *sc = asynqi_conn_arg(c);
-	atomic_fetch_sub(&sc->s->open_conns, 1);
+	asynq_rpc_server *s = sc->s;
+	pthread_mutex_lock(&s->mu);
+	s->open--;
+	if (sc->doomed)
+		s->evicting--;
+	pthread_mutex_unlock(&s->mu);
 	sc_rele(sc);
 }
 
@@ -1180,22 +1283,216 @@ static const asynqi_conn_ops srv_ops = {
 	.on_close = srv_on_close,
 };
 
-/* A listener accepted c. */
+/* ---- Connection hygiene ---------------------------------------------------
+ */
+
+/* Under sc->mu: no request in flight, reading (not paused) and no frame
+ * half read: closing it loses nothing. */
+static bool
+sc_quiet_locked(const srv_conn *sc)
+{
+	return sc->inflight == 0 && !sc->paused &&
+	    atomic_load_explicit(&sc->partial_ns, memory_order_relaxed) == 0;
+}
+
+/* Tells the peer of an idle connection to go (GOAWAY naming the last
+ * request accepted; later ones are refused and resent elsewhere), then
+ * closes it once that is written. False when a request arrived since it
+ * was found idle (then it stays). */
+static bool
+sc_goaway_idle(srv_conn *sc, const char *why)
+{
+	pthread_mutex_lock(&sc->mu);
+	bool quiet = sc_quiet_locked(sc);
+	if (quiet)
+		sc->goaway = true;
+	uint64_t last = sc->last_id;
+	pthread_mutex_unlock(&sc->mu);
+	if (!quiet)
+		return false;
+	if (atomic_load(&sc->preface_ok)) {
+		asynqi_buf b;
+		buf_frame_start(&b);
+		asynqi_buf_tag(&b, 1, 0);
+		asynqi_buf_varint(&b, last);
+		asynqi_buf_bytes(&b, 2, why, strlen(why));
+		sc_queue_frame(sc, ASYNQI_FRAME_GOAWAY, &b);
+		asynqi_conn_close_flushed(sc->c);
+		asynqi_conn_flush(sc->c);
+	} else {
+		asynqi_conn_close(sc->c);
+	}
+	return true;
+}
+
+/* Under s->mu: dooms sc (held by the caller) so it is not picked twice and
+ * leaves the connection count at once. */
+static void
+sc_doom_locked(asynq_rpc_server *s, srv_conn *sc, int64_t now)
+{
+	sc->doomed = true;
+	sc->doomed_ns = now;
+	s->evicting++;
+}
+
+/* Under s->mu: the connection idle longest (no request in flight), held,
+ * or NULL. One that never sent its preface counts as idle since it was
+ * accepted. */
+static srv_conn *
+oldest_idle_locked(asynq_rpc_server *s)
+{
+	srv_conn *best = NULL;
+	int64_t best_ns = INT64_MAX;
+	for (srv_conn *sc = s->conns; sc != NULL; sc = sc->next) {
+		if (sc->home >= 0 || sc->doomed)
+			continue;
+		int64_t t =
+		    atomic_load_explicit(&sc->last_ns, memory_order_relaxed);
+		if (t >= best_ns)
+			continue;
+		pthread_mutex_lock(&sc->mu);
+		bool quiet = sc_quiet_locked(sc);
+		pthread_mutex_unlock(&sc->mu);
+		if (quiet) {
+			best = sc;
+			best_ns = t;
+		}
+	}
+	if (best != NULL && !sc_tryhold(best))
+		best = NULL;
+	return best;
+}
+
+/* What the sweeper does with a connection. */
+enum {
+	SWEEP_KEEP,
+	SWEEP_HANDSHAKE,
+	SWEEP_FRAME,
+	SWEEP_WRITE,
+	SWEEP_IDLE,
+	SWEEP_LINGER
+};
+
+/* Under s->mu: the sweeper's verdict on sc at `now`. */
+static int
+sweep_verdict(const asynq_rpc_server *s, srv_conn *sc, int64_t now)
+{
+	const asynq_rpc_server_cfg *cfg = &s->cfg;
+	if (sc->doomed)
+		return now - sc->doomed_ns >= CLOSE_LINGER_MS * 1000000ll
+		    ? SWEEP_LINGER
+		    : SWEEP_KEEP;
+	if (!atomic_load(&sc->preface_ok))
+		return now - sc->accepted_ns >=
+		        (int64_t)cfg->handshake_timeout_ms * 1000000
+		    ? SWEEP_HANDSHAKE
+		    : SWEEP_KEEP;
+	pthread_mutex_lock(&sc->mu);
+	bool paused = sc->paused;
+	bool quiet = sc_quiet_locked(sc);
+	int64_t wq_since = sc->paused_wq ? sc->wq_since_ns : 0;
+	pthread_mutex_unlock(&sc->mu);
+	if (wq_since != 0 &&
+	    now - wq_since >= (int64_t)cfg->frame_timeout_ms * 1000000)
+		return SWEEP_WRITE;
+	int64_t partial =
+	    atomic_load_explicit(&sc->partial_ns, memory_order_relaxed);
+	if (partial != 0 && !paused &&
+	    now - partial >= (int64_t)cfg->frame_timeout_ms * 1000000)
+		return SWEEP_FRAME;
+	int64_t last = atomic_load_explicit(&sc->last_ns, memory_order_relaxed);
+	if (quiet && cfg->idle_timeout_ms != UINT32_MAX &&
+	    now - last >= (int64_t)cfg->idle_timeout_ms * 1000000)
+		return SWEEP_IDLE;
+	return SWEEP_KEEP;
+}
+
+/* The sweeper thread: a few times per shortest timeout it closes the
+ * connections whose handshake or frame is overdue, tells idle ones to go,
+ * and cuts doomed ones that did not read their GOAWAY in time. */
+static void *
+sweeper_main(void *arg)
+{
+	asynq_rpc_server *s = arg;
+	const asynq_rpc_server_cfg *cfg = &s->cfg;
+	uint32_t shortest = cfg->handshake_timeout_ms;
+	if (cfg->frame_timeout_ms < shortest)
+		shortest = cfg->frame_timeout_ms;
+	if (cfg->idle_timeout_ms < shortest)
+		shortest = cfg->idle_timeout_ms;
+	uint32_t tick_ms = shortest / 5;
+	if (tick_ms < 10)
+		tick_ms = 10;
+	if (tick_ms > 1000)
+		tick_ms = 1000;
+	pthread_mutex_lock(&s->mu);
+	while (!s->closing) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += (long)(tick_ms % 1000) * 1000000;
+		ts.tv_sec += tick_ms / 1000 + ts.tv_nsec / 1000000000;
+		ts.tv_nsec %= 1000000000;
+		(void)pthread_cond_timedwait(&s->sweep_cv, &s->mu, &ts);
+		if (s->closing)
+			break;
+		int64_t now = (int64_t)asynq_now_ns();
+		srv_conn *victim[SWEEP_BATCH];
+		int why[SWEEP_BATCH];
+		size_t n = 0;
+		for (srv_conn *sc = s->conns; sc != NULL && n < SWEEP_BATCH;
+		     sc = sc->next) {
+			if (sc->home >= 0)
+				continue;
+			int v = sweep_verdict(s, sc, now);
+			if (v == SWEEP_KEEP || !sc_tryhold(sc))
+				continue;
+			if (v != SWEEP_LINGER)
+				sc_doom_locked(s, sc, now);
+			else
+				sc->doomed_ns = INT64_MAX / 2; /* cut once */
+			victim[n] = sc;
+			why[n++] = v;
+		}
+		pthread_mutex_unlock(&s->mu);
+		for (size_t i = 0; i < n; i++) {
+			srv_conn *sc = victim[i];
+			bool closed = true;
+			if (why[i] == SWEEP_IDLE) {
+				closed = sc_goaway_idle(sc, "idle");
+				if (closed)
+					atomic_fetch_add(&s->conns_idle, 1);
+			} else {
+				if (why[i] == SWEEP_WRITE)
+					atomic_fetch_add(&s->conns_overflowed,
+					    1);
+				else if (why[i] != SWEEP_LINGER)
+					atomic_fetch_add(&s->conns_stalled, 1);
+				asynqi_conn_close(sc->c);
+			}
+			if (!closed) {
+				pthread_mutex_lock(&s->mu);
+				sc->doomed = false;
+				s->evicting--;
+				pthread_mutex_unlock(&s->mu);
+			}
+			sc_rele(sc);
+		}
+		pthread_mutex_lock(&s->mu);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+/* A listener accepted c. At the connection cap, the connection idle
+ * longest gives way to it; with none idle, c is closed at once. */
 static void
 srv_accept(void *arg, asynqi_conn *c)
 {
 	asynq_rpc_server *s = arg;
-	if ((size_t)atomic_fetch_add(&s->open_conns, 1) >=
-	    s->cfg.max_connections) {
-		atomic_fetch_sub(&s->open_conns, 1);
-		asynqi_conn_close(c);
-		asynqi_conn_rele(c);
-		return;
-	}
 	srv_conn *sc = calloc(1, sizeof(*sc));
 	if (sc == NULL || pthread_mutex_init(&sc->mu, NULL) != 0) {
 		free(sc);
-		atomic_fetch_sub(&s->open_conns, 1);
+		atomic_fetch_add(&s->conns_refused, 1);
 		asynqi_conn_close(c);
 		asynqi_conn_rele(c);
 		return;
@@ -1204,23 +1501,50 @@ srv_accept(void *arg, asynqi_conn *c)
 	sc->c = c;
 	atomic_init(&sc->refs, 1);
 	atomic_init(&sc->dirty_mask, 0);
+	int64_t now = (int64_t)asynq_now_ns();
+	sc->accepted_ns = now;
+	atomic_init(&sc->last_ns, now);
+	atomic_init(&sc->partial_ns, 0);
+	atomic_init(&sc->preface_ok, false);
+	atomic_init(&sc->wq_over, false);
 	sc->home = -1;
 	asynq_sched *owner = asynqi_conn_owner(c);
 	for (size_t i = 0; owner != NULL && i < s->workers; i++)
 		if (asynq_runtime_sched(s->rt, i) == owner)
 			sc->home = (int)i;
+	srv_conn *victim = NULL;
 	pthread_mutex_lock(&s->mu);
-	bool closing = s->closing;
-	if (!closing) {
+	bool refused = s->closing;
+	if (!refused && s->open - s->evicting >= s->cfg.max_connections) {
+		victim = oldest_idle_locked(s);
+		if (victim != NULL)
+			sc_doom_locked(s, victim, now);
+		else
+			refused = true;
+	}
+	if (!refused) {
 		sc->next = s->conns;
 		if (s->conns != NULL)
 			s->conns->prev = sc;
 		s->conns = sc;
 		s->n_conns++;
+		s->open++;
 	}
 	pthread_mutex_unlock(&s->mu);
-	if (closing) {
-		atomic_fetch_sub(&s->open_conns, 1);
+	if (victim != NULL) {
+		atomic_fetch_add(&s->conns_evicted, 1);
+		if (!sc_goaway_idle(victim, "connection limit; idle longest")) {
+			/* A request came in after all: it stays, and the new
+			 * connection is over the cap until the next close. */
+			pthread_mutex_lock(&s->mu);
+			victim->doomed = false;
+			s->evicting--;
+			pthread_mutex_unlock(&s->mu);
+		}
+		sc_rele(victim);
+	}
+	if (refused) {
+		atomic_fetch_add(&s->conns_refused, 1);
 		pthread_mutex_destroy(&sc->mu);
 		free(sc);
 		asynqi_conn_close(c);
@@ -1355,8 +1679,20 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->cfg.dedup_age_ms = DEFAULT_DEDUP_AGE_MS;
 	if (s->cfg.dedup_bytes == 0)
 		s->cfg.dedup_bytes = DEFAULT_DEDUP_BYTES;
+	if (s->cfg.handshake_timeout_ms == 0)
+		s->cfg.handshake_timeout_ms = DEFAULT_HANDSHAKE_MS;
+	if (s->cfg.idle_timeout_ms == 0)
+		s->cfg.idle_timeout_ms = DEFAULT_IDLE_MS;
+	if (s->cfg.frame_timeout_ms == 0)
+		s->cfg.frame_timeout_ms = DEFAULT_FRAME_MS;
+	if (s->cfg.max_write_queue_bytes == 0)
+		s->cfg.max_write_queue_bytes = DEFAULT_WRITE_QUEUE;
 	atomic_init(&s->next_worker, 0);
-	atomic_init(&s->open_conns, 0);
+	atomic_init(&s->conns_refused, 0);
+	atomic_init(&s->conns_evicted, 0);
+	atomic_init(&s->conns_idle, 0);
+	atomic_init(&s->conns_stalled, 0);
+	atomic_init(&s->conns_overflowed, 0);
 	atomic_init(&s->requests, 0);
 	atomic_init(&s->calls, 0);
 	atomic_init(&s->rejected, 0);
@@ -1374,6 +1710,15 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		goto fail_mu;
 	if (pthread_cond_init(&s->cv, NULL) != 0)
 		goto fail_cv;
+	pthread_condattr_t ca;
+	if (pthread_condattr_init(&ca) != 0)
+		goto fail_sweep_cv;
+	int crv = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	if (crv == 0)
+		crv = pthread_cond_init(&s->sweep_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (crv != 0)
+		goto fail_sweep_cv;
 	s->w_inflight = calloc(s->workers, sizeof(*s->w_inflight));
 	s->w_load = calloc(s->workers, sizeof(*s->w_load));
 	s->writers = calloc(s->workers, sizeof(*s->writers));
@@ -1384,6 +1729,9 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->writers[i].s = s;
 		s->writers[i].index = i;
 	}
+	if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0)
+		goto fail_arrays;
+	s->sweeper_on = true;
 	*sp = s;
 	return ASYNQ_OK;
 
@@ -1391,6 +1739,8 @@ fail_arrays:
 	free(s->writers);
 	free(s->w_inflight);
 	free(s->w_load);
+	pthread_cond_destroy(&s->sweep_cv);
+fail_sweep_cv:
 	pthread_cond_destroy(&s->cv);
 fail_cv:
 	pthread_mutex_destroy(&s->mu);
@@ -1476,7 +1826,12 @@ asynq_rpc_server_close(asynq_rpc_server *s)
 	size_t n_ls = s->n_listeners;
 	s->listeners = NULL;
 	s->n_listeners = 0;
+	bool sweeper = s->sweeper_on;
+	s->sweeper_on = false;
+	pthread_cond_broadcast(&s->sweep_cv);
 	pthread_mutex_unlock(&s->mu);
+	if (sweeper)
+		pthread_join(s->sweeper, NULL);
 	for (size_t i = 0; i < n_ls; i++)
 		asynqi_listener_close(ls[i]);
 	free(ls);
@@ -1565,6 +1920,7 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 	asynqi_dedup_free(s->dd);
 	if (s->tls != NULL)
 		nng_tls_config_free(s->tls);
+	pthread_cond_destroy(&s->sweep_cv);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
@@ -1580,4 +1936,9 @@ asynq_rpc_server_stats_get(const asynq_rpc_server *s,
 	out->rejected = atomic_load(&m->rejected);
 	out->malformed = atomic_load(&m->malformed);
 	out->duplicates = atomic_load(&m->duplicates);
+	out->conns_refused = atomic_load(&m->conns_refused);
+	out->conns_evicted = atomic_load(&m->conns_evicted);
+	out->conns_idle = atomic_load(&m->conns_idle);
+	out->conns_stalled = atomic_load(&m->conns_stalled);
+	out->conns_overflowed = atomic_load(&m->conns_overflowed);
 }

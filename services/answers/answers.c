@@ -223,10 +223,11 @@ answers_service_hook(answers_service *s)
 }
 
 asynq_status
-answers_service_start(answers_service *s, asynq_runtime *rt, const char *url)
+answers_service_start(answers_service *s, asynq_runtime *rt, const char *url,
+    const asynq_rpc_server_cfg *cfg)
 {
 	return svc_serve(&s->srv, rt, &asynq__answers__answers__asynq_desc,
-	    answers_handlers, s, url);
+	    answers_handlers, s, url, cfg);
 }
 
 void

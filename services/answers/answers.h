@@ -38,7 +38,7 @@ svc_hook answers_service_hook(answers_service *s);
  * UNAVAILABLE if the address is in use, INVALID_ARGUMENT for a bad URL,
  * FAILED_PRECONDITION if already started. Not from a worker. */
 asynq_status answers_service_start(answers_service *s, asynq_runtime *rt,
-    const char *url);
+    const char *url, const asynq_rpc_server_cfg *cfg);
 
 /* answers_service_close stops receiving and answers every call already
  * received; blocks until done. Idempotent. Not from a worker. */

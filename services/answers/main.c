@@ -44,7 +44,8 @@ main(int argc, char **argv)
 	svc_hooks_add(&hooks, answers_service_hook(s));
 	if ((rv = svc_runtime_alloc(&rt, f.workers, &hooks)) != ASYNQ_OK)
 		goto fail;
-	if ((rv = answers_service_start(s, rt, f.listen)) != ASYNQ_OK)
+	if ((rv = answers_service_start(s, rt, f.listen, &f.server)) !=
+	    ASYNQ_OK)
 		goto fail;
 	printf("answers: listening on %s (%zu workers, db %s)\n", f.listen,
 	    asynq_runtime_workers(rt), f.db);

@@ -318,10 +318,11 @@ cache_service_alloc(cache_service **sp, size_t max_bytes)
 }
 
 asynq_status
-cache_service_start(cache_service *s, asynq_runtime *rt, const char *url)
+cache_service_start(cache_service *s, asynq_runtime *rt, const char *url,
+    const asynq_rpc_server_cfg *cfg)
 {
 	return svc_serve(&s->srv, rt, &asynq__cache__cache__asynq_desc,
-	    cache_handlers, s, url);
+	    cache_handlers, s, url, cfg);
 }
 
 void

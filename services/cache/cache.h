@@ -35,7 +35,7 @@ asynq_status cache_service_alloc(cache_service **sp, size_t max_bytes);
  * if the address is in use, INVALID_ARGUMENT for a bad URL,
  * FAILED_PRECONDITION if already started. Not from a worker. */
 asynq_status cache_service_start(cache_service *s, asynq_runtime *rt,
-    const char *url);
+    const char *url, const asynq_rpc_server_cfg *cfg);
 
 /* cache_service_close stops receiving and answers every call already
  * received; blocks until done. Idempotent. Not from a worker. */

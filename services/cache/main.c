@@ -42,7 +42,7 @@ main(int argc, char **argv)
 		goto fail;
 	if ((rv = svc_runtime_alloc(&rt, f.workers, NULL)) != ASYNQ_OK)
 		goto fail;
-	if ((rv = cache_service_start(s, rt, f.listen)) != ASYNQ_OK)
+	if ((rv = cache_service_start(s, rt, f.listen, &f.server)) != ASYNQ_OK)
 		goto fail;
 	printf("cache: listening on %s (%zu workers, %zu MiB)\n", f.listen,
 	    asynq_runtime_workers(rt), max_mb);

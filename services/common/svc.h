@@ -146,6 +146,10 @@ typedef struct svc_flags {
 	const char *cache_url;   /* --cache URL (frontend) */
 	svc_data_cfg data;       /* --gen-users/--gen-answers/--gen-questions */
 	bool quiet;              /* --quiet: no counters log */
+	/* --max-connections, --handshake-timeout-ms, --frame-timeout-ms,
+	 * --idle-timeout-ms, --max-write-queue-bytes: the server's limits
+	 * (zero: the framework's defaults). */
+	asynq_rpc_server_cfg server;
 } svc_flags;
 
 /* svc_flags_parse fills f from argv, starting from the defaults already in
@@ -177,13 +181,14 @@ typedef void (*svc_counters_fn)(void *arg, svc_counters *out);
 int svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
     bool quiet);
 
-/* svc_serve makes *srvp, a server on rt for service svc with handlers
- * (ctx passed to them), listening at url. FAILED_PRECONDITION if *srvp is
+/* svc_serve makes *srvp, a server on rt with settings cfg (NULL: the
+ * defaults) for service svc with handlers (ctx passed to them), listening
+ * at url. FAILED_PRECONDITION if *srvp is
  * already set; on failure *srvp stays NULL and the status says why
  * (UNAVAILABLE: address in use). Not from a worker. */
 asynq_status svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
     const asynq_rpc_service_desc *svc, const asynq_rpc_handler *handlers,
-    void *ctx, const char *url);
+    void *ctx, const char *url, const asynq_rpc_server_cfg *cfg);
 
 /* svc_server_counters adds a server's calls and requests to out. */
 void svc_server_counters(const asynq_rpc_server *s, svc_counters *out);

@@ -84,10 +84,32 @@ parse_size(const char *s, size_t *out)
 	return true;
 }
 
+static bool
+parse_ms(const char *s, uint32_t *out)
+{
+	size_t v;
+	if (!parse_size(s, &v) || v > UINT32_MAX)
+		return false;
+	*out = (uint32_t)v;
+	return true;
+}
+
 bool
 svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 {
-	enum { O_USERS = 256, O_ANSWERS, O_CACHE, O_GEN_U, O_GEN_A, O_GEN_Q };
+	enum {
+		O_USERS = 256,
+		O_ANSWERS,
+		O_CACHE,
+		O_GEN_U,
+		O_GEN_A,
+		O_GEN_Q,
+		O_MAX_CONNS,
+		O_HANDSHAKE,
+		O_FRAME,
+		O_IDLE,
+		O_WRITE_QUEUE,
+	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
 		{ "workers", required_argument, NULL, 'w' },
@@ -98,6 +120,13 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		{ "gen-users", required_argument, NULL, O_GEN_U },
 		{ "gen-answers", required_argument, NULL, O_GEN_A },
 		{ "gen-questions", required_argument, NULL, O_GEN_Q },
+		{ "max-connections", required_argument, NULL, O_MAX_CONNS },
+		{ "handshake-timeout-ms", required_argument, NULL,
+		    O_HANDSHAKE },
+		{ "frame-timeout-ms", required_argument, NULL, O_FRAME },
+		{ "idle-timeout-ms", required_argument, NULL, O_IDLE },
+		{ "max-write-queue-bytes", required_argument, NULL,
+		    O_WRITE_QUEUE },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -137,6 +166,22 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		case O_GEN_Q:
 			ok = parse_size(optarg, &f->data.questions);
 			break;
+		case O_MAX_CONNS:
+			ok = parse_size(optarg, &f->server.max_connections);
+			break;
+		case O_HANDSHAKE:
+			ok = parse_ms(optarg, &f->server.handshake_timeout_ms);
+			break;
+		case O_FRAME:
+			ok = parse_ms(optarg, &f->server.frame_timeout_ms);
+			break;
+		case O_IDLE:
+			ok = parse_ms(optarg, &f->server.idle_timeout_ms);
+			break;
+		case O_WRITE_QUEUE:
+			ok = parse_size(optarg,
+			    &f->server.max_write_queue_bytes);
+			break;
 		case 'q':
 			f->quiet = true;
 			break;
@@ -148,7 +193,12 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 	if (ok && optind < argc)
 		ok = false;
 	if (!ok)
-		fprintf(stderr, "usage: %s %s\n", argv[0], usage);
+		fprintf(stderr,
+		    "usage: %s %s\n"
+		    "server limits: [--max-connections N] "
+		    "[--handshake-timeout-ms MS] [--frame-timeout-ms MS]\n"
+		    "  [--idle-timeout-ms MS] [--max-write-queue-bytes N]\n",
+		    argv[0], usage);
 	return ok;
 }
 
@@ -168,14 +218,14 @@ svc_signals_block(void)
 asynq_status
 svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
     const asynq_rpc_service_desc *svc, const asynq_rpc_handler *handlers,
-    void *ctx, const char *url)
+    void *ctx, const char *url, const asynq_rpc_server_cfg *cfg)
 {
 	asynq_rpc_server *srv;
 	asynq_status rv;
 
 	if (*srvp != NULL)
 		return ASYNQ_FAILED_PRECONDITION;
-	if ((rv = asynq_rpc_server_alloc(&srv, rt, NULL)) != ASYNQ_OK)
+	if ((rv = asynq_rpc_server_alloc(&srv, rt, cfg)) != ASYNQ_OK)
 		return rv;
 	if ((rv = asynq_rpc_server_add_service(srv, svc, handlers, ctx)) !=
 	        ASYNQ_OK ||

@@ -349,7 +349,8 @@ channel_open(asynq_rpc_channel **chp, const asynq_rpc_service_desc *svc,
     const char *url, size_t max_calls)
 {
 	const char *urls[] = { url };
-	asynq_rpc_channel_cfg cfg = { .urls = urls, .n_urls = 1,
+	asynq_rpc_channel_cfg cfg = { .urls = urls,
+		.n_urls = 1,
 		.max_calls = max_calls };
 	return asynq_rpc_channel_alloc(chp, svc, &cfg);
 }
@@ -359,7 +360,8 @@ frontend_service_alloc(frontend_service **sp, const char *users_url,
     const char *answers_url, const char *cache_url)
 {
 	frontend_cfg cfg = { .users_url = users_url,
-		.answers_url = answers_url, .cache_url = cache_url };
+		.answers_url = answers_url,
+		.cache_url = cache_url };
 	return frontend_service_alloc_cfg(sp, &cfg);
 }
 
@@ -394,10 +396,11 @@ fail_users:
 }
 
 asynq_status
-frontend_service_start(frontend_service *s, asynq_runtime *rt, const char *url)
+frontend_service_start(frontend_service *s, asynq_runtime *rt, const char *url,
+    const asynq_rpc_server_cfg *cfg)
 {
 	return svc_serve(&s->srv, rt, &asynq__frontend__frontend__asynq_desc,
-	    frontend_handlers, s, url);
+	    frontend_handlers, s, url, cfg);
 }
 
 void

@@ -54,7 +54,7 @@ asynq_status frontend_service_alloc_cfg(frontend_service **sp,
  * UNAVAILABLE if the address is in use, INVALID_ARGUMENT for a bad URL,
  * FAILED_PRECONDITION if already started. Not from a worker. */
 asynq_status frontend_service_start(frontend_service *s, asynq_runtime *rt,
-    const char *url);
+    const char *url, const asynq_rpc_server_cfg *cfg);
 
 /* frontend_author_names looks up the names of the authors of answers
  * aids[0..n) with one round trip to each service and returns them in

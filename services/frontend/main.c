@@ -38,7 +38,8 @@ main(int argc, char **argv)
 		goto fail;
 	if ((rv = svc_runtime_alloc(&rt, f.workers, NULL)) != ASYNQ_OK)
 		goto fail;
-	if ((rv = frontend_service_start(s, rt, f.listen)) != ASYNQ_OK)
+	if ((rv = frontend_service_start(s, rt, f.listen, &f.server)) !=
+	    ASYNQ_OK)
 		goto fail;
 	printf("frontend: listening on %s (%zu workers, users %s, answers %s,"
 	       " cache %s)\n",

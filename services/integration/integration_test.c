@@ -114,7 +114,7 @@ fx_start(void **state, size_t cache_bytes)
 		assert_int_equal(svc_runtime_alloc(&fx->cache_rt, 2, NULL),
 		    ASYNQ_OK);
 		assert_int_equal(
-		    cache_service_start(fx->cache, fx->cache_rt, curl),
+		    cache_service_start(fx->cache, fx->cache_rt, curl, NULL),
 		    ASYNQ_OK);
 		fx->cch = channel(&asynq__cache__cache__asynq_desc, curl);
 	}
@@ -125,8 +125,8 @@ fx_start(void **state, size_t cache_bytes)
 	    ASYNQ_OK);
 	assert_int_equal(svc_runtime_alloc(&fx->users_rt, 2, &fx->users_hooks),
 	    ASYNQ_OK);
-	assert_int_equal(users_service_start(fx->users, fx->users_rt, uurl),
-	    ASYNQ_OK);
+	assert_int_equal(
+	    users_service_start(fx->users, fx->users_rt, uurl, NULL), ASYNQ_OK);
 
 	assert_int_equal(answers_service_alloc(&fx->answers, answers_db),
 	    ASYNQ_OK);
@@ -137,7 +137,8 @@ fx_start(void **state, size_t cache_bytes)
 	    svc_runtime_alloc(&fx->answers_rt, 2, &fx->answers_hooks),
 	    ASYNQ_OK);
 	assert_int_equal(
-	    answers_service_start(fx->answers, fx->answers_rt, aurl), ASYNQ_OK);
+	    answers_service_start(fx->answers, fx->answers_rt, aurl, NULL),
+	    ASYNQ_OK);
 
 	assert_int_equal(frontend_service_alloc(&fx->frontend, uurl, aurl,
 	                     fx->cache != NULL ? curl : NULL),
@@ -145,7 +146,7 @@ fx_start(void **state, size_t cache_bytes)
 	assert_int_equal(svc_runtime_alloc(&fx->frontend_rt, 2, NULL),
 	    ASYNQ_OK);
 	assert_int_equal(
-	    frontend_service_start(fx->frontend, fx->frontend_rt, furl),
+	    frontend_service_start(fx->frontend, fx->frontend_rt, furl, NULL),
 	    ASYNQ_OK);
 
 	fx->ch = channel(FRONTEND, furl);
@@ -668,7 +669,8 @@ test_cache_get_set_delete_ttl_lru(void **state)
 	assert_int_equal(cache_service_alloc(&cs, 3 * entry + entry / 2),
 	    ASYNQ_OK);
 	assert_int_equal(svc_runtime_alloc(&rt, 2, NULL), ASYNQ_OK);
-	assert_int_equal(cache_service_start(cs, rt, "inproc://svc-cache-lru"),
+	assert_int_equal(
+	    cache_service_start(cs, rt, "inproc://svc-cache-lru", NULL),
 	    ASYNQ_OK);
 	asynq_rpc_channel *ch =
 	    channel(&asynq__cache__cache__asynq_desc, "inproc://svc-cache-lru");

@@ -41,7 +41,7 @@ main(int argc, char **argv)
 	svc_hooks_add(&hooks, users_service_hook(s));
 	if ((rv = svc_runtime_alloc(&rt, f.workers, &hooks)) != ASYNQ_OK)
 		goto fail;
-	if ((rv = users_service_start(s, rt, f.listen)) != ASYNQ_OK)
+	if ((rv = users_service_start(s, rt, f.listen, &f.server)) != ASYNQ_OK)
 		goto fail;
 	printf("users: listening on %s (%zu workers, db %s)\n", f.listen,
 	    asynq_runtime_workers(rt), f.db);

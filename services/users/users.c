@@ -146,10 +146,11 @@ users_service_hook(users_service *s)
 }
 
 asynq_status
-users_service_start(users_service *s, asynq_runtime *rt, const char *url)
+users_service_start(users_service *s, asynq_runtime *rt, const char *url,
+    const asynq_rpc_server_cfg *cfg)
 {
 	return svc_serve(&s->srv, rt, &asynq__users__users__asynq_desc,
-	    users_handlers, s, url);
+	    users_handlers, s, url, cfg);
 }
 
 void

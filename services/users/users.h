@@ -37,7 +37,7 @@ svc_hook users_service_hook(users_service *s);
  * UNAVAILABLE if the address is in use, INVALID_ARGUMENT for a bad URL,
  * FAILED_PRECONDITION if already started. Not from a worker. */
 asynq_status users_service_start(users_service *s, asynq_runtime *rt,
-    const char *url);
+    const char *url, const asynq_rpc_server_cfg *cfg);
 
 /* users_service_close stops receiving and answers every call already
  * received; blocks until done. Idempotent. Not from a worker. */

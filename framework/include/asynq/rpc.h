@@ -183,8 +183,11 @@ typedef struct asynq_rpc_server_cfg {
 	                               connection */
 	size_t max_calls;           /* calls per request; default 10,000 */
 	size_t max_inflight_calls;  /* per worker; default 100,000 */
-	size_t max_connections;     /* open connections; default 1,024; a
-	                               connection over it is closed at once */
+	size_t max_connections;     /* open connections; default 1,024. A new
+	                               connection over it takes the place of
+	                               the one idle longest (no request in
+	                               flight: it gets a GOAWAY and is closed);
+	                               with none idle it is closed at once */
 	size_t decode_budget;       /* bytes a decode may allocate; default
 	                               8x max_msg_bytes */
 	size_t contexts_per_worker; /* unused (requests are no longer received
@@ -206,6 +209,25 @@ typedef struct asynq_rpc_server_cfg {
 	size_t dedup_entries;
 	uint32_t dedup_age_ms;
 	size_t dedup_bytes;
+	/* Connection hygiene, so idle, slow or hostile peers cannot hold a
+	 * server's connections or memory (in-process connections are
+	 * exempt). A connection whose client preface (after the TLS
+	 * handshake) has not arrived handshake_timeout_ms (default 10,000)
+	 * after it was accepted is closed; so is one in which a frame begun
+	 * is not complete within frame_timeout_ms (default 30,000; while the
+	 * server itself has paused reading it, the clock stops). One with no
+	 * request in flight and nothing read for idle_timeout_ms (default
+	 * 300,000; UINT32_MAX: never) gets a GOAWAY and is closed, and the
+	 * client reconnects when it next calls. While a connection's replies
+	 * queued and not yet written exceed max_write_queue_bytes (default
+	 * 64 MiB) the server reads no more requests from it, until half of
+	 * that is written; if that takes longer than frame_timeout_ms (the
+	 * peer does not read its replies), or the queue passes 4x the cap,
+	 * the connection is closed. */
+	uint32_t handshake_timeout_ms;
+	uint32_t frame_timeout_ms;
+	uint32_t idle_timeout_ms;
+	size_t max_write_queue_bytes;
 } asynq_rpc_server_cfg;
 
 /* asynq_rpc_server_alloc makes a server that runs on rt's workers.
@@ -246,6 +268,13 @@ typedef struct asynq_rpc_server_stats {
 	uint64_t malformed;  /* requests that could not be decoded */
 	uint64_t duplicates; /* resent or repeated requests whose
 	                        non-idempotent calls were not run again */
+	uint64_t conns_refused;    /* connections closed at accept: at the
+	                              cap with none idle, or closing */
+	uint64_t conns_evicted;    /* idle connections that made room for a
+	                              new one at the cap */
+	uint64_t conns_idle;       /* closed after idle_timeout_ms */
+	uint64_t conns_stalled;    /* closed for an overdue preface or frame */
+	uint64_t conns_overflowed; /* closed over max_write_queue_bytes */
 } asynq_rpc_server_stats;
 
 /* asynq_rpc_server_stats_get copies the server's counters. Any thread. */
