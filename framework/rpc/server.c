@@ -29,6 +29,16 @@
  *   MAX_CONN_INFLIGHT requests in flight stops reading until they are down
  *   to half, so a pipelining client cannot grow the server's memory
  *   without bound.
+ * - Admission control (CoDel on the time a request waits to start): each
+ *   worker keeps, per interval of ADM_INTERVAL_TARGETS queue targets, the
+ *   shortest wait of the requests it started and how many it ran. A worker
+ *   whose shortest wait exceeded the target over a whole interval has a
+ *   standing queue, not a burst, and is overloaded for the next: requests
+ *   it starts after waiting over twice the target are answered
+ *   RESOURCE_EXHAUSTED instead of run, and the reader refuses a request
+ *   at once, before decoding it, when more requests already wait for the
+ *   worker than it ran per target (its budget). Posts run before tasks,
+ *   so the wait measured is from the read to the request task's start.
  * - Connection hygiene: a connection with more than max_write_queue_bytes
  *   of replies unwritten stops reading too (out_done resumes it at half),
  *   and one far past it is closed at once. A sweeper thread, a few times
@@ -86,6 +96,10 @@
 #define DEFAULT_IDLE_MS 300000
 #define DEFAULT_FRAME_MS 30000
 #define DEFAULT_WRITE_QUEUE (64u << 20)
+#define DEFAULT_QUEUE_TARGET_US 5000
+/* Admission intervals last this many queue targets (CoDel's 100 ms for
+ * 5 ms). */
+#define ADM_INTERVAL_TARGETS 20
 /* Connections the sweeper closes in one pass; the rest wait a tick. */
 #define SWEEP_BATCH 256
 
@@ -105,6 +119,22 @@ typedef struct srv_mt_entry {
 	char *missing;
 } srv_mt_entry;
 typedef struct srv_writer srv_writer;
+
+/* Admission control of one worker (see the design notes). */
+typedef struct srv_adm {
+	/* Written by the worker, read by readers. */
+	atomic_bool overloaded;
+	atomic_uint budget; /* requests that start within the target */
+	/* Requests posted to the worker and not started: readers add,
+	 * the worker takes away. */
+	atomic_uint waiting;
+	/* Worker only. */
+	int64_t interval_end; /* monotonic ns */
+	int64_t interval_start;
+	int64_t min_sojourn;
+	uint32_t started;
+	char pad[64];
+} srv_adm;
 
 /* One call of a request and its result. */
 typedef struct srv_call {
@@ -132,6 +162,8 @@ struct srv_req {
 	asynqi_request_ref rq; /* points into a copy of the body, in arena */
 	uint64_t request_id;
 	int64_t deadline; /* CLOCK_REALTIME ns, 0 for none */
+	int64_t recv_ns;  /* monotonic, when read */
+	bool waiting;     /* counted in its worker's adm.waiting */
 	srv_call *calls;
 	size_t n;
 	srv_task *tasks;
@@ -205,6 +237,7 @@ struct asynq_rpc_server {
 	size_t workers;
 	size_t *w_inflight;    /* per worker, worker only */
 	atomic_size_t *w_load; /* calls read and not answered, per worker */
+	srv_adm *adm;          /* per worker */
 	srv_writer *writers;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -223,7 +256,7 @@ struct asynq_rpc_server {
 	atomic_size_t next_worker;
 	atomic_uint_fast64_t requests, calls, rejected, malformed, duplicates;
 	atomic_uint_fast64_t conns_refused, conns_evicted, conns_idle,
-	    conns_stalled, conns_overflowed;
+	    conns_stalled, conns_overflowed, shed;
 	asynqi_dedup *dd;
 	nng_tls_config *tls;
 };
@@ -732,11 +765,76 @@ out:
  * suspending costs a call, and one that suspends lets the next start, so
  * their own calls still batch. The deadline is pushed once; every call's
  * task inherits it. */
+/* Worker: request r starts r->recv_ns after it was read; counts it in the
+ * worker's admission state. True when it waited past twice the target
+ * while the worker is overloaded: it is refused instead of run. */
+static bool
+adm_start(asynq_rpc_server *s, srv_req *r)
+{
+	srv_adm *a = &s->adm[r->worker];
+	if (r->waiting) {
+		r->waiting = false;
+		atomic_fetch_sub_explicit(&a->waiting, 1, memory_order_relaxed);
+	}
+	uint32_t target_us = s->cfg.queue_target_us;
+	if (target_us == UINT32_MAX)
+		return false;
+	int64_t now = (int64_t)asynq_now_ns();
+	int64_t target = (int64_t)target_us * 1000;
+	int64_t sojourn = now - r->recv_ns;
+	if (now >= a->interval_end) {
+		/* CoDel: the worker is overloaded for the next interval if
+		 * even the shortest wait of this one exceeded the target (a
+		 * standing queue, not a burst). The budget is how many
+		 * requests it ran per target's worth of time. */
+		int64_t interval = ADM_INTERVAL_TARGETS * target;
+		bool over = a->min_sojourn > target &&
+		    now - a->interval_end < interval; /* not after a lull */
+		int64_t len = now - a->interval_start;
+		uint64_t budget = len > 0
+		    ? (uint64_t)a->started * (uint64_t)target / (uint64_t)len
+		    : 1;
+		if (budget < 1)
+			budget = 1;
+		if (budget > UINT32_MAX)
+			budget = UINT32_MAX;
+		atomic_store_explicit(&a->budget, (unsigned)budget,
+		    memory_order_relaxed);
+		atomic_store_explicit(&a->overloaded, over,
+		    memory_order_relaxed);
+		a->interval_start = now;
+		a->interval_end = now + interval;
+		a->min_sojourn = INT64_MAX;
+		a->started = 0;
+	}
+	if (sojourn < a->min_sojourn)
+		a->min_sojourn = sojourn;
+	bool shed = sojourn > 2 * target &&
+	    atomic_load_explicit(&a->overloaded, memory_order_relaxed);
+	if (!shed)
+		a->started++; /* the budget counts work, not refusals */
+	return shed;
+}
+
 static asynq_status
 req_main(asynq_task *t, void *arg)
 {
 	srv_req *r = arg;
 	size_t n = r->n_tasks;
+	if (adm_start(r->sc->s, r)) {
+		atomic_fetch_add(&r->sc->s->shed, 1);
+		char why[128];
+		snprintf(why, sizeof(why),
+		    "server overloaded: the request waited %lld us to start "
+		    "(target %u us) and did not run",
+		    (long long)((int64_t)asynq_now_ns() - r->recv_ns) / 1000,
+		    r->sc->s->cfg.queue_target_us);
+		for (size_t i = 0; i < r->n; i++)
+			if (r->calls[i].sm != NULL)
+				call_fail(r, &r->calls[i],
+				    ASYNQ_RESOURCE_EXHAUSTED, "%s", why);
+		n = 0;
+	}
 	int64_t dl = r->deadline;
 	bool pushed_dl = dl != 0 &&
 	    asynq_scoped_push(&asynq_rpc_deadline, (void *)(intptr_t)dl) ==
@@ -865,6 +963,11 @@ req_run(asynq_post *p)
 				    "the server could not start the call%s",
 				    "");
 		asynq_future_rele(f);
+		if (r->waiting) {
+			r->waiting = false;
+			atomic_fetch_sub_explicit(&s->adm[r->worker].waiting, 1,
+			    memory_order_relaxed);
+		}
 		req_finish(r);
 		return;
 	}
@@ -929,9 +1032,35 @@ methods_received(srv_conn *sc, const uint8_t *body, size_t len)
 	return rv == 0;
 }
 
-/* Reader: a REQUEST frame. */
+/* Reader: the worker a request of sc goes to. Requests of one connection
+ * spread over the workers as they arrive: each goes to the worker with the
+ * fewest calls in flight (ties in turn), which batches the calls of the
+ * requests it runs. */
+static size_t
+pick_worker(asynq_rpc_server *s, const srv_conn *sc)
+{
+	size_t start = sc->home >= 0
+	    ? (size_t)sc->home
+	    : atomic_fetch_add_explicit(&s->next_worker, 1,
+	          memory_order_relaxed);
+	size_t best = start % s->workers;
+	size_t least =
+	    atomic_load_explicit(&s->w_load[best], memory_order_relaxed);
+	for (size_t k = 1; k < s->workers && least > 0; k++) {
+		size_t w = (start + k) % s->workers;
+		size_t l =
+		    atomic_load_explicit(&s->w_load[w], memory_order_relaxed);
+		if (l < least) {
+			least = l;
+			best = w;
+		}
+	}
+	return best;
+}
+
+/* Reader: a REQUEST frame read at `now`. */
 static void
-req_received(srv_conn *sc, const uint8_t *body, size_t len)
+req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 {
 	asynq_rpc_server *s = sc->s;
 	atomic_fetch_add(&s->requests, 1);
@@ -941,6 +1070,20 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 		snprintf(why, sizeof(why), "request of %zu bytes; limit %zu",
 		    len, s->cfg.max_msg_bytes);
 		sc_status(sc, ASYNQ_RESOURCE_EXHAUSTED, why,
+		    asynqi_request_scan_id(body, len));
+		return;
+	}
+	/* Admission: while its worker is overloaded, a request that would
+	 * queue behind more than the worker starts within the target is
+	 * refused at once, before anything is decoded. */
+	size_t worker = pick_worker(s, sc);
+	srv_adm *a = &s->adm[worker];
+	if (atomic_load_explicit(&a->overloaded, memory_order_relaxed) &&
+	    atomic_load_explicit(&a->waiting, memory_order_relaxed) >=
+	        atomic_load_explicit(&a->budget, memory_order_relaxed)) {
+		atomic_fetch_add(&s->shed, 1);
+		sc_status(sc, ASYNQ_RESOURCE_EXHAUSTED,
+		    "server overloaded; the request did not run",
 		    asynqi_request_scan_id(body, len));
 		return;
 	}
@@ -987,6 +1130,7 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 		return;
 	}
 	r->request_id = r->rq.request_id;
+	r->recv_ns = now;
 	uint64_t id = r->request_id;
 	pthread_mutex_lock(&sc->mu);
 	bool refused = sc->goaway;
@@ -1140,27 +1284,11 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len)
 		sc_reading_locked(sc);
 	}
 	pthread_mutex_unlock(&sc->mu);
-	/* Requests of one connection spread over the workers as they arrive:
-	 * each goes to the worker with the fewest calls in flight (ties in
-	 * turn), which batches the calls of the requests it runs. */
-	size_t start = sc->home >= 0
-	    ? (size_t)sc->home
-	    : atomic_fetch_add_explicit(&s->next_worker, 1,
-	          memory_order_relaxed);
-	size_t best = start % s->workers;
-	size_t least =
-	    atomic_load_explicit(&s->w_load[best], memory_order_relaxed);
-	for (size_t k = 1; k < s->workers && least > 0; k++) {
-		size_t w = (start + k) % s->workers;
-		size_t l =
-		    atomic_load_explicit(&s->w_load[w], memory_order_relaxed);
-		if (l < least) {
-			least = l;
-			best = w;
-		}
-	}
-	r->worker = best;
-	atomic_fetch_add_explicit(&s->w_load[best], r->n, memory_order_relaxed);
+	r->worker = worker;
+	r->waiting = true;
+	atomic_fetch_add_explicit(&a->waiting, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->w_load[worker], r->n,
+	    memory_order_relaxed);
 	asynq_sched_post(asynq_runtime_sched(s->rt, r->worker), &r->post);
 }
 
@@ -1230,7 +1358,7 @@ srv_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
 		const uint8_t *body = h + ASYNQI_FRAME_HDR;
 		switch (h[0]) {
 		case ASYNQI_FRAME_REQUEST:
-			req_received(sc, body, blen);
+			req_received(sc, body, blen, now);
 			break;
 		case ASYNQI_FRAME_METHODS:
 			if (!methods_received(sc, body, blen)) {
@@ -1687,12 +1815,15 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->cfg.frame_timeout_ms = DEFAULT_FRAME_MS;
 	if (s->cfg.max_write_queue_bytes == 0)
 		s->cfg.max_write_queue_bytes = DEFAULT_WRITE_QUEUE;
+	if (s->cfg.queue_target_us == 0)
+		s->cfg.queue_target_us = DEFAULT_QUEUE_TARGET_US;
 	atomic_init(&s->next_worker, 0);
 	atomic_init(&s->conns_refused, 0);
 	atomic_init(&s->conns_evicted, 0);
 	atomic_init(&s->conns_idle, 0);
 	atomic_init(&s->conns_stalled, 0);
 	atomic_init(&s->conns_overflowed, 0);
+	atomic_init(&s->shed, 0);
 	atomic_init(&s->requests, 0);
 	atomic_init(&s->calls, 0);
 	atomic_init(&s->rejected, 0);
@@ -1722,8 +1853,15 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	s->w_inflight = calloc(s->workers, sizeof(*s->w_inflight));
 	s->w_load = calloc(s->workers, sizeof(*s->w_load));
 	s->writers = calloc(s->workers, sizeof(*s->writers));
-	if (s->w_inflight == NULL || s->writers == NULL || s->w_load == NULL)
+	s->adm = calloc(s->workers, sizeof(*s->adm));
+	if (s->w_inflight == NULL || s->writers == NULL || s->w_load == NULL ||
+	    s->adm == NULL)
 		goto fail_arrays;
+	for (size_t i = 0; i < s->workers; i++) {
+		atomic_init(&s->adm[i].overloaded, false);
+		atomic_init(&s->adm[i].budget, 1);
+		atomic_init(&s->adm[i].waiting, 0);
+	}
 	for (size_t i = 0; i < s->workers; i++) {
 		s->writers[i].post.fn = writer_run;
 		s->writers[i].s = s;
@@ -1736,6 +1874,7 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	return ASYNQ_OK;
 
 fail_arrays:
+	free(s->adm);
 	free(s->writers);
 	free(s->w_inflight);
 	free(s->w_load);
@@ -1916,6 +2055,7 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 	free(s->writers);
 	free(s->w_inflight);
 	free(s->w_load);
+	free(s->adm);
 	free(s->methods);
 	asynqi_dedup_free(s->dd);
 	if (s->tls != NULL)
@@ -1941,4 +2081,5 @@ asynq_rpc_server_stats_get(const asynq_rpc_server *s,
 	out->conns_idle = atomic_load(&m->conns_idle);
 	out->conns_stalled = atomic_load(&m->conns_stalled);
 	out->conns_overflowed = atomic_load(&m->conns_overflowed);
+	out->shed = atomic_load(&m->shed);
 }

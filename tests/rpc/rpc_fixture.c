@@ -136,6 +136,23 @@ h_hold(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 	return ASYNQ_OK;
 }
 
+static asynq_status
+h_spin(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
+    void *ctx)
+{
+	(void)t;
+	(void)ctx;
+	const Asynq__Rpctest__Num *in = (const Asynq__Rpctest__Num *)req;
+	uint64_t t0 = asynq_now_ns();
+	while (asynq_now_ns() - t0 < (uint64_t)in->v * 1000000u)
+		;
+	Asynq__Rpctest__Num *out = num_new(in->v);
+	if (out == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	*reply = &out->base;
+	return ASYNQ_OK;
+}
+
 const asynq_rpc_handler calc_handlers[] = {
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_TWICE] = { .unary = h_double },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_FAIL] = { .unary = h_fail },
@@ -143,6 +160,7 @@ const asynq_rpc_handler calc_handlers[] = {
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SUM] = { .batch = h_sum },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_DEPTH] = { .unary = h_depth },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_HOLD] = { .unary = h_hold },
+	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SPIN] = { .unary = h_spin },
 };
 
 /* ---- Fixture ------------------------------------------------------------ */

@@ -228,6 +228,15 @@ typedef struct asynq_rpc_server_cfg {
 	uint32_t frame_timeout_ms;
 	uint32_t idle_timeout_ms;
 	size_t max_write_queue_bytes;
+	/* Admission control: requests that queue on a worker longer than
+	 * queue_target_us (default 5,000 us; UINT32_MAX: off) before they
+	 * start, consistently over an interval of 20 targets, put the worker
+	 * in overload; while it is, a request that would wait behind more
+	 * than the worker starts within the target is answered at once with
+	 * RESOURCE_EXHAUSTED "server overloaded" without being decoded or
+	 * run, and one that still waited over twice the target is answered
+	 * so instead of running. Clients may send those elsewhere. */
+	uint32_t queue_target_us;
 } asynq_rpc_server_cfg;
 
 /* asynq_rpc_server_alloc makes a server that runs on rt's workers.
@@ -275,6 +284,8 @@ typedef struct asynq_rpc_server_stats {
 	uint64_t conns_idle;       /* closed after idle_timeout_ms */
 	uint64_t conns_stalled;    /* closed for an overdue preface or frame */
 	uint64_t conns_overflowed; /* closed over max_write_queue_bytes */
+	uint64_t shed;             /* requests refused by admission control
+	                              (overloaded), not run */
 } asynq_rpc_server_stats;
 
 /* asynq_rpc_server_stats_get copies the server's counters. Any thread. */

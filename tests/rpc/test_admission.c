@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Admission control of the RPC server, on a one-worker server over tcp
+ * loopback: calls that keep the worker busy (Spin) make a standing queue;
+ * the server then sheds what waited too long (answered RESOURCE_EXHAUSTED
+ * instead of run), refuses new requests at once while the queue is full,
+ * and never refuses when requests do not queue.
+ *
+ * The timeline is built from spins of 150 ms against a 5 ms target (100 ms
+ * intervals), so what the test checks follows from the order of events,
+ * with hundreds of milliseconds of slack for a slow machine.
+ */
+#include "tests/rpc/rpc_fixture.h"
+
+/* Sends a request of one call of m (Num{v}) on r, with request_id id. */
+static void
+send_call(raw_conn *r, const asynq_rpc_method_desc *m, int64_t v, uint64_t id)
+{
+	Asynq__Rpctest__Num num = ASYNQ__RPCTEST__NUM__INIT;
+	num.v = v;
+	uint8_t payload[16];
+	size_t plen = asynq__rpctest__num__pack(&num, payload);
+	Asynq__Rpc__Call call = ASYNQ__RPC__CALL__INIT, *calls[] = { &call };
+	call.method = (char *)m->full_name;
+	call.payload.data = payload;
+	call.payload.len = plen;
+	Asynq__Rpc__Request req = ASYNQ__RPC__REQUEST__INIT;
+	req.n_calls = 1;
+	req.calls = calls;
+	req.request_id = id;
+	size_t len = asynq__rpc__request__get_packed_size(&req);
+	uint8_t *buf = malloc(len);
+	asynq__rpc__request__pack(&req, buf);
+	assert_int_equal(raw_frame(r, 1, buf, len), 0);
+	free(buf);
+}
+
+/* What a reply says: the request's id, and its one call's status (the
+ * request's when it failed as a whole) and message. */
+typedef struct outcome {
+	uint64_t id;
+	int32_t status;
+	bool whole; /* the request failed as a whole */
+	char message[200];
+} outcome;
+
+static outcome
+next_reply(raw_conn *r)
+{
+	outcome o = { 0 };
+	for (;;) {
+		uint8_t type, *body;
+		size_t len;
+		assert_int_equal(raw_next(r, &type, &body, &len), 0);
+		if (type != 2) {
+			free(body);
+			continue;
+		}
+		Asynq__Rpc__Reply *rep =
+		    asynq__rpc__reply__unpack(NULL, len, body);
+		free(body);
+		assert_non_null(rep);
+		o.id = rep->request_id;
+		const char *msg = rep->message;
+		if (rep->status != 0 || rep->n_results == 0) {
+			o.status = rep->status;
+			o.whole = true;
+		} else {
+			o.status = rep->results[0]->status;
+			msg = rep->results[0]->message;
+		}
+		snprintf(o.message, sizeof(o.message), "%s",
+		    msg != NULL ? msg : "");
+		asynq__rpc__reply__free_unpacked(rep, NULL);
+		return o;
+	}
+}
+
+static asynq_rpc_server_stats
+stats_of(const fixture *fx)
+{
+	asynq_rpc_server_stats st;
+	asynq_rpc_server_stats_get(fx->srv, &st);
+	return st;
+}
+
+static void
+test_no_queue_no_refusal(void **state)
+{
+	(void)state;
+	asynq_rpc_server_cfg cfg = { .queue_target_us = 1000 };
+	fixture fx;
+	fx_server(&fx, TRANSPORT_TCP, &cfg, 1);
+	raw_conn r = raw_open(fx.url, 10000);
+	/* One at a time, each keeping the worker busy for 5 ms: nothing
+	 * waits, so nothing is refused however busy the worker is. */
+	for (uint64_t i = 1; i <= 40; i++) {
+		send_call(&r, M(SPIN), 5, i);
+		outcome o = next_reply(&r);
+		assert_int_equal(o.id, i);
+		assert_int_equal(o.status, ASYNQ_OK);
+	}
+	assert_int_equal(stats_of(&fx).shed, 0);
+	raw_close(&r);
+	fx_stop(&fx);
+}
+
+static void
+test_standing_queue_is_shed_and_refused(void **state)
+{
+	(void)state;
+	asynq_rpc_server_cfg cfg = { .queue_target_us = 5000 };
+	fixture fx;
+	fx_server(&fx, TRANSPORT_TCP, &cfg, 1);
+	raw_conn r = raw_open(fx.url, 20000);
+	/* Ten spins of 150 ms at once. The first starts at 0 with no wait;
+	 * the second at 150 ms, after a whole interval whose shortest wait
+	 * was 0 (a burst, not overload); the third at 300 ms, after an
+	 * interval whose shortest wait was 150 ms: the worker is overloaded,
+	 * and the third to tenth, which waited 300 ms, are shed. */
+	for (uint64_t i = 1; i <= 10; i++)
+		send_call(&r, M(SPIN), 150, i);
+	int ok = 0, shed = 0;
+	for (int i = 0; i < 10; i++) {
+		outcome o = next_reply(&r);
+		if (o.status == ASYNQ_OK) {
+			ok++;
+			assert_true(o.id <= 2);
+		} else {
+			assert_int_equal(o.status, ASYNQ_RESOURCE_EXHAUSTED);
+			assert_non_null(strstr(o.message, "overloaded"));
+			assert_non_null(strstr(o.message, "did not run"));
+			shed++;
+		}
+	}
+	assert_int_equal(ok, 2);
+	assert_int_equal(shed, 8);
+	assert_int_equal(stats_of(&fx).shed, 8);
+	/* Still overloaded (until an interval passes with a short wait): a
+	 * spin of 1 s is admitted, since nothing waits; while it runs, one
+	 * more request fits the worker's budget and the rest are refused at
+	 * once, before the spin ends, without being decoded. */
+	send_call(&r, M(SPIN), 1000, 100);
+	usleep(50 * 1000);
+	for (uint64_t i = 101; i <= 110; i++)
+		send_call(&r, M(TWICE), 1, i);
+	int refused = 0;
+	for (int i = 0; i < 9; i++) {
+		outcome o = next_reply(&r);
+		assert_true(o.id > 101);
+		assert_true(o.whole);
+		assert_int_equal(o.status, ASYNQ_RESOURCE_EXHAUSTED);
+		assert_non_null(strstr(o.message, "did not run"));
+		refused++;
+	}
+	assert_int_equal(refused, 9);
+	/* Then the spin, then the one admitted behind it (shed or run: it
+	 * waited the rest of the spin). */
+	outcome spin = next_reply(&r);
+	assert_int_equal(spin.id, 100);
+	assert_int_equal(spin.status, ASYNQ_OK);
+	outcome last = next_reply(&r);
+	assert_int_equal(last.id, 101);
+	assert_int_equal(stats_of(&fx).shed,
+	    8 + 9 + (last.status == ASYNQ_OK ? 0 : 1));
+	/* The server serves normally once requests stop queueing. */
+	usleep(300 * 1000);
+	for (uint64_t i = 200; i < 205; i++) {
+		send_call(&r, M(TWICE), 4, i);
+		outcome o = next_reply(&r);
+		assert_int_equal(o.status, ASYNQ_OK);
+	}
+	raw_close(&r);
+	fx_stop(&fx);
+}
+
+static void
+test_admission_off(void **state)
+{
+	(void)state;
+	asynq_rpc_server_cfg cfg = { .queue_target_us = UINT32_MAX };
+	fixture fx;
+	fx_server(&fx, TRANSPORT_TCP, &cfg, 1);
+	raw_conn r = raw_open(fx.url, 20000);
+	for (uint64_t i = 1; i <= 6; i++)
+		send_call(&r, M(SPIN), 60, i);
+	for (int i = 0; i < 6; i++)
+		assert_int_equal(next_reply(&r).status, ASYNQ_OK);
+	assert_int_equal(stats_of(&fx).shed, 0);
+	raw_close(&r);
+	fx_stop(&fx);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_no_queue_no_refusal),
+		cmocka_unit_test(test_standing_queue_is_shed_and_refused),
+		cmocka_unit_test(test_admission_off),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
