@@ -147,8 +147,9 @@ typedef struct svc_flags {
 	svc_data_cfg data;       /* --gen-users/--gen-answers/--gen-questions */
 	bool quiet;              /* --quiet: no counters log */
 	/* --max-connections, --handshake-timeout-ms, --frame-timeout-ms,
-	 * --idle-timeout-ms, --max-write-queue-bytes: the server's limits
-	 * (zero: the framework's defaults). */
+	 * --idle-timeout-ms, --max-write-queue-bytes, --queue-target-us
+	 * (admission control; "off" turns it off): the server's limits (zero:
+	 * the framework's defaults). */
 	asynq_rpc_server_cfg server;
 } svc_flags;
 

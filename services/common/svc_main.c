@@ -109,6 +109,7 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		O_FRAME,
 		O_IDLE,
 		O_WRITE_QUEUE,
+		O_QUEUE_TARGET,
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -127,6 +128,7 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		{ "idle-timeout-ms", required_argument, NULL, O_IDLE },
 		{ "max-write-queue-bytes", required_argument, NULL,
 		    O_WRITE_QUEUE },
+		{ "queue-target-us", required_argument, NULL, O_QUEUE_TARGET },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -182,6 +184,13 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 			ok = parse_size(optarg,
 			    &f->server.max_write_queue_bytes);
 			break;
+		case O_QUEUE_TARGET:
+			if (strcmp(optarg, "off") == 0)
+				f->server.queue_target_us = UINT32_MAX;
+			else
+				ok = parse_ms(optarg,
+				    &f->server.queue_target_us);
+			break;
 		case 'q':
 			f->quiet = true;
 			break;
@@ -197,7 +206,8 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		    "usage: %s %s\n"
 		    "server limits: [--max-connections N] "
 		    "[--handshake-timeout-ms MS] [--frame-timeout-ms MS]\n"
-		    "  [--idle-timeout-ms MS] [--max-write-queue-bytes N]\n",
+		    "  [--idle-timeout-ms MS] [--max-write-queue-bytes N] "
+		    "[--queue-target-us US|off]\n",
 		    argv[0], usage);
 	return ok;
 }
