@@ -136,6 +136,7 @@ struct chan_backend {
 	asynq_rpc_channel *ch;
 	atomic_int refs;
 	atomic_bool dead;   /* the channel is gone */
+	bool wfr;           /* its calls wait for ready */
 	chan_backend *next; /* channel's list */
 	/* Scheduler thread only. */
 	sub_req *dl_head, *dl_tail; /* by deadline */
@@ -518,14 +519,12 @@ last_reason(const asynq_rpc_channel *ch)
 	return NULL;
 }
 
-/* Under mu: whether a call may still wait for a connection (some replica is
- * connecting, or an attempt hurried by calls is under way, or the channel
- * waits for ready). */
+/* Under mu: whether a call that does not wait for ready may still wait
+ * for a connection (some replica is connecting, or an attempt hurried by
+ * calls is under way). */
 static bool
 may_wait(const asynq_rpc_channel *ch)
 {
-	if (ch->wait_for_ready)
-		return true;
 	for (size_t i = 0; i < ch->n_reps; i++) {
 		int s = ch->reps[i].state;
 		if (s == REP_CONNECTING || s == REP_HANDSHAKE ||
@@ -605,7 +604,7 @@ dispatch(asynq_rpc_channel *ch, sub_req *q, outbox *o)
 		o->sends = q;
 		return;
 	}
-	if (may_wait(ch) || probe_replicas(ch)) {
+	if (q->b->be->wfr || may_wait(ch) || probe_replicas(ch)) {
 		wait_push(ch, q);
 		return;
 	}
@@ -767,8 +766,10 @@ fail_waiting_if_hopeless(asynq_rpc_channel *ch, outbox *o, const char *why)
 {
 	if (may_wait(ch))
 		return;
-	while (ch->wait_head != NULL) {
-		sub_req *q = ch->wait_head;
+	for (sub_req *q = ch->wait_head, *next; q != NULL; q = next) {
+		next = q->qnext;
+		if (q->b->be->wfr)
+			continue; /* waits until its deadline */
 		sub_claim(ch, q);
 		q->fail_st = ASYNQ_UNAVAILABLE;
 		q->fail_why = why;
@@ -1245,13 +1246,15 @@ static const asynq_backend_ops rpc_backend_ops = {
 	.batch_free = rpc_batch_free,
 };
 
+/* The calling thread's backend for ch's calls that wait for ready (wfr)
+ * or not: two batches, since a request either waits or fails fast. */
 static chan_backend *
-thread_backend(asynq_rpc_channel *ch)
+thread_backend(asynq_rpc_channel *ch, bool wfr)
 {
 	tls_table *t = tls_tab;
 	if (t != NULL)
 		for (size_t i = 0; i < t->n; i++)
-			if (t->e[i].id == ch->id)
+			if (t->e[i].id == ch->id && t->e[i].be->wfr == wfr)
 				return t->e[i].be;
 	if (t == NULL) {
 		(void)pthread_once(&tls_once, tls_key_make);
@@ -1279,6 +1282,7 @@ thread_backend(asynq_rpc_channel *ch)
 	be->base.flush_at = ch->max_calls;
 	be->base.flush_delay_ns = (uint64_t)ch->svc->flush_delay_us * 1000u;
 	be->ch = ch;
+	be->wfr = wfr;
 	atomic_init(&be->refs, 1);
 	atomic_init(&be->dead, false);
 	pthread_mutex_lock(&ch->mu);
@@ -1400,7 +1404,11 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		        ? ((const ProtobufCMessageDescriptor *)m->input)->name
 		        : "message"));
 	}
-	chan_backend *be = thread_backend(ch);
+	intptr_t wv = (intptr_t)asynq_scoped_get(&asynq_rpc_wait_for_ready);
+	chan_backend *be = thread_backend(ch,
+	    wv == ASYNQ_RPC_WAIT            ? true
+	        : wv == ASYNQ_RPC_FAIL_FAST ? false
+	                                    : ch->wait_for_ready);
 	if (be == NULL)
 		return NULL;
 	int64_t dl_rt = asynq_rpc_deadline_get();

@@ -23,10 +23,52 @@
 const asynq_scoped asynq_rpc_deadline =
     ASYNQ_SCOPED_INIT("asynq.rpc.deadline", 0);
 
+const asynq_scoped asynq_rpc_wait_for_ready =
+    ASYNQ_SCOPED_INIT("asynq.rpc.wait_for_ready", 0);
+
 int64_t
 asynq_rpc_deadline_get(void)
 {
 	return (int64_t)(intptr_t)asynq_scoped_get(&asynq_rpc_deadline);
+}
+
+/* The deadline timeout_ms from now, or the current one if earlier. */
+static int64_t
+deadline_within(uint32_t timeout_ms)
+{
+	int64_t dl = asynqi_realtime_ns() + (int64_t)timeout_ms * 1000000;
+	int64_t cur = asynq_rpc_deadline_get();
+	return cur != 0 && cur < dl ? cur : dl;
+}
+
+asynq_status
+asynq_rpc_timeout_push(uint32_t timeout_ms)
+{
+	return asynq_scoped_push(&asynq_rpc_deadline,
+	    (void *)(intptr_t)deadline_within(timeout_ms));
+}
+
+asynq_status
+asynq_rpc_timeout_pop(void)
+{
+	return asynq_scoped_pop(&asynq_rpc_deadline);
+}
+
+asynq_status
+asynq_rpc_with_timeout(uint32_t timeout_ms, asynq_status (*fn)(void *arg),
+    void *arg)
+{
+	return asynq_with_scoped(&asynq_rpc_deadline,
+	    (void *)(intptr_t)deadline_within(timeout_ms), fn, arg);
+}
+
+asynq_status
+asynq_rpc_with_wait_for_ready(bool wait, asynq_status (*fn)(void *arg),
+    void *arg)
+{
+	return asynq_with_scoped(&asynq_rpc_wait_for_ready,
+	    (void *)(intptr_t)(wait ? ASYNQ_RPC_WAIT : ASYNQ_RPC_FAIL_FAST), fn,
+	    arg);
 }
 
 int64_t

@@ -41,6 +41,39 @@ extern const asynq_scoped asynq_rpc_deadline;
 /* asynq_rpc_deadline_get returns the current deadline (0 for none). */
 int64_t asynq_rpc_deadline_get(void);
 
+/* asynq_rpc_timeout_push sets the deadline of the calls the current task
+ * and the tasks it creates make from now on to timeout_ms from now (gRPC's
+ * timeout), or keeps the current deadline if that is earlier: a timeout
+ * never extends the caller's. Undone by asynq_rpc_timeout_pop, in the same
+ * task. Errors as asynq_scoped_push's. Scheduler thread only. */
+asynq_status asynq_rpc_timeout_push(uint32_t timeout_ms);
+
+/* asynq_rpc_timeout_pop undoes the current task's innermost
+ * asynq_rpc_timeout_push. FAILED_PRECONDITION without one. Scheduler
+ * thread only. */
+asynq_status asynq_rpc_timeout_pop(void);
+
+/* asynq_rpc_with_timeout runs fn(arg) with the calls it makes bound by a
+ * timeout of timeout_ms from now (as asynq_rpc_timeout_push), however fn
+ * returns. Returns fn's status, or the push's failure (then fn did not
+ * run). Scheduler thread only. */
+asynq_status asynq_rpc_with_timeout(uint32_t timeout_ms,
+    asynq_status (*fn)(void *arg), void *arg);
+
+/* Whether calls wait for a connection (see asynq_rpc_channel_cfg's
+ * wait_for_ready), per call: a scoped value holding ASYNQ_RPC_WAIT or
+ * ASYNQ_RPC_FAIL_FAST as (void *)(intptr_t); unset (NULL), the channel's
+ * setting applies. */
+extern const asynq_scoped asynq_rpc_wait_for_ready;
+enum { ASYNQ_RPC_WAIT = 1, ASYNQ_RPC_FAIL_FAST = 2 };
+
+/* asynq_rpc_with_wait_for_ready runs fn(arg) with the calls it makes
+ * waiting for ready (wait) or failing fast (!wait), whatever their
+ * channel's setting. Returns fn's status, or the push's failure (then fn
+ * did not run). Scheduler thread only. */
+asynq_status asynq_rpc_with_wait_for_ready(bool wait,
+    asynq_status (*fn)(void *arg), void *arg);
+
 /* asynq_rpc_metadata_get returns the value of metadata `key` of the call
  * the current handler serves (borrowed, valid during the handler), or NULL;
  * *len gets its length. A unary handler sees its call's metadata; a
@@ -102,7 +135,8 @@ typedef struct asynq_rpc_channel_cfg {
 	/* A call made when no connection is ready waits while a connection is
 	 * being set up; once every replica has failed its last attempt, calls
 	 * fail UNAVAILABLE at once (gRPC's default). With wait_for_ready they
-	 * wait for a connection until their deadline instead. */
+	 * wait for a connection until their deadline instead. Per call:
+	 * asynq_rpc_with_wait_for_ready. */
 	bool wait_for_ready;
 } asynq_rpc_channel_cfg;
 
