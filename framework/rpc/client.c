@@ -44,6 +44,13 @@
  *   remembers with the original's reply, and runs only the idempotent calls
  *   of one it does not. After a GOAWAY, requests with ids above its
  *   last_request_id never reached a handler and go again as new.
+ * - Refusals: a reply with a request-level status and not_run (the server
+ *   ran none of it: overloaded, closing) is retried on another READY
+ *   replica (q->avoid), at most MAX_RETRY_HOPS times within its deadline,
+ *   under gRFC A6's throttle: tokens, taken by each refusal and given back
+ *   in part by each answered request, must be over half full. Calls that
+ *   wait for ready and calls that fail fast go in separate per-thread
+ *   backends, so each sub-request is wholly one or the other.
  * - Lock order: the channel's mu, then a connection's lock (inside conn.c);
  *   conn.c calls wbuf done and on_close without its lock, and they take mu.
  *   Nothing calls into conn.c's queue/flush with mu held.
@@ -73,6 +80,11 @@
 #define TRAILER_MAX 40
 #define BACKOFF_INITIAL_MS 1000
 #define BACKOFF_MAX_MS 120000
+/* Retry throttling (gRFC A6), in thousandths of a token. */
+#define DEFAULT_RETRY_TOKENS 10
+#define DEFAULT_RETRY_TOKEN_MILLI 100
+/* Replicas a refused request may try after the first. */
+#define MAX_RETRY_HOPS 2
 
 typedef struct chan_backend chan_backend;
 typedef struct rpc_batch rpc_batch;
@@ -104,7 +116,13 @@ struct asynq_rpc_channel {
 	uint64_t client_id;
 	atomic_uint_fast64_t next_request_id;
 	asynqi_buf table; /* Request.methods of the whole service */
-	atomic_uint_fast64_t calls, requests, failures, resends;
+	atomic_uint_fast64_t calls, requests, failures, resends, refused,
+	    retries;
+	/* Retry throttling, under mu: tokens (thousandths) of at most
+	 * tokens_max; a refused request takes a whole one, a request answered
+	 * gives token_milli back; refused requests go to another replica only
+	 * while more than half are left. tokens_max 0: never. */
+	int64_t tokens, tokens_max, token_milli;
 	nng_tls_config *tls;
 	uint64_t rng;
 	size_t rr; /* where the next replica pick starts */
@@ -160,6 +178,8 @@ struct sub_req {
 	uint64_t request_id;
 	int state;
 	unsigned attempt;
+	unsigned hops;  /* replicas that refused it */
+	replica *avoid; /* the last that refused it, or NULL */
 	bool w_busy;
 	bool unsendable;
 	cli_conn *w_cc; /* the connection the wbuf was queued on (held) */
@@ -492,9 +512,10 @@ sub_prepare(asynq_rpc_channel *ch, sub_req *q, cli_conn *cc)
 		    memory_order_relaxed);
 }
 
-/* Under mu: the READY replica with the fewest outstanding requests. */
+/* Under mu: the READY replica with the fewest outstanding requests, other
+ * than `avoid` unless it is the only one. */
 static replica *
-pick_replica(asynq_rpc_channel *ch)
+pick_replica(asynq_rpc_channel *ch, const replica *avoid)
 {
 	replica *best = NULL;
 	size_t start = ch->rr++;
@@ -502,7 +523,9 @@ pick_replica(asynq_rpc_channel *ch)
 		replica *r = &ch->reps[(start + k) % ch->n_reps];
 		if (r->state != REP_READY || r->cc == NULL)
 			continue;
-		if (best == NULL || r->outstanding < best->outstanding)
+		if (best == NULL || (best == avoid && r != avoid) ||
+		    ((r != avoid || best == avoid) &&
+		        r->outstanding < best->outstanding))
 			best = r;
 	}
 	return best;
@@ -587,7 +610,7 @@ dispatch(asynq_rpc_channel *ch, sub_req *q, outbox *o)
 		}
 		return;
 	}
-	replica *r = pick_replica(ch);
+	replica *r = pick_replica(ch, q->avoid);
 	if (r != NULL) {
 		if (!pend_insert(ch, q)) {
 			if (sub_claim(ch, q)) {
@@ -895,7 +918,7 @@ cli_on_close(asynqi_conn *c, int err)
 static void
 drain_waiting(asynq_rpc_channel *ch, outbox *o)
 {
-	while (ch->wait_head != NULL && pick_replica(ch) != NULL) {
+	while (ch->wait_head != NULL && pick_replica(ch, NULL) != NULL) {
 		sub_req *q = ch->wait_head;
 		ch->wait_head = q->qnext;
 		if (ch->wait_head == NULL)
@@ -1016,6 +1039,34 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
 	sub_finished(ch, q);
 }
 
+/* Under mu: q (SENT on a connection of `from`) was refused before any of
+ * its calls ran. It takes a retry token, and goes to another READY replica
+ * if the throttle, its deadline and its hops allow (true: dispatched into
+ * o). */
+static bool
+retry_elsewhere(asynq_rpc_channel *ch, sub_req *q, replica *from, outbox *o)
+{
+	bool allowed = ch->tokens * 2 > ch->tokens_max;
+	ch->tokens = ch->tokens > 1000 ? ch->tokens - 1000 : 0;
+	if (!allowed || q->hops >= MAX_RETRY_HOPS || q->w_busy ||
+	    mono_ns() >= q->deadline)
+		return false;
+	replica *other = pick_replica(ch, from);
+	if (other == NULL || other == from)
+		return false;
+	pend_remove(ch, q);
+	conn_list_remove(q);
+	if (from->outstanding > 0)
+		from->outstanding--;
+	q->cc = NULL;
+	q->state = SUB_NEW;
+	q->hops++;
+	q->avoid = from;
+	atomic_fetch_add_explicit(&ch->retries, 1, memory_order_relaxed);
+	dispatch(ch, q, o);
+	return true;
+}
+
 static void
 on_reply(cli_conn *cc, const uint8_t *body, size_t len)
 {
@@ -1035,9 +1086,33 @@ on_reply(cli_conn *cc, const uint8_t *body, size_t len)
 		if (rv < 0)
 			return; /* unmatchable; its calls time out */
 	}
+	/* A request-level status comes next (its reply has no results): was
+	 * the request refused before anything ran? */
+	bool failed = false, not_run = false;
+	asynqi_reader peek = rd;
+	if (asynqi_reader_next(&peek, &f) > 0 && f.num == 2 && f.wt == 0) {
+		failed = f.v != 0;
+		while (asynqi_reader_next(&peek, &f) > 0)
+			if (f.num == 5 && f.wt == 0)
+				not_run = f.v != 0;
+	}
+	outbox o = { 0 };
 	pthread_mutex_lock(&ch->mu);
 	sub_req *q = pend_find(ch, id);
 	bool mine = q != NULL && q->state == SUB_SENT && q->cc == cc;
+	if (mine && failed && not_run) {
+		atomic_fetch_add_explicit(&ch->refused, 1,
+		    memory_order_relaxed);
+		if (retry_elsewhere(ch, q, cc->rep, &o)) {
+			pthread_mutex_unlock(&ch->mu);
+			outbox_run(ch, &o);
+			return;
+		}
+	} else if (mine && !failed && ch->tokens < ch->tokens_max) {
+		ch->tokens += ch->token_milli;
+		if (ch->tokens > ch->tokens_max)
+			ch->tokens = ch->tokens_max;
+	}
 	if (mine)
 		sub_claim(ch, q);
 	pthread_mutex_unlock(&ch->mu);
@@ -1756,6 +1831,15 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	atomic_init(&ch->requests, 0);
 	atomic_init(&ch->failures, 0);
 	atomic_init(&ch->resends, 0);
+	atomic_init(&ch->refused, 0);
+	atomic_init(&ch->retries, 0);
+	uint32_t tmax = cfg->retry_max_tokens != 0 ? cfg->retry_max_tokens
+	                                           : DEFAULT_RETRY_TOKENS;
+	ch->tokens_max = tmax == UINT32_MAX ? 0 : (int64_t)tmax * 1000;
+	ch->tokens = ch->tokens_max;
+	ch->token_milli = cfg->retry_token_milli != 0
+	    ? cfg->retry_token_milli
+	    : DEFAULT_RETRY_TOKEN_MILLI;
 	ch->client_id = random_u64();
 	ch->rng = random_u64();
 	/* The METHODS frame every connection starts with. */
@@ -1907,4 +1991,6 @@ asynq_rpc_channel_stats_get(const asynq_rpc_channel *ch,
 	out->requests = atomic_load(&c->requests);
 	out->failures = atomic_load(&c->failures);
 	out->resends = atomic_load(&c->resends);
+	out->refused = atomic_load(&c->refused);
+	out->retries = atomic_load(&c->retries);
 }

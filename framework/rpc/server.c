@@ -95,7 +95,7 @@
 #define DEFAULT_HANDSHAKE_MS 10000
 #define DEFAULT_IDLE_MS 300000
 #define DEFAULT_FRAME_MS 30000
-#define DEFAULT_WRITE_QUEUE (64u << 20)
+#define DEFAULT_WRITE_QUEUE (8u << 20)
 #define DEFAULT_QUEUE_TARGET_US 5000
 /* Admission intervals last this many queue targets (CoDel's 100 ms for
  * 5 ms). */
@@ -445,10 +445,11 @@ buf_frame_start(asynqi_buf *b)
 		b->len = ASYNQI_FRAME_HDR;
 }
 
-/* A reply failing a whole request with one status. */
+/* A reply failing a whole request with one status; not_run says that
+ * none of its calls ran (Reply.not_run), so it may go elsewhere. */
 static void
-sc_status(srv_conn *sc, asynq_status st, const char *message,
-    uint64_t request_id)
+sc_reply_status(srv_conn *sc, asynq_status st, const char *message,
+    uint64_t request_id, bool not_run)
 {
 	asynqi_buf b;
 	buf_frame_start(&b);
@@ -457,7 +458,27 @@ sc_status(srv_conn *sc, asynq_status st, const char *message,
 	asynqi_buf_tag(&b, 2, 0);
 	asynqi_buf_varint(&b, (uint64_t)st);
 	asynqi_buf_bytes(&b, 3, message, strlen(message));
+	if (not_run) {
+		asynqi_buf_tag(&b, 5, 0);
+		asynqi_buf_varint(&b, 1);
+	}
 	sc_queue_frame(sc, ASYNQI_FRAME_REPLY, &b);
+}
+
+/* A request refused as a whole for what it is (over a limit, malformed). */
+static void
+sc_status(srv_conn *sc, asynq_status st, const char *message,
+    uint64_t request_id)
+{
+	sc_reply_status(sc, st, message, request_id, false);
+}
+
+/* A request refused before any of its calls ran (closing, overloaded). */
+static void
+sc_refuse(srv_conn *sc, asynq_status st, const char *message,
+    uint64_t request_id)
+{
+	sc_reply_status(sc, st, message, request_id, true);
 }
 
 /* A stored reply body, framed. */
@@ -617,7 +638,7 @@ dd_send_waiter(void *waiter, void *ctx)
 	if (a->body != NULL)
 		sc_reply_body(sc, a->body, a->len);
 	else
-		sc_status(sc, ASYNQ_UNAVAILABLE,
+		sc_refuse(sc, ASYNQ_UNAVAILABLE,
 		    "server is stopping; the request did not run",
 		    a->request_id);
 	asynqi_conn_flush(sc->c);
@@ -1082,7 +1103,7 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	    atomic_load_explicit(&a->waiting, memory_order_relaxed) >=
 	        atomic_load_explicit(&a->budget, memory_order_relaxed)) {
 		atomic_fetch_add(&s->shed, 1);
-		sc_status(sc, ASYNQ_RESOURCE_EXHAUSTED,
+		sc_refuse(sc, ASYNQ_RESOURCE_EXHAUSTED,
 		    "server overloaded; the request did not run",
 		    asynqi_request_scan_id(body, len));
 		return;
@@ -1139,7 +1160,7 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	pthread_mutex_unlock(&sc->mu);
 	if (refused) {
 		req_free(r);
-		sc_status(sc, ASYNQ_UNAVAILABLE,
+		sc_refuse(sc, ASYNQ_UNAVAILABLE,
 		    "server is closing; the request did not run", id);
 		return;
 	}
@@ -1268,7 +1289,8 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 			asynqi_dedup_complete(s->dd, dd, NULL, 0,
 			    dd_send_waiter, &a);
 		}
-		sc_status(sc, ASYNQ_UNAVAILABLE, "server is stopping", id);
+		sc_refuse(sc, ASYNQ_UNAVAILABLE,
+		    "server is stopping; the request did not run", id);
 		return;
 	}
 	pthread_mutex_lock(&s->mu);

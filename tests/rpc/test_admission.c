@@ -191,6 +191,129 @@ test_admission_off(void **state)
 	fx_stop(&fx);
 }
 
+/* Makes n calls of Twice(i) at once through ch (one call per request)
+ * and awaits them; counts the outcomes. */
+typedef struct spread_job {
+	asynq_rpc_channel *ch;
+	int n, ok, exhausted, late, other;
+} spread_job;
+
+static asynq_status
+spread_main(asynq_task *t, void *arg)
+{
+	spread_job *j = arg;
+	asynq_future *fs[64];
+	/* The one request the busy replica admits waits behind its spin:
+	 * it ends at its deadline instead. */
+	if (asynq_rpc_timeout_push(300) != ASYNQ_OK)
+		return ASYNQ_INTERNAL;
+	for (int i = 0; i < j->n; i++)
+		fs[i] = call_num(j->ch, M(TWICE), i);
+	(void)asynq_rpc_timeout_pop();
+	(void)asynq_await_all(t, fs, (size_t)j->n);
+	for (int i = 0; i < j->n; i++) {
+		asynq_status st = asynq_future_status(fs[i]);
+		if (st == ASYNQ_OK && num_of(fs[i]) == 2 * i)
+			j->ok++;
+		else if (st == ASYNQ_RESOURCE_EXHAUSTED)
+			j->exhausted++;
+		else if (st == ASYNQ_DEADLINE_EXCEEDED)
+			j->late++;
+		else
+			j->other++;
+		asynq_future_rele(fs[i]);
+	}
+	return ASYNQ_OK;
+}
+
+/* A channel to replicas a and b, one call per request, with both
+ * connected (so requests spread over both). */
+static asynq_rpc_channel *
+channel_pair(const char *a, const char *b, uint32_t tokens)
+{
+	const char *urls[] = { a, b };
+	asynq_rpc_channel_cfg ccfg = {
+		.urls = urls,
+		.n_urls = 2,
+		.max_calls = 1,
+		.retry_max_tokens = tokens,
+	};
+	asynq_rpc_channel *ch;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, CALC, &ccfg), ASYNQ_OK);
+	for (int i = 0; i < 20; i++) {
+		asynq_future *f = call_num(ch, M(TWICE), 1);
+		assert_int_equal(asynq_wait(f), ASYNQ_OK);
+		asynq_future_rele(f);
+	}
+	return ch;
+}
+
+/* Runs j on ch; what the channel counted meanwhile. */
+static asynq_rpc_channel_stats
+spread(asynq_rpc_channel *ch, spread_job *j)
+{
+	asynq_rpc_channel_stats before, st;
+	asynq_rpc_channel_stats_get(ch, &before);
+	j->ch = ch;
+	asynq_future *f = asynq_spawn(spread_main, j);
+	assert_int_equal(asynq_wait(f), ASYNQ_OK);
+	asynq_future_rele(f);
+	asynq_rpc_channel_stats_get(ch, &st);
+	st.refused -= before.refused;
+	st.retries -= before.retries;
+	return st;
+}
+
+/* A replica that refuses (overloaded) sends requests to the other one, as
+ * many as the retry throttle allows; with retries off, none. */
+static void
+test_refused_requests_go_elsewhere_throttled(void **state)
+{
+	(void)state;
+	asynq_rpc_server_cfg cfg = { .queue_target_us = 5000 };
+	fixture busy, idle;
+	fx_server(&busy, TRANSPORT_TCP, &cfg, 1);
+	fx_server(&idle, TRANSPORT_TCP, &cfg, 1);
+	asynq_rpc_channel *on = channel_pair(busy.url, idle.url, 0);
+	asynq_rpc_channel *off = channel_pair(busy.url, idle.url, UINT32_MAX);
+	/* Overload `busy` as above, then keep its worker spinning for 3 s:
+	 * meanwhile it admits one request (which then waits) and refuses the
+	 * rest at once. */
+	raw_conn r = raw_open(busy.url, 20000);
+	for (uint64_t i = 1; i <= 10; i++)
+		send_call(&r, M(SPIN), 150, i);
+	for (int i = 0; i < 10; i++)
+		(void)next_reply(&r);
+	send_call(&r, M(SPIN), 3000, 100);
+	usleep(50 * 1000);
+	spread_job j = { .n = 60 };
+	asynq_rpc_channel_stats st = spread(on, &j);
+	/* About half the requests went to the busy replica; it refused all
+	 * but one. Retries went to the idle one while more than half of the
+	 * 10 tokens were left: 5, plus 0.1 per request answered meanwhile. */
+	assert_true(st.refused >= 10);
+	assert_true(st.retries >= 5);
+	assert_true(st.retries <= 5 + (uint64_t)j.ok / 10 + 1);
+	assert_true(st.retries < st.refused);
+	assert_true(j.late <= 1);
+	assert_int_equal(j.other, 0);
+	assert_int_equal(j.ok + j.exhausted + j.late, j.n);
+	assert_int_equal(j.exhausted, (int)(st.refused - st.retries));
+	/* Retries off: every refusal reaches its caller. */
+	spread_job k = { .n = 60 };
+	st = spread(off, &k);
+	assert_true(st.refused >= 10);
+	assert_int_equal(st.retries, 0);
+	assert_int_equal(k.exhausted, (int)st.refused);
+	assert_true(k.late <= 1);
+	assert_int_equal(k.ok + k.exhausted + k.late, k.n);
+	raw_close(&r);
+	asynq_rpc_channel_free(on);
+	asynq_rpc_channel_free(off);
+	fx_stop(&busy);
+	fx_stop(&idle);
+}
+
 int
 main(void)
 {
@@ -198,6 +321,7 @@ main(void)
 		cmocka_unit_test(test_no_queue_no_refusal),
 		cmocka_unit_test(test_standing_queue_is_shed_and_refused),
 		cmocka_unit_test(test_admission_off),
+		cmocka_unit_test(test_refused_requests_go_elsewhere_throttled),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

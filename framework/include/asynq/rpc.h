@@ -138,6 +138,16 @@ typedef struct asynq_rpc_channel_cfg {
 	 * wait for a connection until their deadline instead. Per call:
 	 * asynq_rpc_with_wait_for_ready. */
 	bool wait_for_ready;
+	/* A request a replica refused before running any of it (overloaded,
+	 * closing) goes to another ready replica, within its deadline, at
+	 * most twice, throttled as gRPC's retries are (gRFC A6) so that
+	 * retries never multiply an overload: each refusal takes a token of
+	 * retry_max_tokens (default 10; UINT32_MAX: no retries), each request
+	 * answered gives back retry_token_milli thousandths of one (default
+	 * 100), and refused requests are retried only while more than half
+	 * the tokens are left. */
+	uint32_t retry_max_tokens;
+	uint32_t retry_token_milli;
 } asynq_rpc_channel_cfg;
 
 /* asynq_rpc_channel_alloc opens a channel to a service: it dials the URLs
@@ -170,6 +180,8 @@ typedef struct asynq_rpc_channel_stats {
 	uint64_t requests; /* requests sent (first transmissions) */
 	uint64_t failures; /* calls that ended with an error */
 	uint64_t resends;  /* requests resent after a lost connection */
+	uint64_t refused;  /* requests a replica refused without running */
+	uint64_t retries;  /* refused requests sent to another replica */
 } asynq_rpc_channel_stats;
 
 /* asynq_rpc_channel_stats_get copies the channel's counters. Any thread. */
@@ -254,7 +266,7 @@ typedef struct asynq_rpc_server_cfg {
 	 * 300,000; UINT32_MAX: never) gets a GOAWAY and is closed, and the
 	 * client reconnects when it next calls. While a connection's replies
 	 * queued and not yet written exceed max_write_queue_bytes (default
-	 * 64 MiB) the server reads no more requests from it, until half of
+	 * 8 MiB) the server reads no more requests from it, until half of
 	 * that is written; if that takes longer than frame_timeout_ms (the
 	 * peer does not read its replies), or the queue passes 4x the cap,
 	 * the connection is closed. */
