@@ -58,6 +58,13 @@ struct asynqi_conn {
 	const asynqi_conn_ops *ops;
 	void *arg;
 	atomic_long refs;
+	/* The rx aio runs as a timer of 0 ms: on resume, bytes already
+	 * buffered are handed to on_read before more are read. (Kept apart
+	 * from the flags under mu, which the compiler may load together.) */
+	atomic_bool rx_kick;
+	/* Bytes are left that on_read did not ask more for (it stopped):
+	 * written by the read path, read when arming the next read. */
+	atomic_bool stalled;
 	pthread_mutex_t mu;
 	nng_stream *st; /* NULL for in-process */
 	bool fast_tx;   /* the stream writes inline (tcp, ipc) */
@@ -133,6 +140,8 @@ conn_new(size_t max_read)
 	if (c == NULL)
 		return NULL;
 	atomic_init(&c->refs, 1);
+	atomic_init(&c->rx_kick, false);
+	atomic_init(&c->stalled, false);
 	c->max_read = max_read;
 	if (pthread_mutex_init(&c->mu, NULL) != 0) {
 		free(c);
@@ -399,6 +408,8 @@ consume(asynqi_conn *c)
 	}
 	if (need > c->max_read)
 		return false;
+	/* Bytes left that the protocol did not ask more for: it stopped. */
+	atomic_store(&c->stalled, c->rlen > 0 && need <= c->rlen);
 	size_t want = c->rcap;
 	if (need > want) {
 		/* Room for the next frame: a power of two, at most max_read. */
@@ -432,6 +443,14 @@ rx_arm_locked(asynqi_conn *c)
 		return;
 	c->rx_busy = true;
 	asynqi_conn_hold(c);
+	if (atomic_load(&c->stalled)) {
+		/* The protocol stopped in the middle of what it was given
+		 * (it paused the connection): it gets the rest first, on
+		 * nng's thread as reads are. */
+		atomic_store(&c->rx_kick, true);
+		nng_sleep_aio(0, c->rx);
+		return;
+	}
 	nng_iov iov = { c->rbuf + c->rlen, c->rcap - c->rlen };
 	nng_aio_set_iov(c->rx, 1, &iov);
 	nng_stream_recv(c->st, c->rx);
@@ -441,10 +460,18 @@ static void
 rx_cb(void *arg)
 {
 	asynqi_conn *c = arg;
-	int rv = nng_aio_result(c->rx);
+	bool kick = atomic_exchange(&c->rx_kick, false);
+	int rv = kick ? 0 : nng_aio_result(c->rx);
+	if (kick) {
+		pthread_mutex_lock(&c->mu);
+		if (c->closed)
+			rv = NNG_ECLOSED;
+		pthread_mutex_unlock(&c->mu);
+	}
 	bool ok = rv == 0;
 	if (ok) {
-		c->rlen += nng_aio_count(c->rx);
+		if (!kick)
+			c->rlen += nng_aio_count(c->rx);
 		ok = consume(c);
 	}
 	pthread_mutex_lock(&c->mu);

@@ -99,8 +99,9 @@ void asynqi_conn_flush(asynqi_conn *c);
 /* asynqi_conn_queued_bytes returns the bytes queued and not yet sent. */
 size_t asynqi_conn_queued_bytes(asynqi_conn *c);
 
-/* asynqi_conn_pause stops reading after the current on_read;
- * asynqi_conn_resume starts again. Any thread. */
+/* asynqi_conn_pause stops reading after the current on_read (which may
+ * leave bytes unconsumed without asking for more); asynqi_conn_resume
+ * starts again, handing on_read the bytes left first. Any thread. */
 void asynqi_conn_pause(asynqi_conn *c);
 void asynqi_conn_resume(asynqi_conn *c);
 

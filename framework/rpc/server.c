@@ -26,9 +26,9 @@
  * - Connection state `sc` is reference counted (atomics): the transport's
  *   reference until on_close, one per request in flight, one per dirty
  *   mark, one per parked dedup copy. A connection with more than
- *   MAX_CONN_INFLIGHT requests in flight stops reading until they are down
- *   to half, so a pipelining client cannot grow the server's memory
- *   without bound.
+ *   MAX_CONN_INFLIGHT requests or twice max_calls calls in flight stops
+ *   reading until they are down to half, so a pipelining client cannot
+ *   grow the server's memory (decoded requests) without bound.
  * - Admission control (CoDel on the time a request waits to start): each
  *   worker keeps, per interval of ADM_INTERVAL_TARGETS queue targets, the
  *   shortest wait of the requests it started and how many it ran. A worker
@@ -95,7 +95,7 @@
 #define DEFAULT_HANDSHAKE_MS 10000
 #define DEFAULT_IDLE_MS 300000
 #define DEFAULT_FRAME_MS 30000
-#define DEFAULT_WRITE_QUEUE (8u << 20)
+#define DEFAULT_WRITE_QUEUE (4u << 20)
 #define DEFAULT_QUEUE_TARGET_US 5000
 /* Admission intervals last this many queue targets (CoDel's 100 ms for
  * 5 ms). */
@@ -185,7 +185,8 @@ struct srv_conn {
 	asynq_rpc_server *s;
 	asynqi_conn *c; /* holds a reference */
 	atomic_long refs;
-	long inflight; /* requests not answered, under mu */
+	long inflight;         /* requests not answered, under mu */
+	size_t inflight_calls; /* their calls, under mu */
 	/* In process: the worker its reads run on, which takes its requests
 	 * when it has no more calls in flight than the others (no hop to
 	 * another thread each way); -1 for a stream. */
@@ -196,6 +197,7 @@ struct srv_conn {
 	/* Reading stops while too many requests are in flight or too many
 	 * reply bytes wait to be written (since wq_since_ns); under mu. */
 	bool paused_calls, paused_wq, paused;
+	atomic_bool stop_reading; /* paused, read by the reader */
 	int64_t wq_since_ns;
 	atomic_bool wq_over; /* paused_wq, read without mu */
 	/* Reader only. */
@@ -349,6 +351,7 @@ sc_reading_locked(srv_conn *sc)
 	if (pause == sc->paused)
 		return;
 	sc->paused = pause;
+	atomic_store_explicit(&sc->stop_reading, pause, memory_order_relaxed);
 	if (pause)
 		asynqi_conn_pause(sc->c);
 	else
@@ -654,7 +657,9 @@ req_release(asynq_rpc_server *s, srv_conn *sc, size_t worker, size_t n_calls)
 	    memory_order_relaxed);
 	pthread_mutex_lock(&sc->mu);
 	sc->inflight--;
-	if (sc->paused_calls && sc->inflight < MAX_CONN_INFLIGHT / 2) {
+	sc->inflight_calls -= n_calls;
+	if (sc->paused_calls && sc->inflight < MAX_CONN_INFLIGHT / 2 &&
+	    sc->inflight_calls < s->cfg.max_calls) {
 		sc->paused_calls = false;
 		sc_reading_locked(sc);
 	}
@@ -1301,7 +1306,10 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	r->post.fn = req_run;
 	pthread_mutex_lock(&sc->mu);
 	sc->inflight++;
-	if (!sc->paused_calls && sc->inflight >= MAX_CONN_INFLIGHT) {
+	sc->inflight_calls += r->n;
+	if (!sc->paused_calls &&
+	    (sc->inflight >= MAX_CONN_INFLIGHT ||
+	        sc->inflight_calls >= 2 * s->cfg.max_calls)) {
 		sc->paused_calls = true;
 		sc_reading_locked(sc);
 	}
@@ -1381,6 +1389,13 @@ srv_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
 		switch (h[0]) {
 		case ASYNQI_FRAME_REQUEST:
 			req_received(sc, body, blen, now);
+			if (atomic_load_explicit(&sc->stop_reading,
+			        memory_order_relaxed)) {
+				/* Over a cap: the frames after this one wait
+				 * in the buffer until reading resumes. */
+				used += ASYNQI_FRAME_HDR + blen;
+				goto stopped;
+			}
 			break;
 		case ASYNQI_FRAME_METHODS:
 			if (!methods_received(sc, body, blen)) {
@@ -1400,6 +1415,7 @@ srv_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
 		}
 		used += ASYNQI_FRAME_HDR + blen;
 	}
+stopped:
 	/* The frame left incomplete began now if this read finished the one
 	 * before it; a frame that makes no progress keeps its first time. */
 	int64_t partial = 0;
@@ -1657,6 +1673,7 @@ srv_accept(void *arg, asynqi_conn *c)
 	atomic_init(&sc->partial_ns, 0);
 	atomic_init(&sc->preface_ok, false);
 	atomic_init(&sc->wq_over, false);
+	atomic_init(&sc->stop_reading, false);
 	sc->home = -1;
 	asynq_sched *owner = asynqi_conn_owner(c);
 	for (size_t i = 0; owner != NULL && i < s->workers; i++)

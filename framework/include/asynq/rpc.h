@@ -266,7 +266,7 @@ typedef struct asynq_rpc_server_cfg {
 	 * 300,000; UINT32_MAX: never) gets a GOAWAY and is closed, and the
 	 * client reconnects when it next calls. While a connection's replies
 	 * queued and not yet written exceed max_write_queue_bytes (default
-	 * 8 MiB) the server reads no more requests from it, until half of
+	 * 4 MiB) the server reads no more requests from it, until half of
 	 * that is written; if that takes longer than frame_timeout_ms (the
 	 * peer does not read its replies), or the queue passes 4x the cap,
 	 * the connection is closed. */
