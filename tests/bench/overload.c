@@ -28,7 +28,14 @@
  * (goodput / P, overload p99 / unloaded p99, on against off) compare figures
  * of one run and are what the targets judge. "shed" is the servers' own
  * count of requests (not calls: a request carries up to 100) refused by
- * admission control, read from their counters log.
+ * admission control, read from their counters log. Goodput above 1.00 P
+ * means the closed loop did not saturate the services: under more load the
+ * frontend's batches grow and each call costs less. "unread in kernel" is
+ * the most bytes seen waiting in the sockets' receive queues
+ * (/proc/net/tcp): requests into a server wait there before any admission
+ * control can see them (a call is some 20 bytes), and replies into this
+ * client wait there when the client itself is short of CPU, which then
+ * shows in every latency.
  *
  * Flags:
  *   --seconds S  scale every phase's length by S (default 1: 2 s per peak
@@ -690,11 +697,50 @@ expect_load(void)
 
 static asynq_runtime *rt;
 
-/* Frontend memory seen while a phase ran. */
+/* What the main thread watches while an overload phase runs: the
+ * frontend's memory, and the bytes that wait unread in the kernel's receive
+ * queues of the connections into each server (a queue admission control
+ * cannot see: it measures from the server's read) and into this client
+ * (replies it has not read). */
 typedef struct rss_watch {
 	pid_t pid;
 	double peak;
+	int port[3];          /* frontend, answers, users */
+	uint64_t rxq_peak[4]; /* into each of them, and into this client */
 } rss_watch;
+
+static int
+url_port(const char *url)
+{
+	const char *c = strrchr(url, ':');
+	return c != NULL ? atoi(c + 1) : -1;
+}
+
+/* Sums the receive queues of /proc/net/tcp by server port. */
+static void
+rxq_sample(rss_watch *w)
+{
+	static char buf[1 << 20];
+	uint64_t sum[4] = { 0 };
+	slurp("/proc/net/tcp", buf, sizeof(buf));
+	char *l = strchr(buf, '\n'); /* past the heading */
+	while (l != NULL && *++l != '\0') {
+		unsigned lport, rport, state;
+		unsigned long txq, rxq;
+		if (sscanf(l, "%*d: %*x:%x %*x:%x %x %lx:%lx", &lport, &rport,
+		        &state, &txq, &rxq) == 5) {
+			for (size_t i = 0; i < 3; i++)
+				if ((int)lport == w->port[i])
+					sum[i] += rxq;
+			if ((int)rport == w->port[0])
+				sum[3] += rxq;
+		}
+		l = strchr(l, '\n');
+	}
+	for (size_t i = 0; i < 4; i++)
+		if (sum[i] > w->rxq_peak[i])
+			w->rxq_peak[i] = sum[i];
+}
 
 /* Runs fn(arg) as a task on the client's worker until *done, sampling the
  * frontend's memory meanwhile if w is set. */
@@ -709,6 +755,7 @@ phase_run(asynq_task_fn fn, void *arg, atomic_bool *done, rss_watch *w)
 			double m = rss_mib(w->pid);
 			if (m > w->peak)
 				w->peak = m;
+			rxq_sample(w);
 		}
 		usleep(20 * 1000);
 	}
@@ -798,7 +845,9 @@ overload_phase(const char *title, stack *s, double p, double unl_p99,
 	usleep(1200 * 1000); /* settle; let the counters log catch up */
 	uint64_t shed0[3] = { log_shed(&s->frontend), log_shed(&s->users),
 		log_shed(&s->answers) };
-	rss_watch w = { .pid = s->frontend.pid };
+	rss_watch w = { .pid = s->frontend.pid,
+		.port = { url_port(s->frontend.url), url_port(s->answers.url),
+		    url_port(s->users.url) } };
 	fig.rss_before = w.peak = rss_mib(w.pid);
 	tally *ty = open_phase(s, 5 * p, seconds, &w, &max_out);
 	usleep(1200 * 1000);
@@ -856,6 +905,10 @@ overload_phase(const char *title, stack *s, double p, double unl_p99,
 	    (unsigned long long)fig.shed_frontend,
 	    (unsigned long long)fig.shed_answers,
 	    (unsigned long long)fig.shed_users);
+	printf("  unread in kernel   peak KiB into frontend %.0f, answers %.0f,"
+	       " users %.0f; replies into client %.0f\n",
+	    (double)w.rxq_peak[0] / 1024, (double)w.rxq_peak[1] / 1024,
+	    (double)w.rxq_peak[2] / 1024, (double)w.rxq_peak[3] / 1024);
 	tally_problems(title, ty);
 	free(ty);
 	return fig;
