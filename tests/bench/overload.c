@@ -35,7 +35,10 @@
  * (/proc/net/tcp): requests into a server wait there before any admission
  * control can see them (a call is some 20 bytes), and replies into this
  * client wait there when the client itself is short of CPU, which then
- * shows in every latency.
+ * shows in every latency. "cores used" is CPU time over the phase (and an
+ * open phase's drain) per second of wall time, from /proc: the machine's
+ * rest is other work sharing it, so a phase whose sum nears the CPU count
+ * was CPU bound and one well below it was latency bound.
  *
  * Flags:
  *   --seconds S  scale every phase's length by S (default 1: 2 s per peak
@@ -602,6 +605,72 @@ log_shed(const proc *p)
 	return sum;
 }
 
+/* CPU time used so far: this client, each service and the whole machine
+ * (busy time of every CPU: what other work on the machine took shows as the
+ * rest). Clock ticks. */
+typedef struct cpu_snap {
+	uint64_t t_ns;
+	double client, frontend, answers, users, machine;
+} cpu_snap;
+
+static double
+cpu_of(pid_t pid)
+{
+	char path[64], buf[1024];
+	unsigned long ut = 0, st = 0;
+	if (pid == 0)
+		snprintf(path, sizeof(path), "/proc/self/stat");
+	else
+		snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	/* The name in parentheses may hold spaces: fields follow the last ). */
+	const char *c = strrchr(slurp(path, buf, sizeof(buf)), ')');
+	if (c == NULL || sscanf(c + 1,
+	                     " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u"
+	                     " %lu %lu",
+	                     &ut, &st) != 2)
+		return 0;
+	return (double)(ut + st);
+}
+
+static double
+cpu_machine(void)
+{
+	char buf[512];
+	unsigned long long v[8] = { 0 };
+	if (sscanf(slurp("/proc/stat", buf, sizeof(buf)),
+	        "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+	        &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) != 8)
+		return 0;
+	/* All but idle (v[3]) and iowait (v[4]). */
+	return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]);
+}
+
+static cpu_snap
+cpu_now(pid_t frontend, pid_t answers, pid_t users)
+{
+	return (cpu_snap){ .t_ns = asynq_now_ns(), .client = cpu_of(0),
+		.frontend = cpu_of(frontend), .answers = cpu_of(answers),
+		.users = cpu_of(users), .machine = cpu_machine() };
+}
+
+/* Prints the cores each used between a and b. */
+static void
+cpu_print(const char *indent, const cpu_snap *a, const cpu_snap *b)
+{
+	double ticks = (double)sysconf(_SC_CLK_TCK) *
+	    (double)(b->t_ns - a->t_ns) / 1e9;
+	double c = (b->client - a->client) / ticks;
+	double f = (b->frontend - a->frontend) / ticks;
+	double an = (b->answers - a->answers) / ticks;
+	double u = (b->users - a->users) / ticks;
+	double m = (b->machine - a->machine) / ticks;
+	double rest = m - c - f - an - u;
+	printf("%scores used        client %.2f, frontend %.2f, answers %.2f,"
+	       " users %.2f; the rest of the machine %.2f (of %ld)\n",
+	    indent, c, f, an, u, rest > 0 ? rest : 0,
+	    sysconf(_SC_NPROCESSORS_ONLN));
+}
+
 /* ---- The services ---------------------------------------------------------
  */
 
@@ -849,7 +918,9 @@ overload_phase(const char *title, stack *s, double p, double unl_p99,
 		.port = { url_port(s->frontend.url), url_port(s->answers.url),
 		    url_port(s->users.url) } };
 	fig.rss_before = w.peak = rss_mib(w.pid);
+	cpu_snap c0 = cpu_now(s->frontend.pid, s->answers.pid, s->users.pid);
 	tally *ty = open_phase(s, 5 * p, seconds, &w, &max_out);
+	cpu_snap c1 = cpu_now(s->frontend.pid, s->answers.pid, s->users.pid);
 	usleep(1200 * 1000);
 	fig.rss_after = rss_mib(w.pid);
 	fig.rss_peak = w.peak > fig.rss_after ? w.peak : fig.rss_after;
@@ -909,6 +980,7 @@ overload_phase(const char *title, stack *s, double p, double unl_p99,
 	       " users %.0f; replies into client %.0f\n",
 	    (double)w.rxq_peak[0] / 1024, (double)w.rxq_peak[1] / 1024,
 	    (double)w.rxq_peak[2] / 1024, (double)w.rxq_peak[3] / 1024);
+	cpu_print("  ", &c0, &c1);
 	tally_problems(title, ty);
 	free(ty);
 	return fig;
@@ -1011,7 +1083,11 @@ main(int argc, char **argv)
 	double p = 0;
 	size_t best_k = 0;
 	for (size_t i = 0; i < N_K; i++) {
+		cpu_snap c0 = cpu_now(s.frontend.pid, s.answers.pid,
+		    s.users.pid);
 		tally *ty = closed_phase(&s, peak_k[i], 2 * scale);
+		cpu_snap c1 = cpu_now(s.frontend.pid, s.answers.pid,
+		    s.users.pid);
 		double secs = (double)(ty->t_end - ty->t_start) / 1e9;
 		double rate = (double)ty->ok_in_window / secs;
 		printf("  K=%-4zu %8.0f OK calls/s, p50 %.2f ms, p99 %.2f ms;"
@@ -1021,6 +1097,7 @@ main(int argc, char **argv)
 		    hist_ms(&ty->ok_lat, 0.99), (unsigned long long)ty->shed,
 		    (unsigned long long)ty->deadline,
 		    (unsigned long long)ty->other);
+		cpu_print("         ", &c0, &c1);
 		tally_problems("peak", ty);
 		if (rate > p) {
 			p = rate;
