@@ -120,7 +120,7 @@ extern char **environ;
 #define CHECK(cond)                                                            \
 	do {                                                                   \
 		if (!(cond)) {                                                 \
-			fprintf(stderr, "overload: %s:%d: %s failed\n",       \
+			fprintf(stderr, "overload: %s:%d: %s failed\n",        \
 			    __FILE__, __LINE__, #cond);                        \
 			abort();                                               \
 		}                                                              \
@@ -174,8 +174,8 @@ hist_ms(const hist *h, double q)
 		if (i < HIST_SUB)
 			return (double)i / 1000.0;
 		size_t shift = (i - HIST_SUB) / HIST_SUB;
-		double lo = (double)((HIST_SUB + (i - HIST_SUB) % HIST_SUB)
-		                     << shift);
+		double lo =
+		    (double)((HIST_SUB + (i - HIST_SUB) % HIST_SUB) << shift);
 		return (lo + (double)(1u << shift) / 2) / 1000.0;
 	}
 	return 0;
@@ -187,9 +187,9 @@ hist_ms(const hist *h, double q)
 typedef struct tally {
 	uint64_t t_start, t_end; /* the phase's window, monotonic ns */
 	uint64_t ok, ok_in_window, shed, deadline, other;
-	uint64_t wrong;   /* OK replies with names not the database's */
-	uint64_t issued;  /* open loop: calls due and made */
-	uint64_t dropped; /* open loop: calls due when the cap was reached */
+	uint64_t wrong;      /* OK replies with names not the database's */
+	uint64_t issued;     /* open loop: calls due and made */
+	uint64_t dropped;    /* open loop: calls due when the cap was reached */
 	uint64_t unfinished; /* calls with no completion by the drain limit */
 	asynq_status other_st;
 	char other_msg[160], wrong_msg[200];
@@ -203,8 +203,8 @@ static void
 ids_fill(int64_t *ids, uint64_t salt)
 {
 	for (size_t i = 0; i < IDS_PER_CALL; i++)
-		ids[i] = 1 + (int64_t)(((salt * IDS_PER_CALL + i) * 7919) %
-		                 N_ANSWERS);
+		ids[i] = 1 +
+		    (int64_t)(((salt * IDS_PER_CALL + i) * 7919) % N_ANSWERS);
 }
 
 /* Records call `salt`, due at t_due, whose future f is computed. */
@@ -379,7 +379,8 @@ open_tick(open_run *o, uint64_t t0, uint64_t now, uint64_t issued)
 	bool pushed = asynq_scoped_push(&asynq_rpc_deadline,
 	                  (void *)(intptr_t)dl) == ASYNQ_OK;
 	for (; issued < due; issued++) {
-		uint64_t t_due = t0 + (uint64_t)((double)issued * 1e9 / o->rate);
+		uint64_t t_due =
+		    t0 + (uint64_t)((double)issued * 1e9 / o->rate);
 		if (o->free == NULL) {
 			ty->dropped++;
 			continue;
@@ -416,8 +417,8 @@ open_main(asynq_task *t, void *arg)
 	uint64_t issued = 0;
 	for (size_t i = 0; i < MAX_OUTSTANDING; i++) {
 		o->calls[i].o = o;
-		o->calls[i].next_free = i + 1 < MAX_OUTSTANDING ? &o->calls[i + 1]
-		                                                : NULL;
+		o->calls[i].next_free =
+		    i + 1 < MAX_OUTSTANDING ? &o->calls[i + 1] : NULL;
 	}
 	o->free = &o->calls[0];
 	uint64_t t0 = ty->t_start = asynq_now_ns();
@@ -624,10 +625,11 @@ cpu_of(pid_t pid)
 		snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
 	/* The name in parentheses may hold spaces: fields follow the last ). */
 	const char *c = strrchr(slurp(path, buf, sizeof(buf)), ')');
-	if (c == NULL || sscanf(c + 1,
-	                     " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u"
-	                     " %lu %lu",
-	                     &ut, &st) != 2)
+	if (c == NULL ||
+	    sscanf(c + 1,
+	        " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u"
+	        " %lu %lu",
+	        &ut, &st) != 2)
 		return 0;
 	return (double)(ut + st);
 }
@@ -648,17 +650,20 @@ cpu_machine(void)
 static cpu_snap
 cpu_now(pid_t frontend, pid_t answers, pid_t users)
 {
-	return (cpu_snap){ .t_ns = asynq_now_ns(), .client = cpu_of(0),
-		.frontend = cpu_of(frontend), .answers = cpu_of(answers),
-		.users = cpu_of(users), .machine = cpu_machine() };
+	return (cpu_snap){ .t_ns = asynq_now_ns(),
+		.client = cpu_of(0),
+		.frontend = cpu_of(frontend),
+		.answers = cpu_of(answers),
+		.users = cpu_of(users),
+		.machine = cpu_machine() };
 }
 
 /* Prints the cores each used between a and b. */
 static void
 cpu_print(const char *indent, const cpu_snap *a, const cpu_snap *b)
 {
-	double ticks = (double)sysconf(_SC_CLK_TCK) *
-	    (double)(b->t_ns - a->t_ns) / 1e9;
+	double ticks =
+	    (double)sysconf(_SC_CLK_TCK) * (double)(b->t_ns - a->t_ns) / 1e9;
 	double c = (b->client - a->client) / ticks;
 	double f = (b->frontend - a->frontend) / ticks;
 	double an = (b->answers - a->answers) / ticks;
@@ -846,8 +851,11 @@ static uint64_t salt; /* next call's ids; every call of the run differs */
 static tally *
 closed_phase(stack *s, size_t k, double seconds)
 {
-	closed_run c = { .ch = s->ch, .k = k, .salt = salt,
-		.dur_ns = (uint64_t)(seconds * 1e9), .ty = tally_alloc() };
+	closed_run c = { .ch = s->ch,
+		.k = k,
+		.salt = salt,
+		.dur_ns = (uint64_t)(seconds * 1e9),
+		.ty = tally_alloc() };
 	phase_run(closed_main, &c, &c.done, NULL);
 	salt = c.salt;
 	return c.ty;
@@ -856,11 +864,13 @@ closed_phase(stack *s, size_t k, double seconds)
 static ocall *ocalls; /* MAX_OUTSTANDING, reused by every open phase */
 
 static tally *
-open_phase(stack *s, double rate, double seconds, rss_watch *w,
-    size_t *max_out)
+open_phase(stack *s, double rate, double seconds, rss_watch *w, size_t *max_out)
 {
-	open_run o = { .ch = s->ch, .rate = rate, .salt = salt,
-		.dur_ns = (uint64_t)(seconds * 1e9), .ty = tally_alloc(),
+	open_run o = { .ch = s->ch,
+		.rate = rate,
+		.salt = salt,
+		.dur_ns = (uint64_t)(seconds * 1e9),
+		.ty = tally_alloc(),
 		.calls = ocalls };
 	phase_run(open_main, &o, &o.done, w);
 	salt = o.salt;
@@ -1083,11 +1093,11 @@ main(int argc, char **argv)
 	double p = 0;
 	size_t best_k = 0;
 	for (size_t i = 0; i < N_K; i++) {
-		cpu_snap c0 = cpu_now(s.frontend.pid, s.answers.pid,
-		    s.users.pid);
+		cpu_snap c0 =
+		    cpu_now(s.frontend.pid, s.answers.pid, s.users.pid);
 		tally *ty = closed_phase(&s, peak_k[i], 2 * scale);
-		cpu_snap c1 = cpu_now(s.frontend.pid, s.answers.pid,
-		    s.users.pid);
+		cpu_snap c1 =
+		    cpu_now(s.frontend.pid, s.answers.pid, s.users.pid);
 		double secs = (double)(ty->t_end - ty->t_start) / 1e9;
 		double rate = (double)ty->ok_in_window / secs;
 		printf("  K=%-4zu %8.0f OK calls/s, p50 %.2f ms, p99 %.2f ms;"
@@ -1144,8 +1154,8 @@ main(int argc, char **argv)
 
 	printf("\non / off: goodput %.2f P / %.2f P; OK p99 %.1f / %.1f ms;"
 	       " frontend peak VmRSS %.1f / %.1f MiB\n",
-	    on.goodput / p, off.goodput / p, on.ok_p99, off.ok_p99,
-	    on.rss_peak, off.rss_peak);
+	    on.goodput / p, off.goodput / p, on.ok_p99, off.ok_p99, on.rss_peak,
+	    off.rss_peak);
 	if (failed)
 		rc = 1;
 out:
