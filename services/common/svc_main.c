@@ -273,8 +273,8 @@ log_delta(const char *name, const svc_counters *now, const svc_counters *was)
 		snprintf(shed, sizeof(shed), " shed=%llu",
 		    (unsigned long long)(now->shed - was->shed));
 	fprintf(stderr,
-	    "%s: calls=%llu requests=%llu avg_batch=%.1f sql=%llu%s%s\n",
-	    name, (unsigned long long)calls, (unsigned long long)reqs,
+	    "%s: calls=%llu requests=%llu avg_batch=%.1f sql=%llu%s%s\n", name,
+	    (unsigned long long)calls, (unsigned long long)reqs,
 	    reqs != 0 ? (double)calls / (double)reqs : 0.0,
 	    (unsigned long long)(now->sql - was->sql), out, shed);
 }
