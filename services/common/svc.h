@@ -170,6 +170,8 @@ typedef struct svc_counters {
 	uint64_t sql;          /* SQL statements run */
 	uint64_t out_calls;    /* calls made to other services */
 	uint64_t out_requests; /* requests they went out in */
+	uint64_t shed;         /* requests admission control refused (the
+	                          server was overloaded), not run */
 } svc_counters;
 
 /* Reads a service's counters; any thread. */
@@ -191,7 +193,8 @@ asynq_status svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
     const asynq_rpc_service_desc *svc, const asynq_rpc_handler *handlers,
     void *ctx, const char *url, const asynq_rpc_server_cfg *cfg);
 
-/* svc_server_counters adds a server's calls and requests to out. */
+/* svc_server_counters adds a server's calls, requests and shed requests to
+ * out. */
 void svc_server_counters(const asynq_rpc_server *s, svc_counters *out);
 
 #ifdef __cplusplus

@@ -254,6 +254,7 @@ svc_server_counters(const asynq_rpc_server *s, svc_counters *out)
 	asynq_rpc_server_stats_get(s, &st);
 	out->calls += st.calls;
 	out->requests += st.requests;
+	out->shed += st.shed;
 }
 
 static void
@@ -261,17 +262,21 @@ log_delta(const char *name, const svc_counters *now, const svc_counters *was)
 {
 	uint64_t calls = now->calls - was->calls;
 	uint64_t reqs = now->requests - was->requests;
-	char out[96] = "";
+	char out[96] = "", shed[40] = "";
 	if (now->out_calls != was->out_calls)
 		snprintf(out, sizeof(out), " out_calls=%llu out_requests=%llu",
 		    (unsigned long long)(now->out_calls - was->out_calls),
 		    (unsigned long long)(now->out_requests -
 		        was->out_requests));
+	/* Only when it happened: an unloaded service's line stays as it was. */
+	if (now->shed != was->shed)
+		snprintf(shed, sizeof(shed), " shed=%llu",
+		    (unsigned long long)(now->shed - was->shed));
 	fprintf(stderr,
-	    "%s: calls=%llu requests=%llu avg_batch=%.1f sql=%llu%s\n", name,
+	    "%s: calls=%llu requests=%llu avg_batch=%.1f sql=%llu%s%s\n", name,
 	    (unsigned long long)calls, (unsigned long long)reqs,
 	    reqs != 0 ? (double)calls / (double)reqs : 0.0,
-	    (unsigned long long)(now->sql - was->sql), out);
+	    (unsigned long long)(now->sql - was->sql), out, shed);
 }
 
 int
