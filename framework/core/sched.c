@@ -1369,11 +1369,14 @@ extern int malloc_trim(size_t pad);
 /* Hands the allocator's free pages back to the system. Not under TSan:
  * jemalloc's purge from several threads at once (workers trimming or
  * exiting together) is reported as a race through its own uninstrumented
- * atomics, and TSan's allocator is not the one the program ships with. */
+ * atomics, and TSan's allocator is not the one the program ships with. Not
+ * under ASan either: its allocator is not glibc's, and glibc's malloc_trim
+ * racing a thread's exit there trips glibc's arena assertion
+ * (attached_threads > 0). */
 static void
 allocator_trim(void)
 {
-#if !defined(ASYNQ_TSAN)
+#if !defined(ASYNQ_TSAN) && !defined(__SANITIZE_ADDRESS__)
 	if (mallctl != NULL)
 		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
 	else

@@ -26,7 +26,7 @@
  * - Connection state `sc` is reference counted (atomics): the transport's
  *   reference until on_close, one per request in flight, one per dirty
  *   mark, one per parked dedup copy. A connection with more than
- *   MAX_CONN_INFLIGHT requests or twice max_calls calls in flight stops
+ *   MAX_CONN_INFLIGHT requests or 4x max_calls calls in flight stops
  *   reading until they are down to half, so a pipelining client cannot
  *   grow the server's memory (decoded requests) without bound.
  * - Admission control (CoDel on the time a request waits to start): each
@@ -659,7 +659,7 @@ req_release(asynq_rpc_server *s, srv_conn *sc, size_t worker, size_t n_calls)
 	sc->inflight--;
 	sc->inflight_calls -= n_calls;
 	if (sc->paused_calls && sc->inflight < MAX_CONN_INFLIGHT / 2 &&
-	    sc->inflight_calls < s->cfg.max_calls) {
+	    sc->inflight_calls < 2 * s->cfg.max_calls) {
 		sc->paused_calls = false;
 		sc_reading_locked(sc);
 	}
@@ -1309,7 +1309,7 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	sc->inflight_calls += r->n;
 	if (!sc->paused_calls &&
 	    (sc->inflight >= MAX_CONN_INFLIGHT ||
-	        sc->inflight_calls >= 2 * s->cfg.max_calls)) {
+	        sc->inflight_calls >= 4 * s->cfg.max_calls)) {
 		sc->paused_calls = true;
 		sc_reading_locked(sc);
 	}

@@ -335,19 +335,39 @@ test_write_queue_cap(void **state)
 	assert_int_equal(stats_of(&fx).conns_overflowed, 0);
 	/* One that never reads, with a small receive buffer: once its
 	 * replies pile up past the cap the server stops reading its requests,
-	 * and 500 ms later closes it (its requests then fail to send). */
+	 * and 500 ms later cuts it off (a write stall; or, if its sends
+	 * stalled mid-frame first, an overdue frame). Sends never block here:
+	 * a peer cut off while its own unsent bytes fill the server's window
+	 * may learn of the close only after TCP's zero-window probes. */
 	raw_conn bad = raw_open(fx.url, 20000);
 	int small = 16 << 10;
 	setsockopt(bad.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
-	size_t sent = 0;
+	size_t off = 0, sent = 0;
 	uint64_t t0 = asynq_now_ns();
-	while (sent < 4096 && ms_since(t0) < 20000 &&
-	    raw_frame(&bad, 1, req, len) == 0)
-		sent++;
+	asynq_rpc_server_stats st = stats_of(&fx);
+	while (st.conns_overflowed + st.conns_stalled == 0 &&
+	    ms_since(t0) < 20000) {
+		struct pollfd pfd = { .fd = bad.fd, .events = POLLOUT };
+		if (poll(&pfd, 1, 20) > 0) {
+			uint8_t h[5] = { 1, (uint8_t)(len >> 24),
+				(uint8_t)(len >> 16), (uint8_t)(len >> 8),
+				(uint8_t)len };
+			const uint8_t *p = off < 5 ? h + off : req + (off - 5);
+			size_t n = off < 5 ? 5 - off : len - (off - 5);
+			ssize_t k =
+			    send(bad.fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (k > 0 && (off += (size_t)k) == 5 + len) {
+				off = 0;
+				sent++;
+			}
+			if (k < 0 && errno != EAGAIN && errno != EINTR)
+				break; /* cut off */
+		}
+		st = stats_of(&fx);
+	}
+	st = stats_of(&fx);
+	assert_int_equal(st.conns_overflowed + st.conns_stalled, 1);
 	assert_true(sent < 4096);
-	while (stats_of(&fx).conns_overflowed == 0 && ms_since(t0) < 20000)
-		usleep(10 * 1000);
-	assert_int_equal(stats_of(&fx).conns_overflowed, 1);
 	/* The server still serves. */
 	raw_conn after = raw_open(fx.url, 5000);
 	assert_true(ping_ok(&after));

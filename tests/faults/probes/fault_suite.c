@@ -63,6 +63,14 @@
 #include "proto/asynq/rpc.pb-c.h"
 #include "services/users/users.asynq.h"
 
+/* Under ASan the allocator quarantines freed memory and shadows all of it,
+ * so resident memory says nothing about the program's own: the memory
+ * probes print their figures there but do not judge them. */
+#if defined(__SANITIZE_ADDRESS__)
+#define RSS_CHECKS 0
+#else
+#define RSS_CHECKS 1
+#endif
 #define USERS_DESC (&asynq__users__users__asynq_desc)
 #define GET_USER                                                               \
 	(&USERS_DESC->methods[ASYNQ__USERS__USERS__ASYNQ_METHOD_GET_USER])
@@ -959,8 +967,8 @@ probe_huge_length_claim(probe *p)
 	sleep_ms(100);
 	long after = rss_kib(users.pid);
 	fig(p, "RSS %ld -> %ld KiB", before, after);
-	check(p, after - before <= 4 * KIB, "RSS grew %ld KiB (limit 4 MiB)",
-	    after - before);
+	check(p, !RSS_CHECKS || after - before <= 4 * KIB,
+	    "RSS grew %ld KiB (limit 4 MiB)", after - before);
 }
 
 /* Requests at the size limit the HELLO announces: limit-1 and limit are
@@ -1261,8 +1269,8 @@ probe_million_calls(probe *p)
 		peak = after;
 	fig(p, "%zu B, %s in %.1f ms, RSS %ld -> %ld KiB", len,
 	    rv == 0 ? status_name(st) : "-", ms, before, after);
-	check(p, after - before <= 8 * KIB, "RSS grew %ld KiB (limit 8 MiB)",
-	    after - before);
+	check(p, !RSS_CHECKS || after - before <= 8 * KIB,
+	    "RSS grew %ld KiB (limit 8 MiB)", after - before);
 }
 
 /* Methods the server lacks, by name and by number: UNIMPLEMENTED; a
@@ -1638,7 +1646,7 @@ probe_pipeline_no_read(probe *p)
 	    "close",
 	    reqs, CALLS, blen / 1000, ms, before, peak,
 	    closed ? "closed by the server" : "open", gone);
-	check(p, peak - before <= 32 * KIB,
+	check(p, !RSS_CHECKS || peak - before <= 32 * KIB,
 	    "RSS grew %ld KiB under a client that never reads (limit 32 MiB)",
 	    peak - before);
 	child_kill(&timed);
