@@ -4,9 +4,10 @@
  *
  * Design notes: everything the child needs (paths, argv) is built before
  * fork, since the test process has threads (nng's) and the child may only
- * call async-signal-safe functions until execv. The "listening on" line is
- * looked for in the child's stdout file, which the service flushes after
- * printing it. Waiting is polling with asynq_sleep_for, never usleep, so
+ * call async-signal-safe functions until execv; the child closes every
+ * descriptor it inherited but its output files before execv. The "listening on"
+ * line is looked for in the child's stdout file, which the service flushes
+ * after printing it. Waiting is polling with asynq_sleep_for, never usleep, so
  * the other tasks of the test thread run meanwhile.
  */
 #include <arpa/inet.h>
@@ -121,6 +122,12 @@ child_spawn(child *c, const char *name, const char *bin,
 		int e = open(c->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
 			_exit(126);
+		/* The test's sockets must not live on in the child: a proxy
+		 * connection the test closes would stay open in it, and the
+		 * peer would never see the cut. */
+		if (close_range(3, ~0u, 0) != 0)
+			for (int fd = 3; fd < 4096; fd++)
+				close(fd);
 		execv(path, (char *const *)argv);
 		_exit(127);
 	}
