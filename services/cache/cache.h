@@ -3,8 +3,11 @@
  * The cache service (services/cache/cache.proto, asynq.cache.Cache) as a
  * library, to run in its own process (services/cache/main.c) or embedded in
  * another one: a memcache-like cache of byte strings with per-entry TTLs and
- * a memory cap enforced by LRU eviction. Get, Set and Delete are whole-batch
- * methods: the calls of one request take the cache's lock once.
+ * a memory cap enforced by LRU eviction, and counters (Incr). Get, Set,
+ * Delete and Incr are whole-batch methods: the calls of one request take the
+ * cache's lock once. Incr is the one method that is not idempotent; an
+ * optional exec log records each of its executions, for tests that count
+ * them (tests/faults/amo).
  *
  * Use: cache_service_alloc; cache_service_start on a runtime; at the end
  * cache_service_close, stop the runtime, then cache_service_free.
@@ -31,6 +34,18 @@ typedef struct cache_service cache_service;
  * default). RESOURCE_EXHAUSTED without memory. Any thread. */
 asynq_status cache_service_alloc(cache_service **sp, size_t max_bytes);
 
+/* One execution of Incr in the exec log: the call's token and the value it
+ * produced, in the host's byte order (the log is read on the same machine). */
+typedef struct cache_exec_record {
+	uint64_t token;
+	int64_t value;
+} cache_exec_record;
+
+/* cache_service_exec_log_set makes s append a cache_exec_record to fd (open
+ * with O_APPEND; borrowed, it must outlive the service) for each Incr it
+ * runs, before the call is answered. Before cache_service_start. */
+void cache_service_exec_log_set(cache_service *s, int fd);
+
 /* cache_service_start serves the cache on rt's workers at url. UNAVAILABLE
  * if the address is in use, INVALID_ARGUMENT for a bad URL,
  * FAILED_PRECONDITION if already started. Not from a worker. */
@@ -49,6 +64,7 @@ void cache_service_free(cache_service *s);
 typedef struct cache_stats {
 	uint64_t hits, misses; /* Get calls that found a value, or none */
 	uint64_t sets, deletes;
+	uint64_t incrs;     /* Incr calls that changed a counter */
 	uint64_t evictions; /* entries evicted for the memory cap */
 	uint64_t expired;   /* entries dropped because their TTL passed */
 	uint64_t entries;   /* entries now */

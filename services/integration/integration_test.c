@@ -761,6 +761,93 @@ test_cache_get_set_delete_ttl_lru(void **state)
 	cache_service_free(cs);
 }
 
+static Asynq__Cache__IncrRequest
+incr_req(const char *k, int64_t delta)
+{
+	Asynq__Cache__IncrRequest r = ASYNQ__CACHE__INCR_REQUEST__INIT;
+	r.key.data = (uint8_t *)k;
+	r.key.len = strlen(k);
+	r.delta = delta;
+	return r;
+}
+
+static int64_t
+incr_value(const cache_job *j, size_t i)
+{
+	assert_int_equal(asynq_future_status(j->out[i]), ASYNQ_OK);
+	return ((const Asynq__Cache__IncrReply *)asynq_future_ptr(j->out[i]))
+	    ->value;
+}
+
+static void
+test_cache_incr_counts_in_text(void **state)
+{
+	(void)state;
+	cache_service *cs;
+	asynq_runtime *rt;
+	assert_int_equal(cache_service_alloc(&cs, 0), ASYNQ_OK);
+	assert_int_equal(svc_runtime_alloc(&rt, 2, NULL), ASYNQ_OK);
+	assert_int_equal(cache_service_start(cs, rt, "inproc://svc-cache-incr"),
+	    ASYNQ_OK);
+	asynq_rpc_channel *ch = channel(&asynq__cache__cache__asynq_desc,
+	    "inproc://svc-cache-incr");
+	cache_job j = { .ch = ch };
+	char buf[64];
+
+	/* Calls of one batch run in order: a missing key counts from 0. */
+	Asynq__Cache__IncrRequest a = incr_req("n", 5), b = incr_req("n", -2);
+	cache_add(&j, CACHE_M(INCR), &a);
+	cache_add(&j, CACHE_M(INCR), &b);
+	cache_run(&j);
+	assert_int_equal(incr_value(&j, 0), 5);
+	assert_int_equal(incr_value(&j, 1), 3);
+	cache_done(&j);
+
+	/* The counter is decimal text to Get, and Set can reset it. */
+	Asynq__Cache__Key gn = key_req("n");
+	cache_add(&j, CACHE_M(GET), &gn);
+	cache_run(&j);
+	assert_string_equal(got(&j, 0, buf, sizeof(buf)), "3");
+	cache_done(&j);
+	Asynq__Cache__SetRequest s40 = set_req("n", "40", 0);
+	Asynq__Cache__SetRequest st = set_req("t", "text", 0);
+	cache_add(&j, CACHE_M(SET), &s40);
+	cache_add(&j, CACHE_M(SET), &st);
+	cache_run(&j);
+	cache_done(&j);
+
+	/* A value that is not a number is left alone; so is an overflow. */
+	Asynq__Cache__IncrRequest c = incr_req("n", 2), d = incr_req("t", 1);
+	Asynq__Cache__IncrRequest e = incr_req("n", INT64_MAX);
+	cache_add(&j, CACHE_M(INCR), &c);
+	cache_add(&j, CACHE_M(INCR), &d);
+	cache_add(&j, CACHE_M(INCR), &e);
+	cache_run(&j);
+	assert_int_equal(incr_value(&j, 0), 42);
+	assert_int_equal(asynq_future_status(j.out[1]),
+	    ASYNQ_FAILED_PRECONDITION);
+	assert_int_equal(asynq_future_status(j.out[2]), ASYNQ_OUT_OF_RANGE);
+	cache_done(&j);
+	Asynq__Cache__Key gt = key_req("t");
+	cache_add(&j, CACHE_M(GET), &gn);
+	cache_add(&j, CACHE_M(GET), &gt);
+	cache_run(&j);
+	assert_string_equal(got(&j, 0, buf, sizeof(buf)), "42");
+	assert_string_equal(got(&j, 1, buf, sizeof(buf)), "text");
+	cache_done(&j);
+	cache_stats cst;
+	cache_service_stats_get(cs, &cst);
+	assert_int_equal(cst.incrs, 3);
+	/* The counter's entry is accounted at its text's length. */
+	assert_int_equal(cst.bytes, 2 * CACHE_ENTRY_OVERHEAD + 1 + 2 + 1 + 4);
+
+	asynq_rpc_channel_free(ch);
+	asynq_thread_fini();
+	cache_service_close(cs);
+	asynq_runtime_free(rt);
+	cache_service_free(cs);
+}
+
 int
 main(void)
 {
@@ -781,6 +868,7 @@ main(void)
 		    test_services_author_names_cache_aside, fx_setup_cached,
 		    fx_teardown),
 		cmocka_unit_test(test_cache_get_set_delete_ttl_lru),
+		cmocka_unit_test(test_cache_incr_counts_in_text),
 	};
 	return cmocka_run_group_tests(tests, group_setup, NULL);
 }
