@@ -787,7 +787,8 @@ test_cache_incr_counts_in_text(void **state)
 	asynq_runtime *rt;
 	assert_int_equal(cache_service_alloc(&cs, 0), ASYNQ_OK);
 	assert_int_equal(svc_runtime_alloc(&rt, 2, NULL), ASYNQ_OK);
-	assert_int_equal(cache_service_start(cs, rt, "inproc://svc-cache-incr"),
+	assert_int_equal(
+	    cache_service_start(cs, rt, "inproc://svc-cache-incr", NULL),
 	    ASYNQ_OK);
 	asynq_rpc_channel *ch = channel(&asynq__cache__cache__asynq_desc,
 	    "inproc://svc-cache-incr");
