@@ -64,9 +64,10 @@
 #include "services/users/users.asynq.h"
 
 /* Under ASan the allocator quarantines freed memory and shadows all of it,
- * so resident memory says nothing about the program's own: the memory
- * probes print their figures there but do not judge them. */
-#if defined(__SANITIZE_ADDRESS__)
+ * and TSan shadows every byte several times over, so resident memory says
+ * nothing about the program's own: the memory probes print their figures
+ * there but do not judge them. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define RSS_CHECKS 0
 #else
 #define RSS_CHECKS 1
