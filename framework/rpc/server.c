@@ -26,7 +26,7 @@
  * - Connection state `sc` is reference counted (atomics): the transport's
  *   reference until on_close, one per request in flight, one per dirty
  *   mark, one per parked dedup copy. A connection with more than
- *   MAX_CONN_INFLIGHT requests or 4x max_calls calls in flight stops
+ *   max_conn_requests requests or max_conn_calls calls in flight stops
  *   reading until they are down to half, so a pipelining client cannot
  *   grow the server's memory (decoded requests) without bound.
  * - Admission control (CoDel on the time a request waits to start): each
@@ -89,7 +89,7 @@
 #define SIZE_SLACK (64u << 10)
 #define put_varint asynqi_put_varint
 /* Requests in flight on one connection before it stops reading. */
-#define MAX_CONN_INFLIGHT 256
+#define DEFAULT_CONN_REQUESTS 256
 /* How long close waits for a peer to read the last replies. */
 #define CLOSE_LINGER_MS 2000
 #define DEFAULT_HANDSHAKE_MS 10000
@@ -658,8 +658,9 @@ req_release(asynq_rpc_server *s, srv_conn *sc, size_t worker, size_t n_calls)
 	pthread_mutex_lock(&sc->mu);
 	sc->inflight--;
 	sc->inflight_calls -= n_calls;
-	if (sc->paused_calls && sc->inflight < MAX_CONN_INFLIGHT / 2 &&
-	    sc->inflight_calls < 2 * s->cfg.max_calls) {
+	if (sc->paused_calls &&
+	    (size_t)sc->inflight <= s->cfg.max_conn_requests / 2 &&
+	    sc->inflight_calls <= s->cfg.max_conn_calls / 2) {
 		sc->paused_calls = false;
 		sc_reading_locked(sc);
 	}
@@ -1308,8 +1309,8 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	sc->inflight++;
 	sc->inflight_calls += r->n;
 	if (!sc->paused_calls &&
-	    (sc->inflight >= MAX_CONN_INFLIGHT ||
-	        sc->inflight_calls >= 4 * s->cfg.max_calls)) {
+	    ((size_t)sc->inflight >= s->cfg.max_conn_requests ||
+	        sc->inflight_calls >= s->cfg.max_conn_calls)) {
 		sc->paused_calls = true;
 		sc_reading_locked(sc);
 	}
@@ -1856,6 +1857,10 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->cfg.max_write_queue_bytes = DEFAULT_WRITE_QUEUE;
 	if (s->cfg.queue_target_us == 0)
 		s->cfg.queue_target_us = DEFAULT_QUEUE_TARGET_US;
+	if (s->cfg.max_conn_requests == 0)
+		s->cfg.max_conn_requests = DEFAULT_CONN_REQUESTS;
+	if (s->cfg.max_conn_calls == 0)
+		s->cfg.max_conn_calls = 4 * s->cfg.max_calls;
 	atomic_init(&s->next_worker, 0);
 	atomic_init(&s->conns_refused, 0);
 	atomic_init(&s->conns_evicted, 0);

@@ -254,6 +254,64 @@ test_idle_gives_way_at_connection_cap(void **state)
 	fx_stop(&fx);
 }
 
+/* Sends `reqs` requests of `calls` Hold calls each on a new connection
+ * and checks that `runs` of the calls start (the rest are not read) until
+ * the holds are released; then every reply arrives. */
+static void
+check_conn_caps(const asynq_rpc_server_cfg *cfg, size_t reqs, size_t calls,
+    int runs)
+{
+	fixture fx;
+	fx_server(&fx, TRANSPORT_TCP, cfg, 2);
+	atomic_store(&hold_runs, 0);
+	atomic_store(&hold_release, 0);
+	raw_conn r = raw_open(fx.url, 20000);
+	const asynq_rpc_method_desc *ms[] = { M(HOLD), M(HOLD), M(HOLD),
+		M(HOLD) };
+	for (size_t i = 0; i < reqs; i++) {
+		size_t len;
+		uint8_t *req = raw_req(&len, ms, calls, 0, 0, i + 1, 0);
+		assert_int_equal(raw_frame(&r, 1, req, len), 0);
+		free(req);
+	}
+	uint64_t t0 = asynq_now_ns();
+	while (atomic_load(&hold_runs) < runs && ms_since(t0) < 10000)
+		usleep(5 * 1000);
+	usleep(200 * 1000); /* nothing more starts */
+	assert_int_equal(atomic_load(&hold_runs), runs);
+	atomic_store(&hold_release, 1);
+	for (size_t i = 0; i < reqs; i++) {
+		uint8_t type, *body;
+		size_t len;
+		do {
+			assert_int_equal(raw_next(&r, &type, &body, &len), 0);
+			free(body);
+		} while (type != 2);
+	}
+	assert_int_equal(atomic_load(&hold_runs), (int)(reqs * calls));
+	raw_close(&r);
+	fx_stop(&fx);
+}
+
+static void
+test_conn_request_and_call_caps(void **state)
+{
+	(void)state;
+	/* 4 requests in flight at most: of 6, 4 run (limit-1 and limit
+	 * read), the 5th and 6th wait in the socket until the first finish. */
+	asynq_rpc_server_cfg rq = { .max_conn_requests = 4 };
+	check_conn_caps(&rq, 6, 1, 4);
+	/* 10 calls in flight at most: requests of 4 calls; the third takes
+	 * the count to 12 (it was read before the cap was reached), the
+	 * fourth waits. */
+	asynq_rpc_server_cfg cl = { .max_conn_calls = 10 };
+	check_conn_caps(&cl, 4, 4, 12);
+	/* Under both caps, all run at once. */
+	asynq_rpc_server_cfg big = { .max_conn_requests = 8,
+		.max_conn_calls = 100 };
+	check_conn_caps(&big, 6, 4, 24);
+}
+
 /* A Request of one Twice call whose reply carries `pad` bytes (the
  * handler echoes the "tag" metadata). */
 static uint8_t *
@@ -388,6 +446,7 @@ main(void)
 		cmocka_unit_test(test_idle_timeout_then_reconnect),
 		cmocka_unit_test(test_idle_gives_way_at_connection_cap),
 		cmocka_unit_test(test_write_queue_cap),
+		cmocka_unit_test(test_conn_request_and_call_caps),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -283,6 +283,12 @@ typedef struct asynq_rpc_server_cfg {
 	 * run, and one that still waited over twice the target is answered
 	 * so instead of running. Clients may send those elsewhere. */
 	uint32_t queue_target_us;
+	/* Per connection: once max_conn_requests requests (default 256) or
+	 * max_conn_calls calls (default 4x max_calls) it sent are in flight,
+	 * the server reads nothing more from it until they are down to half
+	 * (TCP pushes back on the client; nothing fails). */
+	size_t max_conn_requests;
+	size_t max_conn_calls;
 } asynq_rpc_server_cfg;
 
 /* asynq_rpc_server_alloc makes a server that runs on rt's workers.
