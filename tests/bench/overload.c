@@ -45,6 +45,11 @@
  *                step, 2 s unloaded, 5 s per overload phase)
  *   --quick      a short smoke run (--seconds 0.2)
  *   --keep       keep the temporary directory (databases, service logs)
+ *   --no-pin     let the services and the client share both CPUs; by
+ *                default the services run on CPU 0 and the client on
+ *                CPU 1, so the load generator's own work (5x the calls,
+ *                and reading every refusal) does not take the services'
+ *                CPU and queue their requests in the kernel
  *
  * Design notes:
  * - Processes. nng must not cross a fork, so services start with
@@ -74,6 +79,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
+#include <sched.h>
 #include <spawn.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -679,6 +685,23 @@ cpu_print(const char *indent, const cpu_snap *a, const cpu_snap *b)
 /* ---- The services ---------------------------------------------------------
  */
 
+/* --pin: the services on CPU 0, this client on CPU 1 (children inherit the
+ * CPU set of the thread that spawns them), so the load generator does not
+ * take the services' CPU and what is measured is the services' own
+ * handling of the overload. Off (--no-pin), all share both CPUs. */
+static bool pin = true;
+
+static void
+pin_to(int cpu)
+{
+	if (!pin)
+		return;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	(void)sched_setaffinity(0, sizeof(set), &set);
+}
+
 typedef struct stack {
 	proc users, answers, frontend;
 	asynq_rpc_channel *ch;
@@ -697,12 +720,14 @@ stack_start(stack *s, bool admission)
 		NULL };
 	const char *a[] = { "--db", answers_db, "--gen-users", nu,
 		"--gen-answers", na, "--gen-questions", nq, ac, "off", NULL };
-	if (!proc_start(&s->users, "users", u) ||
-	    !proc_start(&s->answers, "answers", a))
-		return false;
+	pin_to(0);
+	bool up = proc_start(&s->users, "users", u) &&
+	    proc_start(&s->answers, "answers", a);
 	const char *f[] = { "--users", s->users.url, "--answers",
 		s->answers.url, ac, "off", NULL };
-	if (!proc_start(&s->frontend, "frontend", f))
+	up = up && proc_start(&s->frontend, "frontend", f);
+	pin_to(1);
+	if (!up)
 		return false;
 	const char *urls[] = { s->frontend.url };
 	asynq_rpc_channel_cfg cfg = {
@@ -1048,9 +1073,12 @@ main(int argc, char **argv)
 			scale = 0.2;
 		else if (strcmp(argv[i], "--keep") == 0)
 			keep = true;
+		else if (strcmp(argv[i], "--no-pin") == 0)
+			pin = false;
 		else {
 			fprintf(stderr,
-			    "usage: %s [--seconds S] [--quick] [--keep]\n",
+			    "usage: %s [--seconds S] [--quick] [--keep] "
+			    "[--no-pin]\n",
 			    argv[0]);
 			return 2;
 		}
@@ -1069,6 +1097,7 @@ main(int argc, char **argv)
 	snprintf(users_db, sizeof(users_db), "%s/users.db", tmpdir);
 	snprintf(answers_db, sizeof(answers_db), "%s/answers.db", tmpdir);
 	ocalls = calloc(MAX_OUTSTANDING, sizeof(*ocalls));
+	pin_to(1); /* before the client's threads start */
 	asynq_runtime_cfg rcfg = { .workers = 1 };
 	stack s = { 0 };
 	int rc = 2;
