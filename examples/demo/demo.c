@@ -76,6 +76,9 @@ typedef struct demo_cfg {
  * while it is set caps its channels at demo_max_calls calls per request. */
 static size_t demo_max_calls;
 
+/* The settings every service's server starts with (--queue-target-us). */
+static asynq_rpc_server_cfg demo_server_cfg;
+
 /* ---- Formatting ------------------------------------------------------------
  */
 
@@ -237,13 +240,17 @@ svc_local_start(svc *s, const char *const urls[DEMO_N_SVC],
 		return rv;
 	switch (s->kind) {
 	case DEMO_USERS:
-		return users_service_start(s->obj, s->rt, s->url, NULL);
+		return users_service_start(s->obj, s->rt, s->url,
+		    &demo_server_cfg);
 	case DEMO_ANSWERS:
-		return answers_service_start(s->obj, s->rt, s->url, NULL);
+		return answers_service_start(s->obj, s->rt, s->url,
+		    &demo_server_cfg);
 	case DEMO_CACHE:
-		return cache_service_start(s->obj, s->rt, s->url, NULL);
+		return cache_service_start(s->obj, s->rt, s->url,
+		    &demo_server_cfg);
 	default:
-		return frontend_service_start(s->obj, s->rt, s->url, NULL);
+		return frontend_service_start(s->obj, s->rt, s->url,
+		    &demo_server_cfg);
 	}
 }
 
@@ -903,7 +910,8 @@ usage(FILE *f, const char *prog)
 	    " --batching-only]\n"
 	    "       [--requests N] [--ids N] [--pages N] [--inflight N]"
 	    " [--workers N]\n"
-	    "       [--data-dir DIR] [--base-port PORT] [--quiet]\n"
+	    "       [--data-dir DIR] [--base-port PORT]"
+	    " [--queue-target-us US|off] [--quiet]\n"
 	    "\n"
 	    "Starts the users, answers, cache and frontend services (one"
 	    " process over\n"
@@ -920,7 +928,9 @@ usage(FILE *f, const char *prog)
 	    " $XDG_CACHE_HOME/asynq-demo\n"
 	    "or $HOME/.cache/asynq-demo; --small: 10,000 users and 100,000"
 	    " answers\n"
-	    "instead of 100,000 and 1,000,000.\n",
+	    "instead of 100,000 and 1,000,000. --queue-target-us sets the"
+	    " services'\n"
+	    "admission control (default 5000 us; off: never refuse).\n",
 	    prog);
 }
 
@@ -966,6 +976,7 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		F_WORKERS,
 		F_DATA_DIR,
 		F_BASE_PORT,
+		F_QUEUE_TARGET,
 		F_QUIET,
 		F_HELP,
 	};
@@ -982,6 +993,7 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		{ "workers", required_argument, NULL, F_WORKERS },
 		{ "data-dir", required_argument, NULL, F_DATA_DIR },
 		{ "base-port", required_argument, NULL, F_BASE_PORT },
+		{ "queue-target-us", required_argument, NULL, F_QUEUE_TARGET },
 		{ "quiet", no_argument, NULL, F_QUIET },
 		{ "help", no_argument, NULL, F_HELP },
 		{ NULL, 0, NULL, 0 },
@@ -1053,6 +1065,14 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 			    v == 0)
 				goto bad;
 			cfg->base_port = (int)v;
+			break;
+		case F_QUEUE_TARGET:
+			if (strcmp(optarg, "off") == 0)
+				v = UINT32_MAX;
+			else if (!parse_size(optarg, &v, UINT32_MAX - 1) ||
+			    v == 0)
+				goto bad;
+			demo_server_cfg.queue_target_us = (uint32_t)v;
 			break;
 		case F_QUIET:
 			cfg->quiet = true;

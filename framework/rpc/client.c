@@ -76,8 +76,9 @@
 #define DEFAULT_MAX_MSG (4u << 20)
 #define MAX_RESENDS 3
 /* Bytes of a trailer: request_id (1 + 10), client_id (1 + 8), timeout_us
- * (1 + 10), attempt (1 + 5). */
-#define TRAILER_MAX 40
+ * (1 + 10), attempt (1 + 5), first_instance (1 + 8), first_sent_ago_us
+ * (1 + 10). */
+#define TRAILER_MAX 60
 #define BACKOFF_INITIAL_MS 1000
 #define BACKOFF_MAX_MS 120000
 /* Retry throttling (gRFC A6), in thousandths of a token. */
@@ -145,7 +146,8 @@ struct cli_conn {
 	asynqi_conn *c;
 	int refs; /* under mu: the connection's, one per busy wbuf */
 	bool got_preface, ready, goaway, dead;
-	sub_req *head; /* SENT on it */
+	uint64_t instance; /* the server's (Hello.instance), 0 if none */
+	sub_req *head;     /* SENT on it */
 	asynqi_wbuf pw;
 };
 
@@ -178,7 +180,11 @@ struct sub_req {
 	uint64_t request_id;
 	int state;
 	unsigned attempt;
-	unsigned hops;  /* replicas that refused it */
+	unsigned hops; /* replicas that refused it */
+	/* Where and when it was last sent as new (attempt 0), for a resend
+	 * to prove it never ran (Request.first_instance). */
+	uint64_t first_instance;
+	int64_t first_sent_ns;
 	replica *avoid; /* the last that refused it, or NULL */
 	bool w_busy;
 	bool unsendable;
@@ -474,9 +480,22 @@ sub_prepare(asynq_rpc_channel *ch, sub_req *q, cli_conn *cc)
 	uint64_t us = left > 0 ? (uint64_t)(left + 999) / 1000 : 1;
 	tr[t++] = 8 << 3;
 	t += put_varint(tr + t, us);
-	if (q->attempt > 0) {
+	if (q->attempt == 0) {
+		q->first_instance = cc->instance;
+		q->first_sent_ns = mono_ns();
+	} else {
 		tr[t++] = 6 << 3;
 		t += put_varint(tr + t, q->attempt);
+		if (q->first_instance != 0) {
+			tr[t++] = (9 << 3) | 1;
+			for (int i = 0; i < 8; i++)
+				tr[t++] =
+				    (uint8_t)(q->first_instance >> (8 * i));
+			int64_t ago = mono_ns() - q->first_sent_ns;
+			tr[t++] = 10 << 3;
+			t += put_varint(tr + t,
+			    ago > 1000 ? (uint64_t)ago / 1000 : 1);
+		}
 	}
 	unsigned k = 0;
 	q->w.iov[k++] = (nng_iov){ q->hdr, ASYNQI_FRAME_HDR };
@@ -850,9 +869,13 @@ on_connect(void *arg, asynqi_conn *c, int err)
 	cc->pw.iov[1] = (nng_iov){ ch->table.p, ch->table.len };
 	cc->pw.niov = 2;
 	cc->pw.done = preface_done;
+	/* Once reading starts the connection may close and its last
+	 * reference go (cli_on_close) before this returns: hold one. */
+	asynqi_conn_hold(c);
 	asynqi_conn_start(c);
 	asynqi_conn_queue(c, &cc->pw);
 	asynqi_conn_flush(c);
+	asynqi_conn_rele(c);
 }
 
 static void
@@ -1127,11 +1150,16 @@ on_hello(cli_conn *cc, const uint8_t *body, size_t len)
 	/* The server's limits in it are for tools; a channel keeps to its
 	 * own max_msg_bytes and max_calls, and the server refuses what is
 	 * over its own. */
-	(void)body;
-	(void)len;
 	asynq_rpc_channel *ch = cc->rep->ch;
+	uint64_t instance = 0;
+	asynqi_reader rd = { body, body + len };
+	asynqi_field f;
+	while (asynqi_reader_next(&rd, &f) > 0)
+		if (f.num == 3 && f.wt == 1)
+			instance = f.v;
 	outbox o = { 0 };
 	pthread_mutex_lock(&ch->mu);
+	cc->instance = instance;
 	cc->ready = true;
 	if (cc->rep->cc == cc && !cc->dead && !cc->goaway) {
 		cc->rep->state = REP_READY;

@@ -10,7 +10,11 @@
  *   the original goes to every waiter. A copy of an answered one gets the
  *   stored reply. A resend (attempt > 0) of a request not in the table, or
  *   whose reply was too big to keep, may have run already: only its
- *   idempotent calls may run.
+ *   idempotent calls may run. Unless it is known to have been first sent
+ *   to this server process (Request.first_instance) so recently that the
+ *   table would still remember it had it arrived (nothing forgotten early
+ *   since, and younger than the age limit): then it never arrived, and
+ *   runs.
  * - Lock order: the table's mutex is a leaf; callbacks run without it.
  */
 #include <pthread.h>
@@ -46,6 +50,9 @@ struct asynqi_dedup {
 	size_t n_done, bytes;
 	size_t max_entries, max_bytes;
 	uint64_t max_age_ns;
+	/* When an answered entry was last forgotten before its age (count or
+	 * bytes over the limit); 0: never. */
+	uint64_t early_evict_ns;
 };
 
 asynq_status
@@ -130,14 +137,31 @@ trim(asynqi_dedup *t)
 	uint64_t now = asynq_now_ns();
 	while (t->oldest != NULL &&
 	    (t->n_done > t->max_entries || t->bytes > t->max_bytes ||
-	        now - t->oldest->done_ns > t->max_age_ns))
+	        now - t->oldest->done_ns > t->max_age_ns)) {
+		if (now - t->oldest->done_ns <= t->max_age_ns)
+			t->early_evict_ns = now;
 		evict_oldest(t);
+	}
+}
+
+/* Under mu: whether a request first sent ago_ns ago, had it reached this
+ * table, would still be in it (nothing forgotten since, nor by age). */
+static bool
+would_remember(const asynqi_dedup *t, uint64_t ago_ns)
+{
+	/* The clocks of client and server may run at slightly different
+	 * rates: a second of margin. */
+	uint64_t window = ago_ns + 1000000000u;
+	if (ago_ns == ASYNQI_DD_UNKNOWN || window >= t->max_age_ns)
+		return false;
+	return t->early_evict_ns == 0 ||
+	    asynq_now_ns() - t->early_evict_ns > window;
 }
 
 int
 asynqi_dedup_check(asynqi_dedup *t, uint64_t client_id, uint64_t request_id,
-    bool resend, void *waiter, asynqi_dd_entry **entry, uint8_t **reply,
-    size_t *len)
+    uint64_t resend_ago_ns, void *waiter, asynqi_dd_entry **entry,
+    uint8_t **reply, size_t *len)
 {
 	int what = ASYNQI_DD_RUN;
 	*entry = NULL;
@@ -175,8 +199,10 @@ asynqi_dedup_check(asynqi_dedup *t, uint64_t client_id, uint64_t request_id,
 			*p = e;
 			*entry = e;
 		}
-		what =
-		    resend || e == NULL ? ASYNQI_DD_FORGOTTEN : ASYNQI_DD_RUN;
+		bool maybe_ran =
+		    resend_ago_ns != 0 && !would_remember(t, resend_ago_ns);
+		what = maybe_ran || e == NULL ? ASYNQI_DD_FORGOTTEN
+		                              : ASYNQI_DD_RUN;
 	}
 	pthread_mutex_unlock(&t->mu);
 	free(wn);

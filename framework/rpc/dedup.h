@@ -33,13 +33,19 @@ asynq_status asynqi_dedup_alloc(asynqi_dedup **tp, size_t entries,
 /* asynqi_dedup_free frees the table; parked waiters must be gone. */
 void asynqi_dedup_free(asynqi_dedup *t);
 
+/* A resend whose first sending is of unknown time or to another server. */
+#define ASYNQI_DD_UNKNOWN UINT64_MAX
+
 /* asynqi_dedup_check looks a request up and enters it when new. RUN sets
  * *entry (the caller completes it); ANSWERED gives a malloc'd copy of the
  * stored reply body in *reply and *len; PARKED queues `waiter`, which
- * asynqi_dedup_complete hands back. Any thread. */
+ * asynqi_dedup_complete hands back. resend_ago_ns: 0 for a first sending,
+ * else how long ago the request was first sent to this server (or
+ * ASYNQI_DD_UNKNOWN); a resend not remembered is FORGOTTEN unless the table
+ * would remember it after that long. Any thread. */
 int asynqi_dedup_check(asynqi_dedup *t, uint64_t client_id, uint64_t request_id,
-    bool resend, void *waiter, asynqi_dd_entry **entry, uint8_t **reply,
-    size_t *len);
+    uint64_t resend_ago_ns, void *waiter, asynqi_dd_entry **entry,
+    uint8_t **reply, size_t *len);
 
 /* asynqi_dedup_complete records the reply body of a running entry (a copy
  * is kept if it fits the byte limit; reply may be NULL when there is none)

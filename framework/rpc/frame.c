@@ -197,11 +197,13 @@ request_field_ok(const asynqi_field *f)
 	case 7:
 		return f->wt == 2;
 	case 5:
+	case 9:
 		return f->wt == 1;
 	case 2:
 	case 4:
 	case 6:
 	case 8:
+	case 10:
 		return f->wt == 0;
 	default:
 		return true; /* unknown: skipped */
@@ -384,6 +386,12 @@ asynqi_request_parse(const uint8_t *p, size_t len,
 			break;
 		case 8:
 			out->timeout_us = f.v;
+			break;
+		case 9:
+			out->first_instance = f.v;
+			break;
+		case 10:
+			out->first_sent_ago_us = f.v;
 			break;
 		default:
 			break;

@@ -228,6 +228,8 @@ typedef struct asynqi_request_ref {
 	uint64_t client_id;
 	uint32_t attempt;
 	uint64_t timeout_us;
+	uint64_t first_instance;
+	uint64_t first_sent_ago_us;
 } asynqi_request_ref;
 
 /* asynqi_request_count validates the top level of Request bytes and counts

@@ -68,7 +68,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <nng/nng.h>
 #include <nng/supplemental/tls/tls.h>
@@ -261,6 +263,7 @@ struct asynq_rpc_server {
 	    conns_stalled, conns_overflowed, shed;
 	asynqi_dedup *dd;
 	nng_tls_config *tls;
+	uint64_t instance; /* Hello.instance: this server, at random */
 };
 
 /* The task the current handler runs in; its value is a srv_task. */
@@ -1259,8 +1262,17 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 		uint8_t *stored = NULL;
 		size_t slen = 0;
 		sc_hold(sc); /* the waiter's, if parked */
-		int what = asynqi_dedup_check(s->dd, r->rq.client_id, id,
-		    r->rq.attempt > 0, sc, &r->dd, &stored, &slen);
+		/* A resend first sent to this very process says how long
+		 * ago; the table then knows whether it would remember it. */
+		uint64_t ago = 0;
+		if (r->rq.attempt > 0)
+			ago = r->rq.first_instance == s->instance &&
+			        r->rq.first_sent_ago_us != 0 &&
+			        r->rq.first_sent_ago_us < UINT64_MAX / 2000
+			    ? r->rq.first_sent_ago_us * 1000
+			    : ASYNQI_DD_UNKNOWN;
+		int what = asynqi_dedup_check(s->dd, r->rq.client_id, id, ago,
+		    sc, &r->dd, &stored, &slen);
 		if (what != ASYNQI_DD_PARKED)
 			sc_rele(sc);
 		if (what != ASYNQI_DD_RUN)
@@ -1337,6 +1349,11 @@ send_hello(srv_conn *sc)
 	asynqi_buf_varint(&b, s->cfg.max_msg_bytes);
 	asynqi_buf_tag(&b, 2, 0);
 	asynqi_buf_varint(&b, s->cfg.max_calls);
+	asynqi_buf_tag(&b, 3, 1);
+	uint8_t inst[8];
+	for (int i = 0; i < 8; i++)
+		inst[i] = (uint8_t)(s->instance >> (8 * i));
+	asynqi_buf_put(&b, inst, 8);
 	if (b.failed) {
 		asynqi_buf_fini(&b);
 		return;
@@ -1416,7 +1433,7 @@ srv_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
 		}
 		used += ASYNQI_FRAME_HDR + blen;
 	}
-stopped:
+stopped:;
 	/* The frame left incomplete began now if this read finished the one
 	 * before it; a frame that makes no progress keeps its first time. */
 	int64_t partial = 0;
@@ -1874,6 +1891,10 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	atomic_init(&s->malformed, 0);
 	atomic_init(&s->duplicates, 0);
 	s->workers = asynq_runtime_workers(rt);
+	if (getrandom(&s->instance, sizeof(s->instance), 0) !=
+	    (ssize_t)sizeof(s->instance))
+		s->instance = asynq_now_ns() ^ ((uint64_t)getpid() << 32);
+	s->instance |= 1; /* never 0, which means none */
 	if ((st = asynqi_dedup_alloc(&s->dd, s->cfg.dedup_entries,
 	         s->cfg.dedup_age_ms, s->cfg.dedup_bytes)) != ASYNQ_OK)
 		goto fail_dd;

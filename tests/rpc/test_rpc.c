@@ -512,6 +512,109 @@ test_rpc_dedup_table(void **state)
 	fx_stop(&fx);
 }
 
+/* Connects to url and reads the server's HELLO: its instance. */
+static uint64_t
+raw_instance(const char *url, raw_conn *out)
+{
+	*out = raw_connect(url, 5000, false);
+	assert_true(out->fd >= 0);
+	uint8_t pre[8], type, *body;
+	size_t len;
+	assert_int_equal(raw_write(out, "asynq/1\n", 8), 0);
+	assert_int_equal(raw_read(out, pre, 8), 0);
+	assert_int_equal(raw_next(out, &type, &body, &len), 0);
+	assert_int_equal(type, 3);
+	Asynq__Rpc__Hello *h = asynq__rpc__hello__unpack(NULL, len, body);
+	free(body);
+	assert_non_null(h);
+	uint64_t inst = h->instance;
+	asynq__rpc__hello__free_unpacked(h, NULL);
+	assert_true(inst != 0);
+	return inst;
+}
+
+/* A resend (attempt 1) of one Hold call, first sent to `instance`
+ * ago_us ago. */
+static uint8_t *
+resend_req(size_t *len, uint64_t client_id, uint64_t id, uint64_t instance,
+    uint64_t ago_us)
+{
+	const asynq_rpc_method_desc *hold[] = { M(HOLD) };
+	uint8_t *b = raw_req(len, hold, 1, 0, client_id, id, 1);
+	Asynq__Rpc__Request *r = asynq__rpc__request__unpack(NULL, *len, b);
+	assert_non_null(r);
+	free(b);
+	r->first_instance = instance;
+	r->first_sent_ago_us = ago_us;
+	*len = asynq__rpc__request__get_packed_size(r);
+	b = malloc(*len);
+	asynq__rpc__request__pack(r, b);
+	asynq__rpc__request__free_unpacked(r, NULL);
+	return b;
+}
+
+/* A resend the server does not remember runs when it provably never
+ * reached it: first sent to this very server process so recently that the
+ * table would still remember it. Otherwise it stays ABORTED. */
+static void
+test_rpc_resend_proven_new_runs(void **state)
+{
+	(void)state;
+	fixture fx;
+	fx_server(&fx, true, NULL, 2);
+	atomic_store(&hold_runs, 0);
+	atomic_store(&hold_release, 1);
+	raw_conn raw;
+	uint64_t inst = raw_instance(fx.url, &raw);
+	Asynq__Rpc__Reply *rep;
+	size_t len;
+	int64_t v;
+	/* First sent here 1 ms ago, never arrived: it runs, once. */
+	for (int copy = 0; copy < 2; copy++) {
+		uint8_t *b = resend_req(&len, 7, 1, inst, 1000);
+		assert_int_equal(raw_call(&raw, b, len, &rep), 0);
+		assert_int_equal(rep_status(rep, 0, &v), ASYNQ_OK);
+		assert_int_equal(v, 6);
+		asynq__rpc__reply__free_unpacked(rep, NULL);
+		assert_int_equal(atomic_load(&hold_runs), 1);
+	}
+	/* First sent to another server process (one since restarted, say):
+	 * it may have run there. */
+	uint8_t *b = resend_req(&len, 7, 2, inst ^ 2, 1000);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_ABORTED);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	/* First sent longer ago than the table remembers (60 s, less a
+	 * second of margin): it may have run and been forgotten. */
+	b = resend_req(&len, 7, 3, inst, 59500000);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_ABORTED);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	assert_int_equal(atomic_load(&hold_runs), 1);
+	raw_close(&raw);
+	fx_stop(&fx);
+	/* A table that forgot a request early (dedup_entries = 1) cannot
+	 * vouch for the time since. */
+	asynq_rpc_server_cfg scfg = { .dedup_entries = 1 };
+	fx_server(&fx, true, &scfg, 2);
+	atomic_store(&hold_runs, 0);
+	inst = raw_instance(fx.url, &raw);
+	const asynq_rpc_method_desc *hold[] = { M(HOLD) };
+	for (uint64_t id = 1; id <= 3; id++) {
+		b = raw_req(&len, hold, 1, 0, 9, id, 0);
+		assert_int_equal(raw_call(&raw, b, len, &rep), 0);
+		assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_OK);
+		asynq__rpc__reply__free_unpacked(rep, NULL);
+	}
+	b = resend_req(&len, 9, 4, inst, 1000);
+	assert_int_equal(raw_call(&raw, b, len, &rep), 0);
+	assert_int_equal(rep_status(rep, 0, NULL), ASYNQ_ABORTED);
+	asynq__rpc__reply__free_unpacked(rep, NULL);
+	assert_int_equal(atomic_load(&hold_runs), 3);
+	raw_close(&raw);
+	fx_stop(&fx);
+}
+
 /* A TCP proxy whose connections the test can cut, as a network would. */
 typedef struct proxy {
 	int lfd, port, up_port;
@@ -1658,6 +1761,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_rpc_close_answers_inflight),
 		cmocka_unit_test(test_rpc_metadata_absent_outside_handler),
 		cmocka_unit_test(test_rpc_dedup_table),
+		cmocka_unit_test(test_rpc_resend_proven_new_runs),
 		cmocka_unit_test(
 		    test_rpc_resend_after_lost_connection_runs_once),
 		cmocka_unit_test(test_rpc_server_killed_then_restarted),

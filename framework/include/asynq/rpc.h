@@ -249,7 +249,9 @@ typedef struct asynq_rpc_server_cfg {
 	 * copy of a request still running waits for it and gets its reply; a
 	 * copy of a finished one gets the remembered reply; a copy of one
 	 * forgotten runs only its idempotent calls, the others fail with
-	 * ABORTED. Finished requests are remembered up to these limits:
+	 * ABORTED, unless it provably never reached the server (first sent to
+	 * this same server process so recently that the table would remember
+	 * it: then it runs). Finished requests are remembered up to these limits:
 	 * dedup_entries requests (default 4,096), dedup_age_ms (default
 	 * 60,000), dedup_bytes of remembered replies (default 16 MiB). */
 	size_t dedup_entries;
