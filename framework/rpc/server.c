@@ -260,7 +260,7 @@ struct asynq_rpc_server {
 	atomic_size_t next_worker;
 	atomic_uint_fast64_t requests, calls, rejected, malformed, duplicates;
 	atomic_uint_fast64_t conns_refused, conns_evicted, conns_idle,
-	    conns_stalled, conns_overflowed, shed;
+	    conns_stalled, conns_overflowed, shed, shed_late;
 	asynqi_dedup *dd;
 	nng_tls_config *tls;
 	uint64_t instance; /* Hello.instance: this server, at random */
@@ -853,6 +853,7 @@ req_main(asynq_task *t, void *arg)
 	size_t n = r->n_tasks;
 	if (adm_start(r->sc->s, r)) {
 		atomic_fetch_add(&r->sc->s->shed, 1);
+		atomic_fetch_add(&r->sc->s->shed_late, 1);
 		char why[128];
 		snprintf(why, sizeof(why),
 		    "server overloaded: the request waited %lld us to start "
@@ -1885,6 +1886,7 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	atomic_init(&s->conns_stalled, 0);
 	atomic_init(&s->conns_overflowed, 0);
 	atomic_init(&s->shed, 0);
+	atomic_init(&s->shed_late, 0);
 	atomic_init(&s->requests, 0);
 	atomic_init(&s->calls, 0);
 	atomic_init(&s->rejected, 0);
@@ -2147,4 +2149,5 @@ asynq_rpc_server_stats_get(const asynq_rpc_server *s,
 	out->conns_stalled = atomic_load(&m->conns_stalled);
 	out->conns_overflowed = atomic_load(&m->conns_overflowed);
 	out->shed = atomic_load(&m->shed);
+	out->shed_late = atomic_load(&m->shed_late);
 }

@@ -172,6 +172,7 @@ typedef struct svc_counters {
 	uint64_t out_requests; /* requests they went out in */
 	uint64_t shed;         /* requests admission control refused (the
 	                          server was overloaded), not run */
+	uint64_t shed_late;    /* of those, refused after they waited */
 } svc_counters;
 
 /* Reads a service's counters; any thread. */

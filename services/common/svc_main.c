@@ -255,6 +255,7 @@ svc_server_counters(const asynq_rpc_server *s, svc_counters *out)
 	out->calls += st.calls;
 	out->requests += st.requests;
 	out->shed += st.shed;
+	out->shed_late += st.shed_late;
 }
 
 static void
@@ -262,7 +263,7 @@ log_delta(const char *name, const svc_counters *now, const svc_counters *was)
 {
 	uint64_t calls = now->calls - was->calls;
 	uint64_t reqs = now->requests - was->requests;
-	char out[96] = "", shed[40] = "";
+	char out[96] = "", shed[64] = "";
 	if (now->out_calls != was->out_calls)
 		snprintf(out, sizeof(out), " out_calls=%llu out_requests=%llu",
 		    (unsigned long long)(now->out_calls - was->out_calls),
@@ -270,8 +271,9 @@ log_delta(const char *name, const svc_counters *now, const svc_counters *was)
 		        was->out_requests));
 	/* Only when it happened: an unloaded service's line stays as it was. */
 	if (now->shed != was->shed)
-		snprintf(shed, sizeof(shed), " shed=%llu",
-		    (unsigned long long)(now->shed - was->shed));
+		snprintf(shed, sizeof(shed), " shed=%llu late=%llu",
+		    (unsigned long long)(now->shed - was->shed),
+		    (unsigned long long)(now->shed_late - was->shed_late));
 	fprintf(stderr,
 	    "%s: calls=%llu requests=%llu avg_batch=%.1f sql=%llu%s%s\n", name,
 	    (unsigned long long)calls, (unsigned long long)reqs,

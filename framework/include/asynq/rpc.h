@@ -340,6 +340,8 @@ typedef struct asynq_rpc_server_stats {
 	uint64_t conns_overflowed; /* closed over max_write_queue_bytes */
 	uint64_t shed;             /* requests refused by admission control
 	                              (overloaded), not run */
+	uint64_t shed_late;        /* of those, the ones refused after they
+	                              waited (decoded, queued), not at once */
 } asynq_rpc_server_stats;
 
 /* asynq_rpc_server_stats_get copies the server's counters. Any thread. */
