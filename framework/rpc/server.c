@@ -34,10 +34,13 @@
  *   shortest wait of the requests it started and how many it ran. A worker
  *   whose shortest wait exceeded the target over a whole interval has a
  *   standing queue, not a burst, and is overloaded for the next: requests
- *   it starts after waiting over twice the target are answered
+ *   it starts after waiting over a whole interval are answered
  *   RESOURCE_EXHAUSTED instead of run, and the reader refuses a request
  *   at once, before decoding it, when more requests already wait for the
- *   worker than it ran per target (its budget). Posts run before tasks,
+ *   worker than it ran per target (its budget, at least ADM_MIN_BUDGET).
+ *   Refusing early, cheaply and rarely late matters with batching: a
+ *   request shed after it waited may carry hundreds of calls whose callers
+ *   upstream have done all their work. Posts run before tasks,
  *   so the wait measured is from the read to the request task's start.
  * - Connection hygiene: a connection with more than max_write_queue_bytes
  *   of replies unwritten stops reading too (out_done resumes it at half),
@@ -102,6 +105,11 @@
 /* Admission intervals last this many queue targets (CoDel's 100 ms for
  * 5 ms). */
 #define ADM_INTERVAL_TARGETS 20
+/* Requests that may always wait for an overloaded worker: a service that
+ * gets few large requests (batches of hundreds of calls from another
+ * service) runs about one per target, and refusing the second of two that
+ * arrive together would throw away all the work their callers did. */
+#define ADM_MIN_BUDGET 4
 /* Connections the sweeper closes in one pass; the rest wait a tick. */
 #define SWEEP_BATCH 256
 
@@ -796,7 +804,7 @@ out:
  * their own calls still batch. The deadline is pushed once; every call's
  * task inherits it. */
 /* Worker: request r starts r->recv_ns after it was read; counts it in the
- * worker's admission state. True when it waited past twice the target
+ * worker's admission state. True when it waited past a whole interval
  * while the worker is overloaded: it is refused instead of run. */
 static bool
 adm_start(asynq_rpc_server *s, srv_req *r)
@@ -824,8 +832,8 @@ adm_start(asynq_rpc_server *s, srv_req *r)
 		uint64_t budget = len > 0
 		    ? (uint64_t)a->started * (uint64_t)target / (uint64_t)len
 		    : 1;
-		if (budget < 1)
-			budget = 1;
+		if (budget < ADM_MIN_BUDGET)
+			budget = ADM_MIN_BUDGET;
 		if (budget > UINT32_MAX)
 			budget = UINT32_MAX;
 		atomic_store_explicit(&a->budget, (unsigned)budget,
@@ -839,7 +847,7 @@ adm_start(asynq_rpc_server *s, srv_req *r)
 	}
 	if (sojourn < a->min_sojourn)
 		a->min_sojourn = sojourn;
-	bool shed = sojourn > 2 * target &&
+	bool shed = sojourn > ADM_INTERVAL_TARGETS * target &&
 	    atomic_load_explicit(&a->overloaded, memory_order_relaxed);
 	if (!shed)
 		a->started++; /* the budget counts work, not refusals */

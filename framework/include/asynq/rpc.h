@@ -280,9 +280,10 @@ typedef struct asynq_rpc_server_cfg {
 	 * queue_target_us (default 5,000 us; UINT32_MAX: off) before they
 	 * start, consistently over an interval of 20 targets, put the worker
 	 * in overload; while it is, a request that would wait behind more
-	 * than the worker starts within the target is answered at once with
+	 * than the worker starts within the target (and at least 4) is
+	 * answered at once with
 	 * RESOURCE_EXHAUSTED "server overloaded" without being decoded or
-	 * run, and one that still waited over twice the target is answered
+	 * run, and one that still waited over 20 targets is answered
 	 * so instead of running. Clients may send those elsewhere. */
 	uint32_t queue_target_us;
 	/* Per connection: once max_conn_requests requests (default 256) or
