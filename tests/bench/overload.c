@@ -52,14 +52,13 @@
  *                CPU and queue their requests in the kernel
  *
  * Design notes:
- * - Processes. nng must not cross a fork, so services start with
- *   posix_spawn, as this binary re-executed with --exec-child: that new
- *   image (no nng, no threads) asks for SIGKILL when its parent dies
- *   (PR_SET_PDEATHSIG, which exec keeps) and then execs the service. Their
+ * - Processes. Services start with tests/common/child (fork and at once
+ *   exec, so nothing of nng crosses; SIGKILL when this program dies). Their
  *   stdout and stderr go to files, so a child never blocks on a pipe and
  *   the "listening on" line and counters log can be read at leisure.
  *   Children are spawned from the main thread only: the death signal
- *   follows the thread that spawned, not the process.
+ *   follows the thread that spawned, not the process, and so does the CPU
+ *   set a child inherits (see pin_to).
  * - Threads. Phases run as tasks on the client runtime's single worker;
  *   the main thread waits for each and meanwhile samples the frontend's
  *   VmRSS every 20 ms. Every per-call figure is written on the worker only.
@@ -76,11 +75,8 @@
  */
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <signal.h>
 #include <sched.h>
-#include <spawn.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -88,23 +84,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
 
 #include <sqlite3.h>
 
 #include "asynq/asynq.h"
 #include "asynq/rpc.h"
 #include "services/frontend/frontend.asynq.h"
-
-extern char **environ;
+#include "tests/common/child.h"
 
 #define N_USERS 1000
 #define N_ANSWERS 10000
@@ -445,53 +433,8 @@ open_main(asynq_task *t, void *arg)
 /* ---- Child processes ------------------------------------------------------
  */
 
-typedef struct proc {
-	const char *name;
-	pid_t pid; /* 0: not running */
-	char out[1100], err[1100];
-	char url[64];
-} proc;
-
-static char bindir[1024]; /* runfiles directory holding services/ */
 static char tmpdir[256];
 static char users_db[300], answers_db[300];
-
-/* In the re-executed image: die with the parent, then become the service. */
-static int
-exec_child(char **argv)
-{
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	/* The parent may have died before the prctl. */
-	if (getppid() != (pid_t)atoi(argv[2]))
-		return 126;
-	execv(argv[3], argv + 3);
-	fprintf(stderr, "overload: exec %s: %s\n", argv[3], strerror(errno));
-	return 127;
-}
-
-/* A loopback port free now, below the ephemeral range so that outgoing
- * connections do not take it before the child listens. */
-static int
-free_port(void)
-{
-	static unsigned seed;
-	if (seed == 0)
-		seed = (unsigned)getpid() ^ (unsigned)time(NULL);
-	for (int i = 0; i < 100; i++) {
-		int port = 20000 + (int)(rand_r(&seed) % 12000);
-		int fd = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in a = { .sin_family = AF_INET };
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		a.sin_port = htons((uint16_t)port);
-		bool ok =
-		    fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-		if (fd >= 0)
-			close(fd);
-		if (ok)
-			return port;
-	}
-	return -1;
-}
 
 /* Reads up to n - 1 bytes of a file into buf (NUL-terminated); "" if it
  * cannot be read. Enough for the small files read here. */
@@ -508,85 +451,17 @@ slurp(const char *path, char *buf, size_t n)
 	return buf;
 }
 
-static void
-proc_kill(proc *p)
-{
-	if (p->pid <= 0)
-		return;
-	kill(p->pid, SIGKILL);
-	while (waitpid(p->pid, NULL, 0) < 0 && errno == EINTR)
-		;
-	p->pid = 0;
-}
-
-static bool
-proc_exited(proc *p)
-{
-	int status;
-	if (p->pid > 0 && waitpid(p->pid, &status, WNOHANG) == p->pid)
-		p->pid = 0;
-	return p->pid == 0;
-}
-
 /* Starts service `name` on a free port with the extra arguments (NULL
- * terminated) and waits for it to listen; tries a few ports, since another
- * process may take one first. false (having printed why) if it never
- * listened. */
+ * terminated) and waits for it to listen (up to 60 s: a first start
+ * generates its database); false (having printed why) if it never did. */
 static bool
-proc_start(proc *p, const char *name, const char *const *extra)
+service_start(child *c, const char *name, const char *const *extra)
 {
-	static int seq;
-	char path[1200], ppid[24], buf[4096];
-	snprintf(path, sizeof(path), "%s/services/%s/%s", bindir, name, name);
-	snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
-	for (int attempt = 0; attempt < 5; attempt++) {
-		memset(p, 0, sizeof(*p));
-		p->name = name;
-		seq++;
-		snprintf(p->out, sizeof(p->out), "%s/%s-%d.out", tmpdir, name,
-		    seq);
-		snprintf(p->err, sizeof(p->err), "%s/%s-%d.err", tmpdir, name,
-		    seq);
-		int port = free_port();
-		if (port < 0)
-			break;
-		snprintf(p->url, sizeof(p->url), "tcp://127.0.0.1:%d", port);
-
-		const char *argv[32] = { "/proc/self/exe", "--exec-child", ppid,
-			path, "--listen", p->url, "--workers", "2" };
-		size_t argc = 8;
-		for (size_t i = 0; extra[i] != NULL && argc < 31; i++)
-			argv[argc++] = extra[i];
-		posix_spawn_file_actions_t fa;
-		posix_spawn_file_actions_init(&fa);
-		posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY,
-		    0);
-		posix_spawn_file_actions_addopen(&fa, 1, p->out,
-		    O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		posix_spawn_file_actions_addopen(&fa, 2, p->err,
-		    O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		int rv = posix_spawn(&p->pid, "/proc/self/exe", &fa, NULL,
-		    (char *const *)argv, environ);
-		posix_spawn_file_actions_destroy(&fa);
-		if (rv != 0) {
-			fprintf(stderr, "overload: spawn %s: %s\n", name,
-			    strerror(rv));
-			p->pid = 0;
-			return false;
-		}
-		/* Up to 60 s: a first start generates its database. */
-		for (int i = 0; i < 6000; i++) {
-			if (strstr(slurp(p->out, buf, sizeof(buf)),
-			        "listening on") != NULL)
-				return true;
-			if (proc_exited(p))
-				break;
-			usleep(10 * 1000);
-		}
-		proc_kill(p);
-		fprintf(stderr, "overload: %s did not listen on %s: %s\n", name,
-		    p->url, slurp(p->err, buf, sizeof(buf)));
-	}
+	char why[512];
+	memset(c, 0, sizeof(*c));
+	if (child_start(NULL, c, name, name, extra, 60000, why, sizeof(why)))
+		return true;
+	fprintf(stderr, "overload: %s did not start: %s\n", name, why);
 	return false;
 }
 
@@ -602,7 +477,7 @@ rss_mib(pid_t pid)
 
 /* Sums " shed=N" over the counters log of p (a line each second at most). */
 static uint64_t
-log_shed(const proc *p)
+log_shed(const child *p)
 {
 	static char buf[1 << 20];
 	uint64_t sum = 0;
@@ -703,7 +578,7 @@ pin_to(int cpu)
 }
 
 typedef struct stack {
-	proc users, answers, frontend;
+	child users, answers, frontend;
 	asynq_rpc_channel *ch;
 } stack;
 
@@ -721,11 +596,11 @@ stack_start(stack *s, bool admission)
 	const char *a[] = { "--db", answers_db, "--gen-users", nu,
 		"--gen-answers", na, "--gen-questions", nq, ac, "off", NULL };
 	pin_to(0);
-	bool up = proc_start(&s->users, "users", u) &&
-	    proc_start(&s->answers, "answers", a);
+	bool up = service_start(&s->users, "users", u) &&
+	    service_start(&s->answers, "answers", a);
 	const char *f[] = { "--users", s->users.url, "--answers",
 		s->answers.url, ac, "off", NULL };
-	up = up && proc_start(&s->frontend, "frontend", f);
+	up = up && service_start(&s->frontend, "frontend", f);
 	pin_to(1);
 	if (!up)
 		return false;
@@ -744,9 +619,9 @@ stack_stop(stack *s)
 {
 	asynq_rpc_channel_free(s->ch);
 	s->ch = NULL;
-	proc_kill(&s->frontend);
-	proc_kill(&s->answers);
-	proc_kill(&s->users);
+	child_kill(&s->frontend);
+	child_kill(&s->answers);
+	child_kill(&s->users);
 }
 
 /* Fills expect[] from the databases: the independent view of the answer. */
@@ -1024,17 +899,8 @@ overload_phase(const char *title, stack *s, double p, double unl_p99,
 /* ---- Main ---------------------------------------------------------------- */
 
 static void
-paths_init(const char *argv0)
+tmpdir_init(void)
 {
-	const char *rf = getenv("RUNFILES_DIR");
-	char exe[900];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	exe[n > 0 ? n : 0] = '\0';
-	if (rf != NULL)
-		snprintf(bindir, sizeof(bindir), "%s/asynq", rf);
-	else
-		snprintf(bindir, sizeof(bindir), "%s.runfiles/asynq",
-		    n > 0 ? exe : argv0);
 	const char *t = getenv("TMPDIR");
 	snprintf(tmpdir, sizeof(tmpdir), "%s/asynq-overload.XXXXXX",
 	    t != NULL && t[0] != '\0' ? t : "/tmp");
@@ -1061,9 +927,6 @@ tmpdir_remove(void)
 int
 main(int argc, char **argv)
 {
-	if (argc >= 4 && strcmp(argv[1], "--exec-child") == 0)
-		return exec_child(argv);
-
 	double scale = 1.0;
 	bool keep = false;
 	for (int i = 1; i < argc; i++) {
@@ -1088,10 +951,14 @@ main(int argc, char **argv)
 		return 2;
 	}
 
-	paths_init(argv[0]);
+	tmpdir_init();
 	if (mkdtemp(tmpdir) == NULL) {
 		fprintf(stderr, "overload: mkdtemp %s: %s\n", tmpdir,
 		    strerror(errno));
+		return 2;
+	}
+	if (!child_env_init_run(tmpdir)) {
+		tmpdir_remove();
 		return 2;
 	}
 	snprintf(users_db, sizeof(users_db), "%s/users.db", tmpdir);

@@ -42,7 +42,7 @@
 #include "services/cache/cache.asynq.h"
 #include "services/cache/cache.h"
 #include "tests/faults/amo/proxy.h"
-#include "tests/faults/common/child.h"
+#include "tests/common/child.h"
 
 #define MS (1000 * 1000ull)
 #define TOTAL 100000
@@ -160,7 +160,7 @@ server_start(asynq_task *t, amo_run *r)
 		char *log = r->logs[r->n_logs++];
 		snprintf(log, sizeof(r->logs[0]), "%s/exec-%zu.log",
 		    child_tmpdir(), r->n_logs);
-		const char *extra[] = { "--exec-log", log, NULL };
+		const char *extra[] = { "--exec-log", log, "--quiet", NULL };
 		if (!child_spawn(&r->srv, "cache", "cache", extra))
 			return false;
 		if (child_wait_listening(t, &r->srv, 10000))

@@ -22,10 +22,10 @@
  * proto/asynq/rpc.proto), with protobuf-c's asynq.rpc structs where a
  * well-formed envelope is wanted and hand-made bytes where it is not. Every
  * wait is bounded (a poll with a deadline), so a server that hangs makes a
- * probe fail, not the test time out. The child's stdout and stderr go to
- * files (a child never blocks on a pipe); it gets SIGKILL if the test dies
- * (PR_SET_PDEATHSIG), and the group teardown kills whatever is left. A probe
- * that leaves the service dead fails, and the runner starts a new one so the
+ * probe fail, not the test time out. The child is started, signalled and
+ * reaped with tests/common/child (its output in files, SIGKILL if the test
+ * dies), and the group teardown kills whatever is left. A probe that
+ * leaves the service dead fails, and the runner starts a new one so the
  * later probes still run. The signal probes run their load on a thread of
  * its own (the channel may be used from any thread) and record every call's
  * start, end and status, so the main thread can kill and restart the child
@@ -51,7 +51,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -62,6 +61,7 @@
 #include "asynq/rpc.h"
 #include "proto/asynq/rpc.pb-c.h"
 #include "services/users/users.asynq.h"
+#include "tests/common/child.h"
 
 /* Under ASan the allocator quarantines freed memory and shadows all of it,
  * and TSan shadows every byte several times over, so resident memory says
@@ -130,186 +130,27 @@ sleep_ms(int ms)
 /* ---- The service process ------------------------------------------------
  */
 
-typedef struct child {
-	pid_t pid;  /* 0: not running */
-	int status; /* waitpid's, once reaped */
-	int port;
-	char url[64];
-	char out[1300], err[1300];
-} child;
-
-static char bindir[1024];
-static char tmpdir[1024];
 static char users_db[1200];
 static child users;             /* the service every probe attacks */
 static asynq_rpc_channel *chan; /* the normal client, to users */
 
-static char *
-slurp(const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	size_t cap = 4096, len = 0, k;
-	char *buf = malloc(cap);
-	assert_non_null(buf);
-	while (f != NULL && (k = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-		len += k;
-		if (len + 1 == cap) {
-			buf = realloc(buf, cap *= 2);
-			assert_non_null(buf);
-		}
-	}
-	if (f != NULL)
-		fclose(f);
-	buf[len] = '\0';
-	return buf;
-}
-
+/* Starts the users binary as c, named name, on c->port (a fresh free port
+ * if 0) with `extra` flags (NULL-terminated) after the suite's own, and
+ * waits (up to 30 s: the first start generates the database) until it
+ * listens. false when it did not (why: its first stderr line). */
 static bool
-file_has(const char *path, const char *needle)
+users_spawn(child *c, const char *name, const char *const *extra, char *why,
+    size_t why_n)
 {
-	char *s = slurp(path);
-	bool has = strstr(s, needle) != NULL;
-	free(s);
-	return has;
-}
-
-static void
-child_dump(const child *c)
-{
-	char *o = slurp(c->out), *e = slurp(c->err);
-	fprintf(stderr, "---- users (pid %d) stdout:\n%s---- stderr:\n%s----\n",
-	    (int)c->pid, o, e);
-	free(o);
-	free(e);
-}
-
-/* Reaps c if it exited, waiting up to wait_ms; true once reaped. */
-static bool
-child_reap(child *c, int wait_ms)
-{
-	uint64_t t0 = asynq_now_ns();
-	while (c->pid != 0) {
-		pid_t r = waitpid(c->pid, &c->status, WNOHANG);
-		if (r == c->pid || (r < 0 && errno == ECHILD)) {
-			c->pid = 0;
-			return true;
-		}
-		if (ms_since(t0) >= wait_ms)
-			return false;
-		sleep_ms(5);
+	const char *argv[12] = { "--db", users_db, "--gen-users", "1000",
+		"--quiet" };
+	size_t argc = 5;
+	for (size_t i = 0; extra != NULL && extra[i] != NULL; i++) {
+		assert_true(argc + 1 < sizeof(argv) / sizeof(argv[0]));
+		argv[argc++] = extra[i];
 	}
-	return true;
-}
-
-static bool
-child_alive(child *c)
-{
-	return c->pid != 0 && !child_reap(c, 0);
-}
-
-static void
-child_kill(child *c)
-{
-	if (c->pid != 0) {
-		kill(c->pid, SIGKILL);
-		while (waitpid(c->pid, &c->status, 0) < 0 && errno == EINTR)
-			;
-		c->pid = 0;
-	}
-}
-
-/* A loopback port free now, below the ephemeral range, so that outgoing
- * connections (2,000 of them in one probe) do not take it. */
-static int
-free_port(void)
-{
-	static unsigned seed;
-	if (seed == 0)
-		seed = (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL);
-	for (int i = 0; i < 200; i++) {
-		int port = 20000 + (int)(rand_r(&seed) % 12000);
-		int fd = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in a = { .sin_family = AF_INET };
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		a.sin_port = htons((uint16_t)port);
-		bool ok =
-		    fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-		if (fd >= 0)
-			close(fd);
-		if (ok)
-			return port;
-	}
-	return -1;
-}
-
-/* Starts the users binary as c on c->port (a fresh free port if 0) with
- * `extra` flags (NULL-terminated), and waits until it says it listens.
- * Returns 0, or -1 when it exited first (why: its first stderr line). */
-static int
-child_start(child *c, const char *const *extra, char *why, size_t why_n)
-{
-	static int seq;
-	bool fresh = c->port == 0;
-	for (int attempt = 0; attempt < 5; attempt++) {
-		if (fresh)
-			c->port = free_port();
-		assert_true(c->port > 0);
-		snprintf(c->url, sizeof(c->url), "tcp://127.0.0.1:%d", c->port);
-		seq++;
-		snprintf(c->out, sizeof(c->out), "%s/users-%d.out", tmpdir,
-		    seq);
-		snprintf(c->err, sizeof(c->err), "%s/users-%d.err", tmpdir,
-		    seq);
-		char path[1100];
-		snprintf(path, sizeof(path), "%s/users", bindir);
-		const char *argv[24] = { path, "--listen", c->url, "--workers",
-			"2", "--db", users_db, "--gen-users", "1000",
-			"--quiet" };
-		size_t argc = 10;
-		for (size_t i = 0; extra != NULL && extra[i] != NULL; i++)
-			argv[argc++] = extra[i];
-		argv[argc] = NULL;
-
-		fflush(NULL);
-		pid_t pid = fork();
-		assert_true(pid >= 0);
-		if (pid == 0) {
-			prctl(PR_SET_PDEATHSIG, SIGKILL);
-			int o =
-			    open(c->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-			int e =
-			    open(c->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-			if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
-				_exit(126);
-			execv(path, (char *const *)argv);
-			_exit(127);
-		}
-		c->pid = pid;
-		/* Up to 30 s: the first start generates the database. */
-		for (int i = 0; i < 3000; i++) {
-			if (file_has(c->out, "listening on"))
-				return 0;
-			if (child_reap(c, 0))
-				break;
-			sleep_ms(10);
-		}
-		if (c->pid != 0) {
-			child_dump(c);
-			child_kill(c);
-			fail_msg("users did not listen on %s within 30 s",
-			    c->url);
-		}
-		char *e = slurp(c->err);
-		bool in_use = strstr(e, "in use") != NULL;
-		char *nl = strchr(e, '\n');
-		if (nl != NULL)
-			*nl = '\0';
-		snprintf(why, why_n, "%s", e[0] != '\0' ? e : "exited");
-		free(e);
-		if (!in_use || !fresh)
-			return -1;
-	}
-	return -1;
+	argv[argc] = NULL;
+	return child_start(NULL, c, name, "users", argv, 30000, why, why_n);
 }
 
 /* (Re)starts the main users service on its port (a new one the first
@@ -318,10 +159,8 @@ static void
 users_start(void)
 {
 	char why[256];
-	if (child_start(&users, NULL, why, sizeof(why)) != 0) {
-		child_dump(&users);
+	if (!users_spawn(&users, "users", NULL, why, sizeof(why)))
 		fail_msg("users did not start: %s", why);
-	}
 }
 
 /* The server's resident memory, KiB (VmRSS), or -1. */
@@ -746,7 +585,7 @@ run_probe(const char *name, void (*fn)(probe *))
 {
 	probe p = { .ok = true };
 	fn(&p);
-	bool alive = child_alive(&users);
+	bool alive = !child_reap(&users);
 	check(&p, alive, "users process died");
 	double ms = 0;
 	char nwhy[256] = "";
@@ -766,7 +605,6 @@ run_probe(const char *name, void (*fn)(probe *))
 	fflush(stdout);
 	if (!alive) {
 		child_dump(&users);
-		users.pid = 0;
 		users_start();
 	}
 	if (!p.ok)
@@ -1432,7 +1270,7 @@ timed_start(probe *p, const char *flag)
 	snprintf(ms, sizeof(ms), "%d", TIMEOUT_FLAG_MS);
 	const char *const extra[] = { flag, ms, NULL };
 	memset(&timed, 0, sizeof(timed));
-	if (child_start(&timed, extra, why, sizeof(why)) == 0)
+	if (users_spawn(&timed, "users-timed", extra, why, sizeof(why)))
 		return timed.port;
 	const char *slash = strrchr(why, '/');
 	check(p, false, "users refuses %s %s (\"%s\"); measured without it",
@@ -1791,8 +1629,7 @@ static bool
 users_restart(probe *p)
 {
 	char why[256];
-	users.pid = 0;
-	if (child_start(&users, NULL, why, sizeof(why)) == 0)
+	if (users_spawn(&users, "users", NULL, why, sizeof(why)))
 		return true;
 	check(p, false, "restart failed: %s", why);
 	return false;
@@ -1871,7 +1708,7 @@ probe_sigterm(probe *p)
 	sleep_ms(300);
 	uint64_t down = asynq_now_ns();
 	kill(users.pid, SIGTERM);
-	bool exited = child_reap(&users, 10000);
+	bool exited = child_wait_exit(NULL, &users, down, 10000) != 0;
 	uint64_t gone = asynq_now_ns();
 	check(p, exited, "users did not exit within 10 s of SIGTERM");
 	if (!exited)
@@ -2154,18 +1991,10 @@ static int
 group_setup(void **state)
 {
 	(void)state;
-	const char *dir = getenv("TEST_TMPDIR");
-	const char *src = getenv("TEST_SRCDIR");
-	const char *ws = getenv("TEST_WORKSPACE");
-	if (src == NULL) {
-		fprintf(stderr,
-		    "TEST_SRCDIR is not set: run with bazel test\n");
+	if (!child_env_init())
 		return -1;
-	}
-	snprintf(tmpdir, sizeof(tmpdir), "%s", dir != NULL ? dir : "/tmp");
-	snprintf(bindir, sizeof(bindir), "%s/%s/services/users", src,
-	    ws != NULL ? ws : "asynq");
-	snprintf(users_db, sizeof(users_db), "%s/faults-users.db", tmpdir);
+	snprintf(users_db, sizeof(users_db), "%s/faults-users.db",
+	    child_tmpdir());
 	/* A peer that closes must not kill the suite. */
 	signal(SIGPIPE, SIG_IGN);
 	/* 2,000 idle connections and then some; the child inherits it. */

@@ -36,7 +36,7 @@
 #include "asynq/rpc.h"
 #include "asynq/tools.h"
 #include "services/cache/cache.asynq.h"
-#include "tests/faults/common/child.h"
+#include "tests/common/child.h"
 
 #define MS (1000 * 1000ull)
 #define CYCLES 200
@@ -144,8 +144,9 @@ client_main(asynq_task *t, void *arg)
 static bool
 server_start(asynq_task *t, stop_run *r)
 {
+	static const char *const quiet[] = { "--quiet", NULL };
 	for (int i = 0; i < 3; i++) {
-		if (!child_spawn(&r->srv, "cache", "cache", NULL))
+		if (!child_spawn(&r->srv, "cache", "cache", quiet))
 			return false;
 		if (child_wait_listening(t, &r->srv, 10000))
 			return true;

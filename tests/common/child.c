@@ -1,14 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Child processes of the fault tests (child.h).
+ * Child processes of the fault tests and benchmarks (child.h).
  *
  * Design notes: everything the child needs (paths, argv) is built before
- * fork, since the test process has threads (nng's) and the child may only
- * call async-signal-safe functions until execv; the child closes every
- * descriptor it inherited but its output files before execv. The "listening on"
- * line is looked for in the child's stdout file, which the service flushes
- * after printing it. Waiting is polling with asynq_sleep_for, never usleep, so
- * the other tasks of the test thread run meanwhile.
+ * fork, since the parent has threads (nng's, a runtime's workers) and the
+ * child may only call async-signal-safe functions until execv; so nothing
+ * of nng crosses into the new image. The child reads stdin from /dev/null
+ * and closes every descriptor it inherited but its output files before
+ * execv. The "listening on" line is looked for in the child's stdout file,
+ * which the service flushes after printing it. Waiting is polling with
+ * asynq_sleep_for when the caller is a task, so the other tasks of its
+ * thread run meanwhile, and nanosleep only when it is not.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,45 +22,90 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "asynq/tools.h"
-#include "tests/faults/common/child.h"
+#include "tests/common/child.h"
 
 #define MS (1000 * 1000ull)
 #define MAX_CHILDREN 8
+#define MAX_EXTRA 16
 
 static char bindir[1024]; /* runfiles directory of the service programs */
 static char tmpdir[1024];
 static child *registered[MAX_CHILDREN];
 static size_t n_registered;
 
-bool
-child_env_init(void)
+/* TSan sleeps 1 s in a process's exit by default (to catch races at exit);
+ * the children inherit this and would count it in the exit times the tests
+ * measure. */
+static void
+tsan_no_exit_sleep(void)
 {
-	const char *dir = getenv("TEST_TMPDIR");
-	const char *src = getenv("TEST_SRCDIR");
-	const char *ws = getenv("TEST_WORKSPACE");
-	snprintf(tmpdir, sizeof(tmpdir), "%s", dir != NULL ? dir : "/tmp");
-	if (src == NULL) {
-		fprintf(stderr,
-		    "TEST_SRCDIR is not set: run with bazel test\n");
-		return false;
-	}
-	snprintf(bindir, sizeof(bindir), "%s/%s/services", src,
-	    ws != NULL ? ws : "asynq");
 #if defined(ASYNQ_TSAN)
-	/* TSan sleeps 1 s in a process's exit by default (to catch races at
-	 * exit); the children inherit this and would count it in the exit
-	 * times the tests measure. */
 	const char *old = getenv("TSAN_OPTIONS");
 	char opts[1024];
 	snprintf(opts, sizeof(opts), "%s%satexit_sleep_ms=0",
 	    old != NULL ? old : "", old != NULL && old[0] != '\0' ? ":" : "");
 	setenv("TSAN_OPTIONS", opts, 1);
 #endif
+}
+
+static const char *
+workspace(void)
+{
+	const char *ws = getenv("TEST_WORKSPACE");
+	return ws != NULL && ws[0] != '\0' ? ws : "asynq";
+}
+
+bool
+child_env_init(void)
+{
+	const char *dir = getenv("TEST_TMPDIR");
+	const char *src = getenv("TEST_SRCDIR");
+	snprintf(tmpdir, sizeof(tmpdir), "%s", dir != NULL ? dir : "/tmp");
+	if (src == NULL) {
+		fprintf(stderr,
+		    "TEST_SRCDIR is not set: run with bazel test\n");
+		return false;
+	}
+	snprintf(bindir, sizeof(bindir), "%s/%s/services", src, workspace());
+	tsan_no_exit_sleep();
+	return true;
+}
+
+bool
+child_env_init_run(const char *outdir)
+{
+	const char *rf = getenv("RUNFILES_DIR");
+	char exe[900];
+	struct stat st;
+	snprintf(tmpdir, sizeof(tmpdir), "%s", outdir);
+	if (rf != NULL && rf[0] != '\0') {
+		snprintf(bindir, sizeof(bindir), "%s/%s/services", rf,
+		    workspace());
+	} else {
+		/* bazel run starts the program from its runfiles tree without
+		 * saying where that is; it sits next to the executable. */
+		ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+		if (n <= 0) {
+			fprintf(stderr, "/proc/self/exe: %s\n",
+			    strerror(errno));
+			return false;
+		}
+		exe[n] = '\0';
+		snprintf(bindir, sizeof(bindir), "%s.runfiles/%s/services", exe,
+		    workspace());
+	}
+	if (stat(bindir, &st) != 0) {
+		fprintf(stderr, "%s: %s: run with bazel run\n", bindir,
+		    strerror(errno));
+		return false;
+	}
+	tsan_no_exit_sleep();
 	return true;
 }
 
@@ -95,10 +142,17 @@ child_spawn(child *c, const char *name, const char *bin,
     const char *const *extra)
 {
 	static int seq;
-	const char *argv[24];
+	const char *argv[6 + MAX_EXTRA + 1];
 	char path[1200];
-	size_t argc = 0;
+	size_t argc = 0, n_extra = 0;
 
+	while (extra != NULL && extra[n_extra] != NULL)
+		n_extra++;
+	if (n_extra > MAX_EXTRA) {
+		fprintf(stderr, "%s: %zu arguments, at most %d\n", name,
+		    n_extra, MAX_EXTRA);
+		return false;
+	}
 	c->pid = 0;
 	c->status = 0;
 	snprintf(c->name, sizeof(c->name), "%s", name);
@@ -113,8 +167,7 @@ child_spawn(child *c, const char *name, const char *bin,
 	argv[argc++] = c->url;
 	argv[argc++] = "--workers";
 	argv[argc++] = "2";
-	argv[argc++] = "--quiet";
-	for (size_t i = 0; extra != NULL && extra[i] != NULL && argc < 23; i++)
+	for (size_t i = 0; i < n_extra; i++)
 		argv[argc++] = extra[i];
 	argv[argc] = NULL;
 
@@ -122,15 +175,19 @@ child_spawn(child *c, const char *name, const char *bin,
 	pid_t parent = getpid();
 	c->start_ns = asynq_now_ns();
 	pid_t pid = fork();
-	if (pid < 0)
+	if (pid < 0) {
+		fprintf(stderr, "%s: fork: %s\n", name, strerror(errno));
 		return false;
+	}
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(125); /* the test died before prctl */
 		int o = open(c->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		int e = open(c->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
+		int i = open("/dev/null", O_RDONLY);
+		if (o < 0 || e < 0 || i < 0 || dup2(o, 1) < 0 ||
+		    dup2(e, 2) < 0 || dup2(i, 0) < 0)
 			_exit(126);
 		/* The test's sockets must not live on in the child: a proxy
 		 * connection the test closes would stay open in it, and the
@@ -182,19 +239,86 @@ child_reap(child *c)
 	return false;
 }
 
-bool
-child_wait_listening(asynq_task *t, child *c, int timeout_ms)
+/* Suspends task t for ns, or sleeps the thread when there is no task. */
+static void
+pause_ns(asynq_task *t, uint64_t ns)
+{
+	if (t != NULL) {
+		asynq_sleep_for(t, ns);
+		return;
+	}
+	struct timespec ts = { (time_t)(ns / 1000000000u),
+		(long)(ns % 1000000000u) };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+typedef enum { LISTENING, EXITED, TIMED_OUT } listen_result;
+
+static listen_result
+wait_listening(asynq_task *t, child *c, int timeout_ms)
 {
 	uint64_t end = asynq_now_ns() + (uint64_t)timeout_ms * MS;
+	listen_result r = TIMED_OUT;
 	while (asynq_now_ns() < end) {
 		if (child_listening(c))
-			return true;
-		if (child_reap(c))
+			return LISTENING;
+		if (child_reap(c)) {
+			r = EXITED;
 			break;
-		asynq_sleep_for(t, 2 * MS);
+		}
+		pause_ns(t, 2 * MS);
 	}
 	child_dump(c);
 	child_kill(c);
+	return r;
+}
+
+bool
+child_wait_listening(asynq_task *t, child *c, int timeout_ms)
+{
+	return wait_listening(t, c, timeout_ms) == LISTENING;
+}
+
+bool
+child_start(asynq_task *t, child *c, const char *name, const char *bin,
+    const char *const *extra, int timeout_ms, char *why, size_t why_n)
+{
+	bool fresh = c->port == 0;
+	for (int attempt = 0; attempt < 5; attempt++) {
+		if (fresh && (c->port = child_free_port()) < 0) {
+			c->port = 0;
+			snprintf(why, why_n, "no free loopback port");
+			return false;
+		}
+		if (!child_spawn(c, name, bin, extra)) {
+			snprintf(why, why_n, "could not start %s", bin);
+			return false;
+		}
+		listen_result r = wait_listening(t, c, timeout_ms);
+		if (r == LISTENING)
+			return true;
+		if (r == TIMED_OUT) {
+			snprintf(why, why_n,
+			    "%s did not listen on %s within %d ms", name,
+			    c->url, timeout_ms);
+			return false;
+		}
+		char e[1024];
+		read_head(c->err, e, sizeof(e));
+		/* Another process may take a free port before the service
+		 * binds it; only then is another port worth a try. */
+		bool in_use = strstr(e, "in use") != NULL;
+		char *nl = strchr(e, '\n');
+		if (nl != NULL)
+			*nl = '\0';
+		if (e[0] != '\0')
+			snprintf(why, why_n, "%s", e);
+		else
+			child_describe_exit(c, why, why_n);
+		if (!fresh || !in_use)
+			return false;
+	}
 	return false;
 }
 
@@ -209,7 +333,7 @@ child_wait_exit(asynq_task *t, child *c, uint64_t since, int timeout_ms)
 		}
 		if (asynq_now_ns() >= end)
 			return 0;
-		asynq_sleep_for(t, 1 * MS);
+		pause_ns(t, 1 * MS);
 	}
 }
 
