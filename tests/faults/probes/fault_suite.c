@@ -65,8 +65,10 @@
 
 /* Under ASan the allocator quarantines freed memory and shadows all of it,
  * and TSan shadows every byte several times over, so resident memory says
- * nothing about the program's own: the memory probes print their figures
- * there but do not judge them. */
+ * nothing about the program's own; and both slow every thread several
+ * times, the load client's as much as the service's: the memory probes and
+ * the overload probe's throughput and deadline figures are printed there
+ * but not judged. */
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define RSS_CHECKS 0
 #else
@@ -1977,7 +1979,7 @@ probe_overload(probe *p)
 	    sum.exhausted, sum.late, sum.other, sum.dropped, before, top);
 	check(p, !RSS_CHECKS || good >= 0.25 * peak,
 	    "goodput %.2fx the peak under 5x load (collapse)", good / peak);
-	check(p, sum.late * 20 <= sum.issued,
+	check(p, !RSS_CHECKS || sum.late * 20 <= sum.issued,
 	    "%zu of %zu calls waited out their 2 s deadline", sum.late,
 	    sum.issued);
 	check(p, sum.other == 0, "%zu calls ended %s", sum.other,
