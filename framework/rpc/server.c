@@ -223,6 +223,7 @@ struct srv_conn {
 	 * s->evicting until on_close. */
 	bool doomed;
 	int64_t doomed_ns;
+	bool closed; /* on_close ran (it may live on for its requests) */
 	srv_mt_entry *mt;
 	size_t n_mt;
 	/* Bit w: listed by worker w's writer (workers 0-63). */
@@ -1467,6 +1468,7 @@ srv_on_close(asynqi_conn *c, int err)
 	s->open--;
 	if (sc->doomed)
 		s->evicting--;
+	sc->closed = true; /* never doomed now: no on_close would follow */
 	pthread_mutex_unlock(&s->mu);
 	sc_rele(sc);
 }
@@ -1537,7 +1539,7 @@ oldest_idle_locked(asynq_rpc_server *s)
 	srv_conn *best = NULL;
 	int64_t best_ns = INT64_MAX;
 	for (srv_conn *sc = s->conns; sc != NULL; sc = sc->next) {
-		if (sc->home >= 0 || sc->doomed)
+		if (sc->home >= 0 || sc->doomed || sc->closed)
 			continue;
 		int64_t t =
 		    atomic_load_explicit(&sc->last_ns, memory_order_relaxed);
@@ -1634,7 +1636,7 @@ sweeper_main(void *arg)
 		size_t n = 0;
 		for (srv_conn *sc = s->conns; sc != NULL && n < SWEEP_BATCH;
 		     sc = sc->next) {
-			if (sc->home >= 0)
+			if (sc->home >= 0 || sc->closed)
 				continue;
 			int v = sweep_verdict(s, sc, now);
 			if (v == SWEEP_KEEP || !sc_tryhold(sc))
