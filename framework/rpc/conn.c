@@ -1000,7 +1000,12 @@ asynqi_listener_open(asynqi_listener **lp, const char *url, void *tls,
 	if (rv != 0) {
 		*why = rv == NNG_EADDRINUSE ? "address in use"
 		    : rv == NNG_ENOMEM      ? "out of memory"
-		                            : nng_strerror(rv);
+		    : rv == NNG_ENOTSUP    ? "not a scheme a server listens on "
+		                             "(tcp://, ipc://, tls+tcp://, "
+		                             "abstract://, inproc://)"
+		    : rv == NNG_EINVAL     ? "malformed URL"
+		    : rv == NNG_EADDRINVAL ? "no such address here"
+		                           : nng_strerror(rv);
 		asynq_status st = rv == NNG_EADDRINUSE ? ASYNQ_UNAVAILABLE
 		    : rv == NNG_ENOMEM ? ASYNQ_RESOURCE_EXHAUSTED
 		                       : ASYNQ_INVALID_ARGUMENT;

@@ -67,6 +67,7 @@
  *   server lock is held while calling into conn.c.
  */
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -273,7 +274,32 @@ struct asynq_rpc_server {
 	asynqi_dedup *dd;
 	nng_tls_config *tls;
 	uint64_t instance; /* Hello.instance: this server, at random */
+	/* What the last failed set-up call (add_service, listen) failed at,
+	 * in words; under mu. */
+	char last_error[256];
 };
+
+/* Records why a set-up call failed and returns st. */
+static asynq_status setup_fail(asynq_rpc_server *s, asynq_status st,
+    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static asynq_status
+setup_fail(asynq_rpc_server *s, asynq_status st, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	pthread_mutex_lock(&s->mu);
+	vsnprintf(s->last_error, sizeof(s->last_error), fmt, ap);
+	pthread_mutex_unlock(&s->mu);
+	va_end(ap);
+	return st;
+}
+
+const char *
+asynq_rpc_server_last_error(const asynq_rpc_server *s)
+{
+	return s != NULL ? s->last_error : "";
+}
 
 /* The task the current handler runs in; its value is a srv_task. */
 static const asynq_scoped srv_req_key = ASYNQ_SCOPED_INIT("asynq.rpc.req", 0);
@@ -1976,22 +2002,41 @@ asynq_rpc_server_add_service(asynq_rpc_server *s,
     void *ctx)
 {
 	if (svc == NULL || (svc->n_methods > 0 && handlers == NULL))
-		return ASYNQ_INVALID_ARGUMENT;
+		return setup_fail(s, ASYNQ_INVALID_ARGUMENT,
+		    "add service %s: no %s",
+		    svc != NULL ? svc->full_name : "(null)",
+		    svc == NULL ? "service" : "handler table");
 	if (s->started)
-		return ASYNQ_FAILED_PRECONDITION;
+		return setup_fail(s, ASYNQ_FAILED_PRECONDITION,
+		    "add service %s: the server is already listening",
+		    svc->full_name);
 	for (size_t i = 0; i < svc->n_methods; i++) {
 		const asynq_rpc_handler *h = &handlers[i];
+		const char *name = svc->methods[i].full_name;
 		bool whole = svc->methods[i].whole_batch;
-		if ((h->unary != NULL) == (h->batch != NULL) ||
-		    (whole && h->batch == NULL) || (!whole && h->unary == NULL))
-			return ASYNQ_INVALID_ARGUMENT;
-		if (method_find(s, svc->methods[i].full_name) != NULL)
-			return ASYNQ_ALREADY_EXISTS;
+		if (h->unary == NULL && h->batch == NULL)
+			return setup_fail(s, ASYNQ_INVALID_ARGUMENT,
+			    "handler table: method %s has no handler", name);
+		if (h->unary != NULL && h->batch != NULL)
+			return setup_fail(s, ASYNQ_INVALID_ARGUMENT,
+			    "handler table: method %s has both a unary and a "
+			    "whole-batch handler",
+			    name);
+		if (whole != (h->batch != NULL))
+			return setup_fail(s, ASYNQ_INVALID_ARGUMENT,
+			    "handler table: method %s is %s but has a %s "
+			    "handler",
+			    name, whole ? "whole_batch" : "not whole_batch",
+			    whole ? "unary" : "whole-batch");
+		if (method_find(s, name) != NULL)
+			return setup_fail(s, ASYNQ_ALREADY_EXISTS,
+			    "handler table: method %s is already served", name);
 	}
 	srv_method *m = realloc(s->methods,
 	    (s->n_methods + svc->n_methods + 1) * sizeof(*m));
 	if (m == NULL)
-		return ASYNQ_RESOURCE_EXHAUSTED;
+		return setup_fail(s, ASYNQ_RESOURCE_EXHAUSTED,
+		    "add service %s: out of memory", svc->full_name);
 	s->methods = m;
 	for (size_t i = 0; i < svc->n_methods; i++)
 		s->methods[s->n_methods++] =
@@ -2003,26 +2048,32 @@ asynq_status
 asynq_rpc_server_listen(asynq_rpc_server *s, const char *url)
 {
 	if (url == NULL)
-		return ASYNQ_INVALID_ARGUMENT;
+		return setup_fail(s, ASYNQ_INVALID_ARGUMENT, "listen: no URL");
 	pthread_mutex_lock(&s->mu);
 	bool closing = s->closing;
 	s->started = true;
 	pthread_mutex_unlock(&s->mu);
 	if (closing)
-		return ASYNQ_FAILED_PRECONDITION;
+		return setup_fail(s, ASYNQ_FAILED_PRECONDITION,
+		    "listen %s: the server is closing", url);
 	if (strncmp(url, "tls+", 4) == 0 && s->tls == NULL)
-		return ASYNQ_INVALID_ARGUMENT; /* no certificate */
+		return setup_fail(s, ASYNQ_INVALID_ARGUMENT,
+		    "listen %s: a tls+ URL needs tls_cert_file and "
+		    "tls_key_file in the server settings",
+		    url);
 	asynqi_listener **ls =
 	    realloc(s->listeners, (s->n_listeners + 1) * sizeof(*ls));
 	if (ls == NULL)
-		return ASYNQ_RESOURCE_EXHAUSTED;
+		return setup_fail(s, ASYNQ_RESOURCE_EXHAUSTED,
+		    "listen %s: out of memory", url);
 	s->listeners = ls;
 	asynqi_listener *l = NULL;
 	const char *why = NULL;
 	asynq_status st = asynqi_listener_open(&l, url, s->tls, srv_accept,
 	    srv_owner, s, &why);
 	if (st != ASYNQ_OK)
-		return st;
+		return setup_fail(s, st, "listen %s: %s", url,
+		    why != NULL ? why : asynq_strerror(st));
 	pthread_mutex_lock(&s->mu);
 	s->listeners[s->n_listeners++] = l;
 	pthread_mutex_unlock(&s->mu);

@@ -240,6 +240,10 @@ svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
 	if ((rv = asynq_rpc_server_add_service(srv, svc, handlers, ctx)) !=
 	        ASYNQ_OK ||
 	    (rv = asynq_rpc_server_listen(srv, url)) != ASYNQ_OK) {
+		/* The status alone says little ("unavailable"); the server
+		 * says what failed ("listen tcp://...: address in use"). */
+		fprintf(stderr, "%s: %s\n", svc->full_name,
+		    asynq_rpc_server_last_error(srv));
 		asynq_rpc_server_free(srv);
 		return rv;
 	}

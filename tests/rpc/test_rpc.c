@@ -271,6 +271,49 @@ test_rpc_bad_url_invalid_argument(void **state)
 	    ASYNQ_INVALID_ARGUMENT);
 }
 
+/* A server's set-up failures say what failed and why. */
+static void
+test_rpc_server_setup_errors_in_words(void **state)
+{
+	(void)state;
+	fixture fx;
+	fx_server(&fx, true, NULL, 1);
+	assert_string_equal(asynq_rpc_server_last_error(fx.srv), "");
+	asynq_rpc_server *s2;
+	assert_int_equal(asynq_rpc_server_alloc(&s2, fx.rt, NULL), ASYNQ_OK);
+	/* A handler missing, or of the wrong kind. */
+	asynq_rpc_handler h[8];
+	memcpy(h, calc_handlers, sizeof(asynq_rpc_handler) * CALC->n_methods);
+	h[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_FAIL].unary = NULL;
+	assert_int_equal(asynq_rpc_server_add_service(s2, CALC, h, NULL),
+	    ASYNQ_INVALID_ARGUMENT);
+	assert_non_null(strstr(asynq_rpc_server_last_error(s2),
+	    "method asynq.rpctest.Calc/Fail has no handler"));
+	memcpy(h, calc_handlers, sizeof(asynq_rpc_handler) * CALC->n_methods);
+	h[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SUM].unary = h[0].unary;
+	h[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SUM].batch = NULL;
+	assert_int_equal(asynq_rpc_server_add_service(s2, CALC, h, NULL),
+	    ASYNQ_INVALID_ARGUMENT);
+	assert_non_null(strstr(asynq_rpc_server_last_error(s2),
+	    "is whole_batch but has a unary handler"));
+	/* The address of the running server, a scheme, a malformed URL. */
+	assert_int_equal(asynq_rpc_server_listen(s2, fx.url),
+	    ASYNQ_UNAVAILABLE);
+	char want[200];
+	snprintf(want, sizeof(want), "listen %s: address in use", fx.url);
+	assert_string_equal(asynq_rpc_server_last_error(s2), want);
+	assert_int_equal(asynq_rpc_server_listen(s2, "nonsense://x"),
+	    ASYNQ_INVALID_ARGUMENT);
+	assert_non_null(strstr(asynq_rpc_server_last_error(s2),
+	    "listen nonsense://x: not a scheme"));
+	assert_int_equal(asynq_rpc_server_listen(s2, "tls+tcp://127.0.0.1:1"),
+	    ASYNQ_INVALID_ARGUMENT);
+	assert_non_null(
+	    strstr(asynq_rpc_server_last_error(s2), "needs tls_cert_file"));
+	asynq_rpc_server_free(s2);
+	fx_stop(&fx);
+}
+
 /* Encodes a Tree of `depth` levels by hand (protobuf-c's packer recurses). */
 static uint8_t *
 tree_bytes(size_t depth, size_t *len)
@@ -1757,6 +1800,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_rpc_max_calls_limit),
 		cmocka_unit_test(test_rpc_client_splits_at_max_calls),
 		cmocka_unit_test(test_rpc_bad_url_invalid_argument),
+		cmocka_unit_test(test_rpc_server_setup_errors_in_words),
 		cmocka_unit_test(test_rpc_deep_nesting_rejected),
 		cmocka_unit_test(test_rpc_close_answers_inflight),
 		cmocka_unit_test(test_rpc_metadata_absent_outside_handler),

@@ -314,6 +314,13 @@ asynq_status asynq_rpc_server_add_service(asynq_rpc_server *s,
  * in use, INVALID_ARGUMENT for a bad URL. */
 asynq_status asynq_rpc_server_listen(asynq_rpc_server *s, const char *url);
 
+/* asynq_rpc_server_last_error returns, in words, why the last
+ * asynq_rpc_server_add_service or asynq_rpc_server_listen of s failed
+ * ("listen tcp://127.0.0.1:7001: address in use", "handler table: method
+ * x.Y/Z has no handler"); "" if none did. Borrowed until the next such
+ * call. */
+const char *asynq_rpc_server_last_error(const asynq_rpc_server *s);
+
 /* asynq_rpc_server_close stops accepting, tells every client (GOAWAY) which
  * of its requests it accepted, answers every one of them, refuses later ones
  * with UNAVAILABLE (they did not run, so clients send them elsewhere), and
