@@ -421,6 +421,19 @@ sub_claim(asynq_rpc_channel *ch, sub_req *q)
 	return true;
 }
 
+/* Under mu: takes SENT q off its connection (pending table, connection's
+ * list, replica's outstanding count), back to NEW, to be sent again. */
+static void
+sub_unsend(asynq_rpc_channel *ch, sub_req *q)
+{
+	pend_remove(ch, q);
+	conn_list_remove(q);
+	if (q->cc != NULL && q->cc->rep != NULL && q->cc->rep->outstanding > 0)
+		q->cc->rep->outstanding--;
+	q->cc = NULL;
+	q->state = SUB_NEW;
+}
+
 static void
 cc_rele_locked(cli_conn *cc)
 {
@@ -708,14 +721,8 @@ client_requeue(asynq_rpc_channel *ch, sub_req *q, bool maybe_sent)
 {
 	outbox o = { 0 };
 	pthread_mutex_lock(&ch->mu);
-	if (q->state == SUB_SENT) {
-		pend_remove(ch, q);
-		conn_list_remove(q);
-		if (q->cc != NULL && q->cc->rep->outstanding > 0)
-			q->cc->rep->outstanding--;
-		q->cc = NULL;
-		q->state = SUB_NEW;
-	}
+	if (q->state == SUB_SENT)
+		sub_unsend(ch, q);
 	if (q->state != SUB_DONE) {
 		if (maybe_sent)
 			q->attempt++;
@@ -1077,12 +1084,7 @@ retry_elsewhere(asynq_rpc_channel *ch, sub_req *q, replica *from, outbox *o)
 	replica *other = pick_replica(ch, from);
 	if (other == NULL || other == from)
 		return false;
-	pend_remove(ch, q);
-	conn_list_remove(q);
-	if (from->outstanding > 0)
-		from->outstanding--;
-	q->cc = NULL;
-	q->state = SUB_NEW;
+	sub_unsend(ch, q);
 	q->hops++;
 	q->avoid = from;
 	atomic_fetch_add_explicit(&ch->retries, 1, memory_order_relaxed);
@@ -1196,12 +1198,7 @@ on_goaway(cli_conn *cc, const uint8_t *body, size_t len)
 	for (sub_req *q = cc->head; q != NULL;) {
 		sub_req *next = q->cnext;
 		if (q->request_id > last && !q->w_busy) {
-			pend_remove(ch, q);
-			conn_list_remove(q);
-			if (r->outstanding > 0)
-				r->outstanding--;
-			q->cc = NULL;
-			q->state = SUB_NEW;
+			sub_unsend(ch, q);
 			q->qnext = fresh;
 			fresh = q;
 		}

@@ -522,6 +522,18 @@ sc_refuse(srv_conn *sc, asynq_status st, const char *message,
 	sc_reply_status(sc, st, message, request_id, true);
 }
 
+/* A GOAWAY naming the last request accepted, and why. */
+static void
+sc_goaway(srv_conn *sc, uint64_t last, const char *why)
+{
+	asynqi_buf b;
+	buf_frame_start(&b);
+	asynqi_buf_tag(&b, 1, 0);
+	asynqi_buf_varint(&b, last);
+	asynqi_buf_bytes(&b, 2, why, strlen(why));
+	sc_queue_frame(sc, ASYNQI_FRAME_GOAWAY, &b);
+}
+
 /* A stored reply body, framed. */
 static void
 sc_reply_body(srv_conn *sc, const uint8_t *body, size_t len)
@@ -824,12 +836,17 @@ out:
 	return ASYNQ_OK;
 }
 
-/* The task of a request: its calls' tasks, awaited together. Awaited
- * before they ever ran, they start as plain calls on fresh stacks (the
- * core's "calls instead of switches"), so a handler that finishes without
- * suspending costs a call, and one that suspends lets the next start, so
- * their own calls still batch. The deadline is pushed once; every call's
- * task inherits it. */
+/* Worker: r no longer waits to start (it starts, or never will). */
+static void
+req_unwait(asynq_rpc_server *s, srv_req *r)
+{
+	if (!r->waiting)
+		return;
+	r->waiting = false;
+	atomic_fetch_sub_explicit(&s->adm[r->worker].waiting, 1,
+	    memory_order_relaxed);
+}
+
 /* Worker: request r starts r->recv_ns after it was read; counts it in the
  * worker's admission state. True when it waited past a whole interval
  * while the worker is overloaded: it is refused instead of run. */
@@ -837,10 +854,7 @@ static bool
 adm_start(asynq_rpc_server *s, srv_req *r)
 {
 	srv_adm *a = &s->adm[r->worker];
-	if (r->waiting) {
-		r->waiting = false;
-		atomic_fetch_sub_explicit(&a->waiting, 1, memory_order_relaxed);
-	}
+	req_unwait(s, r);
 	uint32_t target_us = s->cfg.queue_target_us;
 	if (target_us == UINT32_MAX)
 		return false;
@@ -881,6 +895,12 @@ adm_start(asynq_rpc_server *s, srv_req *r)
 	return shed;
 }
 
+/* The task of a request: its calls' tasks, awaited together. Awaited
+ * before they ever ran, they start as plain calls on fresh stacks (the
+ * core's "calls instead of switches"), so a handler that finishes without
+ * suspending costs a call, and one that suspends lets the next start, so
+ * their own calls still batch. The deadline is pushed once; every call's
+ * task inherits it. */
 static asynq_status
 req_main(asynq_task *t, void *arg)
 {
@@ -1029,11 +1049,7 @@ req_run(asynq_post *p)
 				    "the server could not start the call%s",
 				    "");
 		asynq_future_rele(f);
-		if (r->waiting) {
-			r->waiting = false;
-			atomic_fetch_sub_explicit(&s->adm[r->worker].waiting, 1,
-			    memory_order_relaxed);
-		}
+		req_unwait(s, r);
 		req_finish(r);
 		return;
 	}
@@ -1532,12 +1548,7 @@ sc_goaway_idle(srv_conn *sc, const char *why)
 	if (!quiet)
 		return false;
 	if (atomic_load(&sc->preface_ok)) {
-		asynqi_buf b;
-		buf_frame_start(&b);
-		asynqi_buf_tag(&b, 1, 0);
-		asynqi_buf_varint(&b, last);
-		asynqi_buf_bytes(&b, 2, why, strlen(why));
-		sc_queue_frame(sc, ASYNQI_FRAME_GOAWAY, &b);
+		sc_goaway(sc, last, why);
 		asynqi_conn_close_flushed(sc->c);
 		asynqi_conn_flush(sc->c);
 	} else {
@@ -2117,12 +2128,7 @@ asynq_rpc_server_close(asynq_rpc_server *s)
 		sc->goaway = true;
 		uint64_t last = sc->last_id;
 		pthread_mutex_unlock(&sc->mu);
-		asynqi_buf b;
-		buf_frame_start(&b);
-		asynqi_buf_tag(&b, 1, 0);
-		asynqi_buf_varint(&b, last);
-		asynqi_buf_bytes(&b, 2, "server closing", 14);
-		sc_queue_frame(sc, ASYNQI_FRAME_GOAWAY, &b);
+		sc_goaway(sc, last, "server closing");
 		asynqi_conn_flush(sc->c);
 	}
 	/* Every request received is answered... */

@@ -228,6 +228,14 @@ fx_start(fixture *fx, int tcp, const asynq_rpc_server_cfg *scfg,
 	    ASYNQ_OK);
 }
 
+asynq_rpc_server_stats
+fx_stats(const fixture *fx)
+{
+	asynq_rpc_server_stats st;
+	asynq_rpc_server_stats_get(fx->srv, &st);
+	return st;
+}
+
 void
 fx_stop(fixture *fx)
 {

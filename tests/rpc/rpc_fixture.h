@@ -96,6 +96,9 @@ void fx_start(fixture *fx, int tcp, const asynq_rpc_server_cfg *scfg,
 
 void fx_stop(fixture *fx);
 
+/* The counters of the fixture's server. */
+asynq_rpc_server_stats fx_stats(const fixture *fx);
+
 asynq_future *call_num(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
     int64_t v);
 

@@ -76,14 +76,6 @@ next_reply(raw_conn *r)
 	}
 }
 
-static asynq_rpc_server_stats
-stats_of(const fixture *fx)
-{
-	asynq_rpc_server_stats st;
-	asynq_rpc_server_stats_get(fx->srv, &st);
-	return st;
-}
-
 static void
 test_no_queue_no_refusal(void **state)
 {
@@ -100,7 +92,7 @@ test_no_queue_no_refusal(void **state)
 		assert_int_equal(o.id, i);
 		assert_int_equal(o.status, ASYNQ_OK);
 	}
-	assert_int_equal(stats_of(&fx).shed, 0);
+	assert_int_equal(fx_stats(&fx).shed, 0);
 	raw_close(&r);
 	fx_stop(&fx);
 }
@@ -135,7 +127,7 @@ test_standing_queue_is_shed_and_refused(void **state)
 	}
 	assert_int_equal(ok, 2);
 	assert_int_equal(shed, 8);
-	assert_int_equal(stats_of(&fx).shed, 8);
+	assert_int_equal(fx_stats(&fx).shed, 8);
 	/* Still overloaded (until an interval passes with a short wait): a
 	 * spin of 1 s is admitted, since nothing waits; while it runs, four
 	 * more requests fit the worker's budget (its least) and the rest are
@@ -170,7 +162,7 @@ test_standing_queue_is_shed_and_refused(void **state)
 			late++;
 		}
 	}
-	asynq_rpc_server_stats st = stats_of(&fx);
+	asynq_rpc_server_stats st = fx_stats(&fx);
 	assert_int_equal(st.shed, 8 + 6 + late);
 	assert_int_equal(st.shed_late, 8 + late);
 	/* The server serves normally once requests stop queueing. */
@@ -196,7 +188,7 @@ test_admission_off(void **state)
 		send_call(&r, M(SPIN), 60, i);
 	for (int i = 0; i < 6; i++)
 		assert_int_equal(next_reply(&r).status, ASYNQ_OK);
-	assert_int_equal(stats_of(&fx).shed, 0);
+	assert_int_equal(fx_stats(&fx).shed, 0);
 	raw_close(&r);
 	fx_stop(&fx);
 }

@@ -19,14 +19,6 @@
 #define FRAME_PING 5
 #define FRAME_PONG 6
 
-static asynq_rpc_server_stats
-stats_of(const fixture *fx)
-{
-	asynq_rpc_server_stats st;
-	asynq_rpc_server_stats_get(fx->srv, &st);
-	return st;
-}
-
 /* Waits up to ms for the peer to close r: the time it took, or -1. Frames
  * that arrive meanwhile are skipped; *goaway says whether one was. */
 static int64_t
@@ -99,7 +91,7 @@ test_handshake_timeout(void **state)
 	assert_true(since < 5000);
 	assert_true(wait_closed(&partial, 5000, NULL) >= 0);
 	assert_true(ping_ok(&late));
-	assert_int_equal(stats_of(&fx).conns_stalled, 2);
+	assert_int_equal(fx_stats(&fx).conns_stalled, 2);
 	raw_close(&silent);
 	raw_close(&late);
 	raw_close(&partial);
@@ -136,7 +128,7 @@ test_frame_timeout(void **state)
 	assert_true(cut);
 	assert_true(ms_since(t0) >= 300);
 	assert_true(ping_ok(&steady));
-	assert_int_equal(stats_of(&fx).conns_stalled, 1);
+	assert_int_equal(fx_stats(&fx).conns_stalled, 1);
 	raw_close(&slow);
 	raw_close(&steady);
 	fx_stop(&fx);
@@ -168,9 +160,9 @@ test_idle_timeout_then_reconnect(void **state)
 	assert_true(ping_ok(&busy));
 	/* The channel's connection went idle too; its next call reconnects
 	 * and succeeds. */
-	while (stats_of(&fx).conns_idle < 2 && ms_since(t0) < 10000)
+	while (fx_stats(&fx).conns_idle < 2 && ms_since(t0) < 10000)
 		usleep(20 * 1000);
-	assert_true(stats_of(&fx).conns_idle >= 2);
+	assert_true(fx_stats(&fx).conns_idle >= 2);
 	f = call_num(fx.ch, M(TWICE), 5);
 	assert_int_equal(asynq_wait(f), ASYNQ_OK);
 	assert_int_equal(num_of(f), 10);
@@ -206,7 +198,7 @@ test_idle_gives_way_at_connection_cap(void **state)
 		c[i] = raw_open(fx.url, 5000);
 		usleep(5 * 1000); /* distinct activity times */
 	}
-	assert_int_equal(stats_of(&fx).conns_evicted, 0);
+	assert_int_equal(fx_stats(&fx).conns_evicted, 0);
 	for (int i = 0; i < 4; i++)
 		assert_true(ping_ok(&c[i]));
 	/* limit+1: the connection idle longest (c[0], pinged first) gives
@@ -216,7 +208,7 @@ test_idle_gives_way_at_connection_cap(void **state)
 	bool goaway = false;
 	assert_true(wait_closed(&c[0], 5000, &goaway) >= 0);
 	assert_true(goaway);
-	assert_int_equal(stats_of(&fx).conns_evicted, 1);
+	assert_int_equal(fx_stats(&fx).conns_evicted, 1);
 	/* With a call in flight on every connection none is idle: a new
 	 * connection is refused at once. */
 	for (int i = 1; i < 5; i++)
@@ -227,7 +219,7 @@ test_idle_gives_way_at_connection_cap(void **state)
 	assert_int_equal(atomic_load(&hold_runs), 4);
 	c[5] = raw_connect(fx.url, 5000, true);
 	assert_true(c[5].fd < 0);
-	assert_int_equal(stats_of(&fx).conns_refused, 1);
+	assert_int_equal(fx_stats(&fx).conns_refused, 1);
 	atomic_store(&hold_release, 1);
 	for (int i = 1; i < 5; i++) {
 		Asynq__Rpc__Reply *rep = NULL;
@@ -390,7 +382,7 @@ test_write_queue_cap(void **state)
 		assert_int_equal(raw_frame(&good, 1, req, len), 0);
 	pthread_join(th, NULL);
 	assert_int_equal(rd.got, rd.want);
-	assert_int_equal(stats_of(&fx).conns_overflowed, 0);
+	assert_int_equal(fx_stats(&fx).conns_overflowed, 0);
 	/* One that never reads, with a small receive buffer: once its
 	 * replies pile up past the cap the server stops reading its requests,
 	 * and 500 ms later cuts it off (a write stall; or, if its sends
@@ -402,7 +394,7 @@ test_write_queue_cap(void **state)
 	setsockopt(bad.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
 	size_t off = 0, sent = 0;
 	uint64_t t0 = asynq_now_ns();
-	asynq_rpc_server_stats st = stats_of(&fx);
+	asynq_rpc_server_stats st = fx_stats(&fx);
 	while (st.conns_overflowed + st.conns_stalled == 0 &&
 	    ms_since(t0) < 20000) {
 		struct pollfd pfd = { .fd = bad.fd, .events = POLLOUT };
@@ -421,9 +413,9 @@ test_write_queue_cap(void **state)
 			if (k < 0 && errno != EAGAIN && errno != EINTR)
 				break; /* cut off */
 		}
-		st = stats_of(&fx);
+		st = fx_stats(&fx);
 	}
-	st = stats_of(&fx);
+	st = fx_stats(&fx);
 	assert_int_equal(st.conns_overflowed + st.conns_stalled, 1);
 	assert_true(sent < 4096);
 	/* The server still serves. */
