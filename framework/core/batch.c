@@ -20,6 +20,13 @@
  *   one wake-up.
  * - Each item holds a reference on its batch; the backend's batch_free runs
  *   when the batch is finished and its last item is gone.
+ * - dedup_keys: the batch keeps an open-addressing table from key to item
+ *   (index + 1, 0 empty, at most half full). A call whose key is there gets
+ *   a follower: an item future that is claimed from birth (nothing can set
+ *   it) and is not among the batch's items, so the flush never sees it. It
+ *   holds a batch reference like an item and is completed, with a copy of
+ *   its item's result, right after that item: in asynqi_batch_finish, or in
+ *   an in-flight cancel for the items the cancel failed.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +68,12 @@ asynqi_batch_free(asynq_batch *b)
 {
 	free(b->items);
 	b->items = NULL;
+	free(b->keys);
+	free(b->follow);
+	free(b->follow_of);
+	b->keys = NULL;
+	b->follow = NULL;
+	b->follow_of = NULL;
 	b->backend->ops->batch_free(b);
 }
 
@@ -83,6 +96,148 @@ batch_new(asynq_sched *s, asynq_backend *be)
 	b->state = BATCH_OPEN;
 	b->seq = ++s->batch_seq;
 	return b;
+}
+
+static size_t
+key_slot(uint64_t key, size_t mask)
+{
+	return (size_t)((key * 0x9e3779b97f4a7c15u) >> 32) & mask;
+}
+
+/* The index + 1 of the item of b with key, or 0. */
+static size_t
+key_find(const asynq_batch *b, int64_t key)
+{
+	if (b->keys == NULL)
+		return 0;
+	for (size_t j = key_slot((uint64_t)key, b->keys_mask); b->keys[j] != 0;
+	     j = (j + 1) & b->keys_mask)
+		if (ASYNQI_ITEM(b->items[b->keys[j] - 1])->key == key)
+			return b->keys[j];
+	return 0;
+}
+
+/* Records the last item of b under its key. Without memory the table is
+ * dropped and rebuilt at the next insert; calls made meanwhile with a key
+ * already there become items of their own (correct, only not folded). */
+static void
+key_insert(asynq_batch *b)
+{
+	size_t n = b->n_items;
+	if (b->keys == NULL || n * 2 > b->keys_mask + 1) {
+		size_t cap = b->keys_mask != 0 ? (b->keys_mask + 1) * 2 : 32;
+		uint32_t *t = calloc(cap, sizeof(*t));
+		free(b->keys);
+		b->keys = t;
+		b->keys_mask = t != NULL ? cap - 1 : 0;
+		if (t == NULL)
+			return;
+		for (size_t i = 0; i + 1 < n; i++) {
+			size_t j = key_slot(
+			    (uint64_t)ASYNQI_ITEM(b->items[i])->key, cap - 1);
+			while (t[j] != 0)
+				j = (j + 1) & (cap - 1);
+			t[j] = (uint32_t)(i + 1);
+		}
+	}
+	size_t j = key_slot((uint64_t)ASYNQI_ITEM(b->items[n - 1])->key,
+	    b->keys_mask);
+	while (b->keys[j] != 0)
+		j = (j + 1) & b->keys_mask;
+	b->keys[j] = (uint32_t)n;
+}
+
+/* A follower of item `of` of b: see the design notes. */
+static asynq_future *
+follower_add(asynq_sched *s, asynq_batch *b, asynq_future *of, size_t of_i)
+{
+	if (b->n_follow == b->cap_follow) {
+		size_t cap = b->cap_follow != 0 ? b->cap_follow * 2 : 8;
+		asynq_future **fs = realloc(b->follow, cap * sizeof(*fs));
+		if (fs == NULL)
+			return NULL;
+		b->follow = fs;
+		size_t *ofs = realloc(b->follow_of, cap * sizeof(*ofs));
+		if (ofs == NULL)
+			return NULL;
+		b->follow_of = ofs;
+		b->cap_follow = cap;
+	}
+	asynq_future *f = asynqi_future_alloc(s, FUT_ITEM);
+	if (f == NULL)
+		return NULL;
+	f->refs = 2; /* the caller's and the batch's */
+	atomic_store_explicit(&f->claimed, true, memory_order_relaxed);
+	ASYNQI_ITEM(f)->batch = b;
+	ASYNQI_ITEM(f)->key = ASYNQI_ITEM(of)->key;
+	ASYNQI_ITEM(f)->req = ASYNQI_ITEM(of)->req;
+	b->follow[b->n_follow] = f;
+	b->follow_of[b->n_follow] = of_i;
+	b->n_follow++;
+	b->refs++;
+	s->stats.items_followed++;
+	return f;
+}
+
+/* Gives follower f a copy of the result of its (computed) item `of`. */
+static void
+follower_copy(asynq_batch *b, asynq_future *f, const asynq_future *of)
+{
+	if (of->status != ASYNQ_OK) {
+		asynq_error *e = of->error;
+		f->status = of->status;
+		f->error = asynq_error_alloc(of->status, "%s",
+		    e != NULL ? asynq_error_message(e)
+		              : asynq_strerror(of->status));
+		return;
+	}
+	f->status = ASYNQ_OK;
+	f->vkind = of->vkind;
+	f->v = of->v;
+	if (of->vkind != VAL_PTR || of->vfree == NULL)
+		return;
+	void (*free_fn)(void *) = NULL;
+	void *p = b->backend->ops->copy != NULL
+	    ? b->backend->ops->copy(b, of->v.p, &free_fn)
+	    : NULL;
+	if (p == NULL) {
+		f->vkind = VAL_NONE;
+		f->v.p = NULL;
+		f->status = b->backend->ops->copy != NULL
+		    ? ASYNQ_RESOURCE_EXHAUSTED
+		    : ASYNQ_FAILED_PRECONDITION;
+		f->error = asynq_error_alloc(f->status,
+		    b->backend->ops->copy != NULL
+		        ? "%s: out of memory copying a result for a caller "
+		          "with the same key"
+		        : "%s: dedup_keys with owned pointer results needs "
+		          "ops->copy",
+		    b->backend->name);
+		return;
+	}
+	f->v.p = p;
+	f->vfree = free_fn;
+}
+
+/* Completes the followers of computed items; all of them when the batch
+ * is done. */
+static void
+followers_finish(asynq_sched *s, asynq_batch *b)
+{
+	for (size_t i = 0; i < b->n_follow; i++) {
+		asynq_future *f = b->follow[i];
+		asynq_future *of = b->items[b->follow_of[i]];
+		if (f->done || !of->done)
+			continue;
+		follower_copy(b, f, of);
+		asynqi_future_complete(s, f);
+	}
+}
+
+size_t
+asynq_batch_followers(const asynq_batch *b)
+{
+	return b->n_follow;
 }
 
 asynq_future *
@@ -115,6 +270,11 @@ asynq_batch_add(asynq_backend *be, int64_t key, void *req)
 		b->items = items;
 		b->cap_items = cap;
 	}
+	if (be->dedup_keys) {
+		size_t of = key_find(b, key);
+		if (of != 0)
+			return follower_add(s, b, b->items[of - 1], of - 1);
+	}
 	asynq_future *f = asynqi_future_alloc(s, FUT_ITEM);
 	if (f == NULL)
 		return NULL;
@@ -124,6 +284,8 @@ asynq_batch_add(asynq_backend *be, int64_t key, void *req)
 	ASYNQI_ITEM(f)->req = req;
 	b->items[b->n_items++] = f;
 	b->refs++;
+	if (be->dedup_keys)
+		key_insert(b);
 	if (b->n_items == 1) {
 		b->next = s->pending;
 		if (s->pending != NULL)
@@ -288,8 +450,11 @@ asynqi_batch_finish(asynq_sched *s, asynq_batch *b)
 			item_fail(b, f, b->result);
 		asynqi_future_complete(s, f);
 	}
+	followers_finish(s, b);
 	for (size_t i = 0; i < b->n_items; i++)
 		asynq_future_rele(b->items[i]);
+	for (size_t i = 0; i < b->n_follow; i++)
+		asynq_future_rele(b->follow[i]);
 	b->refs--;
 	batch_maybe_free(b);
 }
@@ -355,6 +520,7 @@ asynq_batch_cancel(asynq_batch *b)
 				asynqi_future_complete(s, f);
 			}
 		}
+		followers_finish(s, b);
 		if (b->backend->ops->cancel != NULL)
 			b->backend->ops->cancel(b);
 		break;

@@ -616,8 +616,10 @@ test_async_flush_completed_before_scheduler_sleeps(void **state)
 	asynq_future_rele(item);
 }
 
-/* Cancelling a batch while its flush is in flight. */
-static asynq_future *inflight_items[2];
+/* Cancelling a batch while its flush is in flight; with follow, a third
+ * call repeats key 1 (dedup_keys) and must fail once with the others. */
+static asynq_future *inflight_items[3];
+static bool follow;
 
 static asynq_status
 cancelled_lookup_task(asynq_task *t, void *arg)
@@ -627,12 +629,16 @@ cancelled_lookup_task(asynq_task *t, void *arg)
 	(void)arg;
 	inflight_items[0] = asynq_batch_add(&dls[0].base, 1, NULL);
 	inflight_items[1] = asynq_batch_add(&dls[0].base, 2, NULL);
-	st = asynq_await_all(t, inflight_items, 2);
+	size_t n = 2;
+	if (follow)
+		inflight_items[n++] = asynq_batch_add(&dls[0].base, 1, NULL);
+	st = asynq_await_all(t, inflight_items, n);
 	TCHECK_STATUS(st, ASYNQ_CANCELLED);
-	TCHECK_STATUS(asynq_future_status(inflight_items[0]), ASYNQ_CANCELLED);
-	TCHECK_STATUS(asynq_future_status(inflight_items[1]), ASYNQ_CANCELLED);
+	for (size_t i = 0; i < n; i++)
+		TCHECK_STATUS(asynq_future_status(inflight_items[i]),
+		    ASYNQ_CANCELLED);
 	/* Dropped while the worker still has the batch. */
-	asynq_future_rele_n(inflight_items, 2);
+	asynq_future_rele_n(inflight_items, n);
 	return st;
 }
 
@@ -655,19 +661,22 @@ canceller_task(asynq_task *t, void *arg)
 	TCHECK_INT(cancel_calls, 1);
 	TCHECK(asynq_future_done(inflight_items[0]));
 	TCHECK(asynq_future_done(inflight_items[1]));
+	if (follow)
+		TCHECK(asynq_future_done(inflight_items[2]));
 	/* Let the worker reply now: too late for the cancelled items. */
 	gate_set(true);
 	return ASYNQ_OK;
 }
 
 static void
-test_async_flush_cancel_in_flight_batch(void **state)
+cancel_in_flight(bool with_follower)
 {
 	asynq_future *fs[2], *after;
 	asynq_status st;
 
-	(void)state;
 	dl_init(0, 0);
+	follow = with_follower;
+	dls[0].base.dedup_keys = with_follower;
 	dls[0].gated = true;
 	asynq_debug_backend_init(&sync_dbg, "sync-debug", false);
 	sync_dbg_ready = true;
@@ -682,11 +691,51 @@ test_async_flush_cancel_in_flight_batch(void **state)
 	/* The worker still completes the cancelled batch, exactly once; the
 	 * scheduler takes that completion and keeps working. */
 	join_workers();
+	int worker_sets_ok_first = (int)atomic_load(&worker_sets_ok);
 	after = asynq_batch_add(&dls[0].base, 3, NULL);
 	assert_status(asynq_wait(after), ASYNQ_OK);
 	join_workers();
 	assert_int_equal(asynq_future_i64(after), 9);
+	/* Every set came too late; the repeated key was folded. */
+	assert_int_equal(worker_sets_ok_first, 0);
+	assert_int_equal(tu_stats().items_followed, with_follower ? 1 : 0);
 	asynq_future_rele(after);
+}
+
+static void
+test_async_flush_cancel_in_flight_batch(void **state)
+{
+	(void)state;
+	cancel_in_flight(false);
+}
+
+static void
+test_async_flush_cancel_in_flight_fails_followers_once(void **state)
+{
+	(void)state;
+	cancel_in_flight(true);
+}
+
+/* Followers of a deferred flush get their items' results when the
+ * completion arrives from the worker thread. */
+static void
+test_async_flush_followers_get_results_from_the_worker(void **state)
+{
+	static const int64_t keys[] = { 4, 4, 2, 4, 2 };
+	asynq_future *fs[5];
+
+	(void)state;
+	dl_init(0, 1);
+	dls[0].base.dedup_keys = true;
+	for (int i = 0; i < 5; i++)
+		fs[i] = asynq_batch_add(&dls[0].base, keys[i], NULL);
+	assert_status(asynq_wait_all(fs, 5), ASYNQ_OK);
+	join_workers();
+	assert_int_equal(dls[0].flushes, 1);
+	assert_int_equal(atomic_load(&worker_sets_ok), 2);
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(asynq_future_i64(fs[i]), 3 * keys[i]);
+	asynq_future_rele_n(fs, 5);
 }
 
 int
@@ -704,6 +753,10 @@ main(void)
 		ASYNC_TEST(test_async_flush_other_tasks_run_while_in_flight),
 		ASYNC_TEST(test_async_flush_completed_before_scheduler_sleeps),
 		ASYNC_TEST(test_async_flush_cancel_in_flight_batch),
+		ASYNC_TEST(
+		    test_async_flush_cancel_in_flight_fails_followers_once),
+		ASYNC_TEST(
+		    test_async_flush_followers_get_results_from_the_worker),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

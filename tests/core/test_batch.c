@@ -84,6 +84,23 @@ static const asynq_backend_ops rec_ops = {
 	.batch_free = rec_batch_free,
 };
 
+static void counting_free(void *p);
+
+static void *
+copy_string(asynq_batch *b, const void *p, void (**free_fn)(void *))
+{
+	(void)b;
+	*free_fn = counting_free;
+	return strdup(p);
+}
+
+static const asynq_backend_ops rec_ops_copy = {
+	.batch_alloc = rec_batch_alloc,
+	.flush = rec_flush,
+	.batch_free = rec_batch_free,
+	.copy = copy_string,
+};
+
 static const asynq_backend_ops rec_ops_fewest_first = {
 	.batch_alloc = rec_batch_alloc,
 	.flush = rec_flush,
@@ -141,6 +158,32 @@ fill_string(asynq_future *item, size_t i)
 	char *s = malloc(16);
 
 	snprintf(s, 16, "item-%zu", i);
+	TCHECK_STATUS(asynq_item_set_ptr(item, s, counting_free), ASYNQ_OK);
+}
+
+/* Odd keys are missing (NOT_FOUND), even ones double. */
+static void
+fill_odd_missing(asynq_future *item, size_t i)
+{
+	int64_t k = asynq_item_key(item);
+
+	(void)i;
+	if (k % 2 == 0)
+		TCHECK_STATUS(asynq_item_set_i64(item, 2 * k), ASYNQ_OK);
+	else
+		TCHECK_STATUS(asynq_item_set_error(item,
+		                  asynq_error_alloc(ASYNQ_NOT_FOUND,
+		                      "no key %lld", (long long)k)),
+		    ASYNQ_OK);
+}
+
+static void
+fill_key_string(asynq_future *item, size_t i)
+{
+	char *s = malloc(16);
+
+	(void)i;
+	snprintf(s, 16, "key-%lld", (long long)asynq_item_key(item));
 	TCHECK_STATUS(asynq_item_set_ptr(item, s, counting_free), ASYNQ_OK);
 }
 
@@ -732,6 +775,174 @@ test_batch_every_batch_freed(void **state)
 	assert_int_equal(rec_a.batches_freed, 3);
 }
 
+
+/* ---- dedup_keys ------------------------------------------------------ */
+
+static void
+test_batch_dedup_keys_flush_sees_each_key_once(void **state)
+{
+	static const int64_t keys[] = { 5, 3, 9, 3, 5, 5 };
+	asynq_future *fs[6];
+	uint64_t before = tu_stats().items_followed;
+
+	(void)state;
+	rec_init(&rec_a, &rec_a_ready, &rec_ops, 'A', fill_double_key);
+	rec_a.base.dedup_keys = true;
+	rec_a.log_keys = true;
+	for (int i = 0; i < 6; i++)
+		fs[i] = asynq_batch_add(&rec_a.base, keys[i], NULL);
+	asynq_batch *b = asynq_item_batch(fs[0]);
+	assert_int_equal(asynq_batch_size(b), 3);
+	assert_int_equal(asynq_batch_followers(b), 3);
+	/* A follower answers for its key like an item. */
+	assert_int_equal(asynq_item_key(fs[3]), 3);
+	assert_ptr_equal(asynq_item_batch(fs[5]), b);
+	assert_status(asynq_wait_all(fs, 6), ASYNQ_OK);
+	assert_string_equal(tu_log_str(), "A3 k5 k3 k9 ");
+	for (int i = 0; i < 6; i++)
+		assert_int_equal(asynq_future_i64(fs[i]), 2 * keys[i]);
+	assert_int_equal(tu_stats().items_followed - before, 3);
+	/* A follower cannot be set by the backend. */
+	assert_status(asynq_item_set_i64(fs[3], 1), ASYNQ_FAILED_PRECONDITION);
+	asynq_future_rele_n(fs, 6);
+	/* The next batch starts empty: the same keys are new there. */
+	fs[0] = asynq_batch_add(&rec_a.base, 5, NULL);
+	fs[1] = asynq_batch_add(&rec_a.base, 5, NULL);
+	assert_status(asynq_wait_all(fs, 2), ASYNQ_OK);
+	assert_string_equal(tu_log_str(), "A3 k5 k3 k9 A1 k5 ");
+	assert_int_equal(asynq_future_i64(fs[1]), 10);
+	asynq_future_rele_n(fs, 2);
+	ASSERT_TASK_CHECKS(16);
+}
+
+static void
+test_batch_dedup_keys_many_keys_grow_the_table(void **state)
+{
+	enum { N = 3000 };
+	asynq_future **fs = calloc(2 * N, sizeof(*fs));
+
+	(void)state;
+	rec_init(&rec_a, &rec_a_ready, &rec_ops, 'A', fill_double_key);
+	rec_a.base.dedup_keys = true;
+	/* Keys that collide in low bits: multiples of 1024. */
+	for (int i = 0; i < 2 * N; i++)
+		fs[i] = asynq_batch_add(&rec_a.base, (int64_t)(i % N) * 1024,
+		    NULL);
+	assert_int_equal(asynq_batch_size(asynq_item_batch(fs[0])), N);
+	assert_status(asynq_wait_all(fs, 2 * N), ASYNQ_OK);
+	assert_int_equal(rec_a.flushes, 1);
+	for (int i = 0; i < 2 * N; i++)
+		assert_int_equal(asynq_future_i64(fs[i]),
+		    2 * (int64_t)(i % N) * 1024);
+	asynq_future_rele_n(fs, 2 * N);
+	free(fs);
+}
+
+static void
+test_batch_dedup_keys_error_reaches_only_its_key(void **state)
+{
+	static const int64_t keys[] = { 1, 2, 1, 2, 3, 1 };
+	asynq_future *fs[6];
+
+	(void)state;
+	rec_init(&rec_a, &rec_a_ready, &rec_ops, 'A', fill_odd_missing);
+	rec_a.base.dedup_keys = true;
+	for (int i = 0; i < 6; i++)
+		fs[i] = asynq_batch_add(&rec_a.base, keys[i], NULL);
+	assert_status(asynq_wait_all(fs, 6), ASYNQ_NOT_FOUND);
+	assert_int_equal(rec_a.flushes, 1);
+	for (int i = 0; i < 6; i++) {
+		if (keys[i] % 2 == 0) {
+			assert_status(asynq_future_status(fs[i]), ASYNQ_OK);
+			assert_int_equal(asynq_future_i64(fs[i]), 4);
+			continue;
+		}
+		char want[16];
+		snprintf(want, sizeof(want), "no key %lld",
+		    (long long)keys[i]);
+		assert_status(asynq_future_status(fs[i]), ASYNQ_NOT_FOUND);
+		assert_string_equal(
+		    asynq_error_message(asynq_future_error(fs[i])), want);
+	}
+	/* Each caller has an error of its own. */
+	assert_ptr_not_equal(asynq_future_error(fs[0]),
+	    asynq_future_error(fs[2]));
+	asynq_future_rele_n(fs, 6);
+}
+
+static void
+test_batch_dedup_keys_owned_results_are_copied(void **state)
+{
+	asynq_future *fs[3];
+	char *a, *b;
+
+	(void)state;
+	rec_init(&rec_a, &rec_a_ready, &rec_ops_copy, 'A', fill_key_string);
+	rec_a.base.dedup_keys = true;
+	for (int i = 0; i < 3; i++)
+		fs[i] = asynq_batch_add(&rec_a.base, 7, NULL);
+	assert_status(asynq_wait_all(fs, 3), ASYNQ_OK);
+	/* Each caller owns its own copy: taking one leaves the others. */
+	a = asynq_future_take(fs[0]);
+	b = asynq_future_take(fs[1]);
+	assert_ptr_not_equal(a, b);
+	assert_string_equal(a, "key-7");
+	assert_string_equal(b, "key-7");
+	assert_string_equal(asynq_future_ptr(fs[2]), "key-7");
+	free(a);
+	free(b);
+	asynq_future_rele_n(fs, 3);
+	assert_int_equal(free_calls, 1);
+}
+
+static void
+test_batch_dedup_keys_owned_results_without_copy_fail_clearly(void **state)
+{
+	asynq_future *fs[2];
+
+	(void)state;
+	rec_init(&rec_a, &rec_a_ready, &rec_ops, 'A', fill_key_string);
+	rec_a.base.dedup_keys = true;
+	fs[0] = asynq_batch_add(&rec_a.base, 7, NULL);
+	fs[1] = asynq_batch_add(&rec_a.base, 7, NULL);
+	assert_status(asynq_wait_all(fs, 2), ASYNQ_FAILED_PRECONDITION);
+	assert_string_equal(asynq_future_ptr(fs[0]), "key-7");
+	assert_status(asynq_future_status(fs[1]), ASYNQ_FAILED_PRECONDITION);
+	assert_string_equal(asynq_error_message(asynq_future_error(fs[1])),
+	    "rec-a: dedup_keys with owned pointer results needs ops->copy");
+	asynq_future_rele_n(fs, 2);
+	assert_int_equal(free_calls, 1);
+}
+
+static void
+test_batch_dedup_keys_failed_or_cancelled_batch_fails_every_caller(
+    void **state)
+{
+	asynq_future *fs[4];
+
+	(void)state;
+	/* A flush that fails. */
+	rec_init(&rec_a, &rec_a_ready, &rec_ops, 'A', NULL);
+	rec_a.base.dedup_keys = true;
+	rec_a.flush_status = ASYNQ_UNAVAILABLE;
+	for (int i = 0; i < 4; i++)
+		fs[i] = asynq_batch_add(&rec_a.base, i % 2, NULL);
+	assert_status(asynq_wait_all(fs, 4), ASYNQ_UNAVAILABLE);
+	for (int i = 0; i < 4; i++)
+		assert_status(asynq_future_status(fs[i]), ASYNQ_UNAVAILABLE);
+	asynq_future_rele_n(fs, 4);
+	/* A batch cancelled before its flush. */
+	for (int i = 0; i < 4; i++)
+		fs[i] = asynq_batch_add(&rec_a.base, 9, NULL);
+	asynq_batch_cancel(asynq_item_batch(fs[0]));
+	for (int i = 0; i < 4; i++) {
+		assert_true(asynq_future_done(fs[i]));
+		assert_status(asynq_future_status(fs[i]), ASYNQ_CANCELLED);
+	}
+	assert_int_equal(rec_a.flushes, 1);
+	asynq_future_rele_n(fs, 4);
+}
+
 int
 main(void)
 {
@@ -755,6 +966,14 @@ main(void)
 		BATCH_TEST(test_batch_item_error_result),
 		BATCH_TEST(test_batch_backend_fini_cancels_active_batch),
 		BATCH_TEST(test_batch_every_batch_freed),
+		BATCH_TEST(test_batch_dedup_keys_flush_sees_each_key_once),
+		BATCH_TEST(test_batch_dedup_keys_many_keys_grow_the_table),
+		BATCH_TEST(test_batch_dedup_keys_error_reaches_only_its_key),
+		BATCH_TEST(test_batch_dedup_keys_owned_results_are_copied),
+		BATCH_TEST(
+		    test_batch_dedup_keys_owned_results_without_copy_fail_clearly),
+		BATCH_TEST(
+		    test_batch_dedup_keys_failed_or_cancelled_batch_fails_every_caller),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

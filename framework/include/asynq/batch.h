@@ -48,6 +48,11 @@ typedef struct asynq_backend_ops {
 	int64_t (*priority)(const asynq_batch *b);
 	/* Free a batch made by batch_alloc, after its items are finished. */
 	void (*batch_free)(asynq_batch *b);
+	/* Optional, for backends with dedup_keys whose items own pointer
+	 * results (set with a free_fn): return a copy of p, owned by the
+	 * caller, freed with *free_fn; NULL without memory. Scheduler
+	 * thread, while the batch finishes. */
+	void *(*copy)(asynq_batch *b, const void *p, void (**free_fn)(void *));
 } asynq_backend_ops;
 
 struct asynq_backend {
@@ -63,6 +68,13 @@ struct asynq_backend {
 	 * requests) join it; other batches and tasks run as usual. */
 	size_t flush_at;
 	uint64_t flush_delay_ns;
+	/* dedup_keys: an item whose key is already in the active batch is not
+	 * added to it: the caller gets a follower future that receives a copy
+	 * of the first item's result when the batch finishes (the integer,
+	 * the borrowed pointer, ops->copy of an owned pointer, the error's
+	 * code and message), so the flush sees each key once, as a
+	 * DataLoader's batch function does. Set it before the first item. */
+	bool dedup_keys;
 	asynq_batch *active;    /* framework's: the batch new items join */
 	asynq_sched *sched;     /* framework's: owner, set on first item */
 };
@@ -81,6 +93,11 @@ struct asynq_batch {
 	asynq_post post;          /* completion, posted to the scheduler */
 	uint64_t seq;
 	uint64_t due;             /* flush_delay_ns: not flushed before */
+	uint32_t *keys;           /* dedup_keys: item index + 1 by key hash */
+	size_t keys_mask;
+	asynq_future **follow;    /* followers, and the item each follows */
+	size_t *follow_of;
+	size_t n_follow, cap_follow;
 };
 
 /* asynq_backend_init prepares an embedded backend. */
@@ -99,6 +116,10 @@ asynq_future *asynq_batch_add(asynq_backend *be, int64_t key, void *req);
 /* asynq_batch_size returns the number of items in b. */
 size_t asynq_batch_size(const asynq_batch *b);
 
+/* asynq_batch_followers returns how many calls of b were folded into an
+ * item with the same key (dedup_keys): b served asynq_batch_size(b) +
+ * asynq_batch_followers(b) callers. */
+size_t asynq_batch_followers(const asynq_batch *b);
 /* asynq_batch_item returns item i of b (borrowed); items keep the order in
  * which they were added. */
 asynq_future *asynq_batch_item(const asynq_batch *b, size_t i);

@@ -67,6 +67,8 @@ typedef struct asynq_sched_stats {
 	uint64_t flushes;           /* batch flushes started */
 	uint64_t async_flushes;     /* of which completed from a completion */
 	uint64_t batches_cancelled; /* batches cancelled */
+	uint64_t items_followed;    /* batch calls folded into an identical
+	                               key's item (dedup_keys) */
 	uint64_t callback_failures; /* on-done callbacks that failed */
 	uint64_t context_failures;  /* context pause/resume failures */
 	uint64_t sleeps;            /* times the scheduler slept for I/O */
