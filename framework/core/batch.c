@@ -234,6 +234,24 @@ followers_finish(asynq_sched *s, asynq_batch *b)
 	}
 }
 
+asynq_batch *
+asynq_backend_active(const asynq_backend *be)
+{
+	asynq_batch *b = be->active;
+	if (b == NULL || b->state != BATCH_OPEN ||
+	    (be->flush_at != 0 && b->n_items >= be->flush_at))
+		return NULL;
+	return b;
+}
+
+asynq_future *
+asynq_batch_follow(asynq_batch *b, size_t i)
+{
+	if (b == NULL || b->state != BATCH_OPEN || i >= b->n_items)
+		return NULL;
+	return follower_add(b->sched, b, b->items[i], i);
+}
+
 size_t
 asynq_batch_followers(const asynq_batch *b)
 {

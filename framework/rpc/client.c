@@ -14,6 +14,14 @@
  *   requests of at most max_calls calls and max_msg_bytes bytes and sends
  *   each as [frame header][method table, first request of a connection]
  *   [calls][shared metadata][trailer] with no copy of the calls.
+ * - Collapsing: a call to an idempotent method whose method, metadata
+ *   (by content) and payload bytes equal those of a call already in the active
+ *   batch is not encoded again: it becomes a follower of that call's item
+ *   (asynq_batch_follow), which gets a copy of the reply (rpc_copy) or of
+ *   the error when the batch finishes, and lends the first call its
+ *   deadline if earlier. The batch finds them through a hash table of its
+ *   collapsible records. Followers are not records: item index = record
+ *   index = call_id still holds.
  * - A batch's metadata chain is the first call's: it goes once into every
  *   request of the batch; a call made under another chain carries its own
  *   with own_metadata set.
@@ -118,7 +126,8 @@ struct asynq_rpc_channel {
 	atomic_uint_fast64_t next_request_id;
 	asynqi_buf table; /* Request.methods of the whole service */
 	atomic_uint_fast64_t calls, requests, failures, resends, refused,
-	    retries;
+	    retries, sent_calls, collapsed;
+	bool collapse; /* identical idempotent calls of a batch go once */
 	/* Retry throttling, under mu: tokens (thousandths) of at most
 	 * tokens_max; a refused request takes a whole one, a request answered
 	 * gives token_milli back; refused requests go to another replica only
@@ -170,6 +179,9 @@ typedef struct call_rec {
 	int64_t deadline; /* monotonic ns */
 	asynqi_md_node *md;
 	bool answered; /* its result was set (reader, while handling) */
+	/* Collapsible calls: the payload's place in the buffer and hash. */
+	size_t poff, plen;
+	uint64_t hash;
 } call_rec;
 
 struct sub_req {
@@ -218,6 +230,9 @@ struct rpc_batch {
 	uint64_t first_id;  /* request_id of subs[0]; the others follow */
 	int64_t default_dl; /* the default deadline of its calls, or 0 */
 	int64_t min_dl;     /* the earliest deadline of its calls */
+	/* Collapsible calls by hash: record index + 1, 0 empty. */
+	uint32_t *ctab;
+	size_t ctab_mask, n_ctab;
 };
 
 static atomic_uint_fast64_t next_channel_id = 1;
@@ -243,6 +258,7 @@ batch_rele(rpc_batch *b)
 		asynqi_md_rele(b->recs[i].md);
 	free(b->recs);
 	free(b->subs);
+	free(b->ctab);
 	asynqi_buf_fini(&b->buf);
 	asynqi_buf_fini(&b->mdbuf);
 	chan_backend *be = b->be;
@@ -1337,6 +1353,26 @@ rpc_batch_cancel(asynq_batch *base)
 	}
 }
 
+/* A collapsed call's own copy of the reply its item got. */
+static void *
+rpc_copy(asynq_batch *base, const void *p, void (**free_fn)(void *))
+{
+	(void)base;
+	const ProtobufCMessage *m = p;
+	size_t n = protobuf_c_message_get_packed_size(m);
+	uint8_t small[512];
+	uint8_t *tmp = n <= sizeof(small) ? small : malloc(n);
+	if (tmp == NULL)
+		return NULL;
+	protobuf_c_message_pack(m, tmp);
+	ProtobufCMessage *out =
+	    protobuf_c_message_unpack(m->descriptor, NULL, n, tmp);
+	if (tmp != small)
+		free(tmp);
+	*free_fn = asynqi_rpc_free_msg;
+	return out;
+}
+
 static asynq_status rpc_batch_flush(asynq_batch *base);
 
 static const asynq_backend_ops rpc_backend_ops = {
@@ -1344,6 +1380,7 @@ static const asynq_backend_ops rpc_backend_ops = {
 	.flush = rpc_batch_flush,
 	.cancel = rpc_batch_cancel,
 	.batch_free = rpc_batch_free,
+	.copy = rpc_copy,
 };
 
 /* The calling thread's backend for ch's calls that wait for ready (wfr)
@@ -1489,6 +1526,106 @@ dl_insert(chan_backend *be, sub_req *q)
 
 /* ---- Calls --------------------------------------------------------------- */
 
+/* A collapsible call's key: method, metadata chain and payload bytes. */
+static uint64_t
+call_hash(const uint8_t *p, size_t n, const asynq_rpc_method_desc *m,
+    const asynqi_md_node *md)
+{
+	uint64_t mdk = md != NULL ? md->wire * 131 + md->depth : 0;
+	uint64_t h = ((uint64_t)(uintptr_t)m * 0x9e3779b97f4a7c15u) ^
+	    (mdk * 0xc2b2ae3d27d4eb4fu) ^ n;
+	while (n >= 8) {
+		uint64_t w;
+		memcpy(&w, p, 8);
+		h = (h ^ w) * 0x100000001b3u;
+		h ^= h >> 29;
+		p += 8;
+		n -= 8;
+	}
+	uint64_t w = 0;
+	memcpy(&w, p, n);
+	h = (h ^ w) * 0x100000001b3u;
+	return h ^ (h >> 32);
+}
+
+/* Whether two metadata chains say the same (each push makes a node of its
+ * own, so equal chains are often different nodes). */
+static bool
+md_equal(const asynqi_md_node *a, const asynqi_md_node *b)
+{
+	for (; a != b; a = a->prev, b = b->prev) {
+		if (a == NULL || b == NULL || a->depth != b->depth ||
+		    a->wire != b->wire || a->len != b->len ||
+		    strcmp(a->key, b->key) != 0 ||
+		    memcmp(a->val, b->val, a->len) != 0)
+			return false;
+	}
+	return true;
+}
+
+/* The record index + 1 of a call of b equal to the one whose payload is
+ * at poff (not yet a record), or 0. */
+static size_t
+ctab_find(const rpc_batch *b, uint64_t h, const asynq_rpc_method_desc *m,
+    const asynqi_md_node *md, size_t poff, size_t plen)
+{
+	for (size_t j = (size_t)h & b->ctab_mask; b->ctab[j] != 0;
+	     j = (j + 1) & b->ctab_mask) {
+		const call_rec *r = &b->recs[b->ctab[j] - 1];
+		if (r->hash == h && r->m == m && r->plen == plen &&
+		    memcmp(b->buf.p + r->poff, b->buf.p + poff, plen) ==
+		        0 &&
+		    md_equal(r->md, md))
+			return b->ctab[j];
+	}
+	return 0;
+}
+
+/* Records call idx of b as collapsible. Without memory the table goes and
+ * is rebuilt at the next insert: calls meanwhile are just not collapsed. */
+static void
+ctab_insert(rpc_batch *b, size_t idx)
+{
+	if (b->ctab == NULL || (b->n_ctab + 1) * 2 > b->ctab_mask + 1) {
+		size_t cap = b->ctab != NULL ? (b->ctab_mask + 1) * 2 : 32;
+		uint32_t *t = calloc(cap, sizeof(*t));
+		free(b->ctab);
+		b->ctab = t;
+		b->ctab_mask = t != NULL ? cap - 1 : 0;
+		b->n_ctab = 0;
+		if (t == NULL)
+			return;
+		for (size_t i = 0; i < idx; i++) {
+			if (!b->recs[i].m->idempotent)
+				continue;
+			size_t j = (size_t)b->recs[i].hash & (cap - 1);
+			while (t[j] != 0)
+				j = (j + 1) & (cap - 1);
+			t[j] = (uint32_t)(i + 1);
+			b->n_ctab++;
+		}
+	}
+	size_t j = (size_t)b->recs[idx].hash & b->ctab_mask;
+	while (b->ctab[j] != 0)
+		j = (j + 1) & b->ctab_mask;
+	b->ctab[j] = (uint32_t)(idx + 1);
+	b->n_ctab++;
+}
+
+/* A call that cannot get a record: it fails as an item of its own, so
+ * that item indexes keep matching records. */
+static asynq_future *
+call_oom(chan_backend *be, rpc_batch *b, asynq_future *f,
+    const asynq_rpc_method_desc *m)
+{
+	if (f == NULL && (f = asynq_batch_add(&be->base, 0, NULL)) == NULL)
+		return NULL;
+	(void)b;
+	asynq_item_set_error(f, asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
+	                            "rpc %s: out of memory", m->full_name));
+	return f;
+}
+
 asynq_future *
 asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
     const ProtobufCMessage *req)
@@ -1512,10 +1649,19 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	if (be == NULL)
 		return NULL;
 	int64_t dl_rt = asynq_rpc_deadline_get();
-	asynq_future *f = asynq_batch_add(&be->base, 0, NULL);
-	if (f == NULL)
-		return NULL;
-	rpc_batch *b = (rpc_batch *)asynq_item_batch(f);
+	/* A collapsible call looks for its twin in the batch it would join
+	 * before it becomes an item of its own; others join at once. */
+	bool collapsible = ch->collapse && m->idempotent;
+	rpc_batch *b = collapsible
+	    ? (rpc_batch *)asynq_backend_active(&be->base)
+	    : NULL;
+	asynq_future *f = NULL;
+	collapsible = b != NULL;
+	if (b == NULL) {
+		if ((f = asynq_batch_add(&be->base, 0, NULL)) == NULL)
+			return NULL;
+		b = (rpc_batch *)asynq_item_batch(f);
+	}
 	/* A call without a deadline of its own gets the default one from
 	 * the batch's first such call: one clock read per batch. */
 	int64_t deadline;
@@ -1532,13 +1678,8 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	if (b->n_recs == b->cap_recs) {
 		size_t cap = b->cap_recs != 0 ? b->cap_recs * 2 : 16;
 		call_rec *r = realloc(b->recs, cap * sizeof(*r));
-		if (r == NULL) {
-			/* Keep the item's index equal to its record's. */
-			asynq_item_set_error(f,
-			    asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
-			        "rpc %s: out of memory", m->full_name));
-			return f;
-		}
+		if (r == NULL)
+			return call_oom(be, b, f, m);
 		b->recs = r;
 		b->cap_recs = cap;
 	}
@@ -1559,10 +1700,11 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	    mdw;
 	asynqi_buf *buf = &b->buf;
 	size_t off = buf->len;
+	size_t poff = 0;
 	/* The whole Request.calls field at once: reserved, then written. */
 	uint8_t *d = asynqi_buf_reserve(buf, 1 + 10 + body);
+	uint8_t *p = d;
 	if (d != NULL) {
-		uint8_t *p = d;
 		*p++ = (1 << 3) | 2;
 		p += put_varint(p, body);
 		if (idx != 0) {
@@ -1572,6 +1714,7 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		if (plen != 0) {
 			*p++ = (3 << 3) | 2;
 			p += put_varint(p, plen);
+			poff = off + (size_t)(p - d);
 			protobuf_c_message_pack(req, p);
 			p += plen;
 		}
@@ -1584,6 +1727,33 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 			memcpy(p, m->full_name, nlen);
 			p += nlen;
 		}
+	}
+	uint64_t h = 0;
+	if (d != NULL && m->idempotent && ch->collapse) {
+		h = call_hash(buf->p + poff, plen, m, md);
+		size_t twin = collapsible && b->ctab != NULL
+		    ? ctab_find(b, h, m, md, poff, plen)
+		    : 0;
+		if (twin != 0) {
+			/* Sent once: the bytes just written are dropped. */
+			call_rec *r = &b->recs[twin - 1];
+			if (deadline < r->deadline)
+				r->deadline = deadline;
+			f = asynq_batch_follow(&b->base, twin - 1);
+			if (f != NULL)
+				atomic_fetch_add_explicit(&ch->collapsed, 1,
+				    memory_order_relaxed);
+			return f;
+		}
+	}
+	if (f == NULL) {
+		if ((f = asynq_batch_add(&be->base, 0, NULL)) == NULL)
+			return NULL;
+		/* asynq_backend_active said this add joins b. */
+		if (asynq_item_batch(f) != &b->base)
+			abort();
+	}
+	if (d != NULL) {
 		buf->len += (size_t)(p - d);
 		if (own) {
 			asynqi_md_write(buf, 4, md);
@@ -1592,7 +1762,9 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		}
 	}
 	b->recs[b->n_recs++] = (call_rec){ m, off, buf->len - off, deadline,
-		asynqi_md_hold(md), false };
+		asynqi_md_hold(md), false, poff, plen, h };
+	if (d != NULL && m->idempotent && ch->collapse)
+		ctab_insert(b, idx);
 	if (buf->failed)
 		asynq_item_set_error(f,
 		    asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
@@ -1626,6 +1798,7 @@ rpc_batch_flush(asynq_batch *base)
 		asynqi_md_write(&b->mdbuf, 3, b->base_md);
 	if (b->mdbuf.failed)
 		return ASYNQ_RESOURCE_EXHAUSTED;
+	atomic_fetch_add_explicit(&ch->sent_calls, n, memory_order_relaxed);
 	/* Requests of at most max_calls calls and max_msg_bytes bytes (the
 	 * Request as first sent), cut greedily in call order. */
 	int64_t t_split = mono_ns();
@@ -1851,6 +2024,7 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	ch->max_msg_bytes =
 	    cfg->max_msg_bytes != 0 ? cfg->max_msg_bytes : DEFAULT_MAX_MSG;
 	ch->wait_for_ready = cfg->wait_for_ready;
+	ch->collapse = !cfg->no_collapse;
 	atomic_init(&ch->next_request_id, 0);
 	atomic_init(&ch->calls, 0);
 	atomic_init(&ch->requests, 0);
@@ -2018,4 +2192,6 @@ asynq_rpc_channel_stats_get(const asynq_rpc_channel *ch,
 	out->resends = atomic_load(&c->resends);
 	out->refused = atomic_load(&c->refused);
 	out->retries = atomic_load(&c->retries);
+	out->sent_calls = atomic_load(&c->sent_calls);
+	out->collapsed = atomic_load(&c->collapsed);
 }

@@ -169,6 +169,8 @@ typedef struct svc_counters {
 	                          average batch size) */
 	uint64_t sql;          /* SQL statements run */
 	uint64_t out_calls;    /* calls made to other services */
+	uint64_t out_sent;     /* of which sent (identical calls of a batch
+	                          go once) */
 	uint64_t out_requests; /* requests they went out in */
 	uint64_t shed;         /* requests admission control refused (the
 	                          server was overloaded), not run */

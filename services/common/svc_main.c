@@ -267,10 +267,12 @@ log_delta(const char *name, const svc_counters *now, const svc_counters *was)
 {
 	uint64_t calls = now->calls - was->calls;
 	uint64_t reqs = now->requests - was->requests;
-	char out[96] = "", shed[64] = "";
+	char out[128] = "", shed[64] = "";
 	if (now->out_calls != was->out_calls)
-		snprintf(out, sizeof(out), " out_calls=%llu out_requests=%llu",
+		snprintf(out, sizeof(out),
+		    " out_calls=%llu out_sent=%llu out_requests=%llu",
 		    (unsigned long long)(now->out_calls - was->out_calls),
+		    (unsigned long long)(now->out_sent - was->out_sent),
 		    (unsigned long long)(now->out_requests -
 		        was->out_requests));
 	/* Only when it happened: an unloaded service's line stays as it was. */

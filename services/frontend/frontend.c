@@ -346,12 +346,13 @@ static const asynq_rpc_handler frontend_handlers[] = {
 
 static asynq_status
 channel_open(asynq_rpc_channel **chp, const asynq_rpc_service_desc *svc,
-    const char *url, size_t max_calls)
+    const char *url, const frontend_cfg *fc)
 {
 	const char *urls[] = { url };
 	asynq_rpc_channel_cfg cfg = { .urls = urls,
 		.n_urls = 1,
-		.max_calls = max_calls };
+		.max_calls = fc->max_calls,
+		.no_collapse = fc->no_collapse };
 	return asynq_rpc_channel_alloc(chp, svc, &cfg);
 }
 
@@ -374,15 +375,15 @@ frontend_service_alloc_cfg(frontend_service **sp, const frontend_cfg *cfg)
 	if (s == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
 	if ((rv = channel_open(&s->users, &asynq__users__users__asynq_desc,
-	         cfg->users_url, cfg->max_calls)) != ASYNQ_OK)
+	         cfg->users_url, cfg)) != ASYNQ_OK)
 		goto fail_users;
 	if ((rv = channel_open(&s->answers,
 	         &asynq__answers__answers__asynq_desc, cfg->answers_url,
-	         cfg->max_calls)) != ASYNQ_OK)
+	         cfg)) != ASYNQ_OK)
 		goto fail_answers;
 	if (cfg->cache_url != NULL &&
 	    (rv = channel_open(&s->cache, &asynq__cache__cache__asynq_desc,
-	         cfg->cache_url, cfg->max_calls)) != ASYNQ_OK)
+	         cfg->cache_url, cfg)) != ASYNQ_OK)
 		goto fail_cache;
 	*sp = s;
 	return ASYNQ_OK;
@@ -429,15 +430,13 @@ frontend_service_counters(void *arg, svc_counters *out)
 	asynq_rpc_channel_stats cs;
 	if (s->srv != NULL)
 		svc_server_counters(s->srv, out);
-	asynq_rpc_channel_stats_get(s->users, &cs);
-	out->out_calls += cs.calls;
-	out->out_requests += cs.requests;
-	asynq_rpc_channel_stats_get(s->answers, &cs);
-	out->out_calls += cs.calls;
-	out->out_requests += cs.requests;
-	if (s->cache != NULL) {
-		asynq_rpc_channel_stats_get(s->cache, &cs);
+	asynq_rpc_channel *chs[] = { s->users, s->answers, s->cache };
+	for (size_t i = 0; i < 3; i++) {
+		if (chs[i] == NULL)
+			continue;
+		asynq_rpc_channel_stats_get(chs[i], &cs);
 		out->out_calls += cs.calls;
+		out->out_sent += cs.sent_calls;
 		out->out_requests += cs.requests;
 	}
 }

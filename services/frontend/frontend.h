@@ -44,6 +44,8 @@ typedef struct frontend_cfg {
 	const char *cache_url;   /* NULL: no cache */
 	size_t max_calls;        /* calls per request to each service; 0: the
 	                            services' batch_max_calls; 1: no batching */
+	bool no_collapse;        /* send identical calls of a batch each (the
+	                            channels' no_collapse) */
 } frontend_cfg;
 
 /* frontend_service_alloc_cfg is frontend_service_alloc with settings. */

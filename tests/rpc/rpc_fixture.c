@@ -153,6 +153,25 @@ h_spin(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 	return ASYNQ_OK;
 }
 
+atomic_int lookup_runs;
+
+static asynq_status
+h_lookup(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
+    void *ctx)
+{
+	(void)ctx;
+	const Asynq__Rpctest__Num *in = (const Asynq__Rpctest__Num *)req;
+	atomic_fetch_add(&lookup_runs, 1);
+	if (in->v % 2 != 0)
+		return asynq_fail(t, ASYNQ_NOT_FOUND, "no num %lld",
+		    (long long)in->v);
+	Asynq__Rpctest__Num *out = num_new(in->v * 3);
+	if (out == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	*reply = &out->base;
+	return ASYNQ_OK;
+}
+
 const asynq_rpc_handler calc_handlers[] = {
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_TWICE] = { .unary = h_double },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_FAIL] = { .unary = h_fail },
@@ -161,6 +180,7 @@ const asynq_rpc_handler calc_handlers[] = {
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_DEPTH] = { .unary = h_depth },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_HOLD] = { .unary = h_hold },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SPIN] = { .unary = h_spin },
+	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_LOOKUP] = { .unary = h_lookup },
 };
 
 /* ---- Fixture ------------------------------------------------------------ */

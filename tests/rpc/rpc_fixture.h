@@ -43,6 +43,8 @@
 extern atomic_int sleep_started;
 extern atomic_int hold_runs;
 extern atomic_int hold_release;
+/* Runs of the Lookup handler. */
+extern atomic_int lookup_runs;
 /* In a --serve child: where handlers report that they started. */
 extern int notify_fd;
 extern const char *self_exe;

@@ -113,6 +113,16 @@ void asynq_backend_fini(asynq_backend *be);
  * request, borrowed until the batch is finished. Scheduler thread only. */
 asynq_future *asynq_batch_add(asynq_backend *be, int64_t key, void *req);
 
+/* asynq_backend_active returns the batch the next asynq_batch_add on be
+ * would join, or NULL if that add would start a new one (none yet, or the
+ * active one is flushed or full). Scheduler thread only. */
+asynq_batch *asynq_backend_active(const asynq_backend *be);
+/* asynq_batch_follow returns a follower of item i of b (a future that gets
+ * a copy of the item's result when b finishes, as dedup_keys gives), for a
+ * backend that matches calls by more than an integer key; b must still
+ * take items (asynq_backend_active). NULL without memory, for a bad index
+ * or for a flushed batch. Scheduler thread only. */
+asynq_future *asynq_batch_follow(asynq_batch *b, size_t i);
 /* asynq_batch_size returns the number of items in b. */
 size_t asynq_batch_size(const asynq_batch *b);
 

@@ -148,6 +148,11 @@ typedef struct asynq_rpc_channel_cfg {
 	 * the tokens are left. */
 	uint32_t retry_max_tokens;
 	uint32_t retry_token_milli;
+	/* Calls to an idempotent method that are byte-identical (same method,
+	 * request bytes and metadata) and land in one batch are sent once;
+	 * each caller gets its own copy of the reply, or of the error
+	 * (DataLoader's batch semantics). no_collapse sends every call. */
+	bool no_collapse;
 } asynq_rpc_channel_cfg;
 
 /* asynq_rpc_channel_alloc opens a channel to a service: it dials the URLs
@@ -176,7 +181,10 @@ asynq_future *asynq_rpc_call(asynq_rpc_channel *ch,
 
 /* Counters of a channel, summed over threads. */
 typedef struct asynq_rpc_channel_stats {
-	uint64_t calls;    /* calls made */
+	uint64_t calls;    /* calls made (logical calls) */
+	uint64_t collapsed; /* of which folded into an identical call of the
+	                       same batch */
+	uint64_t sent_calls; /* distinct calls put in requests */
 	uint64_t requests; /* requests sent (first transmissions) */
 	uint64_t failures; /* calls that ended with an error */
 	uint64_t resends;  /* requests resent after a lost connection */
