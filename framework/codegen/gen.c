@@ -481,6 +481,7 @@ struct method {
 	char *output_t;  /* protoc-c C type of the response */
 	bool idempotent;
 	bool whole_batch;
+	bool request_cache, cache_errors;
 };
 
 struct service {
@@ -633,12 +634,27 @@ read_method(asynqi_codegen *g, const struct service *s, const method_proto *mp,
 	if (opt_bool(g, opts, ASYNQI_OPT_IDEMPOTENT, where,
 	        "(asynq.idempotent)", &m->idempotent) != 0 ||
 	    opt_bool(g, opts, ASYNQI_OPT_WHOLE_BATCH, where,
-	        "(asynq.whole_batch)", &m->whole_batch) != 0)
+	        "(asynq.whole_batch)", &m->whole_batch) != 0 ||
+	    opt_bool(g, opts, ASYNQI_OPT_REQUEST_CACHE, where,
+	        "(asynq.request_cache)", &m->request_cache) != 0 ||
+	    opt_bool(g, opts, ASYNQI_OPT_CACHE_ERRORS, where,
+	        "(asynq.cache_errors)", &m->cache_errors) != 0)
 		return -1;
 	if (mp->options != NULL && mp->options->has_idempotency_level &&
 	    mp->options->idempotency_level !=
 	        GOOGLE__PROTOBUF__METHOD_OPTIONS__IDEMPOTENCY_LEVEL__IDEMPOTENCY_UNKNOWN)
 		m->idempotent = true;
+	if (m->request_cache && !m->idempotent)
+		return fail(g,
+		    "%s: (asynq.request_cache) needs an idempotent method: a "
+		    "cached reply stands for a second run of the call (add "
+		    "option (asynq.idempotent) = true)",
+		    where);
+	if (m->cache_errors && !m->request_cache)
+		return fail(g,
+		    "%s: (asynq.cache_errors) without (asynq.request_cache) "
+		    "does nothing",
+		    where);
 	return 0;
 }
 
@@ -896,10 +912,14 @@ desc_defn(const struct service *s, struct buf *c)
 			    "\t\t.output = &%s__descriptor,\n"
 			    "\t\t.idempotent = %s,\n"
 			    "\t\t.whole_batch = %s,\n"
+			    "\t\t.request_cache = %s,\n"
+			    "\t\t.cache_errors = %s,\n"
 			    "\t},\n",
 			    m->proto->name, m->full_name, m->input_c,
 			    m->output_c, m->idempotent ? "true" : "false",
-			    m->whole_batch ? "true" : "false");
+			    m->whole_batch ? "true" : "false",
+			    m->request_cache ? "true" : "false",
+			    m->cache_errors ? "true" : "false");
 		}
 		buf_printf(c, "};\n\n");
 	}

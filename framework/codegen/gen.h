@@ -16,6 +16,8 @@
 #define ASYNQI_OPT_DEFAULT_DEADLINE_MS 50102
 #define ASYNQI_OPT_IDEMPOTENT 50110
 #define ASYNQI_OPT_WHOLE_BATCH 50111
+#define ASYNQI_OPT_REQUEST_CACHE 50112
+#define ASYNQI_OPT_CACHE_ERRORS 50113
 
 /* protobuf-c's FileOptions extension (protobuf-c/protobuf-c.proto) and its
  * c_package field, which renames the package in protoc-c's C names. */

@@ -128,6 +128,8 @@ struct asynq_rpc_channel {
 	atomic_uint_fast64_t calls, requests, failures, resends, refused,
 	    retries, sent_calls, collapsed;
 	bool collapse; /* identical idempotent calls of a batch go once */
+	bool cache_all, cache_errors; /* cfg.request_cache, cache_errors */
+	atomic_uint_fast64_t cached;
 	/* Retry throttling, under mu: tokens (thousandths) of at most
 	 * tokens_max; a refused request takes a whole one, a request answered
 	 * gives token_milli back; refused requests go to another replica only
@@ -1531,36 +1533,8 @@ static uint64_t
 call_hash(const uint8_t *p, size_t n, const asynq_rpc_method_desc *m,
     const asynqi_md_node *md)
 {
-	uint64_t mdk = md != NULL ? md->wire * 131 + md->depth : 0;
-	uint64_t h = ((uint64_t)(uintptr_t)m * 0x9e3779b97f4a7c15u) ^
-	    (mdk * 0xc2b2ae3d27d4eb4fu) ^ n;
-	while (n >= 8) {
-		uint64_t w;
-		memcpy(&w, p, 8);
-		h = (h ^ w) * 0x100000001b3u;
-		h ^= h >> 29;
-		p += 8;
-		n -= 8;
-	}
-	uint64_t w = 0;
-	memcpy(&w, p, n);
-	h = (h ^ w) * 0x100000001b3u;
-	return h ^ (h >> 32);
-}
-
-/* Whether two metadata chains say the same (each push makes a node of its
- * own, so equal chains are often different nodes). */
-static bool
-md_equal(const asynqi_md_node *a, const asynqi_md_node *b)
-{
-	for (; a != b; a = a->prev, b = b->prev) {
-		if (a == NULL || b == NULL || a->depth != b->depth ||
-		    a->wire != b->wire || a->len != b->len ||
-		    strcmp(a->key, b->key) != 0 ||
-		    memcmp(a->val, b->val, a->len) != 0)
-			return false;
-	}
-	return true;
+	return asynqi_hash_bytes(p, n,
+	    (uint64_t)(uintptr_t)m * 0x9e3779b97f4a7c15u ^ asynqi_md_hash(md));
 }
 
 /* The record index + 1 of a call of b equal to the one whose payload is
@@ -1575,7 +1549,7 @@ ctab_find(const rpc_batch *b, uint64_t h, const asynq_rpc_method_desc *m,
 		if (r->hash == h && r->m == m && r->plen == plen &&
 		    memcmp(b->buf.p + r->poff, b->buf.p + poff, plen) ==
 		        0 &&
-		    md_equal(r->md, md))
+		    asynqi_md_equal(r->md, md))
 			return b->ctab[j];
 	}
 	return 0;
@@ -1641,6 +1615,38 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		        ? ((const ProtobufCMessageDescriptor *)m->input)->name
 		        : "message"));
 	}
+	bool errors;
+	if (asynqi_rpc_channel_caches(ch, m, &errors))
+		return asynqi_rpc_cache_call(ch, m, req);
+	return asynqi_rpc_call_now(ch, m, req);
+}
+
+bool
+asynqi_rpc_channel_caches(const asynq_rpc_channel *ch,
+    const asynq_rpc_method_desc *m, bool *errors)
+{
+	if (!m->idempotent || !(m->request_cache || ch->cache_all))
+		return false;
+	*errors = m->cache_errors || ch->cache_errors;
+	return true;
+}
+
+uint64_t
+asynqi_rpc_channel_id(const asynq_rpc_channel *ch)
+{
+	return ch->id;
+}
+
+void
+asynqi_rpc_count_cached(asynq_rpc_channel *ch)
+{
+	atomic_fetch_add_explicit(&ch->cached, 1, memory_order_relaxed);
+}
+
+asynq_future *
+asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
+    const ProtobufCMessage *req)
+{
 	intptr_t wv = (intptr_t)asynq_scoped_get(&asynq_rpc_wait_for_ready);
 	chan_backend *be = thread_backend(ch,
 	    wv == ASYNQ_RPC_WAIT            ? true
@@ -2025,6 +2031,8 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	    cfg->max_msg_bytes != 0 ? cfg->max_msg_bytes : DEFAULT_MAX_MSG;
 	ch->wait_for_ready = cfg->wait_for_ready;
 	ch->collapse = !cfg->no_collapse;
+	ch->cache_all = cfg->request_cache;
+	ch->cache_errors = cfg->cache_errors;
 	atomic_init(&ch->next_request_id, 0);
 	atomic_init(&ch->calls, 0);
 	atomic_init(&ch->requests, 0);
@@ -2194,4 +2202,5 @@ asynq_rpc_channel_stats_get(const asynq_rpc_channel *ch,
 	out->retries = atomic_load(&c->retries);
 	out->sent_calls = atomic_load(&c->sent_calls);
 	out->collapsed = atomic_load(&c->collapsed);
+	out->cached = atomic_load(&c->cached);
 }

@@ -399,3 +399,21 @@ asynqi_request_parse(const uint8_t *p, size_t len,
 	}
 	return ASYNQ_OK;
 }
+
+uint64_t
+asynqi_hash_bytes(const uint8_t *p, size_t n, uint64_t seed)
+{
+	uint64_t h = seed ^ (n * 0xc2b2ae3d27d4eb4fu);
+	while (n >= 8) {
+		uint64_t w;
+		memcpy(&w, p, 8);
+		h = (h ^ w) * 0x100000001b3u;
+		h ^= h >> 29;
+		p += 8;
+		n -= 8;
+	}
+	uint64_t w = 0;
+	memcpy(&w, p, n);
+	h = (h ^ w) * 0x100000001b3u;
+	return h ^ (h >> 32);
+}

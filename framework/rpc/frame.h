@@ -65,6 +65,10 @@ void asynqi_buf_fini(asynqi_buf *b);
 /* asynqi_buf_put appends n bytes. */
 void asynqi_buf_put(asynqi_buf *b, const void *p, size_t n);
 
+/* asynqi_hash_bytes hashes n bytes at p with seed (not for adversaries:
+ * tables keyed by it compare the bytes too). */
+uint64_t asynqi_hash_bytes(const uint8_t *p, size_t n, uint64_t seed);
+
 /* asynqi_buf_varint appends v as a protobuf varint. */
 static inline void
 asynqi_buf_varint(asynqi_buf *b, uint64_t v)

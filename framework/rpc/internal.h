@@ -127,6 +127,43 @@ asynqi_md_node *asynqi_md_hold(asynqi_md_node *n);
 /* asynqi_md_rele drops a reference. Any thread. */
 void asynqi_md_rele(asynqi_md_node *n);
 
+/* asynqi_rpc_handler_cache returns the slot of the request cache of the
+ * server handler the current task runs under (NULL outside handlers) and
+ * the server's bounds for it. Scheduler thread. */
+asynq_rpc_cache **asynqi_rpc_handler_cache(const asynq_rpc_cache_cfg **cfg);
+
+/* asynqi_rpc_cache_rele drops a reference on a request cache; NULL is
+ * ignored. Scheduler thread. */
+void asynqi_rpc_cache_rele(asynq_rpc_cache *c);
+
+/* asynqi_rpc_call_now is asynq_rpc_call past the request cache: req has
+ * been checked against m. */
+asynq_future *asynqi_rpc_call_now(asynq_rpc_channel *ch,
+    const asynq_rpc_method_desc *m, const ProtobufCMessage *req);
+
+/* asynqi_rpc_cache_call answers a call of a method that uses the request
+ * cache: from the current one, or through asynqi_rpc_call_now (and then
+ * remembered). Without a request cache here it is asynqi_rpc_call_now. */
+asynq_future *asynqi_rpc_cache_call(asynq_rpc_channel *ch,
+    const asynq_rpc_method_desc *m, const ProtobufCMessage *req);
+
+/* asynqi_rpc_channel_caches says whether m's calls through ch use the
+ * request cache, and whether their errors are kept (*errors). */
+bool asynqi_rpc_channel_caches(const asynq_rpc_channel *ch,
+    const asynq_rpc_method_desc *m, bool *errors);
+
+/* asynqi_rpc_channel_id is ch's process-unique id; asynqi_rpc_count_cached
+ * counts a call of ch answered from a request cache. */
+uint64_t asynqi_rpc_channel_id(const asynq_rpc_channel *ch);
+void asynqi_rpc_count_cached(asynq_rpc_channel *ch);
+
+/* asynqi_md_equal says whether two chains say the same (each push makes a
+ * node of its own, so equal chains are often different nodes). */
+bool asynqi_md_equal(const asynqi_md_node *a, const asynqi_md_node *b);
+
+/* asynqi_md_hash is a hash of a chain that equal chains share. */
+uint64_t asynqi_md_hash(const asynqi_md_node *md);
+
 /* asynqi_md_write appends the chain as repeated Metadata field `field`,
  * innermost push first. */
 void asynqi_md_write(asynqi_buf *b, uint32_t field, const asynqi_md_node *md);

@@ -45,6 +45,27 @@ asynqi_md_rele(asynqi_md_node *n)
 	}
 }
 
+bool
+asynqi_md_equal(const asynqi_md_node *a, const asynqi_md_node *b)
+{
+	for (; a != b; a = a->prev, b = b->prev) {
+		if (a == NULL || b == NULL || a->depth != b->depth ||
+		    a->wire != b->wire || a->len != b->len ||
+		    strcmp(a->key, b->key) != 0 ||
+		    memcmp(a->val, b->val, a->len) != 0)
+			return false;
+	}
+	return true;
+}
+
+uint64_t
+asynqi_md_hash(const asynqi_md_node *md)
+{
+	/* Cheap and shared by equal chains; equality decides. */
+	return md != NULL ? (md->wire * 131 + md->depth) * 0xc2b2ae3d27d4eb4fu
+	                  : 0;
+}
+
 void
 asynqi_md_write(asynqi_buf *b, uint32_t field, const asynqi_md_node *md)
 {

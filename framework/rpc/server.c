@@ -163,6 +163,7 @@ typedef struct srv_task {
 	size_t *idx; /* indexes into r->calls */
 	size_t n;
 	size_t one;
+	asynq_rpc_cache *cache; /* its request cache, made on first use */
 } srv_task;
 
 struct srv_req {
@@ -303,6 +304,16 @@ asynq_rpc_server_last_error(const asynq_rpc_server *s)
 
 /* The task the current handler runs in; its value is a srv_task. */
 static const asynq_scoped srv_req_key = ASYNQ_SCOPED_INIT("asynq.rpc.req", 0);
+
+asynq_rpc_cache **
+asynqi_rpc_handler_cache(const asynq_rpc_cache_cfg **cfg)
+{
+	srv_task *k = asynq_scoped_get(&srv_req_key);
+	if (k == NULL)
+		return NULL;
+	*cfg = &k->r->sc->s->cfg.request_cache;
+	return &k->cache;
+}
 
 /* ---- Metadata ------------------------------------------------------------ */
 
@@ -831,6 +842,8 @@ task_main(asynq_task *t, void *arg)
 		free(bc);
 	}
 out:
+	asynqi_rpc_cache_rele(k->cache);
+	k->cache = NULL;
 	if (pushed_req)
 		(void)asynq_scoped_pop(&srv_req_key);
 	return ASYNQ_OK;
@@ -1005,6 +1018,7 @@ req_run(asynq_post *p)
 			t->one = i;
 			t->idx = &t->one;
 			t->n = 1;
+			t->cache = NULL;
 			continue;
 		}
 		size_t j = 0;
@@ -1015,6 +1029,7 @@ req_run(asynq_post *p)
 			t->r = r;
 			t->sm = k->sm;
 			t->n = 0;
+			t->cache = NULL;
 		}
 		r->tasks[j].n++;
 	}

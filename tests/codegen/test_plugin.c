@@ -268,6 +268,23 @@ test_plugin_rejects_streaming_method(void **state)
 	assert_no_output_files(&r, "stream");
 }
 
+static void
+test_plugin_rejects_request_cache_on_non_idempotent_method(void **state)
+{
+	struct run r;
+
+	(void)state;
+	protoc(&r, "rcache", "rcache.proto",
+	    HEAD "service Svc { rpc Add(Req) returns (Req) {"
+	         " option (asynq.request_cache) = true; } }\n",
+	    "");
+	assert_int_not_equal(r.status, 0);
+	assert_contains(r.output,
+	    "method t.Svc/Add: (asynq.request_cache) needs an idempotent "
+	    "method");
+	assert_no_output_files(&r, "rcache");
+}
+
 /* A method whose protoc-c function would have the name of the table. */
 static void
 test_plugin_rejects_colliding_method_name(void **state)
@@ -517,6 +534,8 @@ main(void)
 		cmocka_unit_test(test_plugin_rejects_zero_batch_max_calls),
 		cmocka_unit_test(test_plugin_batch_max_calls_limits),
 		cmocka_unit_test(test_plugin_rejects_streaming_method),
+		cmocka_unit_test(
+		    test_plugin_rejects_request_cache_on_non_idempotent_method),
 		cmocka_unit_test(test_plugin_rejects_colliding_method_name),
 		cmocka_unit_test(test_plugin_rejects_parameter),
 		cmocka_unit_test(test_plugin_follows_c_package),

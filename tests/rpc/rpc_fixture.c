@@ -172,6 +172,31 @@ h_lookup(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 	return ASYNQ_OK;
 }
 
+asynq_rpc_channel *relay_ch;
+
+static asynq_status
+h_relay(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
+    void *ctx)
+{
+	(void)ctx;
+	const Asynq__Rpctest__Num *in = (const Asynq__Rpctest__Num *)req;
+	if (relay_ch == NULL)
+		return asynq_fail(t, ASYNQ_FAILED_PRECONDITION, "no relay_ch");
+	int64_t sum = 0;
+	for (int i = 0; i < 2; i++) {
+		asynq_future *f = call_num(relay_ch, M(LOOKUP), in->v);
+		asynq_status st = asynq_await(t, f);
+		sum += st == ASYNQ_OK ? num_of(f) : 0;
+		asynq_future_rele(f);
+		ASYNQ_TRY(st);
+	}
+	Asynq__Rpctest__Num *out = num_new(sum);
+	if (out == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	*reply = &out->base;
+	return ASYNQ_OK;
+}
+
 const asynq_rpc_handler calc_handlers[] = {
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_TWICE] = { .unary = h_double },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_FAIL] = { .unary = h_fail },
@@ -181,6 +206,9 @@ const asynq_rpc_handler calc_handlers[] = {
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_HOLD] = { .unary = h_hold },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SPIN] = { .unary = h_spin },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_LOOKUP] = { .unary = h_lookup },
+	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_CACHED_LOOKUP] = { .unary =
+		                                                   h_lookup },
+	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_RELAY] = { .unary = h_relay },
 };
 
 /* ---- Fixture ------------------------------------------------------------ */

@@ -45,6 +45,8 @@ extern atomic_int hold_runs;
 extern atomic_int hold_release;
 /* Runs of the Lookup handler. */
 extern atomic_int lookup_runs;
+/* The channel the Relay handler calls through (NULL: Relay fails). */
+extern asynq_rpc_channel *relay_ch;
 /* In a --serve child: where handlers report that they started. */
 extern int notify_fd;
 extern const char *self_exe;

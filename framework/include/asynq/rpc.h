@@ -153,6 +153,12 @@ typedef struct asynq_rpc_channel_cfg {
 	 * each caller gets its own copy of the reply, or of the error
 	 * (DataLoader's batch semantics). no_collapse sends every call. */
 	bool no_collapse;
+	/* request_cache: every idempotent method of the service uses the
+	 * request cache, as if it had (asynq.request_cache); cache_errors:
+	 * errors are kept too (asynq.cache_errors). See asynq_rpc_with_cache.
+	 */
+	bool request_cache;
+	bool cache_errors;
 } asynq_rpc_channel_cfg;
 
 /* asynq_rpc_channel_alloc opens a channel to a service: it dials the URLs
@@ -185,12 +191,69 @@ typedef struct asynq_rpc_channel_stats {
 	uint64_t collapsed; /* of which folded into an identical call of the
 	                       same batch */
 	uint64_t sent_calls; /* distinct calls put in requests */
+	uint64_t cached;   /* of the calls, those answered from a request
+	                      cache (no call made) */
 	uint64_t requests; /* requests sent (first transmissions) */
 	uint64_t failures; /* calls that ended with an error */
 	uint64_t resends;  /* requests resent after a lost connection */
 	uint64_t refused;  /* requests a replica refused without running */
 	uint64_t retries;  /* refused requests sent to another replica */
 } asynq_rpc_channel_stats;
+
+/* ---- Per-request cache ------------------------------------------------ */
+
+/* A request cache remembers, within one request's tree of tasks, the reply
+ * of each distinct call to a method that uses it ((asynq.request_cache) or
+ * the channel's request_cache): a second identical call (same channel,
+ * method, request bytes and metadata) is answered from it, without a new
+ * call, each caller getting its own copy; one made while the first is in
+ * flight waits for it. Errors are forgotten (the next identical call goes
+ * out again) unless the method keeps them (cache_errors); a call that
+ * failed before it was sent (no request, a bad argument) is never kept.
+ * Every server handler runs with a request cache of its own (made on
+ * first use; a whole-batch handler's is shared by its calls) that ends
+ * with the handler's task; elsewhere asynq_rpc_with_cache opens one. Not
+ * shared between threads. */
+
+typedef struct asynq_rpc_cache asynq_rpc_cache;
+
+/* Bounds of one request cache; zero fields take the defaults. */
+typedef struct asynq_rpc_cache_cfg {
+	/* Most replies kept (default 1,000) and most bytes of requests and
+	 * replies kept (default 1 MiB). Past either, the oldest answered
+	 * entries go first; a reply larger than max_bytes is not kept. */
+	size_t max_entries;
+	size_t max_bytes;
+} asynq_rpc_cache_cfg;
+
+/* asynq_rpc_with_cache runs fn(arg) with a new request cache (cfg NULL
+ * for the defaults) for it and the tasks it spawns, and frees the cache
+ * when fn returns (calls still in flight keep what they need). Returns
+ * fn's status, or RESOURCE_EXHAUSTED (fn did not run). Scheduler thread
+ * only. */
+asynq_status asynq_rpc_with_cache(const asynq_rpc_cache_cfg *cfg,
+    asynq_status (*fn)(void *arg), void *arg);
+
+/* asynq_rpc_cache_prime puts reply (borrowed; copied) in the current
+ * request cache as the answer to method m of ch for req, unless that call
+ * is already there (DataLoader's prime). FAILED_PRECONDITION with no
+ * request cache here or when m does not use it, INVALID_ARGUMENT for
+ * messages of the wrong types, RESOURCE_EXHAUSTED when it does not fit.
+ * Scheduler thread only. */
+asynq_status asynq_rpc_cache_prime(asynq_rpc_channel *ch,
+    const asynq_rpc_method_desc *m, const struct ProtobufCMessage *req,
+    const struct ProtobufCMessage *reply);
+
+/* asynq_rpc_cache_clear forgets the current request cache's entry for
+ * method m of ch and req, if any: the next identical call goes out (one in
+ * flight still answers its waiters). OK also when there was none;
+ * FAILED_PRECONDITION with no request cache here. Scheduler thread only. */
+asynq_status asynq_rpc_cache_clear(asynq_rpc_channel *ch,
+    const asynq_rpc_method_desc *m, const struct ProtobufCMessage *req);
+
+/* asynq_rpc_cache_clear_all forgets every entry of the current request
+ * cache. FAILED_PRECONDITION with none here. Scheduler thread only. */
+asynq_status asynq_rpc_cache_clear_all(void);
 
 /* asynq_rpc_channel_stats_get copies the channel's counters. Any thread. */
 void asynq_rpc_channel_stats_get(const asynq_rpc_channel *ch,
@@ -300,6 +363,8 @@ typedef struct asynq_rpc_server_cfg {
 	 * (TCP pushes back on the client; nothing fails). */
 	size_t max_conn_requests;
 	size_t max_conn_calls;
+	/* Bounds of each handler's request cache (asynq_rpc_with_cache). */
+	asynq_rpc_cache_cfg request_cache;
 } asynq_rpc_server_cfg;
 
 /* asynq_rpc_server_alloc makes a server that runs on rt's workers.

@@ -41,6 +41,11 @@ typedef struct asynq_rpc_method_desc {
 	/* (asynq.whole_batch): the server passes all the calls of this method
 	 * in one request to one handler instead of one task per call. */
 	bool whole_batch;
+	/* (asynq.request_cache): within one incoming request's tree of tasks
+	 * a repeated identical call is answered from the request cache
+	 * (asynq_rpc_cache_prime); (asynq.cache_errors): errors too. */
+	bool request_cache;
+	bool cache_errors;
 } asynq_rpc_method_desc;
 
 /* One service: its methods in .proto order and its options. */
