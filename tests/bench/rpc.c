@@ -7,7 +7,9 @@
  * each side; the fixed (per request) and marginal (per call) CPU cost fitted
  * over those batch sizes; a pipelined shape (800 calls awaited together on a
  * channel capped at 100 calls per request: 8 requests of 100 in flight);
- * whole-batch against per-call handlers; p50/p99 of an unbatched call next
+ * whole-batch against per-call handlers; 100 calls of which 30 repeat
+ * earlier keys (identical calls collapsed, and with collapsing off);
+ * p50/p99 of an unbatched call next
  * to a bare nng req/rep round trip; decode nanoseconds per call. With the
  * gRPC C++ peer (tests/bench/peers/grpc), the same shapes run against gRPC
  * in the same run, interleaved with asynq's, and print as ratios. A report,
@@ -370,6 +372,7 @@ typedef struct sample {
 	double client_ns, server_ns;
 	double p50_us, p99_us;
 	double requests; /* asynq requests per round */
+	double sent;     /* asynq calls sent per logical call */
 } sample;
 
 typedef enum { ASYNQ, GRPC } side;
@@ -378,6 +381,7 @@ typedef struct bench {
 	proc aserver;             /* asynq server */
 	asynq_rpc_channel *ch;    /* max_calls 1000 */
 	asynq_rpc_channel *ch100; /* max_calls 100: the pipelined shape */
+	asynq_rpc_channel *ch_all; /* max_calls 1000, no_collapse */
 	char echo_url[64];
 	bool peer;
 	proc gserver, gclient; /* gRPC peer */
@@ -390,6 +394,7 @@ typedef struct trip {
 	asynq_rpc_channel *ch;
 	bool whole_batch;
 	size_t n;
+	size_t distinct; /* call i asks for base + i % distinct (0: n) */
 	int64_t base;
 	asynq_future **fs;
 } trip;
@@ -398,9 +403,10 @@ static asynq_status
 trip_task(asynq_task *t, void *arg)
 {
 	trip *r = arg;
+	size_t d = r->distinct != 0 ? r->distinct : r->n;
 	for (size_t i = 0; i < r->n; i++) {
 		Asynq__Bench__Id id = ASYNQ__BENCH__ID__INIT;
-		id.id = r->base + (int64_t)i;
+		id.id = r->base + (int64_t)(i % d);
 		r->fs[i] = r->whole_batch
 		    ? asynq__bench__lookup__get_batch__call(r->ch, &id)
 		    : asynq__bench__lookup__get__call(r->ch, &id);
@@ -410,11 +416,11 @@ trip_task(asynq_task *t, void *arg)
 		const Asynq__Bench__Id *out = r->whole_batch
 		    ? asynq__bench__lookup__get_batch__reply(r->fs[i])
 		    : asynq__bench__lookup__get__reply(r->fs[i]);
-		int64_t want = (r->base + (int64_t)i) * 3;
+		int64_t want = (r->base + (int64_t)(i % d)) * 3;
 		if (out == NULL || out->id != want)
 			st = asynq_fail(t, ASYNQ_INTERNAL,
 			    "id %" PRId64 ": wrong answer",
-			    r->base + (int64_t)i);
+			    r->base + (int64_t)(i % d));
 	}
 	asynq_future_rele_n(r->fs, r->n);
 	return st;
@@ -423,7 +429,7 @@ trip_task(asynq_task *t, void *arg)
 /* Runs rounds of n calls awaited together for secs seconds. */
 static void
 asynq_measure(bench *b, asynq_rpc_channel *ch, bool whole_batch, size_t n,
-    double secs, sample *out)
+    size_t distinct, double secs, sample *out)
 {
 	size_t cap = 1024, rounds = 0;
 	double *lat = malloc(cap * sizeof(*lat));
@@ -434,7 +440,7 @@ asynq_measure(bench *b, asynq_rpc_channel *ch, bool whole_batch, size_t n,
 	double s0 = server_cpu(&b->aserver), c0 = cpu_us(), t0 = now_us();
 	double t1;
 	do {
-		trip rd = { ch, whole_batch, n, b->next_id, b->fs };
+		trip rd = { ch, whole_batch, n, distinct, b->next_id, b->fs };
 		b->next_id += (int64_t)n;
 		double a = now_us();
 		asynq_future *f = asynq_spawn(trip_task, &rd);
@@ -470,6 +476,9 @@ asynq_measure(bench *b, asynq_rpc_channel *ch, bool whole_batch, size_t n,
 	out->p99_us = percentile(lat, rounds, 0.99);
 	out->requests =
 	    rounds ? (double)(st1.requests - st0.requests) / (double)rounds : 0;
+	out->sent = rounds ? (double)(st1.sent_calls - st0.sent_calls) /
+	        (double)(rounds * n)
+	                   : 0;
 	free(lat);
 }
 
@@ -518,6 +527,9 @@ enum {
 	G_MANY1000,
 	A_PIPE,      /* asynq, 800 calls on the max_calls = 100 channel */
 	G_MANY100X8, /* gRPC GetMany(100), 8 outstanding */
+	A_REP100,    /* asynq, 100 calls naming 70 keys */
+	A_REP100_ALL, /* the same with collapsing off */
+	A_100_ALL,    /* 100 distinct calls with collapsing off */
 	N_SHAPES
 };
 
@@ -526,6 +538,8 @@ typedef struct shape {
 	size_t calls;     /* asynq: calls per round; gRPC: ids per RPC */
 	bool whole_batch; /* asynq */
 	bool pipelined;   /* asynq: on ch100 */
+	bool all;         /* asynq: on ch_all (no collapsing) */
+	size_t distinct;  /* asynq: keys per round (0: calls) */
 	int depth;        /* gRPC */
 	sample s[MAX_ROUNDS];
 	sample med; /* the median of each field */
@@ -545,14 +559,21 @@ static shape shapes[N_SHAPES] = {
 	[G_MANY1000] = { .side = GRPC, .calls = 1000, .depth = 1 },
 	[A_PIPE] = { .side = ASYNQ, .calls = PIPE_CALLS, .pipelined = true },
 	[G_MANY100X8] = { .side = GRPC, .calls = 100, .depth = 8 },
+	[A_REP100] = { .side = ASYNQ, .calls = 100, .distinct = 70 },
+	[A_REP100_ALL] = { .side = ASYNQ, .calls = 100, .distinct = 70,
+	    .all = true },
+	[A_100_ALL] = { .side = ASYNQ, .calls = 100, .all = true },
 };
 
 static void
 shape_run(bench *b, shape *sh, double secs, sample *out)
 {
 	if (sh->side == ASYNQ)
-		asynq_measure(b, sh->pipelined ? b->ch100 : b->ch,
-		    sh->whole_batch, sh->calls, secs, out);
+		asynq_measure(b,
+		    sh->pipelined ? b->ch100
+		        : sh->all ? b->ch_all
+		                  : b->ch,
+		    sh->whole_batch, sh->calls, sh->distinct, secs, out);
 	else
 		grpc_measure(b, (int)sh->calls, sh->depth, secs, out);
 }
@@ -577,6 +598,7 @@ medians(shape *sh, int n)
 	sh->med.p50_us = median_of(sh->s, n, offsetof(sample, p50_us));
 	sh->med.p99_us = median_of(sh->s, n, offsetof(sample, p99_us));
 	sh->med.requests = median_of(sh->s, n, offsetof(sample, requests));
+	sh->med.sent = median_of(sh->s, n, offsetof(sample, sent));
 }
 
 static void
@@ -841,6 +863,33 @@ report(bench *b, double bare50, double bare99, double dec)
 		    w->server_ns);
 	}
 
+	const sample *r1 = &shapes[A_REP100].med, *r0 = &shapes[A_REP100_ALL].med;
+	printf("\n  100 calls per request naming 70 keys (30%% repeat a key"
+	       " of the same batch)\n");
+	printf("  %-26s %12s %14s %14s\n", "", "calls/s", "CPU ns/call",
+	    "sent per call");
+	printf("  %-26s %12.0f %14.0f %14.2f\n", "identical calls collapsed",
+	    r1->calls_per_s, r1->client_ns + r1->server_ns, r1->sent);
+	printf("  %-26s %12.0f %14.0f %14.2f\n", "collapsing off",
+	    r0->calls_per_s, r0->client_ns + r0->server_ns, r0->sent);
+	printf("  %-26s %12.0f %14.0f %14.2f\n", "all 100 distinct",
+	    a100->calls_per_s, a100->client_ns + a100->server_ns, a100->sent);
+	const sample *d0 = &shapes[A_100_ALL].med;
+	printf("  %-26s %12.0f %14.0f %14.2f\n", "all distinct, off",
+	    d0->calls_per_s, d0->client_ns + d0->server_ns, d0->sent);
+	printf("  collapsed / off: %.2fx calls/s, %.2fx CPU per call; looking"
+	       " for twins costs %.0f ns per distinct call (client)\n",
+	    r1->calls_per_s / r0->calls_per_s,
+	    (r1->client_ns + r1->server_ns) / (r0->client_ns + r0->server_ns),
+	    a100->client_ns - d0->client_ns);
+	if (r1->sent > 0.71 || r0->sent < 0.99) {
+		fprintf(stderr,
+		    "bench: repeated keys: %.2f and %.2f calls sent per call,"
+		    " expected 0.70 and 1.00\n",
+		    r1->sent, r0->sent);
+		failures++;
+	}
+
 	fit af = fit_side(a_idx, BOTH);
 	if (!b->peer) {
 		printf("\n  marginal CPU per call, client + server: %.0f ns "
@@ -997,10 +1046,16 @@ main(int argc, char **argv)
 	asynq_rpc_channel_cfg pcfg = { .urls = urls,
 		.n_urls = 1,
 		.max_calls = PIPE_CAP };
+	asynq_rpc_channel_cfg acfg = { .urls = urls,
+		.n_urls = 1,
+		.max_calls = 1000,
+		.no_collapse = true };
 	if (asynq_rpc_channel_alloc(&b.ch, &asynq__bench__lookup__asynq_desc,
 	        &ccfg) != ASYNQ_OK ||
 	    asynq_rpc_channel_alloc(&b.ch100, &asynq__bench__lookup__asynq_desc,
-	        &pcfg) != ASYNQ_OK) {
+	        &pcfg) != ASYNQ_OK ||
+	    asynq_rpc_channel_alloc(&b.ch_all,
+	        &asynq__bench__lookup__asynq_desc, &acfg) != ASYNQ_OK) {
 		fprintf(stderr, "bench: cannot open a channel to %s\n", url);
 		return 1;
 	}
@@ -1051,6 +1106,7 @@ main(int argc, char **argv)
 		failures++;
 
 	asynq_rpc_channel_free(b.ch100);
+	asynq_rpc_channel_free(b.ch_all);
 	asynq_rpc_channel_free(b.ch);
 	asynq_thread_fini();
 	free(b.fs);
