@@ -415,5 +415,11 @@ asynqi_hash_bytes(const uint8_t *p, size_t n, uint64_t seed)
 	uint64_t w = 0;
 	memcpy(&w, p, n);
 	h = (h ^ w) * 0x100000001b3u;
-	return h ^ (h >> 32);
+	/* A full avalanche, so that every input bit reaches the low bits a
+	 * table indexes by (protobuf payloads differ in their later bytes). */
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdu;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53u;
+	return h ^ (h >> 33);
 }

@@ -9,7 +9,9 @@
  * completing the future. Prints calls/s and CPU ns per call (both sides). Deterministic enough for `valgrind --tool=callgrind`, whose
  * instruction counts divided by CALLS x ROUNDS give the cost per call; run
  * two ROUNDS values and subtract to drop the start-up. A report, not a
- * test: a wrong answer exits 1.
+ * test: a wrong answer exits 1. In the environment, ASYNQ_BENCH_DISTINCT=K
+ * makes call i of a round ask for i % K (identical calls collapse), and
+ * ASYNQ_BENCH_NO_COLLAPSE=1 opens the channel with no_collapse.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -26,6 +28,7 @@
 
 static size_t n_calls = 1000, n_rounds = 200;
 static int whole;
+static size_t n_distinct; /* 0: every call of a round distinct */
 static asynq_rpc_channel *ch;
 
 static Asynq__Bench__Id *
@@ -82,13 +85,15 @@ client_main(asynq_task *t, void *arg)
 	for (size_t r = 0; r < n_rounds && st == ASYNQ_OK; r++) {
 		for (size_t i = 0; i < n_calls; i++) {
 			Asynq__Bench__Id id = ASYNQ__BENCH__ID__INIT;
-			id.id = (int64_t)i;
+			id.id = (int64_t)(n_distinct != 0 ? i % n_distinct : i);
 			f[i] = asynq_rpc_call(ch, m, &id.base);
 		}
 		st = asynq_await_all(t, f, n_calls);
 		for (size_t i = 0; i < n_calls && st == ASYNQ_OK; i++) {
 			const Asynq__Bench__Id *out = asynq_future_ptr(f[i]);
-			if (out == NULL || out->id != 3 * (int64_t)i)
+			int64_t v =
+			    (int64_t)(n_distinct != 0 ? i % n_distinct : i);
+			if (out == NULL || out->id != 3 * v)
 				st = ASYNQ_INTERNAL;
 		}
 		asynq_future_rele_n(f, n_calls);
@@ -140,7 +145,11 @@ main(int argc, char **argv)
 	const char *urls[] = { url };
 	asynq_rpc_channel_cfg cc = { .urls = urls,
 		.n_urls = 1,
-		.max_calls = n_calls };
+		.max_calls = n_calls,
+		.no_collapse = getenv("ASYNQ_BENCH_NO_COLLAPSE") != NULL };
+	if (getenv("ASYNQ_BENCH_DISTINCT") != NULL)
+		n_distinct = (size_t)strtoul(getenv("ASYNQ_BENCH_DISTINCT"), NULL,
+		    10);
 	if (asynq_runtime_alloc(&rt, &rc) != ASYNQ_OK ||
 	    asynq_rpc_server_alloc(&srv, rt, NULL) != ASYNQ_OK ||
 	    asynq_rpc_server_add_service(srv, LOOKUP, hs, NULL) != ASYNQ_OK ||
