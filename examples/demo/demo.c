@@ -66,6 +66,7 @@ typedef struct demo_cfg {
 	size_t ids;              /* answer ids per AuthorNames */
 	size_t pages;            /* QuestionPage requests */
 	size_t inflight;         /* lanes */
+	unsigned hot_pct;        /* --hot: answer ids from the hot set, % */
 	bool quiet;              /* no examples, no per-service lines */
 } demo_cfg;
 
@@ -606,12 +607,16 @@ is_page(const workload *w, size_t r)
 	return p != 0 && (r * p) / w->total != ((r + 1) * p) / w->total;
 }
 
+/* Answers everyone reads (--hot): the first DEMO_HOT_ANSWERS ids. */
+#define DEMO_HOT_ANSWERS 100
+
 static int64_t
 answer_id(const workload *w, size_t r, size_t i)
 {
-	return 1 +
-	    (int64_t)(mix(r * w->cfg->ids + i) %
-	        (uint64_t)w->cfg->data.answers);
+	uint64_t u = mix(r * w->cfg->ids + i);
+	if (w->cfg->hot_pct != 0 && mix(~u) % 100 < w->cfg->hot_pct)
+		return 1 + (int64_t)(u % DEMO_HOT_ANSWERS);
+	return 1 + (int64_t)(u % (uint64_t)w->cfg->data.answers);
 }
 
 static void
@@ -932,7 +937,8 @@ usage(FILE *f, const char *prog)
 	    "       [--requests N] [--ids N] [--pages N] [--inflight N]"
 	    " [--workers N]\n"
 	    "       [--data-dir DIR] [--base-port PORT]"
-	    " [--queue-target-us US|off] [--no-collapse] [--quiet]\n"
+	    " [--queue-target-us US|off] [--no-collapse] [--hot PCT]"
+	    " [--quiet]\n"
 	    "\n"
 	    "Starts the users, answers, cache and frontend services (one"
 	    " process over\n"
@@ -954,7 +960,10 @@ usage(FILE *f, const char *prog)
 	    "admission control (default 5000 us; off: never refuse).\n"
 	    "--no-collapse: the frontend sends identical calls of one batch"
 	    " each\n"
-	    "(by default they go once and every caller gets the reply).\n",
+	    "(by default they go once and every caller gets the reply).\n"
+	    "--hot PCT: PCT%% of the answers asked for are among the 100 that"
+	    " everyone\n"
+	    "reads (default 0: every answer alike).\n",
 	    prog);
 }
 
@@ -1002,6 +1011,7 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		F_BASE_PORT,
 		F_QUEUE_TARGET,
 		F_NO_COLLAPSE,
+		F_HOT,
 		F_QUIET,
 		F_HELP,
 	};
@@ -1020,6 +1030,7 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		{ "base-port", required_argument, NULL, F_BASE_PORT },
 		{ "queue-target-us", required_argument, NULL, F_QUEUE_TARGET },
 		{ "no-collapse", no_argument, NULL, F_NO_COLLAPSE },
+		{ "hot", required_argument, NULL, F_HOT },
 		{ "quiet", no_argument, NULL, F_QUIET },
 		{ "help", no_argument, NULL, F_HELP },
 		{ NULL, 0, NULL, 0 },
@@ -1102,6 +1113,11 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 			break;
 		case F_NO_COLLAPSE:
 			demo_no_collapse = true;
+			break;
+		case F_HOT:
+			if (!parse_size(optarg, &v, 100))
+				goto bad;
+			cfg->hot_pct = (unsigned)v;
 			break;
 		case F_QUIET:
 			cfg->quiet = true;

@@ -130,6 +130,30 @@ test_demo_tcp_batches(void **state)
 	check_batching(&o.res);
 }
 
+/* Hot answers: identical lookups of a batch go once, so the frontend sends
+ * fewer calls than it makes; with --no-collapse it sends them all. */
+static void
+test_demo_hot_answers_collapse(void **state)
+{
+	(void)state;
+	static outcome o;
+	const char *hot[] = { "--hot", "60", "--batching-only" };
+	run_demo(hot, 3, &o);
+	assert_int_equal(o.status, 0);
+	const svc_counters *f = &o.res.batched.svc[DEMO_FRONTEND];
+	assert_true(f->out_sent < f->out_calls);
+	assert_int_equal(f->out_sent,
+	    o.res.batched.svc[DEMO_USERS].calls +
+	        o.res.batched.svc[DEMO_ANSWERS].calls +
+	        o.res.batched.svc[DEMO_CACHE].calls);
+	const char *off[] = { "--hot", "60", "--batching-only",
+		"--no-collapse" };
+	run_demo(off, 4, &o);
+	assert_int_equal(o.status, 0);
+	f = &o.res.batched.svc[DEMO_FRONTEND];
+	assert_int_equal(f->out_sent, f->out_calls);
+}
+
 static void
 test_demo_tcp_port_in_use_fails(void **state)
 {
@@ -163,6 +187,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_demo_inproc_batches),
 		cmocka_unit_test(test_demo_tcp_batches),
+		cmocka_unit_test(test_demo_hot_answers_collapse),
 		cmocka_unit_test(test_demo_tcp_port_in_use_fails),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
