@@ -77,18 +77,25 @@ def protoc_c_library(name, srcs, deps = [], visibility = None, testonly = None):
     _protos(name, srcs, deps, visibility, testonly)
     _protoc_c(name, srcs, ":" + name + "_protos", deps, visibility, testonly)
 
-def asynq_proto_library(name, srcs, deps = [], visibility = None, testonly = None):
+def asynq_proto_library(name, srcs, deps = [], visibility = None, testonly = None, library = True):
     """cc_library `name` of the protoc-c and protoc-gen-asynq output for srcs.
 
     Every file may import "proto/asynq/options.proto"; the library always
     depends on it, so its generated headers can include options.pb-c.h.
+
+    library = False is for the framework's own services (proto/asynq/
+    health.proto): no cc_library `name` is made, since it would depend on
+    //framework:asynq, which must contain the service. The generated
+    <base>.asynq.c/.h and the messages' library `name`_pb_c are then
+    visible as `visibility`, for //framework/rpc to compile and link.
     """
     pb_deps = list(deps)
     if _OPTIONS not in pb_deps:
         pb_deps.append(_OPTIONS)
     _protos(name, srcs, pb_deps, visibility, testonly)
     protos = ":" + name + "_protos"
-    _protoc_c(name + "_pb_c", srcs, protos, pb_deps, ["//visibility:private"], testonly)
+    inner = ["//visibility:private"] if library else visibility
+    _protoc_c(name + "_pb_c", srcs, protos, pb_deps, inner, testonly)
 
     bases = [_base(s) for s in srcs]
     native.genrule(
@@ -99,9 +106,11 @@ def asynq_proto_library(name, srcs, deps = [], visibility = None, testonly = Non
         cmd = ("%s --plugin=protoc-gen-asynq=$(location %s) -I. -I/usr/include " +
                "--asynq_out=$(GENDIR) %s") % (_PROTOC, _PLUGIN, _srcs_args(srcs)),
         message = "protoc-gen-asynq %s" % name,
-        visibility = ["//visibility:private"],
+        visibility = inner,
         testonly = testonly,
     )
+    if not library:
+        return
     native.cc_library(
         name = name,
         srcs = [b + ".asynq.c" for b in bases],

@@ -63,6 +63,12 @@
  * - At-most-once (dedup.c): a request with a client_id and a non-idempotent
  *   call is entered in the table while it runs and remembered with its
  *   reply; copies of it never reach a worker.
+ * - Observability: per-method counters (calls by final status, latency
+ *   from the read to the handler's return, calls per request) and the
+ *   server's calls-per-request histogram are kept per worker (mstats.c),
+ *   so counting a call costs no atomic read-modify-write; readers sum the
+ *   workers' slots under s->mu. The health service (health.c) is added
+ *   by alloc like any other and reads asynq_rpc_server_serving.
  * - Lock order: s->mu, then sc->mu; the dedup table's lock is a leaf; no
  *   server lock is held while calling into conn.c.
  */
@@ -81,7 +87,9 @@
 
 #include "conn.h"
 #include "dedup.h"
+#include "health.h"
 #include "internal.h"
+#include "mstats.h"
 
 #define DEFAULT_MAX_MSG (4u << 20)
 #define DEFAULT_MAX_CALLS 10000
@@ -118,6 +126,7 @@ typedef struct srv_method {
 	const asynq_rpc_method_desc *m;
 	asynq_rpc_handler h;
 	void *ctx;
+	asynqi_mstats *st; /* per worker, slot w written by worker w only */
 } srv_method;
 
 typedef struct srv_conn srv_conn;
@@ -278,6 +287,8 @@ struct asynq_rpc_server {
 	/* What the last failed set-up call (add_service, listen) failed at,
 	 * in words; under mu. */
 	char last_error[256];
+	asynqi_wstats *w_stats;  /* per worker, as srv_method.st */
+	atomic_bool not_serving; /* asynq_rpc_server_set_serving(s, false) */
 };
 
 /* Records why a set-up call failed and returns st. */
@@ -778,6 +789,11 @@ static void
 call_result(srv_req *r, srv_call *k, asynq_status st, ProtobufCMessage *reply,
     asynq_task *t, const char *message)
 {
+	asynqi_mstats_code(&k->sm->st[r->worker],
+	    st == ASYNQ_OK && reply != NULL &&
+	            reply->descriptor != k->sm->m->output
+	        ? ASYNQ_INTERNAL
+	        : st);
 	if (st != ASYNQ_OK) {
 		if (reply != NULL)
 			protobuf_c_message_free_unpacked(reply, NULL);
@@ -812,6 +828,9 @@ task_main(asynq_task *t, void *arg)
 		srv_call *c = &r->calls[k->idx[0]];
 		ProtobufCMessage *reply = NULL;
 		asynq_status st = sm->h.unary(t, c->in, &reply, sm->ctx);
+		asynqi_hist_add(&sm->st[r->worker].latency,
+		    asynqi_latency_bounds, asynqi_n_latency_bounds,
+		    (uint64_t)((int64_t)asynq_now_ns() - r->recv_ns), 1);
 		call_result(r, c, st, reply, t, NULL);
 	} else {
 		asynq_rpc_batch_call *bc = calloc(k->n, sizeof(*bc));
@@ -825,6 +844,9 @@ task_main(asynq_task *t, void *arg)
 		for (size_t i = 0; i < k->n; i++)
 			bc[i].req = r->calls[k->idx[i]].in;
 		asynq_status st = sm->h.batch(t, bc, k->n, sm->ctx);
+		asynqi_hist_add(&sm->st[r->worker].latency,
+		    asynqi_latency_bounds, asynqi_n_latency_bounds,
+		    (uint64_t)((int64_t)asynq_now_ns() - r->recv_ns), k->n);
 		for (size_t i = 0; i < k->n; i++) {
 			srv_call *c = &r->calls[k->idx[i]];
 			if (bc[i].status != ASYNQ_OK)
@@ -970,6 +992,40 @@ req_main(asynq_task *t, void *arg)
 	return ASYNQ_OK;
 }
 
+/* Worker: counts request r's n_run calls in the calls-per-request
+ * histograms, the server's and each method's (the first
+ * TALLY_METHODS methods of a request; more are rare and not counted). */
+#define TALLY_METHODS 8
+static void
+req_tally(asynq_rpc_server *s, srv_req *r, size_t n_run)
+{
+	const srv_method *sm[TALLY_METHODS];
+	uint64_t n[TALLY_METHODS];
+	size_t k = 0;
+	if (n_run == 0)
+		return;
+	asynqi_hist_add(&s->w_stats[r->worker].cpr, asynqi_cpr_bounds,
+	    asynqi_n_cpr_bounds, n_run, 1);
+	for (size_t i = 0; i < r->n; i++) {
+		const srv_method *m = r->calls[i].sm;
+		size_t j = 0;
+		if (m == NULL)
+			continue;
+		while (j < k && sm[j] != m)
+			j++;
+		if (j == k) {
+			if (k == TALLY_METHODS)
+				continue;
+			sm[k] = m;
+			n[k++] = 0;
+		}
+		n[j]++;
+	}
+	for (size_t j = 0; j < k; j++)
+		asynqi_hist_add(&sm[j]->st[r->worker].cpr, asynqi_cpr_bounds,
+		    asynqi_n_cpr_bounds, n[j], 1);
+}
+
 /* Worker: run the calls of a received request. */
 static void
 req_run(asynq_post *p)
@@ -1004,6 +1060,7 @@ req_run(asynq_post *p)
 	r->running = n_run;
 	s->w_inflight[r->worker] += n_run;
 	atomic_fetch_add(&s->calls, n_run);
+	req_tally(s, r, n_run);
 	/* Group the calls into tasks: one per unary call, one per
 	 * whole-batch method. */
 	size_t n_tasks = 0;
@@ -1983,8 +2040,10 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	s->w_load = calloc(s->workers, sizeof(*s->w_load));
 	s->writers = calloc(s->workers, sizeof(*s->writers));
 	s->adm = calloc(s->workers, sizeof(*s->adm));
+	s->w_stats = calloc(s->workers, sizeof(*s->w_stats));
+	atomic_init(&s->not_serving, false);
 	if (s->w_inflight == NULL || s->writers == NULL || s->w_load == NULL ||
-	    s->adm == NULL)
+	    s->adm == NULL || s->w_stats == NULL)
 		goto fail_arrays;
 	for (size_t i = 0; i < s->workers; i++) {
 		atomic_init(&s->adm[i].overloaded, false);
@@ -1996,13 +2055,21 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->writers[i].s = s;
 		s->writers[i].index = i;
 	}
+	if ((st = asynqi_health_add(s)) != ASYNQ_OK)
+		goto fail_health;
+	st = ASYNQ_RESOURCE_EXHAUSTED;
 	if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0)
-		goto fail_arrays;
+		goto fail_health;
 	s->sweeper_on = true;
 	*sp = s;
 	return ASYNQ_OK;
 
+fail_health:
+	for (size_t i = 0; i < s->n_methods; i++)
+		free(s->methods[i].st);
+	free(s->methods);
 fail_arrays:
+	free(s->w_stats);
 	free(s->adm);
 	free(s->writers);
 	free(s->w_inflight);
@@ -2058,15 +2125,32 @@ asynq_rpc_server_add_service(asynq_rpc_server *s,
 			return setup_fail(s, ASYNQ_ALREADY_EXISTS,
 			    "handler table: method %s is already served", name);
 	}
-	srv_method *m = realloc(s->methods,
-	    (s->n_methods + svc->n_methods + 1) * sizeof(*m));
-	if (m == NULL)
+	asynqi_mstats **st = calloc(svc->n_methods + 1, sizeof(*st));
+	bool ok = st != NULL;
+	for (size_t i = 0; ok && i < svc->n_methods; i++)
+		ok = (st[i] = calloc(s->workers, sizeof(*st[i]))) != NULL;
+	/* Under mu: stats readers walk the table from other threads. */
+	pthread_mutex_lock(&s->mu);
+	srv_method *m = ok
+	    ? realloc(s->methods,
+	          (s->n_methods + svc->n_methods + 1) * sizeof(*m))
+	    : NULL;
+	if (m != NULL) {
+		s->methods = m;
+		for (size_t i = 0; i < svc->n_methods; i++)
+			s->methods[s->n_methods++] =
+			    (srv_method){ &svc->methods[i], handlers[i], ctx,
+				    st[i] };
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (m == NULL) {
+		for (size_t i = 0; st != NULL && i < svc->n_methods; i++)
+			free(st[i]);
+		free(st);
 		return setup_fail(s, ASYNQ_RESOURCE_EXHAUSTED,
 		    "add service %s: out of memory", svc->full_name);
-	s->methods = m;
-	for (size_t i = 0; i < svc->n_methods; i++)
-		s->methods[s->n_methods++] =
-		    (srv_method){ &svc->methods[i], handlers[i], ctx };
+	}
+	free(st);
 	return ASYNQ_OK;
 }
 
@@ -2205,6 +2289,9 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 	free(s->w_inflight);
 	free(s->w_load);
 	free(s->adm);
+	free(s->w_stats);
+	for (size_t i = 0; i < s->n_methods; i++)
+		free(s->methods[i].st);
 	free(s->methods);
 	asynqi_dedup_free(s->dd);
 	if (s->tls != NULL)
@@ -2232,4 +2319,101 @@ asynq_rpc_server_stats_get(const asynq_rpc_server *s,
 	out->conns_overflowed = atomic_load(&m->conns_overflowed);
 	out->shed = atomic_load(&m->shed);
 	out->shed_late = atomic_load(&m->shed_late);
+	out->inflight_calls = 0;
+	for (size_t i = 0; i < m->workers; i++)
+		out->inflight_calls +=
+		    atomic_load_explicit(&m->w_load[i], memory_order_relaxed);
+	pthread_mutex_lock(&m->mu);
+	out->conns_open = m->open;
+	pthread_mutex_unlock(&m->mu);
+	asynqi_hist_sum(&m->w_stats[0].cpr, m->workers, sizeof(*m->w_stats),
+	    asynqi_cpr_bounds, asynqi_n_cpr_bounds, &out->calls_per_request);
+}
+
+/* ---- Per-method counters and state, for probes and the health service --
+ */
+
+size_t
+asynq_rpc_server_methods(const asynq_rpc_server *s)
+{
+	asynq_rpc_server *m = (asynq_rpc_server *)s;
+	pthread_mutex_lock(&m->mu);
+	size_t n = m->n_methods;
+	pthread_mutex_unlock(&m->mu);
+	return n;
+}
+
+asynq_status
+asynq_rpc_server_method_stats_get(const asynq_rpc_server *s, size_t i,
+    asynq_rpc_method_stats *out)
+{
+	asynq_rpc_server *m = (asynq_rpc_server *)s;
+	pthread_mutex_lock(&m->mu);
+	if (i >= m->n_methods) {
+		pthread_mutex_unlock(&m->mu);
+		return ASYNQ_OUT_OF_RANGE;
+	}
+	out->method = m->methods[i].m;
+	asynqi_mstats_get(m->methods[i].st, m->workers, out);
+	pthread_mutex_unlock(&m->mu);
+	return ASYNQ_OK;
+}
+
+asynq_rpc_serving
+asynq_rpc_server_serving(const asynq_rpc_server *s)
+{
+	asynq_rpc_server *m = (asynq_rpc_server *)s;
+	asynq_rpc_serving st;
+	pthread_mutex_lock(&m->mu);
+	if (m->closed)
+		st = ASYNQ_RPC_CLOSED;
+	else if (m->closing)
+		st = ASYNQ_RPC_DRAINING;
+	else if (m->n_listeners == 0)
+		st = ASYNQ_RPC_STARTING;
+	else if (atomic_load(&m->not_serving))
+		st = ASYNQ_RPC_NOT_SERVING;
+	else
+		st = ASYNQ_RPC_SERVING;
+	pthread_mutex_unlock(&m->mu);
+	return st;
+}
+
+const char *
+asynq_rpc_serving_name(asynq_rpc_serving st)
+{
+	switch (st) {
+	case ASYNQ_RPC_STARTING:
+		return "starting";
+	case ASYNQ_RPC_SERVING:
+		return "serving";
+	case ASYNQ_RPC_NOT_SERVING:
+		return "not serving";
+	case ASYNQ_RPC_DRAINING:
+		return "draining";
+	case ASYNQ_RPC_CLOSED:
+		return "closed";
+	}
+	return "unknown";
+}
+
+void
+asynq_rpc_server_set_serving(asynq_rpc_server *s, bool serving)
+{
+	atomic_store(&s->not_serving, !serving);
+}
+
+bool
+asynq_rpc_server_has_service(const asynq_rpc_server *s, const char *full_name)
+{
+	asynq_rpc_server *m = (asynq_rpc_server *)s;
+	size_t len = strlen(full_name);
+	bool found = false;
+	pthread_mutex_lock(&m->mu);
+	for (size_t i = 0; i < m->n_methods && !found; i++) {
+		const char *f = m->methods[i].m->full_name;
+		found = strncmp(f, full_name, len) == 0 && f[len] == '/';
+	}
+	pthread_mutex_unlock(&m->mu);
+	return found;
 }

@@ -33,8 +33,10 @@ main(int argc, char **argv)
 	if (!svc_flags_parse(&f, argc, argv,
 	        "[--listen URL] [--workers N] [--db PATH] [--gen-answers N]"
 	        " [--gen-questions N] [--gen-users N]"
-	        " [--quiet]"))
+	        " [--admin URL] [--quiet]"))
 		return 2;
+	if (svc_admin_open(f.admin, "answers") != ASYNQ_OK)
+		return 1;
 	if ((rv = svc_data_answers_ensure(f.db, &f.data, &created)) != ASYNQ_OK)
 		goto fail;
 	if (created)
@@ -53,12 +55,14 @@ main(int argc, char **argv)
 	svc_run_until_signal("answers", answers_service_counters, s, f.quiet);
 	fprintf(stderr, "answers: stopping\n");
 	answers_service_close(s);
+	svc_admin_close();
 	asynq_runtime_free(rt);
 	answers_service_free(s);
 	return 0;
 fail:
 	fprintf(stderr, "answers: %s\n", asynq_strerror(rv));
 	answers_service_close(s);
+	svc_admin_close();
 	asynq_runtime_free(rt);
 	answers_service_free(s);
 	return 1;

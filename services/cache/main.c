@@ -49,8 +49,10 @@ main(int argc, char **argv)
 	}
 	if (!svc_flags_parse(&f, argc, argv,
 	        "[--listen URL] [--workers N] [--max-mb N] [--exec-log FILE] "
-	        "[--quiet]"))
+	        "[--admin URL] [--quiet]"))
 		return 2;
+	if (svc_admin_open(f.admin, "cache") != ASYNQ_OK)
+		return 1;
 	if (exec_log != NULL &&
 	    (log_fd = open(exec_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
 	         0644)) < 0) {
@@ -72,6 +74,7 @@ main(int argc, char **argv)
 	svc_run_until_signal("cache", cache_service_counters, s, f.quiet);
 	fprintf(stderr, "cache: stopping\n");
 	cache_service_close(s);
+	svc_admin_close();
 	asynq_runtime_free(rt);
 	cache_service_free(s);
 	if (log_fd >= 0)
@@ -80,6 +83,7 @@ main(int argc, char **argv)
 fail:
 	fprintf(stderr, "cache: %s\n", asynq_strerror(rv));
 	cache_service_close(s);
+	svc_admin_close();
 	asynq_runtime_free(rt);
 	cache_service_free(s);
 	if (log_fd >= 0)

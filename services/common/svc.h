@@ -19,6 +19,7 @@
 
 #include <sqlite3.h>
 
+#include "asynq/admin.h"
 #include "asynq/asynq.h"
 #include "asynq/rpc.h"
 
@@ -146,6 +147,7 @@ typedef struct svc_flags {
 	const char *cache_url;   /* --cache URL (frontend) */
 	svc_data_cfg data;       /* --gen-users/--gen-answers/--gen-questions */
 	bool quiet;              /* --quiet: no counters log */
+	const char *admin;       /* --admin URL: the admin endpoint */
 	/* --max-connections, --handshake-timeout-ms, --frame-timeout-ms,
 	 * --idle-timeout-ms, --max-write-queue-bytes, --queue-target-us
 	 * (admission control; "off" turns it off): the server's limits (zero:
@@ -187,9 +189,29 @@ typedef void (*svc_counters_fn)(void *arg, svc_counters *out);
 int svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
     bool quiet);
 
+/* ---- The admin endpoint (asynq/admin.h) ------------------------------- */
+
+/* svc_admin_open opens the process's admin endpoint at url (--admin; NULL:
+ * none, and OK) for the program `name` (static): the runtime
+ * svc_runtime_alloc makes afterwards, the servers svc_serve makes and the
+ * channels svc_admin_channel names are reported on it, /ready answering
+ * 503 until a server listens. On failure it prints why ("users: admin
+ * http://127.0.0.1:9090: address in use"). Main thread, once. */
+asynq_status svc_admin_open(const char *url, const char *name);
+
+/* svc_admin_channel reports ch as channel="name" on the admin endpoint, if
+ * one is open. Main thread. */
+void svc_admin_channel(asynq_rpc_channel *ch, const char *name);
+
+/* svc_admin_close closes the admin endpoint, if open: call it after the
+ * servers closed (so /ready said draining meanwhile) and before they,
+ * their channels and the runtime are freed. Main thread. */
+void svc_admin_close(void);
+
 /* svc_serve makes *srvp, a server on rt with settings cfg (NULL: the
  * defaults) for service svc with handlers (ctx passed to them), listening
- * at url. FAILED_PRECONDITION if *srvp is
+ * at url, and reports it on the admin endpoint as server="<svc's full
+ * name>". FAILED_PRECONDITION if *srvp is
  * already set; on failure *srvp stays NULL and the status says why
  * (UNAVAILABLE: address in use). Not from a worker. */
 asynq_status svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,

@@ -4,6 +4,10 @@
  * several services share, command-line flags, and the main thread's loop
  * that waits for SIGINT/SIGTERM while logging counters.
  *
+ * The admin endpoint is one per process, so it is kept here rather than
+ * passed to every service's start function: svc_serve and
+ * svc_runtime_alloc register what they make with it.
+ *
  * Design notes: signals are blocked in main before any thread exists, so
  * every thread (workers, nng's) inherits the mask and only the main thread,
  * in sigtimedwait, ever receives SIGINT or SIGTERM; no handler runs, so
@@ -19,6 +23,45 @@
 #include <time.h>
 
 #include "services/common/svc.h"
+
+/* ---- The admin endpoint ------------------------------------------------- */
+
+/* Main thread only (set up and torn down around the services). */
+static asynq_admin *admin;
+static const char *admin_name = "";
+
+asynq_status
+svc_admin_open(const char *url, const char *name)
+{
+	char err[256];
+	asynq_status rv;
+	if (url == NULL || admin != NULL)
+		return ASYNQ_OK;
+	if ((rv = asynq_admin_open(&admin, url, err, sizeof(err))) !=
+	    ASYNQ_OK) {
+		fprintf(stderr, "%s: %s\n", name, err);
+		return rv;
+	}
+	admin_name = name;
+	printf("%s: admin endpoint on %s (/live, /ready, /metrics)\n", name,
+	    asynq_admin_url(admin));
+	fflush(stdout);
+	return ASYNQ_OK;
+}
+
+void
+svc_admin_channel(asynq_rpc_channel *ch, const char *name)
+{
+	if (admin != NULL && ch != NULL)
+		(void)asynq_admin_add_channel(admin, ch, name);
+}
+
+void
+svc_admin_close(void)
+{
+	asynq_admin_close(admin);
+	admin = NULL;
+}
 
 /* ---- Runtime ------------------------------------------------------------ */
 
@@ -67,6 +110,8 @@ svc_runtime_alloc(asynq_runtime **rtp, size_t workers, svc_hooks *hs)
 		*rtp = NULL;
 		return ASYNQ_INVALID_ARGUMENT;
 	}
+	if (rv == ASYNQ_OK && admin != NULL)
+		(void)asynq_admin_add_runtime(admin, *rtp, admin_name);
 	return rv;
 }
 
@@ -110,6 +155,7 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		O_IDLE,
 		O_WRITE_QUEUE,
 		O_QUEUE_TARGET,
+		O_ADMIN,
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -129,6 +175,7 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		{ "max-write-queue-bytes", required_argument, NULL,
 		    O_WRITE_QUEUE },
 		{ "queue-target-us", required_argument, NULL, O_QUEUE_TARGET },
+		{ "admin", required_argument, NULL, O_ADMIN },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -191,6 +238,9 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 				ok = parse_ms(optarg,
 				    &f->server.queue_target_us);
 			break;
+		case O_ADMIN:
+			f->admin = optarg;
+			break;
 		case 'q':
 			f->quiet = true;
 			break;
@@ -207,7 +257,9 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		    "server limits: [--max-connections N] "
 		    "[--handshake-timeout-ms MS] [--frame-timeout-ms MS]\n"
 		    "  [--idle-timeout-ms MS] [--max-write-queue-bytes N] "
-		    "[--queue-target-us US|off]\n",
+		    "[--queue-target-us US|off]\n"
+		    "admin endpoint: [--admin http://HOST:PORT] serves /live, "
+		    "/ready and /metrics\n",
 		    argv[0], usage);
 	return ok;
 }
@@ -247,6 +299,8 @@ svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
 		asynq_rpc_server_free(srv);
 		return rv;
 	}
+	if (admin != NULL)
+		(void)asynq_admin_add_server(admin, srv, svc->full_name);
 	*srvp = srv;
 	return ASYNQ_OK;
 }

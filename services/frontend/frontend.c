@@ -385,6 +385,10 @@ frontend_service_alloc_cfg(frontend_service **sp, const frontend_cfg *cfg)
 	    (rv = channel_open(&s->cache, &asynq__cache__cache__asynq_desc,
 	         cfg->cache_url, cfg)) != ASYNQ_OK)
 		goto fail_cache;
+	/* Reported on the program's admin endpoint, if it has one. */
+	svc_admin_channel(s->users, "users");
+	svc_admin_channel(s->answers, "answers");
+	svc_admin_channel(s->cache, "cache");
 	*sp = s;
 	return ASYNQ_OK;
 fail_cache:

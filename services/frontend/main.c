@@ -31,8 +31,10 @@ main(int argc, char **argv)
 	svc_signals_block();
 	if (!svc_flags_parse(&f, argc, argv,
 	        "[--listen URL] [--workers N] [--users URL] [--answers URL]"
-	        " [--cache URL] [--quiet]"))
+	        " [--cache URL] [--admin URL] [--quiet]"))
 		return 2;
+	if (svc_admin_open(f.admin, "frontend") != ASYNQ_OK)
+		return 1;
 	if ((rv = frontend_service_alloc(&s, f.users_url, f.answers_url,
 	         f.cache_url)) != ASYNQ_OK)
 		goto fail;
@@ -49,12 +51,14 @@ main(int argc, char **argv)
 	svc_run_until_signal("frontend", frontend_service_counters, s, f.quiet);
 	fprintf(stderr, "frontend: stopping\n");
 	frontend_service_close(s);
+	svc_admin_close();
 	asynq_runtime_free(rt);
 	frontend_service_free(s);
 	return 0;
 fail:
 	fprintf(stderr, "frontend: %s\n", asynq_strerror(rv));
 	frontend_service_close(s);
+	svc_admin_close();
 	asynq_runtime_free(rt);
 	frontend_service_free(s);
 	return 1;

@@ -30,8 +30,10 @@ main(int argc, char **argv)
 	svc_signals_block();
 	if (!svc_flags_parse(&f, argc, argv,
 	        "[--listen URL] [--workers N] [--db PATH] [--gen-users N]"
-	        " [--quiet]"))
+	        " [--admin URL] [--quiet]"))
 		return 2;
+	if (svc_admin_open(f.admin, "users") != ASYNQ_OK)
+		return 1;
 	if ((rv = svc_data_users_ensure(f.db, &f.data, &created)) != ASYNQ_OK)
 		goto fail;
 	if (created)
@@ -49,12 +51,14 @@ main(int argc, char **argv)
 	svc_run_until_signal("users", users_service_counters, s, f.quiet);
 	fprintf(stderr, "users: stopping\n");
 	users_service_close(s);
+	svc_admin_close();
 	asynq_runtime_free(rt);
 	users_service_free(s);
 	return 0;
 fail:
 	fprintf(stderr, "users: %s\n", asynq_strerror(rv));
 	users_service_close(s);
+	svc_admin_close();
 	asynq_runtime_free(rt);
 	users_service_free(s);
 	return 1;

@@ -367,7 +367,9 @@ typedef struct asynq_rpc_server_cfg {
 	asynq_rpc_cache_cfg request_cache;
 } asynq_rpc_server_cfg;
 
-/* asynq_rpc_server_alloc makes a server that runs on rt's workers.
+/* asynq_rpc_server_alloc makes a server that runs on rt's workers, with
+ * the health service (proto/asynq/health.proto, asynq.health.v1.Health)
+ * already added, so a service of the same name cannot be.
  * Close it before rt stops: requests that arrive while rt stops are
  * answered UNAVAILABLE. INVALID_ARGUMENT for tls files that cannot be read
  * or used. Not from a worker. */
@@ -404,6 +406,20 @@ void asynq_rpc_server_close(asynq_rpc_server *s);
 /* asynq_rpc_server_free closes the server if needed and frees it. */
 void asynq_rpc_server_free(asynq_rpc_server *s);
 
+/* Most buckets of a server histogram (asynq_rpc_hist). */
+#define ASYNQ_RPC_HIST_MAX 16
+
+/* A histogram a server keeps: how many observations fell in each bucket.
+ * Bucket i counts values <= bounds[i] (and above bounds[i-1]); bucket
+ * n_bounds counts those above the last bound. Not cumulative. */
+typedef struct asynq_rpc_hist {
+	const uint64_t *bounds; /* ascending upper bounds, static */
+	size_t n_bounds;        /* at most ASYNQ_RPC_HIST_MAX */
+	uint64_t counts[ASYNQ_RPC_HIST_MAX + 1];
+	uint64_t count; /* observations: the sum of counts */
+	uint64_t sum;   /* of the values observed */
+} asynq_rpc_hist;
+
 /* Counters of a server. */
 typedef struct asynq_rpc_server_stats {
 	uint64_t requests;   /* requests received */
@@ -423,11 +439,71 @@ typedef struct asynq_rpc_server_stats {
 	                              (overloaded), not run */
 	uint64_t shed_late;        /* of those, the ones refused after they
 	                              waited (decoded, queued), not at once */
+	uint64_t conns_open;       /* connections open now */
+	uint64_t inflight_calls;   /* calls read and not answered yet */
+	/* Calls run per request that ran any (the batching at a glance). */
+	asynq_rpc_hist calls_per_request;
 } asynq_rpc_server_stats;
 
 /* asynq_rpc_server_stats_get copies the server's counters. Any thread. */
 void asynq_rpc_server_stats_get(const asynq_rpc_server *s,
     asynq_rpc_server_stats *out);
+
+/* Counters of one method a server serves. Kept per worker without locks
+ * or atomic read-modify-writes, and summed when read. */
+typedef struct asynq_rpc_method_stats {
+	const asynq_rpc_method_desc *method;
+	/* Calls whose handler ran, by the status they ended with (indexed
+	 * by asynq_status; ASYNQ_OK is success). Calls refused before
+	 * running (limits, overload, closing) are counted in the server's
+	 * stats only. */
+	uint64_t codes[ASYNQ_STATUS_COUNT];
+	/* Nanoseconds from the request being read to the call's handler
+	 * returning (queueing, decoding and the handler), per call; a
+	 * whole-batch handler's calls all count its time. */
+	asynq_rpc_hist latency_ns;
+	/* Calls of this method in one request, per request that had any. */
+	asynq_rpc_hist calls_per_request;
+} asynq_rpc_method_stats;
+
+/* asynq_rpc_server_methods returns how many methods s serves (its health
+ * service's included). Any thread. */
+size_t asynq_rpc_server_methods(const asynq_rpc_server *s);
+
+/* asynq_rpc_server_method_stats_get copies the counters of s's method i
+ * (0 <= i < asynq_rpc_server_methods, in the order services were added).
+ * OUT_OF_RANGE past the last. Any thread. */
+asynq_status asynq_rpc_server_method_stats_get(const asynq_rpc_server *s,
+    size_t i, asynq_rpc_method_stats *out);
+
+/* What a server is doing, as readiness probes and its health service
+ * (proto/asynq/health.proto) report it. */
+typedef enum asynq_rpc_serving {
+	ASYNQ_RPC_STARTING = 0, /* made, not listening yet */
+	ASYNQ_RPC_SERVING,      /* listening */
+	ASYNQ_RPC_NOT_SERVING,  /* listening, but set not serving */
+	ASYNQ_RPC_DRAINING,     /* asynq_rpc_server_close under way */
+	ASYNQ_RPC_CLOSED,       /* closed: answers nothing more */
+} asynq_rpc_serving;
+
+/* asynq_rpc_server_serving returns what s is doing now. Any thread. */
+asynq_rpc_serving asynq_rpc_server_serving(const asynq_rpc_server *s);
+
+/* asynq_rpc_serving_name returns the state in words ("starting",
+ * "serving", "not serving", "draining", "closed"); static. */
+const char *asynq_rpc_serving_name(asynq_rpc_serving st);
+
+/* asynq_rpc_server_set_serving(s, false) marks a server not serving: it
+ * keeps accepting and answering calls, but its health service answers
+ * NOT_SERVING and an admin endpoint's /ready 503, so that load balancers
+ * stop sending to it before it closes (the first step of a drain); true
+ * undoes it. Any thread. */
+void asynq_rpc_server_set_serving(asynq_rpc_server *s, bool serving);
+
+/* asynq_rpc_server_has_service says whether s serves the service of that
+ * full name ("asynq.users.Users"). Any thread. */
+bool asynq_rpc_server_has_service(const asynq_rpc_server *s,
+    const char *full_name);
 
 #ifdef __cplusplus
 }
