@@ -574,6 +574,13 @@ static const field channel_fields[] = {
 	    "Requests a server refused without running them.", CH(refused) },
 	{ "asynq_rpc_client_retried_requests_total", "counter",
 	    "Refused requests sent to another replica.", CH(retries) },
+	{ "asynq_rpc_client_collapsed_calls_total", "counter",
+	    "Calls folded into an identical call of the same batch.",
+	    CH(collapsed) },
+	{ "asynq_rpc_client_cached_calls_total", "counter",
+	    "Calls answered from a request cache, not sent.", CH(cached) },
+	{ "asynq_rpc_client_sent_calls_total", "counter",
+	    "Distinct calls put in requests.", CH(sent_calls) },
 };
 #undef CH
 
@@ -594,6 +601,9 @@ static const field worker_fields[] = {
 	    SCH(async_flushes) },
 	{ "asynq_worker_batches_cancelled_total", "counter",
 	    "Batches cancelled.", SCH(batches_cancelled) },
+	{ "asynq_worker_items_followed_total", "counter",
+	    "Batch calls folded into an identical key's item.",
+	    SCH(items_followed) },
 	{ "asynq_worker_sleeps_total", "counter",
 	    "Times the worker slept waiting for work or I/O.", SCH(sleeps) },
 	{ "asynq_worker_stacks_mapped_total", "counter",
