@@ -12,6 +12,7 @@
 
 #include "asynq/asynq.h"
 #include "coro.h"
+#include "platform.h"
 
 enum fut_kind { FUT_CONST, FUT_TASK, FUT_ITEM, FUT_TIMER, FUT_PROMISE };
 enum val_kind { VAL_NONE, VAL_I64, VAL_PTR };
@@ -341,5 +342,10 @@ void asynqi_dump_sched(asynq_sched *s, FILE *f, size_t max_tasks);
 /* Debug backend setup for a scheduler. */
 void asynqi_debug_init(asynq_sched *s);
 void asynqi_debug_fini(asynq_sched *s);
+
+/* asynqi_sig_write writes s to stderr; asynqi_sig_write_int writes v in
+ * decimal. Async-signal-safe (write(2) only). */
+void asynqi_sig_write(const char *s);
+void asynqi_sig_write_int(long long v);
 
 #endif /* ASYNQ_CORE_INTERNAL_H */

@@ -77,6 +77,7 @@
 
 #include "asynq/batch.h"
 #include "conn.h"
+#include "framework/core/platform.h"
 #include "internal.h"
 
 #define DEFAULT_MAX_CALLS 1000
@@ -287,10 +288,14 @@ static void
 sub_finished(asynq_rpc_channel *ch, sub_req *q)
 {
 	rpc_batch *b = q->b;
-	if (atomic_fetch_sub(&b->pending, 1) == 1)
+	/* Each sub-request finishes once: whoever made it DONE. */
+	size_t was = atomic_fetch_sub(&b->pending, 1);
+	ASYNQ_ASSERT(was > 0);
+	if (was == 1)
 		asynq_batch_complete(&b->base, ASYNQ_OK);
 	/* b may be gone now. */
 	pthread_mutex_lock(&ch->mu);
+	ASYNQ_ASSERT(ch->inflight > 0);
 	if (--ch->inflight == 0)
 		pthread_cond_broadcast(&ch->cv);
 	pthread_mutex_unlock(&ch->mu);
@@ -1756,8 +1761,7 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		if ((f = asynq_batch_add(&be->base, 0, NULL)) == NULL)
 			return NULL;
 		/* asynq_backend_active said this add joins b. */
-		if (asynq_item_batch(f) != &b->base)
-			abort();
+		ASYNQ_ASSERT(asynq_item_batch(f) == &b->base);
 	}
 	if (d != NULL) {
 		buf->len += (size_t)(p - d);
