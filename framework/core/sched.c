@@ -1628,6 +1628,9 @@ asynq_thread_fini(void)
 		                "asynq_wait; ignored\n");
 		return;
 	}
+	/* Modules first: they abandon or cancel what they started, and the
+	 * drain below runs what that wakes. */
+	asynqi_locals_stop(s);
 	asynqi_debug_fini(s);
 	asynqi_timers_cancel(s);
 	/* Cancel what never flushed and let woken tasks finish. */
@@ -1657,6 +1660,8 @@ asynq_thread_fini(void)
 			run_task(s, &l, t);
 		s->loop = NULL;
 	}
+	/* Nothing runs any more: the modules' states go. */
+	asynqi_locals_free(s);
 	/* Tasks that never ran or stay blocked can never finish now: drop their
 	 * stacks and leave them failed with CANCELLED. */
 	for (asynq_task *t = s->all_tasks; t != NULL; t = t->all_next) {
