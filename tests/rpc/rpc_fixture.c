@@ -3,6 +3,7 @@
  * The RPC tests' shared fixture and raw-wire helpers (rpc_fixture.h).
  */
 #include "tests/rpc/rpc_fixture.h"
+#include "tests/common/child.h"
 
 /* ---- Handlers ----------------------------------------------------------- */
 
@@ -216,15 +217,7 @@ const asynq_rpc_handler calc_handlers[] = {
 int
 free_port(void)
 {
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	socklen_t len = sizeof(a);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-	    getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-		return -1;
-	close(fd);
-	return ntohs(a.sin_port);
+	return child_free_port();
 }
 
 void
