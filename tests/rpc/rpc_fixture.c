@@ -89,6 +89,12 @@ h_sum(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 	for (size_t i = 0; i < n; i++) {
 		const Asynq__Rpctest__Num *in =
 		    (const Asynq__Rpctest__Num *)calls[i].req;
+		if (in->v < 0) {
+			asynq_rpc_batch_fail(&calls[i], ASYNQ_INVALID_ARGUMENT,
+			    "sum: v = %lld is negative (call %zu of %zu)",
+			    (long long)in->v, i, n);
+			continue;
+		}
 		Asynq__Rpctest__Num *out = num_new(in->v + (int64_t)n);
 		if (out == NULL)
 			return ASYNQ_RESOURCE_EXHAUSTED;
