@@ -216,6 +216,12 @@ answers_service_alloc(answers_service **sp, const char *db_path)
 	return ASYNQ_OK;
 }
 
+svc_db *
+answers_service_db(answers_service *s)
+{
+	return &s->db;
+}
+
 svc_hook
 answers_service_hook(answers_service *s)
 {

@@ -30,6 +30,10 @@ typedef struct answers_service answers_service;
  * INTERNAL if it is not an answers database. Not from a worker. */
 asynq_status answers_service_alloc(answers_service **sp, const char *db_path);
 
+/* answers_service_db returns the service's database, for its settings
+ * (on_worker); set them before it starts. */
+svc_db *answers_service_db(answers_service *s);
+
 /* answers_service_hook returns the worker hooks that open and close each
  * worker's SQLite connection; without them connections open on first use. */
 svc_hook answers_service_hook(answers_service *s);

@@ -33,7 +33,7 @@ main(int argc, char **argv)
 	if (!svc_flags_parse(&f, argc, argv,
 	        "[--listen URL] [--workers N] [--db PATH] [--gen-answers N]"
 	        " [--gen-questions N] [--gen-users N]"
-	        " [--admin URL] [--quiet]"))
+	        " [--admin URL] [--db-on-worker] [--quiet]"))
 		return 2;
 	if (svc_admin_open(f.admin, "answers") != ASYNQ_OK)
 		return 1;
@@ -41,7 +41,9 @@ main(int argc, char **argv)
 		goto fail;
 	if (created)
 		fprintf(stderr, "answers: generated %s\n", f.db);
-	if ((rv = answers_service_alloc(&s, f.db)) != ASYNQ_OK)
+	if ((rv = answers_service_alloc(&s, f.db)) == ASYNQ_OK)
+		answers_service_db(s)->on_worker = f.db_on_worker;
+	if (rv != ASYNQ_OK)
 		goto fail;
 	svc_hooks_add(&hooks, answers_service_hook(s));
 	if ((rv = svc_runtime_alloc(&rt, f.workers, &hooks)) != ASYNQ_OK)

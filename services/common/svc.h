@@ -12,6 +12,7 @@
 #ifndef SERVICES_COMMON_SVC_H
 #define SERVICES_COMMON_SVC_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -63,14 +64,27 @@ asynq_status svc_data_answers_ensure(const char *path, const svc_data_cfg *cfg,
 
 /* ---- Per-worker SQLite connections ------------------------------------- */
 
-/* A read-only database a service queries from its runtime's workers: one
- * connection per worker thread (SQLITE_OPEN_NOMUTEX: never shared), opened in
- * the worker_start hook and closed in worker_stop. */
+#define SVC_DB_IDLE 16
+
+/* A read-only database a service queries. By default a query runs on the
+ * blocking pool (asynq_run_blocking) on a connection of the pool's, so a
+ * slow one never stalls the other calls of the worker that asked; with
+ * on_worker it runs on the worker's own connection (one per worker thread,
+ * SQLITE_OPEN_NOMUTEX: never shared, opened in the worker_start hook and
+ * closed in worker_stop), which saves two thread hand-offs per query. */
 typedef struct svc_db {
 	char *path;
 	sqlite3
 	    *conns[SVC_MAX_WORKERS];  /* slot i: worker i's, only it uses it */
 	atomic_uint_fast64_t queries; /* SQL statements run */
+	bool on_worker;
+	pthread_mutex_t idle_mu;
+	sqlite3 *idle[SVC_DB_IDLE]; /* the pool's connections not in use */
+	size_t n_idle;
+	/* Fault injection for tests: called before each query, on the thread
+	 * that runs it; a non-OK status fails the query. */
+	asynq_status (*before_query)(void *arg);
+	void *before_query_arg;
 } svc_db;
 
 /* svc_db_init checks that path opens read-only and has `table`, and prepares
@@ -97,8 +111,9 @@ sqlite3 *svc_db_conn(svc_db *db);
 typedef asynq_status (*svc_row_fn)(sqlite3_stmt *row, void *arg);
 
 /* svc_db_in runs `<select> WHERE <column> IN (?,...,?) <tail>` with ids bound
- * (duplicates allowed) on the calling worker's connection and calls fn for
- * each row. It runs one statement per SQLITE_LIMIT_VARIABLE_NUMBER ids (one
+ * (duplicates allowed) and calls fn for each row, on the blocking pool (the
+ * calling task waits; fn runs on the pool's thread) or, with on_worker, on
+ * the calling worker's connection. It runs one statement per SQLITE_LIMIT_VARIABLE_NUMBER ids (one
  * for any batch the RPC layer delivers by default), counted in db->queries.
  * UNAVAILABLE without a connection, INTERNAL on an SQL error. */
 asynq_status svc_db_in(svc_db *db, const char *select, const char *column,
@@ -147,6 +162,8 @@ typedef struct svc_flags {
 	const char *cache_url;   /* --cache URL (frontend) */
 	svc_data_cfg data;       /* --gen-users/--gen-answers/--gen-questions */
 	bool quiet;              /* --quiet: no counters log */
+	bool db_on_worker;       /* --db-on-worker: SQLite queries on the
+	                            worker threads, not the blocking pool */
 	const char *admin;       /* --admin URL: the admin endpoint */
 	/* --max-connections, --handshake-timeout-ms, --frame-timeout-ms,
 	 * --idle-timeout-ms, --max-write-queue-bytes, --queue-target-us

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "asynq/runtime.h"
 #include "services/common/svc.h"
 
 static sqlite3 *
@@ -37,6 +38,7 @@ svc_db_init(svc_db *db, const char *path, const char *table)
 {
 	memset(db, 0, sizeof(*db));
 	atomic_init(&db->queries, 0);
+	pthread_mutex_init(&db->idle_mu, NULL);
 	FILE *f = fopen(path, "rb");
 	if (f == NULL)
 		return ASYNQ_NOT_FOUND;
@@ -71,6 +73,10 @@ svc_db_fini(svc_db *db)
 		sqlite3_close(db->conns[i]);
 		db->conns[i] = NULL;
 	}
+	for (size_t i = 0; i < db->n_idle; i++)
+		sqlite3_close(db->idle[i]);
+	db->n_idle = 0;
+	pthread_mutex_destroy(&db->idle_mu);
 	free(db->path);
 	db->path = NULL;
 }
@@ -166,13 +172,13 @@ out:
 	return rv;
 }
 
-asynq_status
-svc_db_in(svc_db *db, const char *select, const char *column, const char *tail,
-    const int64_t *ids, size_t n, svc_row_fn fn, void *arg)
+/* Runs the whole IN lookup on connection c. */
+static asynq_status
+in_all(svc_db *db, sqlite3 *c, const char *select, const char *column,
+    const char *tail, const int64_t *ids, size_t n, svc_row_fn fn, void *arg)
 {
-	sqlite3 *c = svc_db_conn(db);
-	if (c == NULL)
-		return ASYNQ_UNAVAILABLE;
+	if (db->before_query != NULL)
+		ASYNQ_TRY(db->before_query(db->before_query_arg));
 	size_t max = (size_t)sqlite3_limit(c, SQLITE_LIMIT_VARIABLE_NUMBER, -1);
 	if (max == 0)
 		max = 999;
@@ -182,4 +188,62 @@ svc_db_in(svc_db *db, const char *select, const char *column, const char *tail,
 		    in_chunk(db, c, select, column, tail, ids + i, k, fn, arg));
 	}
 	return ASYNQ_OK;
+}
+
+/* One lookup handed to the blocking pool. */
+typedef struct db_job {
+	svc_db *db;
+	const char *select, *column, *tail;
+	const int64_t *ids;
+	size_t n;
+	svc_row_fn fn;
+	void *arg;
+} db_job;
+
+static asynq_status
+db_job_run(void *p, const char **why)
+{
+	db_job *j = p;
+	svc_db *db = j->db;
+	sqlite3 *c = NULL;
+	pthread_mutex_lock(&db->idle_mu);
+	if (db->n_idle > 0)
+		c = db->idle[--db->n_idle];
+	pthread_mutex_unlock(&db->idle_mu);
+	if (c == NULL && (c = conn_open(db->path)) == NULL) {
+		*why = "cannot open the database";
+		return ASYNQ_UNAVAILABLE;
+	}
+	asynq_status rv = in_all(db, c, j->select, j->column, j->tail, j->ids,
+	    j->n, j->fn, j->arg);
+	pthread_mutex_lock(&db->idle_mu);
+	if (db->n_idle < SVC_DB_IDLE) {
+		db->idle[db->n_idle++] = c;
+		c = NULL;
+	}
+	pthread_mutex_unlock(&db->idle_mu);
+	sqlite3_close(c);
+	if (rv != ASYNQ_OK)
+		*why = "query failed";
+	return rv;
+}
+
+asynq_status
+svc_db_in(svc_db *db, const char *select, const char *column, const char *tail,
+    const int64_t *ids, size_t n, svc_row_fn fn, void *arg)
+{
+	asynq_task *t = asynq_task_current();
+	if (!db->on_worker && t != NULL) {
+		db_job j = { db, select, column, tail, ids, n, fn, arg };
+		asynq_future *f = asynq_run_blocking(db_job_run, &j);
+		if (f == NULL)
+			return ASYNQ_RESOURCE_EXHAUSTED;
+		asynq_status st = asynq_await(t, f);
+		asynq_future_rele(f);
+		return st;
+	}
+	sqlite3 *c = svc_db_conn(db);
+	if (c == NULL)
+		return ASYNQ_UNAVAILABLE;
+	return in_all(db, c, select, column, tail, ids, n, fn, arg);
 }

@@ -156,6 +156,7 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		O_WRITE_QUEUE,
 		O_QUEUE_TARGET,
 		O_ADMIN,
+		O_DB_ON_WORKER,
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -176,6 +177,7 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		    O_WRITE_QUEUE },
 		{ "queue-target-us", required_argument, NULL, O_QUEUE_TARGET },
 		{ "admin", required_argument, NULL, O_ADMIN },
+		{ "db-on-worker", no_argument, NULL, O_DB_ON_WORKER },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -240,6 +242,9 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 			break;
 		case O_ADMIN:
 			f->admin = optarg;
+			break;
+		case O_DB_ON_WORKER:
+			f->db_on_worker = true;
 			break;
 		case 'q':
 			f->quiet = true;

@@ -11,6 +11,7 @@
  * Assertions run on the test thread only, never on a coroutine stack: tasks
  * record what they see in plain structs.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -884,6 +885,116 @@ test_cache_incr_counts_in_text(void **state)
 	cache_service_free(cs);
 }
 
+/* ---- A slow query does not stall its worker ------------------------------ */
+
+/* The first query blocks until the gate opens (at most 10 s); later ones
+ * pass at once. */
+static pthread_mutex_t slow_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t slow_cv = PTHREAD_COND_INITIALIZER;
+static bool slow_open;
+static int slow_queries;
+
+static asynq_status
+slow_first_query(void *arg)
+{
+	(void)arg;
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 10;
+	pthread_mutex_lock(&slow_mu);
+	bool first = slow_queries++ == 0;
+	int rv = 0;
+	while (first && !slow_open && rv == 0)
+		rv = pthread_cond_timedwait(&slow_cv, &slow_mu, &dl);
+	bool ok = !first || slow_open;
+	pthread_mutex_unlock(&slow_mu);
+	return ok ? ASYNQ_OK : ASYNQ_DEADLINE_EXCEEDED;
+}
+
+typedef struct slow_job {
+	asynq_rpc_channel *ch;
+	int64_t id;
+	asynq_status st;
+	int64_t got;
+	bool opens; /* opens the gate once answered */
+} slow_job;
+
+static asynq_status
+slow_lookup(asynq_task *t, void *arg)
+{
+	slow_job *j = arg;
+	if (j->opens) {
+		/* After the first lookup's request has reached the worker. */
+		for (int i = 0; i < 2000; i++) {
+			pthread_mutex_lock(&slow_mu);
+			int q = slow_queries;
+			pthread_mutex_unlock(&slow_mu);
+			if (q > 0)
+				break;
+			asynq_future *s = asynq_sleep(1000000);
+			(void)asynq_await(t, s);
+			asynq_future_rele(s);
+		}
+	}
+	Asynq__Users__UserId r = ASYNQ__USERS__USER_ID__INIT;
+	r.id = j->id;
+	asynq_future *f = asynq_rpc_call(j->ch, GET_USER, &r.base);
+	j->st = asynq_await(t, f);
+	const Asynq__Users__User *u = asynq_future_ptr(f);
+	j->got = u != NULL ? u->id : -1;
+	asynq_future_rele(f);
+	if (j->opens) {
+		pthread_mutex_lock(&slow_mu);
+		slow_open = true;
+		pthread_cond_broadcast(&slow_cv);
+		pthread_mutex_unlock(&slow_mu);
+	}
+	return ASYNQ_OK;
+}
+
+/* One worker: a GetUser whose query is stuck, and a second GetUser that
+ * must be answered meanwhile (it is the one that unsticks the first; with
+ * queries on the worker's thread the worker would never read it). */
+static void
+test_users_slow_query_does_not_stall_worker(void **state)
+{
+	(void)state;
+	users_service *us;
+	asynq_runtime *rt;
+	svc_hooks hooks = { 0 };
+	slow_open = false;
+	slow_queries = 0;
+	assert_int_equal(users_service_alloc(&us, users_db), ASYNQ_OK);
+	users_service_db(us)->before_query = slow_first_query;
+	assert_int_equal(svc_hooks_add(&hooks, users_service_hook(us)),
+	    ASYNQ_OK);
+	assert_int_equal(svc_runtime_alloc(&rt, 1, &hooks), ASYNQ_OK);
+	assert_int_equal(
+	    users_service_start(us, rt, "inproc://svc-users-slow", NULL),
+	    ASYNQ_OK);
+	/* Two channels, so the lookups travel as two requests. */
+	asynq_rpc_channel *a = channel(&asynq__users__users__asynq_desc,
+	    "inproc://svc-users-slow");
+	asynq_rpc_channel *b = channel(&asynq__users__users__asynq_desc,
+	    "inproc://svc-users-slow");
+	slow_job jobs[2] = { { a, 3, ASYNQ_UNKNOWN, 0, false },
+		{ b, 4, ASYNQ_UNKNOWN, 0, true } };
+	asynq_future *fs[2] = { asynq_spawn(slow_lookup, &jobs[0]),
+		asynq_spawn(slow_lookup, &jobs[1]) };
+	assert_int_equal(asynq_wait_all(fs, 2), ASYNQ_OK);
+	asynq_future_rele_n(fs, 2);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(jobs[i].st, ASYNQ_OK);
+		assert_int_equal(jobs[i].got, jobs[i].id);
+	}
+	assert_int_equal(slow_queries, 2);
+	asynq_rpc_channel_free(a);
+	asynq_rpc_channel_free(b);
+	users_service_close(us);
+	asynq_runtime_free(rt);
+	users_service_free(us);
+}
+
 int
 main(void)
 {
@@ -903,6 +1014,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(
 		    test_services_author_names_cache_aside, fx_setup_cached,
 		    fx_teardown),
+		cmocka_unit_test(test_users_slow_query_does_not_stall_worker),
 		cmocka_unit_test(test_cache_get_set_delete_ttl_lru),
 		cmocka_unit_test(test_cache_incr_counts_in_text),
 	};

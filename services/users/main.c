@@ -30,7 +30,7 @@ main(int argc, char **argv)
 	svc_signals_block();
 	if (!svc_flags_parse(&f, argc, argv,
 	        "[--listen URL] [--workers N] [--db PATH] [--gen-users N]"
-	        " [--admin URL] [--quiet]"))
+	        " [--admin URL] [--db-on-worker] [--quiet]"))
 		return 2;
 	if (svc_admin_open(f.admin, "users") != ASYNQ_OK)
 		return 1;
@@ -38,7 +38,9 @@ main(int argc, char **argv)
 		goto fail;
 	if (created)
 		fprintf(stderr, "users: generated %s\n", f.db);
-	if ((rv = users_service_alloc(&s, f.db)) != ASYNQ_OK)
+	if ((rv = users_service_alloc(&s, f.db)) == ASYNQ_OK)
+		users_service_db(s)->on_worker = f.db_on_worker;
+	if (rv != ASYNQ_OK)
 		goto fail;
 	svc_hooks_add(&hooks, users_service_hook(s));
 	if ((rv = svc_runtime_alloc(&rt, f.workers, &hooks)) != ASYNQ_OK)

@@ -139,6 +139,12 @@ users_service_alloc(users_service **sp, const char *db_path)
 	return ASYNQ_OK;
 }
 
+svc_db *
+users_service_db(users_service *s)
+{
+	return &s->db;
+}
+
 svc_hook
 users_service_hook(users_service *s)
 {

@@ -33,6 +33,10 @@ asynq_status users_service_alloc(users_service **sp, const char *db_path);
  * worker's SQLite connection; without them connections open on first use. */
 svc_hook users_service_hook(users_service *s);
 
+/* users_service_db returns the service's database, for its settings
+ * (on_worker) and tests' fault injection; set them before it starts. */
+svc_db *users_service_db(users_service *s);
+
 /* users_service_start serves the service on rt's workers at url (nng URL).
  * UNAVAILABLE if the address is in use, INVALID_ARGUMENT for a bad URL,
  * FAILED_PRECONDITION if already started. Not from a worker. */

@@ -106,6 +106,34 @@ asynq_error *asynq_ticket_error(const asynq_ticket *tk);
  * finishes (the result is then discarded). NULL is ignored. Any thread. */
 void asynq_ticket_free(asynq_ticket *tk);
 
+/* ---- Blocking work ------------------------------------------------------ */
+
+/* Work that blocks its thread (a synchronous database query, a slow system
+ * call, a CPU-heavy step): run on a thread of the process's blocking pool,
+ * never on a scheduler's thread. It must not call asynq functions; what it
+ * computes goes through arg. A non-OK status fails the future with it and
+ * the message in *why (static text, or NULL). */
+typedef asynq_status (*asynq_blocking_fn)(void *arg, const char **why);
+
+/* Bounds of the blocking pool; zero fields take the defaults. */
+typedef struct asynq_blocking_cfg {
+	size_t threads;    /* pool threads, started as needed; default 4 */
+	size_t max_queued; /* calls waiting for a thread; default 4,096 */
+} asynq_blocking_cfg;
+
+/* asynq_blocking_configure sets the pool's bounds; FAILED_PRECONDITION once
+ * the pool has run a call, INVALID_ARGUMENT for more than 256 threads. Any
+ * thread. */
+asynq_status asynq_blocking_configure(const asynq_blocking_cfg *cfg);
+
+/* asynq_run_blocking starts fn(arg) on a thread of the blocking pool and
+ * returns a future computed (value 0) when it returned OK, or failed with
+ * its status; meanwhile the scheduler runs its other tasks. arg is borrowed
+ * until the future is computed. Fails RESOURCE_EXHAUSTED at once when
+ * max_queued calls already wait. asynq_thread_fini waits for calls in
+ * flight. Scheduler thread only. */
+asynq_future *asynq_run_blocking(asynq_blocking_fn fn, void *arg);
+
 #ifdef __cplusplus
 }
 #endif
