@@ -19,6 +19,7 @@
 struct answers_service {
 	svc_db db;
 	asynq_rpc_server *srv;
+	asynq__answers__answers__asynq_binding binding;
 };
 
 /* A growable array of rows of either query. */
@@ -76,29 +77,27 @@ by_id(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Collects the int64 field at byte offset `off` of every call's request. */
+/* An array of n ids, or NULL without memory. */
 static int64_t *
-request_ids(const asynq_rpc_batch_call *calls, size_t n, size_t off)
+ids_alloc(size_t n)
 {
-	int64_t *ids = malloc((n != 0 ? n : 1) * sizeof(*ids));
-	if (ids != NULL)
-		for (size_t i = 0; i < n; i++)
-			memcpy(&ids[i], (const char *)calls[i].req + off,
-			    sizeof(int64_t));
-	return ids;
+	return malloc((n != 0 ? n : 1) * sizeof(int64_t));
 }
 
 static asynq_status
-h_get_answer(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+h_get_answer(asynq_task *t,
+    asynq__answers__answers__get_answer__batch_call *calls, size_t n,
+    void *ctx)
 {
 	answers_service *s = ctx;
 	answer_rows rows = { .with_body = true };
-	int64_t *ids =
-	    request_ids(calls, n, offsetof(Asynq__Answers__AnswerId, id));
+	int64_t *ids = ids_alloc(n);
 	asynq_status rv;
 
 	if (ids == NULL)
 		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		ids[i] = calls[i].req->id;
 	rv = svc_db_in(&s->db,
 	    "SELECT id, question_id, author_id, body FROM answers", "id", "",
 	    ids, n, rows_collect, &rows);
@@ -131,7 +130,7 @@ h_get_answer(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 		a->question_id = r->question_id;
 		a->author_id = r->author_id;
 		a->body = body;
-		calls[i].reply = &a->base;
+		calls[i].reply = a;
 		calls[i].status = ASYNQ_OK;
 	}
 	free(ids);
@@ -140,16 +139,19 @@ h_get_answer(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 }
 
 static asynq_status
-h_list_answers(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+h_list_answers(asynq_task *t,
+    asynq__answers__answers__list_answers__batch_call *calls, size_t n,
+    void *ctx)
 {
 	answers_service *s = ctx;
 	answer_rows rows = { .with_body = false };
-	int64_t *ids =
-	    request_ids(calls, n, offsetof(Asynq__Answers__QuestionId, id));
+	int64_t *ids = ids_alloc(n);
 	asynq_status rv;
 
 	if (ids == NULL)
 		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		ids[i] = calls[i].req->id;
 	rv = svc_db_in(&s->db, "SELECT id, question_id FROM answers",
 	    "question_id", "ORDER BY question_id, id", ids, n, rows_collect,
 	    &rows);
@@ -185,7 +187,7 @@ h_list_answers(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 			v[k - lo] = rows.v[k].id;
 		out->n_ids = end - lo;
 		out->ids = v;
-		calls[i].reply = &out->base;
+		calls[i].reply = out;
 		calls[i].status = ASYNQ_OK;
 	}
 	free(ids);
@@ -193,12 +195,16 @@ h_list_answers(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 	return ASYNQ_OK;
 }
 
-static const asynq_rpc_handler answers_handlers[] = {
-	[ASYNQ__ANSWERS__ANSWERS__ASYNQ_METHOD_GET_ANSWER] = { .batch =
-	                                                           h_get_answer },
-	[ASYNQ__ANSWERS__ANSWERS__ASYNQ_METHOD_LIST_ANSWERS] = { .batch =
-	                                                             h_list_answers },
-};
+static asynq_status
+answers_add(asynq_rpc_server *srv, void *arg)
+{
+	static const asynq__answers__answers__asynq_handlers h = {
+		.get_answer = h_get_answer,
+		.list_answers = h_list_answers,
+	};
+	answers_service *s = arg;
+	return asynq__answers__answers__asynq_serve(srv, &h, s, &s->binding);
+}
 
 asynq_status
 answers_service_alloc(answers_service **sp, const char *db_path)
@@ -233,7 +239,7 @@ answers_service_start(answers_service *s, asynq_runtime *rt, const char *url,
     const asynq_rpc_server_cfg *cfg)
 {
 	return svc_serve(&s->srv, rt, &asynq__answers__answers__asynq_desc,
-	    answers_handlers, s, url, cfg);
+	    answers_add, s, url, cfg);
 }
 
 void

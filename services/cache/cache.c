@@ -50,6 +50,7 @@ struct cache_service {
 	size_t max_bytes;
 	cache_stats st;
 	asynq_rpc_server *srv;
+	asynq__cache__cache__asynq_binding binding;
 	int exec_log; /* fd opened O_APPEND, or -1 */
 };
 
@@ -288,15 +289,15 @@ cache_incr(cache_service *s, const Asynq__Cache__IncrRequest *r, uint64_t now,
 }
 
 static asynq_status
-h_get(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+h_get(asynq_task *t, asynq__cache__cache__get__batch_call *calls, size_t n,
+    void *ctx)
 {
 	(void)t;
 	cache_service *s = ctx;
 	uint64_t now = asynq_now_ns();
 	pthread_mutex_lock(&s->mu);
 	for (size_t i = 0; i < n; i++) {
-		const Asynq__Cache__Key *k =
-		    (const Asynq__Cache__Key *)calls[i].req;
+		const Asynq__Cache__Key *k = calls[i].req;
 		Asynq__Cache__Value *v = malloc(sizeof(*v));
 		if (v == NULL) {
 			calls[i].status = ASYNQ_RESOURCE_EXHAUSTED;
@@ -308,14 +309,15 @@ h_get(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 			free(v);
 			continue;
 		}
-		calls[i].reply = &v->base;
+		calls[i].reply = v;
 	}
 	pthread_mutex_unlock(&s->mu);
 	return ASYNQ_OK;
 }
 
 static asynq_status
-h_set(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+h_set(asynq_task *t, asynq__cache__cache__set__batch_call *calls, size_t n,
+    void *ctx)
 {
 	(void)t;
 	cache_service *s = ctx;
@@ -328,28 +330,27 @@ h_set(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 			continue;
 		}
 		asynq__cache__set_reply__init(r);
-		calls[i].status = cache_set(s,
-		    (const Asynq__Cache__SetRequest *)calls[i].req, now);
+		calls[i].status = cache_set(s, calls[i].req, now);
 		if (calls[i].status != ASYNQ_OK) {
 			calls[i].message = "entry larger than the cache";
 			free(r);
 			continue;
 		}
-		calls[i].reply = &r->base;
+		calls[i].reply = r;
 	}
 	pthread_mutex_unlock(&s->mu);
 	return ASYNQ_OK;
 }
 
 static asynq_status
-h_delete(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+h_delete(asynq_task *t, asynq__cache__cache__delete__batch_call *calls,
+    size_t n, void *ctx)
 {
 	(void)t;
 	cache_service *s = ctx;
 	pthread_mutex_lock(&s->mu);
 	for (size_t i = 0; i < n; i++) {
-		const Asynq__Cache__Key *k =
-		    (const Asynq__Cache__Key *)calls[i].req;
+		const Asynq__Cache__Key *k = calls[i].req;
 		Asynq__Cache__DeleteReply *r = malloc(sizeof(*r));
 		if (r == NULL) {
 			calls[i].status = ASYNQ_RESOURCE_EXHAUSTED;
@@ -363,7 +364,7 @@ h_delete(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 			r->deleted = true;
 		}
 		s->st.deletes++;
-		calls[i].reply = &r->base;
+		calls[i].reply = r;
 		calls[i].status = ASYNQ_OK;
 	}
 	pthread_mutex_unlock(&s->mu);
@@ -392,7 +393,8 @@ exec_log_write(cache_service *s, const cache_exec_record *recs, size_t n)
 }
 
 static asynq_status
-h_incr(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+h_incr(asynq_task *t, asynq__cache__cache__incr__batch_call *calls, size_t n,
+    void *ctx)
 {
 	(void)t;
 	cache_service *s = ctx;
@@ -403,8 +405,7 @@ h_incr(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 		return ASYNQ_RESOURCE_EXHAUSTED; /* runs none of them */
 	pthread_mutex_lock(&s->mu);
 	for (size_t i = 0; i < n; i++) {
-		const Asynq__Cache__IncrRequest *r =
-		    (const Asynq__Cache__IncrRequest *)calls[i].req;
+		const Asynq__Cache__IncrRequest *r = calls[i].req;
 		Asynq__Cache__IncrReply *out = malloc(sizeof(*out));
 		if (out == NULL) {
 			calls[i].status = ASYNQ_RESOURCE_EXHAUSTED;
@@ -421,7 +422,7 @@ h_incr(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 		if (recs != NULL)
 			recs[n_recs++] = (cache_exec_record){ .token = r->token,
 				.value = out->value };
-		calls[i].reply = &out->base;
+		calls[i].reply = out;
 	}
 	if (n_recs > 0)
 		exec_log_write(s, recs, n_recs);
@@ -430,12 +431,18 @@ h_incr(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 	return ASYNQ_OK;
 }
 
-static const asynq_rpc_handler cache_handlers[] = {
-	[ASYNQ__CACHE__CACHE__ASYNQ_METHOD_GET] = { .batch = h_get },
-	[ASYNQ__CACHE__CACHE__ASYNQ_METHOD_SET] = { .batch = h_set },
-	[ASYNQ__CACHE__CACHE__ASYNQ_METHOD_DELETE] = { .batch = h_delete },
-	[ASYNQ__CACHE__CACHE__ASYNQ_METHOD_INCR] = { .batch = h_incr },
-};
+static asynq_status
+cache_add(asynq_rpc_server *srv, void *arg)
+{
+	static const asynq__cache__cache__asynq_handlers h = {
+		.get = h_get,
+		.set = h_set,
+		.delete = h_delete,
+		.incr = h_incr,
+	};
+	cache_service *s = arg;
+	return asynq__cache__cache__asynq_serve(srv, &h, s, &s->binding);
+}
 
 asynq_status
 cache_service_alloc(cache_service **sp, size_t max_bytes)
@@ -470,7 +477,7 @@ cache_service_start(cache_service *s, asynq_runtime *rt, const char *url,
     const asynq_rpc_server_cfg *cfg)
 {
 	return svc_serve(&s->srv, rt, &asynq__cache__cache__asynq_desc,
-	    cache_handlers, s, url, cfg);
+	    cache_add, s, url, cfg);
 }
 
 void

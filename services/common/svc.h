@@ -225,15 +225,19 @@ void svc_admin_channel(asynq_rpc_channel *ch, const char *name);
  * their channels and the runtime are freed. Main thread. */
 void svc_admin_close(void);
 
+/* Registers a service's typed handler table on srv: its generated
+ * <svc>__asynq_serve, with the service as ctx. */
+typedef asynq_status (*svc_add_fn)(asynq_rpc_server *srv, void *arg);
+
 /* svc_serve makes *srvp, a server on rt with settings cfg (NULL: the
- * defaults) for service svc with handlers (ctx passed to them), listening
- * at url, and reports it on the admin endpoint as server="<svc's full
- * name>". FAILED_PRECONDITION if *srvp is
- * already set; on failure *srvp stays NULL and the status says why
- * (UNAVAILABLE: address in use). Not from a worker. */
+ * defaults) for service svc, whose handlers add(srv, arg) registers,
+ * listening at url, and reports it on the admin endpoint as server="<svc's
+ * full name>". FAILED_PRECONDITION if *srvp is already set; on failure
+ * *srvp stays NULL and the status says why (UNAVAILABLE: address in use).
+ * Not from a worker. */
 asynq_status svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
-    const asynq_rpc_service_desc *svc, const asynq_rpc_handler *handlers,
-    void *ctx, const char *url, const asynq_rpc_server_cfg *cfg);
+    const asynq_rpc_service_desc *svc, svc_add_fn add, void *arg,
+    const char *url, const asynq_rpc_server_cfg *cfg);
 
 /* svc_server_counters adds a server's calls, requests and shed requests to
  * out. */

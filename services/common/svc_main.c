@@ -284,8 +284,8 @@ svc_signals_block(void)
 
 asynq_status
 svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
-    const asynq_rpc_service_desc *svc, const asynq_rpc_handler *handlers,
-    void *ctx, const char *url, const asynq_rpc_server_cfg *cfg)
+    const asynq_rpc_service_desc *svc, svc_add_fn add, void *arg,
+    const char *url, const asynq_rpc_server_cfg *cfg)
 {
 	asynq_rpc_server *srv;
 	asynq_status rv;
@@ -294,8 +294,7 @@ svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
 		return ASYNQ_FAILED_PRECONDITION;
 	if ((rv = asynq_rpc_server_alloc(&srv, rt, cfg)) != ASYNQ_OK)
 		return rv;
-	if ((rv = asynq_rpc_server_add_service(srv, svc, handlers, ctx)) !=
-	        ASYNQ_OK ||
+	if ((rv = add(srv, arg)) != ASYNQ_OK ||
 	    (rv = asynq_rpc_server_listen(srv, url)) != ASYNQ_OK) {
 		/* The status alone says little ("unavailable"); the server
 		 * says what failed ("listen tcp://...: address in use"). */

@@ -44,17 +44,16 @@ one_request(asynq_task *t, void *arg)
 	Asynq__Frontend__AnswerIds req = ASYNQ__FRONTEND__ANSWER_IDS__INIT;
 	req.n_ids = c->answers;
 	req.ids = ids;
-	asynq_future *f = asynq_rpc_call(c->ch,
-	    &FRONTEND->methods
-	         [ASYNQ__FRONTEND__FRONTEND__ASYNQ_METHOD_AUTHOR_NAMES],
-	    &req.base);
+	asynq_future *f =
+	    asynq__frontend__frontend__author_names__call(c->ch, &req);
 	free(ids);
 	asynq_status st = asynq_await(t, f);
 	if (st != ASYNQ_OK) {
 		c->failures++;
 		asynq_error_print(asynq_future_error(f), stderr);
 	} else if (r == 0) {
-		const Asynq__Frontend__Names *n = asynq_future_ptr(f);
+		const Asynq__Frontend__Names *n =
+		    asynq__frontend__frontend__author_names__reply(f);
 		for (size_t i = 0; i < n->n_names; i++)
 			printf("answer %" PRId64 " was written by %s\n",
 			    1 + (int64_t)((i * 7919) % (uint64_t)c->max_answer),
@@ -70,16 +69,15 @@ page(asynq_task *t, void *arg)
 	client *c = arg;
 	Asynq__Frontend__QuestionId req = ASYNQ__FRONTEND__QUESTION_ID__INIT;
 	req.id = c->question;
-	asynq_future *f = asynq_rpc_call(c->ch,
-	    &FRONTEND->methods
-	         [ASYNQ__FRONTEND__FRONTEND__ASYNQ_METHOD_QUESTION_PAGE],
-	    &req.base);
+	asynq_future *f =
+	    asynq__frontend__frontend__question_page__call(c->ch, &req);
 	asynq_status st = asynq_await(t, f);
 	if (st != ASYNQ_OK) {
 		c->failures++;
 		asynq_error_print(asynq_future_error(f), stderr);
 	} else {
-		const Asynq__Frontend__Page *p = asynq_future_ptr(f);
+		const Asynq__Frontend__Page *p =
+		    asynq__frontend__frontend__question_page__reply(f);
 		printf("question %" PRId64 ": %zu answers\n", p->question_id,
 		    p->n_items);
 		for (size_t i = 0; i < p->n_items; i++)

@@ -3,7 +3,7 @@
  * The frontend service: AuthorNames and QuestionPage, built from calls to
  * the users and answers services (see frontend.h).
  *
- * Design notes: each level of lookups is a loop of asynq_rpc_call followed
+ * Design notes: each level of lookups is a loop of typed calls (..._call) followed
  * by one asynq_await_all, asynq's `yield [...]`: nothing is sent while the
  * loop runs, and when the handler blocks (with every other handler of the
  * worker) the channel's batch goes out as one request. Handlers run on the
@@ -20,28 +20,12 @@
 #include "services/frontend/frontend.h"
 #include "services/users/users.asynq.h"
 
-#define GET_USER                                                               \
-	(&asynq__users__users__asynq_desc                                      \
-	        .methods[ASYNQ__USERS__USERS__ASYNQ_METHOD_GET_USER])
-#define GET_ANSWER                                                             \
-	(&asynq__answers__answers__asynq_desc                                  \
-	        .methods[ASYNQ__ANSWERS__ANSWERS__ASYNQ_METHOD_GET_ANSWER])
-#define LIST_ANSWERS                                                           \
-	(&asynq__answers__answers__asynq_desc                                  \
-	        .methods[ASYNQ__ANSWERS__ANSWERS__ASYNQ_METHOD_LIST_ANSWERS])
-
-#define CACHE_GET                                                              \
-	(&asynq__cache__cache__asynq_desc                                      \
-	        .methods[ASYNQ__CACHE__CACHE__ASYNQ_METHOD_GET])
-#define CACHE_SET                                                              \
-	(&asynq__cache__cache__asynq_desc                                      \
-	        .methods[ASYNQ__CACHE__CACHE__ASYNQ_METHOD_SET])
-
 struct frontend_service {
 	asynq_rpc_channel *users;
 	asynq_rpc_channel *answers;
 	asynq_rpc_channel *cache; /* NULL: no cache */
 	asynq_rpc_server *srv;
+	asynq__frontend__frontend__asynq_binding binding;
 };
 
 /* Fails t with the first failed future of fs, saying what it looked up. */
@@ -66,7 +50,7 @@ get_answers(asynq_task *t, frontend_service *s, const int64_t *ids, size_t n,
 	for (size_t i = 0; i < n; i++) {
 		Asynq__Answers__AnswerId r = ASYNQ__ANSWERS__ANSWER_ID__INIT;
 		r.id = ids[i];
-		fa[i] = asynq_rpc_call(s->answers, GET_ANSWER, &r.base);
+		fa[i] = asynq__answers__answers__get_answer__call(s->answers, &r);
 	}
 	asynq_status st = asynq_await_all(t, fa, n);
 	return st == ASYNQ_OK ? st : fail_first(t, st, fa, ids, n, "answer");
@@ -96,11 +80,12 @@ cache_read(asynq_task *t, frontend_service *s, const int64_t *uids, size_t n,
 		user_key(uids[i], key, sizeof(key));
 		k.key.data = (uint8_t *)key;
 		k.key.len = strlen(key);
-		fc[i] = asynq_rpc_call(s->cache, CACHE_GET, &k.base);
+		fc[i] = asynq__cache__cache__get__call(s->cache, &k);
 	}
 	(void)asynq_await_all(t, fc, n);
 	for (size_t i = 0; i < n; i++) {
-		const Asynq__Cache__Value *v = asynq_future_ptr(fc[i]);
+		const Asynq__Cache__Value *v =
+		    asynq__cache__cache__get__reply(fc[i]);
 		if (asynq_future_status(fc[i]) != ASYNQ_OK || !v->found)
 			continue;
 		if ((names[i] = strndup((const char *)v->value.data,
@@ -134,7 +119,7 @@ cache_write(asynq_task *t, frontend_service *s, const int64_t *uids, size_t n,
 		r.value.data = (uint8_t *)names[i];
 		r.value.len = strlen(names[i]);
 		r.ttl_ms = FRONTEND_NAME_TTL_MS;
-		fc[k++] = asynq_rpc_call(s->cache, CACHE_SET, &r.base);
+		fc[k++] = asynq__cache__cache__set__call(s->cache, &r);
 	}
 	if (k != 0)
 		(void)asynq_await_all(t, fc, k);
@@ -162,7 +147,8 @@ get_author_names(asynq_task *t, frontend_service *s, asynq_future **fa,
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
-		const Asynq__Answers__Answer *a = asynq_future_ptr(fa[i]);
+		const Asynq__Answers__Answer *a =
+		    asynq__answers__answers__get_answer__reply(fa[i]);
 		uids[i] = a->author_id;
 		need[i] = true;
 	}
@@ -174,7 +160,7 @@ get_author_names(asynq_task *t, frontend_service *s, asynq_future **fa,
 			continue;
 		Asynq__Users__UserId r = ASYNQ__USERS__USER_ID__INIT;
 		r.id = asked[nu] = uids[i];
-		fu[nu++] = asynq_rpc_call(s->users, GET_USER, &r.base);
+		fu[nu++] = asynq__users__users__get_user__call(s->users, &r);
 	}
 	if (nu != 0 && (st = asynq_await_all(t, fu, nu)) != ASYNQ_OK) {
 		st = fail_first(t, st, fu, asked, nu, "user");
@@ -183,7 +169,8 @@ get_author_names(asynq_task *t, frontend_service *s, asynq_future **fa,
 	for (size_t i = 0; i < n; i++) {
 		if (!need[i])
 			continue;
-		const Asynq__Users__User *u = asynq_future_ptr(fu[k++]);
+		const Asynq__Users__User *u =
+		    asynq__users__users__get_user__reply(fu[k++]);
 		if ((names[i] = strdup(u->name)) == NULL) {
 			st = asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED,
 			    "out of memory");
@@ -240,11 +227,9 @@ out:
 }
 
 static asynq_status
-h_author_names(asynq_task *t, const ProtobufCMessage *req,
-    ProtobufCMessage **reply, void *ctx)
+h_author_names(asynq_task *t, const Asynq__Frontend__AnswerIds *in,
+    Asynq__Frontend__Names **reply, void *ctx)
 {
-	const Asynq__Frontend__AnswerIds *in =
-	    (const Asynq__Frontend__AnswerIds *)req;
 	char **names;
 
 	ASYNQ_TRY(frontend_author_names(t, ctx, in->ids, in->n_ids, &names));
@@ -256,7 +241,7 @@ h_author_names(asynq_task *t, const ProtobufCMessage *req,
 	asynq__frontend__names__init(out);
 	out->n_names = in->n_ids;
 	out->names = names;
-	*reply = &out->base;
+	*reply = out;
 	return ASYNQ_OK;
 }
 
@@ -269,7 +254,8 @@ page_fill(asynq_task *t, Asynq__Frontend__Page *page, asynq_future **fa,
 	if (page->items == NULL)
 		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "out of memory");
 	for (size_t i = 0; i < n; i++) {
-		const Asynq__Answers__Answer *a = asynq_future_ptr(fa[i]);
+		const Asynq__Answers__Answer *a =
+		    asynq__answers__answers__get_answer__reply(fa[i]);
 		Asynq__Frontend__PageItem *it = malloc(sizeof(*it));
 		if (it == NULL)
 			return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED,
@@ -289,12 +275,10 @@ page_fill(asynq_task *t, Asynq__Frontend__Page *page, asynq_future **fa,
 }
 
 static asynq_status
-h_question_page(asynq_task *t, const ProtobufCMessage *req,
-    ProtobufCMessage **reply, void *ctx)
+h_question_page(asynq_task *t, const Asynq__Frontend__QuestionId *in,
+    Asynq__Frontend__Page **reply, void *ctx)
 {
 	frontend_service *s = ctx;
-	const Asynq__Frontend__QuestionId *in =
-	    (const Asynq__Frontend__QuestionId *)req;
 	Asynq__Answers__QuestionId q = ASYNQ__ANSWERS__QUESTION_ID__INIT;
 	asynq_future **fa = NULL;
 	char **names = NULL;
@@ -303,13 +287,15 @@ h_question_page(asynq_task *t, const ProtobufCMessage *req,
 	size_t n = 0;
 
 	q.id = in->id;
-	asynq_future *fl = asynq_rpc_call(s->answers, LIST_ANSWERS, &q.base);
+	asynq_future *fl =
+	    asynq__answers__answers__list_answers__call(s->answers, &q);
 	if ((st = asynq_await(t, fl)) != ASYNQ_OK) {
 		st = asynq_fail(t, st, "question %" PRId64 ": %s", in->id,
 		    asynq_error_message(asynq_future_error(fl)));
 		goto out;
 	}
-	const Asynq__Answers__AnswerIds *ids = asynq_future_ptr(fl);
+	const Asynq__Answers__AnswerIds *ids =
+	    asynq__answers__answers__list_answers__reply(fl);
 	n = ids->n_ids;
 	fa = calloc(n != 0 ? n : 1, sizeof(*fa));
 	names = calloc(n != 0 ? n : 1, sizeof(*names));
@@ -324,7 +310,7 @@ h_question_page(asynq_task *t, const ProtobufCMessage *req,
 	    (st = get_author_names(t, s, fa, n, names)) != ASYNQ_OK ||
 	    (st = page_fill(t, page, fa, names, n)) != ASYNQ_OK)
 		goto out;
-	*reply = &page->base;
+	*reply = page;
 	page = NULL;
 out:
 	if (page != NULL)
@@ -337,12 +323,16 @@ out:
 	return st;
 }
 
-static const asynq_rpc_handler frontend_handlers[] = {
-	[ASYNQ__FRONTEND__FRONTEND__ASYNQ_METHOD_AUTHOR_NAMES] = { .unary =
-	                                                               h_author_names },
-	[ASYNQ__FRONTEND__FRONTEND__ASYNQ_METHOD_QUESTION_PAGE] = { .unary =
-	                                                                h_question_page },
-};
+static asynq_status
+frontend_add(asynq_rpc_server *srv, void *arg)
+{
+	static const asynq__frontend__frontend__asynq_handlers h = {
+		.author_names = h_author_names,
+		.question_page = h_question_page,
+	};
+	frontend_service *s = arg;
+	return asynq__frontend__frontend__asynq_serve(srv, &h, s, &s->binding);
+}
 
 static asynq_status
 channel_open(asynq_rpc_channel **chp, const asynq_rpc_service_desc *svc,
@@ -405,7 +395,7 @@ frontend_service_start(frontend_service *s, asynq_runtime *rt, const char *url,
     const asynq_rpc_server_cfg *cfg)
 {
 	return svc_serve(&s->srv, rt, &asynq__frontend__frontend__asynq_desc,
-	    frontend_handlers, s, url, cfg);
+	    frontend_add, s, url, cfg);
 }
 
 void

@@ -18,6 +18,7 @@
 struct users_service {
 	svc_db db;
 	asynq_rpc_server *srv;
+	asynq__users__users__asynq_binding binding;
 };
 
 typedef struct user_row {
@@ -68,7 +69,8 @@ row_cmp(const void *a, const void *b)
 }
 
 static asynq_status
-h_get_user(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+h_get_user(asynq_task *t, asynq__users__users__get_user__batch_call *calls,
+    size_t n, void *ctx)
 {
 	users_service *s = ctx;
 	user_rows rows = { 0 };
@@ -80,7 +82,7 @@ h_get_user(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 	if ((ids = malloc(n * sizeof(*ids))) == NULL)
 		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "out of memory");
 	for (size_t i = 0; i < n; i++)
-		ids[i] = ((const Asynq__Users__UserId *)calls[i].req)->id;
+		ids[i] = calls[i].req->id;
 	rv = svc_db_in(&s->db, "SELECT id, name FROM users", "id", "", ids, n,
 	    rows_collect, &rows);
 	free(ids);
@@ -90,9 +92,7 @@ h_get_user(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 	}
 	qsort(rows.v, rows.n, sizeof(*rows.v), row_cmp);
 	for (size_t i = 0; i < n; i++) {
-		user_row key = {
-			((const Asynq__Users__UserId *)calls[i].req)->id, NULL
-		};
+		user_row key = { calls[i].req->id, NULL };
 		const user_row *r = rows.n != 0
 		    ? bsearch(&key, rows.v, rows.n, sizeof(*rows.v), row_cmp)
 		    : NULL;
@@ -112,16 +112,22 @@ h_get_user(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 		asynq__users__user__init(u);
 		u->id = r->id;
 		u->name = name;
-		calls[i].reply = &u->base;
+		calls[i].reply = u;
 		calls[i].status = ASYNQ_OK;
 	}
 	rows_free(&rows);
 	return ASYNQ_OK;
 }
 
-static const asynq_rpc_handler users_handlers[] = {
-	[ASYNQ__USERS__USERS__ASYNQ_METHOD_GET_USER] = { .batch = h_get_user },
-};
+static asynq_status
+users_add(asynq_rpc_server *srv, void *arg)
+{
+	static const asynq__users__users__asynq_handlers h = {
+		.get_user = h_get_user,
+	};
+	users_service *s = arg;
+	return asynq__users__users__asynq_serve(srv, &h, s, &s->binding);
+}
 
 asynq_status
 users_service_alloc(users_service **sp, const char *db_path)
@@ -156,7 +162,7 @@ users_service_start(users_service *s, asynq_runtime *rt, const char *url,
     const asynq_rpc_server_cfg *cfg)
 {
 	return svc_serve(&s->srv, rt, &asynq__users__users__asynq_desc,
-	    users_handlers, s, url, cfg);
+	    users_add, s, url, cfg);
 }
 
 void
