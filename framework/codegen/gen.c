@@ -891,6 +891,14 @@ desc_decl(const struct service *s, struct buf *h)
 		buf_printf(h, "\t%s__ASYNQ_METHOD_%s = %zu,\n", s->upper,
 		    s->methods[i].upper, i);
 	buf_printf(h, "};\n");
+	/* Short handles, for the untyped API and the request cache. */
+	buf_printf(h,
+	    "\n/* Each method's descriptor, for asynq_rpc_call and "
+	    "asynq_rpc_cache_prime. */\n");
+	for (size_t i = 0; i < s->n_methods; i++)
+		buf_printf(h,
+		    "#define %s__%s__method (&%s__asynq_desc.methods[%zu])\n",
+		    s->lower, s->methods[i].lower, s->lower, i);
 }
 
 static void

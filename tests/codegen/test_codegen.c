@@ -31,6 +31,21 @@ test_codegen_service_names(void **state)
 	assert_string_equal(plain->full_name, "asynq.test.Plain");
 }
 
+/* Each method has a short handle to its descriptor. */
+static void
+test_codegen_method_handles(void **state)
+{
+	(void)state;
+	assert_ptr_equal(asynq__test__user_store__get_name__method,
+	    &users->methods[0]);
+	assert_ptr_equal(asynq__test__user_store__lookup_httpnames__method,
+	    &users->methods[1]);
+	assert_string_equal(asynq__test__user_store__set_meta__method->name,
+	    "SetMeta");
+	assert_string_equal(asynq__test__plain__echo__method->full_name,
+	    "asynq.test.Plain/Echo");
+}
+
 static void
 test_codegen_methods_in_proto_order(void **state)
 {
@@ -156,6 +171,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_codegen_service_names),
+		cmocka_unit_test(test_codegen_method_handles),
 		cmocka_unit_test(test_codegen_methods_in_proto_order),
 		cmocka_unit_test(test_codegen_method_flags),
 		cmocka_unit_test(test_codegen_service_options),

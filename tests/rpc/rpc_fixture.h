@@ -36,6 +36,7 @@
 #include "tests/rpc/test_rpc.asynq.h"
 
 #define CALC (&asynq__rpctest__calc__asynq_desc)
+/* M(TWICE): the method's descriptor, by its generated index. */
 #define M(name) (&CALC->methods[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_##name])
 
 /* Counters of the Sleep and Hold handlers; hold_release lets Hold calls
