@@ -362,6 +362,15 @@ void asynqi_debug_fini(asynq_sched *s);
 void asynqi_locals_stop(asynq_sched *s);
 void asynqi_locals_free(asynq_sched *s);
 
+/* asynqi_overflow_install installs the stack-overflow reporter once per
+ * process (overflow.c) and says whether it is in place, so the thread
+ * needs an alternate stack. Any thread. */
+bool asynqi_overflow_install(void);
+
+/* asynqi_overflow_canary reports t's overwritten stack canary and aborts.
+ * On t's (overrun) stack. */
+void asynqi_overflow_canary(asynq_task *t) __attribute__((noreturn, cold));
+
 /* asynqi_sig_write writes s to stderr; asynqi_sig_write_int writes v in
  * decimal. Async-signal-safe (write(2) only). */
 void asynqi_sig_write(const char *s);

@@ -67,88 +67,14 @@ _Thread_local asynq_sched *asynqi_tls_sched;
 #define USE_SEGV_HANDLER 1
 #endif
 
-/* ---- Overflow reporting -------------------------------------------- */
-
-/* Names the task whose stack overflowed (write(2) only: we may be on a
- * signal's alternate stack or on the overrun stack itself). */
-static void
-overflow_report(const asynq_task *t, const char *how)
-{
-	asynqi_sig_write("asynq: stack overflow in task ");
-	asynqi_sig_write(t->name);
-	asynqi_sig_write(", spawned at ");
-	asynqi_sig_write(t->file);
-	asynqi_sig_write(":");
-	asynqi_sig_write_int(t->line);
-	asynqi_sig_write(" (");
-	asynqi_sig_write(how);
-	asynqi_sig_write("; raise asynq_sched_cfg.stack_size, "
-	                 "default 64 KiB, or keep large arrays off task "
-	                 "stacks)\n");
-	for (const asynq_task *c = t->creator; c != NULL; c = c->creator) {
-		asynqi_sig_write("  created by task ");
-		asynqi_sig_write(c->name);
-		asynqi_sig_write("\n");
-	}
-}
-
-#if USE_SEGV_HANDLER
-/* Installed once per process, and only if SIGSEGV had no handler of the
- * program's own (a crash reporter's stays in charge). */
-static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
-static bool segv_installed;
-
-static void
-segv_handler(int sig, siginfo_t *si, void *uc)
-{
-	(void)uc;
-	asynq_sched *s = asynqi_tls_sched;
-	asynq_task *t = s != NULL ? s->current : NULL;
-	if (t != NULL && t->stack != NULL &&
-	    asynqi_stack_guard_hit(t->stack, si->si_addr))
-		overflow_report(t, "the task's stack hit its guard page");
-	/* The default action, for the same fault: returning re-runs the
-	 * faulting instruction, which now kills the process with a core
-	 * dump at the right address. */
-	struct sigaction dfl;
-	memset(&dfl, 0, sizeof(dfl));
-	dfl.sa_handler = SIG_DFL;
-	sigemptyset(&dfl.sa_mask);
-	(void)sigaction(sig, &dfl, NULL);
-	if (si->si_code <= 0)
-		(void)raise(sig); /* sent, not a fault: nothing re-runs */
-}
-
-static void
-install_segv(void)
-{
-	struct sigaction old;
-	if (getenv("ASYNQ_NO_SEGV_HANDLER") != NULL ||
-	    sigaction(SIGSEGV, NULL, &old) != 0 ||
-	    (old.sa_flags & SA_SIGINFO) != 0 || old.sa_handler != SIG_DFL)
-		return;
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = segv_handler;
-	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-	sigemptyset(&sa.sa_mask);
-	segv_installed = sigaction(SIGSEGV, &sa, NULL) == 0;
-}
-#endif
-
-static void __attribute__((noinline, cold, noreturn))
-canary_report(asynq_task *t)
-{
-	overflow_report(t, "its stack canary was overwritten");
-	abort();
-}
+/* ---- Overflow (overflow.c reports) --------------------------------- */
 
 static inline void
 canary_check(asynq_task *t)
 {
 	if (t->stack != NULL &&
 	    __builtin_expect(!asynqi_stack_canary_ok(t->stack), 0))
-		canary_report(t);
+		asynqi_overflow_canary(t);
 }
 
 /* ---- Scheduler lifecycle ------------------------------------------- */
@@ -197,11 +123,10 @@ asynq_thread_init(const asynq_sched_cfg *cfg)
 	asynqi_fiber_init_thread(&s->thread_fiber);
 	atomic_init(&s->has_posted, 0);
 #if USE_SEGV_HANDLER
-	pthread_once(&segv_once, install_segv);
 	/* The guard-page report runs on its own stack (the faulting one is
 	 * full), unless the thread has an alternate stack already. */
 	stack_t ss, cur;
-	if (segv_installed && sigaltstack(NULL, &cur) == 0 &&
+	if (asynqi_overflow_install() && sigaltstack(NULL, &cur) == 0 &&
 	    (cur.ss_flags & SS_DISABLE) != 0) {
 		memset(&ss, 0, sizeof(ss));
 		ss.ss_size = 64 * 1024;
