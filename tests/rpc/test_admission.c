@@ -101,17 +101,20 @@ static void
 test_standing_queue_is_shed_and_refused(void **state)
 {
 	(void)state;
-	asynq_rpc_server_cfg cfg = { .queue_target_us = 5000 };
+	/* A 20 ms target (400 ms intervals): the first request's own wait,
+	 * from its read to its start, must stay under the target however slow
+	 * the machine (TSan on a loaded 2-core machine took over 5 ms). */
+	asynq_rpc_server_cfg cfg = { .queue_target_us = 20000 };
 	fixture fx;
 	fx_server(&fx, TRANSPORT_TCP, &cfg, 1);
-	raw_conn r = raw_open(fx.url, 20000);
-	/* Ten spins of 150 ms at once. The first starts at 0 with no wait;
-	 * the second at 150 ms, after a whole interval whose shortest wait
-	 * was 0 (a burst, not overload); the third at 300 ms, after an
-	 * interval whose shortest wait was 150 ms: the worker is overloaded,
-	 * and the third to tenth, which waited 300 ms, are shed. */
+	raw_conn r = raw_open(fx.url, 30000);
+	/* Ten spins of 600 ms at once. The first starts at 0 with no wait;
+	 * the second at 600 ms, after a whole interval whose shortest wait
+	 * was 0 (a burst, not overload); the third at 1.2 s, after an
+	 * interval whose shortest wait was 600 ms: the worker is overloaded,
+	 * and the third to tenth, which waited 1.2 s, are shed. */
 	for (uint64_t i = 1; i <= 10; i++)
-		send_call(&r, M(SPIN), 150, i);
+		send_call(&r, M(SPIN), 600, i);
 	int ok = 0, shed = 0;
 	for (int i = 0; i < 10; i++) {
 		outcome o = next_reply(&r);
@@ -165,8 +168,9 @@ test_standing_queue_is_shed_and_refused(void **state)
 	asynq_rpc_server_stats st = fx_stats(&fx);
 	assert_int_equal(st.shed, 8 + 6 + late);
 	assert_int_equal(st.shed_late, 8 + late);
-	/* The server serves normally once requests stop queueing. */
-	usleep(300 * 1000);
+	/* The server serves normally once requests stop queueing (a lull of
+	 * more than an interval). */
+	usleep(1200 * 1000);
 	for (uint64_t i = 200; i < 205; i++) {
 		send_call(&r, M(TWICE), 4, i);
 		outcome o = next_reply(&r);
