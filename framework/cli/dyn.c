@@ -505,6 +505,13 @@ json_kind(const json_t *v)
 	return "something else";
 }
 
+static bool
+is_unsigned_type(int type)
+{
+	return type == T(UINT32) || type == T(FIXED32) || type == T(UINT64) ||
+	    type == T(FIXED64);
+}
+
 /* get_int reads an integer from a JSON integer, an integral number or a
  * string of digits; is_unsigned takes the full uint64 range. */
 static int
@@ -573,7 +580,7 @@ get_double(const json_t *v, double *out)
 	return -1;
 }
 
-static int encode_message(const enc *e, const char *path,
+static int encode_message(const enc *e, const char *path, const char *mname,
     const asynqi_msg_proto *m, const asynqi_file_proto *file, json_t *j,
     asynqi_bytes *out, int depth);
 
@@ -719,7 +726,8 @@ encode_value(const enc *e, const char *path, const asynqi_field_proto *f,
 			    "field %s: its type %s is not in the server's "
 			    "descriptors",
 			    path, f->type_name ? f->type_name : "(none)");
-		if (encode_message(e, path, m, file, v, &b, depth + 1) != 0) {
+		if (encode_message(e, path, f->type_name + 1, m, file, v, &b,
+		        depth + 1) != 0) {
 			asynqi_bytes_free(&b);
 			return -1;
 		}
@@ -734,17 +742,19 @@ encode_value(const enc *e, const char *path, const asynqi_field_proto *f,
 		    type_word(f->type));
 	}
 bad_int:
-	return say(e->err, e->errlen,
-	    "field %s: expects %s (a whole number in its range, or a string "
-	    "of one), got %s",
-	    path,
-	    f->type == T(UINT32) || f->type == T(FIXED32) ||
-	            f->type == T(UINT64) || f->type == T(FIXED64)
-	        ? "an unsigned integer"
-	        : "an integer",
-	    json_is_integer(v) || json_is_string(v) || json_is_real(v)
-	        ? "one out of range or not whole"
-	        : json_kind(v));
+	if (json_is_string(v))
+		return say(e->err, e->errlen,
+		    "field %s: expects %s, got the string \"%s\"", path,
+		    is_unsigned_type(f->type) ? "an unsigned integer"
+		                              : "an integer",
+		    json_string_value(v));
+	if (json_is_number(v))
+		return say(e->err, e->errlen,
+		    "field %s: %g is not a whole number in the range of %s",
+		    path, json_number_value(v), type_word(f->type));
+	return say(e->err, e->errlen, "field %s: expects %s, got %s", path,
+	    is_unsigned_type(f->type) ? "an unsigned integer" : "an integer",
+	    json_kind(v));
 }
 
 static void
@@ -853,8 +863,9 @@ encode_field(const enc *e, const char *path, const asynqi_field_proto *f,
 }
 
 static int
-encode_message(const enc *e, const char *path, const asynqi_msg_proto *m,
-    const asynqi_file_proto *file, json_t *j, asynqi_bytes *out, int depth)
+encode_message(const enc *e, const char *path, const char *mname,
+    const asynqi_msg_proto *m, const asynqi_file_proto *file, json_t *j,
+    asynqi_bytes *out, int depth)
 {
 	const char *key;
 	json_t *v;
@@ -867,7 +878,7 @@ encode_message(const enc *e, const char *path, const asynqi_msg_proto *m,
 		return say(e->err, e->errlen,
 		    "%s%s%s: message %s expects a JSON object, got %s",
 		    path[0] ? "field " : "", path, path[0] ? "" : "request",
-		    m->name, json_kind(j));
+		    mname, json_kind(j));
 	json_object_foreach(j, key, v)
 	{
 		const asynqi_field_proto *f = NULL;
@@ -889,7 +900,7 @@ encode_message(const enc *e, const char *path, const asynqi_msg_proto *m,
 			return say(e->err, e->errlen,
 			    "unknown field \"%s\"%s%s in message %s (its "
 			    "fields: %s)",
-			    key, path[0] ? " at " : "", path, m->name,
+			    key, path[0] ? " at " : "", path, mname,
 			    m->n_field ? list : "none");
 		}
 		snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "",
@@ -913,7 +924,8 @@ asynqi_json_encode(const asynqi_pool *p, const char *type, json_t *j,
 	if (m == NULL)
 		return say(err, errlen,
 		    "message %s is not in the server's descriptors", type);
-	return encode_message(&e, "", m, file, j, out, 0);
+	return encode_message(&e, "", type[0] == '.' ? type + 1 : type, m, file,
+	    j, out, 0);
 }
 
 /* ---- Wire to JSON ------------------------------------------------- */

@@ -98,8 +98,10 @@ static int
 usage(const char *why)
 {
 	if (why != NULL)
-		fprintf(stderr, "asynq: %s\n", why);
-	fputs(usage_text, stderr);
+		fprintf(stderr, "asynq: %s (asynq --help lists the commands)\n",
+		    why);
+	else
+		fputs(usage_text, stderr);
 	return EXIT_USAGE;
 }
 
@@ -120,16 +122,25 @@ fail(asynq_status st, const char *fmt, ...)
 	return (int)st;
 }
 
-/* The status and message of a failed future, as fail prints them. */
+/* fail_future_at prints a failed future's status and message as fail
+ * does, the message after `where` ("line 3: "), and returns its exit
+ * code. */
 static int
-fail_future(asynq_future *f)
+fail_future_at(asynq_future *f, const char *where)
 {
 	asynq_status st = asynq_future_status(f);
 	const asynq_error *e = asynq_future_error(f);
 
-	return fail(st, "%s",
+	fprintf(stderr, "asynq: %s: %s%s\n", asynq_status_name(st), where,
 	    e != NULL && asynq_error_message(e) != NULL ? asynq_error_message(e)
 	                                                : asynq_strerror(st));
+	return (int)st;
+}
+
+static int
+fail_future(asynq_future *f)
+{
+	return fail_future_at(f, "");
 }
 
 /* ---- Options ------------------------------------------------------ */
@@ -855,12 +866,13 @@ cmd_call(const opts *o, const char *target, const char *json_arg)
 				frc = print_reply(p, mp->output_type,
 				    asynq_future_ptr(f[i]));
 			} else {
+				char where[32] = "";
 				if (json_arg == NULL) {
 					print_error_line(f[i]);
-					fprintf(stderr,
+					snprintf(where, sizeof(where),
 					    "line %zu: ", lines[i].no);
 				}
-				frc = fail_future(f[i]);
+				frc = fail_future_at(f[i], where);
 			}
 			if (rc == 0)
 				rc = frc;
