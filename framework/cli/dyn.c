@@ -66,6 +66,21 @@ struct asynqi_pool {
 
 /* ---- Errors and buffers ------------------------------------------- */
 
+/* textf is snprintf for text that may be cut at the buffer's end (paths
+ * and messages), without the compiler's truncation warnings. */
+static void textf(char *buf, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+textf(char *buf, size_t n, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, n, fmt, ap);
+	va_end(ap);
+}
+
 static int say(char *err, size_t n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -169,7 +184,7 @@ index_add(asynqi_pool *p, const char *prefix, const char *name, enum kind kind,
 
 	if (full == NULL)
 		return -1;
-	snprintf(full, n, "%s%s%s", prefix, prefix[0] ? "." : "", name);
+	textf(full, n, "%s%s%s", prefix, prefix[0] ? "." : "", name);
 	if (p->n_e == p->cap_e) {
 		size_t cap = p->cap_e ? 2 * p->cap_e : 64;
 		entry *e = realloc(p->e, cap * sizeof(*e));
@@ -800,7 +815,7 @@ encode_field(const enc *e, const char *path, const asynqi_field_proto *f,
 			asynqi_bytes b = { 0 };
 			json_t *kj = map_key(entry->field[0], k);
 			int rv;
-			snprintf(sub, sizeof(sub), "%s[\"%s\"]", path, k);
+			textf(sub, sizeof(sub), "%s[\"%s\"]", path, k);
 			put_tag(&b, 1, wire_type(entry->field[0]->type));
 			rv = kj != NULL ? encode_value(e, sub, entry->field[0],
 			                      kj, &b, depth)
@@ -834,7 +849,7 @@ encode_field(const enc *e, const char *path, const asynqi_field_proto *f,
 			asynqi_bytes b = { 0 };
 			json_array_foreach(v, i, x)
 			{
-				snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+				textf(sub, sizeof(sub), "%s[%zu]", path, i);
 				if (encode_value(e, sub, f, x, &b, depth) !=
 				    0) {
 					asynqi_bytes_free(&b);
@@ -851,7 +866,7 @@ encode_field(const enc *e, const char *path, const asynqi_field_proto *f,
 		}
 		json_array_foreach(v, i, x)
 		{
-			snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+			textf(sub, sizeof(sub), "%s[%zu]", path, i);
 			put_tag(out, f->number, wire_type(f->type));
 			if (encode_value(e, sub, f, x, out, depth) != 0)
 				return -1;
@@ -903,7 +918,7 @@ encode_message(const enc *e, const char *path, const char *mname,
 			    key, path[0] ? " at " : "", path, mname,
 			    m->n_field ? list : "none");
 		}
-		snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "",
+		textf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "",
 		    key);
 		if (encode_field(e, sub, f, file, v, out, depth) != 0)
 			return -1;
@@ -970,7 +985,7 @@ static json_t *
 json_i64(int64_t v)
 {
 	char s[32];
-	snprintf(s, sizeof(s), "%" PRId64, v);
+	textf(s, sizeof(s), "%" PRId64, v);
 	return json_string(s);
 }
 
@@ -978,7 +993,7 @@ static json_t *
 json_u64(uint64_t v)
 {
 	char s[32];
-	snprintf(s, sizeof(s), "%" PRIu64, v);
+	textf(s, sizeof(s), "%" PRIu64, v);
 	return json_string(s);
 }
 
@@ -1125,7 +1140,7 @@ map_put(json_t *map, json_t *entry)
 	else if (json_is_boolean(k))
 		key = json_is_true(k) ? "true" : "false";
 	else if (json_is_integer(k)) {
-		snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT,
+		textf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT,
 		    json_integer_value(k));
 		key = buf;
 	} else
@@ -1191,7 +1206,7 @@ decode_message(const dec *d, const char *path, const asynqi_msg_proto *m,
 		const asynqi_field_proto *f = field_by_number(m, num, &idx);
 		if (f == NULL)
 			continue; /* a field this file does not declare */
-		snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "",
+		textf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "",
 		    asynqi_json_name(f, jn, sizeof(jn)));
 		const asynqi_msg_proto *entry = map_entry(d->p, f);
 		if (entry != NULL) {

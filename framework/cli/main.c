@@ -73,6 +73,21 @@ typedef struct opts {
 	size_t n_md;
 } opts;
 
+/* textf is snprintf for text that may be cut at the buffer's end (paths
+ * and messages), without the compiler's truncation warnings. */
+static void textf(char *buf, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+textf(char *buf, size_t n, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, n, fmt, ap);
+	va_end(ap);
+}
+
 static const char usage_text[] =
     "usage: asynq [OPTIONS] COMMAND ADDR [ARGS]\n"
     "\n"
@@ -176,7 +191,7 @@ parse_args(int argc, char **argv, opts *o, const char **pos, int *rc)
 
 		if (dashdash || a[0] != '-' || strcmp(a, "-") == 0) {
 			if (n == 4) {
-				snprintf(msg, sizeof(msg),
+				textf(msg, sizeof(msg),
 				    "too many arguments at \"%s\"", a);
 				*rc = usage(msg);
 				return -1;
@@ -198,7 +213,7 @@ parse_args(int argc, char **argv, opts *o, const char **pos, int *rc)
 		bool is_timeout = nlen == 9 && strncmp(a, "--timeout", 9) == 0;
 		bool is_md = nlen == 10 && strncmp(a, "--metadata", 10) == 0;
 		if (!is_timeout && !is_md) {
-			snprintf(msg, sizeof(msg), "unknown option %s", a);
+			textf(msg, sizeof(msg), "unknown option %s", a);
 			*rc = usage(msg);
 			return -1;
 		}
@@ -207,13 +222,13 @@ parse_args(int argc, char **argv, opts *o, const char **pos, int *rc)
 		else if (i + 1 < argc)
 			val = argv[++i];
 		else {
-			snprintf(msg, sizeof(msg), "%.*s needs a value",
-			    (int)nlen, a);
+			textf(msg, sizeof(msg), "%.*s needs a value", (int)nlen,
+			    a);
 			*rc = usage(msg);
 			return -1;
 		}
 		if (is_timeout && parse_timeout(val, o) != 0) {
-			snprintf(msg, sizeof(msg),
+			textf(msg, sizeof(msg),
 			    "--timeout %s: expects milliseconds, a whole "
 			    "number from 1 to %lu",
 			    val, (unsigned long)UINT32_MAX);
@@ -223,7 +238,7 @@ parse_args(int argc, char **argv, opts *o, const char **pos, int *rc)
 		if (is_md) {
 			const char *e2 = strchr(val, '=');
 			if (e2 == NULL || e2 == val) {
-				snprintf(msg, sizeof(msg),
+				textf(msg, sizeof(msg),
 				    "--metadata %s: expects KEY=VALUE", val);
 				*rc = usage(msg);
 				return -1;
@@ -247,8 +262,7 @@ addr_url(const char *addr)
 	char *u = malloc(n);
 
 	if (u != NULL)
-		snprintf(u, n, "%s%s", strstr(addr, "://") ? "" : "tcp://",
-		    addr);
+		textf(u, n, "%s%s", strstr(addr, "://") ? "" : "tcp://", addr);
 	return u;
 }
 
@@ -298,7 +312,7 @@ batch_main(asynq_task *t, void *arg)
 		const char *k = b->o->md_key[pushed];
 		const char *v = b->o->md_val[pushed];
 		char key[256];
-		snprintf(key, sizeof(key), "%.*s", (int)(v - k), k);
+		textf(key, sizeof(key), "%.*s", (int)(v - k), k);
 		if ((st = asynq_rpc_metadata_push(key, v + 1, strlen(v + 1))) !=
 		    ASYNQ_OK)
 			goto out;
@@ -571,7 +585,7 @@ cmd_describe(const opts *o, const char *symbol)
 	char svc_name[512], *method = NULL;
 	int rc = 0;
 
-	snprintf(svc_name, sizeof(svc_name), "%s", symbol);
+	textf(svc_name, sizeof(svc_name), "%s", symbol);
 	if ((method = strchr(svc_name, '/')) != NULL)
 		*method++ = '\0';
 	asynqi_pool *p = load_symbol(o, svc_name, &rc);
@@ -691,7 +705,7 @@ encode_line(const asynqi_pool *p, const char *type, const line *l,
 	ProtobufCMessage *raw = NULL;
 
 	if (numbered)
-		snprintf(where, sizeof(where), "line %zu: ", l->no);
+		textf(where, sizeof(where), "line %zu: ", l->no);
 	if (j == NULL) {
 		fail(ASYNQ_INVALID_ARGUMENT, "%sinvalid JSON: %s (column %d)",
 		    where, jerr.text, jerr.column);
@@ -764,12 +778,12 @@ cmd_call(const opts *o, const char *target, const char *json_arg)
 	line *lines = NULL, one;
 	size_t n = 0;
 
-	snprintf(svc_name, sizeof(svc_name), "%s", target);
+	textf(svc_name, sizeof(svc_name), "%s", target);
 	if ((method = strchr(svc_name, '/')) == NULL)
 		method = strrchr(svc_name, '.');
 	if (method == NULL || method[1] == '\0' || method == svc_name) {
 		char msg[600];
-		snprintf(msg, sizeof(msg),
+		textf(msg, sizeof(msg),
 		    "call %s: name the method as Service/Method "
 		    "(asynq.users.Users/GetUser)",
 		    target);
@@ -835,7 +849,7 @@ cmd_call(const opts *o, const char *target, const char *json_arg)
 	/* The service's table, made from its descriptor: one method, whose
 	 * messages travel as Raw. */
 	char full[1100];
-	snprintf(full, sizeof(full), "%s/%s", svc_name, mp->name);
+	textf(full, sizeof(full), "%s/%s", svc_name, mp->name);
 	const ProtobufCMessage *so = s->options ? &s->options->base : NULL;
 	asynq_rpc_method_desc md = {
 		.name = mp->name,
@@ -869,7 +883,7 @@ cmd_call(const opts *o, const char *target, const char *json_arg)
 				char where[32] = "";
 				if (json_arg == NULL) {
 					print_error_line(f[i]);
-					snprintf(where, sizeof(where),
+					textf(where, sizeof(where),
 					    "line %zu: ", lines[i].no);
 				}
 				frc = fail_future_at(f[i], where);
@@ -992,14 +1006,14 @@ main(int argc, char **argv)
 		c++;
 	if (c == 4) {
 		char msg[300];
-		snprintf(msg, sizeof(msg),
+		textf(msg, sizeof(msg),
 		    "unknown command \"%s\" (list, describe, call, health)",
 		    cmd);
 		return usage(msg);
 	}
 	if (n < cmds[c].min || n > cmds[c].max) {
 		char msg[300];
-		snprintf(msg, sizeof(msg), "%s: %s arguments", cmd,
+		textf(msg, sizeof(msg), "%s: %s arguments", cmd,
 		    n < cmds[c].min ? "missing" : "too many");
 		return usage(msg);
 	}
