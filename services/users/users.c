@@ -88,7 +88,8 @@ h_get_user(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 		rows_free(&rows);
 		return asynq_fail(t, rv, "users query failed");
 	}
-	qsort(rows.v, rows.n, sizeof(*rows.v), row_cmp);
+	if (rows.n > 0) /* qsort takes no NULL, even for 0 rows */
+		qsort(rows.v, rows.n, sizeof(*rows.v), row_cmp);
 	for (size_t i = 0; i < n; i++) {
 		user_row key = {
 			((const Asynq__Users__UserId *)calls[i].req)->id, NULL

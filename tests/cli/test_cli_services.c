@@ -155,12 +155,19 @@ test_cli_calls_agree_across_the_services(void **state)
 	json_decref(f);
 	json_decref(names);
 
-	/* A missing user fails with the service's status. */
+	/* A missing user or answer fails with the service's status (and
+	 * a request none of whose ids exist is served like any other). */
 	run r = cli(NULL,
 	    ARGS("call", users.url, "asynq.users.Users/GetUser",
 	        "{\"id\": 100000}"));
-	assert_int_equal(r.rc, 5);
 	assert_string_equal(r.err, "asynq: NOT_FOUND: no such user\n");
+	assert_int_equal(r.rc, 5);
+	run_free(&r);
+	r = cli(NULL,
+	    ARGS("call", answers.url, "asynq.answers.Answers/GetAnswer",
+	        "{\"id\": 100000}"));
+	assert_int_equal(r.rc, 5);
+	assert_non_null(strstr(r.err, "asynq: NOT_FOUND: "));
 	run_free(&r);
 }
 
