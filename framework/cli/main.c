@@ -31,6 +31,9 @@
  *   INVALID_ARGUMENT (3) for JSON that does not fit, NOT_FOUND (5) for an
  *   unknown method, the server's status for a failed call. A health check
  *   answered NOT_SERVING exits 14 (UNAVAILABLE), SERVICE_UNKNOWN 5.
+ * - --timeout bounds the calls the user asked for: list's and describe's
+ *   reflection calls, and call's calls, but not the look-up of the method
+ *   before them, which keeps the reflection service's deadline.
  * - Everything runs on the main thread's scheduler; nothing else is
  *   threaded but the RPC client's own.
  */
@@ -349,21 +352,25 @@ run_batch(batch *b)
 #define REFL_M(x)                                                              \
 	(&REFL->methods[ASYNQ__REFLECTION__V1__REFLECTION__ASYNQ_METHOD_##x])
 
-/* reflect calls one reflection method with req; returns its computed
- * future, or NULL after printing why it failed (*rc: the exit code). */
+/* reflect calls one reflection method with req, with the user's timeout
+ * when timed (list, describe) and otherwise with the reflection service's
+ * own deadline (the look-up before a call: --timeout is the call's), never
+ * with the user's metadata; returns its computed future, or NULL after
+ * printing why it failed (*rc: the exit code). */
 static asynq_future *
 reflect(const opts *o, const asynq_rpc_method_desc *m, ProtobufCMessage *req,
-    int *rc)
+    bool timed, int *rc)
 {
 	asynq_rpc_channel *ch = channel_open(o, REFL);
 	asynq_future *f = NULL;
-	opts plain = *o; /* the user's timeout, not the user's metadata */
+	opts plain = *o;
 
 	if (ch == NULL) {
 		*rc = ASYNQ_INVALID_ARGUMENT;
 		return NULL;
 	}
 	plain.n_md = 0;
+	plain.has_timeout = plain.has_timeout && timed;
 	batch b = { &plain, ch, m, &req, &f, 1 };
 	if ((*rc = (int)run_batch(&b)) == 0 &&
 	    asynq_future_status(f) != ASYNQ_OK) {
@@ -376,15 +383,15 @@ reflect(const opts *o, const asynq_rpc_method_desc *m, ProtobufCMessage *req,
 }
 
 /* load_symbol fills a new pool with the file declaring symbol and its
- * imports; NULL after printing why not. */
+ * imports (timed: as reflect); NULL after printing why not. */
 static asynqi_pool *
-load_symbol(const opts *o, const char *symbol, int *rc)
+load_symbol(const opts *o, const char *symbol, bool timed, int *rc)
 {
 	Asynq__Reflection__V1__FileContainingSymbolRequest req =
 	    ASYNQ__REFLECTION__V1__FILE_CONTAINING_SYMBOL_REQUEST__INIT;
 	req.symbol = (char *)symbol;
 	asynq_future *f =
-	    reflect(o, REFL_M(FILE_CONTAINING_SYMBOL), &req.base, rc);
+	    reflect(o, REFL_M(FILE_CONTAINING_SYMBOL), &req.base, timed, rc);
 	if (f == NULL)
 		return NULL;
 	const Asynq__Reflection__V1__FileDescriptorResponse *r =
@@ -449,7 +456,8 @@ cmd_list(const opts *o)
 	Asynq__Reflection__V1__ListServicesRequest req =
 	    ASYNQ__REFLECTION__V1__LIST_SERVICES_REQUEST__INIT;
 	int rc = 0;
-	asynq_future *f = reflect(o, REFL_M(LIST_SERVICES), &req.base, &rc);
+	asynq_future *f =
+	    reflect(o, REFL_M(LIST_SERVICES), &req.base, true, &rc);
 
 	if (f == NULL)
 		return rc;
@@ -588,7 +596,7 @@ cmd_describe(const opts *o, const char *symbol)
 	textf(svc_name, sizeof(svc_name), "%s", symbol);
 	if ((method = strchr(svc_name, '/')) != NULL)
 		*method++ = '\0';
-	asynqi_pool *p = load_symbol(o, svc_name, &rc);
+	asynqi_pool *p = load_symbol(o, svc_name, true, &rc);
 	if (p == NULL)
 		return rc;
 	const asynqi_file_proto *file = NULL;
@@ -791,7 +799,7 @@ cmd_call(const opts *o, const char *target, const char *json_arg)
 	}
 	*method++ = '\0';
 
-	asynqi_pool *p = load_symbol(o, svc_name, &rc);
+	asynqi_pool *p = load_symbol(o, svc_name, false, &rc);
 	if (p == NULL)
 		return rc;
 	const asynqi_svc_proto *s = asynqi_pool_service(p, svc_name, NULL);

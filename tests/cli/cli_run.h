@@ -22,6 +22,15 @@ run cli(const char *in, const char *const *args);
 /* run_free frees what cli caught. */
 void run_free(run *r);
 
+/* assert_rc fails the test unless run r exited want, saying what it
+ * printed on standard error. */
+#define assert_rc(r, want)                                                     \
+	do {                                                                   \
+		if ((r).rc != (int)(want))                                     \
+			fail_msg("exit %d, not %d; stderr: %s", (r).rc,        \
+			    (int)(want), (r).err);                             \
+	} while (0)
+
 #define ARGS(...) ((const char *const[]){ __VA_ARGS__, NULL })
 
 #endif /* TESTS_CLI_CLI_RUN_H */

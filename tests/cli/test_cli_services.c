@@ -103,18 +103,18 @@ test_cli_lists_and_describes_every_service(void **state)
 		    "%s\n",
 		    want[i].service);
 		run r = cli(NULL, ARGS("list", want[i].c->url));
-		assert_int_equal(r.rc, 0);
+		assert_rc(r, 0);
 		assert_string_equal(r.out, list);
 		run_free(&r);
 		r = cli(NULL,
 		    ARGS("describe", want[i].c->url, want[i].service));
-		assert_int_equal(r.rc, 0);
+		assert_rc(r, 0);
 		if (strstr(r.out, want[i].line) == NULL)
 			fail_msg("describe %s printed:\n%s", want[i].service,
 			    r.out);
 		run_free(&r);
 		r = cli(NULL, ARGS("health", want[i].c->url, want[i].service));
-		assert_int_equal(r.rc, 0);
+		assert_rc(r, 0);
 		assert_string_equal(r.out, "SERVING\n");
 		run_free(&r);
 	}
@@ -161,12 +161,12 @@ test_cli_calls_agree_across_the_services(void **state)
 	    ARGS("call", users.url, "asynq.users.Users/GetUser",
 	        "{\"id\": 100000}"));
 	assert_string_equal(r.err, "asynq: NOT_FOUND: no such user\n");
-	assert_int_equal(r.rc, 5);
+	assert_rc(r, 5);
 	run_free(&r);
 	r = cli(NULL,
 	    ARGS("call", answers.url, "asynq.answers.Answers/GetAnswer",
 	        "{\"id\": 100000}"));
-	assert_int_equal(r.rc, 5);
+	assert_rc(r, 5);
 	assert_non_null(strstr(r.err, "asynq: NOT_FOUND: "));
 	run_free(&r);
 }
@@ -181,7 +181,7 @@ test_cli_sets_and_gets_through_the_cache(void **state)
 	json_decref(j);
 	run r = cli("{\"key\": \"aGk=\"}\n{\"key\": \"bm9uZQ==\"}\n",
 	    ARGS("call", cache.url, "asynq.cache.Cache/Get"));
-	assert_int_equal(r.rc, 0);
+	assert_rc(r, 0);
 	assert_string_equal(r.out,
 	    "{\"found\": true, \"value\": \"dGhlcmU=\"}\n"
 	    "{\"found\": false, \"value\": \"\"}\n");
