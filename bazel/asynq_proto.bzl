@@ -13,8 +13,12 @@ cc_library `name` holds both.
 
 Conventions and limits:
 - srcs are .proto source files of the calling package; a file is imported by
-  its workspace path ("tests/codegen/x.proto"), since protoc runs with -I.
-  and -I/usr/include (for google/protobuf/descriptor.proto).
+  its path in its repository ("tests/codegen/x.proto"): protoc runs with the
+  calling repository's root, asynq's root (for proto/asynq/options.proto,
+  also when asynq is an external repository of the user's workspace) and
+  /usr/include (for google/protobuf/descriptor.proto) on its path.
+- The macros name their own targets with Label(), so they resolve in asynq's
+  repository whichever workspace loads them.
 - deps are other protoc_c_library or asynq_proto_library targets; each also
   defines `<dep>_protos`, the .proto files importers need, so the genrules
   declare every file protoc reads.
@@ -23,9 +27,33 @@ Conventions and limits:
 
 _PROTOC = "/usr/bin/protoc"
 _PROTOC_C = "/usr/bin/protoc-c"
-_PLUGIN = "//framework/codegen:protoc-gen-asynq"
-_OPTIONS = "//proto/asynq:options_c"
-_PROTOBUF_C = "//bazel/third_party:protobuf_c"
+_PLUGIN = str(Label("//framework/codegen:protoc-gen-asynq"))
+_OPTIONS = str(Label("//proto/asynq:options_c"))
+_PROTOBUF_C = str(Label("//bazel/third_party:protobuf_c"))
+_ASYNQ = str(Label("//framework:asynq"))
+
+# asynq's root in the execroot: "" in its own workspace, "external/asynq"
+# (or whatever the user named it) in another.
+_ASYNQ_ROOT = Label("//framework:asynq").workspace_root
+
+def _here_root():
+    """The calling package's repository root in the execroot."""
+    name = native.repository_name()
+    return "" if name == "@" else "external/" + name[1:]
+
+def _proto_path():
+    """protoc's -I flags: the calling repository, asynq, the system."""
+    here = _here_root()
+    paths = [here or "."]
+    if (_ASYNQ_ROOT or ".") not in paths:
+        paths.append(_ASYNQ_ROOT or ".")
+    paths.append("/usr/include")
+    return " ".join(["-I" + p for p in paths])
+
+def _out_dir():
+    """Where protoc writes, so its files land on the genrule's outs."""
+    here = _here_root()
+    return "$(GENDIR)" + ("/" + here if here else "")
 
 def _protos_label(dep):
     """The `<dep>_protos` filegroup of a library label."""
@@ -55,8 +83,10 @@ def _protoc_c(name, srcs, protos, deps, visibility, testonly):
         name = name + "_gen",
         srcs = srcs + [protos],
         outs = [b + ".pb-c.c" for b in bases] + [b + ".pb-c.h" for b in bases],
-        cmd = "%s -I. -I/usr/include --c_out=$(GENDIR) %s" % (
+        cmd = "%s %s --c_out=%s %s" % (
             _PROTOC_C,
+            _proto_path(),
+            _out_dir(),
             _srcs_args(srcs),
         ),
         message = "protoc-c %s" % name,
@@ -103,8 +133,14 @@ def asynq_proto_library(name, srcs, deps = [], visibility = None, testonly = Non
         srcs = srcs + [protos],
         outs = [b + ".asynq.c" for b in bases] + [b + ".asynq.h" for b in bases],
         tools = [_PLUGIN],
-        cmd = ("%s --plugin=protoc-gen-asynq=$(location %s) -I. -I/usr/include " +
-               "--asynq_out=$(GENDIR) %s") % (_PROTOC, _PLUGIN, _srcs_args(srcs)),
+        cmd = ("%s --plugin=protoc-gen-asynq=$(location %s) %s " +
+               "--asynq_out=%s %s") % (
+            _PROTOC,
+            _PLUGIN,
+            _proto_path(),
+            _out_dir(),
+            _srcs_args(srcs),
+        ),
         message = "protoc-gen-asynq %s" % name,
         visibility = inner,
         testonly = testonly,
@@ -117,7 +153,7 @@ def asynq_proto_library(name, srcs, deps = [], visibility = None, testonly = Non
         hdrs = [b + ".asynq.h" for b in bases],
         deps = [
             ":" + name + "_pb_c",
-            "//framework:asynq",
+            _ASYNQ,
         ],
         visibility = visibility,
         testonly = testonly,

@@ -1076,6 +1076,8 @@ server_decl(const struct service *s, struct buf *h)
 		    "\t%s *reply; /* set by the handler, malloc'd */\n"
 		    "\tasynq_status status; /* set by the handler */\n"
 		    "\tconst char *message; /* static or NULL */\n"
+		    "\tchar *formatted; /* asynq_rpc_batch_fail's; the "
+		    "server frees it */\n"
 		    "} %s__%s__batch_call;\n",
 		    m->full_name, s->lower, m->lower, m->input_t, m->output_t,
 		    s->lower, m->lower);
@@ -1174,10 +1176,12 @@ server_defn(const struct service *s, struct buf *c)
 			    "    offsetof(%s, status) == "
 			    "offsetof(asynq_rpc_batch_call, status) &&\n"
 			    "    offsetof(%s, message) == "
-			    "offsetof(asynq_rpc_batch_call, message),\n"
+			    "offsetof(asynq_rpc_batch_call, message) &&\n"
+			    "    offsetof(%s, formatted) == "
+			    "offsetof(asynq_rpc_batch_call, formatted),\n"
 			    "    \"%s has the layout of asynq_rpc_batch_call\");"
 			    "\n\n",
-			    bc, bc, bc, bc, bc, bc, bc);
+			    bc, bc, bc, bc, bc, bc, bc, bc);
 			buf_printf(c,
 			    "static asynq_status\n"
 			    "%s__%s__asynq_batch(asynq_task *t, "

@@ -183,6 +183,7 @@ follower_add(asynq_sched *s, asynq_batch *b, asynq_future *of, size_t of_i)
 static void
 follower_copy(asynq_batch *b, asynq_future *f, const asynq_future *of)
 {
+	ASYNQ_ASSERT(of->done && !f->done);
 	if (of->status != ASYNQ_OK) {
 		asynq_error *e = of->error;
 		f->status = of->status;
@@ -550,6 +551,8 @@ asynq_batch_cancel(asynq_batch *b)
 void
 asynq_batch_defer(asynq_batch *b)
 {
+	/* Only a flush defers itself. */
+	ASYNQ_ASSERT(b->state == BATCH_FLUSHING);
 	b->deferred = true;
 }
 
@@ -559,6 +562,8 @@ batch_completed(asynq_post *p)
 {
 	asynq_batch *b = (asynq_batch *)((char *)p - offsetof(asynq_batch, post));
 	asynq_sched *s = b->sched;
+	/* asynq_batch_complete comes once per deferred flush. */
+	ASYNQ_ASSERT(b->state == BATCH_INFLIGHT && s->n_inflight > 0);
 	s->n_inflight--;
 	s->stats.async_flushes++;
 	asynqi_batch_finish(s, b);

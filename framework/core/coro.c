@@ -44,11 +44,11 @@
 
 #include "framework/arch/frame.h"
 
-#if defined(ASYNQ_ASAN)
+#if ASYNQI_ASAN
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
-#if defined(ASYNQ_TSAN)
+#if ASYNQI_TSAN
 #include <sanitizer/tsan_interface.h>
 #endif
 
@@ -105,7 +105,7 @@ asynqi_stack_pool_fini(asynqi_stack_pool *p)
 	while (s != NULL) {
 		struct asynqi_slab *next = s->next;
 		for (int i = 0; i < ASYNQI_SLAB; i++) {
-#if defined(ASYNQ_TSAN)
+#if ASYNQI_TSAN
 			if (s->stacks[i].fiber.tsan_fiber != NULL)
 				__tsan_destroy_fiber(s->stacks[i].fiber.tsan_fiber);
 #endif
@@ -238,7 +238,7 @@ slab_unmap(asynqi_stack_pool *p, struct asynqi_slab *slab)
 {
 	for (int i = 0; i < ASYNQI_SLAB; i++) {
 		asynqi_stack *s = &slab->stacks[i];
-#if defined(ASYNQ_TSAN)
+#if ASYNQI_TSAN
 		if (s->fiber.tsan_fiber != NULL)
 			__tsan_destroy_fiber(s->fiber.tsan_fiber);
 #endif
@@ -357,7 +357,7 @@ void
 asynqi_fiber_init_thread(asynqi_fiber *f)
 {
 	memset(f, 0, sizeof(*f));
-#if defined(ASYNQ_ASAN)
+#if ASYNQI_ASAN
 	pthread_attr_t attr;
 	if (pthread_getattr_np(pthread_self(), &attr) == 0) {
 		void *lo;
@@ -369,7 +369,7 @@ asynqi_fiber_init_thread(asynqi_fiber *f)
 		pthread_attr_destroy(&attr);
 	}
 #endif
-#if defined(ASYNQ_TSAN)
+#if ASYNQI_TSAN
 	f->tsan_fiber = __tsan_get_current_fiber();
 	f->tsan_cur = f->tsan_fiber;
 #endif
@@ -381,7 +381,7 @@ asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s)
 {
 	(void)to;
 	(void)s;
-#if defined(ASYNQ_ASAN)
+#if ASYNQI_ASAN
 	if (s != NULL) {
 		to->stack_lo = s->lo;
 		to->stack_size = s->size;
@@ -391,7 +391,7 @@ asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s)
 		__asan_unpoison_memory_region(s->lo, s->size);
 	}
 #endif
-#if defined(ASYNQ_TSAN)
+#if ASYNQI_TSAN
 	if (s != NULL && to->tsan_fiber == NULL)
 		to->tsan_fiber = __tsan_create_fiber(0);
 	to->tsan_cur = to->tsan_fiber;
@@ -403,16 +403,16 @@ asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
     asynqi_fiber *to, const asynqi_ctx *to_ctx, bool dying)
 {
 	(void)dying;
-#if defined(ASYNQ_ASAN)
+#if ASYNQI_ASAN
 	__sanitizer_start_switch_fiber(dying ? NULL : &from->asan_fake,
 	    to->stack_lo, to->stack_size);
 #endif
-#if defined(ASYNQ_TSAN)
+#if ASYNQI_TSAN
 	__tsan_switch_to_fiber(to->tsan_cur, 0);
 #endif
 	(void)to;
 	asynqi_ctx_switch(from_ctx, to_ctx);
-#if defined(ASYNQ_ASAN)
+#if ASYNQI_ASAN
 	__sanitizer_finish_switch_fiber(from->asan_fake, NULL, NULL);
 #endif
 	(void)from;
@@ -423,16 +423,16 @@ void
 asynqi_fiber_call(asynqi_fiber *from, asynqi_stack *to, void (*fn)(void *),
     void *arg, const asynqi_fpenv *env)
 {
-#if defined(ASYNQ_ASAN)
+#if ASYNQI_ASAN
 	__sanitizer_start_switch_fiber(&from->asan_fake, to->lo, to->size);
 #endif
-#if defined(ASYNQ_TSAN)
+#if ASYNQI_TSAN
 	/* No TSan switch: the call and its return stay on one shadow call
 	 * stack, the caller's; a switch back to this stack must find it. */
 	to->fiber.tsan_cur = from->tsan_cur;
 #endif
 	asynqi_stack_call(arg, fn, asynqi_stack_top(to), env);
-#if defined(ASYNQ_ASAN)
+#if ASYNQI_ASAN
 	__sanitizer_finish_switch_fiber(from->asan_fake, NULL, NULL);
 #endif
 	(void)from;
@@ -443,7 +443,7 @@ void
 asynqi_fiber_return(asynqi_fiber *to)
 {
 	(void)to;
-#if defined(ASYNQ_ASAN)
+#if ASYNQI_ASAN
 	__sanitizer_start_switch_fiber(NULL, to->stack_lo, to->stack_size);
 #endif
 }
@@ -452,7 +452,7 @@ void
 asynqi_fiber_started(asynqi_fiber *self)
 {
 	(void)self;
-#if defined(ASYNQ_ASAN)
+#if ASYNQI_ASAN
 	__sanitizer_finish_switch_fiber(NULL, NULL, NULL);
 #endif
 }

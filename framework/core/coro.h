@@ -5,8 +5,8 @@
  * from one to another. Stacks come from a per-scheduler pool: mmap'd in
  * slabs, each stack with a guard page below it while the process has mapping
  * budget for one (vm.max_map_count), else with a canary word checked on every
- * switch out. Sanitizer fiber hooks are compiled in under ASYNQ_ASAN /
- * ASYNQ_TSAN.
+ * switch out. Sanitizer fiber hooks are compiled in when the compiler
+ * says a sanitizer is on (platform.h).
  */
 #ifndef ASYNQ_CORE_CORO_H
 #define ASYNQ_CORE_CORO_H
@@ -36,6 +36,7 @@ void asynqi_ctx_switch(asynqi_ctx *from, const asynqi_ctx *to);
 #define ASYNQI_STACK_CALL 1
 
 #include "framework/arch/frame.h"
+#include "platform.h"
 
 /* asynqi_fpenv_save reads the floating-point control state (slow on x86-64:
  * read it once for a run of calls). */
@@ -183,7 +184,7 @@ void asynqi_fiber_init_thread(asynqi_fiber *f);
 
 /* Without sanitizers the fiber hooks are empty and inline; with them,
  * coro.c defines them. */
-#if defined(ASYNQ_ASAN) || defined(ASYNQ_TSAN)
+#if ASYNQI_ASAN || ASYNQI_TSAN
 #define ASYNQI_FIBER_HOOKS 1
 
 /* asynqi_fiber_switch switches from one fiber to another; `dying` says the

@@ -12,6 +12,7 @@
 
 #include "asynq/asynq.h"
 #include "coro.h"
+#include "platform.h"
 
 enum fut_kind { FUT_CONST, FUT_TASK, FUT_ITEM, FUT_TIMER, FUT_PROMISE };
 enum val_kind { VAL_NONE, VAL_I64, VAL_PTR };
@@ -127,8 +128,21 @@ typedef struct sched_loop {
 	struct sched_loop *prev;
 } sched_loop;
 
+/* One module's state on one thread (asynq_thread_local). */
+typedef struct asynqi_local {
+	asynq_thread_local *key;
+	void *state;
+} asynqi_local;
+
 struct asynq_sched {
 	asynq_sched_cfg cfg;
+	/* Modules' per-thread states in the order they were made, and by
+	 * slot; locals_closed once asynq_thread_fini has freed them. */
+	asynqi_local *locals;
+	size_t n_locals, cap_locals, n_locals_stopped;
+	void **local_by_slot;
+	size_t n_slots;
+	bool locals_closed;
 	asynqi_stack_pool pool;
 	asynqi_fiber thread_fiber;
 	sched_loop *loop;
@@ -341,5 +355,16 @@ void asynqi_dump_sched(asynq_sched *s, FILE *f, size_t max_tasks);
 /* Debug backend setup for a scheduler. */
 void asynqi_debug_init(asynq_sched *s);
 void asynqi_debug_fini(asynq_sched *s);
+
+/* asynqi_locals_stop runs the stop callbacks of s's thread-locals, newest
+ * first; asynqi_locals_free then frees them, newest first. Scheduler
+ * thread, from asynq_thread_fini. */
+void asynqi_locals_stop(asynq_sched *s);
+void asynqi_locals_free(asynq_sched *s);
+
+/* asynqi_sig_write writes s to stderr; asynqi_sig_write_int writes v in
+ * decimal. Async-signal-safe (write(2) only). */
+void asynqi_sig_write(const char *s);
+void asynqi_sig_write_int(long long v);
 
 #endif /* ASYNQ_CORE_INTERNAL_H */

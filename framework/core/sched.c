@@ -41,7 +41,11 @@
  *   scheduler that keeps working never pays for it.
  * - Overflow: a guard page hit is caught by a SIGSEGV handler on an
  *   alternate stack that names the task; an unguarded stack's canary is
- *   checked on each switch out and when a called task returns.
+ *   checked on each switch out and when a called task returns. The handler
+ *   is installed once, only if SIGSEGV has no handler of the program's
+ *   own, sets an alternate stack only on threads without one, reports with
+ *   write(2) alone, then restores the default action and returns, so the
+ *   fault repeats and kills the process where it happened.
  */
 #include <errno.h>
 #include <signal.h>
@@ -55,7 +59,7 @@
 
 _Thread_local asynq_sched *asynqi_tls_sched;
 
-#if defined(ASYNQ_ASAN) || defined(ASYNQ_TSAN)
+#if ASYNQI_ASAN || ASYNQI_TSAN
 #define USE_FREELIST 0
 #define USE_SEGV_HANDLER 0
 #else
@@ -65,82 +69,78 @@ _Thread_local asynq_sched *asynqi_tls_sched;
 
 /* ---- Overflow reporting -------------------------------------------- */
 
+/* Names the task whose stack overflowed (write(2) only: we may be on a
+ * signal's alternate stack or on the overrun stack itself). */
 static void
-write_str(const char *s)
+overflow_report(const asynq_task *t, const char *how)
 {
-	ssize_t r = write(STDERR_FILENO, s, strlen(s));
-	(void)r;
+	asynqi_sig_write("asynq: stack overflow in task ");
+	asynqi_sig_write(t->name);
+	asynqi_sig_write(", spawned at ");
+	asynqi_sig_write(t->file);
+	asynqi_sig_write(":");
+	asynqi_sig_write_int(t->line);
+	asynqi_sig_write(" (");
+	asynqi_sig_write(how);
+	asynqi_sig_write("; raise asynq_sched_cfg.stack_size, "
+	                 "default 64 KiB, or keep large arrays off task "
+	                 "stacks)\n");
+	for (const asynq_task *c = t->creator; c != NULL; c = c->creator) {
+		asynqi_sig_write("  created by task ");
+		asynqi_sig_write(c->name);
+		asynqi_sig_write("\n");
+	}
 }
 
 #if USE_SEGV_HANDLER
-static struct sigaction old_segv;
+/* Installed once per process, and only if SIGSEGV had no handler of the
+ * program's own (a crash reporter's stays in charge). */
 static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
+static bool segv_installed;
 
 static void
 segv_handler(int sig, siginfo_t *si, void *uc)
 {
+	(void)uc;
 	asynq_sched *s = asynqi_tls_sched;
 	asynq_task *t = s != NULL ? s->current : NULL;
 	if (t != NULL && t->stack != NULL &&
-	    asynqi_stack_guard_hit(t->stack, si->si_addr)) {
-		char line[32];
-		write_str("asynq: stack overflow in task ");
-		write_str(t->name);
-		write_str(", spawned at ");
-		write_str(t->file);
-		snprintf(line, sizeof(line), ":%d", t->line);
-		write_str(line);
-		write_str(" (the task's stack hit its guard page; raise "
-		          "asynq_sched_cfg.stack_size)\n");
-		for (asynq_task *c = t->creator; c != NULL; c = c->creator) {
-			write_str("  created by task ");
-			write_str(c->name);
-			write_str("\n");
-		}
-	}
-	/* Hand over to whoever handled SIGSEGV before (or the default). */
-	if (old_segv.sa_flags & SA_SIGINFO) {
-		if (old_segv.sa_sigaction != NULL) {
-			old_segv.sa_sigaction(sig, si, uc);
-			return;
-		}
-	} else if (old_segv.sa_handler != SIG_DFL &&
-	    old_segv.sa_handler != SIG_IGN) {
-		old_segv.sa_handler(sig);
-		return;
-	}
-	signal(SIGSEGV, SIG_DFL);
-	raise(SIGSEGV);
+	    asynqi_stack_guard_hit(t->stack, si->si_addr))
+		overflow_report(t, "the task's stack hit its guard page");
+	/* The default action, for the same fault: returning re-runs the
+	 * faulting instruction, which now kills the process with a core
+	 * dump at the right address. */
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigemptyset(&dfl.sa_mask);
+	(void)sigaction(sig, &dfl, NULL);
+	if (si->si_code <= 0)
+		(void)raise(sig); /* sent, not a fault: nothing re-runs */
 }
 
 static void
 install_segv(void)
 {
+	struct sigaction old;
+	if (getenv("ASYNQ_NO_SEGV_HANDLER") != NULL ||
+	    sigaction(SIGSEGV, NULL, &old) != 0 ||
+	    (old.sa_flags & SA_SIGINFO) != 0 || old.sa_handler != SIG_DFL)
+		return;
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_sigaction = segv_handler;
 	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
 	sigemptyset(&sa.sa_mask);
-	sigaction(SIGSEGV, &sa, &old_segv);
+	segv_installed = sigaction(SIGSEGV, &sa, NULL) == 0;
 }
 #endif
 
 static void __attribute__((noinline, cold, noreturn))
 canary_report(asynq_task *t)
 {
-	{
-		/* We are on the overrun stack: write(2) only, no stdio. */
-		char line[32];
-		snprintf(line, sizeof(line), ":%d", t->line);
-		write_str("asynq: stack overflow in task ");
-		write_str(t->name);
-		write_str(", spawned at ");
-		write_str(t->file);
-		write_str(line);
-		write_str(" (its stack canary was overwritten; raise "
-		          "asynq_sched_cfg.stack_size)\n");
-		abort();
-	}
+	overflow_report(t, "its stack canary was overwritten");
+	abort();
 }
 
 static inline void
@@ -197,20 +197,23 @@ asynq_thread_init(const asynq_sched_cfg *cfg)
 	asynqi_fiber_init_thread(&s->thread_fiber);
 	atomic_init(&s->has_posted, 0);
 #if USE_SEGV_HANDLER
-	/* The guard-page report runs on its own stack: the faulting one is
-	 * full. */
-	stack_t ss;
-	memset(&ss, 0, sizeof(ss));
-	ss.ss_size = 64 * 1024;
-	s->altstack = malloc(ss.ss_size);
-	if (s->altstack != NULL) {
-		ss.ss_sp = s->altstack;
-		if (sigaltstack(&ss, NULL) != 0) {
-			free(s->altstack);
-			s->altstack = NULL;
+	pthread_once(&segv_once, install_segv);
+	/* The guard-page report runs on its own stack (the faulting one is
+	 * full), unless the thread has an alternate stack already. */
+	stack_t ss, cur;
+	if (segv_installed && sigaltstack(NULL, &cur) == 0 &&
+	    (cur.ss_flags & SS_DISABLE) != 0) {
+		memset(&ss, 0, sizeof(ss));
+		ss.ss_size = 64 * 1024;
+		s->altstack = malloc(ss.ss_size);
+		if (s->altstack != NULL) {
+			ss.ss_sp = s->altstack;
+			if (sigaltstack(&ss, NULL) != 0) {
+				free(s->altstack);
+				s->altstack = NULL;
+			}
 		}
 	}
-	pthread_once(&segv_once, install_segv);
 #endif
 	asynqi_tls_sched = s;
 	asynqi_debug_init(s);
@@ -1064,7 +1067,8 @@ task_entry(void *arg)
 	task_run(s, t);
 	s->dead = t;
 	switch_next(s, t, true);
-	abort(); /* a dead task is never resumed */
+	ASYNQ_ASSERT(!"a dead task is never resumed");
+	abort();
 }
 
 /* Registers t as a waiter of f. */
@@ -1376,7 +1380,7 @@ extern int malloc_trim(size_t pad);
 static void
 allocator_trim(void)
 {
-#if !defined(ASYNQ_TSAN) && !defined(__SANITIZE_ADDRESS__)
+#if !ASYNQI_TSAN && !ASYNQI_ASAN
 	if (mallctl != NULL)
 		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
 	else
@@ -1624,6 +1628,9 @@ asynq_thread_fini(void)
 		                "asynq_wait; ignored\n");
 		return;
 	}
+	/* Modules first: they abandon or cancel what they started, and the
+	 * drain below runs what that wakes. */
+	asynqi_locals_stop(s);
 	asynqi_debug_fini(s);
 	asynqi_timers_cancel(s);
 	/* Cancel what never flushed and let woken tasks finish. */
@@ -1653,6 +1660,8 @@ asynq_thread_fini(void)
 			run_task(s, &l, t);
 		s->loop = NULL;
 	}
+	/* Nothing runs any more: the modules' states go. */
+	asynqi_locals_free(s);
 	/* Tasks that never ran or stay blocked can never finish now: drop their
 	 * stacks and leave them failed with CANCELLED. */
 	for (asynq_task *t = s->all_tasks; t != NULL; t = t->all_next) {

@@ -77,6 +77,7 @@
 
 #include "asynq/batch.h"
 #include "conn.h"
+#include "framework/core/platform.h"
 #include "internal.h"
 
 #define DEFAULT_MAX_CALLS 1000
@@ -287,10 +288,14 @@ static void
 sub_finished(asynq_rpc_channel *ch, sub_req *q)
 {
 	rpc_batch *b = q->b;
-	if (atomic_fetch_sub(&b->pending, 1) == 1)
+	/* Each sub-request finishes once: whoever made it DONE. */
+	size_t was = atomic_fetch_sub(&b->pending, 1);
+	ASYNQ_ASSERT(was > 0);
+	if (was == 1)
 		asynq_batch_complete(&b->base, ASYNQ_OK);
 	/* b may be gone now. */
 	pthread_mutex_lock(&ch->mu);
+	ASYNQ_ASSERT(ch->inflight > 0);
 	if (--ch->inflight == 0)
 		pthread_cond_broadcast(&ch->cv);
 	pthread_mutex_unlock(&ch->mu);
@@ -1295,10 +1300,14 @@ typedef struct tls_table {
 	size_t n, cap;
 } tls_table;
 
-static pthread_key_t tls_key;
-static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
-static _Thread_local tls_table *tls_tab;
+static void *
+tls_table_make(void)
+{
+	return calloc(1, sizeof(tls_table));
+}
 
+/* The backends stay the channels' (channel_free releases them); a
+ * scheduler made later on this thread gets backends of its own. */
 static void
 tls_table_free(void *p)
 {
@@ -1307,11 +1316,9 @@ tls_table_free(void *p)
 	free(t);
 }
 
-static void
-tls_key_make(void)
-{
-	(void)pthread_key_create(&tls_key, tls_table_free);
-}
+/* The thread's backend per channel, a sub-context of its scheduler. */
+static asynq_thread_local tls_key = ASYNQ_THREAD_LOCAL_INIT(
+    "asynq.rpc.backends", tls_table_make, NULL, tls_table_free);
 
 /* ---- Backend ------------------------------------------------------------- */
 
@@ -1390,19 +1397,12 @@ static const asynq_backend_ops rpc_backend_ops = {
 static chan_backend *
 thread_backend(asynq_rpc_channel *ch, bool wfr)
 {
-	tls_table *t = tls_tab;
-	if (t != NULL)
-		for (size_t i = 0; i < t->n; i++)
-			if (t->e[i].id == ch->id && t->e[i].be->wfr == wfr)
-				return t->e[i].be;
-	if (t == NULL) {
-		(void)pthread_once(&tls_once, tls_key_make);
-		t = calloc(1, sizeof(*t));
-		if (t == NULL)
-			return NULL;
-		tls_tab = t;
-		(void)pthread_setspecific(tls_key, t);
-	}
+	tls_table *t = asynq_thread_local_get(&tls_key);
+	if (t == NULL)
+		return NULL;
+	for (size_t i = 0; i < t->n; i++)
+		if (t->e[i].id == ch->id && t->e[i].be->wfr == wfr)
+			return t->e[i].be;
 	if (t->n == t->cap) {
 		size_t cap = t->cap != 0 ? t->cap * 2 : 4;
 		tls_entry *e = realloc(t->e, cap * sizeof(*e));
@@ -1756,8 +1756,7 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		if ((f = asynq_batch_add(&be->base, 0, NULL)) == NULL)
 			return NULL;
 		/* asynq_backend_active said this add joins b. */
-		if (asynq_item_batch(f) != &b->base)
-			abort();
+		ASYNQ_ASSERT(asynq_item_batch(f) == &b->base);
 	}
 	if (d != NULL) {
 		buf->len += (size_t)(p - d);

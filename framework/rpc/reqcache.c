@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "asynq/rpc.h"
+#include "framework/core/platform.h"
 #include "internal.h"
 
 #define DEFAULT_MAX_ENTRIES 1000
@@ -145,7 +146,10 @@ entry_drop(asynq_rpc_cache *c, rc_entry *e)
 void
 asynqi_rpc_cache_rele(asynq_rpc_cache *c)
 {
-	if (c == NULL || --c->refs > 0)
+	if (c == NULL)
+		return;
+	ASYNQ_ASSERT(c->refs > 0);
+	if (--c->refs > 0)
 		return;
 	/* No PENDING entry is left: each held a reference. */
 	while (c->oldest != NULL)
@@ -323,6 +327,7 @@ entry_done(asynq_future *f, void *arg)
 {
 	rc_entry *e = arg;
 	asynq_rpc_cache *c = e->c;
+	ASYNQ_ASSERT(e->state == RC_PENDING);
 	e->st = asynq_future_status(f);
 	if (e->st == ASYNQ_OK) {
 		const ProtobufCMessage *msg = asynq_future_ptr(f);

@@ -323,6 +323,21 @@ asynq_rpc_server_last_error(const asynq_rpc_server *s)
 /* The task the current handler runs in; its value is a srv_task. */
 static const asynq_scoped srv_req_key = ASYNQ_SCOPED_INIT("asynq.rpc.req", 0);
 
+void
+asynq_rpc_batch_call_failf(asynq_rpc_batch_call *c, asynq_status st,
+    const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *text = NULL;
+	if (vasprintf(&text, fmt, ap) < 0)
+		text = NULL;
+	va_end(ap);
+	free(c->formatted);
+	c->formatted = text;
+	c->status = st != ASYNQ_OK ? st : ASYNQ_UNKNOWN;
+}
+
 asynq_rpc_cache **
 asynqi_rpc_handler_cache(const asynq_rpc_cache_cfg **cfg)
 {
@@ -859,7 +874,8 @@ task_main(asynq_task *t, void *arg)
 			if (bc[i].status != ASYNQ_OK)
 				call_result(r, c, bc[i].status, bc[i].reply,
 				    NULL,
-				    bc[i].message != NULL
+				    bc[i].formatted != NULL ? bc[i].formatted
+				        : bc[i].message != NULL
 				        ? bc[i].message
 				        : asynq_strerror(bc[i].status));
 			else if (bc[i].reply != NULL || st == ASYNQ_OK)
@@ -867,6 +883,7 @@ task_main(asynq_task *t, void *arg)
 				    NULL);
 			else
 				call_result(r, c, st, NULL, t, NULL);
+			free(bc[i].formatted);
 		}
 		free(bc);
 	}

@@ -66,14 +66,17 @@ asynq_dedup_dirty(asynq_task_fn fn, const void *key, size_t key_len)
 	keybuf kb;
 	if (!key_fn_prefixed(&kb, fn, key, key_len))
 		return;
-	asynqi_ctab_dirty(asynqi_tools_dedup(), kb.p, kb.len);
+	ctab *tab = asynqi_tools_dedup();
+	if (tab != NULL)
+		asynqi_ctab_dirty(tab, kb.p, kb.len);
 	key_done(&kb);
 }
 
 size_t
 asynq_dedup_pending(void)
 {
-	return asynqi_tools_dedup()->map.count;
+	ctab *tab = asynqi_tools_dedup();
+	return tab != NULL ? tab->map.count : 0;
 }
 
 /* ---- Per-object memoisation --------------------------------------------- */

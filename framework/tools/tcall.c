@@ -12,7 +12,7 @@
  *   always reachable: from its table, or from the thread's list of detached
  *   records (dirtied, forgotten, evicted while in flight, re-entrant calls,
  *   calls with a context, retries). The on-done callback frees it.
- * - A task that never runs never finishes, so asynq_tools_thread_fini marks
+ * - A task that never runs never finishes, so the thread's teardown marks
  *   the records of unstarted tasks abandoned and starts them: their wrapper
  *   fails with CANCELLED at once, without calling the user's body, and the
  *   callback frees them while asynq_thread_fini drains the ready queue.
@@ -125,32 +125,53 @@ typedef struct memo_obj {
 	const void *obj;
 } memo_obj;
 
-static _Thread_local struct tools_tls {
+typedef struct tools_tls {
 	ctab dedup;
-	bool dedup_ready;
 	kmap objs;
 	asynq_cache_stats memo_stats;
+	asynq_cache_stats memo_sum; /* asynqi_tools_memo_stats' answer */
 	tcall *detached;
-} tls;
+} tools_tls;
+
+static void *tools_make(void);
+static void tools_stop(void *p);
+static void tools_free(void *p);
+
+/* The thread's tables, a sub-context of its scheduler. */
+static asynq_thread_local tools_key =
+    ASYNQ_THREAD_LOCAL_INIT("asynq.tools", tools_make, tools_stop, tools_free);
+
+static tools_tls *
+tools_state(void)
+{
+	return asynq_thread_local_get(&tools_key);
+}
 
 static void
 detached_push(tcall *e)
 {
+	tools_tls *t = tools_state();
 	e->tab = NULL;
 	e->prev = NULL;
-	e->next = tls.detached;
-	if (tls.detached != NULL)
-		tls.detached->prev = e;
-	tls.detached = e;
+	e->next = NULL;
+	if (t == NULL)
+		return; /* the thread is torn down: nothing will run it */
+	e->next = t->detached;
+	if (t->detached != NULL)
+		t->detached->prev = e;
+	t->detached = e;
 }
 
 static void
 detached_remove(tcall *e)
 {
+	tools_tls *t = tools_state();
+	if (t == NULL)
+		return;
 	if (e->prev != NULL)
 		e->prev->next = e->next;
-	else if (tls.detached == e)
-		tls.detached = e->next;
+	else if (t->detached == e)
+		t->detached = e->next;
 	if (e->next != NULL)
 		e->next->prev = e->prev;
 	e->prev = e->next = NULL;
@@ -306,7 +327,7 @@ tcall_task(asynq_task *t, void *arg)
 	tcall *e = arg;
 	if (e->abandoned)
 		return asynq_fail(t, ASYNQ_CANCELLED,
-		    "%s abandoned by asynq_tools_thread_fini before it ran",
+		    "%s abandoned by asynq_thread_fini before it ran",
 		    asynq_task_name(t));
 	e->started = true;
 	switch (e->kind) {
@@ -405,27 +426,36 @@ asynqi_ctab_call(ctab *tab, const void *key, size_t klen, const tcall *proto,
 
 /* ---- Per-thread tables -------------------------------------------------- */
 
+static void *
+tools_make(void)
+{
+	tools_tls *t = calloc(1, sizeof(*t));
+	if (t != NULL)
+		asynqi_ctab_init(&t->dedup, false, 0, 0);
+	return t;
+}
+
 ctab *
 asynqi_tools_dedup(void)
 {
-	if (!tls.dedup_ready) {
-		asynqi_ctab_init(&tls.dedup, false, 0, 0);
-		tls.dedup_ready = true;
-	}
-	return &tls.dedup;
+	tools_tls *t = tools_state();
+	return t != NULL ? &t->dedup : NULL;
 }
 
 static memo_obj *
-memo_find(const void *obj)
+memo_find(tools_tls *t, const void *obj)
 {
-	return (memo_obj *)asynqi_kmap_find(&tls.objs, &obj, sizeof(obj),
+	return (memo_obj *)asynqi_kmap_find(&t->objs, &obj, sizeof(obj),
 	    asynqi_kmap_hash(&obj, sizeof(obj)));
 }
 
 ctab *
 asynqi_tools_memo(const void *obj, bool make)
 {
-	memo_obj *mo = memo_find(obj);
+	tools_tls *t = tools_state();
+	if (t == NULL)
+		return NULL;
+	memo_obj *mo = memo_find(t, obj);
 	if (mo != NULL || !make)
 		return mo != NULL ? &mo->tab : NULL;
 	mo = calloc(1, sizeof(*mo));
@@ -436,7 +466,7 @@ asynqi_tools_memo(const void *obj, bool make)
 	mo->node.hash = asynqi_kmap_hash(&obj, sizeof(obj));
 	mo->node.klen = sizeof(obj);
 	mo->node.key = (const unsigned char *)&mo->obj;
-	if (!asynqi_kmap_insert(&tls.objs, &mo->node)) {
+	if (!asynqi_kmap_insert(&t->objs, &mo->node)) {
 		free(mo);
 		return NULL;
 	}
@@ -444,76 +474,89 @@ asynqi_tools_memo(const void *obj, bool make)
 }
 
 static void
-memo_obj_free(memo_obj *mo)
+memo_obj_free(tools_tls *t, memo_obj *mo)
 {
-	tls.memo_stats.hits += mo->tab.stats.hits;
-	tls.memo_stats.misses += mo->tab.stats.misses;
-	tls.memo_stats.evictions += mo->tab.stats.evictions;
+	t->memo_stats.hits += mo->tab.stats.hits;
+	t->memo_stats.misses += mo->tab.stats.misses;
+	t->memo_stats.evictions += mo->tab.stats.evictions;
 	asynqi_ctab_clear(&mo->tab);
-	asynqi_kmap_remove(&tls.objs, &mo->node);
+	asynqi_kmap_remove(&t->objs, &mo->node);
 	free(mo);
-	if (tls.objs.count == 0)
-		asynqi_kmap_fini(&tls.objs);
+	if (t->objs.count == 0)
+		asynqi_kmap_fini(&t->objs);
 }
 
 void
 asynqi_tools_memo_forget(const void *obj)
 {
-	memo_obj *mo = memo_find(obj);
+	tools_tls *t = tools_state();
+	memo_obj *mo = t != NULL ? memo_find(t, obj) : NULL;
 	if (mo != NULL)
-		memo_obj_free(mo);
+		memo_obj_free(t, mo);
 }
 
 size_t
 asynqi_tools_memo_objects(void)
 {
-	return tls.objs.count;
+	tools_tls *t = tools_state();
+	return t != NULL ? t->objs.count : 0;
 }
 
 asynq_cache_stats *
 asynqi_tools_memo_stats(void)
 {
-	static _Thread_local asynq_cache_stats sum;
-	sum = tls.memo_stats;
-	sum.size = 0;
-	sum.in_flight = 0;
-	for (size_t i = 0; i < tls.objs.nbuckets; i++) {
-		for (kmap_node *n = tls.objs.buckets[i]; n != NULL;
+	static const asynq_cache_stats none;
+	tools_tls *t = tools_state();
+	if (t == NULL)
+		return (asynq_cache_stats *)&none;
+	asynq_cache_stats *sum = &t->memo_sum;
+	*sum = t->memo_stats;
+	sum->size = 0;
+	sum->in_flight = 0;
+	for (size_t i = 0; i < t->objs.nbuckets; i++) {
+		for (kmap_node *n = t->objs.buckets[i]; n != NULL;
 		     n = n->next) {
 			const memo_obj *mo = (const memo_obj *)n;
-			sum.hits += mo->tab.stats.hits;
-			sum.misses += mo->tab.stats.misses;
-			sum.evictions += mo->tab.stats.evictions;
-			sum.size += mo->tab.stats.size;
-			sum.in_flight += mo->tab.stats.in_flight;
+			sum->hits += mo->tab.stats.hits;
+			sum->misses += mo->tab.stats.misses;
+			sum->evictions += mo->tab.stats.evictions;
+			sum->size += mo->tab.stats.size;
+			sum->in_flight += mo->tab.stats.in_flight;
 		}
 	}
-	return &sum;
+	return sum;
 }
 
-void
-asynq_tools_thread_fini(void)
+/* Before the scheduler drains: the tables let go of their entries, and
+ * tasks that never started are started so that they fail at once (the
+ * drain runs them and their callbacks free their records). */
+static void
+tools_stop(void *p)
 {
-	if (tls.dedup_ready) {
-		asynqi_ctab_clear(&tls.dedup);
-		tls.dedup_ready = false;
-	}
-	while (tls.objs.count > 0) {
-		for (size_t i = 0; i < tls.objs.nbuckets; i++) {
-			if (tls.objs.buckets[i] != NULL) {
-				memo_obj_free((memo_obj *)tls.objs.buckets[i]);
+	tools_tls *t = p;
+	asynqi_ctab_clear(&t->dedup);
+	while (t->objs.count > 0) {
+		for (size_t i = 0; i < t->objs.nbuckets; i++) {
+			if (t->objs.buckets[i] != NULL) {
+				memo_obj_free(t, (memo_obj *)t->objs.buckets[i]);
 				break;
 			}
 		}
 	}
-	asynqi_kmap_fini(&tls.objs);
-	memset(&tls.memo_stats, 0, sizeof(tls.memo_stats));
-	/* Unstarted tasks fail at once when run; start them so that the
-	 * scheduler's teardown runs them and their records are freed. */
-	for (tcall *e = tls.detached; e != NULL; e = e->next) {
+	asynqi_kmap_fini(&t->objs);
+	for (tcall *e = t->detached; e != NULL; e = e->next) {
 		if (!e->started && !asynq_future_done(e->fut)) {
 			e->abandoned = true;
 			asynq_task_start(e->fut);
 		}
 	}
+}
+
+static void
+tools_free(void *p)
+{
+	tools_tls *t = p;
+	asynqi_ctab_clear(&t->dedup);
+	asynqi_kmap_fini(&t->objs);
+	free(t);
 }

@@ -115,8 +115,8 @@ h_get_answer(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 		    ? bsearch(&key, rows.v, rows.n, sizeof(*rows.v), by_id)
 		    : NULL;
 		if (r == NULL) {
-			calls[i].status = ASYNQ_NOT_FOUND;
-			calls[i].message = "no such answer";
+			asynq_rpc_batch_fail(&calls[i], ASYNQ_NOT_FOUND,
+			    "no such answer: %lld", (long long)ids[i]);
 			continue;
 		}
 		Asynq__Answers__Answer *a = malloc(sizeof(*a));

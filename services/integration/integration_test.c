@@ -476,6 +476,13 @@ test_users_get_user_whole_batch(void **state)
 		if (ids[i] < 1 || ids[i] > N_USERS) {
 			assert_int_equal(asynq_future_status(out[i]),
 			    ASYNQ_NOT_FOUND);
+			/* Each missing id named in its own caller's error. */
+			char want[64];
+			snprintf(want, sizeof(want), "no such user: %lld",
+			    (long long)ids[i]);
+			assert_string_equal(
+			    asynq_error_message(asynq_future_error(out[i])),
+			    want);
 			continue;
 		}
 		assert_int_equal(asynq_future_status(out[i]), ASYNQ_OK);

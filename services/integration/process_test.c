@@ -45,6 +45,7 @@
 #include "asynq/asynq.h"
 #include "asynq/rpc.h"
 #include "services/frontend/frontend.asynq.h"
+#include "tests/common/child.h"
 
 #define N_USERS 1000
 #define N_ANSWERS 10000
@@ -76,29 +77,11 @@ static char tmpdir[1024];
 static char users_db[1100], answers_db[1100];
 static char gen[3][32]; /* --gen-* values */
 
-/* A loopback port that is free now, below the kernel's ephemeral range
- * (32768 and up by default), so that the outgoing connections of this and
- * concurrent tests do not take it before a child listens on it. */
+/* A loopback port free now, below the ephemeral range (tests/common). */
 static int
 free_port(void)
 {
-	static unsigned seed;
-	if (seed == 0)
-		seed = (unsigned)getpid() ^ (unsigned)time(NULL);
-	for (int i = 0; i < 100; i++) {
-		int port = 20000 + (int)(rand_r(&seed) % 12000);
-		int fd = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in a = { .sin_family = AF_INET };
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		a.sin_port = htons((uint16_t)port);
-		bool ok =
-		    fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-		if (fd >= 0)
-			close(fd);
-		if (ok)
-			return port;
-	}
-	return -1;
+	return child_free_port();
 }
 
 static void

@@ -98,8 +98,8 @@ h_get_user(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 		    ? bsearch(&key, rows.v, rows.n, sizeof(*rows.v), row_cmp)
 		    : NULL;
 		if (r == NULL) {
-			calls[i].status = ASYNQ_NOT_FOUND;
-			calls[i].message = "no such user";
+			asynq_rpc_batch_fail(&calls[i], ASYNQ_NOT_FOUND,
+			    "no such user: %lld", (long long)key.id);
 			continue;
 		}
 		Asynq__Users__User *u = malloc(sizeof(*u));

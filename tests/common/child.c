@@ -29,6 +29,7 @@
 
 #include "asynq/tools.h"
 #include "tests/common/child.h"
+#include "framework/core/platform.h"
 
 #define MS (1000 * 1000ull)
 #define MAX_CHILDREN 8
@@ -45,7 +46,7 @@ static size_t n_registered;
 static void
 tsan_no_exit_sleep(void)
 {
-#if defined(ASYNQ_TSAN)
+#if ASYNQI_TSAN
 	const char *old = getenv("TSAN_OPTIONS");
 	char opts[1024];
 	snprintf(opts, sizeof(opts), "%s%satexit_sleep_ms=0",

@@ -72,7 +72,7 @@ runaway(asynq_task *t, void *arg)
 /* ThreadSanitizer gives every coroutine its own fiber, and fibers count
  * against its limit of 8128 threads: the tests that keep thousands of tasks
  * alive at once cannot run under it. */
-#ifdef ASYNQ_TSAN
+#if ASYNQI_TSAN
 #define SKIP_UNDER_TSAN() skip()
 #else
 #define SKIP_UNDER_TSAN() ((void)0)

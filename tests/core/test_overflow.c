@@ -21,7 +21,7 @@
 
 #include "testutil.h"
 
-#if defined(ASYNQ_ASAN) || defined(ASYNQ_TSAN)
+#if ASYNQI_ASAN || ASYNQI_TSAN
 #define SKIP_WITHOUT_HANDLER() skip()
 #else
 #define SKIP_WITHOUT_HANDLER() ((void)0)
@@ -181,6 +181,104 @@ canary_child(void)
 	asynq_thread_fini();
 }
 
+/* A task with a frame larger than its whole stack: without stack-clash
+ * probes its first write would land beyond the guard page. */
+static asynq_status
+big_frame_task(asynq_task *t, void *arg)
+{
+	volatile char big[80 * 1024];
+
+	(void)arg;
+	big[0] = 1;
+	big[sizeof(big) - 1] = 2;
+	return asynq_return_i64(t, big[0] + big[sizeof(big) - 1]);
+}
+
+/* Child of test_overflow_large_frame_names_task: the default stack. */
+static void
+big_frame_child(void)
+{
+	asynq_future *f;
+
+	child_premise(asynq_thread_init(NULL) == ASYNQ_OK, "thread init");
+	f = asynq_spawn(big_frame_task, NULL);
+	(void)asynq_wait(f);
+	asynq_future_rele(f);
+	asynq_thread_fini();
+}
+
+static void
+own_segv(int sig)
+{
+	(void)sig;
+	_exit(3);
+}
+
+/* Child of test_overflow_program_handler_kept: a SIGSEGV handler of the
+ * program's own stays in place (exit 0), and the alternate stack is left
+ * as it was. */
+static void
+own_handler_child(void)
+{
+	struct sigaction sa, cur;
+	stack_t before, after;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = own_segv;
+	sigemptyset(&sa.sa_mask);
+	child_premise(sigaction(SIGSEGV, &sa, NULL) == 0, "sigaction");
+	/* (A sanitizer's runtime may have set one already.) */
+	child_premise(sigaltstack(NULL, &before) == 0, "sigaltstack");
+	child_premise(asynq_thread_init(NULL) == ASYNQ_OK, "thread init");
+	child_premise(sigaction(SIGSEGV, NULL, &cur) == 0, "sigaction");
+	child_premise(sigaltstack(NULL, &after) == 0, "sigaltstack");
+	asynq_thread_fini();
+	_exit(cur.sa_handler == own_segv && after.ss_sp == before.ss_sp &&
+	            after.ss_flags == before.ss_flags
+	        ? 0
+	        : 1);
+}
+
+/* Child of test_overflow_assertion_says_what: asynq_batch_defer outside a
+ * flush breaks an invariant batch.h states. */
+static asynq_batch *
+assert_alloc(asynq_backend *be)
+{
+	(void)be;
+	return calloc(1, sizeof(asynq_batch));
+}
+
+static asynq_status
+assert_flush(asynq_batch *b)
+{
+	(void)b;
+	return ASYNQ_OK;
+}
+
+static void
+assert_free(asynq_batch *b)
+{
+	free(b);
+}
+
+static void
+assert_child(void)
+{
+	static const asynq_backend_ops ops = {
+		.batch_alloc = assert_alloc,
+		.flush = assert_flush,
+		.batch_free = assert_free,
+	};
+	asynq_backend be;
+
+	child_premise(asynq_thread_init(NULL) == ASYNQ_OK, "thread init");
+	asynq_backend_init(&be, &ops, "assert-test");
+	asynq_future *f = asynq_batch_add(&be, 1, NULL);
+	child_premise(f != NULL, "batch add");
+	asynq_batch_defer(asynq_item_batch(f));
+	_exit(0); /* not reached */
+}
+
 /* ---- Parent side ---------------------------------------------------- */
 
 /* How a child ended. */
@@ -292,12 +390,59 @@ test_overflow_canary_names_task(void **state)
 	assert_contains(d.err, "spawned at " __FILE__ ":");
 }
 
+/* An 80 KiB array on a 64 KiB stack: stack-clash probes (the build's
+ * default flags) touch the guard page first, so it is reported as an
+ * overflow of that task, not a bare segmentation fault. */
+static void
+test_overflow_large_frame_names_task(void **state)
+{
+	death d;
+
+	(void)state;
+	SKIP_WITHOUT_HANDLER();
+	run_child(big_frame_child, &d);
+	assert_killed_by(&d, SIGSEGV);
+	assert_contains(d.err, "stack overflow in task big_frame_task");
+	assert_contains(d.err, "default 64 KiB");
+}
+
+/* A program's own SIGSEGV handler is never replaced. */
+static void
+test_overflow_program_handler_kept(void **state)
+{
+	death d;
+
+	(void)state;
+	run_child(own_handler_child, &d);
+	if (!WIFEXITED(d.status) || WEXITSTATUS(d.status) != 0)
+		fail_msg("the program's SIGSEGV handler was replaced (status "
+		         "%d); stderr:\n%s",
+		    d.status, d.err);
+}
+
+/* A broken invariant aborts naming the condition and the place. */
+static void
+test_overflow_assertion_says_what(void **state)
+{
+	death d;
+
+	(void)state;
+	run_child(assert_child, &d);
+	assert_killed_by(&d, SIGABRT);
+	assert_contains(d.err,
+	    "asynq: assertion failed: b->state == BATCH_FLUSHING at ");
+	assert_contains(d.err, "batch.c:");
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_overflow_guard_page_names_task),
 		cmocka_unit_test(test_overflow_canary_names_task),
+		cmocka_unit_test(test_overflow_large_frame_names_task),
+		cmocka_unit_test(test_overflow_program_handler_kept),
+		cmocka_unit_test(test_overflow_assertion_says_what),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -79,7 +79,8 @@ fi
 
 # ---- Build --------------------------------------------------------------------
 
-if ! "${BAZEL_CMD[@]}" build //proto/asynq:rpc_c //tests/fuzz:fuzz_proto; then
+if ! "${BAZEL_CMD[@]}" build //proto/asynq:rpc_c //proto/asynq:health_proto_pb_c \
+    //proto/asynq:health_proto_asynq_gen //tests/fuzz:fuzz_proto; then
 	echo "run.sh: bazel build of the generated protobuf code failed" >&2
 	exit 2
 fi
@@ -98,6 +99,7 @@ GEN="$WORK/gen"
 rm -rf "$GEN"
 mkdir -p "$GEN/proto/asynq/wkt/google/protobuf" "$GEN/tests/fuzz"
 cp "$BIN"/proto/asynq/rpc.pb-c.[ch] "$BIN"/proto/asynq/options.pb-c.h \
+    "$BIN"/proto/asynq/health.pb-c.[ch] "$BIN"/proto/asynq/health.asynq.[ch] \
     "$GEN/proto/asynq/"
 cp "$BIN"/proto/asynq/wkt/google/protobuf/descriptor.pb-c.h \
     "$GEN/proto/asynq/wkt/google/protobuf/"
@@ -106,7 +108,7 @@ cp "$BIN"/tests/fuzz/fuzz*.pb-c.[ch] "$BIN"/tests/fuzz/fuzz*.asynq.[ch] \
 
 CC="${CC_FUZZ:-clang}"
 CFLAGS=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-	-fno-omit-frame-pointer -DASYNQ_ASAN=1 -std=c11 -D_GNU_SOURCE
+	-fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE
 	-Wall -Wextra -Wno-unused-parameter
 	-Iframework/include -I. -I"$GEN" -I"$GEN/proto/asynq/wkt" -Iframework/arch)
 LIBS=(-lnng -lprotobuf-c -lpthread)
@@ -116,7 +118,9 @@ LIBS=(-lnng -lprotobuf-c -lpthread)
 # and server), the generated code, and what the targets share.
 # fuzz_mutator.c's mutator is weak: rpc_stream's own replaces it.
 COMMON=(framework/core/*.c framework/arch/x86_64/switch.S framework/runtime/*.c
-	framework/rpc/*.c "$GEN"/proto/asynq/rpc.pb-c.c "$GEN"/tests/fuzz/*.pb-c.c
+	framework/rpc/*.c "$GEN"/proto/asynq/rpc.pb-c.c
+	"$GEN"/proto/asynq/health.pb-c.c "$GEN"/proto/asynq/health.asynq.c
+	"$GEN"/tests/fuzz/*.pb-c.c
 	"$GEN"/tests/fuzz/*.asynq.c tests/fuzz/fuzz_service.c
 	tests/fuzz/fuzz_mutator.c tests/fuzz/fuzz_wire.c)
 

@@ -3,6 +3,7 @@
  * The RPC tests' shared fixture and raw-wire helpers (rpc_fixture.h).
  */
 #include "tests/rpc/rpc_fixture.h"
+#include "tests/common/child.h"
 
 /* ---- Handlers ----------------------------------------------------------- */
 
@@ -88,6 +89,12 @@ h_sum(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 	for (size_t i = 0; i < n; i++) {
 		const Asynq__Rpctest__Num *in =
 		    (const Asynq__Rpctest__Num *)calls[i].req;
+		if (in->v < 0) {
+			asynq_rpc_batch_fail(&calls[i], ASYNQ_INVALID_ARGUMENT,
+			    "sum: v = %lld is negative (call %zu of %zu)",
+			    (long long)in->v, i, n);
+			continue;
+		}
 		Asynq__Rpctest__Num *out = num_new(in->v + (int64_t)n);
 		if (out == NULL)
 			return ASYNQ_RESOURCE_EXHAUSTED;
@@ -216,15 +223,7 @@ const asynq_rpc_handler calc_handlers[] = {
 int
 free_port(void)
 {
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	socklen_t len = sizeof(a);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-	    getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-		return -1;
-	close(fd);
-	return ntohs(a.sin_port);
+	return child_free_port();
 }
 
 void

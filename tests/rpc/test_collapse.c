@@ -240,6 +240,27 @@ test_collapse_errors_reach_only_their_callers(void **state)
 	fx_stop(&fx);
 }
 
+/* A whole-batch handler fails one call with a message of its own making;
+ * the others of the batch succeed. */
+static void
+test_collapse_whole_batch_item_error_formatted(void **state)
+{
+	(void)state;
+	fixture fx;
+	fx_start(&fx, TRANSPORT_TCP, NULL, 0);
+	int64_t vals[3] = { 4, -3, 5 };
+	asynq_future *out[3];
+	many mc = { fx.ch, M(SUM), 3, vals, NULL, out };
+	run_many(&mc);
+	assert_int_equal(num_of(out[0]), 4 + 3);
+	assert_int_equal(asynq_future_status(out[1]), ASYNQ_INVALID_ARGUMENT);
+	assert_string_equal(asynq_error_message(asynq_future_error(out[1])),
+	    "sum: v = -3 is negative (call 1 of 3)");
+	assert_int_equal(num_of(out[2]), 5 + 3);
+	asynq_future_rele_n(out, 3);
+	fx_stop(&fx);
+}
+
 /* A batch that fails as a whole (no server) fails every caller once. */
 static void
 test_collapse_failed_batch_fails_every_caller(void **state)
@@ -617,6 +638,8 @@ main(void)
 		    test_collapse_keeps_calls_with_other_metadata_apart),
 		cmocka_unit_test(test_collapse_errors_reach_only_their_callers),
 		cmocka_unit_test(test_collapse_failed_batch_fails_every_caller),
+		cmocka_unit_test(
+		    test_collapse_whole_batch_item_error_formatted),
 		cmocka_unit_test(
 		    test_cache_repeated_call_answered_without_a_call),
 		cmocka_unit_test(test_cache_errors_kept_only_when_asked),

@@ -407,10 +407,66 @@ test_cache_lazy_failure_not_kept(void **state)
 	asynq_lazy_free(l);
 }
 
+/* On a runtime worker: a memo call, a dedup call and a never-awaited dedup
+ * call; the workers' teardown frees the tools' tables with their
+ * schedulers (LeakSanitizer checks nothing is left under --config=asan). */
+static object worker_objs[2];
+
+static asynq_status
+worker_tools(asynq_task *t, void *arg)
+{
+	object *o = arg;
+	get_args *a = malloc(sizeof(*a));
+	a->self = o;
+	a->index = 1;
+	asynq_future *f = asynq_memo_call(o, get_value, a, args_free, &a->index,
+	    sizeof(a->index));
+	asynq_status st = asynq_await(t, f);
+	int64_t v = asynq_future_i64(f);
+	asynq_future_rele(f);
+	ASYNQ_TRY(st);
+	get_args *b = malloc(sizeof(*b));
+	b->self = o;
+	b->index = 2;
+	/* Never awaited: abandoned when the worker stops. */
+	asynq_future_rele(asynq_dedup_call(get_value, b, args_free, "k", 1));
+	return asynq_return_i64(t, v + (int64_t)asynq_memo_objects() * 10);
+}
+
+static void
+test_cache_tools_on_runtime_workers_torn_down(void **state)
+{
+	(void)state;
+	asynq_runtime *rt;
+	asynq_runtime_cfg rc = { .workers = 2 };
+	frees = 0;
+	assert_int_equal(asynq_runtime_alloc(&rt, &rc), ASYNQ_OK);
+	asynq_ticket *tk[2];
+	for (int w = 0; w < 2; w++) {
+		memset(&worker_objs[w], 0, sizeof(worker_objs[w]));
+		assert_int_equal(asynq_runtime_submit(rt, w, worker_tools,
+		                     &worker_objs[w], &tk[w]),
+		    ASYNQ_OK);
+	}
+	for (int w = 0; w < 2; w++) {
+		assert_int_equal(asynq_ticket_wait(tk[w]), ASYNQ_OK);
+		/* One run, one memoised object on that worker. */
+		assert_int_equal(asynq_ticket_i64(tk[w]), 11);
+		asynq_ticket_free(tk[w]);
+	}
+	asynq_runtime_free(rt);
+	/* Every argument freed once: the memo call's with its table, the
+	 * abandoned dedup call's without its body running. */
+	assert_int_equal(frees, 4);
+	assert_int_equal(worker_objs[0].value, 1);
+	assert_int_equal(worker_objs[1].value, 1);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		TT_TEST(test_cache_tools_on_runtime_workers_torn_down),
 		TT_TEST(test_cache_memo_per_instance),
 		TT_TEST(test_cache_memo_error_not_cached),
 		TT_TEST(test_cache_memo_concurrent_calls_share),

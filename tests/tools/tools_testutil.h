@@ -16,7 +16,6 @@
 static inline int
 tt_teardown(void **state)
 {
-	asynq_tools_thread_fini();
 	return tu_teardown(state);
 }
 

@@ -1,7 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * asynq: batching tasks and futures for C services. Include this one header
- * for the whole public API.
+ * asynq: batching tasks and futures for C services. This header brings the
+ * programming model: errors and statuses, tasks, futures and the scheduler,
+ * batch backends, contexts and scoped values, and the multi-threaded
+ * runtime. The other parts have headers of their own, included where they
+ * are used: asynq/rpc.h (channels, servers, deadlines, metadata, request
+ * caches; generated code includes it), asynq/admin.h (the admin HTTP
+ * endpoint), asynq/tools.h (dedup, memo, caches, retry, timing, async
+ * map/filter/sort), asynq/generator.h, asynq/profiler.h, and asynq/testing.h
+ * (mocks and fakes, in //framework/testing, for tests only).
  */
 #ifndef ASYNQ_ASYNQ_H
 #define ASYNQ_ASYNQ_H

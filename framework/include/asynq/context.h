@@ -57,9 +57,10 @@ asynq_status asynq_context_exit(asynq_context *ctx);
 asynq_status asynq_with_context(asynq_context *ctx,
     asynq_status (*fn)(void *arg), void *arg);
 
-/* asynq_nonsuspending_enter starts a region in the current task where
- * awaiting is an error (FAILED_PRECONDITION from the await, naming where the
- * region began). Regions nest. */
+/* asynq_nonsuspending_enter starts a region in the current task where an
+ * await that would suspend is an error (FAILED_PRECONDITION from that
+ * await, naming where the region began); awaiting a future that is already
+ * computed still works. Regions nest. */
 #define asynq_nonsuspending_enter() \
 	asynq_nonsuspending_enter_at(__FILE__, __LINE__)
 void asynq_nonsuspending_enter_at(const char *file, int line);

@@ -87,8 +87,34 @@ typedef struct asynq_sched_stats {
  * call on a thread makes a default scheduler. Any thread, for itself. */
 asynq_status asynq_thread_init(const asynq_sched_cfg *cfg);
 
-/* asynq_thread_fini frees the calling thread's scheduler: unflushed batches
- * are cancelled and tasks still referenced are left failed with CANCELLED.
+/* Per-thread state of a module or a program, owned by the thread's
+ * scheduler: made on the thread's first asynq_thread_local_get and torn
+ * down by asynq_thread_fini (which the runtime's workers run as they stop)
+ * in the reverse order of making: every `stop` first, while the scheduler
+ * can still run the tasks it starts (to abandon or cancel work), then,
+ * once nothing runs, every `free`. Declare one per kind of state, static,
+ * with ASYNQ_THREAD_LOCAL_INIT; `slot` is the framework's. */
+typedef struct asynq_thread_local {
+	const char *name;
+	void *(*make)(void);       /* the new state; NULL without memory */
+	void (*stop)(void *state); /* optional */
+	void (*free)(void *state);
+	size_t slot; /* read and set atomically */
+} asynq_thread_local;
+
+#define ASYNQ_THREAD_LOCAL_INIT(name, make, stop, free)                       \
+	{ (name), (make), (stop), (free), 0 }
+
+/* asynq_thread_local_get returns the calling thread's state for k, making
+ * it (and the thread's scheduler) on first use. NULL without memory, and
+ * once asynq_thread_fini has freed the thread's states (until the next
+ * scheduler). Any thread, for itself. */
+void *asynq_thread_local_get(asynq_thread_local *k);
+
+/* asynq_thread_fini frees the calling thread's scheduler: the modules'
+ * per-thread states are stopped (asynq_thread_local), unflushed batches
+ * are cancelled, tasks still referenced are left failed with CANCELLED,
+ * then the states are freed.
  * Safe to call without a scheduler. Not from inside a task. */
 void asynq_thread_fini(void);
 

@@ -278,7 +278,22 @@ typedef struct asynq_rpc_batch_call {
 	struct ProtobufCMessage *reply;     /* set by the handler, as above */
 	asynq_status status;                /* set by the handler */
 	const char *message;                /* static or NULL */
+	char *formatted; /* asynq_rpc_batch_fail's message; the server frees
+	                    it */
 } asynq_rpc_batch_call;
+
+/* asynq_rpc_batch_call_failf fails one call of a whole-batch handler with
+ * st and a printf-style message that goes to that call's caller (in place
+ * of `message`); without memory for the text the caller gets st's name.
+ * Task only, inside the handler. */
+void asynq_rpc_batch_call_failf(asynq_rpc_batch_call *c, asynq_status st,
+    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* asynq_rpc_batch_fail is asynq_rpc_batch_call_failf for the generated,
+ * typed batch-call structs (same layout). */
+#define asynq_rpc_batch_fail(c, st, ...)                                       \
+	asynq_rpc_batch_call_failf((asynq_rpc_batch_call *)(c), (st),          \
+	    __VA_ARGS__)
 
 /* A whole-batch handler: every call of its method in one request at once
  * (e.g. one SQL query for N lookups). It sets each call's reply or status; a

@@ -24,8 +24,9 @@
  * (asynq_future_take) out of a future a tool returned.
  *
  * Threads: every tool belongs to the scheduler thread that uses it; the
- * deduplication and memoisation tables are per thread. Call
- * asynq_tools_thread_fini before asynq_thread_fini to drop them.
+ * deduplication and memoisation tables are per thread, parts of the
+ * thread's scheduler that asynq_thread_fini drops (tasks of the tools that
+ * never started then fail with CANCELLED without running their body).
  */
 #ifndef ASYNQ_TOOLS_H
 #define ASYNQ_TOOLS_H
@@ -40,12 +41,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* asynq_tools_thread_fini empties the calling thread's deduplication and
- * memoisation tables; tasks of the tools that never started are marked so
- * that they fail with CANCELLED, without running their body, if anything
- * runs them (asynq_thread_fini does). Scheduler thread only, outside tasks. */
-void asynq_tools_thread_fini(void);
 
 /* Hit and miss counters of a cache. */
 typedef struct asynq_cache_stats {
