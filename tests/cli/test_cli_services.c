@@ -160,7 +160,7 @@ test_cli_calls_agree_across_the_services(void **state)
 	run r = cli(NULL,
 	    ARGS("call", users.url, "asynq.users.Users/GetUser",
 	        "{\"id\": 100000}"));
-	assert_string_equal(r.err, "asynq: NOT_FOUND: no such user\n");
+	assert_string_equal(r.err, "asynq: NOT_FOUND: no such user: 100000\n");
 	assert_rc(r, 5);
 	run_free(&r);
 	r = cli(NULL,
