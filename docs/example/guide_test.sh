@@ -9,6 +9,10 @@
 #   programs, on a free port instead of the guide's 7100), the server is
 #   stopped with SIGINT as Ctrl-C would, and each program's output is
 #   exactly what the guide shows; the server exits 0;
+# - its `bazel run //framework/cli:asynq -- ARGS` commands (the command-line
+#   client, with a pipe into it where the guide has one) run against a
+#   second run of the server, and what each prints (standard output, then
+#   standard error) is what the guide shows after "output of asynq N";
 # - its other commands are `bazel build` and `bazel test` of //docs, which
 #   building and running this test does.
 set -euo pipefail
@@ -82,6 +86,7 @@ done
 n=$(blocks sh)
 server_args=
 client_args=
+asynq_cmds=()
 for ((i = 1; i <= n; i++)); do
 	while read -r cmd; do
 		case "$cmd" in
@@ -89,6 +94,8 @@ for ((i = 1; i <= n; i++)); do
 			server_args="${cmd#*-- }" ;;
 		"bazel run //docs/example:client -- "*)
 			client_args="${cmd#*-- }" ;;
+		*"bazel run //framework/cli:asynq -- "*)
+			asynq_cmds+=("$cmd") ;;
 		"bazel build //docs/"* | "bazel test //docs/"*) ;;
 		"") ;;
 		*) fail "a command of the guide this test does not run: $cmd" ;;
@@ -98,26 +105,30 @@ done
 [[ "$server_args" == *7100* && "$client_args" == *7100* ]] ||
 	fail "the guide's server and client commands are not on port 7100"
 
-# Starts the server on a free port: a taken port makes it exit at once, and
-# then another is tried.
-for try in $(seq 1 20); do
-	port=$((20000 + (RANDOM * 7 + try) % 12000)) # below the ephemeral ports
-	: >"$tmp/server.out"
-	# Job control off: bash ignores SIGINT in background jobs; the
-	# server blocks it and sigwaits, which Linux still delivers.
-	# shellcheck disable=SC2086
-	"$ex/server" ${server_args//7100/$port} >"$tmp/server.out" \
-		2>"$tmp/server.err" &
-	server_pid=$!
-	for _ in $(seq 1 500); do
+# start_server starts the server on a free port: a taken port makes it exit
+# at once, and then another is tried.
+start_server() {
+	for try in $(seq 1 20); do
+		port=$((20000 + (RANDOM * 7 + try) % 12000)) # below the ephemeral ports
+		: >"$tmp/server.out"
+		# Job control off: bash ignores SIGINT in background jobs; the
+		# server blocks it and sigwaits, which Linux still delivers.
+		# shellcheck disable=SC2086
+		"$ex/server" ${server_args//7100/$port} >"$tmp/server.out" \
+			2>"$tmp/server.err" &
+		server_pid=$!
+		for _ in $(seq 1 500); do
+			grep -q "listening" "$tmp/server.out" && break
+			kill -0 "$server_pid" 2>/dev/null || break
+			sleep 0.01
+		done
 		grep -q "listening" "$tmp/server.out" && break
-		kill -0 "$server_pid" 2>/dev/null || break
-		sleep 0.01
+		wait "$server_pid" || true
+		server_pid=
 	done
-	grep -q "listening" "$tmp/server.out" && break
-	wait "$server_pid" || true
-	server_pid=
-done
+}
+
+start_server
 [[ -n "$server_pid" ]] || fail "the server did not start: $(cat "$tmp/server.err")"
 
 diff -u <(output_block "output of the server" | sed "s/7100/$port/g") \
@@ -137,4 +148,20 @@ server_pid=
 diff -u <(output_block "output of the server when stopped" |
 	sed "s/7100/$port/g") "$tmp/server.out" ||
 	fail "the stopped server's output differs from the guide's"
-echo "PASS: $quoted code blocks quoted, commands run on port $port"
+# The command-line client's commands, against a server with fresh counters.
+if ((${#asynq_cmds[@]} > 0)); then
+	start_server
+	[[ -n "$server_pid" ]] || fail "the server did not start again"
+	for k in "${!asynq_cmds[@]}"; do
+		line="${asynq_cmds[$k]//bazel run \/\/framework\/cli:asynq --/$root/framework/cli/asynq}"
+		line="${line//7100/$port}"
+		(eval "$line") >"$tmp/asynq.$k" 2>&1 || true
+		diff -u <(output_block "output of asynq $((k + 1))" |
+			sed "s/7100/$port/g") "$tmp/asynq.$k" ||
+			fail "the output of ${asynq_cmds[$k]} differs from the guide's"
+	done
+	kill -INT "$server_pid"
+	wait "$server_pid" || true
+	server_pid=
+fi
+echo "PASS: $quoted code blocks quoted, ${#asynq_cmds[@]} asynq commands, commands run on port $port"

@@ -6,7 +6,9 @@
  * service of the file they hold what the parts[] table below emits: the
  * service descriptor table of asynq/rpc_desc.h, typed client stubs
  * (<service>__<method>__call and __reply) and a typed server handler table
- * (<service>__asynq_handlers, registered by <service>__asynq_serve).
+ * (<service>__asynq_handlers, registered by <service>__asynq_serve). A file
+ * with services also embeds its own FileDescriptorProto and those of every
+ * file it imports, for the reflection service.
  *
  * Design notes
  *
@@ -38,6 +40,14 @@
  *   layout a _Static_assert in the .c pins to asynq_rpc_batch_call's; the
  *   two are only ever accessed on either side of a call through a function
  *   pointer in another translation unit.
+ * - Embedded files: each .asynq.c of a file with services holds, as static
+ *   tables (asynq_rpc_file_desc), the serialized FileDescriptorProto of
+ *   the file and of every file it imports, directly or not, as protoc sent
+ *   them less source_code_info, each pointing at its imports. A file
+ *   imported by several generated files is embedded in each (static, so
+ *   no symbol clashes; descriptor.proto, which options.proto imports, is
+ *   about 8 KB): every table is complete on its own, whatever else is
+ *   linked, and protoc-c's libraries of imported files need nothing.
  * - Memory: everything allocated is recorded in the generator and freed by
  *   asynqi_codegen_free; running out of memory sets a flag that makes the run
  *   fail. Only ISO C is used: the plugin is built for the host too.
@@ -492,14 +502,16 @@ struct service {
 	uint32_t batch_max_calls;
 	uint32_t flush_delay_us;
 	uint32_t default_deadline_ms;
+	size_t file_index; /* its file's position in req->proto_file */
 	struct method *methods;
 	size_t n_methods;
 };
 
 struct file {
 	const file_proto *proto;
-	char *base;  /* the file name without ".proto" */
-	char *guard; /* include guard of the header */
+	char *base;   /* the file name without ".proto" */
+	char *guard;  /* include guard of the header */
+	size_t index; /* position in req->proto_file */
 	struct service *services;
 	size_t n_services;
 };
@@ -850,6 +862,9 @@ read_file(asynqi_codegen *g, const char *name, struct file *fl)
 		    "#include",
 		    name);
 	fl->proto = f;
+	for (size_t i = 0; i < g->req->n_proto_file; i++)
+		if (g->req->proto_file[i] == f)
+			fl->index = i;
 	n = len > 6 && strcmp(name + len - 6, ".proto") == 0 ? len - 6 : len;
 	if ((fl->base = gen_printf(g, "%.*s", (int)n, name)) == NULL)
 		return -1;
@@ -870,6 +885,8 @@ read_file(asynqi_codegen *g, const char *name, struct file *fl)
 	for (size_t i = 0; i < f->n_service; i++)
 		if (read_service(g, f, f->service[i], &fl->services[i]) != 0)
 			return -1;
+		else
+			fl->services[i].file_index = fl->index;
 	return check_names(g, fl);
 }
 
@@ -945,10 +962,11 @@ desc_defn(const struct service *s, struct buf *c)
 	    "\t.batch_max_calls = %luu,\n"
 	    "\t.flush_delay_us = %luu,\n"
 	    "\t.default_deadline_ms = %luu,\n"
+	    "\t.file = &asynqi_fd%zu,\n"
 	    "};\n",
 	    s->n_methods, (unsigned long)s->batch_max_calls,
 	    (unsigned long)s->flush_delay_us,
-	    (unsigned long)s->default_deadline_ms);
+	    (unsigned long)s->default_deadline_ms, s->file_index);
 }
 
 /* The client stubs: <service>__<method>__call and __reply. protoc-c
@@ -1234,6 +1252,109 @@ server_defn(const struct service *s, struct buf *c)
 	    s->lower);
 }
 
+/* file_index returns the position in the request of the file named name,
+ * or -1 (with the run's error set) when protoc did not send it. */
+static long
+file_index(asynqi_codegen *g, const char *importer, const char *name)
+{
+	for (size_t i = 0; i < g->req->n_proto_file; i++)
+		if (g->req->proto_file[i]->name != NULL &&
+		    strcmp(g->req->proto_file[i]->name, name) == 0)
+			return (long)i;
+	return fail(g, "%s: imports %s, but protoc did not send its descriptor",
+	    importer, name);
+}
+
+/* emit_file_tables writes the embedded files of fl (see the Design notes):
+ * forward declarations first, so that a table may point at any other,
+ * then per file its bytes, its imports and its asynq_rpc_file_desc
+ * asynqi_fd<index in the request>. */
+static int
+emit_file_tables(asynqi_codegen *g, const struct file *fl, struct buf *c)
+{
+	const request *req = g->req;
+	size_t n = req->n_proto_file, top = 0;
+	bool *need = gen_zalloc(g, n, sizeof(*need));
+	size_t *stack = gen_zalloc(g, n, sizeof(*stack));
+
+	if (need == NULL || stack == NULL)
+		return -1;
+	need[fl->index] = true;
+	stack[top++] = fl->index;
+	while (top > 0) {
+		const file_proto *f = req->proto_file[stack[--top]];
+
+		for (size_t d = 0; d < f->n_dependency; d++) {
+			long j = file_index(g, f->name, f->dependency[d]);
+
+			if (j < 0)
+				return -1;
+			if (!need[j]) {
+				need[j] = true;
+				stack[top++] = (size_t)j;
+			}
+		}
+	}
+	buf_printf(c,
+	    "/* The .proto files of this one's services as protoc saw them: "
+	    "it and every\n"
+	    " * file it imports (asynq/rpc_desc.h: asynq_rpc_file_desc). */\n");
+	for (size_t i = 0; i < n; i++)
+		if (need[i])
+			buf_printf(c,
+			    "static const asynq_rpc_file_desc asynqi_fd%zu;\n",
+			    i);
+	for (size_t i = 0; i < n; i++) {
+		const file_proto *f = req->proto_file[i];
+		file_proto copy;
+		uint8_t *bytes;
+		size_t len;
+
+		if (!need[i])
+			continue;
+		if (!name_is_plain(f->name))
+			return fail(g,
+			    "%s: the file name cannot be used in a C string",
+			    f->name);
+		copy = *f;
+		copy.source_code_info = NULL;
+		len = google__protobuf__file_descriptor_proto__get_packed_size(
+		    &copy);
+		if ((bytes = gen_zalloc(g, len, 1)) == NULL)
+			return -1;
+		google__protobuf__file_descriptor_proto__pack(&copy, bytes);
+		buf_printf(c,
+		    "\n/* %s */\nstatic const uint8_t asynqi_fd%zu_bytes[%zu] = {",
+		    f->name, i, len);
+		for (size_t k = 0; k < len; k++)
+			buf_printf(c, "%s0x%02x,", k % 12 == 0 ? "\n\t" : " ",
+			    bytes[k]);
+		buf_printf(c, "\n};\n");
+		if (f->n_dependency > 0) {
+			buf_printf(c,
+			    "static const asynq_rpc_file_desc *const "
+			    "asynqi_fd%zu_deps[%zu] = {\n",
+			    i, f->n_dependency);
+			for (size_t d = 0; d < f->n_dependency; d++)
+				buf_printf(c, "\t&asynqi_fd%ld,\n",
+				    file_index(g, f->name, f->dependency[d]));
+			buf_printf(c, "};\n");
+		}
+		buf_printf(c,
+		    "static const asynq_rpc_file_desc asynqi_fd%zu = {\n"
+		    "\t.name = \"%s\",\n"
+		    "\t.descriptor = asynqi_fd%zu_bytes,\n"
+		    "\t.descriptor_len = %zu,\n",
+		    i, f->name, i, len);
+		if (f->n_dependency > 0)
+			buf_printf(c, "\t.deps = asynqi_fd%zu_deps,\n", i);
+		else
+			buf_printf(c, "\t.deps = NULL,\n");
+		buf_printf(c, "\t.n_deps = %zu,\n};\n", f->n_dependency);
+	}
+	return 0;
+}
+
 /*
  * The parts generated for each service, in order: each includes the public
  * header its code needs, declares in <file>.asynq.h and defines in
@@ -1314,6 +1435,14 @@ emit_file(asynqi_codegen *g, const struct file *fl, response_file **out)
 	    "/* Generated by protoc-gen-asynq from %s. Do not edit. */\n"
 	    "#include \"%s.asynq.h\"\n",
 	    name, fl->base);
+	if (fl->n_services > 0) {
+		buf_printf(&c, "\n");
+		if (emit_file_tables(g, fl, &c) != 0) {
+			free(h.p);
+			free(c.p);
+			return -1;
+		}
+	}
 	for (size_t si = 0; si < fl->n_services; si++)
 		for (size_t i = 0; i < N_PARTS; i++)
 			emit_part(&c, parts[i].defn, &fl->services[si]);

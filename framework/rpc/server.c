@@ -68,7 +68,9 @@
  *   server's calls-per-request histogram are kept per worker (mstats.c),
  *   so counting a call costs no atomic read-modify-write; readers sum the
  *   workers' slots under s->mu. The health service (health.c) is added
- *   by alloc like any other and reads asynq_rpc_server_serving.
+ *   by alloc like any other and reads asynq_rpc_server_serving; so is
+ *   the reflection service (reflection.c), which reads the services'
+ *   tables through asynq_rpc_server_service.
  * - Lock order: s->mu, then sc->mu; the dedup table's lock is a leaf; no
  *   server lock is held while calling into conn.c.
  */
@@ -88,6 +90,7 @@
 #include "conn.h"
 #include "dedup.h"
 #include "health.h"
+#include "reflection.h"
 #include "internal.h"
 #include "mstats.h"
 
@@ -289,6 +292,10 @@ struct asynq_rpc_server {
 	char last_error[256];
 	asynqi_wstats *w_stats;  /* per worker, as srv_method.st */
 	atomic_bool not_serving; /* asynq_rpc_server_set_serving(s, false) */
+	/* The services added, in order, for the reflection service; under
+	 * mu. */
+	const asynq_rpc_service_desc **services;
+	size_t n_services;
 };
 
 /* Records why a set-up call failed and returns st. */
@@ -2072,7 +2079,8 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->writers[i].s = s;
 		s->writers[i].index = i;
 	}
-	if ((st = asynqi_health_add(s)) != ASYNQ_OK)
+	if ((st = asynqi_health_add(s)) != ASYNQ_OK ||
+	    (st = asynqi_reflection_add(s)) != ASYNQ_OK)
 		goto fail_health;
 	st = ASYNQ_RESOURCE_EXHAUSTED;
 	if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0)
@@ -2085,6 +2093,7 @@ fail_health:
 	for (size_t i = 0; i < s->n_methods; i++)
 		free(s->methods[i].st);
 	free(s->methods);
+	free(s->services);
 fail_arrays:
 	free(s->w_stats);
 	free(s->adm);
@@ -2148,11 +2157,17 @@ asynq_rpc_server_add_service(asynq_rpc_server *s,
 		ok = (st[i] = calloc(s->workers, sizeof(*st[i]))) != NULL;
 	/* Under mu: stats readers walk the table from other threads. */
 	pthread_mutex_lock(&s->mu);
-	srv_method *m = ok
+	const asynq_rpc_service_desc **sv = ok
+	    ? realloc(s->services, (s->n_services + 1) * sizeof(*sv))
+	    : NULL;
+	if (sv != NULL)
+		s->services = sv;
+	srv_method *m = sv != NULL
 	    ? realloc(s->methods,
 	          (s->n_methods + svc->n_methods + 1) * sizeof(*m))
 	    : NULL;
 	if (m != NULL) {
+		s->services[s->n_services++] = svc;
 		s->methods = m;
 		for (size_t i = 0; i < svc->n_methods; i++)
 			s->methods[s->n_methods++] =
@@ -2310,6 +2325,7 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 	for (size_t i = 0; i < s->n_methods; i++)
 		free(s->methods[i].st);
 	free(s->methods);
+	free(s->services);
 	asynqi_dedup_free(s->dd);
 	if (s->tls != NULL)
 		nng_tls_config_free(s->tls);
@@ -2433,4 +2449,15 @@ asynq_rpc_server_has_service(const asynq_rpc_server *s, const char *full_name)
 	}
 	pthread_mutex_unlock(&m->mu);
 	return found;
+}
+
+const asynq_rpc_service_desc *
+asynq_rpc_server_service(const asynq_rpc_server *s, size_t i)
+{
+	asynq_rpc_server *m = (asynq_rpc_server *)s;
+	pthread_mutex_lock(&m->mu);
+	const asynq_rpc_service_desc *svc =
+	    i < m->n_services ? m->services[i] : NULL;
+	pthread_mutex_unlock(&m->mu);
+	return svc;
 }

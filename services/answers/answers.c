@@ -106,7 +106,8 @@ h_get_answer(asynq_task *t,
 		rows_free(&rows);
 		return asynq_fail(t, rv, "answers query failed");
 	}
-	qsort(rows.v, rows.n, sizeof(*rows.v), by_id);
+	if (rows.n > 0) /* qsort takes no NULL, even for 0 rows */
+		qsort(rows.v, rows.n, sizeof(*rows.v), by_id);
 	for (size_t i = 0; i < n; i++) {
 		answer_row key = { .id = ids[i] };
 		const answer_row *r = rows.n != 0

@@ -90,7 +90,8 @@ h_get_user(asynq_task *t, asynq__users__users__get_user__batch_call *calls,
 		rows_free(&rows);
 		return asynq_fail(t, rv, "users query failed");
 	}
-	qsort(rows.v, rows.n, sizeof(*rows.v), row_cmp);
+	if (rows.n > 0) /* qsort takes no NULL, even for 0 rows */
+		qsort(rows.v, rows.n, sizeof(*rows.v), row_cmp);
 	for (size_t i = 0; i < n; i++) {
 		user_row key = { calls[i].req->id, NULL };
 		const user_row *r = rows.n != 0

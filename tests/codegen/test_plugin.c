@@ -178,6 +178,46 @@ test_plugin_writes_header_and_source(void **state)
 	free(c);
 }
 
+/* A file with services embeds its FileDescriptorProto and those of the
+ * files it imports, directly or not, in protoc's order (each import
+ * first), each pointing at its imports; the service table points at its
+ * file. */
+static void
+test_plugin_embeds_the_files_for_reflection(void **state)
+{
+	struct run r;
+	char proto[1024];
+	char *c;
+
+	(void)state;
+	protoc(&r, "embeds", "good.proto",
+	    service_with(proto, sizeof(proto), ""), "");
+	assert_int_equal(r.status, 0);
+	assert_non_null(c = read_out(&r, "good.asynq.c"));
+	assert_contains(c,
+	    "\n/* google/protobuf/descriptor.proto */\n"
+	    "static const uint8_t asynqi_fd0_bytes[");
+	assert_contains(c,
+	    "\t.name = \"google/protobuf/descriptor.proto\",\n"
+	    "\t.descriptor = asynqi_fd0_bytes,\n");
+	assert_contains(c, "\t.deps = NULL,\n\t.n_deps = 0,\n");
+	assert_contains(c,
+	    "static const asynq_rpc_file_desc *const asynqi_fd1_deps[1] = {\n"
+	    "\t&asynqi_fd0,\n};\n");
+	assert_contains(c, "\t.name = \"proto/asynq/options.proto\",\n");
+	/* FileDescriptorProto.name (field 1) comes first: "good.proto". */
+	assert_contains(c,
+	    "\n/* good.proto */\n"
+	    "static const uint8_t asynqi_fd2_bytes[");
+	assert_contains(c,
+	    "] = {\n\t0x0a, 0x0a, 0x67, 0x6f, 0x6f, 0x64, 0x2e,");
+	assert_contains(c,
+	    "static const asynq_rpc_file_desc *const asynqi_fd2_deps[1] = {\n"
+	    "\t&asynqi_fd1,\n};\n");
+	assert_contains(c, "\t.file = &asynqi_fd2,\n");
+	free(c);
+}
+
 /* Build rules name the outputs from the .proto names alone, so a file
  * without services still gets both. */
 static void
@@ -193,6 +233,7 @@ test_plugin_file_without_services(void **state)
 	assert_non_null(c = read_out(&r, "empty.asynq.c"));
 	assert_contains(h, "declares no services");
 	assert_null(strstr(c, "asynq_rpc_service_desc"));
+	assert_null(strstr(c, "asynqi_fd")); /* no files embedded */
 	free(h);
 	free(c);
 }
@@ -530,6 +571,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plugin_writes_header_and_source),
+		cmocka_unit_test(test_plugin_embeds_the_files_for_reflection),
 		cmocka_unit_test(test_plugin_file_without_services),
 		cmocka_unit_test(test_plugin_rejects_zero_batch_max_calls),
 		cmocka_unit_test(test_plugin_batch_max_calls_limits),

@@ -65,10 +65,10 @@
 #define FUZZ_STREAM_CANARY_FIRST 0xc0u
 
 /* Names a connection's method table may hold: the server's methods (the
- * fuzz service's and the health service's Check, which every server
- * answers) and 4096 more (server.c); a METHODS frame past that closes the
- * connection. */
-#define FUZZ_MAX_METHOD_NAMES (FUZZ_N_METHODS + 1 + 4096)
+ * fuzz service's, the health service's Check and the reflection service's
+ * three, which every server answers) and 4096 more (server.c); a METHODS
+ * frame past that closes the connection. */
+#define FUZZ_MAX_METHOD_NAMES (FUZZ_N_METHODS + 1 + 3 + 4096)
 
 /* fuzz_method_id_name returns the name method_id stands for in the table,
  * or NULL when the table has no such number. */

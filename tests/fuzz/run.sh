@@ -80,7 +80,9 @@ fi
 # ---- Build --------------------------------------------------------------------
 
 if ! "${BAZEL_CMD[@]}" build //proto/asynq:rpc_c //proto/asynq:health_proto_pb_c \
-    //proto/asynq:health_proto_asynq_gen //tests/fuzz:fuzz_proto; then
+    //proto/asynq:health_proto_asynq_gen //proto/asynq:reflection_proto_pb_c \
+    //proto/asynq:reflection_proto_asynq_gen //proto/asynq:descriptor_c \
+    //tests/fuzz:fuzz_proto; then
 	echo "run.sh: bazel build of the generated protobuf code failed" >&2
 	exit 2
 fi
@@ -100,8 +102,9 @@ rm -rf "$GEN"
 mkdir -p "$GEN/proto/asynq/wkt/google/protobuf" "$GEN/tests/fuzz"
 cp "$BIN"/proto/asynq/rpc.pb-c.[ch] "$BIN"/proto/asynq/options.pb-c.h \
     "$BIN"/proto/asynq/health.pb-c.[ch] "$BIN"/proto/asynq/health.asynq.[ch] \
-    "$GEN/proto/asynq/"
-cp "$BIN"/proto/asynq/wkt/google/protobuf/descriptor.pb-c.h \
+    "$BIN"/proto/asynq/reflection.pb-c.[ch] \
+    "$BIN"/proto/asynq/reflection.asynq.[ch] "$GEN/proto/asynq/"
+cp "$BIN"/proto/asynq/wkt/google/protobuf/descriptor.pb-c.[ch] \
     "$GEN/proto/asynq/wkt/google/protobuf/"
 cp "$BIN"/tests/fuzz/fuzz*.pb-c.[ch] "$BIN"/tests/fuzz/fuzz*.asynq.[ch] \
     "$GEN/tests/fuzz/"
@@ -120,6 +123,8 @@ LIBS=(-lnng -lprotobuf-c -lpthread)
 COMMON=(framework/core/*.c framework/arch/x86_64/switch.S framework/runtime/*.c
 	framework/rpc/*.c "$GEN"/proto/asynq/rpc.pb-c.c
 	"$GEN"/proto/asynq/health.pb-c.c "$GEN"/proto/asynq/health.asynq.c
+	"$GEN"/proto/asynq/reflection.pb-c.c "$GEN"/proto/asynq/reflection.asynq.c
+	"$GEN"/proto/asynq/wkt/google/protobuf/descriptor.pb-c.c
 	"$GEN"/tests/fuzz/*.pb-c.c
 	"$GEN"/tests/fuzz/*.asynq.c tests/fuzz/fuzz_service.c
 	tests/fuzz/fuzz_mutator.c tests/fuzz/fuzz_wire.c)

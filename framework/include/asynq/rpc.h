@@ -384,7 +384,9 @@ typedef struct asynq_rpc_server_cfg {
 
 /* asynq_rpc_server_alloc makes a server that runs on rt's workers, with
  * the health service (proto/asynq/health.proto, asynq.health.v1.Health)
- * already added, so a service of the same name cannot be.
+ * and the reflection service (proto/asynq/reflection.proto,
+ * asynq.reflection.v1.Reflection) already added, so services of the same
+ * names cannot be.
  * Close it before rt stops: requests that arrive while rt stops are
  * answered UNAVAILABLE. INVALID_ARGUMENT for tls files that cannot be read
  * or used. Not from a worker. */
@@ -482,7 +484,7 @@ typedef struct asynq_rpc_method_stats {
 } asynq_rpc_method_stats;
 
 /* asynq_rpc_server_methods returns how many methods s serves (its health
- * service's included). Any thread. */
+ * and reflection services' included). Any thread. */
 size_t asynq_rpc_server_methods(const asynq_rpc_server *s);
 
 /* asynq_rpc_server_method_stats_get copies the counters of s's method i
@@ -519,6 +521,12 @@ void asynq_rpc_server_set_serving(asynq_rpc_server *s, bool serving);
  * full name ("asynq.users.Users"). Any thread. */
 bool asynq_rpc_server_has_service(const asynq_rpc_server *s,
     const char *full_name);
+
+/* asynq_rpc_server_service returns the table of the i-th service s serves,
+ * in the order they were added (its health and reflection services
+ * first), borrowed as added, or NULL past the last. Any thread. */
+const asynq_rpc_service_desc *asynq_rpc_server_service(
+    const asynq_rpc_server *s, size_t i);
 
 #ifdef __cplusplus
 }

@@ -6,7 +6,10 @@
  * the protoc-c descriptors that encode and decode its messages, and hold the
  * batching options the service author declared with proto/asynq/options.proto.
  * The RPC client and server read them; nothing writes them, so any thread may
- * read them at any time, and they live as long as the program.
+ * read them at any time, and they live as long as the program. Each table
+ * also points at its .proto file as protoc saw it (asynq_rpc_file_desc),
+ * which the reflection service (proto/asynq/reflection.proto) hands to
+ * tools so that they need no .proto file.
  */
 #ifndef ASYNQ_RPC_DESC_H
 #define ASYNQ_RPC_DESC_H
@@ -22,6 +25,22 @@ extern "C" {
 /* protobuf-c's message descriptor (protobuf-c/protobuf-c.h); declared here
  * so that this header does not need protobuf-c's. */
 struct ProtobufCMessageDescriptor;
+
+/* One .proto file, embedded by protoc-gen-asynq in the code generated for
+ * a file with services, together with every file it imports, directly or
+ * not. */
+typedef struct asynq_rpc_file_desc {
+	/* The file's name as it is imported ("proto/asynq/health.proto"). */
+	const char *name;
+	/* Its google.protobuf.FileDescriptorProto, serialized (without
+	 * source_code_info: no comments or source positions). */
+	const uint8_t *descriptor;
+	size_t descriptor_len;
+	/* The files it imports, in the order of its dependency list; each
+	 * is embedded too, so the closure is complete. */
+	const struct asynq_rpc_file_desc *const *deps;
+	size_t n_deps;
+} asynq_rpc_file_desc;
 
 /* One method of a service. */
 typedef struct asynq_rpc_method_desc {
@@ -67,6 +86,9 @@ typedef struct asynq_rpc_service_desc {
 	/* (asynq.default_deadline_ms): deadline of a call whose caller set
 	 * none; 0 means none. */
 	uint32_t default_deadline_ms;
+	/* The .proto file that declares the service; NULL in a table written
+	 * by hand, whose service reflection then cannot describe. */
+	const asynq_rpc_file_desc *file;
 } asynq_rpc_service_desc;
 
 #ifdef __cplusplus
