@@ -201,7 +201,11 @@ typedef void (*svc_counters_fn)(void *arg, svc_counters *out);
 
 /* svc_run_until_signal waits for SIGINT or SIGTERM (blocked beforehand with
  * svc_signals_block), and meanwhile, unless quiet, prints a line of counter
- * deltas to stderr at most once per second when they changed. Returns the
+ * deltas to stderr at most once per second when they changed. Then it
+ * drains: the servers svc_serve made say they are not ready (health
+ * NOT_SERVING, admin /ready 503) and keep serving for --drain-grace-ms
+ * (default SVC_DRAIN_GRACE_MS; a second signal cuts it short), so a load
+ * balancer stops sending before the caller closes them. Returns the first
  * signal's number. */
 int svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
     bool quiet);
@@ -228,6 +232,10 @@ void svc_admin_close(void);
 /* Registers a service's typed handler table on srv: its generated
  * <svc>__asynq_serve, with the service as ctx. */
 typedef asynq_status (*svc_add_fn)(asynq_rpc_server *srv, void *arg);
+
+/* How long a service keeps serving after SIGTERM while it says it is not
+ * ready (--drain-grace-ms; 0: stop at once). */
+#define SVC_DRAIN_GRACE_MS 2000
 
 /* svc_serve makes *srvp, a server on rt with settings cfg (NULL: the
  * defaults) for service svc, whose handlers add(srv, arg) registers,

@@ -139,6 +139,35 @@ parse_ms(const char *s, uint32_t *out)
 	return true;
 }
 
+/* The servers svc_serve made, for the drain. */
+static asynq_rpc_server *served[8];
+static size_t n_served;
+static uint32_t grace_ms = SVC_DRAIN_GRACE_MS;
+
+/* The first step of a graceful stop: every server says it is not ready
+ * (health NOT_SERVING, /ready 503) and keeps serving for grace_ms, so load
+ * balancers move traffic away before anything is refused; a second
+ * signal ends the wait. */
+static void
+drain_grace(const char *name, const sigset_t *set)
+{
+	if (grace_ms == 0 || n_served == 0)
+		return;
+	for (size_t i = 0; i < n_served; i++)
+		asynq_rpc_server_set_serving(served[i], false);
+	fprintf(stderr,
+	    "%s: draining: not ready, serving %u ms more so load balancers "
+	    "notice\n",
+	    name, grace_ms);
+	struct timespec ts = { .tv_sec = grace_ms / 1000,
+		.tv_nsec = (long)(grace_ms % 1000) * 1000000 };
+	int sig;
+	while ((sig = sigtimedwait(set, NULL, &ts)) < 0 && errno == EINTR)
+		;
+	if (sig > 0)
+		fprintf(stderr, "%s: second signal: stopping now\n", name);
+}
+
 bool
 svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 {
@@ -157,6 +186,7 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		O_QUEUE_TARGET,
 		O_ADMIN,
 		O_DB_ON_WORKER,
+		O_DRAIN_GRACE,
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -178,6 +208,7 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		{ "queue-target-us", required_argument, NULL, O_QUEUE_TARGET },
 		{ "admin", required_argument, NULL, O_ADMIN },
 		{ "db-on-worker", no_argument, NULL, O_DB_ON_WORKER },
+		{ "drain-grace-ms", required_argument, NULL, O_DRAIN_GRACE },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -246,6 +277,9 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		case O_DB_ON_WORKER:
 			f->db_on_worker = true;
 			break;
+		case O_DRAIN_GRACE:
+			ok = parse_ms(optarg, &grace_ms);
+			break;
 		case 'q':
 			f->quiet = true;
 			break;
@@ -305,6 +339,8 @@ svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
 	}
 	if (admin != NULL)
 		(void)asynq_admin_add_server(admin, srv, svc->full_name);
+	if (n_served < sizeof(served) / sizeof(served[0]))
+		served[n_served++] = srv;
 	*srvp = srv;
 	return ASYNQ_OK;
 }
@@ -359,8 +395,10 @@ svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
 	for (;;) {
 		struct timespec ts = { .tv_sec = 1 };
 		int sig = sigtimedwait(&set, NULL, &ts);
-		if (sig == SIGINT || sig == SIGTERM)
+		if (sig == SIGINT || sig == SIGTERM) {
+			drain_grace(name, &set);
 			return sig;
+		}
 		if (sig < 0 && errno != EAGAIN && errno != EINTR)
 			return -1;
 		if (quiet || fn == NULL)

@@ -44,7 +44,9 @@
 
 #include "asynq/asynq.h"
 #include "asynq/rpc.h"
+#include "proto/asynq/health.asynq.h"
 #include "services/frontend/frontend.asynq.h"
+#include "services/users/users.asynq.h"
 #include "tests/common/child.h"
 
 #define N_USERS 1000
@@ -192,6 +194,17 @@ proc_try(const char *name, const char *bin, const char *url, const char **argv)
 	argv[2] = url;
 	argv[3] = "--workers";
 	argv[4] = "2";
+	/* Stopped at once on SIGTERM unless the extra arguments ask for a
+	 * grace period (a later flag wins). */
+	const char *args[64];
+	size_t n = 0;
+	for (size_t i = 0; i < 5; i++)
+		args[n++] = argv[i];
+	args[n++] = "--drain-grace-ms";
+	args[n++] = "0";
+	for (size_t i = 5; argv[i] != NULL && n + 1 < 64; i++)
+		args[n++] = argv[i];
+	args[n] = NULL;
 
 	fflush(NULL);
 	pid_t pid = fork();
@@ -202,7 +215,7 @@ proc_try(const char *name, const char *bin, const char *url, const char **argv)
 		int e = open(p->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
 			_exit(126);
-		execv(path, (char *const *)argv);
+		execv(path, (char *const *)args);
 		_exit(127);
 	}
 	p->pid = pid;
@@ -756,6 +769,76 @@ test_process_sigterm_each_binary_exits_0(void **state)
 	proc_expect_exit_0(fx->frontend, 10000);
 }
 
+/* SIGTERM with a grace period: the users service says NOT_SERVING to
+ * health checks at once but answers calls for the grace period, then
+ * exits 0. */
+typedef struct drain_job {
+	asynq_rpc_channel *users;
+	proc *p;
+	int health;    /* the check's status after SIGTERM, -1 failed */
+	asynq_status get_st;
+	int64_t got;
+} drain_job;
+
+static asynq_status
+drain_main(asynq_task *t, void *arg)
+{
+	drain_job *j = arg;
+	proc_signal(j->p, SIGTERM);
+	/* Until the service says it drains (bounded: 10 s). */
+	for (int i = 0; i < 1000 && !file_has(j->p->err, "draining"); i++) {
+		asynq_future *s = asynq_sleep(10000000);
+		(void)asynq_await(t, s);
+		asynq_future_rele(s);
+	}
+	Asynq__Health__V1__HealthCheckRequest hq =
+	    ASYNQ__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+	hq.service = "";
+	Asynq__Users__UserId uq = ASYNQ__USERS__USER_ID__INIT;
+	uq.id = 7;
+	asynq_future *fs[2] = {
+		asynq__health__v1__health__check__call(j->users, &hq),
+		asynq__users__users__get_user__call(j->users, &uq),
+	};
+	(void)asynq_await_all(t, fs, 2);
+	const Asynq__Health__V1__HealthCheckResponse *h =
+	    asynq__health__v1__health__check__reply(fs[0]);
+	j->health = h != NULL ? (int)h->status : -1;
+	j->get_st = asynq_future_status(fs[1]);
+	const Asynq__Users__User *u = asynq__users__users__get_user__reply(fs[1]);
+	j->got = u != NULL ? u->id : -1;
+	asynq_future_rele_n(fs, 2);
+	return ASYNQ_OK;
+}
+
+static void
+test_process_sigterm_drains_with_grace(void **state)
+{
+	(void)state;
+	char url[64] = "";
+	proc *p = proc_start("users", "users", url, sizeof(url), "--db",
+	    users_db, "--gen-users", gen[0], "--drain-grace-ms", "3000", NULL);
+	const char *urls[] = { url };
+	asynq_rpc_channel_cfg cfg = { .urls = urls, .n_urls = 1,
+		.default_deadline_ms = 2000 };
+	asynq_rpc_channel *users = NULL;
+	assert_int_equal(asynq_rpc_channel_alloc(&users,
+	                     &asynq__users__users__asynq_desc, &cfg),
+	    ASYNQ_OK);
+	drain_job j = { users, p, -2, ASYNQ_UNKNOWN, 0 };
+	asynq_future *f = asynq_spawn(drain_main, &j);
+	assert_int_equal(asynq_wait(f), ASYNQ_OK);
+	asynq_future_rele(f);
+	/* Not ready, still serving. */
+	assert_int_equal(j.health,
+	    ASYNQ__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
+	assert_int_equal(j.get_st, ASYNQ_OK);
+	assert_int_equal(j.got, 7);
+	proc_expect_exit_0(p, 15000);
+	assert_true(file_has(p->err, "users: draining: not ready"));
+	asynq_rpc_channel_free(users);
+}
+
 int
 main(void)
 {
@@ -774,6 +857,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(
 		    test_process_sigterm_each_binary_exits_0, fx_setup,
 		    fx_teardown),
+		cmocka_unit_test(test_process_sigterm_drains_with_grace),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

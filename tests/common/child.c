@@ -143,7 +143,7 @@ child_spawn(child *c, const char *name, const char *bin,
     const char *const *extra)
 {
 	static int seq;
-	const char *argv[6 + MAX_EXTRA + 1];
+	const char *argv[8 + MAX_EXTRA + 1];
 	char path[1200];
 	size_t argc = 0, n_extra = 0;
 
@@ -168,6 +168,9 @@ child_spawn(child *c, const char *name, const char *bin,
 	argv[argc++] = c->url;
 	argv[argc++] = "--workers";
 	argv[argc++] = "2";
+	/* Stopped at once: the tests that want the grace period ask. */
+	argv[argc++] = "--drain-grace-ms";
+	argv[argc++] = "0";
 	for (size_t i = 0; i < n_extra; i++)
 		argv[argc++] = extra[i];
 	argv[argc] = NULL;
