@@ -89,6 +89,7 @@
 
 #include "conn.h"
 #include "dedup.h"
+#include "asynq/log.h"
 #include "health.h"
 #include "reflection.h"
 #include "internal.h"
@@ -114,6 +115,7 @@
 #define DEFAULT_FRAME_MS 30000
 #define DEFAULT_WRITE_QUEUE (4u << 20)
 #define DEFAULT_QUEUE_TARGET_US 5000
+#define DEFAULT_SLOW_REQUEST_MS 1000
 /* Admission intervals last this many queue targets (CoDel's 100 ms for
  * 5 ms). */
 #define ADM_INTERVAL_TARGETS 20
@@ -766,6 +768,43 @@ req_release(asynq_rpc_server *s, srv_conn *sc, size_t worker, size_t n_calls)
 }
 
 /* Worker: every call has a result; send the reply, forget the request. */
+/* The server's name in logs: its last service (the framework's own come
+ * first). */
+static const char *
+server_name(const asynq_rpc_server *s)
+{
+	return s->n_services != 0 ? s->services[s->n_services - 1]->full_name
+	                          : "(no service)";
+}
+
+/* Logs request r if it was slow, or every one with access_log. */
+static void
+req_log(asynq_rpc_server *s, const srv_req *r, uint64_t id, size_t n_calls)
+{
+	uint64_t us = ((uint64_t)(int64_t)asynq_now_ns() - (uint64_t)r->recv_ns) /
+	    1000u;
+	bool slow = s->cfg.slow_request_ms != UINT32_MAX &&
+	    us > (uint64_t)s->cfg.slow_request_ms * 1000u;
+	if (!slow && !s->cfg.access_log)
+		return;
+	asynq_log_level lvl = slow ? ASYNQ_LOG_WARN : ASYNQ_LOG_INFO;
+	if (!asynq_log_enabled(lvl))
+		return;
+	char sid[24], scalls[24], sus[24];
+	snprintf(sid, sizeof(sid), "%llu", (unsigned long long)id);
+	snprintf(scalls, sizeof(scalls), "%zu", n_calls);
+	snprintf(sus, sizeof(sus), "%llu", (unsigned long long)us);
+	const char *method = "(none)";
+	for (size_t i = 0; i < r->n; i++)
+		if (r->calls[i].sm != NULL) {
+			method = r->calls[i].sm->m->full_name;
+			break;
+		}
+	asynq_log(lvl, slow ? "slow_request" : "request", "server",
+	    server_name(s), "request_id", sid, "method", method, "calls",
+	    scalls, "duration_us", sus, NULL);
+}
+
 static void
 req_finish(srv_req *r)
 {
@@ -782,6 +821,7 @@ req_finish(srv_req *r)
 	memset(&r->out, 0, sizeof(r->out));
 	asynqi_dd_entry *dd = r->dd;
 	uint64_t request_id = r->request_id;
+	req_log(s, r, request_id, n_calls);
 	req_free(r);
 	if (out.failed) {
 		asynqi_buf_fini(&out);
@@ -2018,6 +2058,8 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->cfg.max_write_queue_bytes = DEFAULT_WRITE_QUEUE;
 	if (s->cfg.queue_target_us == 0)
 		s->cfg.queue_target_us = DEFAULT_QUEUE_TARGET_US;
+	if (s->cfg.slow_request_ms == 0)
+		s->cfg.slow_request_ms = DEFAULT_SLOW_REQUEST_MS;
 	if (s->cfg.max_conn_requests == 0)
 		s->cfg.max_conn_requests = DEFAULT_CONN_REQUESTS;
 	if (s->cfg.max_conn_calls == 0)
@@ -2219,6 +2261,8 @@ asynq_rpc_server_listen(asynq_rpc_server *s, const char *url)
 	pthread_mutex_lock(&s->mu);
 	s->listeners[s->n_listeners++] = l;
 	pthread_mutex_unlock(&s->mu);
+	asynq_log(ASYNQ_LOG_INFO, "listen", "server", server_name(s), "url",
+	    url, NULL);
 	return ASYNQ_OK;
 }
 
@@ -2231,6 +2275,8 @@ asynq_rpc_server_close(asynq_rpc_server *s)
 		return;
 	}
 	s->closing = true;
+	char inflight[24];
+	snprintf(inflight, sizeof(inflight), "%zu", s->reqs);
 	asynqi_listener **ls = s->listeners;
 	size_t n_ls = s->n_listeners;
 	s->listeners = NULL;
@@ -2239,6 +2285,8 @@ asynq_rpc_server_close(asynq_rpc_server *s)
 	s->sweeper_on = false;
 	pthread_cond_broadcast(&s->sweep_cv);
 	pthread_mutex_unlock(&s->mu);
+	asynq_log(ASYNQ_LOG_INFO, "draining", "server", server_name(s),
+	    "requests_in_flight", inflight, NULL);
 	if (sweeper)
 		pthread_join(s->sweeper, NULL);
 	for (size_t i = 0; i < n_ls; i++)
@@ -2306,6 +2354,7 @@ asynq_rpc_server_close(asynq_rpc_server *s)
 	}
 	s->closed = true;
 	pthread_mutex_unlock(&s->mu);
+	asynq_log(ASYNQ_LOG_INFO, "closed", "server", server_name(s), NULL);
 }
 
 void
@@ -2433,7 +2482,9 @@ asynq_rpc_serving_name(asynq_rpc_serving st)
 void
 asynq_rpc_server_set_serving(asynq_rpc_server *s, bool serving)
 {
-	atomic_store(&s->not_serving, !serving);
+	if (atomic_exchange(&s->not_serving, !serving) != !serving)
+		asynq_log(ASYNQ_LOG_INFO, serving ? "serving" : "not_serving",
+		    "server", server_name(s), NULL);
 }
 
 bool

@@ -380,6 +380,13 @@ typedef struct asynq_rpc_server_cfg {
 	size_t max_conn_calls;
 	/* Bounds of each handler's request cache (asynq_rpc_with_cache). */
 	asynq_rpc_cache_cfg request_cache;
+	/* Logs (asynq/log.h): a request that took longer than slow_request_ms
+	 * from its read to its reply (default 1,000; UINT32_MAX: never) is
+	 * logged at warn as event=slow_request; with access_log every request
+	 * is logged at info as event=request. Either line names the request,
+	 * its first method, its calls and its time. */
+	uint32_t slow_request_ms;
+	bool access_log;
 } asynq_rpc_server_cfg;
 
 /* asynq_rpc_server_alloc makes a server that runs on rt's workers, with
