@@ -41,7 +41,8 @@
  *   them at most TRACE_STOP_WAIT_MS (a late one writes into the
  *   refcounted trace_job, as scrapes do) and answers. Whichever of the
  *   thread and trace_cancel takes trace_aio first answers it; the other
- *   finds NULL. close sets `closing` before stopping nng's server, so no
+ *   finds NULL. Once closing, the thread leaves it to trace_cancel (nng's
+ *   server stop cancels it), so a close always cuts the connection. close sets `closing` before stopping nng's server, so no
  *   trace starts after it, and joins the thread. Lock order: mu, then
  *   tmu (status.json reads trace_busy); the trace thread takes them one
  *   at a time.
@@ -1643,9 +1644,12 @@ trace_main(void *arg)
 		b.failed = true;
 	}
 
+	/* Closing, the request is left to trace_cancel, which nng's server
+	 * stop is about to call: the connection goes without an answer. */
 	pthread_mutex_lock(&a->tmu);
-	nng_aio *aio = a->trace_aio;
-	a->trace_aio = NULL;
+	nng_aio *aio = a->closing ? NULL : a->trace_aio;
+	if (aio != NULL)
+		a->trace_aio = NULL;
 	pthread_mutex_unlock(&a->tmu);
 	if (aio != NULL)
 		reply_sb(aio, NNG_HTTP_STATUS_OK, "application/json", &b);
@@ -1724,11 +1728,12 @@ handle_trace(nng_aio *aio)
 	pthread_mutex_lock(&a->tmu);
 	if (a->closing || a->trace_busy) {
 		uint64_t left = 0, now = asynq_now_ns();
+		bool closing = a->closing;
 		if (a->trace_busy && a->trace_until > now)
 			left =
 			    (a->trace_until - now + 999999999u) / 1000000000u;
 		pthread_mutex_unlock(&a->tmu);
-		if (a->closing)
+		if (closing)
 			snprintf(err, sizeof(err),
 			    "trace: the admin endpoint is closing\n");
 		else
@@ -1738,8 +1743,8 @@ handle_trace(nng_aio *aio)
 			    "profiler\n",
 			    left);
 		reply(aio,
-		    a->closing ? NNG_HTTP_STATUS_SERVICE_UNAVAILABLE
-		               : NNG_HTTP_STATUS_CONFLICT,
+		    closing ? NNG_HTTP_STATUS_SERVICE_UNAVAILABLE
+		            : NNG_HTTP_STATUS_CONFLICT,
 		    TEXT, err, strlen(err));
 		return;
 	}
