@@ -195,7 +195,6 @@ typedef struct svc {
 	int kind;
 	char url[96];
 	char label[64]; /* "batched users": its name on the admin page */
-	char admin[96]; /* with --tcp: the child's admin endpoint */
 	svc_hooks hooks;
 	asynq_runtime *rt;
 	void *obj;
@@ -340,7 +339,6 @@ svc_local_snap(svc *s, svc_snap *out)
 /* What a child reports once it has started, or failed to. */
 typedef struct svc_hello {
 	asynq_status status;
-	char admin[96]; /* its admin endpoint's URL, "" if none */
 } svc_hello;
 
 static int
@@ -387,9 +385,8 @@ svc_child(svc *s, const char *const urls[DEMO_N_SVC], const char *users_db,
 	char c;
 
 	/* Each service process has an admin endpoint of its own, on a free
-	 * port; the demo prints where. */
-	if (svc_admin_open("http://127.0.0.1:0", s->label) == ASYNQ_OK)
-		snprintf(h.admin, sizeof(h.admin), "%s", svc_admin_url());
+	 * port, and prints where ("batched users: admin endpoint on ..."). */
+	(void)svc_admin_open("http://127.0.0.1:0", s->label);
 	h.status = svc_local_start(s, urls, users_db, answers_db, workers);
 	(void)write_all(s->rep, &h, sizeof(h));
 	while (h.status == ASYNQ_OK && read_all(s->cmd, &c, 1) == 0) {
@@ -534,7 +531,6 @@ set_start(svc_set *set, const demo_cfg *cfg, const char *users_db,
 			set->started[k] = true;
 			if (read_all(s->rep, &h, sizeof(h)) != 0)
 				h.status = ASYNQ_INTERNAL;
-			snprintf(s->admin, sizeof(s->admin), "%s", h.admin);
 		} else {
 			h.status = svc_local_start(s, set->urls, users_db,
 			    answers_db, cfg->workers);
@@ -1451,11 +1447,6 @@ demo_main(int argc, char **argv, demo_result *out)
 		printf("status page: %s/status (trace for Perfetto: "
 		       "%s/trace?seconds=5)\n",
 		    svc_admin_url(), svc_admin_url());
-	for (int i = 0; i < 2; i++)
-		for (int k = 0; want[i] && cfg.tcp && k < DEMO_N_SVC; k++)
-			if (sets[i].s[k].admin[0] != '\0')
-				printf("  status page of %s: %s/status\n",
-				    sets[i].s[k].label, sets[i].s[k].admin);
 	printf("workload: %s AuthorNames of %zu answers + %s QuestionPage, "
 	       "%zu in flight\n",
 	    commas(a, cfg.names), cfg.ids, commas(b, cfg.pages), cfg.inflight);

@@ -42,10 +42,11 @@
  *   refcounted trace_job, as scrapes do) and answers. Whichever of the
  *   thread and trace_cancel takes trace_aio first answers it; the other
  *   finds NULL. Once closing, the thread leaves it to trace_cancel (nng's
- *   server stop cancels it), so a close always cuts the connection. close sets `closing` before stopping nng's server, so no
- *   trace starts after it, and joins the thread. Lock order: mu, then
- *   tmu (status.json reads trace_busy); the trace thread takes them one
- *   at a time.
+ *   server stop cancels it), so a close always cuts the connection.
+ *   close sets `closing` before stopping nng's server, so no trace starts
+ *   after it, and joins the thread. Lock order: mu, then tmu
+ *   (status.json reads trace_busy); the trace thread takes them one at a
+ *   time.
  * - Metric families are written whole, one after the other (every sample
  *   of a name together, as the text format requires), each with its HELP
  *   and TYPE lines; a family with no samples is left out.
@@ -1829,7 +1830,8 @@ asynq_admin_open(asynq_admin **ap, const char *url, char *err, size_t err_len)
 	    u->u_query != NULL || u->u_fragment != NULL) {
 		st = open_fail(err, err_len, ASYNQ_INVALID_ARGUMENT,
 		    "admin %s: the URL must have no path or query (the "
-		    "endpoints are /live, /ready and /metrics under it)",
+		    "endpoints are /live, /ready, /metrics, /status and /trace "
+		    "under it)",
 		    url);
 		goto fail_url;
 	}
