@@ -1647,18 +1647,18 @@ trace_main(void *arg)
 
 	/* Closing, the request is left to trace_cancel, which nng's server
 	 * stop is about to call: the connection goes without an answer. */
+	/* Not busy before the answer goes out, so whoever reads it can
+	 * start the next trace at once (its handler joins this thread). */
 	pthread_mutex_lock(&a->tmu);
 	nng_aio *aio = a->closing ? NULL : a->trace_aio;
 	if (aio != NULL)
 		a->trace_aio = NULL;
+	a->trace_busy = false;
 	pthread_mutex_unlock(&a->tmu);
 	if (aio != NULL)
 		reply_sb(aio, NNG_HTTP_STATUS_OK, "application/json", &b);
 	else
 		free(b.p);
-	pthread_mutex_lock(&a->tmu);
-	a->trace_busy = false;
-	pthread_mutex_unlock(&a->tmu);
 	return NULL;
 }
 
@@ -1749,7 +1749,8 @@ handle_trace(nng_aio *aio)
 		    TEXT, err, strlen(err));
 		return;
 	}
-	/* The last trace's thread set trace_busy false as its last step. */
+	/* The last trace's thread set trace_busy false; at most its answer
+	 * is left to do. */
 	if (a->trace_joinable)
 		pthread_join(a->trace_thread, NULL);
 	a->trace_joinable = false;

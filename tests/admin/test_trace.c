@@ -270,6 +270,121 @@ test_trace_one_at_a_time_and_cut_by_close(void **state)
 	fx_stop(&fx);
 }
 
+/* Fetches url (a /trace) with curl in the background into file; the
+ * child. */
+static child
+trace_fetch(const char *url, const char *file)
+{
+	char *argv[] = { "curl", "-sS", "--max-time", "60", "-o", (char *)file,
+		"-w", "%{http_code}", (char *)url, NULL };
+	return child_spawn(argv, NULL, "Debian's curl package");
+}
+
+/* Waits, at most 20 s, until /status.json says a trace runs. */
+static void
+await_trace_running(const asynq_admin *a)
+{
+	uint64_t t0 = asynq_now_ns();
+	while (!trace_running(a)) {
+		if (ms_since(t0) > 20000)
+			fail_msg("/status.json never said a trace runs");
+		struct timespec ts = { 0, 20000000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
+static json_t *
+trace_done(child *c, const char *file)
+{
+	char *out;
+	int rc = child_finish(c, 60000, &out);
+	if (rc != 0 || strcmp(out, "200") != 0)
+		fail_msg("curl of /trace exited %d, saying %s", rc, out);
+	free(out);
+	json_error_t err;
+	json_t *doc = json_load_file(file, 0, &err);
+	if (doc == NULL)
+		fail_msg("%s is not JSON (line %d: %s)", file, err.line,
+		    err.text);
+	return doc;
+}
+
+static void
+test_trace_cut_by_removing_the_runtime(void **state)
+{
+	(void)state;
+	asynq_admin *a = admin_start();
+	fixture fx;
+	fx_start(&fx, TRANSPORT_TCP, NULL, 0);
+	assert_int_equal(asynq_admin_add_runtime(a, fx.rt, "calc"), ASYNQ_OK);
+	char url[256], file[4096];
+	snprintf(url, sizeof(url), "%s/trace?seconds=30", asynq_admin_url(a));
+	test_path(file, sizeof(file), "TEST_TMPDIR", "cut.trace.json");
+	child c = trace_fetch(url, file);
+	await_trace_running(a);
+	/* The trace holds the runtime; removing it ends the trace, so the
+	 * runtime's stop waits for no 30 s. */
+	uint64_t t0 = asynq_now_ns();
+	asynq_admin_remove_runtime(a, fx.rt);
+	fx_stop(&fx);
+	assert_true(ms_since(t0) < 5000);
+	json_t *doc = trace_done(&c, file);
+	json_t *od = json_object_get(doc, "otherData");
+	assert_true(json_is_true(json_object_get(od, "cut_short")));
+	json_t *ws = json_object_get(od, "workers");
+	assert_int_equal(json_array_size(ws), 2);
+	assert_true(
+	    json_is_true(json_object_get(json_array_get(ws, 0), "traced")));
+	json_decref(doc);
+	assert_false(trace_running(a));
+	asynq_admin_close(a);
+}
+
+static void
+test_trace_busy_worker_left_out(void **state)
+{
+	(void)state;
+	asynq_admin *a = admin_start();
+	fixture fx;
+	fx_server(&fx, TRANSPORT_TCP, NULL, 1);
+	const char *urls[] = { fx.url };
+	asynq_rpc_channel_cfg ccfg = { .urls = urls, .n_urls = 1 };
+	assert_int_equal(asynq_rpc_channel_alloc(&fx.ch, CALC, &ccfg),
+	    ASYNQ_OK);
+	assert_int_equal(asynq_admin_add_runtime(a, fx.rt, "calc"), ASYNQ_OK);
+	/* Spin busy-waits on the only worker for 5 s: it takes the start
+	 * and stop of a 1 s trace only after the trace has answered (1 s
+	 * and its 2 s wait for the worker). */
+	asynq_future *f = call_num(fx.ch, M(SPIN), 5000);
+	uint64_t t0 = asynq_now_ns();
+	while (fx_stats(&fx).inflight_calls == 0 && ms_since(t0) < 10000) {
+		asynq_future *s = asynq_sleep(1000000);
+		(void)asynq_wait(s);
+		asynq_future_rele(s);
+	}
+	assert_int_equal(fx_stats(&fx).inflight_calls, 1);
+	char url[256], file[4096];
+	snprintf(url, sizeof(url), "%s/trace?seconds=1", asynq_admin_url(a));
+	test_path(file, sizeof(file), "TEST_TMPDIR", "busy.trace.json");
+	child c = trace_fetch(url, file);
+	json_t *doc = trace_done(&c, file);
+	json_t *w = json_array_get(
+	    json_object_get(json_object_get(doc, "otherData"), "workers"), 0);
+	assert_string_equal(json_string_value(json_object_get(w, "thread")),
+	    "calc worker 0");
+	assert_true(json_is_false(json_object_get(w, "traced")));
+	assert_string_equal(json_string_value(json_object_get(w, "why")),
+	    "busy: it did not answer within 2 s of the end (a long task?)");
+	json_decref(doc);
+	/* The late start and stop run once Spin returns; the runtime stops
+	 * after them (it was held), and the trace's memory goes with the
+	 * last of them (ASan checks both). */
+	assert_int_equal(asynq_wait(f), ASYNQ_OK);
+	asynq_future_rele(f);
+	asynq_admin_close(a);
+	fx_stop(&fx);
+}
+
 int
 main(void)
 {
@@ -277,6 +392,8 @@ main(void)
 		cmocka_unit_test(test_trace_window_errors_in_words),
 		cmocka_unit_test(test_trace_merges_every_worker),
 		cmocka_unit_test(test_trace_one_at_a_time_and_cut_by_close),
+		cmocka_unit_test(test_trace_cut_by_removing_the_runtime),
+		cmocka_unit_test(test_trace_busy_worker_left_out),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
