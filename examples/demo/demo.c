@@ -23,6 +23,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -68,6 +69,10 @@ typedef struct demo_cfg {
 	size_t inflight;         /* lanes */
 	unsigned hot_pct;        /* --hot: answer ids from the hot set, % */
 	bool quiet;              /* no examples, no per-service lines */
+	bool runs_given;         /* --compare, --no-batching, --batching-only */
+	bool serve;              /* --serve: load until SIGINT/SIGTERM */
+	size_t rate;             /* --rate: --serve's requests/s per set */
+	const char *admin;       /* --admin URL (in process) */
 } demo_cfg;
 
 /* ---- One channel cap for the whole process --------------------------------
@@ -194,6 +199,7 @@ data_ensure(const demo_cfg *cfg, char *users_db, char *answers_db, size_t n)
 typedef struct svc {
 	int kind;
 	char url[96];
+	char label[64]; /* "batched users": its name on the admin page */
 	svc_hooks hooks;
 	asynq_runtime *rt;
 	void *obj;
@@ -208,10 +214,28 @@ typedef struct svc_snap {
 	cache_stats cs;
 } svc_snap;
 
+static asynq_status svc_local_start_as(svc *s,
+    const char *const urls[DEMO_N_SVC], const char *users_db,
+    const char *answers_db, size_t workers);
+
 /* Starts service s->kind at s->url on a new runtime in this process;
  * urls[] are the set's addresses (the frontend dials the others). */
 static asynq_status
 svc_local_start(svc *s, const char *const urls[DEMO_N_SVC],
+    const char *users_db, const char *answers_db, size_t workers)
+{
+	asynq_status rv;
+
+	/* What this service registers on the admin endpoint, if one is
+	 * open, is reported under its label. */
+	svc_admin_as(s->label);
+	rv = svc_local_start_as(s, urls, users_db, answers_db, workers);
+	svc_admin_as(NULL);
+	return rv;
+}
+
+static asynq_status
+svc_local_start_as(svc *s, const char *const urls[DEMO_N_SVC],
     const char *users_db, const char *answers_db, size_t workers)
 {
 	asynq_status rv;
@@ -367,10 +391,13 @@ static void
 svc_child(svc *s, const char *const urls[DEMO_N_SVC], const char *users_db,
     const char *answers_db, size_t workers)
 {
-	svc_hello h = { .status = svc_local_start(s, urls, users_db, answers_db,
-		            workers) };
+	svc_hello h = { .status = ASYNQ_OK };
 	char c;
 
+	/* Each service process has an admin endpoint of its own, on a free
+	 * port, and prints where ("batched users: admin endpoint on ..."). */
+	(void)svc_admin_open("http://127.0.0.1:0", s->label);
+	h.status = svc_local_start(s, urls, users_db, answers_db, workers);
 	(void)write_all(s->rep, &h, sizeof(h));
 	while (h.status == ASYNQ_OK && read_all(s->cmd, &c, 1) == 0) {
 		svc_snap snap;
@@ -378,6 +405,7 @@ svc_child(svc *s, const char *const urls[DEMO_N_SVC], const char *users_db,
 		if (write_all(s->rep, &snap, sizeof(snap)) != 0)
 			break;
 	}
+	svc_admin_close();
 	svc_local_stop(s);
 	close(s->cmd);
 	close(s->rep);
@@ -464,6 +492,8 @@ set_addresses(svc_set *set, const demo_cfg *cfg, int idx)
 	for (int k = 0; k < DEMO_N_SVC; k++) {
 		svc *s = &set->s[k];
 		s->kind = k;
+		snprintf(s->label, sizeof(s->label), "%s %s", set->label,
+		    svc_names[k]);
 		if (cfg->tcp) {
 			int port = cfg->base_port != 0
 			    ? cfg->base_port + idx * DEMO_N_SVC + k
@@ -847,8 +877,8 @@ workload_run(svc_set *set, const demo_cfg *cfg, bool examples, demo_run *run)
 		    want_answers },
 		{ "frontend's calls sent vs calls served", f->out_sent,
 		    u->calls + a->calls + c->calls },
-		{ "frontend's calls sent vs made (nothing collapses)", collapses
-		        ? f->out_calls : f->out_sent, f->out_calls },
+		{ "frontend's calls sent vs made (nothing collapses)",
+		    collapses ? f->out_calls : f->out_sent, f->out_calls },
 		{ "frontend's outgoing requests vs requests received",
 		    f->out_requests, u->requests + a->requests + c->requests },
 		{ "users lookups vs cache misses", got_users, misses },
@@ -935,6 +965,175 @@ print_run(const char *label, const demo_run *r)
 	    commas(b, (uint64_t)(r->rps + 0.5)), r->p50_ms, r->p99_ms);
 }
 
+/* ---- --serve: a steady load until SIGINT or SIGTERM ---------------------- */
+
+/* The signal that ends --serve (0 until one came). Set by the handler,
+ * on whichever thread the signal lands; read by the lanes. */
+static atomic_int demo_stop_signal;
+
+static void
+on_stop_signal(int sig)
+{
+	atomic_store(&demo_stop_signal, sig);
+}
+
+/* One set's share of the --serve load: its own channel and workload,
+ * paced to cfg->rate requests/s (0: as fast as the lanes go). */
+typedef struct serve_load {
+	workload w;
+	uint64_t gap_ns;  /* between requests; 0: no pacing */
+	uint64_t next_ns; /* when the next request may start */
+	size_t made;      /* requests started */
+} serve_load;
+
+/* Sleeps the task for ns, at most, and less when the load is told to
+ * stop meanwhile. */
+static void
+nap(asynq_task *t, uint64_t ns)
+{
+	asynq_future *f = asynq_sleep(ns);
+	(void)asynq_await(t, f);
+	asynq_future_rele(f);
+}
+
+static asynq_status
+serve_lane(asynq_task *t, void *arg)
+{
+	serve_load *sl = arg;
+	workload *w = &sl->w;
+
+	while (atomic_load(&demo_stop_signal) == 0) {
+		if (sl->gap_ns != 0) {
+			/* Paced: a slot each gap_ns; a lane that fell
+			 * behind takes the next one without bursting. */
+			uint64_t now = asynq_now_ns();
+			uint64_t at = sl->next_ns > now ? sl->next_ns : now;
+			sl->next_ns = at + sl->gap_ns;
+			if (at > now) {
+				nap(t, at - now);
+				if (atomic_load(&demo_stop_signal) != 0)
+					break;
+			}
+		}
+		/* Request numbers cycle over the workload's, so the load is
+		 * the same mix as the measured runs'. */
+		size_t r = sl->made++ % w->total;
+		if (is_page(w, r))
+			question_page(w, t, r);
+		else
+			author_names(w, t, r);
+	}
+	return ASYNQ_OK;
+}
+
+/* Prints the load's progress every 10 s until it is told to stop. */
+static asynq_status
+serve_report(asynq_task *t, void *arg)
+{
+	serve_load *loads = arg;
+	uint64_t t0 = asynq_now_ns(), last = t0;
+	size_t ok_last = 0;
+
+	while (atomic_load(&demo_stop_signal) == 0) {
+		nap(t, 200000000);
+		uint64_t now = asynq_now_ns();
+		if (now - last < 10000000000ull)
+			continue;
+		size_t ok = 0, failed = 0;
+		for (int i = 0; i < 2; i++) {
+			ok += loads[i].w.ok;
+			failed += loads[i].w.failures;
+		}
+		printf("serving: %zu requests in %.0f s (%.0f/s lately), %zu "
+		       "failed\n",
+		    ok, (double)(now - t0) / 1e9,
+		    (double)(ok - ok_last) * 1e9 / (double)(now - last),
+		    failed);
+		fflush(stdout);
+		last = now;
+		ok_last = ok;
+	}
+	return ASYNQ_OK;
+}
+
+/* Puts a steady load on the wanted sets' frontends until SIGINT or
+ * SIGTERM; 0 when it ran (failed requests are counted, not fatal: a
+ * person may be watching the errors on /status). */
+static int
+serve_run(svc_set *sets, const bool want[2], const demo_cfg *cfg)
+{
+	serve_load loads[2];
+	size_t lanes = cfg->inflight;
+	asynq_future **f = calloc(2 * lanes + 1, sizeof(*f));
+	size_t nf = 0;
+	int rc = -1;
+
+	memset(loads, 0, sizeof(loads));
+	if (f == NULL) {
+		fprintf(stderr, "demo: out of memory\n");
+		return -1;
+	}
+	for (int i = 0; i < 2; i++) {
+		if (!want[i])
+			continue;
+		serve_load *sl = &loads[i];
+		sl->w.cfg = cfg;
+		sl->w.total = cfg->names + cfg->pages;
+		sl->w.lat = calloc(sl->w.total, sizeof(*sl->w.lat));
+		sl->gap_ns = cfg->rate != 0 ? 1000000000u / cfg->rate : 0;
+		const char *urls[] = { sets[i].urls[DEMO_FRONTEND] };
+		asynq_rpc_channel_cfg ccfg = { .urls = urls,
+			.n_urls = 1,
+			.max_calls = sets[i].max_calls };
+		if (sl->w.lat == NULL) {
+			fprintf(stderr, "demo: out of memory\n");
+			goto out;
+		}
+		asynq_status rv =
+		    asynq_rpc_channel_alloc(&sl->w.ch, FRONTEND, &ccfg);
+		if (rv != ASYNQ_OK) {
+			fprintf(stderr,
+			    "demo: cannot open a channel to %s: %s\n", urls[0],
+			    asynq_strerror(rv));
+			goto out;
+		}
+	}
+	struct sigaction sa = { .sa_handler = on_stop_signal }, old_int,
+	                 old_term;
+	sigemptyset(&sa.sa_mask);
+	atomic_store(&demo_stop_signal, 0);
+	sigaction(SIGINT, &sa, &old_int);
+	sigaction(SIGTERM, &sa, &old_term);
+	printf("\nserving until SIGINT (Ctrl-C) or SIGTERM: %zu requests in "
+	       "flight%s",
+	    lanes, cfg->rate != 0 ? "" : ", as fast as they go");
+	if (cfg->rate != 0)
+		printf(", %zu requests/s per set", cfg->rate);
+	printf("\n");
+	fflush(stdout);
+	for (int i = 0; i < 2; i++)
+		for (size_t k = 0; want[i] && k < lanes; k++)
+			f[nf++] = asynq_spawn(serve_lane, &loads[i]);
+	f[nf++] = asynq_spawn(serve_report, loads);
+	(void)asynq_wait_all(f, nf);
+	asynq_future_rele_n(f, nf);
+	sigaction(SIGINT, &old_int, NULL);
+	sigaction(SIGTERM, &old_term, NULL);
+	printf("stopping on %s: %zu requests served, %zu failed\n",
+	    strsignal(atomic_load(&demo_stop_signal)),
+	    loads[0].w.ok + loads[1].w.ok,
+	    loads[0].w.failures + loads[1].w.failures);
+	fflush(stdout);
+	rc = 0;
+out:
+	for (int i = 0; i < 2; i++) {
+		asynq_rpc_channel_free(loads[i].w.ch);
+		free(loads[i].w.lat);
+	}
+	free(f);
+	return rc;
+}
+
 /* ---- Flags
  * ------------------------------------------------------------------- */
 
@@ -949,6 +1148,7 @@ usage(FILE *f, const char *prog)
 	    "       [--data-dir DIR] [--base-port PORT]"
 	    " [--queue-target-us US|off] [--no-collapse] [--hot PCT]"
 	    " [--db-on-worker] [--quiet]\n"
+	    "       [--serve [--rate N]] [--admin http://HOST:PORT]\n"
 	    "\n"
 	    "Starts the users, answers, cache and frontend services (one"
 	    " process over\n"
@@ -978,7 +1178,20 @@ usage(FILE *f, const char *prog)
 	    "reads (default 0: every answer alike).\n"
 	    "--db-on-worker: the services run SQLite on their workers instead"
 	    " of the\n"
-	    "blocking pool.\n",
+	    "blocking pool.\n"
+	    "--serve: instead of the measured runs, keep the services and a"
+	    " steady load\n"
+	    "(--inflight requests in flight, --rate N requests/s, default"
+	    " 200; 0: as fast\n"
+	    "as they go) running until SIGINT or SIGTERM, to watch on the"
+	    " admin\n"
+	    "endpoint's /status page; batched only unless --compare or"
+	    " --no-batching.\n"
+	    "--admin: where the demo's admin endpoint listens (default"
+	    " http://127.0.0.1:9090\n"
+	    "with --serve, a free port otherwise); with --tcp each service"
+	    " process has\n"
+	    "its own on a free port. The demo prints the URLs.\n",
 	    prog);
 }
 
@@ -1029,6 +1242,9 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		F_HOT,
 		F_DB_ON_WORKER,
 		F_QUIET,
+		F_SERVE,
+		F_RATE,
+		F_ADMIN,
 		F_HELP,
 	};
 	static const struct option opts[] = {
@@ -1049,6 +1265,9 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		{ "hot", required_argument, NULL, F_HOT },
 		{ "db-on-worker", no_argument, NULL, F_DB_ON_WORKER },
 		{ "quiet", no_argument, NULL, F_QUIET },
+		{ "serve", no_argument, NULL, F_SERVE },
+		{ "rate", required_argument, NULL, F_RATE },
+		{ "admin", required_argument, NULL, F_ADMIN },
 		{ "help", no_argument, NULL, F_HELP },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1064,6 +1283,7 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		.ids = 20,
 		.pages = 500,
 		.inflight = 64,
+		.rate = 200,
 	};
 	default_data_dir(cfg->data_dir, sizeof(cfg->data_dir));
 	optind = 0; /* glibc: start afresh, demo_main may run twice */
@@ -1077,14 +1297,17 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 			break;
 		case F_COMPARE:
 			cfg->batched = cfg->unbatched = true;
+			cfg->runs_given = true;
 			break;
 		case F_NO_BATCHING:
 			cfg->batched = false;
 			cfg->unbatched = true;
+			cfg->runs_given = true;
 			break;
 		case F_BATCHING_ONLY:
 			cfg->batched = true;
 			cfg->unbatched = false;
+			cfg->runs_given = true;
 			break;
 		case F_REQUESTS:
 			if (!parse_size(optarg, &cfg->names, 100000000))
@@ -1143,6 +1366,16 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		case F_QUIET:
 			cfg->quiet = true;
 			break;
+		case F_SERVE:
+			cfg->serve = true;
+			break;
+		case F_RATE:
+			if (!parse_size(optarg, &cfg->rate, 1000000))
+				goto bad;
+			break;
+		case F_ADMIN:
+			cfg->admin = optarg;
+			break;
 		case F_HELP:
 			usage(stdout, argv[0]);
 			return 1;
@@ -1152,6 +1385,16 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 	}
 	if (optind != argc || cfg->names + cfg->pages == 0)
 		goto bad;
+	if (cfg->admin != NULL && cfg->tcp) {
+		fprintf(stderr,
+		    "%s: --admin is for the in-process demo; with --tcp each "
+		    "service process opens its own admin endpoint on a free "
+		    "port and the demo prints where\n",
+		    argv[0]);
+		return 2;
+	}
+	if (cfg->serve && !cfg->runs_given)
+		cfg->unbatched = false;
 	return 0;
 bad:
 	usage(stderr, argv[0]);
@@ -1191,6 +1434,16 @@ demo_main(int argc, char **argv, demo_result *out)
 	if (data_ensure(&cfg, users_db, answers_db, sizeof(users_db)) != 0)
 		return 1;
 
+	/* In process, one admin endpoint reports every service (each under
+	 * its set and name); with --tcp each service process has its own,
+	 * as the parent must not use nng before it forks. */
+	if (!cfg.tcp &&
+	    svc_admin_open(cfg.admin != NULL ? cfg.admin
+	            : cfg.serve              ? "http://127.0.0.1:9090"
+	                                     : "http://127.0.0.1:0",
+	        "demo") != ASYNQ_OK)
+		return 1;
+
 	/* Every set starts before the demo uses nng (see design notes). */
 	for (int i = 0; i < 2; i++) {
 		if (!want[i])
@@ -1211,10 +1464,19 @@ demo_main(int argc, char **argv, demo_result *out)
 			       "%s\n",
 			    sets[i].label, sets[i].urls[0], sets[i].urls[1],
 			    sets[i].urls[2], sets[i].urls[3]);
+	if (!cfg.tcp)
+		printf("status page: %s/status (trace for Perfetto: "
+		       "%s/trace?seconds=5)\n",
+		    svc_admin_url(), svc_admin_url());
 	printf("workload: %s AuthorNames of %zu answers + %s QuestionPage, "
 	       "%zu in flight\n",
 	    commas(a, cfg.names), cfg.ids, commas(b, cfg.pages), cfg.inflight);
 	fflush(stdout);
+
+	if (cfg.serve) {
+		rc = serve_run(sets, want, &cfg) == 0 ? 0 : 1;
+		goto stop;
+	}
 
 	demo_run *runs[2] = { &res.batched, &res.unbatched };
 	bool failed = false;
@@ -1256,6 +1518,8 @@ demo_main(int argc, char **argv, demo_result *out)
 	rc = failed ? 1 : 0;
 stop:
 	asynq_thread_fini();
+	/* Before the services it reports on are freed. */
+	svc_admin_close();
 	for (int i = 1; i >= 0; i--)
 		if (!set_stop(&sets[i], &cfg))
 			rc = 1;

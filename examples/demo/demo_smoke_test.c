@@ -4,7 +4,9 @@
  * and as processes over TCP: it must exit 0, the batched run must send
  * fewer requests than calls to every service, and the unbatched run one
  * request per call. Also: a service that cannot listen makes the demo exit
- * non-zero, naming the service and its address.
+ * non-zero, naming the service and its address; and --serve keeps a load
+ * running, watched on the status JSON its admin endpoint serves (fetched
+ * with curl), until SIGTERM, when it exits 0.
  *
  * Each case runs demo_main in a forked child (the demo forks its service
  * processes before it uses nng, so the test process never touches nng);
@@ -28,7 +30,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <poll.h>
+#include <signal.h>
+#include <time.h>
+
 #include "examples/demo/demo.h"
+#include "tests/admin/admin_http.h"
 
 typedef struct outcome {
 	int status; /* exit status, or -1 if the child did not exit */
@@ -181,6 +188,127 @@ test_demo_tcp_port_in_use_fails(void **state)
 	assert_false(o.res.batched.ran);
 }
 
+/* Reads the child's standard output (fd) line by line until a line
+ * starting with prefix, at most 120 s; the rest of that line. */
+static void
+read_until(int fd, const char *prefix, char *rest, size_t n, char *seen,
+    size_t seen_cap, size_t *seen_len)
+{
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		seen[*seen_len] = '\0';
+		for (char *l = seen; l != NULL && *l != '\0';) {
+			char *nl = strchr(l, '\n');
+			if (nl == NULL)
+				break;
+			if (strncmp(l, prefix, strlen(prefix)) == 0) {
+				snprintf(rest, n, "%.*s",
+				    (int)(nl - l - strlen(prefix)),
+				    l + strlen(prefix));
+				return;
+			}
+			l = nl + 1;
+		}
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long left = 120000 -
+		    ((now.tv_sec - t0.tv_sec) * 1000 +
+		        (now.tv_nsec - t0.tv_nsec) / 1000000);
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		if (left <= 0 || poll(&pf, 1, (int)left) <= 0)
+			fail_msg("no \"%s\" line from the demo; it said:\n%s",
+			    prefix, seen);
+		ssize_t k =
+		    read(fd, seen + *seen_len, seen_cap - 1 - *seen_len);
+		if (k <= 0)
+			fail_msg("the demo ended before \"%s\"; it said:\n%s",
+			    prefix, seen);
+		*seen_len += (size_t)k;
+	}
+}
+
+/* The calls the server named name served so far, per /status.json. */
+static double
+served(const char *status_url, const char *name)
+{
+	page p = http_get(status_url, 30);
+	assert_int_equal(p.status, 200);
+	json_t *j = json_of(&p);
+	free(p.body);
+	/* --serve runs the batched set only. */
+	json_t *srv = json_find(json_object_get(j, "servers"), "name", name);
+	assert_non_null(srv);
+	assert_null(json_find(json_object_get(j, "servers"), "name",
+	    "unbatched frontend: asynq.frontend.Frontend"));
+	double calls = json_num(srv, "calls");
+	json_decref(j);
+	return calls;
+}
+
+static void
+test_demo_serve_until_sigterm(void **state)
+{
+	(void)state;
+	static char data_dir[1024];
+	const char *dir = getenv("TEST_TMPDIR");
+	snprintf(data_dir, sizeof(data_dir), "%s/demo-data",
+	    dir != NULL ? dir : "/tmp");
+	const char *argv[] = { "demo", "--small", "--workers", "2",
+		"--inflight", "4", "--rate", "100", "--serve", "--admin",
+		"http://127.0.0.1:0", "--data-dir", data_dir, NULL };
+	int out[2];
+	assert_int_equal(pipe(out), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		setpgid(0, 0);
+		close(out[0]);
+		dup2(out[1], 1);
+		close(out[1]);
+		exit(demo_main(13, (char **)argv, NULL));
+	}
+	close(out[1]);
+	static char seen[65536];
+	size_t seen_len = 0;
+	char url[256];
+	read_until(out[0], "status page: ", url, sizeof(url), seen,
+	    sizeof(seen), &seen_len);
+	/* "http://127.0.0.1:PORT/status (trace for Perfetto: ...)" */
+	char *sp = strchr(url, ' ');
+	assert_non_null(sp);
+	*sp = '\0';
+	assert_int_equal(strncmp(url, "http://127.0.0.1:", 17), 0);
+	char status_url[300];
+	snprintf(status_url, sizeof(status_url), "%s.json", url);
+
+	/* The load keeps coming: the frontend serves more and more. */
+	const char *fe = "batched frontend: asynq.frontend.Frontend";
+	struct timespec t0, now;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	double first = served(status_url, fe), last = first;
+	while (last < first + 50) {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec - t0.tv_sec > 120)
+			fail_msg("the frontend served %.0f calls in 120 s, "
+			         "then %.0f",
+			    first, last);
+		struct timespec ts = { 0, 100000000 };
+		nanosleep(&ts, NULL);
+		last = served(status_url, fe);
+	}
+
+	assert_int_equal(kill(pid, SIGTERM), 0);
+	child c = { .pid = pid, .out = out[0] };
+	char *rest;
+	int rc = child_finish(&c, 60000, &rest);
+	if (rc != 0 || strstr(rest, "stopping on Terminated: ") == NULL)
+		fail_msg("demo --serve exited %d after SIGTERM; it said:\n%s%s",
+		    rc, seen, rest);
+	free(rest);
+}
+
 int
 main(void)
 {
@@ -189,6 +317,7 @@ main(void)
 		cmocka_unit_test(test_demo_tcp_batches),
 		cmocka_unit_test(test_demo_hot_answers_collapse),
 		cmocka_unit_test(test_demo_tcp_port_in_use_fails),
+		cmocka_unit_test(test_demo_serve_until_sigterm),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The admin endpoint (asynq/admin.h): /live, /ready and /metrics over
- * nng's HTTP server, reporting on the servers, channels and runtimes a
- * process registers.
+ * The admin endpoint (asynq/admin.h): /live, /ready, /metrics, /status
+ * (with /status.json) and /trace over nng's HTTP server, reporting on the
+ * servers, channels and runtimes a process registers.
  *
  * Design notes:
  * - nng runs the handlers on its own threads, possibly several at once.
@@ -24,6 +24,29 @@
  *   connection and waits until each is reaped, which includes waiting for
  *   a handler in progress; handlers are bounded (the scrape wait), so
  *   close is too. Only then are the registry and the endpoint freed.
+ * - /status.json keeps, per server, a ring of counter samples (hist,
+ *   under `mu`): one when the server is added and one more whenever it is
+ *   read at least HIST_SPACING_NS after the last, so an idle endpoint
+ *   does no work and an open page (polling each second) gets a point a
+ *   second. Rates and percentiles are differences between now and the
+ *   sample that starts the window (STATUS_WINDOW_NS); the chart is the
+ *   differences between neighbouring samples.
+ * - /trace runs on a thread of its own, one trace at a time (trace_busy,
+ *   under `tmu`): its handler returns at once and leaves the request
+ *   pending (nng_aio_defer with trace_cancel), so no nng thread is held
+ *   for the N seconds. The thread posts a profiler start to every worker
+ *   (holding the runtime, so it cannot stop before the stop post ran),
+ *   waits on `tcv` until the time is up or the trace is cut (close, a
+ *   runtime removed, the request cancelled), posts the stops, waits for
+ *   them at most TRACE_STOP_WAIT_MS (a late one writes into the
+ *   refcounted trace_job, as scrapes do) and answers. Whichever of the
+ *   thread and trace_cancel takes trace_aio first answers it; the other
+ *   finds NULL. Once closing, the thread leaves it to trace_cancel (nng's
+ *   server stop cancels it), so a close always cuts the connection.
+ *   close sets `closing` before stopping nng's server, so no trace starts
+ *   after it, and joins the thread. Lock order: mu, then tmu
+ *   (status.json reads trace_busy); the trace thread takes them one at a
+ *   time.
  * - Metric families are written whole, one after the other (every sample
  *   of a name together, as the text format requires), each with its HELP
  *   and TYPE lines; a family with no samples is left out.
@@ -45,6 +68,7 @@
 #include <nng/supplemental/http/http.h>
 
 #include "asynq/admin.h"
+#include "asynq/profiler.h"
 
 /* How long a scrape waits for the workers' scheduler counters. */
 #define SCRAPE_WAIT_MS 500
@@ -112,9 +136,12 @@ sb_label(sbuf *b, const char *s)
 /* ---- The registry ----------------------------------------------------------
  */
 
+typedef struct hist hist;
+
 typedef struct entry {
 	void *obj;
 	char *name;
+	hist *h; /* servers: their /status history; else NULL */
 } entry;
 
 typedef struct registry {
@@ -127,15 +154,35 @@ struct asynq_admin {
 	char url[160];
 	pthread_mutex_t mu; /* guards the registries; see the design notes */
 	registry servers, channels, runtimes;
+	uint64_t opened_ns;
+
+	/* /trace, one at a time (see the design notes). All under tmu. */
+	pthread_mutex_t tmu;
+	pthread_cond_t tcv;  /* CLOCK_MONOTONIC; trace_cut, closing */
+	bool closing;        /* asynq_admin_close began */
+	bool trace_busy;     /* a trace thread runs */
+	bool trace_cut;      /* end the running trace now */
+	bool trace_joinable; /* trace_thread was made and not joined */
+	pthread_t trace_thread;
+	nng_aio *trace_aio; /* the request it answers; NULL once answered */
+	unsigned trace_seconds;
+	uint64_t trace_until; /* asynq_now_ns() it ends at */
 };
 
+static hist *hist_alloc(void);
+static void hist_free(hist *h);
+static void hist_start(hist *h, asynq_rpc_server *s);
+
+/* Adds obj as name; h (may be NULL) is the server's history, owned by the
+ * entry from then on (freed here on failure). */
 static asynq_status
-reg_add(asynq_admin *a, registry *r, void *obj, const char *name)
+reg_add(asynq_admin *a, registry *r, void *obj, const char *name, hist *h)
 {
 	asynq_status st = ASYNQ_OK;
 	char *copy = strdup(name != NULL ? name : "");
 	if (obj == NULL) {
 		free(copy);
+		hist_free(h);
 		return ASYNQ_INVALID_ARGUMENT;
 	}
 	pthread_mutex_lock(&a->mu);
@@ -155,11 +202,16 @@ reg_add(asynq_admin *a, registry *r, void *obj, const char *name)
 		}
 	}
 	if (st == ASYNQ_OK) {
-		r->e[r->n++] = (entry){ obj, copy };
+		r->e[r->n++] = (entry){ obj, copy, h };
 		copy = NULL;
+		/* The rates /status shows are counted from here. */
+		if (h != NULL)
+			hist_start(h, obj);
+		h = NULL;
 	}
 	pthread_mutex_unlock(&a->mu);
 	free(copy);
+	hist_free(h);
 	return st;
 }
 
@@ -171,6 +223,7 @@ reg_remove(asynq_admin *a, registry *r, const void *obj)
 		if (r->e[i].obj != obj)
 			continue;
 		free(r->e[i].name);
+		hist_free(r->e[i].h);
 		memmove(&r->e[i], &r->e[i + 1], (r->n - i - 1) * sizeof(*r->e));
 		r->n--;
 		break;
@@ -181,15 +234,20 @@ reg_remove(asynq_admin *a, registry *r, const void *obj)
 static void
 reg_fini(registry *r)
 {
-	for (size_t i = 0; i < r->n; i++)
+	for (size_t i = 0; i < r->n; i++) {
 		free(r->e[i].name);
+		hist_free(r->e[i].h);
+	}
 	free(r->e);
 }
 
 asynq_status
 asynq_admin_add_server(asynq_admin *a, asynq_rpc_server *s, const char *name)
 {
-	return reg_add(a, &a->servers, s, name);
+	hist *h = hist_alloc();
+	if (h == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	return reg_add(a, &a->servers, s, name, h);
 }
 
 void
@@ -201,7 +259,7 @@ asynq_admin_remove_server(asynq_admin *a, const asynq_rpc_server *s)
 asynq_status
 asynq_admin_add_channel(asynq_admin *a, asynq_rpc_channel *ch, const char *name)
 {
-	return reg_add(a, &a->channels, ch, name);
+	return reg_add(a, &a->channels, ch, name, NULL);
 }
 
 void
@@ -213,13 +271,21 @@ asynq_admin_remove_channel(asynq_admin *a, const asynq_rpc_channel *ch)
 asynq_status
 asynq_admin_add_runtime(asynq_admin *a, asynq_runtime *rt, const char *name)
 {
-	return reg_add(a, &a->runtimes, rt, name);
+	return reg_add(a, &a->runtimes, rt, name, NULL);
 }
 
 void
 asynq_admin_remove_runtime(asynq_admin *a, const asynq_runtime *rt)
 {
 	reg_remove(a, &a->runtimes, rt);
+	/* A trace holds the runtimes it traces, so stopping rt would wait
+	 * for the trace: end it now. */
+	pthread_mutex_lock(&a->tmu);
+	if (a->trace_busy) {
+		a->trace_cut = true;
+		pthread_cond_broadcast(&a->tcv);
+	}
+	pthread_mutex_unlock(&a->tmu);
 }
 
 const char *
@@ -281,7 +347,12 @@ handle_root(nng_aio *aio)
 	    "asynq admin endpoint\n"
 	    "/live     200 while the process runs\n"
 	    "/ready    200 when every server serves, else 503 and why\n"
-	    "/metrics  Prometheus text format\n";
+	    "/metrics  Prometheus text format\n"
+	    "/status   a page for people: per method calls/s, p50/p99, calls "
+	    "per request, errors, and a chart of calls against requests\n"
+	    "/status.json  what /status shows, as JSON\n"
+	    "/trace?seconds=N  every worker's profile for N s (1..30), one "
+	    "Chrome trace JSON (open it in https://ui.perfetto.dev)\n";
 	reply(aio, NNG_HTTP_STATUS_OK, TEXT, body, sizeof(body) - 1);
 }
 
@@ -862,17 +933,17 @@ metrics_process(sbuf *b)
 	}
 }
 
-static void
-handle_metrics(nng_aio *aio)
+/* Reads every registered server's state and counters; NULL (and *n 0)
+ * without memory. Under a->mu. Free with servers_free. */
+static srv_snap *
+servers_read(asynq_admin *a, size_t *np)
 {
-	asynq_admin *a = admin_of(aio);
-	sbuf b = { 0 };
-	pthread_mutex_lock(&a->mu);
 	size_t n = a->servers.n;
 	srv_snap *ss = calloc(n != 0 ? n : 1, sizeof(*ss));
+	*np = 0;
 	if (ss == NULL)
-		b.failed = true;
-	for (size_t i = 0; ss != NULL && i < n; i++) {
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
 		asynq_rpc_server *s = a->servers.e[i].obj;
 		ss[i].name = a->servers.e[i].name;
 		ss[i].state = asynq_rpc_server_serving(s);
@@ -880,25 +951,829 @@ handle_metrics(nng_aio *aio)
 		size_t nm = asynq_rpc_server_methods(s);
 		ss[i].m = calloc(nm != 0 ? nm : 1, sizeof(*ss[i].m));
 		if (ss[i].m == NULL) {
-			b.failed = true;
-			continue;
+			for (size_t k = 0; k < i; k++)
+				free(ss[k].m);
+			free(ss);
+			return NULL;
 		}
 		for (size_t k = 0; k < nm; k++)
 			if (asynq_rpc_server_method_stats_get(s, k,
 			        &ss[i].m[ss[i].n_m]) == ASYNQ_OK)
 				ss[i].n_m++;
 	}
-	if (ss != NULL)
+	*np = n;
+	return ss;
+}
+
+static void
+servers_free(srv_snap *ss, size_t n)
+{
+	for (size_t i = 0; ss != NULL && i < n; i++)
+		free(ss[i].m);
+	free(ss);
+}
+
+static void
+handle_metrics(nng_aio *aio)
+{
+	asynq_admin *a = admin_of(aio);
+	sbuf b = { 0 };
+	size_t n;
+	pthread_mutex_lock(&a->mu);
+	srv_snap *ss = servers_read(a, &n);
+	if (ss == NULL)
+		b.failed = true;
+	else
 		metrics_servers(&b, ss, n);
 	metrics_channels(&b, &a->channels);
 	metrics_workers(&b, a);
 	pthread_mutex_unlock(&a->mu);
 	metrics_process(&b);
-	for (size_t i = 0; ss != NULL && i < n; i++)
-		free(ss[i].m);
-	free(ss);
+	servers_free(ss, n);
 	reply_sb(aio, NNG_HTTP_STATUS_OK,
 	    "text/plain; version=0.0.4; charset=utf-8", &b);
+}
+
+/* ---- /status and /status.json -------------------------------------------- */
+
+/* Samples a server's history keeps, and how far apart they are at least:
+ * two minutes of one a second while the page is open. */
+#define HIST_SAMPLES 120
+#define HIST_SPACING_NS 900000000ull
+/* The window the table's rates and percentiles are over. */
+#define STATUS_WINDOW_NS 10000000000ull
+
+/* One method's counters at a sample. */
+typedef struct msample {
+	uint64_t calls, errors;
+	uint64_t lat[ASYNQ_RPC_HIST_MAX + 1]; /* latency buckets */
+	uint64_t cpr_count, cpr_sum;          /* calls per request */
+} msample;
+
+/* A server's counters at a sample. */
+typedef struct ssample {
+	uint64_t t_ns;
+	uint64_t requests, calls;
+} ssample;
+
+/* A ring of samples of one server; sample i's methods are
+ * m[i * n_m .. (i + 1) * n_m). Under a->mu. */
+struct hist {
+	size_t head, len; /* the oldest sample, and how many there are */
+	size_t n_m;       /* methods per sample */
+	ssample s[HIST_SAMPLES];
+	msample *m;
+};
+
+static hist *
+hist_alloc(void)
+{
+	return calloc(1, sizeof(hist));
+}
+
+static void
+hist_free(hist *h)
+{
+	if (h == NULL)
+		return;
+	free(h->m);
+	free(h);
+}
+
+static void
+msample_of(msample *out, const asynq_rpc_method_stats *ms)
+{
+	memset(out, 0, sizeof(*out));
+	for (size_t c = 0; c < ASYNQ_STATUS_COUNT; c++)
+		out->calls += ms->codes[c];
+	out->errors = out->calls - ms->codes[ASYNQ_OK];
+	memcpy(out->lat, ms->latency_ns.counts, sizeof(out->lat));
+	out->cpr_count = ms->calls_per_request.count;
+	out->cpr_sum = ms->calls_per_request.sum;
+}
+
+/* The i-th sample from the oldest. */
+static size_t
+hist_at(const hist *h, size_t i)
+{
+	return (h->head + i) % HIST_SAMPLES;
+}
+
+/* Appends a sample of snap taken at now, dropping the oldest when full.
+ * A server whose method count changed starts its history again. Without
+ * memory the sample is left out. */
+static void
+hist_push(hist *h, const srv_snap *snap, uint64_t now)
+{
+	if (h->m == NULL || h->n_m != snap->n_m) {
+		msample *m =
+		    calloc(HIST_SAMPLES * (snap->n_m != 0 ? snap->n_m : 1),
+		        sizeof(*m));
+		if (m == NULL)
+			return;
+		free(h->m);
+		h->m = m;
+		h->n_m = snap->n_m;
+		h->head = h->len = 0;
+	}
+	size_t slot;
+	if (h->len < HIST_SAMPLES) {
+		slot = hist_at(h, h->len++);
+	} else {
+		slot = h->head;
+		h->head = (h->head + 1) % HIST_SAMPLES;
+	}
+	h->s[slot] = (ssample){ now, snap->st.requests, snap->st.calls };
+	for (size_t k = 0; k < snap->n_m; k++)
+		msample_of(&h->m[slot * h->n_m + k], &snap->m[k]);
+}
+
+/* The first sample, when the server is added. Under a->mu. */
+static void
+hist_start(hist *h, asynq_rpc_server *s)
+{
+	srv_snap snap = { .name = "" };
+	asynq_rpc_server_stats_get(s, &snap.st);
+	size_t nm = asynq_rpc_server_methods(s);
+	snap.m = calloc(nm != 0 ? nm : 1, sizeof(*snap.m));
+	if (snap.m == NULL)
+		return;
+	for (size_t k = 0; k < nm; k++)
+		if (asynq_rpc_server_method_stats_get(s, k,
+		        &snap.m[snap.n_m]) == ASYNQ_OK)
+			snap.n_m++;
+	hist_push(h, &snap, asynq_now_ns());
+	free(snap.m);
+}
+
+/* Appends s as a JSON string (quotes included). */
+static void
+sb_json_str(sbuf *b, const char *s)
+{
+	sb_printf(b, "\"");
+	for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+		if (*c == '"' || *c == '\\')
+			sb_printf(b, "\\%c", *c);
+		else if (*c < 0x20)
+			sb_printf(b, "\\u%04x", *c);
+		else
+			sb_printf(b, "%c", *c);
+	}
+	sb_printf(b, "\"");
+}
+
+/* Appends v, or null when it is not a number (nothing to divide by). */
+static void
+sb_num(sbuf *b, double v, bool valid)
+{
+	if (valid)
+		sb_printf(b, "%.6g", v);
+	else
+		sb_printf(b, "null");
+}
+
+/* The q-quantile (0..1) of the observations in buckets lat (the bounds of
+ * h), interpolated linearly within its bucket as Prometheus'
+ * histogram_quantile does; a quantile in the last, unbounded bucket is
+ * its lower bound. Nanoseconds; false without observations. */
+static bool
+quantile(const uint64_t *lat, const asynq_rpc_hist *h, double q, double *out)
+{
+	uint64_t total = 0;
+	for (size_t i = 0; i <= h->n_bounds; i++)
+		total += lat[i];
+	if (total == 0 || h->n_bounds == 0)
+		return false;
+	double rank = q * (double)total, below = 0;
+	for (size_t i = 0; i <= h->n_bounds; i++) {
+		if (lat[i] == 0 || below + (double)lat[i] < rank) {
+			below += (double)lat[i];
+			continue;
+		}
+		double lo = i == 0 ? 0 : (double)h->bounds[i - 1];
+		if (i == h->n_bounds) {
+			*out = lo;
+			return true;
+		}
+		double hi = (double)h->bounds[i];
+		*out = lo + (hi - lo) * (rank - below) / (double)lat[i];
+		return true;
+	}
+	*out = (double)h->bounds[h->n_bounds - 1];
+	return true;
+}
+
+/* Writes server snap (now at `now`) with its history h as one object of
+ * /status.json's "servers". */
+static void
+status_server(sbuf *b, const srv_snap *snap, const hist *h, uint64_t now)
+{
+	/* The window starts at the newest sample at least STATUS_WINDOW_NS
+	 * old, else at the oldest. */
+	const ssample *w = NULL;
+	const msample *wm = NULL;
+	for (size_t i = 0; i < h->len; i++) {
+		size_t at = hist_at(h, i);
+		if (w == NULL || now - h->s[at].t_ns >= STATUS_WINDOW_NS) {
+			w = &h->s[at];
+			wm = h->n_m == snap->n_m ? &h->m[at * h->n_m] : NULL;
+		}
+	}
+	double secs = w != NULL ? (double)(now - w->t_ns) / 1e9 : 0;
+	bool have = w != NULL && secs > 0;
+
+	sb_printf(b, "{\"name\":");
+	sb_json_str(b, snap->name);
+	sb_printf(b, ",\"state\":\"%s\",\"ready\":%s",
+	    snap->state == ASYNQ_RPC_STARTING          ? "starting"
+	        : snap->state == ASYNQ_RPC_SERVING     ? "serving"
+	        : snap->state == ASYNQ_RPC_NOT_SERVING ? "not serving"
+	        : snap->state == ASYNQ_RPC_DRAINING    ? "draining"
+	                                               : "closed",
+	    snap->state == ASYNQ_RPC_SERVING ? "true" : "false");
+	uint64_t errors = 0;
+	for (size_t k = 0; k < snap->n_m; k++) {
+		msample cur;
+		msample_of(&cur, &snap->m[k]);
+		errors += cur.errors;
+	}
+	sb_printf(b,
+	    ",\"requests\":%" PRIu64 ",\"calls\":%" PRIu64
+	    ",\"errors\":%" PRIu64 ",\"inflight_calls\":%" PRIu64
+	    ",\"connections\":%" PRIu64,
+	    snap->st.requests, snap->st.calls, errors, snap->st.inflight_calls,
+	    snap->st.conns_open);
+	const asynq_rpc_hist *cpr = &snap->st.calls_per_request;
+	sb_printf(b, ",\"calls_per_request_all\":");
+	sb_num(b, cpr->count != 0 ? (double)cpr->sum / (double)cpr->count : 0,
+	    cpr->count != 0);
+
+	uint64_t dcalls = have ? snap->st.calls - w->calls : 0;
+	uint64_t dreqs = have ? snap->st.requests - w->requests : 0;
+	sb_printf(b, ",\"window\":{\"seconds\":");
+	sb_num(b, secs, have);
+	sb_printf(b, ",\"calls_per_s\":");
+	sb_num(b, (double)dcalls / secs, have);
+	sb_printf(b, ",\"requests_per_s\":");
+	sb_num(b, (double)dreqs / secs, have);
+	sb_printf(b, ",\"calls_per_request\":");
+	sb_num(b, (double)dcalls / (double)dreqs, have && dreqs != 0);
+	sb_printf(b, "}");
+
+	/* The chart: each pair of neighbouring samples is one point, at
+	 * the later one, seconds before now. */
+	sbuf t = { 0 }, c = { 0 }, r = { 0 };
+	for (size_t i = 1; i < h->len; i++) {
+		const ssample *p = &h->s[hist_at(h, i - 1)];
+		const ssample *q = &h->s[hist_at(h, i)];
+		double dt = (double)(q->t_ns - p->t_ns) / 1e9;
+		const char *sep = i > 1 ? "," : "";
+		sb_printf(&t, "%s%.3f", sep, -(double)(now - q->t_ns) / 1e9);
+		sb_printf(&c, "%s%.6g", sep,
+		    (double)(q->calls - p->calls) / dt);
+		sb_printf(&r, "%s%.6g", sep,
+		    (double)(q->requests - p->requests) / dt);
+	}
+	sb_printf(b,
+	    ",\"series\":{\"t\":[%s],\"calls_per_s\":[%s],"
+	    "\"requests_per_s\":[%s]}",
+	    t.p != NULL ? t.p : "", c.p != NULL ? c.p : "",
+	    r.p != NULL ? r.p : "");
+	b->failed = b->failed || t.failed || c.failed || r.failed;
+	free(t.p);
+	free(c.p);
+	free(r.p);
+
+	sb_printf(b, ",\"methods\":[");
+	for (size_t k = 0; k < snap->n_m; k++) {
+		const asynq_rpc_method_stats *ms = &snap->m[k];
+		const char *full = ms->method->full_name;
+		const char *slash = strchr(full, '/');
+		msample cur;
+		msample_of(&cur, ms);
+		const msample *was = have && wm != NULL ? &wm[k] : NULL;
+		msample d = { 0 };
+		if (was != NULL) {
+			d.calls = cur.calls - was->calls;
+			d.cpr_count = cur.cpr_count - was->cpr_count;
+			d.cpr_sum = cur.cpr_sum - was->cpr_sum;
+			for (size_t i = 0; i <= ASYNQ_RPC_HIST_MAX; i++)
+				d.lat[i] = cur.lat[i] - was->lat[i];
+		}
+		sb_printf(b, "%s{\"service\":", k > 0 ? "," : "");
+		sbuf svc = { 0 };
+		sb_printf(&svc, "%.*s",
+		    (int)(slash != NULL ? (size_t)(slash - full)
+		                        : strlen(full)),
+		    full);
+		sb_json_str(b, svc.p != NULL ? svc.p : "");
+		b->failed = b->failed || svc.failed;
+		free(svc.p);
+		sb_printf(b, ",\"method\":");
+		sb_json_str(b, ms->method->name);
+		sb_printf(b, ",\"full_name\":");
+		sb_json_str(b, full);
+		sb_printf(b,
+		    ",\"calls\":%" PRIu64 ",\"errors\":%" PRIu64
+		    ",\"errors_by_code\":{",
+		    cur.calls, cur.errors);
+		bool first = true;
+		for (size_t code = 0; code < ASYNQ_STATUS_COUNT; code++) {
+			if (code == ASYNQ_OK || ms->codes[code] == 0)
+				continue;
+			sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",",
+			    code_names[code], ms->codes[code]);
+			first = false;
+		}
+		sb_printf(b, "},\"calls_per_s\":");
+		sb_num(b, (double)d.calls / secs, was != NULL);
+		double p50 = 0, p99 = 0;
+		bool q50 =
+		    was != NULL && quantile(d.lat, &ms->latency_ns, 0.50, &p50);
+		bool q99 =
+		    was != NULL && quantile(d.lat, &ms->latency_ns, 0.99, &p99);
+		sb_printf(b, ",\"p50_ms\":");
+		sb_num(b, p50 / 1e6, q50);
+		sb_printf(b, ",\"p99_ms\":");
+		sb_num(b, p99 / 1e6, q99);
+		sb_printf(b, ",\"calls_per_request\":");
+		sb_num(b, (double)d.cpr_sum / (double)d.cpr_count,
+		    d.cpr_count != 0);
+		sb_printf(b, "}");
+	}
+	sb_printf(b, "]}");
+}
+
+static void
+handle_status_json(nng_aio *aio)
+{
+	asynq_admin *a = admin_of(aio);
+	sbuf b = { 0 };
+	size_t n;
+	pthread_mutex_lock(&a->mu);
+	uint64_t now = asynq_now_ns();
+	srv_snap *ss = servers_read(a, &n);
+	if (ss == NULL)
+		b.failed = true;
+	pthread_mutex_lock(&a->tmu);
+	bool tracing = a->trace_busy;
+	pthread_mutex_unlock(&a->tmu);
+	sb_printf(&b,
+	    "{\"uptime_s\":%.3f,\"window_s\":%.0f,\"trace_running\":%s,"
+	    "\"servers\":[",
+	    (double)(now - a->opened_ns) / 1e9, (double)STATUS_WINDOW_NS / 1e9,
+	    tracing ? "true" : "false");
+	for (size_t i = 0; ss != NULL && i < n; i++) {
+		hist *h = a->servers.e[i].h;
+		if (h->len == 0 ||
+		    now - h->s[hist_at(h, h->len - 1)].t_ns >= HIST_SPACING_NS)
+			hist_push(h, &ss[i], now);
+		if (i > 0)
+			sb_printf(&b, ",");
+		status_server(&b, &ss[i], h, now);
+	}
+	sb_printf(&b, "],\"channels\":[");
+	for (size_t i = 0; i < a->channels.n; i++) {
+		asynq_rpc_channel_stats st;
+		asynq_rpc_channel_stats_get(a->channels.e[i].obj, &st);
+		sb_printf(&b, "%s{\"name\":", i > 0 ? "," : "");
+		sb_json_str(&b, a->channels.e[i].name);
+		sb_printf(&b,
+		    ",\"calls\":%" PRIu64 ",\"requests\":%" PRIu64
+		    ",\"sent_calls\":%" PRIu64 ",\"collapsed\":%" PRIu64
+		    ",\"cached\":%" PRIu64 ",\"failed_calls\":%" PRIu64
+		    ",\"calls_per_request\":",
+		    st.calls, st.requests, st.sent_calls, st.collapsed,
+		    st.cached, st.failures);
+		sb_num(&b, (double)st.sent_calls / (double)st.requests,
+		    st.requests != 0);
+		sb_printf(&b, "}");
+	}
+	sb_printf(&b, "]}\n");
+	pthread_mutex_unlock(&a->mu);
+	servers_free(ss, n);
+	reply_sb(aio, NNG_HTTP_STATUS_OK, "application/json", &b);
+}
+
+/* The page: framework/admin/status.html, made a C string at build time. */
+#include "framework/admin/status_html.h"
+
+static void
+handle_status(nng_aio *aio)
+{
+	reply(aio, NNG_HTTP_STATUS_OK, "text/html; charset=utf-8",
+	    asynqi_status_html, sizeof(asynqi_status_html) - 1);
+}
+
+/* ---- /trace -------------------------------------------------------------- */
+
+/* The longest trace, and how long the end waits for the workers. */
+#define TRACE_MAX_SECONDS 30
+#define TRACE_STOP_WAIT_MS 2000
+/* Records each worker's profile keeps, at most (a busy worker makes a few
+ * hundred thousand a second; this keeps a trace in the tens of MB). */
+#define TRACE_MAX_RECORDS 100000
+
+typedef struct trace_job trace_job;
+
+/* One worker in a trace. */
+typedef struct trace_slot {
+	asynq_post start, stop;
+	trace_job *job;
+	asynq_runtime *rt; /* held from the start post to the stop's end */
+	char name[160];    /* "runtime worker i": its track in the trace */
+	size_t worker;
+	bool posted;          /* the start went out (the runtime was held) */
+	asynq_status started; /* the profiler's start, on the worker */
+	/* Under job->mu once done: */
+	bool done;
+	bool lost; /* its events could not be written (no memory) */
+	asynq_profile_summary sum;
+	char *events; /* malloc'd JSON elements, NULL if none */
+	size_t len;
+} trace_slot;
+
+/* Counted like a scrape: the trace thread's reference and one per stop
+ * post in flight. */
+struct trace_job {
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* CLOCK_MONOTONIC */
+	int refs;          /* under mu */
+	uint64_t origin;   /* asynq_now_ns() the trace counts from */
+	size_t n;
+	trace_slot slot[];
+};
+
+static void
+trace_job_rele(trace_job *j)
+{
+	pthread_mutex_lock(&j->mu);
+	bool last = --j->refs == 0;
+	pthread_mutex_unlock(&j->mu);
+	if (!last)
+		return;
+	for (size_t i = 0; i < j->n; i++)
+		free(j->slot[i].events);
+	pthread_cond_destroy(&j->cv);
+	pthread_mutex_destroy(&j->mu);
+	free(j);
+}
+
+/* On the worker: its profiler starts, bounded. */
+static void
+trace_start_run(asynq_post *p)
+{
+	trace_slot *sl =
+	    (trace_slot *)((char *)p - offsetof(trace_slot, start));
+	asynq_profiler_cfg cfg = { .max_records = TRACE_MAX_RECORDS };
+	sl->started = asynq_profiler_start_cfg(&cfg);
+}
+
+/* On the worker, after its start: the profiler stops and its events are
+ * written out; then the runtime is let go. */
+static void
+trace_stop_run(asynq_post *p)
+{
+	trace_slot *sl = (trace_slot *)((char *)p - offsetof(trace_slot, stop));
+	trace_job *j = sl->job;
+	asynq_runtime *rt = sl->rt;
+	asynq_profile_summary sum = { 0 };
+	char *events = NULL;
+	size_t len = 0;
+	bool lost = false;
+	if (sl->started == ASYNQ_OK) {
+		asynq_profiler_stop();
+		asynq_profiler_summary(&sum);
+		FILE *f = open_memstream(&events, &len);
+		bool first = true;
+		if (f == NULL ||
+		    asynq_profiler_write_chrome_events(f, j->origin, sl->name,
+		        &first) != ASYNQ_OK)
+			lost = true;
+		if (f != NULL)
+			fclose(f);
+		if (lost) {
+			free(events);
+			events = NULL;
+		}
+		asynq_profiler_reset();
+	}
+	pthread_mutex_lock(&j->mu);
+	sl->sum = sum;
+	sl->lost = lost;
+	sl->events = events;
+	sl->len = len;
+	sl->done = true;
+	pthread_cond_broadcast(&j->cv);
+	pthread_mutex_unlock(&j->mu);
+	trace_job_rele(j);
+	asynq_runtime_rele(rt);
+}
+
+/* Makes the job and posts the starts to every worker of the registered
+ * runtimes; NULL without memory. Takes a->mu. */
+static trace_job *
+trace_begin(asynq_admin *a)
+{
+	pthread_mutex_lock(&a->mu);
+	size_t n = 0;
+	for (size_t r = 0; r < a->runtimes.n; r++)
+		n += asynq_runtime_workers(a->runtimes.e[r].obj);
+	trace_job *j = calloc(1, sizeof(*j) + n * sizeof(j->slot[0]));
+	pthread_condattr_t ca;
+	bool ok = j != NULL && pthread_condattr_init(&ca) == 0;
+	if (ok) {
+		ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+		    pthread_cond_init(&j->cv, &ca) == 0;
+		pthread_condattr_destroy(&ca);
+		if (ok && pthread_mutex_init(&j->mu, NULL) != 0) {
+			pthread_cond_destroy(&j->cv);
+			ok = false;
+		}
+	}
+	if (!ok) {
+		pthread_mutex_unlock(&a->mu);
+		free(j);
+		return NULL;
+	}
+	j->refs = 1;
+	j->n = n;
+	j->origin = asynq_now_ns();
+	size_t k = 0;
+	for (size_t r = 0; r < a->runtimes.n; r++) {
+		asynq_runtime *rt = a->runtimes.e[r].obj;
+		for (size_t w = 0; w < asynq_runtime_workers(rt) && k < n;
+		     w++, k++) {
+			trace_slot *sl = &j->slot[k];
+			sl->job = j;
+			sl->rt = rt;
+			sl->worker = w;
+			snprintf(sl->name, sizeof(sl->name), "%s worker %zu",
+			    a->runtimes.e[r].name, w);
+			sl->started = ASYNQ_UNAVAILABLE;
+			sl->start.fn = trace_start_run;
+			sl->stop.fn = trace_stop_run;
+			/* Held until the stop ran: the runtime cannot stop,
+			 * and its worker exit with the profiler on, before
+			 * that. A stopping runtime is left out. */
+			if (asynq_runtime_hold(rt) != ASYNQ_OK)
+				continue;
+			sl->posted = true;
+			asynq_sched_post(asynq_runtime_sched(rt, w),
+			    &sl->start);
+		}
+	}
+	pthread_mutex_unlock(&a->mu);
+	return j;
+}
+
+/* Posts the stops and waits for them at most TRACE_STOP_WAIT_MS. */
+static void
+trace_end(trace_job *j)
+{
+	size_t posted = 0;
+	for (size_t i = 0; i < j->n; i++) {
+		trace_slot *sl = &j->slot[i];
+		if (!sl->posted)
+			continue;
+		pthread_mutex_lock(&j->mu);
+		j->refs++;
+		pthread_mutex_unlock(&j->mu);
+		asynq_sched_post(asynq_runtime_sched(sl->rt, sl->worker),
+		    &sl->stop);
+		posted++;
+	}
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += TRACE_STOP_WAIT_MS / 1000;
+	until.tv_nsec += (TRACE_STOP_WAIT_MS % 1000) * 1000000L;
+	until.tv_sec += until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&j->mu);
+	for (;;) {
+		size_t done = 0;
+		for (size_t i = 0; i < j->n; i++)
+			done += j->slot[i].done;
+		if (done == posted ||
+		    pthread_cond_timedwait(&j->cv, &j->mu, &until) != 0)
+			break;
+	}
+	pthread_mutex_unlock(&j->mu);
+}
+
+/* Writes the merged trace: every worker's events, each worker a thread
+ * (track) of one process, and what became of each worker in otherData.
+ * Under j->mu. */
+static void
+trace_write(sbuf *b, const trace_job *j, unsigned seconds, bool cut)
+{
+	sb_printf(b,
+	    "{\"traceEvents\":[\n{\"name\":\"process_name\",\"ph\":\"M\","
+	    "\"pid\":%ld,\"tid\":0,\"args\":{\"name\":\"asynq\"}}",
+	    (long)getpid());
+	for (size_t i = 0; i < j->n; i++) {
+		const trace_slot *sl = &j->slot[i];
+		if (sl->done && sl->events != NULL && sl->len > 0)
+			sb_printf(b, ",%.*s", (int)sl->len, sl->events);
+	}
+	sb_printf(b,
+	    "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{\"seconds\":%u,"
+	    "\"cut_short\":%s,\"workers\":[",
+	    seconds, cut ? "true" : "false");
+	for (size_t i = 0; i < j->n; i++) {
+		const trace_slot *sl = &j->slot[i];
+		const char *why = NULL;
+		if (!sl->posted)
+			why = "its runtime was stopping";
+		else if (!sl->done)
+			why = "busy: it did not answer within 2 s of the end "
+			      "(a long task?)";
+		else if (sl->started == ASYNQ_FAILED_PRECONDITION)
+			why = "its profiler was already running (someone else "
+			      "profiles it)";
+		else if (sl->started != ASYNQ_OK)
+			why = "its profiler could not start";
+		else if (sl->lost)
+			why = "out of memory writing its events";
+		sb_printf(b, "%s{\"thread\":", i > 0 ? "," : "");
+		sb_json_str(b, sl->name);
+		sb_printf(b, ",\"traced\":%s", why == NULL ? "true" : "false");
+		if (why != NULL) {
+			sb_printf(b, ",\"why\":");
+			sb_json_str(b, why);
+		} else {
+			sb_printf(b,
+			    ",\"tasks\":%zu,\"runs\":%zu,\"flushes\":%zu,"
+			    "\"items_flushed\":%zu,\"dropped\":%zu",
+			    sl->sum.tasks, sl->sum.runs, sl->sum.flushes,
+			    sl->sum.items_flushed, sl->sum.dropped);
+		}
+		sb_printf(b, "}");
+	}
+	sb_printf(b, "]}}\n");
+}
+
+static void *
+trace_main(void *arg)
+{
+	asynq_admin *a = arg;
+	sbuf b = { 0 };
+	pthread_mutex_lock(&a->tmu);
+	unsigned seconds = a->trace_seconds;
+	pthread_mutex_unlock(&a->tmu);
+
+	trace_job *j = trace_begin(a);
+	bool cut = false;
+	if (j != NULL) {
+		uint64_t until = j->origin + (uint64_t)seconds * 1000000000u;
+		struct timespec ts = { .tv_sec = (time_t)(until / 1000000000u),
+			.tv_nsec = (long)(until % 1000000000u) };
+		/* asynq_now_ns is CLOCK_MONOTONIC, as the condition's. */
+		pthread_mutex_lock(&a->tmu);
+		while (!a->closing && !a->trace_cut && a->trace_aio != NULL &&
+		    asynq_now_ns() < until)
+			if (pthread_cond_timedwait(&a->tcv, &a->tmu, &ts) != 0)
+				break;
+		cut = asynq_now_ns() < until;
+		pthread_mutex_unlock(&a->tmu);
+		trace_end(j);
+		pthread_mutex_lock(&j->mu);
+		trace_write(&b, j, seconds, cut);
+		pthread_mutex_unlock(&j->mu);
+		trace_job_rele(j);
+	} else {
+		b.failed = true;
+	}
+
+	/* Closing, the request is left to trace_cancel, which nng's server
+	 * stop is about to call: the connection goes without an answer. */
+	/* Not busy before the answer goes out, so whoever reads it can
+	 * start the next trace at once (its handler joins this thread). */
+	pthread_mutex_lock(&a->tmu);
+	nng_aio *aio = a->closing ? NULL : a->trace_aio;
+	if (aio != NULL)
+		a->trace_aio = NULL;
+	a->trace_busy = false;
+	pthread_mutex_unlock(&a->tmu);
+	if (aio != NULL)
+		reply_sb(aio, NNG_HTTP_STATUS_OK, "application/json", &b);
+	else
+		free(b.p);
+	return NULL;
+}
+
+/* nng cancels a trace's request when the server stops: it is answered
+ * with the error at once, and the trace ends early. */
+static void
+trace_cancel(nng_aio *aio, void *arg, int rv)
+{
+	asynq_admin *a = arg;
+	pthread_mutex_lock(&a->tmu);
+	bool ours = a->trace_aio == aio;
+	if (ours) {
+		a->trace_aio = NULL;
+		a->trace_cut = true;
+		pthread_cond_broadcast(&a->tcv);
+	}
+	pthread_mutex_unlock(&a->tmu);
+	if (ours)
+		nng_aio_finish(aio, rv);
+}
+
+/* The value of ?seconds=N in uri: 1..TRACE_MAX_SECONDS, else 0 and why
+ * in err. */
+static unsigned
+trace_seconds_of(const char *uri, char *err, size_t err_len)
+{
+	const char *q = strchr(uri, '?');
+	const char *v = NULL;
+	for (const char *p = q; p != NULL; p = strchr(p + 1, '&'))
+		if (strncmp(p + 1, "seconds=", 8) == 0)
+			v = p + 9;
+	if (v == NULL) {
+		snprintf(err, err_len,
+		    "trace: say how long to trace with ?seconds=N, N from 1 "
+		    "to %d (e.g. /trace?seconds=5)\n",
+		    TRACE_MAX_SECONDS);
+		return 0;
+	}
+	size_t len = strcspn(v, "&");
+	unsigned long n = 0;
+	bool digits = len > 0 && len <= 2;
+	for (size_t i = 0; digits && i < len; i++) {
+		digits = v[i] >= '0' && v[i] <= '9';
+		n = n * 10 + (unsigned long)(v[i] - '0');
+	}
+	if (!digits || n < 1 || n > TRACE_MAX_SECONDS) {
+		snprintf(err, err_len,
+		    "trace: seconds must be a whole number from 1 to %d, not "
+		    "\"%.*s\"\n",
+		    TRACE_MAX_SECONDS, (int)(len < 32 ? len : 32), v);
+		return 0;
+	}
+	return (unsigned)n;
+}
+
+static void
+handle_trace(nng_aio *aio)
+{
+	asynq_admin *a = admin_of(aio);
+	nng_http_req *req = nng_aio_get_input(aio, 0);
+	char err[256];
+	unsigned seconds =
+	    trace_seconds_of(nng_http_req_get_uri(req), err, sizeof(err));
+	if (seconds == 0) {
+		reply(aio, NNG_HTTP_STATUS_BAD_REQUEST, TEXT, err, strlen(err));
+		return;
+	}
+	pthread_mutex_lock(&a->tmu);
+	if (a->closing || a->trace_busy) {
+		uint64_t left = 0, now = asynq_now_ns();
+		bool closing = a->closing;
+		if (a->trace_busy && a->trace_until > now)
+			left =
+			    (a->trace_until - now + 999999999u) / 1000000000u;
+		pthread_mutex_unlock(&a->tmu);
+		if (closing)
+			snprintf(err, sizeof(err),
+			    "trace: the admin endpoint is closing\n");
+		else
+			snprintf(err, sizeof(err),
+			    "trace: another trace is running (about %" PRIu64
+			    " s left); one at a time, as each worker has one "
+			    "profiler\n",
+			    left);
+		reply(aio,
+		    closing ? NNG_HTTP_STATUS_SERVICE_UNAVAILABLE
+		            : NNG_HTTP_STATUS_CONFLICT,
+		    TEXT, err, strlen(err));
+		return;
+	}
+	/* The last trace's thread set trace_busy false; at most its answer
+	 * is left to do. */
+	if (a->trace_joinable)
+		pthread_join(a->trace_thread, NULL);
+	a->trace_joinable = false;
+	a->trace_busy = true;
+	a->trace_cut = false;
+	a->trace_seconds = seconds;
+	a->trace_until = asynq_now_ns() + (uint64_t)seconds * 1000000000u;
+	a->trace_aio = aio;
+	if (pthread_create(&a->trace_thread, NULL, trace_main, a) != 0) {
+		a->trace_busy = false;
+		a->trace_aio = NULL;
+		pthread_mutex_unlock(&a->tmu);
+		static const char msg[] =
+		    "trace: cannot start the thread that runs it\n";
+		reply(aio, NNG_HTTP_STATUS_INTERNAL_SERVER_ERROR, TEXT, msg,
+		    sizeof(msg) - 1);
+		return;
+	}
+	a->trace_joinable = true;
+	/* Answered by the trace's thread, or by trace_cancel when the
+	 * server stops first. */
+	nng_aio_defer(aio, trace_cancel, a);
+	pthread_mutex_unlock(&a->tmu);
 }
 
 /* ---- Open and close ------------------------------------------------------ */
@@ -926,6 +1801,9 @@ static const struct {
 	{ "/live", handle_live },
 	{ "/ready", handle_ready },
 	{ "/metrics", handle_metrics },
+	{ "/status", handle_status },
+	{ "/status.json", handle_status_json },
+	{ "/trace", handle_trace },
 };
 
 asynq_status
@@ -953,7 +1831,8 @@ asynq_admin_open(asynq_admin **ap, const char *url, char *err, size_t err_len)
 	    u->u_query != NULL || u->u_fragment != NULL) {
 		st = open_fail(err, err_len, ASYNQ_INVALID_ARGUMENT,
 		    "admin %s: the URL must have no path or query (the "
-		    "endpoints are /live, /ready and /metrics under it)",
+		    "endpoints are /live, /ready, /metrics, /status and /trace "
+		    "under it)",
 		    url);
 		goto fail_url;
 	}
@@ -963,10 +1842,26 @@ asynq_admin_open(asynq_admin **ap, const char *url, char *err, size_t err_len)
 		    "admin %s: out of memory", url);
 		goto fail_url;
 	}
+	a->opened_ns = asynq_now_ns();
 	if (pthread_mutex_init(&a->mu, NULL) != 0) {
 		st = open_fail(err, err_len, ASYNQ_RESOURCE_EXHAUSTED,
 		    "admin %s: out of memory", url);
 		goto fail_mu;
+	}
+	pthread_condattr_t ca;
+	bool cv_ok = pthread_condattr_init(&ca) == 0;
+	cv_ok = cv_ok && pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+	    pthread_cond_init(&a->tcv, &ca) == 0;
+	pthread_condattr_destroy(&ca);
+	if (!cv_ok) {
+		st = open_fail(err, err_len, ASYNQ_RESOURCE_EXHAUSTED,
+		    "admin %s: out of memory", url);
+		goto fail_tcv;
+	}
+	if (pthread_mutex_init(&a->tmu, NULL) != 0) {
+		st = open_fail(err, err_len, ASYNQ_RESOURCE_EXHAUSTED,
+		    "admin %s: out of memory", url);
+		goto fail_tmu;
 	}
 	if ((rv = nng_http_server_hold(&a->http, u)) != 0) {
 		st = open_fail(err, err_len, ASYNQ_INVALID_ARGUMENT,
@@ -1024,6 +1919,10 @@ fail_handlers:
 	/* Releasing the server frees the handlers added to it. */
 	nng_http_server_release(a->http);
 fail_hold:
+	pthread_mutex_destroy(&a->tmu);
+fail_tmu:
+	pthread_cond_destroy(&a->tcv);
+fail_tcv:
 	pthread_mutex_destroy(&a->mu);
 fail_mu:
 	free(a);
@@ -1037,11 +1936,24 @@ asynq_admin_close(asynq_admin *a)
 {
 	if (a == NULL)
 		return;
+	/* A trace running ends now; its request is answered (cancelled)
+	 * as nng's server stops. */
+	pthread_mutex_lock(&a->tmu);
+	a->closing = true;
+	pthread_cond_broadcast(&a->tcv);
+	pthread_mutex_unlock(&a->tmu);
 	nng_http_server_stop(a->http);
+	pthread_mutex_lock(&a->tmu);
+	bool join = a->trace_joinable;
+	pthread_mutex_unlock(&a->tmu);
+	if (join)
+		pthread_join(a->trace_thread, NULL);
 	nng_http_server_release(a->http);
 	reg_fini(&a->servers);
 	reg_fini(&a->channels);
 	reg_fini(&a->runtimes);
+	pthread_mutex_destroy(&a->tmu);
+	pthread_cond_destroy(&a->tcv);
 	pthread_mutex_destroy(&a->mu);
 	free(a);
 }

@@ -144,6 +144,7 @@ typedef struct profile {
 	uint64_t start_ns, stop_ns;
 	long pid, tid;
 	size_t dropped;
+	size_t max_records; /* spans plus batches kept; 0: no limit */
 
 	task_rec *tasks;
 	size_t n_tasks, cap_tasks;
@@ -294,6 +295,14 @@ on_event(const asynq_trace_event *ev, void *arg)
 	task_rec *r;
 	asynq_profile_batch *b;
 
+	/* Full: everything later is dropped, counted, so a long profile of
+	 * a busy thread stays bounded. */
+	if (p->max_records != 0 &&
+	    p->n_spans + p->n_batches >= p->max_records) {
+		p->dropped++;
+		return;
+	}
+
 	switch (ev->kind) {
 	case ASYNQ_TRACE_SPAWN:
 		if ((r = task_get(p, ev, true)) == NULL)
@@ -372,6 +381,12 @@ on_event(const asynq_trace_event *ev, void *arg)
 asynq_status
 asynq_profiler_start(void)
 {
+	return asynq_profiler_start_cfg(NULL);
+}
+
+asynq_status
+asynq_profiler_start_cfg(const asynq_profiler_cfg *cfg)
+{
 	if (prof != NULL && prof->running)
 		return ASYNQ_FAILED_PRECONDITION;
 	if (asynq_sched_current() == NULL)
@@ -384,6 +399,7 @@ asynq_profiler_start(void)
 	p->pid = (long)getpid();
 	p->tid = (long)syscall(SYS_gettid);
 	p->start_ns = asynq_now_ns();
+	p->max_records = cfg != NULL ? cfg->max_records : 0;
 	p->running = true;
 	asynq_trace_set(on_event, p);
 	return ASYNQ_OK;
@@ -525,22 +541,22 @@ put_head(FILE *f, const profile *p, bool *first, const char *name,
 	    p->tid);
 }
 
-asynq_status
-asynq_profiler_write_chrome_file(FILE *f)
+/* Writes the profile's events (no process name, no brackets) with times
+ * counted from origin; see asynq_profiler_write_chrome_events. */
+static void
+put_events(FILE *f, profile *p, uint64_t origin, const char *thread_name,
+    bool *first)
 {
-	profile *p = prof;
-	if (f == NULL)
-		return ASYNQ_INVALID_ARGUMENT;
-	if (p == NULL)
-		return ASYNQ_FAILED_PRECONDITION;
-	bool first = true;
 	char buf[256];
+	/* put_us counts from p->start_ns; a merged trace counts from its
+	 * own origin, the same for every thread. */
+	uint64_t start = p->start_ns;
+	p->start_ns = origin;
 
-	fputs("{\"traceEvents\":[", f);
-	put_head(f, p, &first, "process_name", NULL, "M");
-	fputs(",\"args\":{\"name\":\"asynq\"}}", f);
-	put_head(f, p, &first, "thread_name", NULL, "M");
-	fputs(",\"args\":{\"name\":\"asynq scheduler\"}}", f);
+	put_head(f, p, first, "thread_name", NULL, "M");
+	fputs(",\"args\":{\"name\":", f);
+	put_str(f, thread_name != NULL ? thread_name : "asynq scheduler");
+	fputs("}}", f);
 
 	for (size_t i = 0; i < p->n_spans; i++) {
 		const span *s = &p->spans[i];
@@ -548,7 +564,7 @@ asynq_profiler_write_chrome_file(FILE *f)
 			const asynq_profile_task *t = &p->tasks[s->rec].pub;
 			static const char *const ends[] = { "suspend", "finish",
 				"stop" };
-			put_head(f, p, &first, t->name, "task", "X");
+			put_head(f, p, first, t->name, "task", "X");
 			fputs(",\"ts\":", f);
 			put_us(f, p, s->start, true);
 			fputs(",\"dur\":", f);
@@ -566,7 +582,7 @@ asynq_profiler_write_chrome_file(FILE *f)
 		} else {
 			const asynq_profile_batch *b = &p->batches[s->rec];
 			snprintf(buf, sizeof(buf), "flush %s", b->backend);
-			put_head(f, p, &first, buf, "flush", "X");
+			put_head(f, p, first, buf, "flush", "X");
 			fputs(",\"ts\":", f);
 			put_us(f, p, s->start, true);
 			fputs(",\"dur\":", f);
@@ -580,22 +596,60 @@ asynq_profiler_write_chrome_file(FILE *f)
 		}
 	}
 	/* Batches from flush to done as async events: in-flight batches of
-	 * an asynchronous backend overlap, which "X" events may not. */
+	 * an asynchronous backend overlap, which "X" events may not. Their
+	 * ids carry the thread's id, so that the pairs of threads merged
+	 * into one trace never match each other (thread ids are below
+	 * 2^22, so the ids stay exact as JSON numbers). */
+	uint64_t id_base = (uint64_t)p->tid << 28;
 	for (size_t i = 0; i < p->n_batches; i++) {
 		const asynq_profile_batch *b = &p->batches[i];
 		if (!b->flushed || !b->done)
 			continue;
+		uint64_t id = id_base + (i + 1) % (1u << 28);
 		snprintf(buf, sizeof(buf), "batch %s", b->backend);
-		put_head(f, p, &first, buf, "batch", "b");
-		fprintf(f, ",\"id\":%zu,\"ts\":", i + 1);
+		put_head(f, p, first, buf, "batch", "b");
+		fprintf(f, ",\"id\":%" PRIu64 ",\"ts\":", id);
 		put_us(f, p, b->flush_begin_ns, true);
 		fprintf(f, ",\"args\":{\"size\":%zu}}", b->size);
-		put_head(f, p, &first, buf, "batch", "e");
-		fprintf(f, ",\"id\":%zu,\"ts\":", i + 1);
+		put_head(f, p, first, buf, "batch", "e");
+		fprintf(f, ",\"id\":%" PRIu64 ",\"ts\":", id);
 		put_us(f, p, b->done_ns, true);
 		fprintf(f, ",\"args\":{\"status\":\"%s\"}}",
 		    asynq_status_name(b->status));
 	}
+	p->start_ns = start;
+}
+
+asynq_status
+asynq_profiler_write_chrome_events(FILE *f, uint64_t origin_ns,
+    const char *thread_name, bool *first)
+{
+	profile *p = prof;
+	if (f == NULL || first == NULL)
+		return ASYNQ_INVALID_ARGUMENT;
+	if (p == NULL)
+		return ASYNQ_FAILED_PRECONDITION;
+	put_events(f, p, origin_ns != 0 ? origin_ns : p->start_ns, thread_name,
+	    first);
+	if (fflush(f) != 0 || ferror(f))
+		return ASYNQ_DATA_LOSS;
+	return ASYNQ_OK;
+}
+
+asynq_status
+asynq_profiler_write_chrome_file(FILE *f)
+{
+	profile *p = prof;
+	if (f == NULL)
+		return ASYNQ_INVALID_ARGUMENT;
+	if (p == NULL)
+		return ASYNQ_FAILED_PRECONDITION;
+	bool first = true;
+
+	fputs("{\"traceEvents\":[", f);
+	put_head(f, p, &first, "process_name", NULL, "M");
+	fputs(",\"args\":{\"name\":\"asynq\"}}", f);
+	put_events(f, p, p->start_ns, NULL, &first);
 	asynq_profile_summary sum;
 	asynq_profiler_summary(&sum);
 	fprintf(f,

@@ -220,6 +220,17 @@ int svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
  * http://127.0.0.1:9090: address in use"). Main thread, once. */
 asynq_status svc_admin_open(const char *url, const char *name);
 
+/* svc_admin_as makes what is registered from now on be reported as part
+ * of `name` (copied), for a process that runs several services (the
+ * demo): runtimes as runtime="name", servers as server="name: <full
+ * name>", channels as channel="name: <name>". NULL: back to the names of
+ * svc_admin_open. Main thread. */
+void svc_admin_as(const char *name);
+
+/* svc_admin_url returns the admin endpoint's URL (with the port it got),
+ * NULL when none is open. Main thread. */
+const char *svc_admin_url(void);
+
 /* svc_admin_channel reports ch as channel="name" on the admin endpoint, if
  * one is open. Main thread. */
 void svc_admin_channel(asynq_rpc_channel *ch, const char *name);

@@ -29,6 +29,31 @@
 /* Main thread only (set up and torn down around the services). */
 static asynq_admin *admin;
 static const char *admin_name = "";
+/* svc_admin_as: the name everything registered is reported under, "" for
+ * the plain names. */
+static char admin_as[96];
+
+void
+svc_admin_as(const char *name)
+{
+	snprintf(admin_as, sizeof(admin_as), "%s", name != NULL ? name : "");
+}
+
+const char *
+svc_admin_url(void)
+{
+	return admin != NULL ? asynq_admin_url(admin) : NULL;
+}
+
+/* name, or "<svc_admin_as name>: name", in buf. */
+static const char *
+admin_label(char *buf, size_t n, const char *name)
+{
+	if (admin_as[0] == '\0')
+		return name;
+	snprintf(buf, n, "%s: %s", admin_as, name);
+	return buf;
+}
 
 asynq_status
 svc_admin_open(const char *url, const char *name)
@@ -43,8 +68,9 @@ svc_admin_open(const char *url, const char *name)
 		return rv;
 	}
 	admin_name = name;
-	printf("%s: admin endpoint on %s (/live, /ready, /metrics)\n", name,
-	    asynq_admin_url(admin));
+	printf("%s: admin endpoint on %s (/live, /ready, /metrics, /status, "
+	       "/trace)\n",
+	    name, asynq_admin_url(admin));
 	fflush(stdout);
 	return ASYNQ_OK;
 }
@@ -52,8 +78,10 @@ svc_admin_open(const char *url, const char *name)
 void
 svc_admin_channel(asynq_rpc_channel *ch, const char *name)
 {
+	char buf[256];
 	if (admin != NULL && ch != NULL)
-		(void)asynq_admin_add_channel(admin, ch, name);
+		(void)asynq_admin_add_channel(admin, ch,
+		    admin_label(buf, sizeof(buf), name));
 }
 
 void
@@ -111,7 +139,8 @@ svc_runtime_alloc(asynq_runtime **rtp, size_t workers, svc_hooks *hs)
 		return ASYNQ_INVALID_ARGUMENT;
 	}
 	if (rv == ASYNQ_OK && admin != NULL)
-		(void)asynq_admin_add_runtime(admin, *rtp, admin_name);
+		(void)asynq_admin_add_runtime(admin, *rtp,
+		    admin_as[0] != '\0' ? admin_as : admin_name);
 	return rv;
 }
 
@@ -337,8 +366,10 @@ svc_serve(asynq_rpc_server **srvp, asynq_runtime *rt,
 		asynq_rpc_server_free(srv);
 		return rv;
 	}
+	char label[256];
 	if (admin != NULL)
-		(void)asynq_admin_add_server(admin, srv, svc->full_name);
+		(void)asynq_admin_add_server(admin, srv,
+		    admin_label(label, sizeof(label), svc->full_name));
 	if (n_served < sizeof(served) / sizeof(served[0]))
 		served[n_served++] = srv;
 	*srvp = srv;

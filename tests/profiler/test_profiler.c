@@ -645,6 +645,78 @@ test_profiler_async_backend_and_restart(void **state)
 	asynq_debug_backend_fini(&be);
 }
 
+static void
+test_profiler_events_merge_and_limit(void **state)
+{
+	(void)state;
+	asynq_debug_backend_init(&be, "users", false);
+	/* The events alone, named and counted from an earlier origin, make
+	 * a whole trace once wrapped: what the admin endpoint's /trace does
+	 * with every worker's profile. */
+	uint64_t origin = asynq_now_ns();
+	assert_status(asynq_profiler_start(), ASYNQ_OK);
+	run_workload();
+	asynq_profiler_stop();
+	FILE *f = tmpfile();
+	assert_non_null(f);
+	bool first = true;
+	fputs("{\"traceEvents\":[", f);
+	assert_status(asynq_profiler_write_chrome_events(f, origin,
+	                  "users worker 0", &first),
+	    ASYNQ_OK);
+	assert_false(first);
+	fputs("]}", f);
+	size_t len = 0;
+	char *text = slurp(f, &len);
+	fclose(f);
+	assert_non_null(text);
+	jv *doc = json_parse(text, len);
+	if (doc == NULL)
+		fail_msg("not valid JSON:\n%s", text);
+	const jv *evs = jv_get(doc, "traceEvents");
+	assert_non_null(evs);
+	/* One thread_name, no process_name; the task slices as in a whole
+	 * file. */
+	size_t meta = 0, slices = 0;
+	for (size_t i = 0; i < evs->n; i++) {
+		const char *ph = jv_str(evs->items[i], "ph");
+		if (strcmp(ph, "M") == 0) {
+			meta++;
+			assert_string_equal(jv_str(evs->items[i], "name"),
+			    "thread_name");
+			const jv *args = jv_get(evs->items[i], "args");
+			assert_string_equal(jv_str(args, "name"),
+			    "users worker 0");
+		}
+		slices += strcmp(ph, "X") == 0;
+	}
+	assert_int_equal(meta, 1);
+	assert_int_equal(slices, 9); /* 8 task slices and 1 flush */
+	jv_free(doc);
+	free(text);
+	assert_status(asynq_profiler_write_chrome_events(NULL, 0, NULL, &first),
+	    ASYNQ_INVALID_ARGUMENT);
+	assert_status(asynq_profiler_write_chrome_events(stderr, 0, NULL, NULL),
+	    ASYNQ_INVALID_ARGUMENT);
+
+	/* At most 3 records: the rest of the workload's events are dropped
+	 * and counted. */
+	asynq_profiler_cfg cfg = { .max_records = 3 };
+	assert_status(asynq_profiler_start_cfg(&cfg), ASYNQ_OK);
+	run_workload();
+	asynq_profiler_stop();
+	asynq_profile_summary sum;
+	asynq_profiler_summary(&sum);
+	assert_true(sum.dropped > 0);
+	assert_true(sum.runs <= 3 + sum.tasks);
+	assert_true(sum.flushes + sum.runs <= 3 + sum.tasks);
+	asynq_profiler_reset();
+	assert_status(
+	    asynq_profiler_write_chrome_events(stderr, 0, NULL, &first),
+	    ASYNQ_FAILED_PRECONDITION);
+	asynq_debug_backend_fini(&be);
+}
+
 int
 main(void)
 {
@@ -655,6 +727,7 @@ main(void)
 		TU_TEST(test_profiler_chrome_trace_is_valid),
 		TU_TEST(test_profiler_json_checker_rejects_garbage),
 		TU_TEST(test_profiler_async_backend_and_restart),
+		TU_TEST(test_profiler_events_merge_and_limit),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

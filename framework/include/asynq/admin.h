@@ -11,6 +11,22 @@
  *             counters and per-method histograms, channels' counters, each
  *             runtime worker's scheduler counters, the process's resident
  *             memory, CPU time and open files
+ *   /status   an HTML page for people: per server and method calls/s,
+ *             p50/p99 latency, calls per request and errors, the
+ *             channels, and a live chart of calls against requests per
+ *             second; its own script draws it from /status.json, polled
+ *             each second (no external scripts, styles or fonts)
+ *   /status.json  what /status shows: totals, rates and percentiles over
+ *             the last 10 s, and up to 120 samples (about 1 s apart, taken
+ *             while it is read) of calls/s and requests/s per server
+ *   /trace?seconds=N  runs the profiler (asynq/profiler.h) on every
+ *             worker of the registered runtimes for N seconds (1..30;
+ *             else 400 saying why) and answers one Chrome trace JSON with
+ *             each worker its own named thread (open it in
+ *             https://ui.perfetto.dev); one at a time (409 meanwhile).
+ *             The profiler's trace hook replaces any other on those
+ *             workers for the window, and a worker profiling itself
+ *             already is left out (otherData.workers says so)
  *
  * A process opens one, registers what it wants reported (servers,
  * channels, runtimes, each under a name that becomes a label), and closes
@@ -72,13 +88,15 @@ void asynq_admin_remove_channel(asynq_admin *a, const asynq_rpc_channel *ch);
 asynq_status asynq_admin_add_runtime(asynq_admin *a, asynq_runtime *rt,
     const char *name);
 
-/* asynq_admin_remove_runtime stops reporting on rt. Any thread but its
- * workers. */
+/* asynq_admin_remove_runtime stops reporting on rt, and ends a /trace
+ * running now (which holds rt until its workers' profilers stopped, so
+ * that stopping rt waits at most for that). Any thread but its workers. */
 void asynq_admin_remove_runtime(asynq_admin *a, const asynq_runtime *rt);
 
-/* asynq_admin_close stops the endpoint (requests in progress are cut off;
- * it waits at most for a scrape already running, which is bounded) and
- * frees it; NULL is ignored. Any thread but a worker. */
+/* asynq_admin_close stops the endpoint (requests in progress are cut off,
+ * a /trace running included; it waits at most for a scrape already
+ * running and for the workers to stop a trace, both bounded) and frees
+ * it; NULL is ignored. Any thread but a worker. */
 void asynq_admin_close(asynq_admin *a);
 
 #ifdef __cplusplus

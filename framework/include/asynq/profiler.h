@@ -71,7 +71,8 @@ typedef struct asynq_profile_summary {
 	size_t items_flushed;  /* items over all flushes */
 	uint64_t flush_ns;     /* summed flush call durations */
 	uint64_t wall_ns;      /* from start to stop (or to now if running) */
-	size_t dropped;        /* events lost to memory exhaustion */
+	size_t dropped;        /* events lost to memory exhaustion or over
+	                          asynq_profiler_cfg.max_records */
 } asynq_profile_summary;
 
 /* asynq_profiler_start starts a new profile on the calling thread (freeing a
@@ -80,6 +81,18 @@ typedef struct asynq_profile_summary {
  * RESOURCE_EXHAUSTED without memory. Stop it before asynq_thread_fini: the
  * hook goes with the scheduler. Scheduler thread, not from a trace hook. */
 asynq_status asynq_profiler_start(void);
+
+/* Profiler settings; zero fields take the default. */
+typedef struct asynq_profiler_cfg {
+	/* Run slices, flushes and batches kept, at most; once there are
+	 * that many, later events are dropped and counted (summary's
+	 * dropped). 0: no limit. */
+	size_t max_records;
+} asynq_profiler_cfg;
+
+/* asynq_profiler_start_cfg is asynq_profiler_start with settings (NULL:
+ * the defaults). */
+asynq_status asynq_profiler_start_cfg(const asynq_profiler_cfg *cfg);
 
 /* asynq_profiler_stop removes the trace hook; the profile stays readable
  * until the next start or asynq_profiler_reset. Slices still open end now.
@@ -120,6 +133,21 @@ bool asynq_profiler_batch(size_t i, asynq_profile_batch *out);
  * stopped. INVALID_ARGUMENT for a NULL f, FAILED_PRECONDITION without a
  * profile, DATA_LOSS if writing failed. */
 asynq_status asynq_profiler_write_chrome_file(FILE *f);
+
+/* asynq_profiler_write_chrome_events writes the calling thread's profile
+ * to f as elements of a Chrome trace's "traceEvents" array, without the
+ * array's brackets or a process name, so that the profiles of several
+ * threads (each profiling itself) make one trace: a thread_name event
+ * naming the thread thread_name (NULL: "asynq scheduler"), then the events
+ * asynq_profiler_write_chrome_file writes, their ts counted from
+ * origin_ns (an asynq_now_ns() value, the same for every thread merged;
+ * 0: the profile's start). *first says whether the array is still empty
+ * (no comma goes before the first element) and is cleared once anything
+ * is written. Works while running or stopped. INVALID_ARGUMENT for a NULL
+ * f or first, FAILED_PRECONDITION without a profile, DATA_LOSS if writing
+ * failed. */
+asynq_status asynq_profiler_write_chrome_events(FILE *f, uint64_t origin_ns,
+    const char *thread_name, bool *first);
 
 /* asynq_profiler_write_chrome is asynq_profiler_write_chrome_file to a file
  * at path (created or truncated); UNAVAILABLE if it cannot be opened. */
