@@ -300,9 +300,9 @@ test_demo_serve_until_sigterm(void **state)
 	}
 
 	assert_int_equal(kill(pid, SIGTERM), 0);
-	child c = { .pid = pid, .out = out[0] };
+	ahttp_child c = { .pid = pid, .out = out[0] };
 	char *rest;
-	int rc = child_finish(&c, 60000, &rest);
+	int rc = ahttp_finish(&c, 60000, &rest);
 	if (rc != 0 || strstr(rest, "stopping on Terminated: ") == NULL)
 		fail_msg("demo --serve exited %d after SIGTERM; it said:\n%s%s",
 		    rc, seen, rest);

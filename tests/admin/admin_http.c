@@ -32,8 +32,8 @@ now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-child
-child_spawn(char *const argv[], const char *err_path, const char *what)
+ahttp_child
+ahttp_spawn(char *const argv[], const char *err_path, const char *what)
 {
 	int op[2];
 	assert_int_equal(pipe(op), 0);
@@ -50,7 +50,7 @@ child_spawn(char *const argv[], const char *err_path, const char *what)
 	/* A group of its own: Chromium's helpers are killed with it. */
 	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
 	posix_spawnattr_setpgroup(&at, 0);
-	child c = { .pid = -1, .out = op[0] };
+	ahttp_child c = { .pid = -1, .out = op[0] };
 	int err = posix_spawnp(&c.pid, argv[0], &fa, &at, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&at);
@@ -68,7 +68,7 @@ child_spawn(char *const argv[], const char *err_path, const char *what)
 /* Exited (a zombie, not reaped yet, so its process group cannot be
  * reused) without waiting? */
 static bool
-exited(const child *c)
+exited(const ahttp_child *c)
 {
 	siginfo_t si = { 0 };
 	return waitid(P_PID, (id_t)c->pid, &si, WEXITED | WNOHANG | WNOWAIT) ==
@@ -79,7 +79,7 @@ exited(const child *c)
 /* Kills what is left of the child's group (helpers it started), then
  * reaps it; its exit status. */
 static int
-reap(child *c)
+reap(ahttp_child *c)
 {
 	int ws = 0;
 	kill(-c->pid, SIGKILL);
@@ -90,7 +90,7 @@ reap(child *c)
 }
 
 bool
-child_done(child *c, int *rc)
+ahttp_done(ahttp_child *c, int *rc)
 {
 	if (c->pid <= 0 || !exited(c))
 		return false;
@@ -99,7 +99,7 @@ child_done(child *c, int *rc)
 }
 
 int
-child_finish(child *c, int timeout_ms, char **out)
+ahttp_finish(ahttp_child *c, int timeout_ms, char **out)
 {
 	int64_t deadline = now_ms() + timeout_ms;
 	size_t cap = 65536, len = 0;
@@ -158,9 +158,9 @@ http_get(const char *url, int timeout_s)
 	snprintf(t, sizeof(t), "%d", timeout_s);
 	char *argv[] = { "curl", "-sS", "--max-time", t, "-o", "-", "-w",
 		"\n@@%{http_code} %{content_type}", (char *)url, NULL };
-	child c = child_spawn(argv, NULL, "Debian's curl package");
+	ahttp_child c = ahttp_spawn(argv, NULL, "Debian's curl package");
 	char *out;
-	int rc = child_finish(&c, (timeout_s + 10) * 1000, &out);
+	int rc = ahttp_finish(&c, (timeout_s + 10) * 1000, &out);
 	if (rc != 0)
 		fail_msg("curl %s exited %d: %s", url, rc, out);
 	page p = { 0 };

@@ -23,27 +23,27 @@ typedef struct page {
 
 /* A child process: its pid (its own process group) and the end of the
  * pipe its standard output goes to. */
-typedef struct child {
+typedef struct ahttp_child {
 	pid_t pid;
 	int out;
-} child;
+} ahttp_child;
 
-/* child_spawn runs argv (argv[0] looked up in PATH) with its standard
+/* ahttp_spawn runs argv (argv[0] looked up in PATH) with its standard
  * error appended to err_path (NULL: to the test's). The test fails,
  * naming `what` to install, when argv[0] cannot be run. */
-child child_spawn(char *const argv[], const char *err_path, const char *what);
+ahttp_child ahttp_spawn(char *const argv[], const char *err_path, const char *what);
 
-/* child_done says whether the child has exited, without waiting; then it
+/* ahttp_done says whether the child has exited, without waiting; then it
  * is reaped (what is left of its group killed) and *rc gets its exit
  * status (128 + signal when killed). Its output must still be closed
- * with child_finish. */
-bool child_done(child *c, int *rc);
+ * with ahttp_finish. */
+bool ahttp_done(ahttp_child *c, int *rc);
 
-/* child_finish reads the child's standard output to its end (malloc'd in
+/* ahttp_finish reads the child's standard output to its end (malloc'd in
  * *out, NUL-terminated) and waits for it, at most timeout_ms in all; then
  * it kills the child's process group and the test fails, saying so.
- * Returns the exit status (-1 when child_done reaped it already). */
-int child_finish(child *c, int timeout_ms, char **out);
+ * Returns the exit status (-1 when ahttp_done reaped it already). */
+int ahttp_finish(ahttp_child *c, int timeout_ms, char **out);
 
 /* http_get GETs url with curl (at most timeout_s seconds). */
 page http_get(const char *url, int timeout_s);

@@ -209,10 +209,10 @@ chromium(const char *url, const char *extra)
 		"--hide-scrollbars", "--window-size=1100,760", dir_arg,
 		"--virtual-time-budget=3000", (char *)extra, (char *)url,
 		NULL };
-	child c = child_spawn(argv, err,
+	ahttp_child c = ahttp_spawn(argv, err,
 	    "Debian's chromium package (the test loads /status in it)");
 	char *out;
-	int rc = child_finish(&c, 120000, &out);
+	int rc = ahttp_finish(&c, 120000, &out);
 	if (rc != 0)
 		fail_msg("chromium %s %s exited %d; its messages are in %s",
 		    extra, url, rc, err);

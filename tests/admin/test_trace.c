@@ -74,11 +74,11 @@ load_main(asynq_task *t, void *arg)
 /* Runs load on both of fx's workers until child c (a curl of /trace)
  * exits; its exit status. At most 60 s. */
 static int
-load_until_done(fixture *fx, child *c)
+load_until_done(fixture *fx, ahttp_child *c)
 {
 	uint64_t t0 = asynq_now_ns();
 	int rc;
-	while (!child_done(c, &rc)) {
+	while (!ahttp_done(c, &rc)) {
 		if (ms_since(t0) > 60000)
 			fail_msg("curl of /trace did not end within 60 s");
 		asynq_ticket *tk[2];
@@ -111,10 +111,10 @@ test_trace_merges_every_worker(void **state)
 	snprintf(url, sizeof(url), "%s/trace?seconds=1", asynq_admin_url(a));
 	char *argv[] = { "curl", "-sS", "--max-time", "60", "-o", file, "-w",
 		"%{http_code} %{content_type}", url, NULL };
-	child c = child_spawn(argv, NULL, "Debian's curl package");
+	ahttp_child c = ahttp_spawn(argv, NULL, "Debian's curl package");
 	int rc = load_until_done(&fx, &c);
 	char *out;
-	(void)child_finish(&c, 10000, &out);
+	(void)ahttp_finish(&c, 10000, &out);
 	if (rc != 0)
 		fail_msg("curl %s exited %d: %s", url, rc, out);
 	assert_string_equal(out, "200 application/json");
@@ -203,9 +203,9 @@ test_trace_merges_every_worker(void **state)
 	json_decref(doc);
 
 	/* The workers' profilers are off again: a second trace runs. */
-	c = child_spawn(argv, NULL, "Debian's curl package");
+	c = ahttp_spawn(argv, NULL, "Debian's curl package");
 	rc = load_until_done(&fx, &c);
-	(void)child_finish(&c, 10000, &out);
+	(void)ahttp_finish(&c, 10000, &out);
 	assert_int_equal(rc, 0);
 	assert_string_equal(out, "200 application/json");
 	free(out);
@@ -236,7 +236,7 @@ test_trace_one_at_a_time_and_cut_by_close(void **state)
 	snprintf(url, sizeof(url), "%s/trace?seconds=30", asynq_admin_url(a));
 	char *argv[] = { "curl", "-sS", "--max-time", "60", "-o", "/dev/null",
 		"-w", "%{http_code}", url, NULL };
-	child c = child_spawn(argv, "/dev/null", "Debian's curl package");
+	ahttp_child c = ahttp_spawn(argv, "/dev/null", "Debian's curl package");
 	uint64_t t0 = asynq_now_ns();
 	while (!trace_running(a)) {
 		if (ms_since(t0) > 20000)
@@ -261,7 +261,7 @@ test_trace_one_at_a_time_and_cut_by_close(void **state)
 	asynq_admin_close(a);
 	assert_true(ms_since(t1) < 5000);
 	char *out;
-	int rc = child_finish(&c, 20000, &out);
+	int rc = ahttp_finish(&c, 20000, &out);
 	/* curl saw the connection end without an answer. */
 	assert_int_not_equal(rc, 0);
 	assert_string_equal(out, "000");
@@ -272,12 +272,12 @@ test_trace_one_at_a_time_and_cut_by_close(void **state)
 
 /* Fetches url (a /trace) with curl in the background into file; the
  * child. */
-static child
+static ahttp_child
 trace_fetch(const char *url, const char *file)
 {
 	char *argv[] = { "curl", "-sS", "--max-time", "60", "-o", (char *)file,
 		"-w", "%{http_code}", (char *)url, NULL };
-	return child_spawn(argv, NULL, "Debian's curl package");
+	return ahttp_spawn(argv, NULL, "Debian's curl package");
 }
 
 /* Waits, at most 20 s, until /status.json says a trace runs. */
@@ -294,10 +294,10 @@ await_trace_running(const asynq_admin *a)
 }
 
 static json_t *
-trace_done(child *c, const char *file)
+trace_done(ahttp_child *c, const char *file)
 {
 	char *out;
-	int rc = child_finish(c, 60000, &out);
+	int rc = ahttp_finish(c, 60000, &out);
 	if (rc != 0 || strcmp(out, "200") != 0)
 		fail_msg("curl of /trace exited %d, saying %s", rc, out);
 	free(out);
@@ -320,7 +320,7 @@ test_trace_cut_by_removing_the_runtime(void **state)
 	char url[256], file[4096];
 	snprintf(url, sizeof(url), "%s/trace?seconds=30", asynq_admin_url(a));
 	test_path(file, sizeof(file), "TEST_TMPDIR", "cut.trace.json");
-	child c = trace_fetch(url, file);
+	ahttp_child c = trace_fetch(url, file);
 	await_trace_running(a);
 	/* The trace holds the runtime; removing it ends the trace, so the
 	 * runtime's stop waits for no 30 s. */
@@ -366,7 +366,7 @@ test_trace_busy_worker_left_out(void **state)
 	char url[256], file[4096];
 	snprintf(url, sizeof(url), "%s/trace?seconds=1", asynq_admin_url(a));
 	test_path(file, sizeof(file), "TEST_TMPDIR", "busy.trace.json");
-	child c = trace_fetch(url, file);
+	ahttp_child c = trace_fetch(url, file);
 	json_t *doc = trace_done(&c, file);
 	json_t *w = json_array_get(
 	    json_object_get(json_object_get(doc, "otherData"), "workers"), 0);
