@@ -37,6 +37,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "asynq/log.h"
 #include "examples/demo/demo.h"
 #include "services/answers/answers.h"
 #include "services/cache/cache.h"
@@ -44,12 +45,6 @@
 #include "services/users/users.h"
 
 #define FRONTEND (&asynq__frontend__frontend__asynq_desc)
-#define AUTHOR_NAMES                                                           \
-	(&FRONTEND->methods                                                    \
-	        [ASYNQ__FRONTEND__FRONTEND__ASYNQ_METHOD_AUTHOR_NAMES])
-#define QUESTION_PAGE                                                          \
-	(&FRONTEND->methods                                                    \
-	        [ASYNQ__FRONTEND__FRONTEND__ASYNQ_METHOD_QUESTION_PAGE])
 
 static const char *const svc_names[DEMO_N_SVC] = { "users", "answers", "cache",
 	"frontend" };
@@ -682,13 +677,15 @@ author_names(workload *w, asynq_task *t, size_t r)
 	req.n_ids = n;
 	req.ids = ids;
 	uint64_t t0 = asynq_now_ns();
-	asynq_future *f = asynq_rpc_call(w->ch, AUTHOR_NAMES, &req.base);
+	asynq_future *f =
+	    asynq__frontend__frontend__author_names__call(w->ch, &req);
 	if (asynq_await(t, f) != ASYNQ_OK) {
 		note_failure(w, f, "AuthorNames");
 		goto out;
 	}
 	w->lat[r] = asynq_now_ns() - t0;
-	const Asynq__Frontend__Names *names = asynq_future_ptr(f);
+	const Asynq__Frontend__Names *names =
+	    asynq__frontend__frontend__author_names__reply(f);
 	if (names->n_names != n) {
 		w->wrong++;
 		goto out;
@@ -711,13 +708,15 @@ question_page(workload *w, asynq_task *t, size_t r)
 
 	req.id = 1 + (int64_t)(mix(~(uint64_t)r) % w->cfg->data.questions);
 	uint64_t t0 = asynq_now_ns();
-	asynq_future *f = asynq_rpc_call(w->ch, QUESTION_PAGE, &req.base);
+	asynq_future *f =
+	    asynq__frontend__frontend__question_page__call(w->ch, &req);
 	if (asynq_await(t, f) != ASYNQ_OK) {
 		note_failure(w, f, "QuestionPage");
 		goto out;
 	}
 	w->lat[r] = asynq_now_ns() - t0;
-	const Asynq__Frontend__Page *p = asynq_future_ptr(f);
+	const Asynq__Frontend__Page *p =
+	    asynq__frontend__frontend__question_page__reply(f);
 	w->ok++;
 	w->page_items += p->n_items;
 	/* The page carries author ids, so its names can be checked. */
@@ -1417,6 +1416,11 @@ demo_main(int argc, char **argv, demo_result *out)
 	bool want[2];
 	int rc = 1;
 	char a[32], b[32];
+
+	/* The report is the demo's output: the services' own log lines only
+	 * at warn (slow requests), unless ASYNQ_LOG_LEVEL says otherwise. */
+	if (getenv("ASYNQ_LOG_LEVEL") == NULL)
+		asynq_log_set_level(ASYNQ_LOG_WARN);
 
 	switch (parse_flags(&cfg, argc, argv)) {
 	case 0:

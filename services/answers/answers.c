@@ -81,7 +81,8 @@ by_id(const void *a, const void *b)
 static int64_t *
 ids_alloc(size_t n)
 {
-	return malloc((n != 0 ? n : 1) * sizeof(int64_t));
+	/* Zeroed: gcc -O2 cannot see that every slot is written. */
+	return calloc(n != 0 ? n : 1, sizeof(int64_t));
 }
 
 static asynq_status
