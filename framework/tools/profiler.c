@@ -164,7 +164,48 @@ typedef struct profile {
 	size_t running_task; /* record + 1, 0 when none runs */
 } profile;
 
-static _Thread_local profile *prof;
+static void profile_free(profile *p);
+
+/* The thread's profile hangs off its scheduler (asynq_thread_local): the
+ * thread's teardown stops a running profile and frees it. */
+static void *
+slot_make(void)
+{
+	return calloc(1, sizeof(profile *));
+}
+
+static void
+slot_stop(void *p)
+{
+	profile *pr = *(profile **)p;
+	if (pr != NULL && pr->running)
+		asynq_profiler_stop();
+}
+
+static void
+slot_free(void *p)
+{
+	profile_free(*(profile **)p);
+	free(p);
+}
+
+static asynq_thread_local prof_key =
+    ASYNQ_THREAD_LOCAL_INIT("asynq.profiler", slot_make, slot_stop, slot_free);
+
+/* The thread's profile slot; once its scheduler's states are freed, an
+ * empty one (nothing is profiled then). */
+static profile **
+prof_slot(void)
+{
+	static _Thread_local profile *none;
+	profile **slot = asynq_thread_local_get(&prof_key);
+	if (slot != NULL)
+		return slot;
+	none = NULL;
+	return &none;
+}
+
+#define prof (*prof_slot())
 
 static void
 profile_free(profile *p)

@@ -6,6 +6,8 @@
  * are never cached.
  */
 #include "tools_testutil.h"
+#include "asynq/profiler.h"
+#include "asynq/runtime.h"
 
 /* ---- Per-object memoisation --------------------------------------------- */
 
@@ -408,14 +410,28 @@ test_cache_lazy_failure_not_kept(void **state)
 }
 
 /* On a runtime worker: a memo call, a dedup call and a never-awaited dedup
- * call; the workers' teardown frees the tools' tables with their
- * schedulers (LeakSanitizer checks nothing is left under --config=asan). */
+ * call, a profile never stopped, a blocking call; the workers' teardown
+ * frees the tools' tables and the profile with their schedulers
+ * (LeakSanitizer checks nothing is left under --config=asan). */
 static object worker_objs[2];
+
+static asynq_status
+nothing_blocking(void *arg, const char **why)
+{
+	(void)arg;
+	(void)why;
+	return ASYNQ_OK;
+}
 
 static asynq_status
 worker_tools(asynq_task *t, void *arg)
 {
 	object *o = arg;
+	ASYNQ_TRY(asynq_profiler_start());
+	asynq_future *bf = asynq_run_blocking(nothing_blocking, NULL);
+	asynq_status bst = asynq_await(t, bf);
+	asynq_future_rele(bf);
+	ASYNQ_TRY(bst);
 	get_args *a = malloc(sizeof(*a));
 	a->self = o;
 	a->index = 1;

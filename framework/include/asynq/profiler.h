@@ -78,8 +78,9 @@ typedef struct asynq_profile_summary {
 /* asynq_profiler_start starts a new profile on the calling thread (freeing a
  * previous one) and installs the trace hook on its scheduler, replacing any
  * other hook. FAILED_PRECONDITION if it is already running,
- * RESOURCE_EXHAUSTED without memory. Stop it before asynq_thread_fini: the
- * hook goes with the scheduler. Scheduler thread, not from a trace hook. */
+ * RESOURCE_EXHAUSTED without memory. The profile is a part of the thread's
+ * scheduler: asynq_thread_fini stops it and frees it. Scheduler thread, not
+ * from a trace hook. */
 asynq_status asynq_profiler_start(void);
 
 /* Profiler settings; zero fields take the default. */
