@@ -772,6 +772,21 @@ metrics_servers(sbuf *b, const srv_snap *ss, size_t n)
 		free(l.p);
 	}
 
+	family(b, "asynq_rpc_server_queue_seconds", "histogram",
+	    "Seconds a request waited from its read to its start on a worker "
+	    "(what admission control watches).");
+	for (size_t i = 0; i < n; i++) {
+		sbuf l = { 0 };
+		sb_printf(&l, "server=\"");
+		sb_label(&l, ss[i].name);
+		sb_printf(&l, "\"");
+		if (!l.failed)
+			histogram(b, "asynq_rpc_server_queue_seconds", l.p,
+			    &ss[i].st.queue_ns, true);
+		b->failed = b->failed || l.failed;
+		free(l.p);
+	}
+
 	family(b, "asynq_rpc_server_handled_calls_total", "counter",
 	    "Calls whose handler ran, by the status they ended with.");
 	for (size_t i = 0; i < n; i++)
@@ -812,6 +827,68 @@ metrics_servers(sbuf *b, const srv_snap *ss, size_t n)
 	}
 }
 
+/* The client side per method: calls sent by status, their latency and
+ * calls per request, for every method a channel has sent. */
+static void
+metrics_channel_methods(sbuf *b, const registry *chs)
+{
+	static const char *const names[3][2] = {
+		{ "asynq_rpc_client_handled_calls_total",
+		    "Calls sent, by the status they ended with." },
+		{ "asynq_rpc_client_handling_seconds",
+		    "Seconds from a call's batch starting to its result "
+		    "(queueing in the batch, the round trip, the decode)." },
+		{ "asynq_rpc_client_method_calls_per_request",
+		    "Calls of the method per request sent that had any." },
+	};
+	for (size_t h = 0; h < 3; h++) {
+		family(b, names[h][0], h == 0 ? "counter" : "histogram",
+		    names[h][1]);
+		for (size_t i = 0; i < chs->n; i++) {
+			const asynq_rpc_service_desc *svc =
+			    asynq_rpc_channel_service(chs->e[i].obj);
+			for (size_t k = 0; k < svc->n_methods; k++) {
+				asynq_rpc_method_stats ms;
+				if (asynq_rpc_channel_method_stats(
+				        chs->e[i].obj, k, &ms) != ASYNQ_OK ||
+				    ms.latency_ns.count == 0)
+					continue;
+				sbuf l = { 0 };
+				sb_printf(&l, "channel=\"");
+				sb_label(&l, chs->e[i].name);
+				sb_printf(&l, "\",service=\"");
+				sb_label(&l, svc->full_name);
+				sb_printf(&l, "\",method=\"");
+				sb_label(&l, ms.method->name);
+				sb_printf(&l, "\"");
+				if (l.failed) {
+					b->failed = true;
+					free(l.p);
+					continue;
+				}
+				if (h == 0) {
+					for (size_t c = 0; c < ASYNQ_STATUS_COUNT;
+					     c++)
+						if (c == ASYNQ_OK ||
+						    ms.codes[c] != 0)
+							sb_printf(b,
+							    "%s{%s,code=\"%s\"} "
+							    "%" PRIu64 "\n",
+							    names[h][0], l.p,
+							    code_names[c],
+							    ms.codes[c]);
+				} else {
+					histogram(b, names[h][0], l.p,
+					    h == 1 ? &ms.latency_ns
+					           : &ms.calls_per_request,
+					    h == 1);
+				}
+				free(l.p);
+			}
+		}
+	}
+}
+
 static void
 metrics_channels(sbuf *b, const registry *chs)
 {
@@ -836,6 +913,7 @@ metrics_channels(sbuf *b, const registry *chs)
 		}
 	}
 	free(st);
+	metrics_channel_methods(b, chs);
 }
 
 static void

@@ -77,6 +77,7 @@
 
 #include "asynq/batch.h"
 #include "conn.h"
+#include "mstats.h"
 #include "framework/core/platform.h"
 #include "internal.h"
 
@@ -97,6 +98,17 @@
 #define MAX_RETRY_HOPS 2
 
 typedef struct chan_backend chan_backend;
+
+/* A histogram many threads add to. */
+typedef struct cli_hist {
+	atomic_uint_fast64_t counts[ASYNQ_RPC_HIST_MAX + 1];
+	atomic_uint_fast64_t sum;
+} cli_hist;
+
+typedef struct cli_mstats {
+	atomic_uint_fast64_t codes[ASYNQ_STATUS_COUNT];
+	cli_hist latency, cpr;
+} cli_mstats;
 typedef struct rpc_batch rpc_batch;
 typedef struct sub_req sub_req;
 typedef struct replica replica;
@@ -131,6 +143,9 @@ struct asynq_rpc_channel {
 	bool collapse; /* identical idempotent calls of a batch go once */
 	bool cache_all, cache_errors; /* cfg.request_cache, cache_errors */
 	atomic_uint_fast64_t cached;
+	/* Per method of svc: calls sent by how they ended, their latency
+	 * and calls per request (any thread adds; atomics). */
+	struct cli_mstats *mst;
 	/* Retry throttling, under mu: tokens (thousandths) of at most
 	 * tokens_max; a refused request takes a whole one, a request answered
 	 * gives token_milli back; refused requests go to another replica only
@@ -232,6 +247,7 @@ struct rpc_batch {
 	atomic_int refs;
 	uint64_t first_id;  /* request_id of subs[0]; the others follow */
 	int64_t default_dl; /* the default deadline of its calls, or 0 */
+	int64_t t0;         /* when its first call was made (monotonic) */
 	int64_t min_dl;     /* the earliest deadline of its calls */
 	/* Collapsible calls by hash: record index + 1, 0 empty. */
 	uint32_t *ctab;
@@ -269,6 +285,37 @@ batch_rele(rpc_batch *b)
 	backend_rele(be);
 }
 
+static int64_t mono_ns(void);
+
+static void
+cli_hist_add(cli_hist *h, const uint64_t *bounds, size_t n, uint64_t v,
+    uint64_t times)
+{
+	size_t i = 0;
+	while (i < n && v > bounds[i])
+		i++;
+	atomic_fetch_add_explicit(&h->counts[i], times, memory_order_relaxed);
+	atomic_fetch_add_explicit(&h->sum, v * times, memory_order_relaxed);
+}
+
+/* Counts how call i of b ended, `now` (monotonic ns) after its batch's
+ * first call. Any thread. */
+static void
+count_call(asynq_rpc_channel *ch, const rpc_batch *b, size_t i,
+    asynq_status st, int64_t now)
+{
+	const asynq_rpc_method_desc *m = b->recs[i].m;
+	size_t mi = (size_t)(m - ch->svc->methods);
+	if (m < ch->svc->methods || mi >= ch->svc->n_methods ||
+	    (size_t)st >= ASYNQ_STATUS_COUNT)
+		return;
+	cli_mstats *ms = &ch->mst[mi];
+	atomic_fetch_add_explicit(&ms->codes[st], 1, memory_order_relaxed);
+	cli_hist_add(&ms->latency, asynqi_latency_bounds,
+	    asynqi_n_latency_bounds,
+	    now > b->t0 ? (uint64_t)(now - b->t0) : 0, 1);
+}
+
 static void
 fail_item(rpc_batch *b, size_t i, asynq_status st, const char *why)
 {
@@ -277,9 +324,11 @@ fail_item(rpc_batch *b, size_t i, asynq_status st, const char *why)
 	if (asynq_item_set_error(asynq_batch_item(&b->base, i),
 	        asynq_error_alloc(st, "rpc %s: %s", r->m->full_name, why)) ==
 	        ASYNQ_OK &&
-	    ch != NULL)
+	    ch != NULL) {
 		atomic_fetch_add_explicit(&ch->failures, 1,
 		    memory_order_relaxed);
+		count_call(ch, b, i, st, mono_ns());
+	}
 }
 
 /* The sub-request is DONE and its items set: counts it finished. Any
@@ -989,6 +1038,7 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
     size_t len)
 {
 	rpc_batch *b = q->b;
+	int64_t now = mono_ns();
 	asynqi_sarena *arena = NULL;
 	asynqi_reader rd = { body, body + len };
 	asynqi_field f;
@@ -1043,9 +1093,11 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
 			                : (int)strlen(asynq_strerror(cst)),
 			            msg_len != 0 ? (const char *)msg
 			                         : asynq_strerror(cst))) ==
-			    ASYNQ_OK)
+			    ASYNQ_OK) {
 				atomic_fetch_add_explicit(&ch->failures, 1,
 				    memory_order_relaxed);
+				count_call(ch, b, i, cst, now);
+			}
 			continue;
 		}
 		if (arena == NULL)
@@ -1068,6 +1120,8 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
 		    : asynqi_rpc_free_msg;
 		if (asynq_item_set_ptr(item, out, free_fn) != ASYNQ_OK)
 			free_fn(out);
+		else
+			count_call(ch, b, i, ASYNQ_OK, now);
 	}
 	asynqi_sarena_rele(arena);
 	/* Calls the reply left out: a request-level failure (over a limit,
@@ -1670,15 +1724,20 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	}
 	/* A call without a deadline of its own gets the default one from
 	 * the batch's first such call: one clock read per batch. */
-	int64_t deadline;
+	int64_t deadline, tnow = 0;
 	if (dl_rt != 0) {
-		deadline = mono_ns() + (dl_rt - asynqi_realtime_ns());
+		tnow = mono_ns();
+		deadline = tnow + (dl_rt - asynqi_realtime_ns());
 	} else {
-		if (b->default_dl == 0)
-			b->default_dl = mono_ns() +
-			    (int64_t)ch->default_deadline_ms * 1000000;
+		if (b->default_dl == 0) {
+			tnow = mono_ns();
+			b->default_dl =
+			    tnow + (int64_t)ch->default_deadline_ms * 1000000;
+		}
 		deadline = b->default_dl;
 	}
+	if (b->n_recs == 0)
+		b->t0 = tnow != 0 ? tnow : mono_ns();
 	if (b->n_recs == 0 || deadline < b->min_dl)
 		b->min_dl = deadline;
 	if (b->n_recs == b->cap_recs) {
@@ -1873,6 +1932,20 @@ rpc_batch_flush(asynq_batch *base)
 	}
 cut:
 	b->n_subs = n_subs;
+	for (size_t k = 0; k < n_subs && ch->svc->n_methods <= 64; k++) {
+		uint32_t per[64] = { 0 };
+		const sub_req *q = &b->subs[k];
+		for (size_t i = q->start; i < q->start + q->n; i++) {
+			size_t mi = (size_t)(b->recs[i].m - ch->svc->methods);
+			if (b->recs[i].m >= ch->svc->methods &&
+			    mi < ch->svc->n_methods)
+				per[mi]++;
+		}
+		for (size_t mi = 0; mi < ch->svc->n_methods; mi++)
+			if (per[mi] != 0)
+				cli_hist_add(&ch->mst[mi].cpr, asynqi_cpr_bounds,
+				    asynqi_n_cpr_bounds, per[mi], 1);
+	}
 	atomic_store(&b->pending, n_subs);
 	asynq_batch_defer(base);
 	outbox o = { 0 };
@@ -2048,6 +2121,10 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	    : DEFAULT_RETRY_TOKEN_MILLI;
 	ch->client_id = random_u64();
 	ch->rng = random_u64();
+	ch->mst = calloc(svc->n_methods != 0 ? svc->n_methods : 1,
+	    sizeof(*ch->mst));
+	if (ch->mst == NULL)
+		goto fail_table;
 	/* The METHODS frame every connection starts with. */
 	uint8_t *th = asynqi_buf_reserve(&ch->table, ASYNQI_FRAME_HDR);
 	if (th != NULL)
@@ -2106,6 +2183,7 @@ fail_cv:
 	pthread_mutex_destroy(&ch->mu);
 fail_table:
 	asynqi_buf_fini(&ch->table);
+	free(ch->mst);
 	free(ch);
 	return st;
 }
@@ -2185,7 +2263,48 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 	asynqi_buf_fini(&ch->table);
 	pthread_cond_destroy(&ch->cv);
 	pthread_mutex_destroy(&ch->mu);
+	free(ch->mst);
 	free(ch);
+}
+
+static void
+cli_hist_get(const cli_hist *h, const uint64_t *bounds, size_t n,
+    asynq_rpc_hist *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->bounds = bounds;
+	out->n_bounds = n;
+	for (size_t i = 0; i <= n; i++) {
+		out->counts[i] = atomic_load_explicit(&h->counts[i],
+		    memory_order_relaxed);
+		out->count += out->counts[i];
+	}
+	out->sum = atomic_load_explicit(&h->sum, memory_order_relaxed);
+}
+
+const asynq_rpc_service_desc *
+asynq_rpc_channel_service(const asynq_rpc_channel *ch)
+{
+	return ch->svc;
+}
+
+asynq_status
+asynq_rpc_channel_method_stats(const asynq_rpc_channel *ch, size_t i,
+    asynq_rpc_method_stats *out)
+{
+	if (ch == NULL || out == NULL || i >= ch->svc->n_methods)
+		return ASYNQ_INVALID_ARGUMENT;
+	memset(out, 0, sizeof(*out));
+	const cli_mstats *ms = &ch->mst[i];
+	out->method = &ch->svc->methods[i];
+	for (size_t c = 0; c < ASYNQ_STATUS_COUNT; c++)
+		out->codes[c] =
+		    atomic_load_explicit(&ms->codes[c], memory_order_relaxed);
+	cli_hist_get(&ms->latency, asynqi_latency_bounds,
+	    asynqi_n_latency_bounds, &out->latency_ns);
+	cli_hist_get(&ms->cpr, asynqi_cpr_bounds, asynqi_n_cpr_bounds,
+	    &out->calls_per_request);
+	return ASYNQ_OK;
 }
 
 void

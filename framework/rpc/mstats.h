@@ -32,6 +32,7 @@ typedef struct asynqi_mstats {
 /* One worker's server-wide histogram: calls per request. */
 typedef struct asynqi_wstats {
 	asynqi_hist cpr;
+	asynqi_hist queue; /* ns from a request's read to its start */
 	char pad[64];
 } asynqi_wstats;
 

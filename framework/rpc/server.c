@@ -954,12 +954,14 @@ adm_start(asynq_rpc_server *s, srv_req *r)
 {
 	srv_adm *a = &s->adm[r->worker];
 	req_unwait(s, r);
+	int64_t now = (int64_t)asynq_now_ns();
+	int64_t sojourn = now - r->recv_ns;
+	asynqi_hist_add(&s->w_stats[r->worker].queue, asynqi_latency_bounds,
+	    asynqi_n_latency_bounds, sojourn > 0 ? (uint64_t)sojourn : 0, 1);
 	uint32_t target_us = s->cfg.queue_target_us;
 	if (target_us == UINT32_MAX)
 		return false;
-	int64_t now = (int64_t)asynq_now_ns();
 	int64_t target = (int64_t)target_us * 1000;
-	int64_t sojourn = now - r->recv_ns;
 	if (now >= a->interval_end) {
 		/* CoDel: the worker is overloaded for the next interval if
 		 * even the shortest wait of this one exceeded the target (a
@@ -2410,6 +2412,8 @@ asynq_rpc_server_stats_get(const asynq_rpc_server *s,
 	pthread_mutex_unlock(&m->mu);
 	asynqi_hist_sum(&m->w_stats[0].cpr, m->workers, sizeof(*m->w_stats),
 	    asynqi_cpr_bounds, asynqi_n_cpr_bounds, &out->calls_per_request);
+	asynqi_hist_sum(&m->w_stats[0].queue, m->workers, sizeof(*m->w_stats),
+	    asynqi_latency_bounds, asynqi_n_latency_bounds, &out->queue_ns);
 }
 
 /* ---- Per-method counters and state, for probes and the health service --

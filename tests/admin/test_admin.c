@@ -321,6 +321,31 @@ test_admin_live_ready_and_metrics(void **state)
 	assert_true(
 	    sample(m,
 	        "asynq_rpc_client_failed_calls_total{channel=\"calc\"}") == 3);
+	/* Per method on the client: what was sent, how it ended, how many
+	 * a request carried, how long they took. */
+#define CLI_M(meth)                                                            \
+	"channel=\"calc\",service=\"asynq.rpctest.Calc\",method=\"" meth "\""
+	assert_true(sample(m,
+	                "asynq_rpc_client_handled_calls_total{" CLI_M(
+	                    "Twice") ",code=\"OK\"}") == 10);
+	assert_true(sample(m,
+	                "asynq_rpc_client_handled_calls_total{" CLI_M(
+	                    "Fail") ",code=\"NOT_FOUND\"}") == 3);
+	assert_true(sample(m,
+	                "asynq_rpc_client_handling_seconds_count{" CLI_M(
+	                    "Sum") "}") == 4);
+	assert_true(
+	    sample(m,
+	        "asynq_rpc_client_method_calls_per_request_sum{" CLI_M(
+	            "Twice") "}") == 10);
+	assert_true(
+	    sample(m,
+	        "asynq_rpc_client_method_calls_per_request_count{" CLI_M(
+	            "Twice") "}") == 1);
+	/* The server's queue time: one request started. */
+	assert_true(sample(m,
+	                "asynq_rpc_server_queue_seconds_count{server=\"calc\"}") ==
+	    1);
 	/* Both workers answered, and between them ran the calls' tasks. */
 	assert_true(
 	    sample(m, "asynq_worker_up{runtime=\"calc\",worker=\"0\"}") == 1);

@@ -467,6 +467,9 @@ typedef struct asynq_rpc_server_stats {
 	uint64_t inflight_calls;   /* calls read and not answered yet */
 	/* Calls run per request that ran any (the batching at a glance). */
 	asynq_rpc_hist calls_per_request;
+	/* Nanoseconds a request waited from its read to its start on a
+	 * worker (what admission control watches), per request started. */
+	asynq_rpc_hist queue_ns;
 } asynq_rpc_server_stats;
 
 /* asynq_rpc_server_stats_get copies the server's counters. Any thread. */
@@ -499,6 +502,21 @@ size_t asynq_rpc_server_methods(const asynq_rpc_server *s);
  * OUT_OF_RANGE past the last. Any thread. */
 asynq_status asynq_rpc_server_method_stats_get(const asynq_rpc_server *s,
     size_t i, asynq_rpc_method_stats *out);
+
+/* asynq_rpc_channel_method_stats copies the client side's counters of
+ * method i of ch's service (0 <= i < n_methods): the calls sent, by the
+ * status they ended with; their latency, from their batch's first call to
+ * their result (queueing in the batch, the round trip, the decode); and
+ * calls of the method per request sent. Calls folded into an identical one
+ * or answered from a request cache are not counted (the channel's stats
+ * count them). INVALID_ARGUMENT for i out of range. Any thread. */
+asynq_status asynq_rpc_channel_method_stats(const asynq_rpc_channel *ch,
+    size_t i, asynq_rpc_method_stats *out);
+
+/* asynq_rpc_channel_service returns the service ch was opened for. Any
+ * thread. */
+const asynq_rpc_service_desc *asynq_rpc_channel_service(
+    const asynq_rpc_channel *ch);
 
 /* What a server is doing, as readiness probes and its health service
  * (proto/asynq/health.proto) report it. */
