@@ -309,10 +309,14 @@ setup_fail(asynq_rpc_server *s, asynq_status st, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	pthread_mutex_lock(&s->mu);
-	vsnprintf(s->last_error, sizeof(s->last_error), fmt, ap);
-	pthread_mutex_unlock(&s->mu);
+	char msg[sizeof(s->last_error)];
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	pthread_mutex_lock(&s->mu);
+	memcpy(s->last_error, msg, sizeof(msg));
+	pthread_mutex_unlock(&s->mu);
+	asynq_log(ASYNQ_LOG_ERROR, "setup_failed", "status",
+	    asynq_status_name(st), "error", msg, NULL);
 	return st;
 }
 

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "asynq/log.h"
 #include "services/common/svc.h"
 
 /* ---- The admin endpoint ------------------------------------------------- */
@@ -423,10 +424,17 @@ svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
 	svc_counters was = { 0 };
 	if (fn != NULL)
 		fn(arg, &was);
+	char pid[24];
+	snprintf(pid, sizeof(pid), "%ld", (long)getpid());
+	asynq_log(ASYNQ_LOG_INFO, "running", "program", name, "pid", pid,
+	    NULL);
 	for (;;) {
 		struct timespec ts = { .tv_sec = 1 };
 		int sig = sigtimedwait(&set, NULL, &ts);
 		if (sig == SIGINT || sig == SIGTERM) {
+			asynq_log(ASYNQ_LOG_INFO, "signal", "program", name,
+			    "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+			    NULL);
 			drain_grace(name, &set);
 			return sig;
 		}
