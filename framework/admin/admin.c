@@ -2035,3 +2035,50 @@ asynq_admin_close(asynq_admin *a)
 	pthread_mutex_destroy(&a->mu);
 	free(a);
 }
+
+/* ---- An endpoint for one server (asynq_rpc_server_cfg.admin_url) ------ */
+
+/* The RPC server's hooks (framework/rpc/internal.h declares them). */
+extern asynq_status (*asynqi_admin_for_server)(asynq_rpc_server *s,
+    asynq_runtime *rt, const char *url, void **handle, char *err,
+    size_t err_len);
+extern void (*asynqi_admin_for_server_close)(void *handle);
+
+static asynq_status
+for_server(asynq_rpc_server *s, asynq_runtime *rt, const char *url,
+    void **handle, char *err, size_t err_len)
+{
+	asynq_admin *a;
+	asynq_status st = asynq_admin_open(&a, url, err, err_len);
+	if (st != ASYNQ_OK)
+		return st;
+	/* Named after its last service (the framework's own come first). */
+	const char *name = "server";
+	const asynq_rpc_service_desc *svc;
+	for (size_t i = 0; (svc = asynq_rpc_server_service(s, i)) != NULL; i++)
+		name = svc->full_name;
+	if ((st = asynq_admin_add_server(a, s, name)) != ASYNQ_OK ||
+	    (rt != NULL &&
+	        (st = asynq_admin_add_runtime(a, rt, name)) != ASYNQ_OK)) {
+		asynq_admin_close(a);
+		snprintf(err, err_len, "admin %s: out of memory", url);
+		return st;
+	}
+	*handle = a;
+	return ASYNQ_OK;
+}
+
+static void
+for_server_close(void *handle)
+{
+	asynq_admin_close(handle);
+}
+
+/* Runs at load: the library is always linked into //framework:asynq
+ * (alwayslink), and the RPC layer below it cannot name it. */
+__attribute__((constructor)) static void
+for_server_install(void)
+{
+	asynqi_admin_for_server = for_server;
+	asynqi_admin_for_server_close = for_server_close;
+}

@@ -127,6 +127,14 @@ asynqi_md_node *asynqi_md_hold(asynqi_md_node *n);
 /* asynqi_md_rele drops a reference. Any thread. */
 void asynqi_md_rele(asynqi_md_node *n);
 
+/* Set by the admin library when it is linked (framework/admin, always
+ * linked into //framework:asynq): opens an endpoint at url reporting on s
+ * and rt (err says why not), and closes one. NULL otherwise. */
+extern asynq_status (*asynqi_admin_for_server)(asynq_rpc_server *s,
+    asynq_runtime *rt, const char *url, void **handle, char *err,
+    size_t err_len);
+extern void (*asynqi_admin_for_server_close)(void *handle);
+
 /* asynqi_rpc_handler_cache returns the slot of the request cache of the
  * server handler the current task runs under (NULL outside handlers) and
  * the server's bounds for it. Scheduler thread. */

@@ -258,7 +258,13 @@ struct srv_writer {
 	bool posted; /* worker only */
 };
 
+asynq_status (*asynqi_admin_for_server)(asynq_rpc_server *s,
+    asynq_runtime *rt, const char *url, void **handle, char *err,
+    size_t err_len);
+void (*asynqi_admin_for_server_close)(void *handle);
+
 struct asynq_rpc_server {
+	void *admin; /* cfg.admin_url's endpoint, once listening */
 	asynq_runtime *rt;
 	asynq_rpc_server_cfg cfg;
 	srv_method *methods;
@@ -2266,9 +2272,23 @@ asynq_rpc_server_listen(asynq_rpc_server *s, const char *url)
 		    why != NULL ? why : asynq_strerror(st));
 	pthread_mutex_lock(&s->mu);
 	s->listeners[s->n_listeners++] = l;
+	bool want_admin = s->cfg.admin_url != NULL && s->admin == NULL;
 	pthread_mutex_unlock(&s->mu);
 	asynq_log(ASYNQ_LOG_INFO, "listen", "server", server_name(s), "url",
 	    url, NULL);
+	if (want_admin) {
+		char err[200] = "the admin library is not linked";
+		void *h = NULL;
+		st = asynqi_admin_for_server != NULL
+		    ? asynqi_admin_for_server(s, s->rt, s->cfg.admin_url, &h,
+		          err, sizeof(err))
+		    : ASYNQ_UNIMPLEMENTED;
+		if (st != ASYNQ_OK)
+			return setup_fail(s, st, "%s", err);
+		pthread_mutex_lock(&s->mu);
+		s->admin = h;
+		pthread_mutex_unlock(&s->mu);
+	}
 	return ASYNQ_OK;
 }
 
@@ -2359,8 +2379,13 @@ asynq_rpc_server_close(asynq_rpc_server *s)
 		pthread_mutex_lock(&s->mu);
 	}
 	s->closed = true;
+	void *admin = s->admin;
+	s->admin = NULL;
 	pthread_mutex_unlock(&s->mu);
 	asynq_log(ASYNQ_LOG_INFO, "closed", "server", server_name(s), NULL);
+	/* After the close, so /ready said draining while it ran. */
+	if (admin != NULL && asynqi_admin_for_server_close != NULL)
+		asynqi_admin_for_server_close(admin);
 }
 
 void

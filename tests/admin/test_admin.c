@@ -578,6 +578,64 @@ test_admin_close_with_connections_half_sent(void **state)
 		close(fds[i]);
 }
 
+/* A server with admin_url in its settings opens its own endpoint when it
+ * listens and closes it once it has closed; a URL that cannot be served
+ * fails the listen, in words. */
+static void
+test_admin_from_server_settings(void **state)
+{
+	(void)state;
+	char url[64];
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d", free_port());
+	asynq_rpc_server_cfg cfg = { .admin_url = url };
+	fixture fx;
+	fx_start(&fx, TRANSPORT_TCP, &cfg, 0);
+	char path[128];
+	snprintf(path, sizeof(path), "%s/ready", url);
+	page p = get(path);
+	assert_int_equal(p.status, 200);
+	assert_non_null(strstr(p.body, "serving"));
+	free(p.body);
+	asynq_future *f = call_num(fx.ch, M(TWICE), 21);
+	assert_int_equal(asynq_wait(f), ASYNQ_OK);
+	asynq_future_rele(f);
+	snprintf(path, sizeof(path), "%s/metrics", url);
+	p = get(path);
+	assert_int_equal(p.status, 200);
+	assert_true(sample(p.body,
+	                "asynq_rpc_server_calls_total{server="
+	                "\"asynq.rpctest.Calc\"}") == 1);
+	assert_true(strstr(p.body, "asynq_worker_up{runtime="
+	                           "\"asynq.rpctest.Calc\",worker=\"0\"} 1") !=
+	    NULL);
+	free(p.body);
+	fx_stop(&fx);
+	/* Closed with the server: nothing listens there any more. */
+	char *argv[] = { "curl", "-sS", "--max-time", "5", path, NULL };
+	char *out;
+	int err;
+	assert_int_not_equal(run(argv, NULL, &out, &err), 0);
+	free(out);
+
+	/* An endpoint that cannot be opened fails the listen. */
+	asynq_rpc_server_cfg bad = { .admin_url = "ftp://127.0.0.1:1" };
+	asynq_runtime *rt;
+	asynq_runtime_cfg rc = { .workers = 1 };
+	asynq_rpc_server *srv;
+	assert_int_equal(asynq_runtime_alloc(&rt, &rc), ASYNQ_OK);
+	assert_int_equal(asynq_rpc_server_alloc(&srv, rt, &bad), ASYNQ_OK);
+	assert_int_equal(
+	    asynq_rpc_server_add_service(srv, CALC, calc_handlers, NULL),
+	    ASYNQ_OK);
+	char lurl[128];
+	url_make(lurl, sizeof(lurl), TRANSPORT_TCP);
+	assert_int_not_equal(asynq_rpc_server_listen(srv, lurl), ASYNQ_OK);
+	assert_non_null(strstr(asynq_rpc_server_last_error(srv),
+	    "admin ftp://127.0.0.1:1"));
+	asynq_rpc_server_free(srv);
+	asynq_runtime_free(rt);
+}
+
 int
 main(void)
 {
@@ -586,6 +644,7 @@ main(void)
 		cmocka_unit_test(test_admin_live_ready_and_metrics),
 		cmocka_unit_test(test_admin_ready_while_draining),
 		cmocka_unit_test(test_admin_metrics_pass_promtool),
+		cmocka_unit_test(test_admin_from_server_settings),
 		cmocka_unit_test(
 		    test_admin_scrape_not_stalled_by_a_busy_worker),
 		cmocka_unit_test(test_admin_close_with_connections_half_sent),

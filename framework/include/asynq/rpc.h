@@ -387,6 +387,14 @@ typedef struct asynq_rpc_server_cfg {
 	 * its first method, its calls and its time. */
 	uint32_t slow_request_ms;
 	bool access_log;
+	/* Optional: an admin endpoint (asynq/admin.h: /live, /ready,
+	 * /metrics, /status, /trace) for this server and its runtime, opened
+	 * at this URL ("http://0.0.0.0:9090") when the server first listens
+	 * (listen fails, in words, if the endpoint cannot) and closed when
+	 * the server has closed. For a process with one server; several
+	 * servers, channels and runtimes of one process share an endpoint
+	 * through asynq_admin_open instead. */
+	const char *admin_url;
 } asynq_rpc_server_cfg;
 
 /* asynq_rpc_server_alloc makes a server that runs on rt's workers, with
