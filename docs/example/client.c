@@ -15,13 +15,6 @@
 #include "asynq/rpc.h"
 #include "docs/example/greeter.asynq.h"
 
-#define SAY_HELLO                                                              \
-	(&greeter__greeter__asynq_desc                                         \
-	        .methods[GREETER__GREETER__ASYNQ_METHOD_SAY_HELLO])
-#define WELCOME                                                                \
-	(&greeter__greeter__asynq_desc                                         \
-	        .methods[GREETER__GREETER__ASYNQ_METHOD_WELCOME])
-
 static const char *const guests[] = { "Ada", "Alan", "Barbara", "Donald",
 	"Edsger" };
 #define N_GUESTS (sizeof(guests) / sizeof(guests[0]))
@@ -37,13 +30,15 @@ greet_all(asynq_task *t, void *arg)
 	for (size_t i = 0; i < N_GUESTS; i++) {
 		Greeter__HelloRequest req = GREETER__HELLO_REQUEST__INIT;
 		req.name = (char *)guests[i];
-		f[2 * i] = asynq_rpc_call(ch, SAY_HELLO, &req.base);
-		f[2 * i + 1] = asynq_rpc_call(ch, WELCOME, &req.base);
+		f[2 * i] = greeter__greeter__say_hello__call(ch, &req);
+		f[2 * i + 1] = greeter__greeter__welcome__call(ch, &req);
 	}
 	/* Nothing has been sent yet: the ten calls go out now, together. */
 	if ((rv = asynq_await_all(t, f, 2 * N_GUESTS)) == ASYNQ_OK) {
 		for (size_t i = 0; i < 2 * N_GUESTS; i++) {
-			const Greeter__HelloReply *r = asynq_future_ptr(f[i]);
+			const Greeter__HelloReply *r = i % 2 == 0
+			    ? greeter__greeter__say_hello__reply(f[i])
+			    : greeter__greeter__welcome__reply(f[i]);
 			printf("%s\n", r->message);
 		}
 	}
@@ -57,7 +52,7 @@ greet_nobody(asynq_task *t, void *arg)
 {
 	asynq_rpc_channel *ch = arg;
 	Greeter__HelloRequest req = GREETER__HELLO_REQUEST__INIT;
-	asynq_future *f = asynq_rpc_call(ch, SAY_HELLO, &req.base);
+	asynq_future *f = greeter__greeter__say_hello__call(ch, &req);
 	asynq_status rv = asynq_await(t, f);
 
 	printf("SayHello(\"\"): %s: %s\n", asynq_strerror(rv),

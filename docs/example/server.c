@@ -42,10 +42,9 @@ reply_new(const char *fmt, ...)
 
 /* SayHello: a task per call. */
 static asynq_status
-say_hello(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
-    void *ctx)
+say_hello(asynq_task *t, const Greeter__HelloRequest *in,
+    Greeter__HelloReply **reply, void *ctx)
 {
-	const Greeter__HelloRequest *in = (const Greeter__HelloRequest *)req;
 	(void)ctx;
 
 	if (in->name[0] == '\0')
@@ -53,34 +52,34 @@ say_hello(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 	Greeter__HelloReply *out = reply_new("Hello, %s!", in->name);
 	if (out == NULL)
 		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "out of memory");
-	*reply = &out->base;
+	*reply = out;
 	return ASYNQ_OK;
 }
 
 /* Welcome: every call of a request at once. */
 static asynq_status
-welcome(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+welcome(asynq_task *t, greeter__greeter__welcome__batch_call *calls, size_t n,
+    void *ctx)
 {
 	(void)t;
 	(void)ctx;
 	for (size_t i = 0; i < n; i++) {
-		const Greeter__HelloRequest *in =
-		    (const Greeter__HelloRequest *)calls[i].req;
 		Greeter__HelloReply *out = reply_new(
-		    "Welcome, %s: %zu guests came together.", in->name, n);
+		    "Welcome, %s: %zu guests came together.", calls[i].req->name,
+		    n);
 		if (out == NULL) {
 			calls[i].status = ASYNQ_RESOURCE_EXHAUSTED;
 			calls[i].message = "out of memory";
 			continue;
 		}
-		calls[i].reply = &out->base;
+		calls[i].reply = out;
 	}
 	return ASYNQ_OK;
 }
 
-static const asynq_rpc_handler handlers[] = {
-	[GREETER__GREETER__ASYNQ_METHOD_SAY_HELLO] = { .unary = say_hello },
-	[GREETER__GREETER__ASYNQ_METHOD_WELCOME] = { .batch = welcome },
+static const greeter__greeter__asynq_handlers handlers = {
+	.say_hello = say_hello,
+	.welcome = welcome,
 };
 
 int
@@ -89,6 +88,8 @@ main(int argc, char **argv)
 	asynq_runtime_cfg rcfg = { .workers = 2 };
 	asynq_runtime *rt = NULL;
 	asynq_rpc_server *srv = NULL;
+	/* Lives as long as the server: what its handlers are called with. */
+	static greeter__greeter__asynq_binding binding;
 	asynq_rpc_server_stats st;
 	asynq_status rv;
 	sigset_t stop;
@@ -108,8 +109,8 @@ main(int argc, char **argv)
 		goto fail;
 	if ((rv = asynq_rpc_server_alloc(&srv, rt, NULL)) != ASYNQ_OK)
 		goto fail;
-	if ((rv = asynq_rpc_server_add_service(srv,
-	         &greeter__greeter__asynq_desc, handlers, NULL)) != ASYNQ_OK)
+	if ((rv = greeter__greeter__asynq_serve(srv, &handlers, NULL,
+	         &binding)) != ASYNQ_OK)
 		goto fail;
 	if ((rv = asynq_rpc_server_listen(srv, argv[2])) != ASYNQ_OK)
 		goto fail;
