@@ -1716,7 +1716,7 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	    ? (rpc_batch *)asynq_backend_active(&be->base)
 	    : NULL;
 	asynq_future *f = NULL;
-	collapsible = b != NULL;
+	bool has_twins = b != NULL; /* a batch with calls to compare with */
 	if (b == NULL) {
 		if ((f = asynq_batch_add(&be->base, 0, NULL)) == NULL)
 			return NULL;
@@ -1794,9 +1794,10 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		}
 	}
 	uint64_t h = 0;
-	if (d != NULL && m->idempotent && ch->collapse) {
+	collapsible = collapsible && d != NULL;
+	if (collapsible) {
 		h = call_hash(buf->p + poff, plen, m, md);
-		size_t twin = collapsible && b->ctab != NULL
+		size_t twin = has_twins && b->ctab != NULL
 		    ? ctab_find(b, h, m, md, poff, plen)
 		    : 0;
 		if (twin != 0) {
@@ -1827,7 +1828,7 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	}
 	b->recs[b->n_recs++] = (call_rec){ m, off, buf->len - off, deadline,
 		asynqi_md_hold(md), false, poff, plen, h };
-	if (d != NULL && m->idempotent && ch->collapse)
+	if (collapsible)
 		ctab_insert(b, idx);
 	if (buf->failed)
 		asynq_item_set_error(f,

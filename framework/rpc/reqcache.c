@@ -458,14 +458,14 @@ asynq_rpc_with_cache(const asynq_rpc_cache_cfg *cfg,
 /* The current cache for prime and clear, or why there is none. */
 static asynq_status
 cache_for(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
-    const ProtobufCMessage *req, bool make, asynq_rpc_cache **cp)
+    const ProtobufCMessage *req, asynq_rpc_cache **cp)
 {
 	if (ch == NULL || m == NULL || req == NULL || req->descriptor != m->input)
 		return ASYNQ_INVALID_ARGUMENT;
 	bool errors;
 	if (!asynqi_rpc_channel_caches(ch, m, &errors))
 		return ASYNQ_FAILED_PRECONDITION;
-	*cp = cache_here(make);
+	*cp = cache_here(true);
 	return *cp != NULL ? ASYNQ_OK : ASYNQ_FAILED_PRECONDITION;
 }
 
@@ -474,7 +474,7 @@ asynq_rpc_cache_prime(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
     const ProtobufCMessage *req, const ProtobufCMessage *reply)
 {
 	asynq_rpc_cache *c;
-	asynq_status st = cache_for(ch, m, req, true, &c);
+	asynq_status st = cache_for(ch, m, req, &c);
 	if (st != ASYNQ_OK)
 		return st;
 	if (reply == NULL || reply->descriptor != m->output)
@@ -510,7 +510,7 @@ asynq_rpc_cache_clear(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
     const ProtobufCMessage *req)
 {
 	asynq_rpc_cache *c;
-	asynq_status st = cache_for(ch, m, req, true, &c);
+	asynq_status st = cache_for(ch, m, req, &c);
 	if (st != ASYNQ_OK)
 		return st;
 	rc_key k;

@@ -11,6 +11,7 @@
  *   runs fn, sets the item and completes the batch. So the core's rules
  *   hold: the result reaches the task on its own thread, and
  *   asynq_thread_fini waits for calls in flight like any deferred flush.
+ *   The item carries the call: fn as its key, arg as its request.
  * - One process-wide pool: a mutex, a condition variable and a FIFO of
  *   jobs. Threads start on demand, while every started one is busy, up to
  *   `threads`, and then stay (idle on the condition variable) for the life

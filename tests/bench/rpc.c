@@ -77,6 +77,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "asynq/asynq.h"
+#include "asynq/log.h"
 #include "asynq/rpc.h"
 #include "framework/rpc/internal.h"
 #include "proto/asynq/rpc.pb-c.h"
@@ -206,6 +207,9 @@ static int
 serve(void)
 {
 	signal(SIGPIPE, SIG_IGN);
+	/* The report is the client's output: the server's lifecycle lines
+	 * would land in the middle of it. */
+	asynq_log_set_level(ASYNQ_LOG_WARN);
 	asynq_runtime *rt;
 	asynq_runtime_cfg rcfg = { .workers = 1 };
 	asynq_rpc_server *srv;

@@ -509,11 +509,15 @@ test_cache_bounded_oldest_first(void **state)
 	 * (evicting 2); 4 cached. */
 	assert_int_equal(atomic_load(&lookup_runs), 4);
 	assert_int_equal(chan_stats(ch).cached, 3);
-	/* max_bytes smaller than any entry: nothing is kept. */
-	seq r = seq_of(ch, M(LOOKUP), vals, 3);
+	/* max_bytes smaller than any entry: nothing is kept, so the same
+	 * call three times runs three times. */
+	static const int64_t same[] = { 6, 6, 6 };
+	seq r = seq_of(ch, M(LOOKUP), same, 3);
 	r.cfg.max_bytes = 8;
 	atomic_store(&lookup_runs, 0);
 	run_seq(&r);
+	for (size_t i = 0; i < 3; i++)
+		assert_int_equal(r.calls[i].got, 18);
 	assert_int_equal(atomic_load(&lookup_runs), 3);
 	asynq_rpc_channel_free(ch);
 	fx_stop(&fx);
