@@ -74,7 +74,7 @@ asynqi_batch_free(asynq_batch *b)
 	b->keys = NULL;
 	b->follow = NULL;
 	b->follow_of = NULL;
-	b->backend->ops->batch_free(b);
+	b->ops->batch_free(b);
 }
 
 static void
@@ -92,6 +92,7 @@ batch_new(asynq_sched *s, asynq_backend *be)
 		return NULL;
 	memset(b, 0, sizeof(*b));
 	b->backend = be;
+	b->ops = be->ops;
 	b->sched = s;
 	b->state = BATCH_OPEN;
 	b->seq = ++s->batch_seq;
@@ -198,17 +199,17 @@ follower_copy(asynq_batch *b, asynq_future *f, const asynq_future *of)
 	if (of->vkind != VAL_PTR || of->vfree == NULL)
 		return;
 	void (*free_fn)(void *) = NULL;
-	void *p = b->backend->ops->copy != NULL
-	    ? b->backend->ops->copy(b, of->v.p, &free_fn)
+	void *p = b->ops->copy != NULL
+	    ? b->ops->copy(b, of->v.p, &free_fn)
 	    : NULL;
 	if (p == NULL) {
 		f->vkind = VAL_NONE;
 		f->v.p = NULL;
-		f->status = b->backend->ops->copy != NULL
+		f->status = b->ops->copy != NULL
 		    ? ASYNQ_RESOURCE_EXHAUSTED
 		    : ASYNQ_FAILED_PRECONDITION;
 		f->error = asynq_error_alloc(f->status,
-		    b->backend->ops->copy != NULL
+		    b->ops->copy != NULL
 		        ? "%s: out of memory copying a result for a caller "
 		          "with the same key"
 		        : "%s: dedup_keys with owned pointer results needs "
@@ -421,8 +422,8 @@ asynqi_best_batch(asynq_sched *s, uint64_t *next_due)
 				continue;
 			}
 		}
-		int64_t prio = b->backend->ops->priority != NULL
-		    ? b->backend->ops->priority(b)
+		int64_t prio = b->ops->priority != NULL
+		    ? b->ops->priority(b)
 		    : (int64_t)b->n_items;
 		/* Ties go to the older batch. */
 		if (best == NULL || prio > best_prio ||
@@ -493,7 +494,7 @@ asynqi_batch_run_flush(asynq_sched *s, asynq_batch *b)
 	b->state = BATCH_FLUSHING;
 	s->stats.flushes++;
 	ASYNQI_TRACE_BATCH(s, ASYNQ_TRACE_FLUSH_BEGIN, b);
-	asynq_status st = b->backend->ops->flush(b);
+	asynq_status st = b->ops->flush(b);
 	ASYNQI_TRACE_BATCH(s, ASYNQ_TRACE_FLUSH_END, b);
 	if (b->deferred && st == ASYNQ_OK) {
 		b->state = BATCH_INFLIGHT;
@@ -540,8 +541,8 @@ asynq_batch_cancel(asynq_batch *b)
 			}
 		}
 		followers_finish(s, b);
-		if (b->backend->ops->cancel != NULL)
-			b->backend->ops->cancel(b);
+		if (b->ops->cancel != NULL)
+			b->ops->cancel(b);
 		break;
 	default:
 		break;

@@ -10,7 +10,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#include "asynq/asynq.h"
+#include "asynq/batch.h"
+#include "asynq/context.h"
+#include "asynq/core.h"
+#include "asynq/status.h"
 #include "coro.h"
 #include "platform.h"
 
@@ -172,7 +175,6 @@ struct asynq_sched {
 	asynq_sched_stats stats;
 	asynq_trace_fn trace;
 	void *trace_arg;
-	asynq_debug_backend debug;
 	/* Completion queue, written by any thread. */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -353,8 +355,6 @@ asynq_error *asynqi_error_makef(asynq_task *t, asynq_status code,
 void asynqi_dump_sched(asynq_sched *s, FILE *f, size_t max_tasks);
 
 /* Debug backend setup for a scheduler. */
-void asynqi_debug_init(asynq_sched *s);
-void asynqi_debug_fini(asynq_sched *s);
 
 /* asynqi_locals_stop runs the stop callbacks of s's thread-locals, newest
  * first; asynqi_locals_free then frees them, newest first. Scheduler

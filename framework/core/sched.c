@@ -141,7 +141,6 @@ asynq_thread_init(const asynq_sched_cfg *cfg)
 	}
 #endif
 	asynqi_tls_sched = s;
-	asynqi_debug_init(s);
 	return ASYNQ_OK;
 
 fail_cv:
@@ -288,7 +287,7 @@ asynq_future_status(const asynq_future *f)
 	if (f == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
 	if (!f->done)
-		return ASYNQ_UNAVAILABLE;
+		return ASYNQ_FAILED_PRECONDITION;
 	return f->status;
 }
 
@@ -1556,7 +1555,6 @@ asynq_thread_fini(void)
 	/* Modules first: they abandon or cancel what they started, and the
 	 * drain below runs what that wakes. */
 	asynqi_locals_stop(s);
-	asynqi_debug_fini(s);
 	asynqi_timers_cancel(s);
 	/* Cancel what never flushed and let woken tasks finish. */
 	for (;;) {

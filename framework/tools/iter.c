@@ -5,6 +5,8 @@
  * future is made first and all are awaited in one asynq_await_all, so the
  * batch items they need join the same batches and go out in as few flushes
  * as the scheduler can manage: one per backend when nothing else interferes.
+ * Keys are integers, or any value with a comparison function (the _by
+ * forms, which compare the key futures themselves).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -225,4 +227,149 @@ asynq_max(asynq_task *t, asynq_elem_fn key, void *arg, void *base, size_t n,
     size_t size, size_t *index)
 {
 	return extreme(t, key, arg, base, n, size, index, true);
+}
+
+/* ---- Keys of any type, compared by a function ------------------------- */
+
+typedef struct by_ctx {
+	asynq_key_cmp cmp;
+	void *arg;
+	bool reverse;
+} by_ctx;
+
+/* Order of elements i and j by their key futures; ties by index (stable). */
+static int
+by_order(const by_ctx *c, asynq_future **keys, size_t i, size_t j)
+{
+	int r = c->cmp(keys[i], keys[j], c->arg);
+	if (c->reverse)
+		r = r < 0 ? 1 : r > 0 ? -1 : 0;
+	if (r != 0)
+		return r;
+	return i < j ? -1 : i > j;
+}
+
+/* Stable merge sort of idx[0..n) (scratch: tmp[0..n)); no qsort_r needed,
+ * and the order of equal keys is kept without relying on the library. */
+static void
+by_sort(const by_ctx *c, asynq_future **keys, size_t *idx, size_t *tmp,
+    size_t n)
+{
+	for (size_t w = 1; w < n; w *= 2) {
+		for (size_t lo = 0; lo < n; lo += 2 * w) {
+			size_t mid = lo + w < n ? lo + w : n;
+			size_t hi = lo + 2 * w < n ? lo + 2 * w : n;
+			size_t a = lo, b = mid, k = lo;
+			while (a < mid && b < hi)
+				tmp[k++] = by_order(c, keys, idx[a], idx[b]) <= 0
+				    ? idx[a++]
+				    : idx[b++];
+			while (a < mid)
+				tmp[k++] = idx[a++];
+			while (b < hi)
+				tmp[k++] = idx[b++];
+		}
+		memcpy(idx, tmp, n * sizeof(*idx));
+	}
+}
+
+/* The key futures of every element, awaited together; the caller releases
+ * them (keys_by_free). */
+static asynq_status
+keys_by(asynq_task *t, asynq_elem_fn key, void *arg, void *base, size_t n,
+    size_t size, asynq_future **small, asynq_future ***keys, const char *what)
+{
+	*keys = small;
+	if (n > SMALL && (*keys = malloc(n * sizeof(**keys))) == NULL)
+		return t != NULL ? asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED,
+		                       "%s: out of memory for %zu keys", what, n)
+		                 : ASYNQ_RESOURCE_EXHAUSTED;
+	asynq_status st = asynq_map(t, key, arg, base, n, size, *keys);
+	for (size_t i = 0; st == ASYNQ_OK && i < n; i++)
+		if ((*keys)[i] == NULL)
+			st = t != NULL ? asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED,
+			                     "%s: out of memory for a key", what)
+			               : ASYNQ_RESOURCE_EXHAUSTED;
+	return st;
+}
+
+static void
+keys_by_free(asynq_future **keys, size_t n, asynq_future **small)
+{
+	asynq_future_rele_n(keys, n);
+	if (keys != small)
+		free(keys);
+}
+
+asynq_status
+asynq_sort_by(asynq_task *t, asynq_elem_fn key, asynq_key_cmp cmp, void *arg,
+    void *base, size_t n, size_t size, bool reverse)
+{
+	asynq_future *small[SMALL], **keys;
+	asynq_status st =
+	    keys_by(t, key, arg, base, n, size, small, &keys, "asynq_sort_by");
+	if (st != ASYNQ_OK || n < 2) {
+		keys_by_free(keys, n, small);
+		return st;
+	}
+	size_t *idx = malloc(2 * n * sizeof(*idx));
+	unsigned char *tmp = malloc(n * size);
+	if (idx == NULL || tmp == NULL) {
+		free(idx);
+		free(tmp);
+		keys_by_free(keys, n, small);
+		return t != NULL ? asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED,
+		                       "asynq_sort_by: out of memory")
+		                 : ASYNQ_RESOURCE_EXHAUSTED;
+	}
+	for (size_t i = 0; i < n; i++)
+		idx[i] = i;
+	by_ctx c = { cmp, arg, reverse };
+	by_sort(&c, keys, idx, idx + n, n);
+	unsigned char *p = base;
+	for (size_t i = 0; i < n; i++)
+		memcpy(tmp + i * size, p + idx[i] * size, size);
+	memcpy(p, tmp, n * size);
+	free(idx);
+	free(tmp);
+	keys_by_free(keys, n, small);
+	return ASYNQ_OK;
+}
+
+static asynq_status
+extreme_by(asynq_task *t, asynq_elem_fn key, asynq_key_cmp cmp, void *arg,
+    void *base, size_t n, size_t size, size_t *index, bool want_max)
+{
+	const char *what = want_max ? "asynq_max_by" : "asynq_min_by";
+	if (n == 0)
+		return t != NULL ? asynq_fail(t, ASYNQ_INVALID_ARGUMENT,
+		                       "%s of no elements", what)
+		                 : ASYNQ_INVALID_ARGUMENT;
+	asynq_future *small[SMALL], **keys;
+	asynq_status st = keys_by(t, key, arg, base, n, size, small, &keys, what);
+	if (st == ASYNQ_OK) {
+		size_t best = 0;
+		for (size_t i = 1; i < n; i++) {
+			int r = cmp(keys[i], keys[best], arg);
+			if (want_max ? r > 0 : r < 0)
+				best = i;
+		}
+		*index = best;
+	}
+	keys_by_free(keys, n, small);
+	return st;
+}
+
+asynq_status
+asynq_min_by(asynq_task *t, asynq_elem_fn key, asynq_key_cmp cmp, void *arg,
+    void *base, size_t n, size_t size, size_t *index)
+{
+	return extreme_by(t, key, cmp, arg, base, n, size, index, false);
+}
+
+asynq_status
+asynq_max_by(asynq_task *t, asynq_elem_fn key, asynq_key_cmp cmp, void *arg,
+    void *base, size_t n, size_t size, size_t *index)
+{
+	return extreme_by(t, key, cmp, arg, base, n, size, index, true);
 }

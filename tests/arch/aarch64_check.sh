@@ -38,7 +38,7 @@ QEMU=${QEMU:-qemu-aarch64}
 SYSROOT=${SYSROOT:-/usr/aarch64-linux-gnu}
 CFLAGS=(-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror
 	-Iframework/include -I. -Iframework/arch)
-SRCS=(framework/core/*.c tests/arch/switch_check.c)
+SRCS=(framework/core/*.c framework/testing/debug.c tests/arch/switch_check.c)
 
 have_cross() {
 	command -v "$CROSS_CC" >/dev/null 2>&1 &&

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "asynq/asynq.h"
+#include "asynq/testing.h"
 #include "framework/core/coro.h"
 
 /* ---- Checks ---------------------------------------------------------- */

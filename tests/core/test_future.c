@@ -204,13 +204,13 @@ test_future_null_behaves_as_resource_exhausted(void **state)
 }
 
 static void
-test_future_pending_item_status_unavailable(void **state)
+test_future_pending_item_has_no_status(void **state)
 {
 	asynq_future *item = asynq_debug_item(asynq_debug_default(), 9);
 
 	(void)state;
 	assert_false(asynq_future_done(item));
-	assert_status(asynq_future_status(item), ASYNQ_UNAVAILABLE);
+	assert_status(asynq_future_status(item), ASYNQ_FAILED_PRECONDITION);
 	assert_null(asynq_future_error(item));
 	assert_status(asynq_wait(item), ASYNQ_OK);
 	assert_true(asynq_future_done(item));
@@ -315,7 +315,7 @@ main(void)
 		FUTURE_TEST(test_future_hold_keeps_value_alive),
 		FUTURE_TEST(test_future_rele_n_drops_each),
 		FUTURE_TEST(test_future_null_behaves_as_resource_exhausted),
-		FUTURE_TEST(test_future_pending_item_status_unavailable),
+		FUTURE_TEST(test_future_pending_item_has_no_status),
 		FUTURE_TEST(test_future_on_done_runs_in_registration_order),
 		FUTURE_TEST(test_future_on_done_failure_does_not_stop_others),
 		FUTURE_TEST(test_future_on_done_on_computed_runs_now),

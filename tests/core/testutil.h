@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "asynq/asynq.h"
+#include "asynq/testing.h"
 #include "framework/core/platform.h"
 
 /* What the checks made inside tasks found. */

@@ -207,6 +207,95 @@ test_iter_min_max(void **state)
 	    ASYNQ_INVALID_ARGUMENT);
 }
 
+/* Keys of any type: each person's name is looked up (a batch item per
+ * person, all in one flush) and the key is a string; sorted by
+ * (last name, first name) with a comparison function. */
+typedef struct person {
+	int64_t id;
+	const char *first, *last;
+} person;
+
+/* The "name service": the item resolves to the id, and the task turns it
+ * into the person's "Last First" string (an owned pointer key). */
+static asynq_status
+name_task(asynq_task *t, void *arg)
+{
+	const person *p = arg;
+	TCHECK_INT(tt_item(t, p->id), p->id);
+	char *s = malloc(64);
+	if (s == NULL)
+		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "no memory");
+	snprintf(s, 64, "%s %s", p->last, p->first);
+	return asynq_return_ptr(t, s, free);
+}
+
+static asynq_future *
+name_key(void *elem, size_t i, void *arg)
+{
+	(void)i;
+	(void)arg;
+	return asynq_spawn(name_task, elem);
+}
+
+static int by_name_calls;
+
+static int
+by_name(const asynq_future *a, const asynq_future *b, void *arg)
+{
+	(void)arg;
+	by_name_calls++;
+	return strcmp(asynq_future_ptr(a), asynq_future_ptr(b));
+}
+
+static void
+test_iter_sort_by_string_keys(void **state)
+{
+	(void)state;
+	person ps[5] = {
+		{ 1, "Ada", "Lovelace" },
+		{ 2, "Alan", "Turing" },
+		{ 3, "Grace", "Hopper" },
+		{ 4, "Edsger", "Dijkstra" },
+		{ 5, "Ada", "Lovelace" }, /* equal key: stays after id 1 */
+	};
+	size_t flushes = asynq_debug_default()->flushes;
+	by_name_calls = 0;
+	assert_status(asynq_sort_by(NULL, name_key, by_name, NULL, ps, 5,
+	                  sizeof(ps[0]), false),
+	    ASYNQ_OK);
+	const int64_t up[5] = { 4, 3, 1, 5, 2 };
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(ps[i].id, up[i]);
+	assert_true(by_name_calls > 0);
+	/* All five lookups went out in one flush. */
+	assert_int_equal(asynq_debug_default()->flushes, flushes + 1);
+	assert_status(asynq_sort_by(NULL, name_key, by_name, NULL, ps, 5,
+	                  sizeof(ps[0]), true),
+	    ASYNQ_OK);
+	const int64_t down[5] = { 2, 1, 5, 3, 4 };
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(ps[i].id, down[i]);
+	size_t i;
+	assert_status(asynq_min_by(NULL, name_key, by_name, NULL, ps, 5,
+	                  sizeof(ps[0]), &i),
+	    ASYNQ_OK);
+	assert_int_equal(ps[i].id, 4);
+	assert_status(asynq_max_by(NULL, name_key, by_name, NULL, ps, 5,
+	                  sizeof(ps[0]), &i),
+	    ASYNQ_OK);
+	assert_int_equal(ps[i].id, 2);
+	/* Equal keys: the first of them. */
+	person twins[2] = { { 7, "Ada", "Lovelace" }, { 8, "Ada", "Lovelace" } };
+	assert_status(asynq_min_by(NULL, name_key, by_name, NULL, twins, 2,
+	                  sizeof(twins[0]), &i),
+	    ASYNQ_OK);
+	assert_int_equal(i, 0);
+	assert_status(asynq_max_by(NULL, name_key, by_name, NULL, NULL, 0,
+	                  sizeof(ps[0]), &i),
+	    ASYNQ_INVALID_ARGUMENT);
+	assert_int_equal(tu_stats().tasks_live, 0);
+}
+
 /* A failing element: every future still computed, first failure reported,
  * the array left as it was. */
 static asynq_status
@@ -240,6 +329,31 @@ sort_failing(asynq_task *t, void *arg)
 	return st;
 }
 
+static asynq_status
+sort_by_failing(asynq_task *t, void *arg)
+{
+	int64_t *a = arg;
+	asynq_status st = asynq_sort_by(t, failing_fn, NULL, NULL, a, 4,
+	    sizeof(a[0]), false);
+	TCHECK_STATUS(st, ASYNQ_NOT_FOUND);
+	return st;
+}
+
+static void
+test_iter_sort_by_failure_leaves_array(void **state)
+{
+	(void)state;
+	int64_t a[4] = { 3, -1, 2, -2 };
+	asynq_future *f = asynq_spawn(sort_by_failing, a);
+	assert_status(asynq_wait(f), ASYNQ_NOT_FOUND);
+	asynq_future_rele(f);
+	assert_int_equal(a[0], 3);
+	assert_int_equal(a[1], -1);
+	assert_int_equal(a[2], 2);
+	assert_int_equal(a[3], -2);
+	assert_int_equal(tu_stats().tasks_live, 0);
+}
+
 static void
 test_iter_failure_reports_first_in_order(void **state)
 {
@@ -268,6 +382,8 @@ main(void)
 		TT_TEST(test_iter_sort_stable_both_ways),
 		TT_TEST(test_iter_min_max),
 		TT_TEST(test_iter_failure_reports_first_in_order),
+		TT_TEST(test_iter_sort_by_string_keys),
+		TT_TEST(test_iter_sort_by_failure_leaves_array),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -9,6 +9,7 @@
 #define ASYNQ_TESTS_TOOLS_TESTUTIL_H
 
 #include "tests/core/testutil.h"
+#include "asynq/testing.h"
 #include "asynq/tools.h"
 
 #define MS 1000000ull

@@ -82,6 +82,9 @@ struct asynq_backend {
 struct asynq_batch {
 	/* All fields are the framework's; read them through the functions. */
 	asynq_backend *backend;
+	const asynq_backend_ops *ops; /* the backend's, kept for batch_free:
+	                                 a batch an item still holds may
+	                                 outlive its backend */
 	asynq_sched *sched;
 	asynq_future **items;
 	size_t n_items, cap_items;
@@ -104,8 +107,10 @@ struct asynq_batch {
 void asynq_backend_init(asynq_backend *be, const asynq_backend_ops *ops,
     const char *name);
 
-/* asynq_backend_fini cancels the backend's active batch, if any. Scheduler
- * thread only. */
+/* asynq_backend_fini cancels the backend's active batch, if any. Items
+ * still referenced may outlive the backend (their batch is freed with the
+ * last of them, through the ops, which must stay valid: make them static).
+ * Scheduler thread only. */
 void asynq_backend_fini(asynq_backend *be);
 
 /* asynq_batch_add returns a new item future in be's active batch (starting a
@@ -177,37 +182,6 @@ asynq_status asynq_item_set_ptr(asynq_future *item, void *p,
 /* asynq_item_set_error fails an item; ownership of e moves to the item. Same
  * calling rule as asynq_item_set_i64. */
 asynq_status asynq_item_set_error(asynq_future *item, asynq_error *e);
-
-/* ---- Debug backend (asynq's DebugBatchItem) --------------------------- */
-
-/* A backend whose items resolve to the integer they were made with; counts
- * its flushes. With `async` set, flush hands the batch to a helper thread
- * that completes it through asynq_batch_complete. */
-typedef struct asynq_debug_backend {
-	asynq_backend base;
-	bool async;
-	size_t flushes;        /* batches flushed */
-	size_t items_flushed;  /* items over all flushes */
-	size_t last_size;      /* items in the last flush */
-} asynq_debug_backend;
-
-/* asynq_debug_backend_init prepares a debug backend named name. */
-void asynq_debug_backend_init(asynq_debug_backend *d, const char *name,
-    bool async);
-
-/* asynq_debug_backend_fini cancels its active batch; in async mode it waits
- * for in-flight flushes to be posted. Scheduler thread only. */
-void asynq_debug_backend_fini(asynq_debug_backend *d);
-
-/* asynq_debug_item returns an item of d that resolves to result. */
-asynq_future *asynq_debug_item(asynq_debug_backend *d, int64_t result);
-
-/* asynq_debug_sync awaits one item of the thread's default debug backend:
- * the task blocks until the next flush (asynq's debug.sync()). Task only. */
-asynq_status asynq_debug_sync(asynq_task *t);
-
-/* asynq_debug_default returns the thread's default debug backend. */
-asynq_debug_backend *asynq_debug_default(void);
 
 #ifdef __cplusplus
 }

@@ -159,8 +159,11 @@ void asynq_future_rele_n(asynq_future **fs, size_t n);
 /* asynq_future_done says whether f is computed (true for NULL). */
 bool asynq_future_done(const asynq_future *f);
 
-/* asynq_future_status returns OK for a value, the error's code for an error,
- * and UNAVAILABLE while f is pending. */
+/* asynq_future_status returns OK for a value and the error's code for an
+ * error. A pending future has no status yet: asking is answered
+ * FAILED_PRECONDITION (not a code a caller might take for a transient
+ * failure and retry); ask asynq_future_done first where f may be pending.
+ * RESOURCE_EXHAUSTED for NULL (what an allocation that failed returns). */
 asynq_status asynq_future_status(const asynq_future *f);
 
 /* asynq_future_error returns the error of a failed future, borrowed from f,

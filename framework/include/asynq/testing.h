@@ -19,6 +19,11 @@
  *   per-method handler callbacks. A test can assert "these 50 calls arrived
  *   as 1 request".
  *
+ * - The debug backend (asynq's DebugBatchItem): items that resolve to the
+ *   integer they were made with, flushes counted, completed at once or from
+ *   a thread of its own (as a real I/O backend would), and a default one per
+ *   thread for asynq_debug_sync.
+ *
  * All of it belongs to the scheduler thread that made it.
  */
 #ifndef ASYNQ_TESTING_H
@@ -217,6 +222,37 @@ size_t asynq_fake_calls(const asynq_fake *f, size_t method);
 
 /* asynq_fake_clear forgets the recorded flushes and requests. */
 void asynq_fake_clear(asynq_fake *f);
+
+/* ---- Debug backend (asynq's DebugBatchItem) --------------------------- */
+
+/* A backend whose items resolve to the integer they were made with; counts
+ * its flushes. With `async` set, flush hands the batch to a helper thread
+ * that completes it through asynq_batch_complete. */
+typedef struct asynq_debug_backend {
+	asynq_backend base;
+	bool async;
+	size_t flushes;        /* batches flushed */
+	size_t items_flushed;  /* items over all flushes */
+	size_t last_size;      /* items in the last flush */
+} asynq_debug_backend;
+
+/* asynq_debug_backend_init prepares a debug backend named name. */
+void asynq_debug_backend_init(asynq_debug_backend *d, const char *name,
+    bool async);
+
+/* asynq_debug_backend_fini cancels its active batch; in async mode it waits
+ * for in-flight flushes to be posted. Scheduler thread only. */
+void asynq_debug_backend_fini(asynq_debug_backend *d);
+
+/* asynq_debug_item returns an item of d that resolves to result. */
+asynq_future *asynq_debug_item(asynq_debug_backend *d, int64_t result);
+
+/* asynq_debug_sync awaits one item of the thread's default debug backend:
+ * the task blocks until the next flush (asynq's debug.sync()). Task only. */
+asynq_status asynq_debug_sync(asynq_task *t);
+
+/* asynq_debug_default returns the thread's default debug backend. */
+asynq_debug_backend *asynq_debug_default(void);
 
 #ifdef __cplusplus
 }

@@ -281,6 +281,25 @@ asynq_status asynq_min(asynq_task *t, asynq_elem_fn key, void *arg, void *base,
 asynq_status asynq_max(asynq_task *t, asynq_elem_fn key, void *arg, void *base,
     size_t n, size_t size, size_t *index);
 
+/* Compares two keys, the computed futures the key function returned (read
+ * them with asynq_future_ptr, _i64, ...): negative when a goes first, 0
+ * for equal keys, positive when b goes first. */
+typedef int (*asynq_key_cmp)(const asynq_future *a, const asynq_future *b,
+    void *arg);
+
+/* asynq_sort_by, asynq_min_by and asynq_max_by are asynq_sort, _min and _max
+ * for keys of any type (strings, structs, tuples), ordered by cmp; arg goes
+ * to key and to cmp. Every key future is made first and all are awaited
+ * together. A failed key fails the call with its status, base unchanged.
+ * Sorting is stable (equal keys keep their order, also with `reverse`);
+ * min and max return the first of equal keys. Task only (may suspend). */
+asynq_status asynq_sort_by(asynq_task *t, asynq_elem_fn key, asynq_key_cmp cmp,
+    void *arg, void *base, size_t n, size_t size, bool reverse);
+asynq_status asynq_min_by(asynq_task *t, asynq_elem_fn key, asynq_key_cmp cmp,
+    void *arg, void *base, size_t n, size_t size, size_t *index);
+asynq_status asynq_max_by(asynq_task *t, asynq_elem_fn key, asynq_key_cmp cmp,
+    void *arg, void *base, size_t n, size_t size, size_t *index);
+
 /* ---- Call with a context (asynq's call_with_context) --------------------- */
 
 /* asynq_call_with_context returns a task that enters ctx, runs fn(arg) and

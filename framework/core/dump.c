@@ -1,14 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Debugging: asynq stack and scheduler dumps, and the debug backend (asynq's
- * DebugBatchItem), whose items resolve to the integer they were made with.
+ * Debugging: asynq stack and scheduler dumps.
  *
  * Design notes:
  * - Dumps are bounded (a runaway recursion has tens of thousands of tasks):
  *   the newest tasks first, then a count of the rest.
- * - The async debug backend completes each flush from a thread of its own,
- *   joined when the batch is freed on the scheduler thread: the same path a
- *   real I/O backend takes, small enough for tests.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -123,118 +119,4 @@ asynq_dump_sched(FILE *f)
 	asynq_sched *s = asynqi_sched_get();
 	if (s != NULL)
 		asynqi_dump_sched(s, f, 1000);
-}
-
-/* ---- The debug backend ---------------------------------------------- */
-
-typedef struct debug_batch {
-	asynq_batch base;
-	pthread_t thread;
-	bool has_thread;
-} debug_batch;
-
-static asynq_batch *
-debug_batch_alloc(asynq_backend *be)
-{
-	(void)be;
-	debug_batch *b = calloc(1, sizeof(*b));
-	return b != NULL ? &b->base : NULL;
-}
-
-static void *
-debug_complete_thread(void *arg)
-{
-	asynq_batch *b = arg;
-	for (size_t i = 0; i < asynq_batch_size(b); i++) {
-		asynq_future *it = asynq_batch_item(b, i);
-		asynq_item_set_i64(it, asynq_item_key(it));
-	}
-	asynq_batch_complete(b, ASYNQ_OK);
-	return NULL;
-}
-
-static asynq_status
-debug_flush(asynq_batch *b)
-{
-	asynq_debug_backend *d = (asynq_debug_backend *)b->backend;
-	d->flushes++;
-	d->items_flushed += asynq_batch_size(b);
-	d->last_size = asynq_batch_size(b);
-	if (d->async) {
-		debug_batch *db = (debug_batch *)b;
-		asynq_batch_defer(b);
-		if (pthread_create(&db->thread, NULL, debug_complete_thread,
-		        b) != 0)
-			return ASYNQ_RESOURCE_EXHAUSTED;
-		db->has_thread = true;
-		return ASYNQ_OK;
-	}
-	for (size_t i = 0; i < asynq_batch_size(b); i++) {
-		asynq_future *it = asynq_batch_item(b, i);
-		asynq_item_set_i64(it, asynq_item_key(it));
-	}
-	return ASYNQ_OK;
-}
-
-static void
-debug_batch_free(asynq_batch *b)
-{
-	debug_batch *db = (debug_batch *)b;
-	if (db->has_thread)
-		pthread_join(db->thread, NULL);
-	free(db);
-}
-
-static const asynq_backend_ops debug_ops = {
-	.batch_alloc = debug_batch_alloc,
-	.flush = debug_flush,
-	.batch_free = debug_batch_free,
-};
-
-void
-asynq_debug_backend_init(asynq_debug_backend *d, const char *name, bool async)
-{
-	memset(d, 0, sizeof(*d));
-	asynq_backend_init(&d->base, &debug_ops, name != NULL ? name : "debug");
-	d->async = async;
-}
-
-void
-asynq_debug_backend_fini(asynq_debug_backend *d)
-{
-	asynq_backend_fini(&d->base);
-}
-
-asynq_future *
-asynq_debug_item(asynq_debug_backend *d, int64_t result)
-{
-	return asynq_batch_add(&d->base, result, NULL);
-}
-
-asynq_debug_backend *
-asynq_debug_default(void)
-{
-	asynq_sched *s = asynqi_sched_get();
-	return s != NULL ? &s->debug : NULL;
-}
-
-asynq_status
-asynq_debug_sync(asynq_task *t)
-{
-	asynq_future *f = asynq_debug_item(&t->fut.sched->debug, 0);
-	asynq_status st = asynq_await(t, f);
-	asynq_future_rele(f);
-	return st;
-}
-
-void
-asynqi_debug_init(asynq_sched *s)
-{
-	asynq_debug_backend_init(&s->debug, "debug", false);
-}
-
-void
-asynqi_debug_fini(asynq_sched *s)
-{
-	asynq_debug_backend_fini(&s->debug);
 }
