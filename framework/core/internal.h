@@ -263,6 +263,33 @@ asynqi_future_complete(asynq_sched *s, asynq_future *f)
  * code is OK is stored as UNKNOWN. */
 void asynqi_future_set_error(asynq_future *f, asynq_error *e);
 
+/* Free lists of records, off under the sanitizers so they see every
+ * record's life. */
+#if ASYNQI_ASAN || ASYNQI_TSAN
+#define ASYNQI_USE_FREELIST 0
+#else
+#define ASYNQI_USE_FREELIST 1
+#endif
+
+/* asynqi_value_clear frees f's owned pointer value, if any, and leaves f
+ * without a value. */
+static inline void
+asynqi_value_clear(asynq_future *f)
+{
+	if (f->vkind == VAL_PTR && f->vfree != NULL)
+		f->vfree(f->v.p);
+	f->vkind = VAL_NONE;
+	f->vfree = NULL;
+	f->v.i = 0;
+}
+
+/* asynqi_future_free frees f, whose last reference is gone (future.c);
+ * asynqi_task_free frees a task's record (task.c); asynqi_sched_free
+ * frees a scheduler that asynq_thread_fini has finished (sched.c). */
+void asynqi_future_free(asynq_future *f);
+void asynqi_task_free(asynq_sched *s, asynq_task *t);
+void asynqi_sched_free(asynq_sched *s);
+
 /* asynqi_fut_init sets every field of a future record: records come from
  * the free lists dirty, and naming the fields is cheaper than clearing the
  * whole record. */

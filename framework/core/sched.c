@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The per-thread scheduler, tasks and futures: spawning, awaiting, the wait
- * loop that runs tasks depth-first and flushes batches when every task is
- * blocked, and the hand-off between coroutines.
+ * The per-thread scheduler: running tasks (the ready queue, awaiting, the
+ * hand-off between coroutines), the wait loop that runs tasks depth-first
+ * and flushes batches when every task is blocked, trimming idle memory,
+ * and a thread's scheduler's life (asynq_thread_init / _fini). Futures are
+ * in future.c, task records in task.c, stack overflow reports in
+ * overflow.c, batches in batch.c.
  *
  * Design notes:
  * - One scheduler per thread, reached through a thread-local pointer; no
@@ -60,10 +63,8 @@
 _Thread_local asynq_sched *asynqi_tls_sched;
 
 #if ASYNQI_ASAN || ASYNQI_TSAN
-#define USE_FREELIST 0
 #define USE_SEGV_HANDLER 0
 #else
-#define USE_FREELIST 1
 #define USE_SEGV_HANDLER 1
 #endif
 
@@ -187,332 +188,6 @@ asynqi_report(asynq_sched *s, const asynq_error *e)
 	s->cfg.on_error(e, s->cfg.on_error_arg);
 }
 
-/* ---- Futures -------------------------------------------------------- */
-
-/* Gives a future that is not a task back to the free list. */
-static void
-fut_put(asynq_sched *s, asynq_future *f)
-{
-	asynqi_fut_rec *r = (asynqi_fut_rec *)f;
-	s->futs_live--;
-	if (USE_FREELIST && !s->zombie) {
-		r->free_next = s->free_futs;
-		s->free_futs = r;
-		s->n_free_futs++;
-	} else {
-		free(r);
-	}
-}
-
-static void
-value_clear(asynq_future *f)
-{
-	if (f->vkind == VAL_PTR && f->vfree != NULL)
-		f->vfree(f->v.p);
-	f->vkind = VAL_NONE;
-	f->vfree = NULL;
-	f->v.i = 0;
-}
-
-static void task_free(asynq_sched *s, asynq_task *t);
-
-static void sched_free(asynq_sched *s);
-
-static void
-future_free(asynq_future *f)
-{
-	asynq_sched *s = f->sched;
-	value_clear(f);
-	if (f->error != NULL)
-		asynq_error_rele(f->error);
-	for (cb_node *c = f->cbs; c != NULL;) {
-		cb_node *next = c->next;
-		free(c);
-		c = next;
-	}
-	switch (f->kind) {
-	case FUT_TASK:
-		task_free(s, (asynq_task *)f);
-		break;
-	case FUT_ITEM:
-		asynqi_batch_item_freed(f);
-		fut_put(s, f);
-		break;
-	case FUT_PROMISE:
-		if (!f->done)
-			s->n_promises--;
-		fut_put(s, f);
-		break;
-	default:
-		fut_put(s, f);
-		break;
-	}
-	/* After asynq_thread_fini the scheduler lives on until the last
-	 * future still referenced is gone. */
-	if (--s->live_futures == 0 && s->zombie)
-		sched_free(s);
-}
-
-asynq_future *
-asynq_future_hold(asynq_future *f)
-{
-	if (f != NULL)
-		f->refs++;
-	return f;
-}
-
-void
-asynq_future_rele(asynq_future *f)
-{
-	if (f != NULL && --f->refs == 0)
-		future_free(f);
-}
-
-void
-asynq_future_rele_n(asynq_future **fs, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		asynq_future_rele(fs[i]);
-}
-
-bool
-asynq_future_done(const asynq_future *f)
-{
-	return f == NULL || f->done;
-}
-
-asynq_status
-asynq_future_status(const asynq_future *f)
-{
-	if (f == NULL)
-		return ASYNQ_RESOURCE_EXHAUSTED;
-	if (!f->done)
-		return ASYNQ_FAILED_PRECONDITION;
-	return f->status;
-}
-
-asynq_error *
-asynq_future_error(const asynq_future *f)
-{
-	if (f == NULL || !f->done || f->status == ASYNQ_OK)
-		return NULL;
-	return f->error;
-}
-
-int64_t
-asynq_future_i64(const asynq_future *f)
-{
-	return f != NULL && f->done && f->vkind == VAL_I64 ? f->v.i : 0;
-}
-
-void *
-asynq_future_ptr(const asynq_future *f)
-{
-	return f != NULL && f->done && f->vkind == VAL_PTR ? f->v.p : NULL;
-}
-
-void *
-asynq_future_take_owned(asynq_future *f, void (**free_fn)(void *))
-{
-	*free_fn = f != NULL && f->done && f->vkind == VAL_PTR ? f->vfree
-	                                                       : NULL;
-	return asynq_future_take(f);
-}
-
-void *
-asynq_future_take(asynq_future *f)
-{
-	if (f == NULL || !f->done || f->vkind != VAL_PTR)
-		return NULL;
-	void *p = f->v.p;
-	f->vfree = NULL;
-	f->vkind = VAL_NONE;
-	f->v.p = NULL;
-	return p;
-}
-
-void
-asynqi_future_set_error(asynq_future *f, asynq_error *e)
-{
-	f->status = asynq_error_code(e);
-	if (f->status == ASYNQ_OK)
-		f->status = ASYNQ_UNKNOWN;
-	f->error = e;
-}
-
-static asynq_future *
-const_future(void)
-{
-	asynq_sched *s = asynqi_sched_get();
-	if (s == NULL)
-		return NULL;
-	asynq_future *f = asynqi_future_alloc(s, FUT_CONST);
-	if (f != NULL)
-		f->done = true;
-	return f;
-}
-
-asynq_future *
-asynq_const_i64(int64_t v)
-{
-	asynq_future *f = const_future();
-	if (f != NULL) {
-		f->vkind = VAL_I64;
-		f->v.i = v;
-	}
-	return f;
-}
-
-asynq_future *
-asynq_const_ptr(void *p, void (*free_fn)(void *))
-{
-	asynq_future *f = const_future();
-	if (f == NULL) {
-		if (free_fn != NULL)
-			free_fn(p);
-		return NULL;
-	}
-	f->vkind = VAL_PTR;
-	f->v.p = p;
-	f->vfree = free_fn;
-	return f;
-}
-
-asynq_future *
-asynq_const_error(asynq_error *e)
-{
-	asynq_future *f = const_future();
-	if (f == NULL) {
-		asynq_error_rele(e);
-		return NULL;
-	}
-	asynqi_future_set_error(f, e);
-	return f;
-}
-
-asynq_future *
-asynq_promise_alloc(void)
-{
-	asynq_sched *s = asynqi_sched_get();
-	if (s == NULL)
-		return NULL;
-	asynq_future *f = asynqi_future_alloc(s, FUT_PROMISE);
-	if (f != NULL)
-		s->n_promises++;
-	return f;
-}
-
-static bool
-promise_open(asynq_future *p)
-{
-	return p != NULL && p->kind == FUT_PROMISE && !p->done;
-}
-
-static void
-promise_done(asynq_future *p)
-{
-	p->sched->n_promises--;
-	asynqi_future_complete(p->sched, p);
-}
-
-asynq_status
-asynq_promise_set_i64(asynq_future *p, int64_t v)
-{
-	if (!promise_open(p))
-		return ASYNQ_FAILED_PRECONDITION;
-	p->vkind = VAL_I64;
-	p->v.i = v;
-	promise_done(p);
-	return ASYNQ_OK;
-}
-
-asynq_status
-asynq_promise_set_ptr(asynq_future *p, void *v, void (*free_fn)(void *))
-{
-	if (!promise_open(p)) {
-		if (free_fn != NULL)
-			free_fn(v);
-		return ASYNQ_FAILED_PRECONDITION;
-	}
-	p->vkind = VAL_PTR;
-	p->v.p = v;
-	p->vfree = free_fn;
-	promise_done(p);
-	return ASYNQ_OK;
-}
-
-asynq_status
-asynq_promise_set_error(asynq_future *p, asynq_error *e)
-{
-	if (!promise_open(p)) {
-		asynq_error_rele(e);
-		return ASYNQ_FAILED_PRECONDITION;
-	}
-	asynqi_future_set_error(p, e);
-	promise_done(p);
-	return ASYNQ_OK;
-}
-
-void
-asynqi_future_complete_rest(asynq_sched *s, asynq_future *f)
-{
-	while (f->more_waiters != NULL) {
-		waiter_node *n = f->more_waiters;
-		f->more_waiters = n->next;
-		asynqi_wake(s, n->task, f);
-		free(n);
-	}
-	if (f->cbs == NULL)
-		return;
-	/* Callbacks may drop the last outside reference; keep f alive. */
-	f->refs++;
-	while (f->cbs != NULL) {
-		cb_node *c = f->cbs;
-		f->cbs = c->next;
-		asynq_status st = c->fn(f, c->arg);
-		if (st != ASYNQ_OK) {
-			s->stats.callback_failures++;
-			asynq_error *e = asynq_error_alloc(st,
-			    "on-done callback %p failed with %s",
-			    (void *)(uintptr_t)c->fn, asynq_status_name(st));
-			asynqi_report(s, e);
-			asynq_error_rele(e);
-		}
-		free(c);
-	}
-	asynq_future_rele(f);
-}
-
-asynq_status
-asynq_future_on_done(asynq_future *f, asynq_done_fn fn, void *arg)
-{
-	if (f == NULL)
-		return ASYNQ_RESOURCE_EXHAUSTED;
-	if (f->done) {
-		asynq_status st = fn(f, arg);
-		if (st != ASYNQ_OK) {
-			f->sched->stats.callback_failures++;
-			asynq_error *e = asynq_error_alloc(st,
-			    "on-done callback failed with %s",
-			    asynq_status_name(st));
-			asynqi_report(f->sched, e);
-			asynq_error_rele(e);
-		}
-		return ASYNQ_OK;
-	}
-	cb_node *c = malloc(sizeof(*c));
-	if (c == NULL)
-		return ASYNQ_RESOURCE_EXHAUSTED;
-	c->fn = fn;
-	c->arg = arg;
-	c->next = NULL;
-	cb_node **tail = &f->cbs;
-	while (*tail != NULL)
-		tail = &(*tail)->next;
-	*tail = c;
-	return ASYNQ_OK;
-}
-
 /* ---- Ready queue ---------------------------------------------------- */
 
 /* Inserts t before `before` (NULL: at the back). */
@@ -551,193 +226,6 @@ ready_pop(asynq_sched *s)
 		s->ready_tail = NULL;
 	t->q_next = t->q_prev = NULL;
 	return t;
-}
-
-/* ---- Tasks ---------------------------------------------------------- */
-
-static void
-task_free(asynq_sched *s, asynq_task *t)
-{
-	if (t->last_error != NULL)
-		asynq_error_rele(t->last_error);
-	if (t->ctx_error != NULL)
-		asynq_error_rele(t->ctx_error);
-	if (t->all_prev != NULL)
-		t->all_prev->all_next = t->all_next;
-	else if (s->all_tasks == t)
-		s->all_tasks = t->all_next;
-	if (t->all_next != NULL)
-		t->all_next->all_prev = t->all_prev;
-	s->stats.tasks_live--;
-	asynq_task *creator = t->creator;
-	if (USE_FREELIST && !s->zombie) {
-		t->q_next = s->free_tasks;
-		s->free_tasks = t;
-		s->n_free_tasks++;
-	} else {
-		free(t);
-	}
-	if (creator != NULL && --creator->fut.refs == 0)
-		future_free(&creator->fut);
-}
-
-/* The depth limit's failure, out of the spawn path. */
-static asynq_future * __attribute__((noinline, cold))
-spawn_too_deep(asynq_sched *s, const char *name, const char *file, int line)
-{
-	if (!s->depth_dumped) {
-		/* Once per thread: a runaway recursion would print this at
-		 * every level it unwinds. */
-		s->depth_dumped = true;
-		fprintf(stderr,
-		    "asynq: task depth limit (%zu) reached spawning %s at %s:%d; "
-		    "scheduler state:\n",
-		    s->cfg.max_depth, name, file, line);
-		asynqi_dump_sched(s, stderr, 20);
-	}
-	return asynq_const_error(asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
-	    "task depth limit (%zu) exceeded spawning %s at %s:%d (runaway "
-	    "recursion? raise asynq_sched_cfg.max_depth if intended)",
-	    s->cfg.max_depth, name, file, line));
-}
-
-/* A task record when the free list is empty; NULL without memory. */
-static asynq_task * __attribute__((noinline))
-task_record_new(void)
-{
-	return malloc(sizeof(asynq_task));
-}
-
-asynq_future *
-asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
-    const char *file, int line)
-{
-	asynq_sched *s = asynqi_tls_sched;
-	if (__builtin_expect(s == NULL, 0) &&
-	    (s = asynqi_sched_get()) == NULL)
-		return NULL;
-	asynq_task *creator = s->current;
-	uint32_t depth = creator != NULL ? creator->depth + 1 : 0;
-	if (__builtin_expect(depth >= s->cfg.max_depth, 0))
-		return spawn_too_deep(s, name, file, line);
-	asynq_task *t = s->free_tasks;
-	if (__builtin_expect(t != NULL, 1)) {
-		s->free_tasks = t->q_next;
-		s->n_free_tasks--;
-	} else if ((t = task_record_new()) == NULL) {
-		return NULL;
-	}
-	asynqi_fut_init(&t->fut, s, FUT_TASK);
-	t->state = TASK_CREATED;
-	t->dep_failed = false;
-	t->pending = 0;
-	t->stack = NULL;
-	t->q_prev = t->q_next = NULL;
-	t->starter = NULL;
-	t->fn = fn;
-	t->arg = arg;
-	t->contexts = NULL;
-	t->creator = creator;
-	if (creator != NULL)
-		creator->fut.refs++;
-	t->all_prev = NULL;
-	t->all_next = s->all_tasks;
-	if (s->all_tasks != NULL)
-		s->all_tasks->all_prev = t;
-	s->all_tasks = t;
-	t->depth = depth;
-	t->name = name;
-	t->file = file;
-	t->line = line;
-	t->nonsusp = 0; /* nonsusp_file and _line are read only above 0 */
-	t->deps = NULL;
-	t->n_deps = 0;
-	t->last_error = NULL;
-	t->ctx_error = NULL;
-	t->scoped = NULL;
-	t->id = ++s->stats.tasks_spawned;
-	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_SPAWN, t, ASYNQ_OK);
-	if (++s->stats.tasks_live > s->tasks_peak)
-		s->tasks_peak = s->stats.tasks_live;
-	return &t->fut;
-}
-
-asynq_status
-asynq_return_i64(asynq_task *t, int64_t v)
-{
-	value_clear(&t->fut);
-	t->fut.vkind = VAL_I64;
-	t->fut.v.i = v;
-	return ASYNQ_OK;
-}
-
-asynq_status
-asynq_return_ptr(asynq_task *t, void *p, void (*free_fn)(void *))
-{
-	value_clear(&t->fut);
-	t->fut.vkind = VAL_PTR;
-	t->fut.v.p = p;
-	t->fut.vfree = free_fn;
-	return ASYNQ_OK;
-}
-
-asynq_status
-asynq_fail_with(asynq_task *t, asynq_error *e)
-{
-	asynq_status code = asynq_error_code(e);
-	asynq_error_rele(t->last_error);
-	t->last_error = e;
-	return code == ASYNQ_OK ? ASYNQ_UNKNOWN : code;
-}
-
-asynq_status
-asynq_fail(asynq_task *t, asynq_status code, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	asynq_error *e = asynqi_error_make(t, code, NULL, fmt, ap);
-	va_end(ap);
-	asynq_fail_with(t, e);
-	return code;
-}
-
-asynq_error *
-asynq_task_error(const asynq_task *t)
-{
-	if (t->last_error == NULL && t->fut.done && t->fut.status != ASYNQ_OK)
-		return t->fut.error;
-	return t->last_error;
-}
-
-asynq_task *
-asynq_task_current(void)
-{
-	asynq_sched *s = asynqi_tls_sched;
-	return s != NULL ? s->current : NULL;
-}
-
-asynq_future *
-asynq_task_future(asynq_task *t)
-{
-	return &t->fut;
-}
-
-asynq_task *
-asynq_future_task(asynq_future *f)
-{
-	return f != NULL && f->kind == FUT_TASK ? (asynq_task *)f : NULL;
-}
-
-const char *
-asynq_task_name(const asynq_task *t)
-{
-	return t->name;
-}
-
-uint64_t
-asynq_task_id(const asynq_task *t)
-{
-	return t->id;
 }
 
 void
@@ -780,18 +268,6 @@ asynqi_trace_batch(asynq_sched *s, asynq_trace_kind kind, asynq_batch *b)
 	s->trace(&ev, s->trace_arg);
 }
 
-size_t
-asynq_task_depth(const asynq_task *t)
-{
-	return t->depth;
-}
-
-size_t
-asynq_task_dependencies(const asynq_task *t)
-{
-	return t->state == TASK_BLOCKED ? t->pending : 0;
-}
-
 /* Stores the task body's outcome in its future. */
 static inline void
 task_finish(asynq_sched *s, asynq_task *t, asynq_status st)
@@ -804,7 +280,7 @@ task_finish(asynq_sched *s, asynq_task *t, asynq_status st)
 	if (st == ASYNQ_OK) {
 		t->fut.status = ASYNQ_OK;
 	} else {
-		value_clear(&t->fut);
+		asynqi_value_clear(&t->fut);
 		asynq_error *e = t->last_error;
 		t->last_error = NULL;
 		if (e == NULL || asynq_error_code(e) != st) {
@@ -1618,11 +1094,11 @@ asynq_thread_fini(void)
 	asynqi_tls_sched = NULL;
 	s->zombie = true;
 	if (s->live_futures == 0)
-		sched_free(s);
+		asynqi_sched_free(s);
 }
 
-static void
-sched_free(asynq_sched *s)
+void
+asynqi_sched_free(asynq_sched *s)
 {
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);

@@ -476,7 +476,7 @@ test_task_lazy_start(void **state)
 	f = asynq_spawn(lazy_task, NULL);
 	assert_non_null(f);
 	assert_false(asynq_future_done(f));
-	assert_status(asynq_future_status(f), ASYNQ_UNAVAILABLE);
+	assert_status(asynq_future_status(f), ASYNQ_FAILED_PRECONDITION);
 	assert_int_equal(lazy_runs, 0);
 	assert_int_equal(tu_stats().tasks_spawned, 1);
 	assert_int_equal(tu_stats().tasks_started, 0);

@@ -164,7 +164,7 @@ test_post_sets_promise_from_another_thread(void **state)
 	p = asynq_promise_alloc();
 	assert_non_null(p);
 	assert_false(asynq_future_done(p));
-	assert_status(asynq_future_status(p), ASYNQ_UNAVAILABLE);
+	assert_status(asynq_future_status(p), ASYNQ_FAILED_PRECONDITION);
 	s0 = tu_stats();
 	t0 = asynq_now_ns();
 	poster_start(&th, p, 42, 20, 0, false);
