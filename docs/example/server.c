@@ -4,17 +4,17 @@
  *
  *   bazel run //docs/example:server -- --listen tcp://127.0.0.1:7100
  *
- * It serves greeter.Greeter on two workers until SIGINT or SIGTERM, then
- * answers the calls in flight, prints its counters and exits 0.
+ * It serves greeter.Greeter until SIGINT or SIGTERM (asynq_serve_main:
+ * the common flags, a drain, the calls in flight answered), prints its
+ * counters and exits 0.
  */
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "asynq/asynq.h"
 #include "asynq/rpc.h"
+#include "asynq/serve.h"
 #include "docs/example/greeter.asynq.h"
 
 /* A reply whose message is printf(fmt, ...); NULL without memory. */
@@ -82,52 +82,48 @@ static const greeter__greeter__asynq_handlers handlers = {
 	.welcome = welcome,
 };
 
+/* Lives as long as the server: what its handlers are called with. */
+static greeter__greeter__asynq_binding binding;
+static asynq_rpc_server *server;
+
+static asynq_status
+add_greeter(asynq_rpc_server *srv, void *arg)
+{
+	(void)arg;
+	return greeter__greeter__asynq_serve(srv, &handlers, NULL, &binding);
+}
+
+/* With the runtime running: the server, on --listen. */
+static asynq_status
+start(asynq_serve *sv, void *arg)
+{
+	(void)arg;
+	return asynq_serve_add(sv, &greeter__greeter__asynq_desc, add_greeter,
+	    NULL, NULL, &server);
+}
+
+/* After the server closed, every call it accepted answered. */
+static void
+stop(asynq_serve *sv, void *arg)
+{
+	asynq_rpc_server_stats st;
+
+	(void)sv;
+	(void)arg;
+	if (server == NULL)
+		return;
+	asynq_rpc_server_stats_get(server, &st);
+	printf("greeter: %llu calls in %llu requests\n",
+	    (unsigned long long)st.calls, (unsigned long long)st.requests);
+}
+
 int
 main(int argc, char **argv)
 {
-	asynq_runtime_cfg rcfg = { .workers = 2 };
-	asynq_runtime *rt = NULL;
-	asynq_rpc_server *srv = NULL;
-	/* Lives as long as the server: what its handlers are called with. */
-	static greeter__greeter__asynq_binding binding;
-	asynq_rpc_server_stats st;
-	asynq_status rv;
-	sigset_t stop;
-	int sig;
-
-	if (argc != 3 || strcmp(argv[1], "--listen") != 0) {
-		fprintf(stderr, "usage: %s --listen URL\n", argv[0]);
-		return 2;
-	}
-	/* Before any thread starts, so that only sigwait sees them. */
-	sigemptyset(&stop);
-	sigaddset(&stop, SIGINT);
-	sigaddset(&stop, SIGTERM);
-	pthread_sigmask(SIG_BLOCK, &stop, NULL);
-
-	if ((rv = asynq_runtime_alloc(&rt, &rcfg)) != ASYNQ_OK)
-		goto fail;
-	if ((rv = asynq_rpc_server_alloc(&srv, rt, NULL)) != ASYNQ_OK)
-		goto fail;
-	if ((rv = greeter__greeter__asynq_serve(srv, &handlers, NULL,
-	         &binding)) != ASYNQ_OK)
-		goto fail;
-	if ((rv = asynq_rpc_server_listen(srv, argv[2])) != ASYNQ_OK)
-		goto fail;
-	printf("greeter: listening on %s\n", argv[2]);
-	fflush(stdout);
-
-	sigwait(&stop, &sig);
-	asynq_rpc_server_close(srv); /* answers the calls in flight */
-	asynq_rpc_server_stats_get(srv, &st);
-	printf("greeter: %llu calls in %llu requests\n",
-	    (unsigned long long)st.calls, (unsigned long long)st.requests);
-	asynq_rpc_server_free(srv);
-	asynq_runtime_free(rt);
-	return 0;
-fail:
-	fprintf(stderr, "greeter: %s\n", asynq_strerror(rv));
-	asynq_rpc_server_free(srv);
-	asynq_runtime_free(rt);
-	return 1;
+	const asynq_serve_program program = {
+		.name = "greeter",
+		.start = start,
+		.stop = stop,
+	};
+	return asynq_serve_main(&program, argc, argv);
 }

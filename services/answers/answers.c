@@ -19,6 +19,7 @@
 struct answers_service {
 	svc_db db;
 	asynq_rpc_server *srv;
+	bool srv_of_program; /* made by asynq_serve_add: not ours to free */
 	asynq__answers__answers__asynq_binding binding;
 };
 
@@ -244,6 +245,15 @@ answers_service_start(answers_service *s, asynq_runtime *rt, const char *url,
 	    answers_add, s, url, cfg);
 }
 
+asynq_status
+answers_service_serve(answers_service *s, asynq_serve *sv)
+{
+	asynq_status rv = asynq_serve_add(sv, &asynq__answers__answers__asynq_desc, answers_add, s, NULL,
+	    &s->srv);
+	s->srv_of_program = rv == ASYNQ_OK;
+	return rv;
+}
+
 void
 answers_service_close(answers_service *s)
 {
@@ -256,7 +266,8 @@ answers_service_free(answers_service *s)
 {
 	if (s == NULL)
 		return;
-	asynq_rpc_server_free(s->srv);
+	if (!s->srv_of_program)
+		asynq_rpc_server_free(s->srv);
 	svc_db_fini(&s->db);
 	free(s);
 }

@@ -44,6 +44,12 @@ svc_hook answers_service_hook(answers_service *s);
 asynq_status answers_service_start(answers_service *s, asynq_runtime *rt,
     const char *url, const asynq_rpc_server_cfg *cfg);
 
+/* answers_service_serve is answers_service_start for a program run by
+ * asynq_serve_main (asynq/serve.h): the server is the program's (made on
+ * its runtime, listening on --listen with the flags' limits, drained,
+ * closed and freed by asynq_serve_main). From the program's start. */
+asynq_status answers_service_serve(answers_service *s, asynq_serve *sv);
+
 /* answers_service_close stops receiving and answers every call already
  * received; blocks until done. Idempotent. Not from a worker. */
 void answers_service_close(answers_service *s);

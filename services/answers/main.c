@@ -5,67 +5,103 @@
  *   bazel run //services/answers -- --listen tcp://127.0.0.1:7002 \
  *       --workers 2 --db /tmp/asynq-answers.db
  *
- * It makes the database on first run (--gen-answers N answers, default
- * 1,000,000, over --gen-questions N questions, default 100,000, by
- * --gen-users N users, default 100,000),
- * prints where it listens, logs its counters at most once per second, and on
- * SIGINT or SIGTERM stops receiving, answers the calls in flight and exits 0.
+ * It makes the database on first run (--gen-answers, --gen-questions,
+ * --gen-users: how many of each)
+ * and is run by asynq_serve_main (asynq/serve.h: the common flags, the
+ * counters log, and on SIGINT or SIGTERM a drain, then every call in flight
+ * answered and exit 0).
  */
 #include <stdio.h>
-#include <stdlib.h>
 
 #include "services/answers/answers.h"
+
+typedef struct program {
+	const char *db;
+	svc_data_cfg data;
+	bool db_on_worker;
+	answers_service *s;
+	svc_hook hook;
+} program;
+
+static asynq_status
+prepare(void *arg)
+{
+	program *m = arg;
+	bool created;
+	asynq_status rv = svc_data_answers_ensure(m->db, &m->data, &created);
+	if (rv == ASYNQ_OK && created)
+		fprintf(stderr, "answers: generated %s\n", m->db);
+	if (rv == ASYNQ_OK && (rv = answers_service_alloc(&m->s, m->db)) ==
+	        ASYNQ_OK) {
+		answers_service_db(m->s)->on_worker = m->db_on_worker;
+		m->hook = answers_service_hook(m->s);
+	}
+	if (rv != ASYNQ_OK)
+		fprintf(stderr, "answers: database %s: %s\n", m->db,
+		    asynq_strerror(rv));
+	return rv;
+}
+
+static void
+worker_start(asynq_runtime *rt, size_t w, void *arg)
+{
+	program *m = arg;
+	m->hook.start(rt, w, m->hook.arg);
+}
+
+static void
+worker_stop(asynq_runtime *rt, size_t w, void *arg)
+{
+	program *m = arg;
+	m->hook.stop(rt, w, m->hook.arg);
+}
+
+static asynq_status
+start(asynq_serve *sv, void *arg)
+{
+	program *m = arg;
+	return answers_service_serve(m->s, sv);
+}
+
+static size_t
+counters(void *arg, asynq_serve_counter *out)
+{
+	program *m = arg;
+	out[0] = (asynq_serve_counter){ "sql",
+		atomic_load(&answers_service_db(m->s)->queries) };
+	return 1;
+}
 
 int
 main(int argc, char **argv)
 {
-	svc_flags f = {
-		.listen = "tcp://127.0.0.1:7002",
-		.db = "/tmp/asynq-answers.db",
+	program m = { .db = "/tmp/asynq-answers.db" };
+	const asynq_serve_flag flags[] = {
+		{ "db", ASYNQ_FLAG_STRING, &m.db, "PATH",
+		    "the SQLite database (made on first run)" },
+		{ "gen-answers", ASYNQ_FLAG_SIZE, &m.data.answers, "N",
+		    "answers to generate (default 1,000,000)" },
+		{ "gen-questions", ASYNQ_FLAG_SIZE, &m.data.questions, "N",
+		    "questions they answer (default 100,000)" },
+		{ "gen-users", ASYNQ_FLAG_SIZE, &m.data.users, "N",
+		    "users who wrote them (default 100,000)" },
+		{ "db-on-worker", ASYNQ_FLAG_BOOL, &m.db_on_worker, NULL,
+		    "queries on the worker threads, not the blocking pool" },
 	};
-	svc_hooks hooks = { 0 };
-	answers_service *s = NULL;
-	asynq_runtime *rt = NULL;
-	asynq_status rv;
-	bool created;
-
-	svc_signals_block();
-	if (!svc_flags_parse(&f, argc, argv,
-	        "[--listen URL] [--workers N] [--db PATH] [--gen-answers N]"
-	        " [--gen-questions N] [--gen-users N]"
-	        " [--admin URL] [--db-on-worker] [--quiet]"))
-		return 2;
-	if (svc_admin_open(f.admin, "answers") != ASYNQ_OK)
-		return 1;
-	if ((rv = svc_data_answers_ensure(f.db, &f.data, &created)) != ASYNQ_OK)
-		goto fail;
-	if (created)
-		fprintf(stderr, "answers: generated %s\n", f.db);
-	if ((rv = answers_service_alloc(&s, f.db)) == ASYNQ_OK)
-		answers_service_db(s)->on_worker = f.db_on_worker;
-	if (rv != ASYNQ_OK)
-		goto fail;
-	svc_hooks_add(&hooks, answers_service_hook(s));
-	if ((rv = svc_runtime_alloc(&rt, f.workers, &hooks)) != ASYNQ_OK)
-		goto fail;
-	if ((rv = answers_service_start(s, rt, f.listen, &f.server)) !=
-	    ASYNQ_OK)
-		goto fail;
-	printf("answers: listening on %s (%zu workers, db %s)\n", f.listen,
-	    asynq_runtime_workers(rt), f.db);
-	fflush(stdout);
-	svc_run_until_signal("answers", answers_service_counters, s, f.quiet);
-	fprintf(stderr, "answers: stopping\n");
-	answers_service_close(s);
-	svc_admin_close();
-	asynq_runtime_free(rt);
-	answers_service_free(s);
-	return 0;
-fail:
-	fprintf(stderr, "answers: %s\n", asynq_strerror(rv));
-	answers_service_close(s);
-	svc_admin_close();
-	asynq_runtime_free(rt);
-	answers_service_free(s);
-	return 1;
+	const asynq_serve_program p = {
+		.name = "answers",
+		.listen = "tcp://127.0.0.1:7002",
+		.flags = flags,
+		.n_flags = sizeof(flags) / sizeof(flags[0]),
+		.stack_size = SVC_STACK_SIZE,
+		.prepare = prepare,
+		.worker_start = worker_start,
+		.worker_stop = worker_stop,
+		.start = start,
+		.counters = counters,
+		.arg = &m,
+	};
+	int rc = asynq_serve_main(&p, argc, argv);
+	answers_service_free(m.s);
+	return rc;
 }

@@ -50,6 +50,7 @@ struct cache_service {
 	size_t max_bytes;
 	cache_stats st;
 	asynq_rpc_server *srv;
+	bool srv_of_program; /* made by asynq_serve_add: not ours to free */
 	asynq__cache__cache__asynq_binding binding;
 	int exec_log; /* fd opened O_APPEND, or -1 */
 };
@@ -480,6 +481,15 @@ cache_service_start(cache_service *s, asynq_runtime *rt, const char *url,
 	    cache_add, s, url, cfg);
 }
 
+asynq_status
+cache_service_serve(cache_service *s, asynq_serve *sv)
+{
+	asynq_status rv = asynq_serve_add(sv, &asynq__cache__cache__asynq_desc, cache_add, s, NULL,
+	    &s->srv);
+	s->srv_of_program = rv == ASYNQ_OK;
+	return rv;
+}
+
 void
 cache_service_close(cache_service *s)
 {
@@ -492,7 +502,8 @@ cache_service_free(cache_service *s)
 {
 	if (s == NULL)
 		return;
-	asynq_rpc_server_free(s->srv);
+	if (!s->srv_of_program)
+		asynq_rpc_server_free(s->srv);
 	for (entry *e = s->head, *next; e != NULL; e = next) {
 		next = e->next;
 		free(e->val);

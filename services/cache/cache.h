@@ -52,6 +52,12 @@ void cache_service_exec_log_set(cache_service *s, int fd);
 asynq_status cache_service_start(cache_service *s, asynq_runtime *rt,
     const char *url, const asynq_rpc_server_cfg *cfg);
 
+/* cache_service_serve is cache_service_start for a program run by
+ * asynq_serve_main (asynq/serve.h): the server is the program's (made on
+ * its runtime, listening on --listen with the flags' limits, drained,
+ * closed and freed by asynq_serve_main). From the program's start. */
+asynq_status cache_service_serve(cache_service *s, asynq_serve *sv);
+
 /* cache_service_close stops receiving and answers every call already
  * received; blocks until done. Idempotent. Not from a worker. */
 void cache_service_close(cache_service *s);

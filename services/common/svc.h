@@ -3,9 +3,10 @@
  * What the example services share: a deterministic data generator that makes
  * their SQLite databases on first run, per-worker read-only SQLite
  * connections with a query counter and batched `WHERE id IN (...)` lookups,
- * a runtime whose worker hooks several services can share, command-line
- * flags, and a main loop that logs counters once per second and returns on
- * SIGINT or SIGTERM so the caller can close its servers cleanly.
+ * a runtime whose worker hooks several services can share, servers and an
+ * admin endpoint for programs that run several services in one process
+ * (the demo, the integration test). The services' own programs are run by
+ * asynq_serve_main (asynq/serve.h).
  *
  * Nothing here is part of the framework; it uses the public headers only.
  */
@@ -23,6 +24,7 @@
 #include "asynq/admin.h"
 #include "asynq/asynq.h"
 #include "asynq/rpc.h"
+#include "asynq/serve.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,6 +32,9 @@ extern "C" {
 
 /* Most worker threads a service's runtime may have. */
 #define SVC_MAX_WORKERS 256
+
+/* Task stacks of the services' runtimes: big enough for SQLite's frames. */
+#define SVC_STACK_SIZE (256 * 1024)
 
 /* ---- Data generator ------------------------------------------------------ */
 
@@ -150,38 +155,9 @@ svc_hook svc_db_hook(svc_db *db);
 asynq_status svc_runtime_alloc(asynq_runtime **rtp, size_t workers,
     svc_hooks *hs);
 
-/* ---- Flags, signals, counters ------------------------------------------ */
+/* ---- Counters ------------------------------------------------------------ */
 
-/* Command-line settings of the service mains; unset strings are NULL. */
-typedef struct svc_flags {
-	const char *listen;      /* --listen URL */
-	size_t workers;          /* --workers N (0: one per CPU) */
-	const char *db;          /* --db PATH */
-	const char *users_url;   /* --users URL (frontend) */
-	const char *answers_url; /* --answers URL (frontend) */
-	const char *cache_url;   /* --cache URL (frontend) */
-	svc_data_cfg data;       /* --gen-users/--gen-answers/--gen-questions */
-	bool quiet;              /* --quiet: no counters log */
-	bool db_on_worker;       /* --db-on-worker: SQLite queries on the
-	                            worker threads, not the blocking pool */
-	const char *admin;       /* --admin URL: the admin endpoint */
-	/* --max-connections, --handshake-timeout-ms, --frame-timeout-ms,
-	 * --idle-timeout-ms, --max-write-queue-bytes, --queue-target-us
-	 * (admission control; "off" turns it off): the server's limits (zero:
-	 * the framework's defaults). */
-	asynq_rpc_server_cfg server;
-} svc_flags;
-
-/* svc_flags_parse fills f from argv, starting from the defaults already in
- * f. Prints usage and returns false on --help or a bad flag. */
-bool svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage);
-
-/* svc_signals_block blocks SIGINT and SIGTERM in the calling thread and so in
- * every thread it starts afterwards; call it first in main, so that
- * svc_run_until_signal alone receives them. */
-void svc_signals_block(void);
-
-/* A service's counters, as svc_run_until_signal logs them. */
+/* A service's counters, for programs that show them (the demo). */
 typedef struct svc_counters {
 	uint64_t calls;        /* calls served */
 	uint64_t requests;     /* requests received (calls / requests is the
@@ -198,17 +174,6 @@ typedef struct svc_counters {
 
 /* Reads a service's counters; any thread. */
 typedef void (*svc_counters_fn)(void *arg, svc_counters *out);
-
-/* svc_run_until_signal waits for SIGINT or SIGTERM (blocked beforehand with
- * svc_signals_block), and meanwhile, unless quiet, prints a line of counter
- * deltas to stderr at most once per second when they changed. Then it
- * drains: the servers svc_serve made say they are not ready (health
- * NOT_SERVING, admin /ready 503) and keep serving for --drain-grace-ms
- * (default SVC_DRAIN_GRACE_MS; a second signal cuts it short), so a load
- * balancer stops sending before the caller closes them. Returns the first
- * signal's number. */
-int svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
-    bool quiet);
 
 /* ---- The admin endpoint (asynq/admin.h) ------------------------------- */
 
@@ -243,10 +208,6 @@ void svc_admin_close(void);
 /* Registers a service's typed handler table on srv: its generated
  * <svc>__asynq_serve, with the service as ctx. */
 typedef asynq_status (*svc_add_fn)(asynq_rpc_server *srv, void *arg);
-
-/* How long a service keeps serving after SIGTERM while it says it is not
- * ready (--drain-grace-ms; 0: stop at once). */
-#define SVC_DRAIN_GRACE_MS 2000
 
 /* svc_serve makes *srvp, a server on rt with settings cfg (NULL: the
  * defaults) for service svc, whose handlers add(srv, arg) registers,

@@ -25,6 +25,7 @@ struct frontend_service {
 	asynq_rpc_channel *answers;
 	asynq_rpc_channel *cache; /* NULL: no cache */
 	asynq_rpc_server *srv;
+	bool srv_of_program; /* made by asynq_serve_add: not ours to free */
 	asynq__frontend__frontend__asynq_binding binding;
 };
 
@@ -398,6 +399,20 @@ frontend_service_start(frontend_service *s, asynq_runtime *rt, const char *url,
 	    frontend_add, s, url, cfg);
 }
 
+asynq_status
+frontend_service_serve(frontend_service *s, asynq_serve *sv)
+{
+	asynq_status rv = asynq_serve_add(sv, &asynq__frontend__frontend__asynq_desc, frontend_add, s, NULL,
+	    &s->srv);
+	s->srv_of_program = rv == ASYNQ_OK;
+	if (rv == ASYNQ_OK) {
+		asynq_serve_channel(sv, s->users, "users");
+		asynq_serve_channel(sv, s->answers, "answers");
+		asynq_serve_channel(sv, s->cache, "cache");
+	}
+	return rv;
+}
+
 void
 frontend_service_close(frontend_service *s)
 {
@@ -410,7 +425,8 @@ frontend_service_free(frontend_service *s)
 {
 	if (s == NULL)
 		return;
-	asynq_rpc_server_free(s->srv);
+	if (!s->srv_of_program)
+		asynq_rpc_server_free(s->srv);
 	asynq_rpc_channel_free(s->users);
 	asynq_rpc_channel_free(s->answers);
 	asynq_rpc_channel_free(s->cache);

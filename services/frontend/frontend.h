@@ -66,6 +66,12 @@ asynq_status frontend_service_start(frontend_service *s, asynq_runtime *rt,
 asynq_status frontend_author_names(asynq_task *t, frontend_service *s,
     const int64_t *aids, size_t n, char ***names);
 
+/* frontend_service_serve is frontend_service_start for a program run by
+ * asynq_serve_main (asynq/serve.h): the server is the program's (made on
+ * its runtime, listening on --listen with the flags' limits, drained,
+ * closed and freed by asynq_serve_main). From the program's start. */
+asynq_status frontend_service_serve(frontend_service *s, asynq_serve *sv);
+
 /* frontend_service_close stops receiving and answers every call already
  * received; blocks until done. Idempotent. Not from a worker. */
 void frontend_service_close(frontend_service *s);

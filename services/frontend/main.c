@@ -7,59 +7,67 @@
  *       --answers tcp://127.0.0.1:7002 [--cache tcp://127.0.0.1:7003]
  *
  * With --cache it reads users' names cache-aside through the cache service.
- * It prints where it listens, logs its counters (calls served, calls and
- * requests made to users and answers) at most once per second, and on
- * SIGINT or SIGTERM stops receiving, answers the calls in flight and exits 0.
+ * Run by asynq_serve_main (asynq/serve.h: the common flags; the counters
+ * log with the calls and requests it made to users and answers; on SIGINT
+ * or SIGTERM a drain, then every call in flight answered and exit 0).
  */
 #include <stdio.h>
-#include <stdlib.h>
 
 #include "services/frontend/frontend.h"
+
+typedef struct program {
+	const char *users, *answers, *cache;
+	frontend_service *s;
+} program;
+
+static asynq_status
+prepare(void *arg)
+{
+	program *m = arg;
+	asynq_status rv =
+	    frontend_service_alloc(&m->s, m->users, m->answers, m->cache);
+	if (rv != ASYNQ_OK)
+		fprintf(stderr,
+		    "frontend: channels to users %s, answers %s, cache %s: "
+		    "%s\n",
+		    m->users, m->answers, m->cache != NULL ? m->cache : "none",
+		    asynq_strerror(rv));
+	return rv;
+}
+
+static asynq_status
+start(asynq_serve *sv, void *arg)
+{
+	program *m = arg;
+	return frontend_service_serve(m->s, sv);
+}
 
 int
 main(int argc, char **argv)
 {
-	svc_flags f = {
-		.listen = "tcp://127.0.0.1:7000",
-		.users_url = "tcp://127.0.0.1:7001",
-		.answers_url = "tcp://127.0.0.1:7002",
+	program m = {
+		.users = "tcp://127.0.0.1:7001",
+		.answers = "tcp://127.0.0.1:7002",
 	};
-	frontend_service *s = NULL;
-	asynq_runtime *rt = NULL;
-	asynq_status rv;
-
-	svc_signals_block();
-	if (!svc_flags_parse(&f, argc, argv,
-	        "[--listen URL] [--workers N] [--users URL] [--answers URL]"
-	        " [--cache URL] [--admin URL] [--quiet]"))
-		return 2;
-	if (svc_admin_open(f.admin, "frontend") != ASYNQ_OK)
-		return 1;
-	if ((rv = frontend_service_alloc(&s, f.users_url, f.answers_url,
-	         f.cache_url)) != ASYNQ_OK)
-		goto fail;
-	if ((rv = svc_runtime_alloc(&rt, f.workers, NULL)) != ASYNQ_OK)
-		goto fail;
-	if ((rv = frontend_service_start(s, rt, f.listen, &f.server)) !=
-	    ASYNQ_OK)
-		goto fail;
-	printf("frontend: listening on %s (%zu workers, users %s, answers %s,"
-	       " cache %s)\n",
-	    f.listen, asynq_runtime_workers(rt), f.users_url, f.answers_url,
-	    f.cache_url != NULL ? f.cache_url : "none");
-	fflush(stdout);
-	svc_run_until_signal("frontend", frontend_service_counters, s, f.quiet);
-	fprintf(stderr, "frontend: stopping\n");
-	frontend_service_close(s);
-	svc_admin_close();
-	asynq_runtime_free(rt);
-	frontend_service_free(s);
-	return 0;
-fail:
-	fprintf(stderr, "frontend: %s\n", asynq_strerror(rv));
-	frontend_service_close(s);
-	svc_admin_close();
-	asynq_runtime_free(rt);
-	frontend_service_free(s);
-	return 1;
+	const asynq_serve_flag flags[] = {
+		{ "users", ASYNQ_FLAG_STRING, &m.users, "URL",
+		    "the users service" },
+		{ "answers", ASYNQ_FLAG_STRING, &m.answers, "URL",
+		    "the answers service" },
+		{ "cache", ASYNQ_FLAG_STRING, &m.cache, "URL",
+		    "the cache service (default: none)" },
+	};
+	const asynq_serve_program p = {
+		.name = "frontend",
+		.listen = "tcp://127.0.0.1:7000",
+		.flags = flags,
+		.n_flags = sizeof(flags) / sizeof(flags[0]),
+		.stack_size = SVC_STACK_SIZE,
+		.prepare = prepare,
+		.start = start,
+		.arg = &m,
+	};
+	int rc = asynq_serve_main(&p, argc, argv);
+	frontend_service_free(m.s);
+	return rc;
 }

@@ -5,63 +5,98 @@
  *   bazel run //services/users -- --listen tcp://127.0.0.1:7001 \
  *       --workers 2 --db /tmp/asynq-users.db
  *
- * It makes the database on first run (--gen-users N users, default 100,000),
- * prints where it listens, logs its counters at most once per second, and on
- * SIGINT or SIGTERM stops receiving, answers the calls in flight and exits 0.
+ * It makes the database on first run (--gen-users N users, default 100,000)
+ * and is run by asynq_serve_main (asynq/serve.h: the common flags, the
+ * counters log, and on SIGINT or SIGTERM a drain, then every call in flight
+ * answered and exit 0).
  */
 #include <stdio.h>
-#include <stdlib.h>
 
 #include "services/users/users.h"
+
+typedef struct program {
+	const char *db;
+	svc_data_cfg data;
+	bool db_on_worker;
+	users_service *s;
+	svc_hook hook;
+} program;
+
+static asynq_status
+prepare(void *arg)
+{
+	program *m = arg;
+	bool created;
+	asynq_status rv = svc_data_users_ensure(m->db, &m->data, &created);
+	if (rv == ASYNQ_OK && created)
+		fprintf(stderr, "users: generated %s\n", m->db);
+	if (rv == ASYNQ_OK && (rv = users_service_alloc(&m->s, m->db)) ==
+	        ASYNQ_OK) {
+		users_service_db(m->s)->on_worker = m->db_on_worker;
+		m->hook = users_service_hook(m->s);
+	}
+	if (rv != ASYNQ_OK)
+		fprintf(stderr, "users: database %s: %s\n", m->db,
+		    asynq_strerror(rv));
+	return rv;
+}
+
+static void
+worker_start(asynq_runtime *rt, size_t w, void *arg)
+{
+	program *m = arg;
+	m->hook.start(rt, w, m->hook.arg);
+}
+
+static void
+worker_stop(asynq_runtime *rt, size_t w, void *arg)
+{
+	program *m = arg;
+	m->hook.stop(rt, w, m->hook.arg);
+}
+
+static asynq_status
+start(asynq_serve *sv, void *arg)
+{
+	program *m = arg;
+	return users_service_serve(m->s, sv);
+}
+
+static size_t
+counters(void *arg, asynq_serve_counter *out)
+{
+	program *m = arg;
+	out[0] = (asynq_serve_counter){ "sql",
+		atomic_load(&users_service_db(m->s)->queries) };
+	return 1;
+}
 
 int
 main(int argc, char **argv)
 {
-	svc_flags f = {
-		.listen = "tcp://127.0.0.1:7001",
-		.db = "/tmp/asynq-users.db",
+	program m = { .db = "/tmp/asynq-users.db" };
+	const asynq_serve_flag flags[] = {
+		{ "db", ASYNQ_FLAG_STRING, &m.db, "PATH",
+		    "the SQLite database (made on first run)" },
+		{ "gen-users", ASYNQ_FLAG_SIZE, &m.data.users, "N",
+		    "users to generate (default 100,000)" },
+		{ "db-on-worker", ASYNQ_FLAG_BOOL, &m.db_on_worker, NULL,
+		    "queries on the worker threads, not the blocking pool" },
 	};
-	svc_hooks hooks = { 0 };
-	users_service *s = NULL;
-	asynq_runtime *rt = NULL;
-	asynq_status rv;
-	bool created;
-
-	svc_signals_block();
-	if (!svc_flags_parse(&f, argc, argv,
-	        "[--listen URL] [--workers N] [--db PATH] [--gen-users N]"
-	        " [--admin URL] [--db-on-worker] [--quiet]"))
-		return 2;
-	if (svc_admin_open(f.admin, "users") != ASYNQ_OK)
-		return 1;
-	if ((rv = svc_data_users_ensure(f.db, &f.data, &created)) != ASYNQ_OK)
-		goto fail;
-	if (created)
-		fprintf(stderr, "users: generated %s\n", f.db);
-	if ((rv = users_service_alloc(&s, f.db)) == ASYNQ_OK)
-		users_service_db(s)->on_worker = f.db_on_worker;
-	if (rv != ASYNQ_OK)
-		goto fail;
-	svc_hooks_add(&hooks, users_service_hook(s));
-	if ((rv = svc_runtime_alloc(&rt, f.workers, &hooks)) != ASYNQ_OK)
-		goto fail;
-	if ((rv = users_service_start(s, rt, f.listen, &f.server)) != ASYNQ_OK)
-		goto fail;
-	printf("users: listening on %s (%zu workers, db %s)\n", f.listen,
-	    asynq_runtime_workers(rt), f.db);
-	fflush(stdout);
-	svc_run_until_signal("users", users_service_counters, s, f.quiet);
-	fprintf(stderr, "users: stopping\n");
-	users_service_close(s);
-	svc_admin_close();
-	asynq_runtime_free(rt);
-	users_service_free(s);
-	return 0;
-fail:
-	fprintf(stderr, "users: %s\n", asynq_strerror(rv));
-	users_service_close(s);
-	svc_admin_close();
-	asynq_runtime_free(rt);
-	users_service_free(s);
-	return 1;
+	const asynq_serve_program p = {
+		.name = "users",
+		.listen = "tcp://127.0.0.1:7001",
+		.flags = flags,
+		.n_flags = sizeof(flags) / sizeof(flags[0]),
+		.stack_size = SVC_STACK_SIZE,
+		.prepare = prepare,
+		.worker_start = worker_start,
+		.worker_stop = worker_stop,
+		.start = start,
+		.counters = counters,
+		.arg = &m,
+	};
+	int rc = asynq_serve_main(&p, argc, argv);
+	users_service_free(m.s);
+	return rc;
 }

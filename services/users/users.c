@@ -18,6 +18,7 @@
 struct users_service {
 	svc_db db;
 	asynq_rpc_server *srv;
+	bool srv_of_program; /* made by asynq_serve_add: not ours to free */
 	asynq__users__users__asynq_binding binding;
 };
 
@@ -166,6 +167,15 @@ users_service_start(users_service *s, asynq_runtime *rt, const char *url,
 	    users_add, s, url, cfg);
 }
 
+asynq_status
+users_service_serve(users_service *s, asynq_serve *sv)
+{
+	asynq_status rv = asynq_serve_add(sv, &asynq__users__users__asynq_desc, users_add, s, NULL,
+	    &s->srv);
+	s->srv_of_program = rv == ASYNQ_OK;
+	return rv;
+}
+
 void
 users_service_close(users_service *s)
 {
@@ -178,7 +188,8 @@ users_service_free(users_service *s)
 {
 	if (s == NULL)
 		return;
-	asynq_rpc_server_free(s->srv);
+	if (!s->srv_of_program)
+		asynq_rpc_server_free(s->srv);
 	svc_db_fini(&s->db);
 	free(s);
 }

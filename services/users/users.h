@@ -43,6 +43,12 @@ svc_db *users_service_db(users_service *s);
 asynq_status users_service_start(users_service *s, asynq_runtime *rt,
     const char *url, const asynq_rpc_server_cfg *cfg);
 
+/* users_service_serve is users_service_start for a program run by
+ * asynq_serve_main (asynq/serve.h): the server is the program's (made on
+ * its runtime, listening on --listen with the flags' limits, drained,
+ * closed and freed by asynq_serve_main). From the program's start. */
+asynq_status users_service_serve(users_service *s, asynq_serve *sv);
+
 /* users_service_close stops receiving and answers every call already
  * received; blocks until done. Idempotent. Not from a worker. */
 void users_service_close(users_service *s);

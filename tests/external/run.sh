@@ -74,6 +74,7 @@ cc_binary(
     deps = [
         ":greeter_proto",
         "@asynq//framework:asynq",
+        "@asynq//framework/serve",
     ],
 )
 
