@@ -27,12 +27,17 @@ greet_all(asynq_task *t, void *arg)
 	asynq_future *f[2 * N_GUESTS];
 	asynq_status rv;
 
+	/* The calls made until the pop must be answered within 2 s, else
+	 * they fail DEADLINE_EXCEEDED; the server gets the time left. */
+	if ((rv = asynq_rpc_timeout_push(2000)) != ASYNQ_OK)
+		return rv;
 	for (size_t i = 0; i < N_GUESTS; i++) {
 		Greeter__HelloRequest req = GREETER__HELLO_REQUEST__INIT;
 		req.name = (char *)guests[i];
 		f[2 * i] = greeter__greeter__say_hello__call(ch, &req);
 		f[2 * i + 1] = greeter__greeter__welcome__call(ch, &req);
 	}
+	(void)asynq_rpc_timeout_pop();
 	/* Nothing has been sent yet: the ten calls go out now, together. */
 	if ((rv = asynq_await_all(t, f, 2 * N_GUESTS)) == ASYNQ_OK) {
 		for (size_t i = 0; i < 2 * N_GUESTS; i++) {
@@ -81,10 +86,18 @@ main(int argc, char **argv)
 		return 1;
 	}
 
-	f = asynq_spawn(greet_all, ch);
-	if ((rv = asynq_wait(f)) != ASYNQ_OK)
-		asynq_error_print(asynq_future_error(f), stderr);
-	asynq_future_rele(f);
+	/* greet_all on a runtime's worker thread, as a program that calls
+	 * services from several threads does; this thread waits for it. */
+	asynq_runtime_cfg rcfg = { .workers = 1 };
+	asynq_runtime *rt = NULL;
+	asynq_ticket *tk = NULL;
+	if ((rv = asynq_runtime_alloc(&rt, &rcfg)) == ASYNQ_OK &&
+	    (rv = asynq_runtime_submit(rt, -1, greet_all, ch, &tk)) ==
+	        ASYNQ_OK &&
+	    (rv = asynq_ticket_wait(tk)) != ASYNQ_OK)
+		asynq_error_print(asynq_ticket_error(tk), stderr);
+	asynq_ticket_free(tk);
+	asynq_runtime_free(rt); /* its worker has finished its calls */
 
 	f = asynq_spawn(greet_nobody, ch);
 	rv2 = asynq_wait(f);

@@ -4,7 +4,8 @@
 # Checks docs/write-a-service.md against docs/example, so the guide stays
 # true:
 # - every c, proto and python (BUILD) code block of the guide is quoted
-#   verbatim from a file of docs/example;
+#   verbatim from a file of docs/example (or, for section 13, from the
+#   users service it shows);
 # - its `bazel run //docs/example:NAME -- ARGS` commands run (as the built
 #   programs, on a free port instead of the guide's 7100), the server is
 #   stopped with SIGINT as Ctrl-C would, and each program's output is
@@ -61,7 +62,8 @@ output_block() {
 # ---- Code blocks are quotes ---------------------------------------------
 
 quoted=0
-for spec in c:server.c,client.c proto:greeter.proto python:BUILD; do
+for spec in c:server.c,client.c,../../services/users/users.c \
+	proto:greeter.proto python:BUILD; do
 	lang="${spec%%:*}"
 	files="${spec#*:}"
 	n=$(blocks "$lang")
