@@ -410,7 +410,8 @@ test_cache_lazy_failure_not_kept(void **state)
 }
 
 /* On a runtime worker: a memo call, a dedup call and a never-awaited dedup
- * call, a profile never stopped, a blocking call; the workers' teardown
+ * call, a profile never stopped, a blocking call, the thread's debug
+ * backend (one item awaited, one left unflushed); the workers' teardown
  * frees the tools' tables and the profile with their schedulers
  * (LeakSanitizer checks nothing is left under --config=asan). */
 static object worker_objs[2];
@@ -432,6 +433,9 @@ worker_tools(asynq_task *t, void *arg)
 	asynq_status bst = asynq_await(t, bf);
 	asynq_future_rele(bf);
 	ASYNQ_TRY(bst);
+	ASYNQ_TRY(asynq_debug_sync(t));
+	asynq_future *left = asynq_debug_item(asynq_debug_default(), 7);
+	asynq_future_rele(left); /* the backend's stop cancels its batch */
 	get_args *a = malloc(sizeof(*a));
 	a->self = o;
 	a->index = 1;
