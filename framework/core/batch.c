@@ -141,8 +141,8 @@ key_insert(asynq_batch *b)
 			t[j] = (uint32_t)(i + 1);
 		}
 	}
-	size_t j = key_slot((uint64_t)ASYNQI_ITEM(b->items[n - 1])->key,
-	    b->keys_mask);
+	size_t j =
+	    key_slot((uint64_t)ASYNQI_ITEM(b->items[n - 1])->key, b->keys_mask);
 	while (b->keys[j] != 0)
 		j = (j + 1) & b->keys_mask;
 	b->keys[j] = (uint32_t)n;
@@ -199,15 +199,13 @@ follower_copy(asynq_batch *b, asynq_future *f, const asynq_future *of)
 	if (of->vkind != VAL_PTR || of->vfree == NULL)
 		return;
 	void (*free_fn)(void *) = NULL;
-	void *p = b->ops->copy != NULL
-	    ? b->ops->copy(b, of->v.p, &free_fn)
-	    : NULL;
+	void *p =
+	    b->ops->copy != NULL ? b->ops->copy(b, of->v.p, &free_fn) : NULL;
 	if (p == NULL) {
 		f->vkind = VAL_NONE;
 		f->v.p = NULL;
-		f->status = b->ops->copy != NULL
-		    ? ASYNQ_RESOURCE_EXHAUSTED
-		    : ASYNQ_FAILED_PRECONDITION;
+		f->status = b->ops->copy != NULL ? ASYNQ_RESOURCE_EXHAUSTED
+		                                 : ASYNQ_FAILED_PRECONDITION;
 		f->error = asynq_error_alloc(f->status,
 		    b->ops->copy != NULL
 		        ? "%s: out of memory copying a result for a caller "
@@ -333,7 +331,7 @@ asynq_batch *
 asynq_item_batch(const asynq_future *item)
 {
 	return item != NULL && item->kind == FUT_ITEM ? ASYNQI_ITEM(item)->batch
-	                                               : NULL;
+	                                              : NULL;
 }
 
 int64_t
@@ -422,9 +420,8 @@ asynqi_best_batch(asynq_sched *s, uint64_t *next_due)
 				continue;
 			}
 		}
-		int64_t prio = b->ops->priority != NULL
-		    ? b->ops->priority(b)
-		    : (int64_t)b->n_items;
+		int64_t prio = b->ops->priority != NULL ? b->ops->priority(b)
+		                                        : (int64_t)b->n_items;
 		/* Ties go to the older batch. */
 		if (best == NULL || prio > best_prio ||
 		    (prio == best_prio && b->seq < best->seq)) {
@@ -561,7 +558,8 @@ asynq_batch_defer(asynq_batch *b)
 static void
 batch_completed(asynq_post *p)
 {
-	asynq_batch *b = (asynq_batch *)((char *)p - offsetof(asynq_batch, post));
+	asynq_batch *b =
+	    (asynq_batch *)((char *)p - offsetof(asynq_batch, post));
 	asynq_sched *s = b->sched;
 	/* asynq_batch_complete comes once per deferred flush. */
 	ASYNQ_ASSERT(b->state == BATCH_INFLIGHT && s->n_inflight > 0);

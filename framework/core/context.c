@@ -32,8 +32,8 @@ asynq_context_init(asynq_context *ctx, const asynq_context_ops *ops)
 }
 
 static void
-note_failure(asynq_sched *s, asynq_task *t, asynq_context *ctx,
-    asynq_status st, const char *what)
+note_failure(asynq_sched *s, asynq_task *t, asynq_context *ctx, asynq_status st,
+    const char *what)
 {
 	s->stats.context_failures++;
 	asynq_error *e = asynq_error_alloc(st, "context %p failed to %s: %s",
@@ -184,8 +184,7 @@ asynq_context_exit(asynq_context *ctx)
 }
 
 asynq_status
-asynq_with_context(asynq_context *ctx, asynq_status (*fn)(void *arg),
-    void *arg)
+asynq_with_context(asynq_context *ctx, asynq_status (*fn)(void *arg), void *arg)
 {
 	asynq_status st = asynq_context_enter(ctx);
 	if (st == ASYNQ_FAILED_PRECONDITION && !ctx->entered)

@@ -107,7 +107,8 @@ asynqi_stack_pool_fini(asynqi_stack_pool *p)
 		for (int i = 0; i < ASYNQI_SLAB; i++) {
 #if ASYNQI_TSAN
 			if (s->stacks[i].fiber.tsan_fiber != NULL)
-				__tsan_destroy_fiber(s->stacks[i].fiber.tsan_fiber);
+				__tsan_destroy_fiber(
+				    s->stacks[i].fiber.tsan_fiber);
 #endif
 		}
 		munmap(s->base, s->len);
@@ -306,8 +307,8 @@ asynqi_ctx_switch(asynqi_ctx *from, const asynqi_ctx *to)
 }
 
 void
-asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size,
-    void (*entry)(void *), void *arg)
+asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size, void (*entry)(void *),
+    void *arg)
 {
 	getcontext(&ctx->uc);
 	ctx->uc.uc_stack.ss_sp = lo;
@@ -324,8 +325,8 @@ asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size,
 extern void asynqi_ctx_trampoline(void);
 
 void
-asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size,
-    void (*entry)(void *), void *arg)
+asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size, void (*entry)(void *),
+    void *arg)
 {
 	uintptr_t top = ((uintptr_t)lo + size) & ~(uintptr_t)15;
 	struct asynqi_frame *f =
@@ -386,8 +387,8 @@ asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s)
 		to->stack_lo = s->lo;
 		to->stack_size = s->size;
 		/* A task that finished never returned from its outer frames, so
-		 * their redzones are still poisoned: clear them before the stack
-		 * runs another task. */
+		 * their redzones are still poisoned: clear them before the
+		 * stack runs another task. */
 		__asan_unpoison_memory_region(s->lo, s->size);
 	}
 #endif
@@ -399,8 +400,8 @@ asynqi_fiber_prepare(asynqi_fiber *to, const asynqi_stack *s)
 }
 
 void
-asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
-    asynqi_fiber *to, const asynqi_ctx *to_ctx, bool dying)
+asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx, asynqi_fiber *to,
+    const asynqi_ctx *to_ctx, bool dying)
 {
 	(void)dying;
 #if ASYNQI_ASAN

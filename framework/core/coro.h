@@ -59,35 +59,35 @@ void asynqi_ctx_make(asynqi_ctx *ctx, void *lo, size_t size,
 /* Sanitizer state of one execution context (a coroutine stack or a
  * thread's own stack); empty in normal builds. */
 typedef struct asynqi_fiber {
-	void *tsan_fiber;      /* TSan fiber handle, owned */
+	void *tsan_fiber; /* TSan fiber handle, owned */
 	/* TSan: the fiber of the call chain running on this stack: its own, or
 	 * that of the stack that called into it (asynqi_fiber_call), since TSan
 	 * keeps one shadow call stack per fiber. */
 	void *tsan_cur;
-	const void *stack_lo;  /* ASan: the stack bounds */
+	const void *stack_lo; /* ASan: the stack bounds */
 	size_t stack_size;
-	void *asan_fake;       /* ASan fake-stack save slot */
+	void *asan_fake; /* ASan fake-stack save slot */
 } asynqi_fiber;
 
 /* One coroutine stack; tasks take one when they start and give it back when
  * they finish, so its fiber record is reused with it. */
 typedef struct asynqi_stack {
-	void *lo;       /* lowest usable byte (above the guard page) */
-	size_t size;    /* usable bytes */
-	bool guarded;   /* a PROT_NONE page lies just below lo */
-	bool cold;      /* pages handed back to the kernel */
-	bool idle;      /* in the pool */
+	void *lo;     /* lowest usable byte (above the guard page) */
+	size_t size;  /* usable bytes */
+	bool guarded; /* a PROT_NONE page lies just below lo */
+	bool cold;    /* pages handed back to the kernel */
+	bool idle;    /* in the pool */
 	struct asynqi_stack *next;
 	struct asynqi_slab *slab;
 	asynqi_fiber fiber;
 } asynqi_stack;
 
 typedef struct asynqi_stack_pool {
-	size_t stack_size;  /* usable bytes per stack, page multiple */
-	size_t warm;        /* idle stacks kept resident */
+	size_t stack_size;   /* usable bytes per stack, page multiple */
+	size_t warm;         /* idle stacks kept resident */
 	size_t guard_budget; /* stacks that may still get a guard page */
-	asynqi_stack *hot;  /* LIFO of idle stacks with resident pages */
-	asynqi_stack *cold; /* idle stacks whose pages were handed back */
+	asynqi_stack *hot;   /* LIFO of idle stacks with resident pages */
+	asynqi_stack *cold;  /* idle stacks whose pages were handed back */
 	size_t n_hot, n_idle;
 	size_t in_use, peak; /* stacks held by tasks; most since last trim */
 	struct asynqi_slab *slabs;
@@ -195,8 +195,8 @@ void asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
 /* asynqi_fiber_call runs fn(arg) on stack `to` as a call from fiber `from`
  * (asynqi_stack_call), telling the sanitizers; fn ends with
  * asynqi_fiber_return(from). Returns when fn has returned. */
-void asynqi_fiber_call(asynqi_fiber *from, asynqi_stack *to,
-    void (*fn)(void *), void *arg, const asynqi_fpenv *env);
+void asynqi_fiber_call(asynqi_fiber *from, asynqi_stack *to, void (*fn)(void *),
+    void *arg, const asynqi_fpenv *env);
 
 /* asynqi_fiber_return is the last thing a function run by asynqi_fiber_call
  * does before it returns to fiber `to`; its own stack is done with. */
@@ -212,8 +212,8 @@ void asynqi_fiber_started(asynqi_fiber *self);
 #else
 
 static inline void
-asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx,
-    asynqi_fiber *to, const asynqi_ctx *to_ctx, bool dying)
+asynqi_fiber_switch(asynqi_fiber *from, asynqi_ctx *from_ctx, asynqi_fiber *to,
+    const asynqi_ctx *to_ctx, bool dying)
 {
 	(void)from;
 	(void)to;

@@ -93,8 +93,9 @@ dump_task(FILE *f, asynq_task *t)
 void
 asynqi_dump_sched(asynq_sched *s, FILE *f, size_t max_tasks)
 {
-	fprintf(f, "asynq scheduler: %llu live tasks, %llu flushes, %zu "
-	           "flushes in flight\n",
+	fprintf(f,
+	    "asynq scheduler: %llu live tasks, %llu flushes, %zu "
+	    "flushes in flight\n",
 	    (unsigned long long)s->stats.tasks_live,
 	    (unsigned long long)s->stats.flushes, s->n_inflight);
 	if (s->current != NULL)

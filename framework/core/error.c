@@ -199,8 +199,8 @@ typedef struct out {
 	size_t size, len;
 } out;
 
-static void
-put(out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(out *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void
 put(out *o, const char *fmt, ...)

@@ -127,8 +127,8 @@ asynq_future_ptr(const asynq_future *f)
 void *
 asynq_future_take_owned(asynq_future *f, void (**free_fn)(void *))
 {
-	*free_fn = f != NULL && f->done && f->vkind == VAL_PTR ? f->vfree
-	                                                       : NULL;
+	*free_fn =
+	    f != NULL && f->done && f->vkind == VAL_PTR ? f->vfree : NULL;
 	return asynq_future_take(f);
 }
 

@@ -41,8 +41,8 @@ typedef struct cb_node {
 
 struct asynq_future {
 	uint32_t refs;
-	uint8_t kind;       /* enum fut_kind */
-	uint8_t vkind;      /* enum val_kind */
+	uint8_t kind;  /* enum fut_kind */
+	uint8_t vkind; /* enum val_kind */
 	bool done;
 	/* Items: a result was claimed (by a flush, a completing thread or a
 	 * cancel); set with a compare-and-swap, so a cancel on the scheduler
@@ -53,7 +53,7 @@ struct asynq_future {
 		int64_t i;
 		void *p;
 	} v;
-	asynq_task *waiter;        /* first waiter, inline */
+	asynq_task *waiter; /* first waiter, inline */
 	asynq_sched *sched;
 	waiter_node *more_waiters; /* the rest */
 	cb_node *cbs;
@@ -96,7 +96,7 @@ struct asynq_task {
 	uint32_t pending; /* dependencies not yet computed */
 	asynqi_stack *stack;
 	asynqi_ctx ctx;
-	asynq_task *q_prev, *q_next;     /* ready queue; q_next: free list */
+	asynq_task *q_prev, *q_next; /* ready queue; q_next: free list */
 	/* The task that started it by awaiting it, until it runs: that task
 	 * cannot go on before this one finishes, so it may run this one as a
 	 * plain call on a fresh stack instead of switching to it. */
@@ -107,10 +107,10 @@ struct asynq_task {
 	asynq_task_fn fn;
 	void *arg;
 	asynq_context *contexts;         /* innermost entered */
-	asynq_task *creator; /* held */
+	asynq_task *creator;             /* held */
 	asynq_task *all_prev, *all_next; /* live tasks */
 	scoped_entry *scoped;
-	asynq_error *ctx_error;          /* first context failure, unreported */
+	asynq_error *ctx_error; /* first context failure, unreported */
 	asynq_error *last_error;
 	const char *name;
 	const char *file;
@@ -150,28 +150,28 @@ struct asynq_sched {
 	asynqi_fiber thread_fiber;
 	sched_loop *loop;
 	asynq_task *current;
-	asynq_task *dead;           /* finished task whose stack to free */
+	asynq_task *dead; /* finished task whose stack to free */
 	asynq_task *ready_head, *ready_tail;
 	asynq_task *all_tasks;
-	asynq_batch *pending;       /* open batches with items */
-	size_t n_inflight;          /* deferred flushes outstanding */
-	size_t n_promises;          /* promises not yet computed */
-	asynq_future **timers;      /* min-heap on `due`, each held */
+	asynq_batch *pending;  /* open batches with items */
+	size_t n_inflight;     /* deferred flushes outstanding */
+	size_t n_promises;     /* promises not yet computed */
+	asynq_future **timers; /* min-heap on `due`, each held */
 	size_t n_timers, cap_timers;
-	uint64_t live_futures;      /* allocated and not yet freed */
-	bool zombie;                /* thread_fini ran; free at last future */
-	bool depth_dumped;          /* the depth-limit dump was printed */
+	uint64_t live_futures; /* allocated and not yet freed */
+	bool zombie;           /* thread_fini ran; free at last future */
+	bool depth_dumped;     /* the depth-limit dump was printed */
 	uint64_t batch_seq;
-	size_t ctx_in_tasks;        /* contexts entered inside tasks */
+	size_t ctx_in_tasks; /* contexts entered inside tasks */
 	asynq_context *thread_contexts;
 	scoped_entry *thread_scoped;
-	asynq_task *free_tasks;     /* free list of task records */
-	asynqi_fut_rec *free_futs;  /* free list of other futures */
+	asynq_task *free_tasks;    /* free list of task records */
+	asynqi_fut_rec *free_futs; /* free list of other futures */
 	size_t n_free_tasks, n_free_futs;
-	uint64_t tasks_peak;        /* most live tasks since the last trim */
+	uint64_t tasks_peak;           /* most live tasks since the last trim */
 	uint64_t futs_live, futs_peak; /* other futures, likewise */
-	uint64_t trim_due;          /* idle trim planned at (0: none) */
-	uint64_t trim_switches;     /* stats.switches when it was planned */
+	uint64_t trim_due;             /* idle trim planned at (0: none) */
+	uint64_t trim_switches;        /* stats.switches when it was planned */
 	asynq_sched_stats stats;
 	asynq_trace_fn trace;
 	void *trace_arg;

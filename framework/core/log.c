@@ -27,8 +27,7 @@ static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 static void (*sink_fn)(const char *, size_t, void *);
 static void *sink_arg;
 
-static const char *const names[] = { "debug", "info", "warn", "error",
-	"off" };
+static const char *const names[] = { "debug", "info", "warn", "error", "off" };
 
 bool
 asynq_log_level_parse(const char *s, asynq_log_level *out)
@@ -110,8 +109,8 @@ asynq_log(asynq_log_level level, const char *event, ...)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	n += strftime(buf, cap, "ts=%Y-%m-%dT%H:%M:%S", &tm);
-	n += (size_t)snprintf(buf + n, cap - n, ".%03ldZ level=%s event=",
-	    ts.tv_nsec / 1000000, names[level]);
+	n += (size_t)snprintf(buf + n, cap - n,
+	    ".%03ldZ level=%s event=", ts.tv_nsec / 1000000, names[level]);
 	put_value(buf, &n, cap, event != NULL ? event : "");
 	va_list ap;
 	va_start(ap, event);

@@ -109,4 +109,3 @@ asynqi_overflow_canary(asynq_task *t)
 	overflow_report(t, "its stack canary was overwritten");
 	abort();
 }
-

@@ -29,8 +29,8 @@ asynqi_sig_write_int(long long v)
 {
 	char buf[24];
 	char *p = buf + sizeof(buf);
-	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v
-	                             : (unsigned long long)v;
+	unsigned long long u =
+	    v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
 	*--p = '\0';
 	do {
 		*--p = (char)('0' + u % 10);

@@ -126,8 +126,8 @@ asynq_thread_init(const asynq_sched_cfg *cfg)
 	pthread_condattr_destroy(&ca);
 	if (crv != 0)
 		goto fail_cv;
-	asynqi_stack_pool_init(&s->pool, s->cfg.stack_size,
-	    s->cfg.warm_stacks, s->cfg.guarded_stacks);
+	asynqi_stack_pool_init(&s->pool, s->cfg.stack_size, s->cfg.warm_stacks,
+	    s->cfg.guarded_stacks);
 	asynqi_fiber_init_thread(&s->thread_fiber);
 	atomic_init(&s->has_posted, 0);
 #if USE_SEGV_HANDLER
@@ -503,8 +503,7 @@ remove_waiter(asynq_future *f, asynq_task *t)
 		f->waiter = NULL;
 		return;
 	}
-	for (waiter_node **p = &f->more_waiters; *p != NULL;
-	     p = &(*p)->next) {
+	for (waiter_node **p = &f->more_waiters; *p != NULL; p = &(*p)->next) {
 		if ((*p)->task == t) {
 			waiter_node *n = *p;
 			*p = n->next;
@@ -693,12 +692,14 @@ asynq_await(asynq_task *t, asynq_future *f)
 				/* What switch_next would do next, without the
 				 * queue: run c as a call, then go on if c's end
 				 * made t the next to run. */
-				/* No canary check: t is not switched out, and is
-				 * checked when it is (or when it finishes). */
+				/* No canary check: t is not switched out, and
+				 * is checked when it is (or when it finishes).
+				 */
 				asynqi_fpenv env;
 				asynqi_fpenv_save(&env);
 				call_task(s, t, c, &env);
-				if (s->ready_head == t && !s->loop->target->done) {
+				if (s->ready_head == t &&
+				    !s->loop->target->done) {
 					ready_pop(s);
 					t->state = TASK_RUNNING;
 				} else {
@@ -831,7 +832,8 @@ trim_plan(asynq_sched *s)
 	if (s->stats.switches == s->trim_switches || !trim_surplus(s))
 		return 0;
 	s->trim_switches = s->stats.switches;
-	s->trim_due = asynqi_now_ns() + (uint64_t)s->cfg.idle_trim_ms * 1000000u;
+	s->trim_due =
+	    asynqi_now_ns() + (uint64_t)s->cfg.idle_trim_ms * 1000000u;
 	return s->trim_due;
 }
 
@@ -910,7 +912,8 @@ run_loop(asynq_sched *s, asynq_future *target)
 			run_task(s, &l, t);
 			continue;
 		}
-		if (s->n_timers > 0 && ASYNQI_DUE(s->timers[0]) <= asynqi_now_ns()) {
+		if (s->n_timers > 0 &&
+		    ASYNQI_DUE(s->timers[0]) <= asynqi_now_ns()) {
 			asynqi_timers_fire(s, asynqi_now_ns());
 			continue;
 		}
@@ -920,9 +923,10 @@ run_loop(asynq_sched *s, asynq_future *target)
 			asynqi_batch_run_flush(s, b);
 			continue;
 		}
-		if (s->n_inflight > 0 || s->n_timers > 0 ||
-		    s->n_promises > 0 || due != 0) {
-			uint64_t until = s->n_timers > 0 ? ASYNQI_DUE(s->timers[0]) : 0;
+		if (s->n_inflight > 0 || s->n_timers > 0 || s->n_promises > 0 ||
+		    due != 0) {
+			uint64_t until =
+			    s->n_timers > 0 ? ASYNQI_DUE(s->timers[0]) : 0;
 			if (due != 0 && (until == 0 || due < until))
 				until = due;
 			uint64_t trim = trim_plan(s);
@@ -1031,8 +1035,9 @@ asynq_thread_fini(void)
 	if (s == NULL)
 		return;
 	if (s->current != NULL || s->loop != NULL) {
-		fprintf(stderr, "asynq: asynq_thread_fini inside a task or "
-		                "asynq_wait; ignored\n");
+		fprintf(stderr,
+		    "asynq: asynq_thread_fini inside a task or "
+		    "asynq_wait; ignored\n");
 		return;
 	}
 	/* Modules first: they abandon or cancel what they started, and the

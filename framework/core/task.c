@@ -45,7 +45,7 @@ asynqi_task_free(asynq_sched *s, asynq_task *t)
 }
 
 /* The depth limit's failure, out of the spawn path. */
-static asynq_future * __attribute__((noinline, cold))
+static asynq_future *__attribute__((noinline, cold))
 spawn_too_deep(asynq_sched *s, const char *name, const char *file, int line)
 {
 	if (!s->depth_dumped) {
@@ -65,19 +65,17 @@ spawn_too_deep(asynq_sched *s, const char *name, const char *file, int line)
 }
 
 /* A task record when the free list is empty; NULL without memory. */
-static asynq_task * __attribute__((noinline))
-task_record_new(void)
+static asynq_task *__attribute__((noinline)) task_record_new(void)
 {
 	return malloc(sizeof(asynq_task));
 }
 
 asynq_future *
-asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
-    const char *file, int line)
+asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name, const char *file,
+    int line)
 {
 	asynq_sched *s = asynqi_tls_sched;
-	if (__builtin_expect(s == NULL, 0) &&
-	    (s = asynqi_sched_get()) == NULL)
+	if (__builtin_expect(s == NULL, 0) && (s = asynqi_sched_get()) == NULL)
 		return NULL;
 	asynq_task *creator = s->current;
 	uint32_t depth = creator != NULL ? creator->depth + 1 : 0;

@@ -64,7 +64,8 @@ asynq_blocking_configure(const asynq_blocking_cfg *cfg)
 	pthread_mutex_lock(&pool.mu);
 	asynq_status st = ASYNQ_FAILED_PRECONDITION;
 	if (!pool.used) {
-		pool.threads = cfg->threads != 0 ? cfg->threads : DEFAULT_THREADS;
+		pool.threads =
+		    cfg->threads != 0 ? cfg->threads : DEFAULT_THREADS;
 		pool.max_queued =
 		    cfg->max_queued != 0 ? cfg->max_queued : DEFAULT_QUEUED;
 		st = ASYNQ_OK;
@@ -82,10 +83,9 @@ job_run(job *j)
 	if (st == ASYNQ_OK)
 		(void)asynq_item_set_i64(item, 0);
 	else
-		(void)asynq_item_set_error(item, asynq_error_alloc(st, "%s",
-		                                     why != NULL
-		                                         ? why
-		                                         : asynq_strerror(st)));
+		(void)asynq_item_set_error(item,
+		    asynq_error_alloc(st, "%s",
+		        why != NULL ? why : asynq_strerror(st)));
 	asynq_batch_complete(&j->base, ASYNQ_OK);
 }
 
@@ -224,8 +224,8 @@ backend_stop(void *p)
 	asynq_backend_fini(p);
 }
 
-static asynq_thread_local backend_key = ASYNQ_THREAD_LOCAL_INIT(
-    "asynq.blocking", backend_make, backend_stop, free);
+static asynq_thread_local backend_key =
+    ASYNQ_THREAD_LOCAL_INIT("asynq.blocking", backend_make, backend_stop, free);
 
 asynq_future *
 asynq_run_blocking(asynq_blocking_fn fn, void *arg)
@@ -236,8 +236,7 @@ asynq_run_blocking(asynq_blocking_fn fn, void *arg)
 	asynq_backend *be = asynq_thread_local_get(&backend_key);
 	if (be == NULL)
 		return NULL;
-	asynq_future *f =
-	    asynq_batch_add(be, (int64_t)(uintptr_t)fn, arg);
+	asynq_future *f = asynq_batch_add(be, (int64_t)(uintptr_t)fn, arg);
 	if (f == NULL)
 		return NULL;
 	/* Started now, not when every task blocks: the point is to overlap. */

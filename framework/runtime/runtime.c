@@ -45,11 +45,11 @@ struct asynq_runtime {
 	asynq_runtime_cfg cfg;
 	size_t n;
 	worker *workers;
-	atomic_size_t next;     /* round-robin cursor */
-	atomic_long inflight;   /* accepted, not yet answered */
+	atomic_size_t next;   /* round-robin cursor */
+	atomic_long inflight; /* accepted, not yet answered */
 	atomic_bool stopping;
 	bool stopped;
-	pthread_mutex_t mu;     /* guards the counters below and `started` */
+	pthread_mutex_t mu; /* guards the counters below and `started` */
 	pthread_cond_t cv;
 	size_t started;
 };
@@ -306,10 +306,10 @@ static void
 ticket_start(asynq_post *p)
 {
 	asynq_ticket *tk = (asynq_ticket *)p;
-	asynq_future *f = asynq_spawn_at(tk->fn, tk->arg, tk->name, tk->file,
-	    tk->line);
-	if (f == NULL || asynq_future_on_done(f, ticket_deliver, tk) !=
-	        ASYNQ_OK) {
+	asynq_future *f =
+	    asynq_spawn_at(tk->fn, tk->arg, tk->name, tk->file, tk->line);
+	if (f == NULL ||
+	    asynq_future_on_done(f, ticket_deliver, tk) != ASYNQ_OK) {
 		if (f != NULL)
 			asynq_future_rele(f);
 		f = asynq_const_error(asynq_error_alloc(
@@ -322,8 +322,7 @@ ticket_start(asynq_post *p)
 
 asynq_status
 asynq_runtime_submit_at(asynq_runtime *rt, int worker_index, asynq_task_fn fn,
-    void *arg, asynq_ticket **tkp, const char *name, const char *file,
-    int line)
+    void *arg, asynq_ticket **tkp, const char *name, const char *file, int line)
 {
 	if (worker_index >= (int)rt->n)
 		return ASYNQ_INVALID_ARGUMENT;

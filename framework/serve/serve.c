@@ -105,8 +105,8 @@ static const struct {
 	{ "frame-timeout-ms", "MS", "server limit", F_FRAME },
 	{ "idle-timeout-ms", "MS", "server limit", F_IDLE },
 	{ "max-write-queue-bytes", "N", "server limit", F_WRITE_QUEUE },
-	{ "queue-target-us", "US|off",
-	    "admission control's queue-time target", F_QUEUE_TARGET },
+	{ "queue-target-us", "US|off", "admission control's queue-time target",
+	    F_QUEUE_TARGET },
 	{ "quiet", NULL, "no counters log", F_QUIET },
 	{ "help", NULL, "this text", F_HELP },
 };
@@ -124,7 +124,8 @@ usage(const asynq_serve_program *p, const char *argv0, FILE *f)
 		    pf->kind != ASYNQ_FLAG_BOOL
 		        ? (pf->arg != NULL ? pf->arg : "VALUE")
 		        : "");
-		fprintf(f, "  %-32s %s\n", lhs, pf->help != NULL ? pf->help : "");
+		fprintf(f, "  %-32s %s\n", lhs,
+		    pf->help != NULL ? pf->help : "");
 	}
 	for (size_t i = 0; i < N_COMMON; i++) {
 		char lhs[64];
@@ -242,8 +243,9 @@ parse_flags(asynq_serve *sv, int argc, char **argv)
 			ok = set_common_flag(sv, c, optarg);
 		if (!ok) {
 			if (c == '?' || c == ':')
-				fprintf(stderr, "%s: unknown flag or missing "
-				                "argument: %s\n",
+				fprintf(stderr,
+				    "%s: unknown flag or missing "
+				    "argument: %s\n",
 				    p->name, argv[optind - 1]);
 			else
 				fprintf(stderr, "%s: bad value for --%s: %s\n",
@@ -266,8 +268,7 @@ parse_flags(asynq_serve *sv, int argc, char **argv)
 
 asynq_status
 asynq_serve_add(asynq_serve *sv, const asynq_rpc_service_desc *svc,
-    asynq_serve_add_fn add, void *arg, const char *url,
-    asynq_rpc_server **out)
+    asynq_serve_add_fn add, void *arg, const char *url, asynq_rpc_server **out)
 {
 	const char *name = sv->p->name;
 	asynq_rpc_server *srv;
@@ -455,8 +456,7 @@ wait_for_signal(asynq_serve *sv, const sigset_t *set)
 	counters_read(sv, &was);
 	char pid[24];
 	snprintf(pid, sizeof(pid), "%ld", (long)getpid());
-	asynq_log(ASYNQ_LOG_INFO, "running", "program", name, "pid", pid,
-	    NULL);
+	asynq_log(ASYNQ_LOG_INFO, "running", "program", name, "pid", pid, NULL);
 	for (;;) {
 		struct timespec ts = { .tv_sec = 1 };
 		int sig = sigtimedwait(set, NULL, &ts);

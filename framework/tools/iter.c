@@ -261,7 +261,8 @@ by_sort(const by_ctx *c, asynq_future **keys, size_t *idx, size_t *tmp,
 			size_t hi = lo + 2 * w < n ? lo + 2 * w : n;
 			size_t a = lo, b = mid, k = lo;
 			while (a < mid && b < hi)
-				tmp[k++] = by_order(c, keys, idx[a], idx[b]) <= 0
+				tmp[k++] =
+				    by_order(c, keys, idx[a], idx[b]) <= 0
 				    ? idx[a++]
 				    : idx[b++];
 			while (a < mid)
@@ -281,15 +282,17 @@ keys_by(asynq_task *t, asynq_elem_fn key, void *arg, void *base, size_t n,
 {
 	*keys = small;
 	if (n > SMALL && (*keys = malloc(n * sizeof(**keys))) == NULL)
-		return t != NULL ? asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED,
-		                       "%s: out of memory for %zu keys", what, n)
-		                 : ASYNQ_RESOURCE_EXHAUSTED;
+		return t != NULL
+		    ? asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED,
+		          "%s: out of memory for %zu keys", what, n)
+		    : ASYNQ_RESOURCE_EXHAUSTED;
 	asynq_status st = asynq_map(t, key, arg, base, n, size, *keys);
 	for (size_t i = 0; st == ASYNQ_OK && i < n; i++)
 		if ((*keys)[i] == NULL)
-			st = t != NULL ? asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED,
-			                     "%s: out of memory for a key", what)
-			               : ASYNQ_RESOURCE_EXHAUSTED;
+			st = t != NULL
+			    ? asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED,
+			          "%s: out of memory for a key", what)
+			    : ASYNQ_RESOURCE_EXHAUSTED;
 	return st;
 }
 
@@ -346,7 +349,8 @@ extreme_by(asynq_task *t, asynq_elem_fn key, asynq_key_cmp cmp, void *arg,
 		                       "%s of no elements", what)
 		                 : ASYNQ_INVALID_ARGUMENT;
 	asynq_future *small[SMALL], **keys;
-	asynq_status st = keys_by(t, key, arg, base, n, size, small, &keys, what);
+	asynq_status st =
+	    keys_by(t, key, arg, base, n, size, small, &keys, what);
 	if (st == ASYNQ_OK) {
 		size_t best = 0;
 		for (size_t i = 1; i < n; i++) {

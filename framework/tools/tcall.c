@@ -538,7 +538,8 @@ tools_stop(void *p)
 	while (t->objs.count > 0) {
 		for (size_t i = 0; i < t->objs.nbuckets; i++) {
 			if (t->objs.buckets[i] != NULL) {
-				memo_obj_free(t, (memo_obj *)t->objs.buckets[i]);
+				memo_obj_free(t,
+				    (memo_obj *)t->objs.buckets[i]);
 				break;
 			}
 		}

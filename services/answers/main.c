@@ -31,8 +31,8 @@ prepare(void *arg)
 	asynq_status rv = svc_data_answers_ensure(m->db, &m->data, &created);
 	if (rv == ASYNQ_OK && created)
 		fprintf(stderr, "answers: generated %s\n", m->db);
-	if (rv == ASYNQ_OK && (rv = answers_service_alloc(&m->s, m->db)) ==
-	        ASYNQ_OK) {
+	if (rv == ASYNQ_OK &&
+	    (rv = answers_service_alloc(&m->s, m->db)) == ASYNQ_OK) {
 		answers_service_db(m->s)->on_worker = m->db_on_worker;
 		m->hook = answers_service_hook(m->s);
 	}

@@ -114,7 +114,8 @@ db_hook_stop(asynq_runtime *rt, size_t w, void *arg)
 svc_hook
 svc_db_hook(svc_db *db)
 {
-	return (svc_hook){ .start = db_hook_start, .stop = db_hook_stop,
+	return (svc_hook){ .start = db_hook_start,
+		.stop = db_hook_stop,
 		.arg = db };
 }
 

@@ -30,8 +30,8 @@ prepare(void *arg)
 	asynq_status rv = svc_data_users_ensure(m->db, &m->data, &created);
 	if (rv == ASYNQ_OK && created)
 		fprintf(stderr, "users: generated %s\n", m->db);
-	if (rv == ASYNQ_OK && (rv = users_service_alloc(&m->s, m->db)) ==
-	        ASYNQ_OK) {
+	if (rv == ASYNQ_OK &&
+	    (rv = users_service_alloc(&m->s, m->db)) == ASYNQ_OK) {
 		users_service_db(m->s)->on_worker = m->db_on_worker;
 		m->hook = users_service_hook(m->s);
 	}

@@ -913,8 +913,9 @@ bench_burst(void)
 	       "KiB, after %d ms idle %zu KiB\n",
 	    before / 1024, burst.rss_in_flush / 1024, done / 1024, IDLE_MS,
 	    after / 1024);
-	printf("  worker after idle: stacks_held %" PRIu64 ", stacks_warm %"
-	       PRIu64 ", records_cached %" PRIu64 ", trims %" PRIu64 "\n",
+	printf("  worker after idle: stacks_held %" PRIu64
+	       ", stacks_warm %" PRIu64 ", records_cached %" PRIu64
+	       ", trims %" PRIu64 "\n",
 	    ws.stacks_held, ws.stacks_warm, ws.records_cached, ws.trims);
 	row("resident after 1 s idle, above before (MiB)", kept / 1048576.0,
 	    "MiB", NULL, 0);
@@ -976,8 +977,8 @@ run_peer(const char *argv0)
 	printf("\nRunning the DataLoader peer (%s) ...\n", script);
 	FILE *p = popen(cmd, "r");
 	if (p == NULL) {
-		snprintf(peer_note, sizeof(peer_note), "cannot run %.160s: %.80s",
-		    script, strerror(errno));
+		snprintf(peer_note, sizeof(peer_note),
+		    "cannot run %.160s: %.80s", script, strerror(errno));
 		peer_failed = true;
 		return;
 	}
@@ -986,9 +987,11 @@ run_peer(const char *argv0)
 		char name[32];
 		double b, m;
 		line[strcspn(line, "\n")] = '\0';
-		if (sscanf(line, "%31s best %lf median %lf", name, &b, &m) == 3) {
-			struct peer_fig *f = strcmp(name, "fanout") == 0 ? &peer_fanout
-			    : strcmp(name, "chain") == 0                 ? &peer_chain
+		if (sscanf(line, "%31s best %lf median %lf", name, &b, &m) ==
+		    3) {
+			struct peer_fig *f = strcmp(name, "fanout") == 0
+			    ? &peer_fanout
+			    : strcmp(name, "chain") == 0  ? &peer_chain
 			    : strcmp(name, "lookup") == 0 ? &peer_lookup
 			                                  : NULL;
 			/* Two runs, one either side of asynq's: the better
@@ -1043,7 +1046,8 @@ print_comparison(bool peer_ran)
 		    peer_note);
 	else
 		printf("  (%s; DataLoader run before and after asynq's "
-		       "shapes, best of both)\n", peer_note);
+		       "shapes, best of both)\n",
+		    peer_note);
 	printf("  %-44s %9s %13s %7s  %-8s  %s\n", "shape", "asynq ns",
 	    "DataLoader ns", "ratio", "target", "verdict");
 	compare_row("empty task in a 100,000-task fan-out", our_fanout_ns,

@@ -775,7 +775,6 @@ test_batch_every_batch_freed(void **state)
 	assert_int_equal(rec_a.batches_freed, 3);
 }
 
-
 /* ---- dedup_keys ------------------------------------------------------ */
 
 static void
@@ -826,8 +825,8 @@ test_batch_dedup_keys_many_keys_grow_the_table(void **state)
 	rec_a.base.dedup_keys = true;
 	/* Keys that collide in low bits: multiples of 1024. */
 	for (int i = 0; i < 2 * N; i++)
-		fs[i] = asynq_batch_add(&rec_a.base, (int64_t)(i % N) * 1024,
-		    NULL);
+		fs[i] =
+		    asynq_batch_add(&rec_a.base, (int64_t)(i % N) * 1024, NULL);
 	assert_int_equal(asynq_batch_size(asynq_item_batch(fs[0])), N);
 	assert_status(asynq_wait_all(fs, 2 * N), ASYNQ_OK);
 	assert_int_equal(rec_a.flushes, 1);
@@ -858,8 +857,7 @@ test_batch_dedup_keys_error_reaches_only_its_key(void **state)
 			continue;
 		}
 		char want[16];
-		snprintf(want, sizeof(want), "no key %lld",
-		    (long long)keys[i]);
+		snprintf(want, sizeof(want), "no key %lld", (long long)keys[i]);
 		assert_status(asynq_future_status(fs[i]), ASYNQ_NOT_FOUND);
 		assert_string_equal(
 		    asynq_error_message(asynq_future_error(fs[i])), want);
@@ -915,8 +913,7 @@ test_batch_dedup_keys_owned_results_without_copy_fail_clearly(void **state)
 }
 
 static void
-test_batch_dedup_keys_failed_or_cancelled_batch_fails_every_caller(
-    void **state)
+test_batch_dedup_keys_failed_or_cancelled_batch_fails_every_caller(void **state)
 {
 	asynq_future *fs[4];
 

@@ -54,8 +54,8 @@ static void
 test_log_quotes_what_needs_it(void **state)
 {
 	(void)state;
-	asynq_log(ASYNQ_LOG_WARN, "slow_request", "why", "a b", "q", "say \"hi\"",
-	    "eq", "k=v", "nl", "x\ny", "empty", "", NULL);
+	asynq_log(ASYNQ_LOG_WARN, "slow_request", "why", "a b", "q",
+	    "say \"hi\"", "eq", "k=v", "nl", "x\ny", "empty", "", NULL);
 	char *p = strstr(lines, "level=warn");
 	assert_non_null(p);
 	assert_string_equal(p,

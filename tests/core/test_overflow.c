@@ -390,8 +390,8 @@ test_overflow_canary_names_task(void **state)
 	assert_contains(d.err, "spawned at " __FILE__ ":");
 }
 
-/* A 300 KiB array on a 256 KiB stack (the default): stack-clash probes (the build's
- * default flags) touch the guard page first, so it is reported as an
+/* A 300 KiB array on a 256 KiB stack (the default): stack-clash probes (the
+ * build's default flags) touch the guard page first, so it is reported as an
  * overflow of that task, not a bare segmentation fault. */
 static void
 test_overflow_large_frame_names_task(void **state)

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Timers (asynq_sleep): a sleeping task lets the others run, timers fire in
- * due order (also when they expired together), the scheduler sleeps instead of spinning while it waits for
- * one, and teardown fails the timers still pending.
+ * due order (also when they expired together), the scheduler sleeps instead of
+ * spinning while it waits for one, and teardown fails the timers still pending.
  */
 #include <time.h>
 

@@ -203,7 +203,8 @@ main(void)
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	/* Configuring after use is refused. */
-	if (rc == 0 && asynq_blocking_configure(&cfg) != ASYNQ_FAILED_PRECONDITION)
+	if (rc == 0 &&
+	    asynq_blocking_configure(&cfg) != ASYNQ_FAILED_PRECONDITION)
 		rc = 1;
 	return rc;
 }

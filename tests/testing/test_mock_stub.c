@@ -36,8 +36,7 @@ greeting_task(asynq_task *t, void *arg)
 {
 	Asynq__Test__GetNameRequest req = ASYNQ__TEST__GET_NAME_REQUEST__INIT;
 	req.user_id = (int64_t)(intptr_t)arg;
-	asynq_future *f =
-	    asynq__test__user_store__get_name__call(NULL, &req);
+	asynq_future *f = asynq__test__user_store__get_name__call(NULL, &req);
 	asynq_status st = asynq_await(t, f);
 	const Asynq__Test__GetNameReply *r =
 	    asynq__test__user_store__get_name__reply(f);
@@ -50,9 +49,8 @@ static void
 test_mock_stub_scripts_replies_and_errors(void **state)
 {
 	(void)state;
-	assert_int_equal(asynq_mock_alloc(&mock, "GetName",
-	                     ASYNQ_MOCK_IMMEDIATE),
-	    ASYNQ_OK);
+	assert_int_equal(
+	    asynq_mock_alloc(&mock, "GetName", ASYNQ_MOCK_IMMEDIATE), ASYNQ_OK);
 	asynq_mock_install(mock, &asynq__test__user_store__get_name__call,
 	    get_name_mock);
 	asynq_mock_returns_ptr(mock, reply_new("Ada"), reply_free);

@@ -252,10 +252,8 @@ test_iter_sort_by_string_keys(void **state)
 {
 	(void)state;
 	person ps[5] = {
-		{ 1, "Ada", "Lovelace" },
-		{ 2, "Alan", "Turing" },
-		{ 3, "Grace", "Hopper" },
-		{ 4, "Edsger", "Dijkstra" },
+		{ 1, "Ada", "Lovelace" }, { 2, "Alan", "Turing" },
+		{ 3, "Grace", "Hopper" }, { 4, "Edsger", "Dijkstra" },
 		{ 5, "Ada", "Lovelace" }, /* equal key: stays after id 1 */
 	};
 	size_t flushes = asynq_debug_default()->flushes;
@@ -285,7 +283,8 @@ test_iter_sort_by_string_keys(void **state)
 	    ASYNQ_OK);
 	assert_int_equal(ps[i].id, 2);
 	/* Equal keys: the first of them. */
-	person twins[2] = { { 7, "Ada", "Lovelace" }, { 8, "Ada", "Lovelace" } };
+	person twins[2] = { { 7, "Ada", "Lovelace" },
+		{ 8, "Ada", "Lovelace" } };
 	assert_status(asynq_min_by(NULL, name_key, by_name, NULL, twins, 2,
 	                  sizeof(twins[0]), &i),
 	    ASYNQ_OK);
@@ -333,8 +332,8 @@ static asynq_status
 sort_by_failing(asynq_task *t, void *arg)
 {
 	int64_t *a = arg;
-	asynq_status st = asynq_sort_by(t, failing_fn, NULL, NULL, a, 4,
-	    sizeof(a[0]), false);
+	asynq_status st =
+	    asynq_sort_by(t, failing_fn, NULL, NULL, a, 4, sizeof(a[0]), false);
 	TCHECK_STATUS(st, ASYNQ_NOT_FOUND);
 	return st;
 }

@@ -57,7 +57,7 @@ typedef struct asynq_backend_ops {
 
 struct asynq_backend {
 	const asynq_backend_ops *ops;
-	const char *name;       /* for dumps and errors */
+	const char *name; /* for dumps and errors */
 	/* Flush policy (asynq_backend_init sets both to 0: flush when every
 	 * task is blocked, as asynq does). flush_at: a batch holding this many
 	 * items is flushed when the next item arrives (which starts a new
@@ -75,8 +75,8 @@ struct asynq_backend {
 	 * code and message), so the flush sees each key once, as a
 	 * DataLoader's batch function does. Set it before the first item. */
 	bool dedup_keys;
-	asynq_batch *active;    /* framework's: the batch new items join */
-	asynq_sched *sched;     /* framework's: owner, set on first item */
+	asynq_batch *active; /* framework's: the batch new items join */
+	asynq_sched *sched;  /* framework's: owner, set on first item */
 };
 
 struct asynq_batch {
@@ -90,15 +90,15 @@ struct asynq_batch {
 	size_t n_items, cap_items;
 	int state;
 	bool cancelled, deferred;
-	uint32_t refs;            /* one per live item */
+	uint32_t refs; /* one per live item */
 	asynq_status result;
 	asynq_batch *prev, *next; /* pending list */
 	asynq_post post;          /* completion, posted to the scheduler */
 	uint64_t seq;
-	uint64_t due;             /* flush_delay_ns: not flushed before */
-	uint32_t *keys;           /* dedup_keys: item index + 1 by key hash */
+	uint64_t due;   /* flush_delay_ns: not flushed before */
+	uint32_t *keys; /* dedup_keys: item index + 1 by key hash */
 	size_t keys_mask;
-	asynq_future **follow;    /* followers, and the item each follows */
+	asynq_future **follow; /* followers, and the item each follows */
 	size_t *follow_of;
 	size_t n_follow, cap_follow;
 };

@@ -61,7 +61,7 @@ asynq_status asynq_with_context(asynq_context *ctx,
  * await that would suspend is an error (FAILED_PRECONDITION from that
  * await, naming where the region began); awaiting a future that is already
  * computed still works. Regions nest. */
-#define asynq_nonsuspending_enter() \
+#define asynq_nonsuspending_enter()                                            \
 	asynq_nonsuspending_enter_at(__FILE__, __LINE__)
 void asynq_nonsuspending_enter_at(const char *file, int line);
 
@@ -75,7 +75,10 @@ typedef struct asynq_scoped {
 	void *default_value;
 } asynq_scoped;
 
-#define ASYNQ_SCOPED_INIT(name, dflt) { (name), (void *)(dflt) }
+#define ASYNQ_SCOPED_INIT(name, dflt)                                          \
+	{                                                                      \
+		(name), (void *)(dflt)                                         \
+	}
 
 /* asynq_scoped_get returns the innermost override of key visible from the
  * current task (its own, then its creators'), the thread's override outside

@@ -40,13 +40,13 @@ typedef asynq_status (*asynq_task_fn)(asynq_task *t, void *arg);
 
 /* Scheduler settings; zero fields take the default. */
 typedef struct asynq_sched_cfg {
-	size_t stack_size;      /* bytes per coroutine stack; default 256 KiB
-	                           (pages a task never touches cost no
-	                           memory) */
-	size_t max_depth;       /* task nesting limit; default 20,000 */
-	size_t warm_stacks;     /* idle stacks kept resident; default 64 */
-	size_t guarded_stacks;  /* stacks with a guard page; default from
-	                           vm.max_map_count, the rest get a canary */
+	size_t stack_size;     /* bytes per coroutine stack; default 256 KiB
+	                          (pages a task never touches cost no
+	                          memory) */
+	size_t max_depth;      /* task nesting limit; default 20,000 */
+	size_t warm_stacks;    /* idle stacks kept resident; default 64 */
+	size_t guarded_stacks; /* stacks with a guard page; default from
+	                          vm.max_map_count, the rest get a canary */
 	/* Called on the scheduler thread with errors nobody awaits (a failing
 	 * on-done callback, a context failing outside any task); default prints
 	 * the traceback to stderr. The error is borrowed. */
@@ -104,8 +104,10 @@ typedef struct asynq_thread_local {
 	size_t slot; /* read and set atomically */
 } asynq_thread_local;
 
-#define ASYNQ_THREAD_LOCAL_INIT(name, make, stop, free)                       \
-	{ (name), (make), (stop), (free), 0 }
+#define ASYNQ_THREAD_LOCAL_INIT(name, make, stop, free)                        \
+	{                                                                      \
+		(name), (make), (stop), (free), 0                              \
+	}
 
 /* asynq_thread_local_get returns the calling thread's state for k, making
  * it (and the thread's scheduler) on first use. NULL without memory, and
@@ -253,7 +255,8 @@ void asynq_sched_post(asynq_sched *s, asynq_post *p);
  * nothing runs until the future is awaited or waited on. The name and
  * file:line of the call are recorded for asynq stacks. Past the depth limit
  * the future is failed with RESOURCE_EXHAUSTED. Scheduler thread only. */
-#define asynq_spawn(fn, arg) asynq_spawn_at((fn), (arg), #fn, __FILE__, __LINE__)
+#define asynq_spawn(fn, arg)                                                   \
+	asynq_spawn_at((fn), (arg), #fn, __FILE__, __LINE__)
 
 /* asynq_spawn_at is asynq_spawn with an explicit name and location. */
 asynq_future *asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name,
@@ -347,10 +350,10 @@ size_t asynq_task_dependencies(const asynq_task *t);
 
 /* What a trace event reports. */
 typedef enum asynq_trace_kind {
-	ASYNQ_TRACE_SPAWN,       /* a task was spawned */
-	ASYNQ_TRACE_RUN,         /* a task was switched in (first run or resume) */
-	ASYNQ_TRACE_SUSPEND,     /* a task was switched out, blocked on `deps` */
-	ASYNQ_TRACE_FINISH,      /* a task's body returned `status` */
+	ASYNQ_TRACE_SPAWN,   /* a task was spawned */
+	ASYNQ_TRACE_RUN,     /* a task was switched in (first run or resume) */
+	ASYNQ_TRACE_SUSPEND, /* a task was switched out, blocked on `deps` */
+	ASYNQ_TRACE_FINISH,  /* a task's body returned `status` */
 	ASYNQ_TRACE_FLUSH_BEGIN, /* a batch flush starts */
 	ASYNQ_TRACE_FLUSH_END,   /* the flush call returned (deferred or not) */
 	ASYNQ_TRACE_BATCH_DONE,  /* a batch's items are finished */
@@ -358,14 +361,14 @@ typedef enum asynq_trace_kind {
 
 typedef struct asynq_trace_event {
 	asynq_trace_kind kind;
-	uint64_t task_id;     /* task events: the task's id (1, 2, ...) */
-	uint64_t creator_id;  /* SPAWN: the creator's id, 0 outside tasks */
-	const char *name;     /* task events: the task's function name */
-	size_t deps;          /* SUSPEND: futures it waits for */
-	asynq_status status;  /* FINISH, BATCH_DONE: the outcome */
-	uint64_t batch_id;    /* batch events: the batch's id (1, 2, ...) */
-	const char *backend;  /* batch events: the backend's name */
-	size_t batch_size;    /* batch events: its items */
+	uint64_t task_id;    /* task events: the task's id (1, 2, ...) */
+	uint64_t creator_id; /* SPAWN: the creator's id, 0 outside tasks */
+	const char *name;    /* task events: the task's function name */
+	size_t deps;         /* SUSPEND: futures it waits for */
+	asynq_status status; /* FINISH, BATCH_DONE: the outcome */
+	uint64_t batch_id;   /* batch events: the batch's id (1, 2, ...) */
+	const char *backend; /* batch events: the backend's name */
+	size_t batch_size;   /* batch events: its items */
 } asynq_trace_event;
 
 /* A trace hook: called synchronously on the scheduler thread; it must not

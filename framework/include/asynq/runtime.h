@@ -76,7 +76,7 @@ void asynq_runtime_rele(asynq_runtime *rt);
  * ticket is made and fn never runs. arg is borrowed until the task ends.
  * The task is named after fn and the call's file:line in asynq stacks. Any
  * thread. */
-#define asynq_runtime_submit(rt, worker, fn, arg, tkp)                          \
+#define asynq_runtime_submit(rt, worker, fn, arg, tkp)                         \
 	asynq_runtime_submit_at((rt), (worker), (fn), (arg), (tkp), #fn,       \
 	    __FILE__, __LINE__)
 

@@ -136,8 +136,7 @@ typedef asynq_status (*asynq_serve_add_fn)(asynq_rpc_server *srv, void *arg);
  * status is returned after the reason was printed ("greeter: listen
  * tcp://127.0.0.1:7100: address in use"). From start only. */
 asynq_status asynq_serve_add(asynq_serve *sv, const asynq_rpc_service_desc *svc,
-    asynq_serve_add_fn add, void *arg, const char *url,
-    asynq_rpc_server **out);
+    asynq_serve_add_fn add, void *arg, const char *url, asynq_rpc_server **out);
 
 /* asynq_serve_channel reports ch on the admin endpoint as channel="name"
  * and adds its calls to the counters log (out_calls, out_sent,

@@ -95,8 +95,8 @@ size_t asynq_error_frames(const asynq_error *e);
 
 /* asynq_error_frame returns frame i (0 = innermost task) as its function name,
  * file and line; NULL past the end. */
-const char *asynq_error_frame(const asynq_error *e, size_t i,
-    const char **file, int *line);
+const char *asynq_error_frame(const asynq_error *e, size_t i, const char **file,
+    int *line);
 
 /* asynq_error_format writes the error as a traceback (innermost task last,
  * then each cause) into buf, truncating to size; returns the length the whole

@@ -231,9 +231,9 @@ void asynq_fake_clear(asynq_fake *f);
 typedef struct asynq_debug_backend {
 	asynq_backend base;
 	bool async;
-	size_t flushes;        /* batches flushed */
-	size_t items_flushed;  /* items over all flushes */
-	size_t last_size;      /* items in the last flush */
+	size_t flushes;       /* batches flushed */
+	size_t items_flushed; /* items over all flushes */
+	size_t last_size;     /* items in the last flush */
 } asynq_debug_backend;
 
 /* asynq_debug_backend_init prepares a debug backend named name. */

@@ -284,8 +284,8 @@ asynq_status asynq_max(asynq_task *t, asynq_elem_fn key, void *arg, void *base,
 /* Compares two keys, the computed futures the key function returned (read
  * them with asynq_future_ptr, _i64, ...): negative when a goes first, 0
  * for equal keys, positive when b goes first. */
-typedef int (*asynq_key_cmp)(const asynq_future *a, const asynq_future *b,
-    void *arg);
+typedef int (
+    *asynq_key_cmp)(const asynq_future *a, const asynq_future *b, void *arg);
 
 /* asynq_sort_by, asynq_min_by and asynq_max_by are asynq_sort, _min and _max
  * for keys of any type (strings, structs, tuples), ordered by cmp; arg goes
