@@ -1755,7 +1755,7 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	bool own = md != b->base_md;
 	size_t mi = (size_t)(m - ch->svc->methods);
 	bool by_id = m >= ch->svc->methods && mi < ch->svc->n_methods;
-	size_t plen = protobuf_c_message_get_packed_size(req);
+	size_t plen = asynqi_msg_size(req);
 	size_t nlen = by_id ? 0 : strlen(m->full_name);
 	size_t mdw = own ? (md != NULL ? md->wire : 0) + 2 : 0;
 	size_t body = (idx != 0 ? 1 + asynqi_varint_len(idx) : 0) +
@@ -1780,7 +1780,7 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 			*p++ = (3 << 3) | 2;
 			p += put_varint(p, plen);
 			poff = off + (size_t)(p - d);
-			protobuf_c_message_pack(req, p);
+			asynqi_msg_pack(req, p);
 			p += plen;
 		}
 		if (by_id) {

@@ -14,6 +14,7 @@
  * - The arena never frees single allocations: a request's decoded envelope
  *   and payloads live exactly as long as the request.
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -410,14 +411,35 @@ simple_field(const ProtobufCFieldDescriptor *f)
 }
 
 static bool
-is_simple(const ProtobufCMessageDescriptor *desc)
+compute_simple(const ProtobufCMessageDescriptor *desc)
 {
-	if (desc->n_fields > SIMPLE_MAX_FIELDS)
+	if (desc->n_fields > SIMPLE_MAX_FIELDS || desc->message_init == NULL)
 		return false;
 	for (unsigned i = 0; i < desc->n_fields; i++)
 		if (!simple_field(&desc->fields[i]))
 			return false;
 	return true;
+}
+
+/* What compute_simple said of the descriptors seen last, direct-mapped by
+ * address: the descriptor's address with bit 0 set for simple ones
+ * (descriptors are aligned, so bit 0 is free). Any thread: a slot holds
+ * one whole answer or another, and a stale one is only recomputed. */
+#define SIMPLE_SLOTS 256
+static _Atomic uintptr_t simple_cache[SIMPLE_SLOTS];
+
+static bool
+is_simple(const ProtobufCMessageDescriptor *desc)
+{
+	uintptr_t key = (uintptr_t)desc;
+	_Atomic uintptr_t *slot = &simple_cache[(key >> 4) % SIMPLE_SLOTS];
+	uintptr_t v = atomic_load_explicit(slot, memory_order_relaxed);
+	if ((v & ~(uintptr_t)1) == key)
+		return (v & 1) != 0;
+	bool simple = compute_simple(desc);
+	atomic_store_explicit(slot, key | (simple ? 1 : 0),
+	    memory_order_relaxed);
+	return simple;
 }
 
 /* The wire type a field of type t is written with. */
@@ -563,6 +585,224 @@ simple_unpack(const ProtobufCMessageDescriptor *desc, ProtobufCAllocator *pa,
 	return m;
 }
 
+/* ---- Packing the same small messages -----------------------------------
+ *
+ * What protobuf_c_message_get_packed_size and _pack write, for the
+ * messages simple_unpack decodes, without their generic field walk: the
+ * fields in the descriptor's order; a proto3 field (no label) only when it
+ * is not zero (as a number: -0.0 is left out) or empty; a proto2 optional
+ * one when its has_ flag is set
+ * (a string when it is set and not its default). test_codec compares the
+ * bytes with protobuf-c's. */
+
+static inline size_t
+varint_size(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+static uint8_t *
+varint_put(uint8_t *p, uint64_t v)
+{
+	while (v >= 0x80) {
+		*p++ = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	*p++ = (uint8_t)v;
+	return p;
+}
+
+/* The value of field f of m as its wire value (varint or fixed bits), or
+ * for strings and bytes its length and bytes; false when it is not sent. */
+static inline __attribute__((always_inline)) bool
+simple_value(const ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
+    uint64_t *v, const uint8_t **p, size_t *len)
+{
+	const char *at = (const char *)m + f->offset;
+	bool none = f->label == PROTOBUF_C_LABEL_NONE;
+	if (!none && f->type != PROTOBUF_C_TYPE_STRING) {
+		protobuf_c_boolean has;
+		memcpy(&has, (const char *)m + f->quantifier_offset,
+		    sizeof(has));
+		if (!has)
+			return false;
+	}
+	switch (f->type) {
+	case PROTOBUF_C_TYPE_INT32:
+	case PROTOBUF_C_TYPE_ENUM: {
+		int32_t x;
+		memcpy(&x, at, 4);
+		*v = (uint64_t)(int64_t)x;
+		break;
+	}
+	case PROTOBUF_C_TYPE_SINT32: {
+		int32_t x;
+		memcpy(&x, at, 4);
+		*v = ((uint32_t)x << 1) ^ (uint32_t)(x >> 31);
+		break;
+	}
+	case PROTOBUF_C_TYPE_FLOAT: {
+		/* Zero as a number: protobuf-c leaves -0.0 out too. */
+		float x;
+		memcpy(&x, at, 4);
+		if (none && x == 0)
+			return false;
+		uint32_t bits;
+		memcpy(&bits, at, 4);
+		*v = bits;
+		return true;
+	}
+	case PROTOBUF_C_TYPE_DOUBLE: {
+		double x;
+		memcpy(&x, at, 8);
+		if (none && x == 0)
+			return false;
+		memcpy(v, at, 8);
+		return true;
+	}
+	case PROTOBUF_C_TYPE_UINT32:
+	case PROTOBUF_C_TYPE_FIXED32:
+	case PROTOBUF_C_TYPE_SFIXED32: {
+		uint32_t x;
+		memcpy(&x, at, 4);
+		*v = x;
+		break;
+	}
+	case PROTOBUF_C_TYPE_SINT64: {
+		int64_t x;
+		memcpy(&x, at, 8);
+		*v = ((uint64_t)x << 1) ^ (uint64_t)(x >> 63);
+		break;
+	}
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_FIXED64:
+	case PROTOBUF_C_TYPE_SFIXED64:
+		memcpy(v, at, 8);
+		break;
+	case PROTOBUF_C_TYPE_BOOL: {
+		protobuf_c_boolean x;
+		memcpy(&x, at, sizeof(x));
+		*v = x != 0;
+		break;
+	}
+	case PROTOBUF_C_TYPE_STRING: {
+		const char *str;
+		memcpy(&str, at, sizeof(str));
+		if (str == NULL || (!none && str == f->default_value))
+			return false;
+		*p = (const uint8_t *)str;
+		*len = strlen(str);
+		return !none || *len != 0;
+	}
+	case PROTOBUF_C_TYPE_BYTES: {
+		ProtobufCBinaryData bd;
+		memcpy(&bd, at, sizeof(bd));
+		*p = bd.data;
+		*len = bd.len;
+		return !none || bd.len != 0;
+	}
+	default:
+		return false;
+	}
+	return !none || *v != 0;
+}
+
+static size_t
+simple_size(const ProtobufCMessage *m)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	size_t n = 0;
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+		uint64_t v = 0;
+		const uint8_t *p = NULL;
+		size_t len = 0;
+		if (!simple_value(m, f, &v, &p, &len))
+			continue;
+		n += varint_size((uint64_t)f->id << 3);
+		switch (wire_type(f->type)) {
+		case 0:
+			n += varint_size(v);
+			break;
+		case 1:
+			n += 8;
+			break;
+		case 5:
+			n += 4;
+			break;
+		default:
+			n += varint_size(len) + len;
+			break;
+		}
+	}
+	return n;
+}
+
+static size_t
+simple_pack(const ProtobufCMessage *m, uint8_t *out)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	uint8_t *o = out;
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+		uint64_t v = 0;
+		const uint8_t *p = NULL;
+		size_t len = 0;
+		if (!simple_value(m, f, &v, &p, &len))
+			continue;
+		unsigned wt = wire_type(f->type);
+		o = varint_put(o, ((uint64_t)f->id << 3) | wt);
+		switch (wt) {
+		case 0:
+			o = varint_put(o, v);
+			break;
+		case 1:
+			for (int k = 0; k < 8; k++)
+				*o++ = (uint8_t)(v >> (8 * k));
+			break;
+		case 5:
+			for (int k = 0; k < 4; k++)
+				*o++ = (uint8_t)(v >> (8 * k));
+			break;
+		default:
+			o = varint_put(o, len);
+			if (len != 0)
+				memcpy(o, p, len);
+			o += len;
+			break;
+		}
+	}
+	return (size_t)(o - out);
+}
+
+/* Unknown fields a message was decoded with are packed again, by
+ * protobuf-c (the command-line client's Raw messages are nothing else). */
+static bool
+packs_simply(const ProtobufCMessage *m)
+{
+	return m->n_unknown_fields == 0 && is_simple(m->descriptor);
+}
+
+size_t
+asynqi_msg_size(const ProtobufCMessage *m)
+{
+	return packs_simply(m) ? simple_size(m)
+	                       : protobuf_c_message_get_packed_size(m);
+}
+
+size_t
+asynqi_msg_pack(const ProtobufCMessage *m, uint8_t *out)
+{
+	return packs_simply(m) ? simple_pack(m, out)
+	                       : protobuf_c_message_pack(m, out);
+}
+
 asynq_status
 asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
     size_t len, ProtobufCAllocator *pa, asynqi_arena *arena,
@@ -598,13 +838,13 @@ asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
 void
 asynqi_buf_message(asynqi_buf *b, uint32_t field, const ProtobufCMessage *m)
 {
-	size_t n = protobuf_c_message_get_packed_size(m);
+	size_t n = asynqi_msg_size(m);
 	asynqi_buf_tag(b, field, 2);
 	asynqi_buf_varint(b, n);
 	uint8_t *d = asynqi_buf_reserve(b, n);
 	if (d == NULL)
 		return;
-	protobuf_c_message_pack(m, d);
+	asynqi_msg_pack(m, d);
 	b->len += n;
 }
 

@@ -83,6 +83,12 @@ void *asynqi_arena_alloc(asynqi_arena *a, size_t size);
 asynq_status asynqi_rpc_check_depth(const ProtobufCMessageDescriptor *desc,
     const uint8_t *data, size_t len, size_t max_depth);
 
+/* asynqi_msg_size and asynqi_msg_pack are protobuf_c_message_get_packed_size
+ * and _pack (the same bytes), quicker for small messages of scalars and
+ * strings. */
+size_t asynqi_msg_size(const ProtobufCMessage *m);
+size_t asynqi_msg_pack(const ProtobufCMessage *m, uint8_t *out);
+
 /* asynqi_rpc_decode checks depth and decodes data as a desc message with
  * allocator pa (NULL for malloc). On failure returns INVALID_ARGUMENT, or
  * RESOURCE_EXHAUSTED when `arena` (may be NULL) ran out of budget or the

@@ -684,7 +684,7 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 		return;
 	k->answered = true;
 	size_t plen = st == ASYNQ_OK && reply != NULL
-	    ? protobuf_c_message_get_packed_size(reply)
+	    ? asynqi_msg_size(reply)
 	    : 0;
 	size_t mlen = st != ASYNQ_OK ? strlen(message) : 0;
 	size_t body =
@@ -716,7 +716,7 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 	if (plen != 0) {
 		*p++ = (4 << 3) | 2;
 		p += put_varint(p, plen);
-		protobuf_c_message_pack(reply, p);
+		asynqi_msg_pack(reply, p);
 		p += plen;
 	}
 	b->len += (size_t)(p - d);
