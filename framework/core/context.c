@@ -218,7 +218,8 @@ void *
 asynq_scoped_get(const asynq_scoped *key)
 {
 	asynq_sched *s = asynqi_tls_sched;
-	if (s == NULL)
+	/* No value pushed anywhere on this thread: no walk up the tasks. */
+	if (s == NULL || s->n_scoped == 0)
 		return key->default_value;
 	for (asynq_task *x = s->current; x != NULL; x = x->creator)
 		for (scoped_entry *e = x->scoped; e != NULL; e = e->prev)
@@ -245,6 +246,7 @@ asynq_scoped_push(const asynq_scoped *key, void *value)
 	e->value = value;
 	e->prev = *top;
 	*top = e;
+	s->n_scoped++;
 	return ASYNQ_OK;
 }
 
@@ -261,6 +263,7 @@ asynq_scoped_pop(const asynq_scoped *key)
 			scoped_entry *e = *p;
 			*p = e->prev;
 			free(e);
+			s->n_scoped--;
 			return ASYNQ_OK;
 		}
 	}

@@ -165,6 +165,7 @@ struct asynq_sched {
 	size_t ctx_in_tasks; /* contexts entered inside tasks */
 	asynq_context *thread_contexts;
 	scoped_entry *thread_scoped;
+	size_t n_scoped; /* scoped values pushed and not popped, all tasks */
 	asynq_task *free_tasks;    /* free list of task records */
 	asynqi_fut_rec *free_futs; /* free list of other futures */
 	size_t n_free_tasks, n_free_futs;

@@ -283,6 +283,7 @@ task_finish(asynq_sched *s, asynq_task *t, asynq_status st)
 		scoped_entry *e = t->scoped;
 		t->scoped = e->prev;
 		free(e);
+		s->n_scoped--;
 	}
 	if (st == ASYNQ_OK) {
 		t->fut.status = ASYNQ_OK;

@@ -298,22 +298,49 @@ cli_hist_add(cli_hist *h, const uint64_t *bounds, size_t n, uint64_t v,
 	atomic_fetch_add_explicit(&h->sum, v * times, memory_order_relaxed);
 }
 
-/* Counts how call i of b ended, `now` (monotonic ns) after its batch's
- * first call. Any thread. */
+/* Counts `times` calls of method m of b that ended with st, `now`
+ * (monotonic ns) after the batch's first call. Any thread. */
+static void
+count_calls(asynq_rpc_channel *ch, const rpc_batch *b,
+    const asynq_rpc_method_desc *m, asynq_status st, int64_t now,
+    uint64_t times)
+{
+	size_t mi = (size_t)(m - ch->svc->methods);
+	if (times == 0 || m < ch->svc->methods || mi >= ch->svc->n_methods ||
+	    (size_t)st >= ASYNQ_STATUS_COUNT)
+		return;
+	cli_mstats *ms = &ch->mst[mi];
+	atomic_fetch_add_explicit(&ms->codes[st], times, memory_order_relaxed);
+	cli_hist_add(&ms->latency, asynqi_latency_bounds,
+	    asynqi_n_latency_bounds,
+	    now > b->t0 ? (uint64_t)(now - b->t0) : 0, times);
+}
+
 static void
 count_call(asynq_rpc_channel *ch, const rpc_batch *b, size_t i,
     asynq_status st, int64_t now)
 {
-	const asynq_rpc_method_desc *m = b->recs[i].m;
-	size_t mi = (size_t)(m - ch->svc->methods);
-	if (m < ch->svc->methods || mi >= ch->svc->n_methods ||
-	    (size_t)st >= ASYNQ_STATUS_COUNT)
-		return;
-	cli_mstats *ms = &ch->mst[mi];
-	atomic_fetch_add_explicit(&ms->codes[st], 1, memory_order_relaxed);
-	cli_hist_add(&ms->latency, asynqi_latency_bounds,
-	    asynqi_n_latency_bounds,
-	    now > b->t0 ? (uint64_t)(now - b->t0) : 0, 1);
+	count_calls(ch, b, b->recs[i].m, st, now, 1);
+}
+
+/* OK results of one reply counted together: the calls of a reply end at
+ * one instant, so a run of calls of one method costs one bucket search
+ * and two atomic adds, not that per call. */
+typedef struct ok_run {
+	const asynq_rpc_method_desc *m;
+	uint64_t n;
+} ok_run;
+
+static void
+ok_run_add(asynq_rpc_channel *ch, const rpc_batch *b, ok_run *run,
+    const asynq_rpc_method_desc *m, int64_t now)
+{
+	if (run->m != m) {
+		count_calls(ch, b, run->m, ASYNQ_OK, now, run->n);
+		run->m = m;
+		run->n = 0;
+	}
+	run->n++;
 }
 
 static void
@@ -1040,6 +1067,7 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
 	rpc_batch *b = q->b;
 	int64_t now = mono_ns();
 	asynqi_sarena *arena = NULL;
+	ok_run run = { NULL, 0 };
 	asynqi_reader rd = { body, body + len };
 	asynqi_field f;
 	int32_t rstatus = 0;
@@ -1121,8 +1149,9 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
 		if (asynq_item_set_ptr(item, out, free_fn) != ASYNQ_OK)
 			free_fn(out);
 		else
-			count_call(ch, b, i, ASYNQ_OK, now);
+			ok_run_add(ch, b, &run, md, now);
 	}
+	count_calls(ch, b, run.m, ASYNQ_OK, now, run.n);
 	asynqi_sarena_rele(arena);
 	/* Calls the reply left out: a request-level failure (over a limit,
 	 * malformed, refused) fails them with its status; else it is the
