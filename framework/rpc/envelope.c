@@ -562,7 +562,8 @@ simple_unpack(const ProtobufCMessageDescriptor *desc, ProtobufCAllocator *pa,
 	if (m == NULL)
 		return NULL;
 	desc->message_init(m);
-	asynqi_reader r = { data, data + len };
+	/* No bytes may come as a NULL pointer, where even + 0 is undefined. */
+	asynqi_reader r = { data, len != 0 ? data + len : data };
 	asynqi_field g;
 	int rv;
 	while ((rv = asynqi_reader_next(&r, &g)) > 0) {

@@ -157,8 +157,10 @@ test_codec_flat3_every_kind(void **state)
 	assert_int_equal(g->by.len, 4);
 	assert_memory_equal(g->by.data, f.by.data, 4);
 	protobuf_c_message_free_unpacked(m, &ba.pa);
-	/* Empty: every default, strings the empty string. */
+	/* Empty: every default, strings the empty string; also as a NULL
+	 * pointer (what an empty payload is on the wire path). */
 	agree_both(&asynq__codectest__flat3__descriptor, b, 0, true);
+	agree_both(&asynq__codectest__flat3__descriptor, NULL, 0, true);
 	free(b);
 }
 
