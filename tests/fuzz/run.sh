@@ -5,8 +5,9 @@
 # Bazel (whose default toolchain is gcc), and runs them on a copy of the
 # committed seed corpus (the repository's corpus is never written).
 #
-#   tests/fuzz/run.sh [SECONDS]            fuzz rpc_server, then rpc_stream,
-#                                          for SECONDS each (60; CI)
+#   tests/fuzz/run.sh [SECONDS]            fuzz rpc_server, rpc_stream, then
+#                                          rpc_decode (the codec against
+#                                          protobuf-c), SECONDS each (60; CI)
 #   tests/fuzz/run.sh -t TARGET [SECONDS]  rpc_server, rpc_stream, rpc_decode
 #                                          or all (all: each for SECONDS)
 #   tests/fuzz/run.sh -t TARGET -r FILE    run one input (a reproducer) once
@@ -28,7 +29,7 @@ SELF="$ROOT/tests/fuzz/run.sh"
 cd "$ROOT"
 
 SECONDS_EACH=60
-TARGETS=(rpc_server rpc_stream)
+TARGETS=(rpc_server rpc_stream rpc_decode)
 ALL=(rpc_server rpc_stream rpc_decode)
 read -r -a BAZEL_CMD <<<"${BAZEL:-bazel}"
 WORK=""
