@@ -133,11 +133,18 @@ rss_bytes(void)
 	return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
 }
 
+/* fresh_sched makes a new scheduler for the calling thread with cfg
+ * (NULL: defaults); ASYNQ_BENCH_STACK_KIB sets its stack size when cfg
+ * leaves it 0, to compare stack sizes. */
 static void
 fresh_sched(const asynq_sched_cfg *cfg)
 {
+	asynq_sched_cfg c = cfg != NULL ? *cfg : (asynq_sched_cfg){ 0 };
+	const char *sk = getenv("ASYNQ_BENCH_STACK_KIB");
+	if (c.stack_size == 0 && sk != NULL)
+		c.stack_size = (size_t)strtoull(sk, NULL, 10) * 1024;
 	asynq_thread_fini();
-	check_status("asynq_thread_init", asynq_thread_init(cfg));
+	check_status("asynq_thread_init", asynq_thread_init(&c));
 }
 
 /* end_sched checks that a shape left no task alive, then frees the
@@ -738,15 +745,12 @@ bench_rss(void)
 {
 	section("5. resident memory per suspended task: 100,000 tasks parked "
 	        "on one backend's batch");
-	/* ASYNQ_BENCH_STACK_KIB: the stack size to measure it at (the
-	 * default stack size was chosen so: untouched pages cost nothing). */
-	asynq_sched_cfg scfg = { 0 };
-	const char *sk = getenv("ASYNQ_BENCH_STACK_KIB");
-	if (sk != NULL)
-		scfg.stack_size = (size_t)strtoull(sk, NULL, 10) * 1024;
-	if (scfg.stack_size != 0)
-		printf("  task stacks of %zu KiB\n", scfg.stack_size / 1024);
-	fresh_sched(&scfg);
+	/* ASYNQ_BENCH_STACK_KIB (fresh_sched): the stack size to measure it
+	 * at (the default was chosen so: untouched pages cost nothing). */
+	if (getenv("ASYNQ_BENCH_STACK_KIB") != NULL)
+		printf("  task stacks of %s KiB\n",
+		    getenv("ASYNQ_BENCH_STACK_KIB"));
+	fresh_sched(NULL);
 	asynq_backend_init(&park.base, &park_ops, "park");
 	struct park_root_arg pa = { 0 };
 	pa.fs = malloc(PARK_N * sizeof(*pa.fs));
