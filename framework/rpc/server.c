@@ -242,6 +242,11 @@ struct srv_conn {
 	bool closed; /* on_close ran (it may live on for its requests) */
 	srv_mt_entry *mt;
 	size_t n_mt;
+	/* Who is calling (asynq_rpc_peer_get): the address is set at accept,
+	 * the certificate's identity by the reader before the first request,
+	 * and both are constant after; requests point at it. */
+	asynq_rpc_peer peer;
+	char addr[128];
 	/* Bit w: listed by worker w's writer (workers 0-63). */
 	atomic_uint_fast64_t dirty_mask;
 	/* Server's list, under s->mu. */
@@ -391,6 +396,15 @@ asynq_rpc_metadata_get(const char *key, size_t *len)
 			return v;
 	}
 	return md_find(r->rq.md, r->rq.n_md, key, len);
+}
+
+/* ---- Peer ---------------------------------------------------------------- */
+
+const asynq_rpc_peer *
+asynq_rpc_peer_get(void)
+{
+	const srv_task *k = asynq_scoped_get(&srv_req_key);
+	return k != NULL ? &k->r->sc->peer : NULL;
 }
 
 /* ---- Connections --------------------------------------------------------- */
@@ -1889,6 +1903,8 @@ srv_accept(void *arg, asynqi_conn *c)
 	atomic_init(&sc->wq_over, false);
 	atomic_init(&sc->stop_reading, false);
 	sc->home = -1;
+	asynqi_conn_peer_url(c, sc->addr, sizeof(sc->addr));
+	sc->peer.address = sc->addr;
 	asynq_sched *owner = asynqi_conn_owner(c);
 	for (size_t i = 0; owner != NULL && i < s->workers; i++)
 		if (asynq_runtime_sched(s->rt, i) == owner)

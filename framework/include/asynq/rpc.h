@@ -15,6 +15,7 @@
 #ifndef ASYNQ_RPC_H
 #define ASYNQ_RPC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -262,6 +263,25 @@ void asynq_rpc_channel_stats_get(const asynq_rpc_channel *ch,
 /* ---- Server ------------------------------------------------------------ */
 
 typedef struct asynq_rpc_server asynq_rpc_server;
+
+/* The peer of the call a handler serves. */
+typedef struct asynq_rpc_peer {
+	const char *address;      /* "tcp://127.0.0.1:40312", "ipc://...",
+	                             "inproc" */
+	bool verified;            /* it presented a client certificate that
+	                             the server verified (mutual TLS) */
+	const char *subject;      /* that certificate's subject, e.g.
+	                             "CN=frontend,O=example"; NULL without */
+	const char *const *sans;  /* its subjectAltNames as "DNS:name",
+	                             "URI:spiffe://...", "IP:10.0.0.1",
+	                             "EMAIL:..."; n_sans of them */
+	size_t n_sans;
+} asynq_rpc_peer;
+
+/* asynq_rpc_peer_get returns the peer of the call the current task serves
+ * (a handler, whole-batch ones included, and the tasks it spawns; valid
+ * until the handler returns), or NULL outside a handler. Task only. */
+const asynq_rpc_peer *asynq_rpc_peer_get(void);
 
 /* A per-call handler: runs as a task with the decoded request (borrowed for
  * the call) and sets *reply to a response message of the method's output
