@@ -302,6 +302,10 @@ struct asynq_rpc_server {
 	    conns_stalled, conns_overflowed, shed, shed_late;
 	asynqi_dedup *dd;
 	asynqi_tls *tls; /* tls+tcp listeners' configuration, or NULL */
+	/* Copies of the TLS files' paths (cfg's point at them), so that a
+	 * reload reads the same files whatever the caller did with its
+	 * strings. */
+	char *tls_paths[4];
 	uint64_t instance; /* Hello.instance: this server, at random */
 	/* What the last failed set-up call (add_service, listen) failed at,
 	 * in words; under mu. */
@@ -2015,6 +2019,30 @@ tls_files(const asynq_rpc_server_cfg *cfg)
 	};
 }
 
+static void
+tls_paths_free(asynq_rpc_server *s)
+{
+	for (size_t i = 0; i < 4; i++)
+		free(s->tls_paths[i]);
+}
+
+/* Points s->cfg's TLS paths at copies of their own; false without
+ * memory. */
+static bool
+tls_paths_copy(asynq_rpc_server *s)
+{
+	const char **f[4] = { &s->cfg.tls_cert_file, &s->cfg.tls_key_file,
+		&s->cfg.tls_client_ca_file, &s->cfg.tls_crl_file };
+	for (size_t i = 0; i < 4; i++) {
+		if (*f[i] == NULL)
+			continue;
+		if ((s->tls_paths[i] = strdup(*f[i])) == NULL)
+			return false;
+		*f[i] = s->tls_paths[i];
+	}
+	return true;
+}
+
 /* Whether the TLS settings fit together; else why, in err. */
 static bool
 tls_settings_ok(const asynq_rpc_server_cfg *cfg, char *err, size_t len)
@@ -2129,6 +2157,10 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	if ((st = asynqi_dedup_alloc(&s->dd, s->cfg.dedup_entries,
 	         s->cfg.dedup_age_ms, s->cfg.dedup_bytes)) != ASYNQ_OK)
 		goto fail_dd;
+	if (!tls_paths_copy(s)) {
+		st = ASYNQ_RESOURCE_EXHAUSTED;
+		goto fail_tls;
+	}
 	if (s->cfg.tls_cert_file != NULL) {
 		asynqi_tls_files f = tls_files(&s->cfg);
 		if ((st = asynqi_tls_alloc(&s->tls, true, &f, err,
@@ -2200,6 +2232,7 @@ fail_cv:
 fail_mu:
 	asynqi_tls_free(s->tls);
 fail_tls:
+	tls_paths_free(s);
 	asynqi_dedup_free(s->dd);
 fail_dd:
 	free(s);
@@ -2446,6 +2479,7 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 	free(s->services);
 	asynqi_dedup_free(s->dd);
 	asynqi_tls_free(s->tls);
+	tls_paths_free(s);
 	pthread_cond_destroy(&s->sweep_cv);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);

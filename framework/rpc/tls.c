@@ -644,7 +644,8 @@ conn_failed(struct nng_tls_engine_conn *ec, int rv)
 		    "the %s refused the handshake (a fatal alert)", who);
 	} else {
 		mbed_why(rv, m, sizeof(m));
-		snprintf(b, sizeof(b), "not a TLS handshake we accept (%s)", m);
+		snprintf(b, sizeof(b), "not a TLS handshake we accept (%s; -0x%04x)",
+		    m, (unsigned)-rv);
 	}
 	char *f = strdup(b);
 	pthread_mutex_lock(&reg_mu);
@@ -877,10 +878,10 @@ set_from_files(bool server, const asynqi_tls_files *f, asynq_status *st,
 		mbed_why(rv, m, sizeof(m));
 		if (strcmp(what, "pair") == 0)
 			snprintf(err, err_len,
-			    "%s %s and %s %s: the key is not the "
-			    "certificate's",
-			    files[0].name, f->cert_file, files[1].name,
-			    f->key_file);
+			    "%s is not the key of %s: the key is not the "
+			    "certificate's (%s, %s)",
+			    files[1].name, files[0].name, f->key_file,
+			    f->cert_file);
 		else
 			snprintf(err, err_len, "%s %s: %s",
 			    strcmp(what, "key") == 0 ? files[1].name

@@ -723,6 +723,150 @@ test_peer_tls_garbage_and_truncated_handshakes(void **state)
 	who_stop(&fx);
 }
 
+/* ---- Reload -------------------------------------------------------------- */
+
+/* Calls made through one connection, opened before the reloads, while the
+ * test swaps the server's files: bounded in count and in time. */
+typedef struct loader {
+	const char *url;
+	atomic_bool stop;
+	atomic_int ok, failed;
+	int max_rounds;
+} loader;
+
+static void *
+load_main(void *arg)
+{
+	loader *ld = arg;
+	asynq_rpc_channel *ch = tls_channel(ld->url, "front", 5000);
+	uint64_t t0 = asynq_now_ns();
+	for (int r = 0; r < ld->max_rounds && !atomic_load(&ld->stop) &&
+	     asynq_now_ns() - t0 < 60ull * 1000000000u;
+	     r++) {
+		asynq_future *f[4];
+		for (int i = 0; i < 4; i++) {
+			Asynq__Peertest__Ask a = ASYNQ__PEERTEST__ASK__INIT;
+			a.v = r * 4 + i;
+			f[i] = asynq_rpc_call(ch,
+			    i % 2 ? WM(WHOAMI_BATCH) : WM(WHOAMI), &a.base);
+		}
+		(void)asynq_wait_all(f, 4);
+		for (int i = 0; i < 4; i++) {
+			const Asynq__Peertest__Seen *s =
+			    asynq_future_status(f[i]) == ASYNQ_OK
+			    ? asynq_future_ptr(f[i])
+			    : NULL;
+			bool good = s != NULL && s->verified &&
+			    strcmp(s->subject, "CN=frontend,O=example") == 0;
+			atomic_fetch_add(good ? &ld->ok : &ld->failed, 1);
+		}
+		asynq_future_rele_n(f, 4);
+	}
+	asynq_rpc_channel_free(ch);
+	asynq_thread_fini();
+	return NULL;
+}
+
+/* Puts file src in place of dst as a rename does (never half written). */
+static void
+swap_in(const char *src, const char *dst)
+{
+	run("cp %s %s.tmp && mv %s.tmp %s", src, dst, dst, dst);
+}
+
+static void
+test_peer_tls_reload_under_load(void **state)
+{
+	(void)state;
+	make_certs();
+	swap_in("srv1.crt", "cur-srv.crt");
+	swap_in("srv1.key", "cur-srv.key");
+	swap_in("ca.crt", "cur-ca.crt");
+	swap_in("crl-empty.pem", "cur-crl.pem");
+	asynq_rpc_server_cfg scfg = {
+		.tls_cert_file = path("cur-srv.crt"),
+		.tls_key_file = path("cur-srv.key"),
+		.tls_client_ca_file = path("cur-ca.crt"),
+		.tls_crl_file = path("cur-crl.pem"),
+		.tls_require_client_cert = true,
+	};
+	char url[64];
+	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", free_port());
+	who_fx fx;
+	who_start(&fx, url, &scfg);
+
+	/* A connection of rev's, made before it is revoked. */
+	asynq_rpc_channel *rev = tls_channel(fx.url, "rev", 5000);
+	assert_int_equal(ask(rev, WM(WHOAMI), 1, NULL), ASYNQ_OK);
+
+	loader ld = { .url = fx.url, .max_rounds = 20000 };
+	atomic_init(&ld.stop, false);
+	atomic_init(&ld.ok, 0);
+	atomic_init(&ld.failed, 0);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, load_main, &ld), 0);
+
+	/* The server's certificate swapped back and forth under the load;
+	 * after each reload a new connection is set up with the new files. */
+	for (int i = 0; i < 12; i++) {
+		const char *n = i % 2 ? "srv1" : "srv2";
+		char crt[16], key[16];
+		snprintf(crt, sizeof(crt), "%s.crt", n);
+		snprintf(key, sizeof(key), "%s.key", n);
+		swap_in(crt, "cur-srv.crt");
+		swap_in(key, "cur-srv.key");
+		assert_int_equal(asynq_rpc_server_reload_tls(fx.srv), ASYNQ_OK);
+		assert_int_equal(ask_as(fx.url, "rev", 5000), ASYNQ_OK);
+		if (i == 5) {
+			/* A set that does not fit is refused in words, and the
+			 * server keeps the one it had. */
+			swap_in("srv1.crt", "cur-srv.crt");
+			swap_in("srv2.key", "cur-srv.key");
+			assert_int_equal(asynq_rpc_server_reload_tls(fx.srv),
+			    ASYNQ_INVALID_ARGUMENT);
+			assert_non_null(
+			    strstr(asynq_rpc_server_last_error(fx.srv),
+			        "the key is not the certificate's"));
+			assert_int_equal(ask_as(fx.url, "front", 5000),
+			    ASYNQ_OK);
+			swap_in("srv2.key", "cur-srv.key");
+			swap_in("srv2.crt", "cur-srv.crt");
+		}
+	}
+
+	/* A CRL that revokes rev: it can no longer connect; its open
+	 * connection goes on, and so do the others. */
+	swap_in("crl-rev.pem", "cur-crl.pem");
+	assert_int_equal(asynq_rpc_server_reload_tls(fx.srv), ASYNQ_OK);
+	asynq_log_set_sink(log_sink, NULL);
+	log_reset();
+	assert_int_equal(ask_as(fx.url, "rev", 700), ASYNQ_UNAVAILABLE);
+	assert_true(log_has("event=tls_handshake_failed", "revoked", NULL));
+	assert_int_equal(ask(rev, WM(WHOAMI), 2, NULL), ASYNQ_OK);
+	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
+
+	/* The CA taken away (replaced by another): no client of it
+	 * connects any more; open connections go on. */
+	swap_in("other.crt", "cur-ca.crt");
+	assert_int_equal(asynq_rpc_server_reload_tls(fx.srv), ASYNQ_OK);
+	log_reset();
+	assert_int_equal(ask_as(fx.url, "front", 700), ASYNQ_UNAVAILABLE);
+	assert_true(log_has("event=tls_handshake_failed",
+	    "not correctly signed by the trusted CA", NULL));
+	asynq_log_set_sink(NULL, NULL);
+
+	atomic_store(&ld.stop, true);
+	pthread_join(th, NULL);
+	/* Every call of the load succeeded, over its one connection. */
+	assert_int_equal(atomic_load(&ld.failed), 0);
+	assert_true(atomic_load(&ld.ok) > 0);
+	fprintf(stderr, "reload under load: %d calls ok\n",
+	    atomic_load(&ld.ok));
+	assert_int_equal(ask(rev, WM(WHOAMI), 3, NULL), ASYNQ_OK);
+	asynq_rpc_channel_free(rev);
+	who_stop(&fx);
+}
+
 int
 main(void)
 {
@@ -735,6 +879,7 @@ main(void)
 		cmocka_unit_test(test_peer_tls_rejected_clients),
 		cmocka_unit_test(test_peer_tls_optional_client_cert),
 		cmocka_unit_test(test_peer_tls_garbage_and_truncated_handshakes),
+		cmocka_unit_test(test_peer_tls_reload_under_load),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	remove_certs();
