@@ -67,7 +67,8 @@
 #include "tls.h"
 
 #define REG_BUCKETS 256
-#define MAX_FILE (16u << 20)
+/* The largest PEM file read (as the server read them before). */
+#define MAX_FILE (64u << 20)
 
 /* ---- Random numbers ------------------------------------------------------ */
 
@@ -365,6 +366,7 @@ struct nng_tls_engine_conn {
 	mbedtls_ssl_context ssl;
 	bool server;
 	bool done; /* the handshake finished */
+	int failed; /* the mbed TLS error the handshake failed with, or 0 */
 	struct nng_tls_engine_conn *next; /* registry bucket */
 	/* Under reg_mu. */
 	bool verified;
@@ -472,36 +474,82 @@ conn_close(struct nng_tls_engine_conn *ec)
 		(void)mbedtls_ssl_close_notify(&ec->ssl);
 }
 
-/* Appends s[0..n) to b at *at, escaping what RFC 4514 escapes in values. */
+/* A growing string; `failed` once memory ran out. */
+typedef struct strbuf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+} strbuf;
+
 static void
-dn_put(char *b, size_t cap, size_t *at, const unsigned char *s, size_t n)
+sb_put(strbuf *b, const char *s, size_t n)
 {
-	for (size_t i = 0; i < n && *at + 3 < cap; i++) {
+	if (b->failed)
+		return;
+	if (b->cap - b->len <= n) {
+		size_t cap = b->cap != 0 ? b->cap : 128;
+		while (cap - b->len <= n)
+			cap *= 2;
+		char *p = realloc(b->p, cap);
+		if (p == NULL) {
+			b->failed = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+static void
+sb_str(strbuf *b, const char *s)
+{
+	sb_put(b, s, strlen(s));
+}
+
+/* The string built, or NULL (freed) when memory ran out. */
+static char *
+sb_done(strbuf *b)
+{
+	if (b->failed || b->p == NULL) {
+		free(b->p);
+		return NULL;
+	}
+	return b->p;
+}
+
+/* Appends an attribute value, escaping what RFC 4514 escapes. */
+static void
+dn_put(strbuf *b, const unsigned char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
 		unsigned char ch = s[i];
+		char e[4];
+		if (ch < 0x20 || ch == 0x7f) {
+			snprintf(e, sizeof(e), "\\%02x", ch);
+			sb_str(b, e);
+			continue;
+		}
 		bool esc = ch == ',' || ch == '+' || ch == '"' || ch == '\\' ||
 		    ch == '<' || ch == '>' || ch == ';' || ch == '=' ||
 		    (i == 0 && (ch == ' ' || ch == '#')) ||
 		    (i == n - 1 && ch == ' ');
-		if (ch < 0x20 || ch == 0x7f) {
-			*at += (size_t)snprintf(b + *at, cap - *at, "\\%02x",
-			    ch);
-			continue;
-		}
 		if (esc)
-			b[(*at)++] = '\\';
-		b[(*at)++] = (char)ch;
+			sb_put(b, "\\", 1);
+		sb_put(b, (const char *)&ch, 1);
 	}
-	b[*at] = '\0';
 }
 
 /* The subject "CN=frontend,O=example": attributes in the certificate's
- * order, "," between them, "+" inside a multi-valued one. */
+ * order, "," between them, "+" inside a multi-valued one. NULL without
+ * memory. */
 static char *
 subject_of(const mbedtls_x509_crt *crt)
 {
-	char b[1024];
-	size_t at = 0;
-	b[0] = '\0';
+	strbuf b = { 0 };
+	sb_put(&b, "", 0);
 	bool sep = false;
 	for (const mbedtls_x509_name *n = &crt->subject; n != NULL;
 	     n = n->next) {
@@ -515,33 +563,32 @@ subject_of(const mbedtls_x509_crt *crt)
 				snprintf(oid, sizeof(oid), "?");
 			sn = oid;
 		}
-		if (sep && at + 2 < sizeof(b))
-			b[at++] = ',';
-		at += (size_t)snprintf(b + at, sizeof(b) - at, "%s=", sn);
-		if (at >= sizeof(b))
-			at = sizeof(b) - 1;
-		dn_put(b, sizeof(b), &at, n->val.p, n->val.len);
+		if (sep)
+			sb_put(&b, ",", 1);
+		sb_str(&b, sn);
+		sb_put(&b, "=", 1);
+		dn_put(&b, n->val.p, n->val.len);
 		sep = true;
-		if (n->next_merged && at + 2 < sizeof(b)) {
-			b[at++] = '+';
+		if (n->next_merged) {
+			sb_put(&b, "+", 1);
 			sep = false;
 		}
 	}
-	b[at] = '\0';
-	return strdup(b);
+	return sb_done(&b);
 }
 
 /* One subjectAltName entry as "DNS:...", "URI:...", "IP:...", "EMAIL:...";
- * NULL for kinds without a text form (otherName, directoryName, ...). */
+ * NULL for kinds without a text form (otherName, directoryName, ...), for
+ * a name with a NUL inside (it could hide a suffix), or without memory. */
 static char *
-san_of(const mbedtls_x509_buf *v)
+san_of(const mbedtls_x509_buf *v, bool *nomem)
 {
-	char b[600];
+	char b[64];
 	int kind = v->tag & 0x1f;
-	const char *pre = kind == 1 ? "EMAIL" : kind == 2 ? "DNS"
-	    : kind == 6                                 ? "URI"
-	    : kind == 7                                 ? "IP"
-	                                                : NULL;
+	const char *pre = kind == 1 ? "EMAIL:" : kind == 2 ? "DNS:"
+	    : kind == 6                                  ? "URI:"
+	    : kind == 7                                  ? "IP:"
+	                                                 : NULL;
 	if (pre == NULL)
 		return NULL;
 	if (kind == 7) {
@@ -557,12 +604,18 @@ san_of(const mbedtls_x509_buf *v)
 		} else {
 			return NULL;
 		}
-		return strdup(b);
+		char *t = strdup(b);
+		*nomem = t == NULL;
+		return t;
 	}
-	size_t n = v->len < 512 ? v->len : 512;
-	snprintf(b, sizeof(b), "%s:%.*s", pre, (int)n, (const char *)v->p);
-	/* A NUL inside the name ends it: no name that hides a suffix. */
-	return memchr(v->p, '\0', n) != NULL ? NULL : strdup(b);
+	if (memchr(v->p, '\0', v->len) != NULL)
+		return NULL;
+	strbuf sb = { 0 };
+	sb_str(&sb, pre);
+	sb_put(&sb, (const char *)v->p, v->len);
+	char *t = sb_done(&sb);
+	*nomem = t == NULL;
+	return t;
 }
 
 /* Why a certificate failed verification, from mbed TLS's flags, in one
@@ -603,15 +656,31 @@ conn_identity(struct nng_tls_engine_conn *ec)
 		     q != NULL && q->buf.p != NULL; q = q->next)
 			n++;
 		sans = n > 0 ? calloc(n, sizeof(*sans)) : NULL;
+		bool nomem = n > 0 && sans == NULL;
 		for (const mbedtls_x509_sequence *q = &crt->subject_alt_names;
 		     sans != NULL && q != NULL && q->buf.p != NULL;
 		     q = q->next) {
-			char *t = san_of(&q->buf);
+			bool no = false;
+			char *t = san_of(&q->buf, &no);
 			if (t != NULL)
 				sans[n_sans++] = t;
+			nomem = nomem || no;
+		}
+		/* An identity cut short is no identity: without memory for
+		 * all of it the peer counts as unverified. */
+		if (nomem) {
+			free(subject);
+			subject = NULL;
 		}
 	} else if (crt != NULL) {
 		rejected = verify_why(flags);
+	}
+	if (subject == NULL) {
+		for (size_t i = 0; i < n_sans; i++)
+			free(sans[i]);
+		free(sans);
+		sans = NULL;
+		n_sans = 0;
 	}
 	pthread_mutex_lock(&reg_mu);
 	ec->verified = verified && subject != NULL;
@@ -649,7 +718,6 @@ conn_failed(struct nng_tls_engine_conn *ec, int rv)
 	}
 	char *f = strdup(b);
 	pthread_mutex_lock(&reg_mu);
-	free(ec->failure);
 	ec->failure = f;
 	pthread_mutex_unlock(&reg_mu);
 }
@@ -657,6 +725,11 @@ conn_failed(struct nng_tls_engine_conn *ec, int rv)
 static int
 conn_handshake(struct nng_tls_engine_conn *ec)
 {
+	/* nng may call again after a failure (when the alert it sent is
+	 * written): a failed context is not run again, and the first
+	 * reason stands. */
+	if (ec->failed != 0)
+		return map_mbed(ec->failed);
 	int rv = mbedtls_ssl_handshake(&ec->ssl);
 	if (rv == MBEDTLS_ERR_SSL_WANT_READ || rv == MBEDTLS_ERR_SSL_WANT_WRITE)
 		return NNG_EAGAIN;
@@ -666,6 +739,7 @@ conn_handshake(struct nng_tls_engine_conn *ec)
 		    rv != MBEDTLS_ERR_NET_SEND_FAILED &&
 		    rv != MBEDTLS_ERR_SSL_CONN_EOF)
 			conn_failed(ec, rv);
+		ec->failed = rv;
 		return map_mbed(rv);
 	}
 	ec->done = true;

@@ -354,6 +354,8 @@ make_certs(void)
 	    "DNS:front.example,URI:spiffe://example/front,IP:10.0.0.1,"
 	    "IP:fd00::1,email:ops@example.com",
 	    NULL, NULL);
+	client_cert("ca", "odd", "/CN=a,b/O=example", "DNS:odd.example", NULL,
+	    NULL);
 	client_cert("ca", "rev", "/CN=revoked-soon", "DNS:rev.example", NULL,
 	    NULL);
 	client_cert("ca", "exp", "/CN=expired", NULL, "200101000000Z",
@@ -561,6 +563,18 @@ test_peer_tls_verified_identity(void **state)
 			assert_true(s->child_same);
 	}
 	asynq_future_rele_n(f, 8);
+	asynq_rpc_channel_free(ch);
+	/* A comma inside a value is escaped, so it cannot pass for two
+	 * attributes. */
+	ch = tls_channel(fx.url, "odd", 5000);
+	asynq_future *g = NULL;
+	assert_int_equal(ask(ch, WM(WHOAMI), 1, &g), ASYNQ_OK);
+	const Asynq__Peertest__Seen *s = asynq_future_ptr(g);
+	assert_true(s->verified);
+	assert_string_equal(s->subject, "CN=a\\,b,O=example");
+	assert_int_equal(s->n_sans, 1);
+	assert_string_equal(s->sans[0], "DNS:odd.example");
+	asynq_future_rele(g);
 	asynq_rpc_channel_free(ch);
 	who_stop(&fx);
 }
