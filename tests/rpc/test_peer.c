@@ -737,6 +737,76 @@ test_peer_tls_garbage_and_truncated_handshakes(void **state)
 	who_stop(&fx);
 }
 
+/* Settings that do not fit are refused in words, for servers and
+ * channels. */
+static void
+test_peer_tls_settings_refused_in_words(void **state)
+{
+	(void)state;
+	make_certs();
+	asynq_runtime *rt;
+	asynq_runtime_cfg rcfg = { .workers = 1 };
+	assert_int_equal(asynq_runtime_alloc(&rt, &rcfg), ASYNQ_OK);
+	asynq_log_set_sink(log_sink, NULL);
+	struct {
+		asynq_rpc_server_cfg cfg;
+		const char *why;
+	} bad[] = {
+		{ { .tls_cert_file = path("srv1.crt"),
+		      .tls_key_file = path("srv1.key"),
+		      .tls_require_client_cert = true },
+		    "tls_require_client_cert needs tls_client_ca_file" },
+		{ { .tls_client_ca_file = path("ca.crt") },
+		    "client certificate settings need tls_cert_file" },
+		{ { .tls_cert_file = path("srv1.crt"),
+		      .tls_key_file = path("srv1.key"),
+		      .tls_client_ca_file = path("nonexistent.crt") },
+		    "No such file or directory" },
+		{ { .tls_cert_file = path("srv1.crt"),
+		      .tls_key_file = path("srv1.key"),
+		      .tls_client_ca_file = path("srv1.key") },
+		    "tls_client_ca_file" },
+		{ { .tls_cert_file = path("srv1.crt"),
+		      .tls_key_file = path("srv1.key"),
+		      .tls_client_ca_file = path("ca.crt"),
+		      .tls_crl_file = path("ca.crt") },
+		    "tls_crl_file" },
+		{ { .tls_cert_file = path("srv1.crt"),
+		      .tls_key_file = path("srv2.key") },
+		    "the key is not the certificate's" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		log_reset();
+		asynq_rpc_server *srv = NULL;
+		assert_int_equal(asynq_rpc_server_alloc(&srv, rt, &bad[i].cfg),
+		    ASYNQ_INVALID_ARGUMENT);
+		assert_null(srv);
+		assert_true(log_has("event=setup_failed", bad[i].why, NULL));
+	}
+	/* A client key without its certificate. */
+	log_reset();
+	const char *urls[] = { "tls+tcp://127.0.0.1:1" };
+	asynq_rpc_channel_cfg ccfg = { .urls = urls,
+		.n_urls = 1,
+		.tls_ca_file = path("ca.crt"),
+		.tls_key_file = path("front.key") };
+	asynq_rpc_channel *ch = NULL;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, WHO, &ccfg),
+	    ASYNQ_INVALID_ARGUMENT);
+	assert_true(log_has("event=setup_failed", "go together", NULL));
+	/* Reloading a server without TLS. */
+	asynq_rpc_server *srv;
+	assert_int_equal(asynq_rpc_server_alloc(&srv, rt, NULL), ASYNQ_OK);
+	assert_int_equal(asynq_rpc_server_reload_tls(srv),
+	    ASYNQ_FAILED_PRECONDITION);
+	assert_non_null(strstr(asynq_rpc_server_last_error(srv),
+	    "the server has no TLS settings"));
+	asynq_rpc_server_free(srv);
+	asynq_log_set_sink(NULL, NULL);
+	asynq_runtime_free(rt);
+	asynq_thread_fini();
+}
+
 /* ---- Reload -------------------------------------------------------------- */
 
 /* Calls made through one connection, opened before the reloads, while the
@@ -893,6 +963,7 @@ main(void)
 		cmocka_unit_test(test_peer_tls_rejected_clients),
 		cmocka_unit_test(test_peer_tls_optional_client_cert),
 		cmocka_unit_test(test_peer_tls_garbage_and_truncated_handshakes),
+		cmocka_unit_test(test_peer_tls_settings_refused_in_words),
 		cmocka_unit_test(test_peer_tls_reload_under_load),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
