@@ -90,7 +90,8 @@ static asynq_rpc_server_cfg demo_server_cfg;
 /* --queue-target-us was given: the unbatched set keeps it too. */
 static bool demo_queue_target_set;
 
-/* ---- Mutual TLS (--mtls) -------------------------------------------------- */
+/* ---- Mutual TLS (--mtls) --------------------------------------------------
+ */
 
 /* With --mtls every service listens on tls+tcp:// and requires a client
  * certificate of the demo's CA: the frontend presents its own to the
@@ -164,11 +165,13 @@ mtls_setup(const demo_cfg *cfg)
 		}
 	} else {
 		const char *tmp = getenv("TMPDIR");
-		snprintf(mtls_dir, sizeof(mtls_dir), "%s/asynq-demo-mtls-XXXXXX",
+		snprintf(mtls_dir, sizeof(mtls_dir),
+		    "%s/asynq-demo-mtls-XXXXXX",
 		    tmp != NULL && tmp[0] == '/' ? tmp : "/tmp");
 		if (mkdtemp(mtls_dir) == NULL) {
-			fprintf(stderr, "demo: cannot make a directory for the "
-			                "mTLS certificates: %s\n",
+			fprintf(stderr,
+			    "demo: cannot make a directory for the "
+			    "mTLS certificates: %s\n",
 			    strerror(errno));
 			return -1;
 		}

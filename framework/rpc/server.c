@@ -2056,7 +2056,8 @@ static bool
 tls_settings_ok(const asynq_rpc_server_cfg *cfg, char *err, size_t len)
 {
 	if ((cfg->tls_cert_file != NULL) != (cfg->tls_key_file != NULL)) {
-		snprintf(err, len, "tls_cert_file and tls_key_file go together");
+		snprintf(err, len,
+		    "tls_cert_file and tls_key_file go together");
 		return false;
 	}
 	if (cfg->tls_cert_file == NULL &&

@@ -82,8 +82,7 @@ h_whoami(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 }
 
 static asynq_status
-h_whoami_batch(asynq_task *t, asynq_rpc_batch_call *calls, size_t n,
-    void *ctx)
+h_whoami_batch(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 {
 	(void)t;
 	(void)ctx;
@@ -102,7 +101,7 @@ h_whoami_batch(asynq_task *t, asynq_rpc_batch_call *calls, size_t n,
 static const asynq_rpc_handler who_handlers[] = {
 	[ASYNQ__PEERTEST__WHO__ASYNQ_METHOD_WHOAMI] = { .unary = h_whoami },
 	[ASYNQ__PEERTEST__WHO__ASYNQ_METHOD_WHOAMI_BATCH] = { .batch =
-		                                                 h_whoami_batch },
+	                                                          h_whoami_batch },
 };
 
 /* ---- Helpers ------------------------------------------------------------- */
@@ -239,7 +238,6 @@ test_peer_absent_outside_handler(void **state)
 	assert_null(asynq_rpc_peer_get());
 }
 
-
 /* ---- Certificates -------------------------------------------------------- */
 
 /* The certificates of the TLS tests, made with openssl in a directory of
@@ -286,8 +284,8 @@ path(const char *name)
  * san (or none), valid from start to end (openssl ca's YYMMDDHHMMSSZ, or
  * NULL for two days from now). */
 static void
-client_cert(const char *ca, const char *name, const char *subj,
-    const char *san, const char *start, const char *end)
+client_cert(const char *ca, const char *name, const char *subj, const char *san,
+    const char *start, const char *end)
 {
 	run("openssl req %s -keyout %s.key -out %s.csr -subj '%s'", EC, name,
 	    name, subj);
@@ -691,8 +689,8 @@ test_peer_tls_garbage_and_truncated_handshakes(void **state)
 	    (ssize_t)(sizeof(junk) - 1));
 	assert_true(closed_by_server(fd));
 	close(fd);
-	assert_true(log_has("event=tls_handshake_failed",
-	    "not a TLS handshake", NULL));
+	assert_true(
+	    log_has("event=tls_handshake_failed", "not a TLS handshake", NULL));
 	assert_int_equal(ask(ch, WM(WHOAMI), 2, NULL), ASYNQ_OK);
 	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
 
@@ -962,7 +960,8 @@ main(void)
 		cmocka_unit_test(test_peer_tls_verified_identity),
 		cmocka_unit_test(test_peer_tls_rejected_clients),
 		cmocka_unit_test(test_peer_tls_optional_client_cert),
-		cmocka_unit_test(test_peer_tls_garbage_and_truncated_handshakes),
+		cmocka_unit_test(
+		    test_peer_tls_garbage_and_truncated_handshakes),
 		cmocka_unit_test(test_peer_tls_settings_refused_in_words),
 		cmocka_unit_test(test_peer_tls_reload_under_load),
 	};
