@@ -954,6 +954,79 @@ test_peer_tls_reload_under_load(void **state)
 	who_stop(&fx);
 }
 
+/* A client's short-lived certificate renewed in place: after
+ * asynq_rpc_channel_reload_tls, the channel's next connection (after the
+ * server's idle timeout closed the first) presents the new one. */
+static void
+test_peer_tls_client_reload(void **state)
+{
+	(void)state;
+	make_certs();
+	swap_in("rev.crt", "cur-cli.crt");
+	swap_in("rev.key", "cur-cli.key");
+	asynq_rpc_server_cfg scfg = {
+		.tls_cert_file = path("srv1.crt"),
+		.tls_key_file = path("srv1.key"),
+		.tls_client_ca_file = path("ca.crt"),
+		.tls_require_client_cert = true,
+		.idle_timeout_ms = 300,
+	};
+	char url[64];
+	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", free_port());
+	who_fx fx;
+	who_start(&fx, url, &scfg);
+	const char *urls[] = { fx.url };
+	char cert[600], key[600];
+	snprintf(cert, sizeof(cert), "%s", path("cur-cli.crt"));
+	snprintf(key, sizeof(key), "%s", path("cur-cli.key"));
+	asynq_rpc_channel_cfg ccfg = { .urls = urls,
+		.n_urls = 1,
+		.tls_ca_file = path("ca.crt"),
+		.tls_server_name = "localhost",
+		.tls_cert_file = cert,
+		.tls_key_file = key,
+		.wait_for_ready = true,
+		.default_deadline_ms = 5000 };
+	asynq_rpc_channel *ch;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, WHO, &ccfg), ASYNQ_OK);
+	asynq_future *f = NULL;
+	assert_int_equal(ask(ch, WM(WHOAMI), 1, &f), ASYNQ_OK);
+	assert_string_equal(
+	    ((const Asynq__Peertest__Seen *)asynq_future_ptr(f))->subject,
+	    "CN=revoked-soon");
+	asynq_future_rele(f);
+
+	swap_in("front.crt", "cur-cli.crt");
+	swap_in("front.key", "cur-cli.key");
+	assert_int_equal(asynq_rpc_channel_reload_tls(ch), ASYNQ_OK);
+	/* The open connection keeps its certificate until it goes: idle
+	 * past the server's timeout, it is closed, and the next call
+	 * connects again. */
+	bool renewed = false;
+	for (int i = 0; i < 20 && !renewed; i++) {
+		usleep(500 * 1000);
+		assert_int_equal(ask(ch, WM(WHOAMI), 2, &f), ASYNQ_OK);
+		const char *subj =
+		    ((const Asynq__Peertest__Seen *)asynq_future_ptr(f))
+		        ->subject;
+		renewed = strcmp(subj, "CN=frontend,O=example") == 0;
+		if (!renewed)
+			assert_string_equal(subj, "CN=revoked-soon");
+		asynq_future_rele(f);
+	}
+	assert_true(renewed);
+	asynq_rpc_channel_free(ch);
+
+	/* A channel without TLS has nothing to reload. */
+	char plain[64];
+	snprintf(plain, sizeof(plain), "tcp://127.0.0.1:%d", free_port());
+	ch = channel_to(plain);
+	assert_int_equal(asynq_rpc_channel_reload_tls(ch),
+	    ASYNQ_FAILED_PRECONDITION);
+	asynq_rpc_channel_free(ch);
+	who_stop(&fx);
+}
+
 int
 main(void)
 {
@@ -969,6 +1042,7 @@ main(void)
 		    test_peer_tls_garbage_and_truncated_handshakes),
 		cmocka_unit_test(test_peer_tls_settings_refused_in_words),
 		cmocka_unit_test(test_peer_tls_reload_under_load),
+		cmocka_unit_test(test_peer_tls_client_reload),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	remove_certs();

@@ -180,6 +180,17 @@ asynq_status asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
  * CANCELLED. Every scheduler that used it must have finished its calls. */
 void asynq_rpc_channel_free(asynq_rpc_channel *ch);
 
+/* asynq_rpc_channel_reload_tls reads the channel's TLS files again
+ * (tls_cert_file, tls_key_file, tls_ca_file), for short-lived client
+ * certificates: connections made from now on (a reconnect, say after the
+ * server's idle timeout) present the new certificate; open ones keep
+ * theirs. Channels opened with the same files share them, so it reloads
+ * them for all of those. Call it once every file of the new set is in
+ * place. INVALID_ARGUMENT when a file cannot be read or used (nothing
+ * changes; logged at error as event=tls_reload_failed with the reason),
+ * FAILED_PRECONDITION for a channel without TLS settings. Any thread. */
+asynq_status asynq_rpc_channel_reload_tls(asynq_rpc_channel *ch);
+
 /* asynq_rpc_call encodes req (borrowed; it may be freed on return) as a call
  * of method m, adds it to the calling thread's batch for ch, and returns a
  * future for the reply: its pointer value is the decoded response message
