@@ -153,8 +153,6 @@ struct asynq_rpc_channel {
 	 * gives token_milli back; refused requests go to another replica only
 	 * while more than half are left. tokens_max 0: never. */
 	int64_t tokens, tokens_max, token_milli;
-	nng_tls_config *tls;
-	struct tls_ent *tls_ent; /* where tls came from, or NULL */
 	uint64_t rng;
 	size_t rr; /* where the next replica pick starts */
 };
@@ -169,6 +167,7 @@ struct replica {
 	size_t outstanding;
 	int last_err;
 	bool probing; /* calls wait for an attempt they hurried */
+	struct tls_ent *tls_ent; /* tls+ URLs: its TLS configuration */
 };
 
 struct cli_conn {
@@ -968,6 +967,15 @@ cli_on_close(asynqi_conn *c, int err)
 	asynq_rpc_channel *ch = r->ch;
 	sub_req *lost = NULL;
 	outbox o = { 0 };
+	/* A server this channel cannot trust (or that refused it) is worth
+	 * a line that says why. */
+	char why[512];
+	pthread_mutex_lock(&ch->mu);
+	bool was_ready = cc->ready;
+	pthread_mutex_unlock(&ch->mu);
+	if (!was_ready && asynqi_conn_tls_failure(c, why, sizeof(why)))
+		asynq_log(ASYNQ_LOG_WARN, "tls_handshake_failed", "channel",
+		    ch->svc->full_name, "url", r->url, "reason", why, NULL);
 	pthread_mutex_lock(&ch->mu);
 	cc->dead = true;
 	if (r->cc == cc) {
@@ -2031,15 +2039,40 @@ str_dup(const char *s, bool *ok)
 	return d;
 }
 
-static asynq_status
-tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
+/* The host of a URL ("tls+tcp://[::1]:7001" -> "::1") in buf. */
+static void
+url_host(const char *url, char *buf, size_t len)
 {
+	const char *h = strstr(url, "://");
+	h = h != NULL ? h + 3 : url;
+	size_t n;
+	if (*h == '[') {
+		h++;
+		n = strcspn(h, "]");
+	} else {
+		n = strcspn(h, ":/");
+	}
+	snprintf(buf, len, "%.*s", (int)n, h);
+}
+
+/* The TLS configuration for dialing url with cfg's files, shared by every
+ * channel with the same files and server name; the name defaults to the
+ * URL's host. */
+static asynq_status
+tls_client_config(const asynq_rpc_channel_cfg *cfg, const char *url,
+    tls_ent **ep)
+{
+	char host[256];
+	const char *name = cfg->tls_server_name;
+	if (name == NULL) {
+		url_host(url, host, sizeof(host));
+		name = host;
+	}
 	asynq_status st = ASYNQ_OK;
 	pthread_mutex_lock(&tls_mu);
 	tls_ent *e = tls_head;
 	while (e != NULL &&
-	    (!str_eq(e->ca, cfg->tls_ca_file) ||
-	        !str_eq(e->name, cfg->tls_server_name) ||
+	    (!str_eq(e->ca, cfg->tls_ca_file) || !str_eq(e->name, name) ||
 	        !str_eq(e->cert, cfg->tls_cert_file) ||
 	        !str_eq(e->key, cfg->tls_key_file)))
 		e = e->next;
@@ -2048,7 +2081,7 @@ tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
 			.cert_file = cfg->tls_cert_file,
 			.key_file = cfg->tls_key_file,
 			.ca_file = cfg->tls_ca_file,
-			.server_name = cfg->tls_server_name,
+			.server_name = name,
 		};
 		asynqi_tls *t = NULL;
 		char err[512];
@@ -2062,7 +2095,7 @@ tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
 		bool ok = true;
 		if (e != NULL) {
 			e->ca = str_dup(cfg->tls_ca_file, &ok);
-			e->name = str_dup(cfg->tls_server_name, &ok);
+			e->name = str_dup(name, &ok);
 			e->cert = str_dup(cfg->tls_cert_file, &ok);
 			e->key = str_dup(cfg->tls_key_file, &ok);
 		}
@@ -2083,10 +2116,7 @@ tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
 			asynqi_tls_free(t);
 		}
 	}
-	if (e != NULL) {
-		ch->tls = asynqi_tls_config(e->t);
-		ch->tls_ent = e;
-	}
+	*ep = e;
 	pthread_mutex_unlock(&tls_mu);
 	return st;
 }
@@ -2094,21 +2124,30 @@ tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
 asynq_status
 asynq_rpc_channel_reload_tls(asynq_rpc_channel *ch)
 {
-	tls_ent *e = ch->tls_ent;
-	if (e == NULL)
-		return ASYNQ_FAILED_PRECONDITION;
-	asynqi_tls_files f = {
-		.cert_file = e->cert,
-		.key_file = e->key,
-		.ca_file = e->ca,
-		.server_name = e->name,
-	};
-	char err[512];
-	asynq_status st = asynqi_tls_reload(e->t, &f, err, sizeof(err));
-	if (st != ASYNQ_OK)
-		asynq_log(ASYNQ_LOG_ERROR, "tls_reload_failed", "status",
-		    asynq_status_name(st), "error", err, NULL);
-	else
+	asynq_status st = ASYNQ_FAILED_PRECONDITION;
+	for (size_t i = 0; i < ch->n_reps; i++) {
+		tls_ent *e = ch->reps[i].tls_ent;
+		bool seen = false;
+		for (size_t j = 0; j < i && !seen; j++)
+			seen = ch->reps[j].tls_ent == e;
+		if (e == NULL || seen)
+			continue;
+		asynqi_tls_files f = {
+			.cert_file = e->cert,
+			.key_file = e->key,
+			.ca_file = e->ca,
+			.server_name = e->name,
+		};
+		char err[512];
+		st = asynqi_tls_reload(e->t, &f, err, sizeof(err));
+		if (st != ASYNQ_OK) {
+			asynq_log(ASYNQ_LOG_ERROR, "tls_reload_failed",
+			    "channel", ch->svc->full_name, "status",
+			    asynq_status_name(st), "error", err, NULL);
+			return st;
+		}
+	}
+	if (st == ASYNQ_OK)
 		asynq_log(ASYNQ_LOG_INFO, "tls_reloaded", "channel",
 		    ch->svc->full_name, NULL);
 	return st;
@@ -2178,14 +2217,12 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 		goto fail_table;
 	if (pthread_cond_init(&ch->cv, NULL) != 0)
 		goto fail_cv;
-	if ((cfg->tls_ca_file != NULL || cfg->tls_server_name != NULL ||
-	        cfg->tls_cert_file != NULL || cfg->tls_key_file != NULL) &&
-	    (st = tls_client_config(ch, cfg)) != ASYNQ_OK)
-		goto fail_tls;
+	bool tls = cfg->tls_ca_file != NULL || cfg->tls_server_name != NULL ||
+	    cfg->tls_cert_file != NULL || cfg->tls_key_file != NULL;
 	st = ASYNQ_RESOURCE_EXHAUSTED;
 	ch->reps = calloc(cfg->n_urls, sizeof(*ch->reps));
 	if (ch->reps == NULL)
-		goto fail_tls;
+		goto fail_reps_alloc;
 	for (size_t i = 0; i < cfg->n_urls; i++) {
 		replica *r = &ch->reps[i];
 		r->ch = ch;
@@ -2194,7 +2231,12 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 			st = ASYNQ_RESOURCE_EXHAUSTED;
 			goto fail_reps;
 		}
-		st = asynqi_dialer_open(&r->d, cfg->urls[i], ch->tls,
+		if (tls && strncmp(cfg->urls[i], "tls+", 4) == 0 &&
+		    (st = tls_client_config(cfg, cfg->urls[i], &r->tls_ent)) !=
+		        ASYNQ_OK)
+			goto fail_reps;
+		st = asynqi_dialer_open(&r->d, cfg->urls[i],
+		    r->tls_ent != NULL ? asynqi_tls_config(r->tls_ent->t) : NULL,
 		    on_connect, r);
 		if (st != ASYNQ_OK)
 			goto fail_reps;
@@ -2215,7 +2257,7 @@ fail_reps:
 		free(ch->reps[i].url);
 	}
 	free(ch->reps);
-fail_tls:
+fail_reps_alloc:
 	pthread_cond_destroy(&ch->cv);
 fail_cv:
 	pthread_mutex_destroy(&ch->mu);

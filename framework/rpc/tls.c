@@ -44,6 +44,7 @@
  * - Lock order: a configuration's mu, then reg_mu (neither held while
  *   calling into nng).
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -102,7 +103,12 @@ typedef struct tls_set {
 	mbedtls_x509_crl crl;
 	bool has_ca, has_crl;
 	own_key *keys;
+	/* Client: the name the server's certificate must carry; an IP
+	 * literal is matched against its IP subjectAltNames (mbed TLS 2.28
+	 * matches DNS names only). */
 	char *server_name;
+	uint8_t ip[16];
+	size_t ip_len; /* 4 or 16 when server_name is an IP literal */
 } tls_set;
 
 static tls_set *
@@ -150,6 +156,24 @@ set_rele(tls_set *s)
 	}
 	free(s->server_name);
 	free(s);
+}
+
+/* Sets the name a client expects of its server (copied); false without
+ * memory. */
+static bool
+set_server_name(tls_set *s, const char *name)
+{
+	char *n = name != NULL ? strdup(name) : NULL;
+	if (name != NULL && n == NULL)
+		return false;
+	free(s->server_name);
+	s->server_name = n;
+	s->ip_len = 0;
+	if (n != NULL && inet_pton(AF_INET, n, s->ip) == 1)
+		s->ip_len = 4;
+	else if (n != NULL && inet_pton(AF_INET6, n, s->ip) == 1)
+		s->ip_len = 16;
+	return true;
 }
 
 /* mbed TLS's message for rv. */
@@ -289,14 +313,10 @@ cfg_fini(struct nng_tls_engine_config *c)
 static int
 cfg_server(struct nng_tls_engine_config *c, const char *name)
 {
-	char *n = name != NULL ? strdup(name) : NULL;
-	if (name != NULL && n == NULL)
-		return NNG_ENOMEM;
 	pthread_mutex_lock(&c->mu);
-	free(c->cur->server_name);
-	c->cur->server_name = n;
+	bool ok = set_server_name(c->cur, name);
 	pthread_mutex_unlock(&c->mu);
-	return 0;
+	return ok ? 0 : NNG_ENOMEM;
 }
 
 static int
@@ -421,6 +441,24 @@ bio_recv(void *arg, unsigned char *buf, size_t len)
 	return rv == 0 ? (int)n : MBEDTLS_ERR_NET_RECV_FAILED;
 }
 
+/* For a server named by IP address: its certificate (depth 0) must list
+ * that address among its subjectAltNames, else verification fails as for
+ * a name that does not match. */
+static int
+verify_ip(void *arg, mbedtls_x509_crt *crt, int depth, uint32_t *flags)
+{
+	const tls_set *s = arg;
+	if (depth != 0)
+		return 0;
+	for (const mbedtls_x509_sequence *q = &crt->subject_alt_names;
+	     q != NULL && q->buf.p != NULL; q = q->next)
+		if ((q->buf.tag & 0x1f) == 7 && q->buf.len == s->ip_len &&
+		    memcmp(q->buf.p, s->ip, s->ip_len) == 0)
+			return 0;
+	*flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
+	return 0;
+}
+
 static int
 conn_init(struct nng_tls_engine_conn *ec, void *tls,
     struct nng_tls_engine_config *c)
@@ -433,7 +471,9 @@ conn_init(struct nng_tls_engine_conn *ec, void *tls,
 	pthread_mutex_unlock(&c->mu);
 	mbedtls_ssl_init(&ec->ssl);
 	int rv = mbedtls_ssl_setup(&ec->ssl, &ec->set->conf);
-	if (rv == 0 && ec->set->server_name != NULL)
+	if (rv == 0 && ec->set->ip_len != 0)
+		mbedtls_ssl_set_verify(&ec->ssl, verify_ip, ec->set);
+	else if (rv == 0 && ec->set->server_name != NULL)
 		rv = mbedtls_ssl_set_hostname(&ec->ssl, ec->set->server_name);
 	if (rv != 0) {
 		mbedtls_ssl_free(&ec->ssl);
@@ -983,7 +1023,7 @@ set_from_files(bool server, const asynqi_tls_files *f, asynq_status *st,
 		        : f->require_peer_cert ? MBEDTLS_SSL_VERIFY_REQUIRED
 		                               : MBEDTLS_SSL_VERIFY_OPTIONAL);
 	if (!server && f->server_name != NULL &&
-	    (s->server_name = strdup(f->server_name)) == NULL) {
+	    !set_server_name(s, f->server_name)) {
 		*st = ASYNQ_RESOURCE_EXHAUSTED;
 		snprintf(err, err_len, "out of memory");
 		goto fail;

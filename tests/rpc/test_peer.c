@@ -348,6 +348,12 @@ make_certs(void)
 		    "-extfile srv.ext",
 		    i, i);
 	}
+	/* A server certificate that names another host. */
+	run("openssl req %s -keyout srvx.key -out srvx.csr -subj /CN=elsewhere "
+	    "&& printf 'subjectAltName=DNS:elsewhere.example\\n' > srvx.ext && "
+	    "openssl x509 -req -in srvx.csr -CA ca.crt -CAkey ca.key "
+	    "-CAcreateserial -out srvx.crt -days 2 -extfile srvx.ext",
+	    EC);
 	client_cert("ca", "front", "/CN=frontend/O=example",
 	    "DNS:front.example,URI:spiffe://example/front,IP:10.0.0.1,"
 	    "IP:fd00::1,email:ops@example.com",
@@ -810,6 +816,59 @@ test_peer_tls_settings_refused_in_words(void **state)
 	asynq_thread_fini();
 }
 
+/* Without tls_server_name a channel checks the URL's host: an IP address
+ * against the certificate's IP subjectAltNames, a name against its DNS
+ * names. */
+static void
+test_peer_tls_server_name_from_url(void **state)
+{
+	(void)state;
+	make_certs();
+	asynq_log_set_sink(log_sink, NULL);
+	const char *srv[] = { "srv1", "srvx" };
+	for (int k = 0; k < 2; k++) {
+		char crt[16], key[16];
+		snprintf(crt, sizeof(crt), "%s.crt", srv[k]);
+		snprintf(key, sizeof(key), "%s.key", srv[k]);
+		asynq_rpc_server_cfg scfg = {
+			.tls_cert_file = path(crt),
+			.tls_key_file = path(key),
+		};
+		int port = free_port();
+		char url[64];
+		snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", port);
+		who_fx fx;
+		who_start(&fx, url, &scfg);
+		const char *hosts[] = { "127.0.0.1", "localhost" };
+		for (int h = 0; h < 2; h++) {
+			char u[64];
+			snprintf(u, sizeof(u), "tls+tcp://%s:%d", hosts[h], port);
+			const char *urls[] = { u };
+			asynq_rpc_channel_cfg ccfg = { .urls = urls,
+				.n_urls = 1,
+				.tls_ca_file = path("ca.crt"),
+				.default_deadline_ms = 5000 };
+			asynq_rpc_channel *ch;
+			assert_int_equal(asynq_rpc_channel_alloc(&ch, WHO, &ccfg),
+			    ASYNQ_OK);
+			/* srv1 names both; srvx neither, and the channel
+			 * says so. */
+			log_reset();
+			assert_int_equal(ask(ch, WM(WHOAMI), 1, NULL),
+			    k == 0 ? ASYNQ_OK : ASYNQ_UNAVAILABLE);
+			if (k == 1)
+				assert_true(log_has("level=warn",
+				    "event=tls_handshake_failed",
+				    "channel=asynq.peertest.Who",
+				    "the server certificate was rejected",
+				    "Common Name (CN) does not match", NULL));
+			asynq_rpc_channel_free(ch);
+		}
+		who_stop(&fx);
+	}
+	asynq_log_set_sink(NULL, NULL);
+}
+
 /* ---- Reload -------------------------------------------------------------- */
 
 /* Calls made through one connection, opened before the reloads, while the
@@ -1041,6 +1100,7 @@ main(void)
 		cmocka_unit_test(
 		    test_peer_tls_garbage_and_truncated_handshakes),
 		cmocka_unit_test(test_peer_tls_settings_refused_in_words),
+		cmocka_unit_test(test_peer_tls_server_name_from_url),
 		cmocka_unit_test(test_peer_tls_reload_under_load),
 		cmocka_unit_test(test_peer_tls_client_reload),
 	};

@@ -129,8 +129,9 @@ typedef struct asynq_rpc_channel_cfg {
 	/* tls+tcp: PEM file of the CA certificates that verify the server
 	 * (a server that fails verification is never connected: calls fail
 	 * with UNAVAILABLE at their deadline), and the name its certificate
-	 * must carry (default: the host of the URL). Used for tls+tcp:// URLs
-	 * only. */
+	 * must carry (default: the host of the URL; an IP address must be
+	 * one of the certificate's IP subjectAltNames). Used for tls+tcp://
+	 * URLs only. */
 	const char *tls_ca_file;
 	const char *tls_server_name;
 	/* tls+tcp, mutual TLS: PEM files of the certificate (chain) this
