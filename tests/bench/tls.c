@@ -96,8 +96,8 @@ static int
 sh(const char *cmd)
 {
 	char line[1400];
-	snprintf(line, sizeof(line), "cd '%s' && { %s ; } >/dev/null 2>&1",
-	    dir, cmd);
+	snprintf(line, sizeof(line), "cd '%s' && { %s ; } >/dev/null 2>&1", dir,
+	    cmd);
 	return system(line);
 }
 
@@ -248,8 +248,7 @@ int
 main(int argc, char **argv)
 {
 	size_t n_conns = argc > 1 ? (size_t)strtoul(argv[1], NULL, 10) : 300;
-	size_t n_rounds = argc > 2 ? (size_t)strtoul(argv[2], NULL, 10)
-	                           : 20000;
+	size_t n_rounds = argc > 2 ? (size_t)strtoul(argv[2], NULL, 10) : 20000;
 	if (n_conns == 0 || n_rounds == 0) {
 		fprintf(stderr, "usage: %s [CONNS [ROUNDS]]\n", argv[0]);
 		return 2;
@@ -257,14 +256,15 @@ main(int argc, char **argv)
 	if (getenv("ASYNQ_LOG_LEVEL") == NULL)
 		asynq_log_set_level(ASYNQ_LOG_WARN);
 	if (make_certs() != 0) {
-		fprintf(stderr, "tls bench: openssl could not make the "
-		                "certificates (is it installed?)\n");
+		fprintf(stderr,
+		    "tls bench: openssl could not make the "
+		    "certificates (is it installed?)\n");
 		return 1;
 	}
 	printf("one-worker server and its client in one process, loopback; "
 	       "CPU is both sides\n");
-	printf("%-5s %10s %10s %12s %10s %12s %10s\n", "", "conns/s",
-	    "us CPU", "1-call rt/s", "us CPU", "calls/s@100", "ns CPU");
+	printf("%-5s %10s %10s %12s %10s %12s %10s\n", "", "conns/s", "us CPU",
+	    "1-call rt/s", "us CPU", "calls/s@100", "ns CPU");
 	int rc = 0;
 	for (int m = PLAIN; m <= MTLS && rc == 0; m++)
 		rc = run((mode)m, n_conns, n_rounds);

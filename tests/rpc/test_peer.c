@@ -842,15 +842,16 @@ test_peer_tls_server_name_from_url(void **state)
 		const char *hosts[] = { "127.0.0.1", "localhost" };
 		for (int h = 0; h < 2; h++) {
 			char u[64];
-			snprintf(u, sizeof(u), "tls+tcp://%s:%d", hosts[h], port);
+			snprintf(u, sizeof(u), "tls+tcp://%s:%d", hosts[h],
+			    port);
 			const char *urls[] = { u };
 			asynq_rpc_channel_cfg ccfg = { .urls = urls,
 				.n_urls = 1,
 				.tls_ca_file = path("ca.crt"),
 				.default_deadline_ms = 5000 };
 			asynq_rpc_channel *ch;
-			assert_int_equal(asynq_rpc_channel_alloc(&ch, WHO, &ccfg),
-			    ASYNQ_OK);
+			assert_int_equal(
+			    asynq_rpc_channel_alloc(&ch, WHO, &ccfg), ASYNQ_OK);
 			/* srv1 names both; srvx neither, and the channel
 			 * says so. */
 			log_reset();
