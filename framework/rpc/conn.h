@@ -6,7 +6,10 @@
  * gRPC's connection backoff. It moves bytes only: reading into a buffer that
  * the protocol above consumes, and coalesced writes (everything queued for a
  * connection goes out with one send of several iovecs). It knows nothing of
- * frames, so a second protocol can share it.
+ * frames, so a second protocol can share it. TLS streams are nng's, made
+ * with asynq's engine (tls.c), which keeps each one's peer certificate and
+ * the reason a handshake failed; asynqi_conn_tls_peer and
+ * asynqi_conn_tls_failure read them.
  *
  * Threads: callbacks (on_read, on_close, accept, connect) run on nng's
  * threads for stream connections, and on the owner scheduler's thread (in a

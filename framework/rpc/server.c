@@ -71,6 +71,16 @@
  *   by alloc like any other and reads asynq_rpc_server_serving; so is
  *   the reflection service (reflection.c), which reads the services'
  *   tables through asynq_rpc_server_service.
+ * - Peers (asynq_rpc_peer_get): a connection's identity is read once and
+ *   kept with it: its address at accept, and for TLS the verified client
+ *   certificate's subject and SANs by the reader on the first bytes (the
+ *   handshake is done by then), before any request of it exists; the
+ *   post that hands a request to its worker orders the two. A handler
+ *   finds it through its task's srv_task, as it finds metadata.
+ * - TLS (tls.c): the listeners' configuration is asynq's own nng engine's,
+ *   so asynq_rpc_server_reload_tls swaps the certificates it gives new
+ *   connections without touching the listeners; a failed handshake is
+ *   logged from on_close with the engine's reason.
  * - Lock order: s->mu, then sc->mu; the dedup table's lock is a leaf; no
  *   server lock is held while calling into conn.c.
  */
