@@ -225,8 +225,24 @@ test_peer_ipc_address(void **state)
 	    (int)getpid());
 	who_start(&fx, url, NULL);
 	asynq_rpc_channel *ch = channel_to(fx.url);
-	expect_plain_peer(ch, WM(WHOAMI), 4, "ipc://");
-	expect_plain_peer(ch, WM(WHOAMI_BATCH), 4, "ipc://");
+	expect_plain_peer(ch, WM(WHOAMI), 4, url);
+	expect_plain_peer(ch, WM(WHOAMI_BATCH), 4, url);
+	asynq_rpc_channel_free(ch);
+	who_stop(&fx);
+}
+
+/* Over ipc:// and abstract:// the client's socket has no name: the
+ * address is the server's socket, which says the transport. */
+static void
+test_peer_abstract_address(void **state)
+{
+	(void)state;
+	who_fx fx;
+	char url[128];
+	snprintf(url, sizeof(url), "abstract://asynq-peer-%d", (int)getpid());
+	who_start(&fx, url, NULL);
+	asynq_rpc_channel *ch = channel_to(fx.url);
+	expect_plain_peer(ch, WM(WHOAMI), 4, url);
 	asynq_rpc_channel_free(ch);
 	who_stop(&fx);
 }
@@ -1094,6 +1110,7 @@ main(void)
 		cmocka_unit_test(test_peer_inproc),
 		cmocka_unit_test(test_peer_tcp_address),
 		cmocka_unit_test(test_peer_ipc_address),
+		cmocka_unit_test(test_peer_abstract_address),
 		cmocka_unit_test(test_peer_absent_outside_handler),
 		cmocka_unit_test(test_peer_tls_verified_identity),
 		cmocka_unit_test(test_peer_tls_rejected_clients),
