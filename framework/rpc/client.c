@@ -76,7 +76,9 @@
 #include <nng/supplemental/tls/tls.h>
 
 #include "asynq/batch.h"
+#include "asynq/log.h"
 #include "conn.h"
+#include "tls.h"
 #include "mstats.h"
 #include "framework/core/platform.h"
 #include "internal.h"
@@ -151,7 +153,6 @@ struct asynq_rpc_channel {
 	 * gives token_milli back; refused requests go to another replica only
 	 * while more than half are left. tokens_max 0: never. */
 	int64_t tokens, tokens_max, token_milli;
-	nng_tls_config *tls;
 	uint64_t rng;
 	size_t rr; /* where the next replica pick starts */
 };
@@ -166,6 +167,7 @@ struct replica {
 	size_t outstanding;
 	int last_err;
 	bool probing; /* calls wait for an attempt they hurried */
+	struct tls_ent *tls_ent; /* tls+ URLs: its TLS configuration */
 };
 
 struct cli_conn {
@@ -992,6 +994,15 @@ cli_on_close(asynqi_conn *c, int err)
 	asynq_rpc_channel *ch = r->ch;
 	sub_req *lost = NULL;
 	outbox o = { 0 };
+	/* A server this channel cannot trust (or that refused it) is worth
+	 * a line that says why. */
+	char why[512];
+	pthread_mutex_lock(&ch->mu);
+	bool was_ready = cc->ready;
+	pthread_mutex_unlock(&ch->mu);
+	if (!was_ready && asynqi_conn_tls_failure(c, why, sizeof(why)))
+		asynq_log(ASYNQ_LOG_WARN, "tls_handshake_failed", "channel",
+		    ch->svc->full_name, "url", r->url, "reason", why, NULL);
 	pthread_mutex_lock(&ch->mu);
 	cc->dead = true;
 	if (r->cc == cc) {
@@ -2029,12 +2040,13 @@ random_u64(void)
 	return v != 0 ? v : 1;
 }
 
-/* TLS client configurations, one per (CA file, server name), kept for the
- * life of the process: the shared nng dialers (conn.c) hold them. */
+/* TLS client configurations, one per (CA file, server name, certificate
+ * and key files), kept for the life of the process: the shared nng
+ * dialers (conn.c) hold them. */
 typedef struct tls_ent tls_ent;
 struct tls_ent {
-	char *ca, *name;
-	nng_tls_config *cfg;
+	char *ca, *name, *cert, *key;
+	asynqi_tls *t;
 	tls_ent *next;
 };
 static pthread_mutex_t tls_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -2046,65 +2058,128 @@ str_eq(const char *a, const char *b)
 	return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-static asynq_status tls_client_make(nng_tls_config **tp,
-    const asynq_rpc_channel_cfg *cfg);
-
-static asynq_status
-tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
+/* strdup of NULL is NULL; *ok turns false when a copy fails. */
+static char *
+str_dup(const char *s, bool *ok)
 {
+	char *d = s != NULL ? strdup(s) : NULL;
+	if (s != NULL && d == NULL)
+		*ok = false;
+	return d;
+}
+
+/* The host of a URL ("tls+tcp://[::1]:7001" -> "::1") in buf. */
+static void
+url_host(const char *url, char *buf, size_t len)
+{
+	const char *h = strstr(url, "://");
+	h = h != NULL ? h + 3 : url;
+	size_t n;
+	if (*h == '[') {
+		h++;
+		n = strcspn(h, "]");
+	} else {
+		n = strcspn(h, ":/");
+	}
+	snprintf(buf, len, "%.*s", (int)n, h);
+}
+
+/* The TLS configuration for dialing url with cfg's files, shared by every
+ * channel with the same files and server name; the name defaults to the
+ * URL's host. */
+static asynq_status
+tls_client_config(const asynq_rpc_channel_cfg *cfg, const char *url,
+    tls_ent **ep)
+{
+	char host[256];
+	const char *name = cfg->tls_server_name;
+	if (name == NULL) {
+		url_host(url, host, sizeof(host));
+		name = host;
+	}
 	asynq_status st = ASYNQ_OK;
 	pthread_mutex_lock(&tls_mu);
 	tls_ent *e = tls_head;
 	while (e != NULL &&
-	    (!str_eq(e->ca, cfg->tls_ca_file) ||
-	        !str_eq(e->name, cfg->tls_server_name)))
+	    (!str_eq(e->ca, cfg->tls_ca_file) || !str_eq(e->name, name) ||
+	        !str_eq(e->cert, cfg->tls_cert_file) ||
+	        !str_eq(e->key, cfg->tls_key_file)))
 		e = e->next;
 	if (e == NULL) {
-		nng_tls_config *t = NULL;
-		st = tls_client_make(&t, cfg);
+		asynqi_tls_files f = {
+			.cert_file = cfg->tls_cert_file,
+			.key_file = cfg->tls_key_file,
+			.ca_file = cfg->tls_ca_file,
+			.server_name = name,
+		};
+		asynqi_tls *t = NULL;
+		char err[512];
+		st = asynqi_tls_alloc(&t, false, &f, err, sizeof(err));
+		if (st != ASYNQ_OK)
+			asynq_log(ASYNQ_LOG_ERROR, "setup_failed", "status",
+			    asynq_status_name(st), "error", err, NULL);
 		e = st == ASYNQ_OK ? calloc(1, sizeof(*e)) : NULL;
 		if (st == ASYNQ_OK && e == NULL)
 			st = ASYNQ_RESOURCE_EXHAUSTED;
+		bool ok = true;
 		if (e != NULL) {
-			e->ca = cfg->tls_ca_file != NULL
-			    ? strdup(cfg->tls_ca_file)
-			    : NULL;
-			e->name = cfg->tls_server_name != NULL
-			    ? strdup(cfg->tls_server_name)
-			    : NULL;
-			e->cfg = t;
+			e->ca = str_dup(cfg->tls_ca_file, &ok);
+			e->name = str_dup(name, &ok);
+			e->cert = str_dup(cfg->tls_cert_file, &ok);
+			e->key = str_dup(cfg->tls_key_file, &ok);
+		}
+		if (e != NULL && ok) {
+			e->t = t;
 			e->next = tls_head;
 			tls_head = e;
-		} else if (t != NULL) {
-			nng_tls_config_free(t);
+		} else {
+			if (e != NULL) {
+				free(e->ca);
+				free(e->name);
+				free(e->cert);
+				free(e->key);
+				free(e);
+				e = NULL;
+				st = ASYNQ_RESOURCE_EXHAUSTED;
+			}
+			asynqi_tls_free(t);
 		}
 	}
-	if (e != NULL)
-		ch->tls = e->cfg;
+	*ep = e;
 	pthread_mutex_unlock(&tls_mu);
 	return st;
 }
 
-static asynq_status
-tls_client_make(nng_tls_config **tp, const asynq_rpc_channel_cfg *cfg)
+asynq_status
+asynq_rpc_channel_reload_tls(asynq_rpc_channel *ch)
 {
-	nng_tls_config *t;
-	int rv;
-	if ((rv = nng_tls_config_alloc(&t, NNG_TLS_MODE_CLIENT)) != 0)
-		return asynqi_rpc_status_from_nng(rv);
-	if ((rv = nng_tls_config_auth_mode(t, NNG_TLS_AUTH_MODE_REQUIRED)) !=
-	        0 ||
-	    (cfg->tls_ca_file != NULL &&
-	        (rv = nng_tls_config_ca_file(t, cfg->tls_ca_file)) != 0) ||
-	    (cfg->tls_server_name != NULL &&
-	        (rv = nng_tls_config_server_name(t, cfg->tls_server_name)) !=
-	            0)) {
-		nng_tls_config_free(t);
-		return rv == NNG_ENOMEM ? ASYNQ_RESOURCE_EXHAUSTED
-		                        : ASYNQ_INVALID_ARGUMENT;
+	asynq_status st = ASYNQ_FAILED_PRECONDITION;
+	for (size_t i = 0; i < ch->n_reps; i++) {
+		tls_ent *e = ch->reps[i].tls_ent;
+		bool seen = false;
+		for (size_t j = 0; j < i && !seen; j++)
+			seen = ch->reps[j].tls_ent == e;
+		if (e == NULL || seen)
+			continue;
+		asynqi_tls_files f = {
+			.cert_file = e->cert,
+			.key_file = e->key,
+			.ca_file = e->ca,
+			.server_name = e->name,
+		};
+		char err[512];
+		st = asynqi_tls_reload(e->t, &f, err, sizeof(err));
+		if (st != ASYNQ_OK) {
+			asynq_log(ASYNQ_LOG_ERROR, "tls_reload_failed",
+			    "channel", ch->svc->full_name, "status",
+			    asynq_status_name(st), "error", err, NULL);
+			return st;
+		}
 	}
-	*tp = t;
-	return ASYNQ_OK;
+	if (st == ASYNQ_OK)
+		asynq_log(ASYNQ_LOG_INFO, "tls_reloaded", "channel",
+		    ch->svc->full_name, NULL);
+	return st;
 }
 
 asynq_status
@@ -2171,13 +2246,12 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 		goto fail_table;
 	if (pthread_cond_init(&ch->cv, NULL) != 0)
 		goto fail_cv;
-	if ((cfg->tls_ca_file != NULL || cfg->tls_server_name != NULL) &&
-	    (st = tls_client_config(ch, cfg)) != ASYNQ_OK)
-		goto fail_tls;
+	bool tls = cfg->tls_ca_file != NULL || cfg->tls_server_name != NULL ||
+	    cfg->tls_cert_file != NULL || cfg->tls_key_file != NULL;
 	st = ASYNQ_RESOURCE_EXHAUSTED;
 	ch->reps = calloc(cfg->n_urls, sizeof(*ch->reps));
 	if (ch->reps == NULL)
-		goto fail_tls;
+		goto fail_reps_alloc;
 	for (size_t i = 0; i < cfg->n_urls; i++) {
 		replica *r = &ch->reps[i];
 		r->ch = ch;
@@ -2186,7 +2260,12 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 			st = ASYNQ_RESOURCE_EXHAUSTED;
 			goto fail_reps;
 		}
-		st = asynqi_dialer_open(&r->d, cfg->urls[i], ch->tls,
+		if (tls && strncmp(cfg->urls[i], "tls+", 4) == 0 &&
+		    (st = tls_client_config(cfg, cfg->urls[i], &r->tls_ent)) !=
+		        ASYNQ_OK)
+			goto fail_reps;
+		st = asynqi_dialer_open(&r->d, cfg->urls[i],
+		    r->tls_ent != NULL ? asynqi_tls_config(r->tls_ent->t) : NULL,
 		    on_connect, r);
 		if (st != ASYNQ_OK)
 			goto fail_reps;
@@ -2207,7 +2286,7 @@ fail_reps:
 		free(ch->reps[i].url);
 	}
 	free(ch->reps);
-fail_tls:
+fail_reps_alloc:
 	pthread_cond_destroy(&ch->cv);
 fail_cv:
 	pthread_mutex_destroy(&ch->mu);

@@ -6,7 +6,10 @@
  * gRPC's connection backoff. It moves bytes only: reading into a buffer that
  * the protocol above consumes, and coalesced writes (everything queued for a
  * connection goes out with one send of several iovecs). It knows nothing of
- * frames, so a second protocol can share it.
+ * frames, so a second protocol can share it. TLS streams are nng's, made
+ * with asynq's engine (tls.c), which keeps each one's peer certificate and
+ * the reason a handshake failed; asynqi_conn_tls_peer and
+ * asynqi_conn_tls_failure read them.
  *
  * Threads: callbacks (on_read, on_close, accept, connect) run on nng's
  * threads for stream connections, and on the owner scheduler's thread (in a
@@ -28,6 +31,7 @@ typedef struct asynqi_conn asynqi_conn;
 typedef struct asynqi_wbuf asynqi_wbuf;
 typedef struct asynqi_listener asynqi_listener;
 typedef struct asynqi_dialer asynqi_dialer;
+struct asynqi_tls_peer;
 
 /* Bytes to write: up to five pieces, borrowed until done runs. */
 struct asynqi_wbuf {
@@ -120,6 +124,23 @@ bool asynqi_conn_is_inproc(const asynqi_conn *c);
 /* asynqi_conn_owner returns the scheduler an in-process connection's
  * callbacks run on (NULL for a stream). */
 asynq_sched *asynqi_conn_owner(const asynqi_conn *c);
+
+/* asynqi_conn_peer_url writes the peer's address as a URL
+ * ("tcp://127.0.0.1:40312", "tls+tcp://[::1]:7001", "ipc:///tmp/x.sock",
+ * "abstract://name", "inproc") into buf (truncated to len) and returns its
+ * length. Any thread. */
+size_t asynqi_conn_peer_url(const asynqi_conn *c, char *buf, size_t len);
+
+/* asynqi_conn_tls_peer fills *p (tls.h; free with asynqi_tls_peer_fini)
+ * with the certificate identity of a TLS connection's peer once its
+ * handshake is done (after the first bytes were read); false for other
+ * connections. Any thread. */
+bool asynqi_conn_tls_peer(const asynqi_conn *c, struct asynqi_tls_peer *p);
+
+/* asynqi_conn_tls_failure writes why a TLS connection's handshake failed
+ * into buf, in words; false when it did not (or c is not TLS). Any thread,
+ * until the last reference goes. */
+bool asynqi_conn_tls_failure(const asynqi_conn *c, char *buf, size_t len);
 
 /* ---- Listeners --------------------------------------------------------- */
 

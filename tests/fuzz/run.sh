@@ -115,7 +115,7 @@ CFLAGS=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 	-fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE
 	-Wall -Wextra -Wno-unused-parameter
 	-Iframework/include -I. -I"$GEN" -I"$GEN/proto/asynq/wkt" -Iframework/arch)
-LIBS=(-lnng -lprotobuf-c -lpthread)
+LIBS=(-lnng -lmbedtls -lmbedx509 -lmbedcrypto -lprotobuf-c -lpthread)
 
 # Every source of the framework's folders (framework/rpc/*.c is the
 # connection layer, framing, dedup table, metadata, envelope codec, client

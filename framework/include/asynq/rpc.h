@@ -15,6 +15,7 @@
 #ifndef ASYNQ_RPC_H
 #define ASYNQ_RPC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -128,10 +129,16 @@ typedef struct asynq_rpc_channel_cfg {
 	/* tls+tcp: PEM file of the CA certificates that verify the server
 	 * (a server that fails verification is never connected: calls fail
 	 * with UNAVAILABLE at their deadline), and the name its certificate
-	 * must carry (default: the host of the URL). Used for tls+tcp:// URLs
-	 * only. */
+	 * must carry (default: the host of the URL; an IP address must be
+	 * one of the certificate's IP subjectAltNames). Used for tls+tcp://
+	 * URLs only. */
 	const char *tls_ca_file;
 	const char *tls_server_name;
+	/* tls+tcp, mutual TLS: PEM files of the certificate (chain) this
+	 * client presents and its private key; both or neither (a server
+	 * that requires client certificates refuses a client without). */
+	const char *tls_cert_file;
+	const char *tls_key_file;
 	/* A call made when no connection is ready waits while a connection is
 	 * being set up; once every replica has failed its last attempt, calls
 	 * fail UNAVAILABLE at once (gRPC's default). With wait_for_ready they
@@ -173,6 +180,17 @@ asynq_status asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 /* asynq_rpc_channel_free closes the channel: calls still in flight fail with
  * CANCELLED. Every scheduler that used it must have finished its calls. */
 void asynq_rpc_channel_free(asynq_rpc_channel *ch);
+
+/* asynq_rpc_channel_reload_tls reads the channel's TLS files again
+ * (tls_cert_file, tls_key_file, tls_ca_file), for short-lived client
+ * certificates: connections made from now on (a reconnect, say after the
+ * server's idle timeout) present the new certificate; open ones keep
+ * theirs. Channels opened with the same files share them, so it reloads
+ * them for all of those. Call it once every file of the new set is in
+ * place. INVALID_ARGUMENT when a file cannot be read or used (nothing
+ * changes; logged at error as event=tls_reload_failed with the reason),
+ * FAILED_PRECONDITION for a channel without TLS settings. Any thread. */
+asynq_status asynq_rpc_channel_reload_tls(asynq_rpc_channel *ch);
 
 /* asynq_rpc_call encodes req (borrowed; it may be freed on return) as a call
  * of method m, adds it to the calling thread's batch for ch, and returns a
@@ -263,6 +281,25 @@ void asynq_rpc_channel_stats_get(const asynq_rpc_channel *ch,
 
 typedef struct asynq_rpc_server asynq_rpc_server;
 
+/* The peer of the call a handler serves. */
+typedef struct asynq_rpc_peer {
+	const char *address;      /* "tcp://127.0.0.1:40312", "ipc://...",
+	                             "inproc" */
+	bool verified;            /* it presented a client certificate that
+	                             the server verified (mutual TLS) */
+	const char *subject;      /* that certificate's subject, e.g.
+	                             "CN=frontend,O=example"; NULL without */
+	const char *const *sans;  /* its subjectAltNames as "DNS:name",
+	                             "URI:spiffe://...", "IP:10.0.0.1",
+	                             "EMAIL:..."; n_sans of them */
+	size_t n_sans;
+} asynq_rpc_peer;
+
+/* asynq_rpc_peer_get returns the peer of the call the current task serves
+ * (a handler, whole-batch ones included, and the tasks it spawns; valid
+ * until the handler returns), or NULL outside a handler. Task only. */
+const asynq_rpc_peer *asynq_rpc_peer_get(void);
+
 /* A per-call handler: runs as a task with the decoded request (borrowed for
  * the call) and sets *reply to a response message of the method's output
  * type that it allocated with malloc-compatible memory (the server packs and
@@ -329,6 +366,20 @@ typedef struct asynq_rpc_server_cfg {
 	 * key; both or neither. Used by tls+tcp:// listeners only. */
 	const char *tls_cert_file;
 	const char *tls_key_file;
+	/* tls+tcp, mutual TLS: PEM file of the CAs that client certificates
+	 * must be signed by, and optionally of their certificate revocation
+	 * lists. With tls_client_ca_file the server asks each client for a
+	 * certificate; with tls_require_client_cert too, a client that
+	 * presents none, or one that is not signed by those CAs, expired,
+	 * not yet valid or revoked, fails the TLS handshake (never gets a
+	 * request through; the server logs why at warn, event=
+	 * tls_handshake_failed, and keeps serving); without it such a
+	 * client connects as an unverified peer. Handlers see the verified
+	 * identity through asynq_rpc_peer_get. asynq_rpc_server_reload_tls
+	 * reads these files and the certificate and key again. */
+	const char *tls_client_ca_file;
+	const char *tls_crl_file;
+	bool tls_require_client_cert;
 	/* At-most-once execution: the server remembers requests that carry
 	 * non-idempotent calls by (client id, request id), so a copy that a
 	 * client resends after a lost connection does not run them again. A
@@ -421,8 +472,22 @@ asynq_status asynq_rpc_server_add_service(asynq_rpc_server *s,
  * in use, INVALID_ARGUMENT for a bad URL. */
 asynq_status asynq_rpc_server_listen(asynq_rpc_server *s, const char *url);
 
+/* asynq_rpc_server_reload_tls reads the server's TLS files again
+ * (tls_cert_file, tls_key_file, tls_client_ca_file, tls_crl_file, by the
+ * paths given in its settings) and uses them for the connections it
+ * accepts from now on; connections already open keep theirs, and calls on
+ * them go on. For short-lived certificates: call it once every file of the
+ * new set is in place (after a rename, say on SIGHUP), so no connection
+ * sees a certificate with another's key. Logs event=tls_reloaded, or
+ * event=tls_reload_failed at error with the reason. INVALID_ARGUMENT when
+ * a file cannot be read or used (nothing changes;
+ * asynq_rpc_server_last_error says why), FAILED_PRECONDITION for a server
+ * without TLS settings. Any thread. */
+asynq_status asynq_rpc_server_reload_tls(asynq_rpc_server *s);
+
 /* asynq_rpc_server_last_error returns, in words, why the last
- * asynq_rpc_server_add_service or asynq_rpc_server_listen of s failed
+ * asynq_rpc_server_add_service, asynq_rpc_server_listen or
+ * asynq_rpc_server_reload_tls of s failed
  * ("listen tcp://127.0.0.1:7001: address in use", "handler table: method
  * x.Y/Z has no handler"); "" if none did. Borrowed until the next such
  * call. */
