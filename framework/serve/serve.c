@@ -84,6 +84,11 @@ enum {
 	F_IDLE,
 	F_WRITE_QUEUE,
 	F_QUEUE_TARGET,
+	F_TLS_CERT,
+	F_TLS_KEY,
+	F_TLS_CLIENT_CA,
+	F_TLS_CRL,
+	F_TLS_REQUIRE,
 	F_QUIET,
 	F_HELP,
 	F_PROGRAM, /* + index into the program's flags */
@@ -107,6 +112,17 @@ static const struct {
 	{ "max-write-queue-bytes", "N", "server limit", F_WRITE_QUEUE },
 	{ "queue-target-us", "US|off", "admission control's queue-time target",
 	    F_QUEUE_TARGET },
+	{ "tls-cert", "PEM", "tls+tcp: the server's certificate (chain)",
+	    F_TLS_CERT },
+	{ "tls-key", "PEM", "tls+tcp: its private key", F_TLS_KEY },
+	{ "tls-client-ca", "PEM",
+	    "tls+tcp: CAs that sign client certificates (mutual TLS)",
+	    F_TLS_CLIENT_CA },
+	{ "tls-crl", "PEM", "tls+tcp: revoked client certificates",
+	    F_TLS_CRL },
+	{ "require-client-cert", NULL,
+	    "tls+tcp: refuse clients without a certificate of those CAs",
+	    F_TLS_REQUIRE },
 	{ "quiet", NULL, "no counters log", F_QUIET },
 	{ "help", NULL, "this text", F_HELP },
 };
@@ -185,6 +201,21 @@ set_common_flag(asynq_serve *sv, int id, const char *v)
 			return true;
 		}
 		return parse_u32(v, &c->queue_target_us);
+	case F_TLS_CERT:
+		c->tls_cert_file = v;
+		return true;
+	case F_TLS_KEY:
+		c->tls_key_file = v;
+		return true;
+	case F_TLS_CLIENT_CA:
+		c->tls_client_ca_file = v;
+		return true;
+	case F_TLS_CRL:
+		c->tls_crl_file = v;
+		return true;
+	case F_TLS_REQUIRE:
+		c->tls_require_client_cert = true;
+		return true;
 	case F_QUIET:
 		sv->quiet = true;
 		return true;
@@ -426,6 +457,29 @@ counters_log(const char *name, const counters *now, const counters *was)
 
 /* ---- The program's life -------------------------------------------------- */
 
+/* SIGHUP: every server reads its TLS files again (certificates renewed
+ * in place); a server without TLS has nothing to reload. */
+static void
+reload_tls(asynq_serve *sv)
+{
+	const char *name = sv->p->name;
+	const asynq_rpc_server_cfg *c = &sv->server;
+	if (c->tls_cert_file == NULL && c->tls_client_ca_file == NULL) {
+		fprintf(stderr, "%s: SIGHUP: no TLS files to reload\n", name);
+		return;
+	}
+	for (size_t i = 0; i < sv->n_srv; i++) {
+		if (asynq_rpc_server_reload_tls(sv->srv[i]) == ASYNQ_OK)
+			fprintf(stderr, "%s: SIGHUP: TLS files reloaded\n",
+			    name);
+		else
+			fprintf(stderr,
+			    "%s: SIGHUP: TLS files not reloaded, the old ones "
+			    "stay: %s\n",
+			    name, asynq_rpc_server_last_error(sv->srv[i]));
+	}
+}
+
 static void
 drain_grace(asynq_serve *sv, const sigset_t *set)
 {
@@ -441,13 +495,16 @@ drain_grace(asynq_serve *sv, const sigset_t *set)
 	struct timespec ts = { .tv_sec = sv->grace_ms / 1000,
 		.tv_nsec = (long)(sv->grace_ms % 1000) * 1000000 };
 	int sig;
-	while ((sig = sigtimedwait(set, NULL, &ts)) < 0 && errno == EINTR)
-		;
+	while ((sig = sigtimedwait(set, NULL, &ts)) == SIGHUP ||
+	    (sig < 0 && errno == EINTR))
+		if (sig == SIGHUP)
+			reload_tls(sv);
 	if (sig > 0)
 		fprintf(stderr, "%s: second signal: stopping now\n", name);
 }
 
-/* Waits for SIGINT or SIGTERM, logging counter changes meanwhile. */
+/* Waits for SIGINT or SIGTERM, logging counter changes meanwhile and
+ * reloading TLS files on SIGHUP. */
 static int
 wait_for_signal(asynq_serve *sv, const sigset_t *set)
 {
@@ -465,6 +522,10 @@ wait_for_signal(asynq_serve *sv, const sigset_t *set)
 			    "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT",
 			    NULL);
 			return sig;
+		}
+		if (sig == SIGHUP) {
+			reload_tls(sv);
+			continue;
 		}
 		if (sig < 0 && errno != EAGAIN && errno != EINTR)
 			return -1;
@@ -497,6 +558,7 @@ asynq_serve_main(const asynq_serve_program *p, int argc, char **argv)
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
 	int rc = parse_flags(&sv, argc, argv);

@@ -9,7 +9,9 @@
 #   answers calls for --drain-grace-ms, then exits 0, and the program's stop
 #   (the greeter prints its counters) runs after the server closed;
 # - a second signal cuts the grace period short;
-# - the counters log prints what changed (its calls and requests add up).
+# - the counters log prints what changed (its calls and requests add up);
+# - the TLS flags reach the server, and SIGHUP reloads its files (a broken
+#   set refused in words, the server serving on).
 # Every wait is bounded.
 set -euo pipefail
 
@@ -183,4 +185,51 @@ wait_exit "$p" 20
 grep -q "second signal: stopping now" "$tmp/second.err" ||
 	fail "no message for the second signal"
 echo "second signal: ok"
+
+# 5. TLS flags and SIGHUP: the files are read again; a broken set is
+# refused in words and the old one stays; a server without TLS says it has
+# nothing to reload.
+port=$(free_port)
+start plainhup --listen "tcp://127.0.0.1:$port" --drain-grace-ms 0 --quiet
+p=$pid
+kill -HUP "$p"
+for _ in $(seq 1 200); do
+	grep -q "SIGHUP: no TLS files to reload" "$tmp/plainhup.err" && break
+	sleep 0.01
+done
+grep -q "SIGHUP: no TLS files to reload" "$tmp/plainhup.err" ||
+	fail "SIGHUP on a server without TLS said nothing"
+alive "$p" || fail "SIGHUP stopped a server"
+kill -TERM "$p"
+wait_exit "$p" 10
+[[ "$exit_status" == 0 ]] || fail "the plain server did not exit 0"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+	-keyout "$tmp/key.pem" -out "$tmp/cert.pem" -days 2 -subj "/CN=greeter" \
+	-addext "subjectAltName=IP:127.0.0.1" >/dev/null 2>&1 ||
+	fail "openssl could not make a certificate"
+port=$(free_port)
+start tlshup --listen "tls+tcp://127.0.0.1:$port" --tls-cert "$tmp/cert.pem" \
+	--tls-key "$tmp/key.pem" --drain-grace-ms 0 --quiet
+p=$pid
+kill -HUP "$p"
+for _ in $(seq 1 200); do
+	grep -q "SIGHUP: TLS files reloaded" "$tmp/tlshup.err" && break
+	sleep 0.01
+done
+grep -q "SIGHUP: TLS files reloaded" "$tmp/tlshup.err" ||
+	fail "SIGHUP did not reload the TLS files"
+echo "not a key" >"$tmp/key.pem"
+kill -HUP "$p"
+for _ in $(seq 1 200); do
+	grep -q "SIGHUP: TLS files not reloaded, the old ones stay: ." \
+		"$tmp/tlshup.err" && break
+	sleep 0.01
+done
+grep -q "SIGHUP: TLS files not reloaded, the old ones stay: ." \
+	"$tmp/tlshup.err" || fail "a broken key was not refused in words"
+alive "$p" || fail "a broken reload stopped the server"
+kill -TERM "$p"
+wait_exit "$p" 10
+[[ "$exit_status" == 0 ]] || fail "the TLS server did not exit 0"
+echo "tls and SIGHUP: ok"
 echo "serve_test: PASS"

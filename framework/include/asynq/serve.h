@@ -22,8 +22,9 @@
  *   	return asynq_serve_main(&p, argc, argv);
  *   }
  *
- * What asynq_serve_main does, in order: blocks SIGINT and SIGTERM (before
- * any thread exists, so that only the main thread ever receives them);
+ * What asynq_serve_main does, in order: blocks SIGINT, SIGTERM and SIGHUP
+ * (before any thread exists, so that only the main thread ever receives
+ * them);
  * parses the flags below and the program's own; opens the admin endpoint
  * (--admin); starts a runtime (--workers, worker hooks, task stack size);
  * calls the program's start, which makes its servers with asynq_serve_add
@@ -48,6 +49,11 @@
  *   --max-connections N, --handshake-timeout-ms MS, --frame-timeout-ms MS,
  *   --idle-timeout-ms MS, --max-write-queue-bytes N,
  *   --queue-target-us US|off  the server limits (asynq_rpc_server_cfg)
+ *   --tls-cert PEM, --tls-key PEM, --tls-client-ca PEM, --tls-crl PEM,
+ *   --require-client-cert     TLS for tls+tcp:// (mutual with a client CA);
+ *                             SIGHUP reads the files again (certificates
+ *                             renewed in place; open connections keep
+ *                             theirs)
  *   --quiet                   no counters log
  *   --help
  */
