@@ -18,6 +18,8 @@
 #define ASYNQI_OPT_WHOLE_BATCH 50111
 #define ASYNQI_OPT_REQUEST_CACHE 50112
 #define ASYNQI_OPT_CACHE_ERRORS 50113
+#define ASYNQI_OPT_ALLOW_PEERS 50114
+#define ASYNQI_OPT_ALLOW_SCOPES 50115
 
 /* protobuf-c's FileOptions extension (protobuf-c/protobuf-c.proto) and its
  * c_package field, which renames the package in protoc-c's C names. */
