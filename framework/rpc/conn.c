@@ -68,6 +68,7 @@ struct asynqi_conn {
 	pthread_mutex_t mu;
 	nng_stream *st; /* NULL for in-process */
 	bool fast_tx;   /* the stream writes inline (tcp, ipc) */
+	bool tls;       /* the stream is TLS */
 	nng_aio *rx, *txf, *txs;
 	/* Reading (read path only). */
 	uint8_t *rbuf;
@@ -197,6 +198,7 @@ asynqi_conn_alloc_stream(asynqi_conn **cp, nng_stream *st,
 	int pid;
 	bool tls = nng_stream_get_bool(st, NNG_OPT_TLS_VERIFIED, &nodelay) == 0;
 	bool tcp = nng_stream_get_bool(st, NNG_OPT_TCP_NODELAY, &nodelay) == 0;
+	c->tls = tls;
 	c->fast_tx = !tls &&
 	    (tcp || nng_stream_get_int(st, NNG_OPT_IPC_PEER_PID, &pid) == 0);
 	/* Frames are written whole: Nagle's algorithm would only hold a reply
@@ -237,6 +239,44 @@ asynqi_conn_set_ops(asynqi_conn *c, const asynqi_conn_ops *ops, void *arg,
 	c->ops = ops;
 	c->arg = arg;
 	c->max_read = max_read;
+}
+
+size_t
+asynqi_conn_peer_url(const asynqi_conn *c, char *buf, size_t len)
+{
+	nng_sockaddr sa;
+	int n;
+	if (c->st == NULL)
+		n = snprintf(buf, len, "inproc");
+	else if (nng_stream_get_addr(c->st, NNG_OPT_REMADDR, &sa) != 0)
+		n = snprintf(buf, len, "%s", c->tls ? "tls+tcp://?" : "?");
+	else if (sa.s_family == NNG_AF_INET) {
+		const uint8_t *a = (const uint8_t *)&sa.s_in.sa_addr;
+		const uint8_t *p = (const uint8_t *)&sa.s_in.sa_port;
+		n = snprintf(buf, len, "%s://%u.%u.%u.%u:%u",
+		    c->tls ? "tls+tcp" : "tcp", a[0], a[1], a[2], a[3],
+		    (unsigned)p[0] << 8 | p[1]);
+	} else if (sa.s_family == NNG_AF_INET6) {
+		/* Network byte order, as in struct in6_addr. */
+		const uint8_t *a = sa.s_in6.sa_addr;
+		const uint8_t *p = (const uint8_t *)&sa.s_in6.sa_port;
+		char h[48];
+		size_t at = 0;
+		for (int i = 0; i < 16; i += 2)
+			at += (size_t)snprintf(h + at, sizeof(h) - at, "%s%x",
+			    i != 0 ? ":" : "", (unsigned)a[i] << 8 | a[i + 1]);
+		n = snprintf(buf, len, "%s://[%s]:%u",
+		    c->tls ? "tls+tcp" : "tcp", h, (unsigned)p[0] << 8 | p[1]);
+	} else if (sa.s_family == NNG_AF_IPC) {
+		n = snprintf(buf, len, "ipc://%s", sa.s_ipc.sa_path);
+	} else if (sa.s_family == NNG_AF_ABSTRACT) {
+		n = snprintf(buf, len, "abstract://%.*s",
+		    (int)sa.s_abstract.sa_len,
+		    (const char *)sa.s_abstract.sa_name);
+	} else {
+		n = snprintf(buf, len, "?");
+	}
+	return n < 0 ? 0 : (size_t)n < len ? (size_t)n : len - 1;
 }
 
 /* ---- Finishing ----------------------------------------------------------- */

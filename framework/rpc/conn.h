@@ -121,6 +121,12 @@ bool asynqi_conn_is_inproc(const asynqi_conn *c);
  * callbacks run on (NULL for a stream). */
 asynq_sched *asynqi_conn_owner(const asynqi_conn *c);
 
+/* asynqi_conn_peer_url writes the peer's address as a URL
+ * ("tcp://127.0.0.1:40312", "tls+tcp://[::1]:7001", "ipc:///tmp/x.sock",
+ * "abstract://name", "inproc") into buf (truncated to len) and returns its
+ * length. Any thread. */
+size_t asynqi_conn_peer_url(const asynqi_conn *c, char *buf, size_t len);
+
 /* ---- Listeners --------------------------------------------------------- */
 
 /* Called for each accepted connection (a new connection with one reference

@@ -395,7 +395,7 @@ authz_before(asynq_rpc_call_info *call, void **state, void *arg)
 	bool token_ok = false;
 	const char *scopes = "";
 	const char *token_why = NULL;
-	char why[ASYNQI_WHY_CAP];
+	char why[ASYNQI_WHY_CAP + 64];
 	if (auth != NULL && p->n_scopes != 0) {
 		if (alen < 8 || strncasecmp(auth, "Bearer ", 7) != 0) {
 			token_why = "its authorization metadata is not "
@@ -448,7 +448,7 @@ authz_before(asynq_rpc_call_info *call, void **state, void *arg)
 		return asynq_rpc_call_reject(call, ASYNQ_UNAUTHENTICATED,
 		    "%s needs %s; the call %s", name, needs,
 		    token_why != NULL ? token_why : "had none");
-	char who[600];
+	char who[ASYNQI_SCOPES_CAP + 320];
 	size_t off = 0;
 	who[0] = '\0';
 	if (p->n_peers != 0 && verified)

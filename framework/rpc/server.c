@@ -268,6 +268,11 @@ struct srv_conn {
 	bool closed; /* on_close ran (it may live on for its requests) */
 	srv_mt_entry *mt;
 	size_t n_mt;
+	/* Who is calling (asynq_rpc_peer_get): the address is set at accept,
+	 * the certificate's identity by the reader before the first request,
+	 * and both are constant after; requests point at it. */
+	asynq_rpc_peer peer;
+	char addr[128];
 	/* Bit w: listed by worker w's writer (workers 0-63). */
 	atomic_uint_fast64_t dirty_mask;
 	/* Server's list, under s->mu. */
@@ -516,6 +521,15 @@ asynqi_srv_call_policy(const asynq_rpc_call_info *c,
 		r->tc->used = false;
 	*tc = r->tc;
 	return ic->k->sm->pol.set ? &ic->k->sm->pol : NULL;
+}
+
+/* ---- Peer ---------------------------------------------------------------- */
+
+const asynq_rpc_peer *
+asynq_rpc_peer_get(void)
+{
+	const srv_task *k = asynq_scoped_get(&srv_req_key);
+	return k != NULL ? &k->r->sc->peer : NULL;
 }
 
 /* ---- Connections --------------------------------------------------------- */
@@ -874,7 +888,8 @@ call_fail(srv_req *r, srv_call *k, asynq_status st, const char *fmt,
 	char msg[256];
 	snprintf(msg, sizeof(msg), fmt, arg != NULL ? arg : "");
 	k->sm = NULL;
-	icpt_after(r->sc->s, k, st, msg, NULL);
+	if (k->ic != NULL)
+		icpt_after(r->sc->s, k, st, msg, NULL);
 	result_put(r, k, st, msg, NULL);
 }
 
@@ -1049,12 +1064,11 @@ call_result(srv_req *r, srv_call *k, asynq_status st, ProtobufCMessage *reply,
 		protobuf_c_message_free_unpacked(reply, NULL);
 }
 
-/* The peer of request r (NULL until connections know theirs). */
+/* The peer of request r: its connection's. */
 static const asynq_rpc_peer *
 srv_peer(const srv_req *r)
 {
-	(void)r;
-	return NULL;
+	return &r->sc->peer;
 }
 
 /* Runs the interceptors' before hooks for every call of r that is to run:
@@ -2180,6 +2194,8 @@ srv_accept(void *arg, asynqi_conn *c)
 	atomic_init(&sc->wq_over, false);
 	atomic_init(&sc->stop_reading, false);
 	sc->home = -1;
+	asynqi_conn_peer_url(c, sc->addr, sizeof(sc->addr));
+	sc->peer.address = sc->addr;
 	asynq_sched *owner = asynqi_conn_owner(c);
 	for (size_t i = 0; owner != NULL && i < s->workers; i++)
 		if (asynq_runtime_sched(s->rt, i) == owner)
@@ -2510,7 +2526,7 @@ asynq_rpc_server_add_interceptor(asynq_rpc_server *s,
 }
 
 /* The policy of cfg.policies for method full name `name`: its own, else
- * its service's ("pkg.Svc/*"), else NULL. */
+ * its service's (the service's name, "/" and an asterisk), else NULL. */
 static const asynq_rpc_policy *
 policy_find(const asynq_rpc_server *s, const char *name)
 {
@@ -2663,7 +2679,7 @@ asynq_rpc_server_add_service(asynq_rpc_server *s,
 		for (size_t i = 0; i < svc->n_methods; i++)
 			s->methods[s->n_methods++] =
 			    (srv_method){ &svc->methods[i], handlers[i], ctx,
-				    st[i] };
+				    st[i], { 0 } };
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (m == NULL) {

@@ -15,6 +15,7 @@
 #ifndef ASYNQ_RPC_H
 #define ASYNQ_RPC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -409,6 +410,25 @@ void asynq_rpc_channel_stats_get(const asynq_rpc_channel *ch,
 
 typedef struct asynq_rpc_server asynq_rpc_server;
 
+/* The peer of the call a handler serves. */
+typedef struct asynq_rpc_peer {
+	const char *address;      /* "tcp://127.0.0.1:40312", "ipc://...",
+	                             "inproc" */
+	bool verified;            /* it presented a client certificate that
+	                             the server verified (mutual TLS) */
+	const char *subject;      /* that certificate's subject, e.g.
+	                             "CN=frontend,O=example"; NULL without */
+	const char *const *sans;  /* its subjectAltNames as "DNS:name",
+	                             "URI:spiffe://...", "IP:10.0.0.1",
+	                             "EMAIL:..."; n_sans of them */
+	size_t n_sans;
+} asynq_rpc_peer;
+
+/* asynq_rpc_peer_get returns the peer of the call the current task serves
+ * (a handler, whole-batch ones included, and the tasks it spawns; valid
+ * until the handler returns), or NULL outside a handler. Task only. */
+const asynq_rpc_peer *asynq_rpc_peer_get(void);
+
 /* A per-call handler: runs as a task with the decoded request (borrowed for
  * the call) and sets *reply to a response message of the method's output
  * type that it allocated with malloc-compatible memory (the server packs and
@@ -462,8 +482,8 @@ typedef struct asynq_rpc_handler {
  * subject's common name, and "*" any verified peer. A policy with neither
  * peers nor scopes lets everyone call. */
 typedef struct asynq_rpc_policy {
-	/* "pkg.Svc/Method", or "pkg.Svc/*" for every method of the service
-	 * (a method's own policy comes first). */
+	/* "pkg.Svc/Method", or "pkg.Svc/" and an asterisk for every method
+	 * of the service (a method's own policy comes first). */
 	const char *method;
 	const char *const *peers;
 	size_t n_peers;
@@ -577,7 +597,8 @@ typedef struct asynq_rpc_server_cfg {
 	const asynq_rpc_interceptor *const *interceptors;
 	size_t n_interceptors;
 	/* Authorization. A method's policy is the one of these that names
-	 * it (or its service, "pkg.Svc/*"), else what its .proto declares
+	 * it (or its service, with an asterisk for the method), else what
+	 * its .proto declares
 	 * ((asynq.allow_peers), (asynq.allow_scopes): the method's
 	 * asynq_rpc_method_desc), else none: anyone may call it. A built-in
 	 * interceptor enforces the policies, first of all interceptors (or
