@@ -1643,6 +1643,13 @@ ctab_insert(rpc_batch *b, size_t idx)
 	b->n_ctab++;
 }
 
+/* Whether two different chains say the same (out of line: rare). */
+static bool __attribute__((noinline, cold))
+md_same(const asynqi_md_node *a, const asynqi_md_node *b)
+{
+	return asynqi_md_equal(a, b);
+}
+
 /* A call that cannot get a record: it fails as an item of its own, so
  * that item indexes keep matching records. */
 static asynq_future *
@@ -1658,7 +1665,7 @@ call_oom(chan_backend *be, rpc_batch *b, asynq_future *f,
 }
 
 /* A call past its interceptors: from the request cache, or made. */
-static asynq_future *
+static inline asynq_future *
 call_inner(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
     const ProtobufCMessage *req)
 {
@@ -1750,8 +1757,9 @@ icall_done(asynq_future *f, void *arg)
 	return ASYNQ_OK;
 }
 
-/* asynq_rpc_call through the channel's interceptors. */
-static asynq_future *
+/* asynq_rpc_call through the channel's interceptors (out of line: the
+ * call without them stays short). */
+static asynq_future *__attribute__((noinline, cold))
 icpt_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
     const ProtobufCMessage *req)
 {
@@ -1921,7 +1929,9 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		b->base_md = md;
 	/* Chains equal in content share the batch's metadata too (an
 	 * interceptor's additions make a chain of their own per call). */
-	bool own = md != b->base_md && !asynqi_md_equal(md, b->base_md);
+	bool own = md != b->base_md;
+	if (__builtin_expect(own, 0))
+		own = !md_same(md, b->base_md);
 	size_t mi = (size_t)(m - ch->svc->methods);
 	bool by_id = m >= ch->svc->methods && mi < ch->svc->n_methods;
 	size_t plen = protobuf_c_message_get_packed_size(req);

@@ -142,14 +142,18 @@ hex_put(char *p, const uint8_t *v, size_t n)
 	}
 }
 
+/* Lower-case hex digits' values + 1, 0 for anything else (upper case is
+ * invalid in traceparent). */
+static const uint8_t hexv[256] = {
+	['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6,
+	['6'] = 7, ['7'] = 8, ['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12,
+	['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
+
 static int
 hex_val(char c)
 {
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1; /* upper case is invalid in traceparent */
+	return (int)hexv[(unsigned char)c] - 1;
 }
 
 /* Reads 2n lower-case hex digits into v; false if any is not one, or
@@ -157,15 +161,15 @@ hex_val(char c)
 static bool
 hex_get(const char *p, uint8_t *v, size_t n)
 {
-	bool nonzero = false;
+	const unsigned char *q = (const unsigned char *)p;
+	unsigned bad = 0, any = 0;
 	for (size_t i = 0; i < n; i++) {
-		int hi = hex_val(p[2 * i]), lo = hex_val(p[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return false;
-		v[i] = (uint8_t)(hi << 4 | lo);
-		nonzero = nonzero || v[i] != 0;
+		unsigned hi = hexv[q[2 * i]], lo = hexv[q[2 * i + 1]];
+		bad |= (hi == 0) | (lo == 0);
+		v[i] = (uint8_t)((hi - 1) << 4 | (lo - 1));
+		any |= v[i];
 	}
-	return nonzero;
+	return !bad && any != 0;
 }
 
 void
@@ -199,11 +203,11 @@ asynq_rpc_trace_parse(const char *s, size_t len, asynq_rpc_trace *out)
 bool
 asynq_rpc_trace_get(asynq_rpc_trace *out)
 {
-	const asynq_rpc_trace *t = asynq_scoped_get(&asynqi_trace_key);
+	const asynqi_trace *t = asynq_scoped_get(&asynqi_trace_key);
 	if (t == NULL)
 		return false;
 	if (out != NULL)
-		*out = *t;
+		*out = t->t;
 	return true;
 }
 
@@ -211,13 +215,13 @@ asynq_status
 asynq_rpc_with_trace(const asynq_rpc_trace *t, asynq_status (*fn)(void *arg),
     void *arg)
 {
-	asynq_rpc_trace mine;
+	asynqi_trace mine = { .formatted = false };
 	if (t != NULL) {
-		mine = *t;
+		mine.t = *t;
 	} else {
-		asynqi_trace_new_id(mine.trace_id, 16);
-		asynqi_trace_new_id(mine.span_id, 8);
-		mine.flags = 1;
+		asynqi_trace_new_id(mine.t.trace_id, 16);
+		asynqi_trace_new_id(mine.t.span_id, 8);
+		mine.t.flags = 1;
 	}
 	asynq_status st = asynq_scoped_push(&asynqi_trace_key, &mine);
 	if (st != ASYNQ_OK)
@@ -236,23 +240,33 @@ trace_before(asynq_rpc_call_info *call, void **state, void *arg)
 	(void)state;
 	(void)arg;
 	if (!call->server) {
-		const asynq_rpc_trace *t = asynq_scoped_get(&asynqi_trace_key);
+		asynqi_trace *t = asynq_scoped_get(&asynqi_trace_key);
 		if (t == NULL)
 			return ASYNQ_OK;
-		char tp[56];
-		asynq_rpc_trace_format(t, tp);
-		return asynq_rpc_call_add_metadata(call, "traceparent", tp,
+		if (!t->formatted) {
+			asynq_rpc_trace_format(&t->t, t->tp);
+			t->formatted = true;
+		}
+		return asynq_rpc_call_add_metadata(call, "traceparent", t->tp,
 		    55);
 	}
 	size_t len = 0;
 	const char *v = asynq_rpc_call_metadata(call, "traceparent", &len);
-	asynq_rpc_trace in;
-	if (v == NULL || asynq_rpc_trace_parse(v, len, &in) != ASYNQ_OK)
+	if (v == NULL)
 		return ASYNQ_OK;
-	asynq_rpc_trace *t = asynqi_srv_call_trace(call);
-	memcpy(t->trace_id, in.trace_id, 16);
-	asynqi_trace_new_id(t->span_id, 8);
-	t->flags = in.flags;
+	/* Calls of a request mostly share one value: parsed once. */
+	asynqi_trace_memo *mo = asynqi_srv_call_trace_memo(call);
+	if (mo->last != v || mo->len != len) {
+		mo->ok = asynq_rpc_trace_parse(v, len, &mo->t) == ASYNQ_OK;
+		mo->last = v;
+		mo->len = len;
+	}
+	if (!mo->ok)
+		return ASYNQ_OK;
+	asynqi_trace *t = asynqi_srv_call_trace(call);
+	memcpy(t->t.trace_id, mo->t.trace_id, 16);
+	asynqi_trace_new_id(t->t.span_id, 8);
+	t->t.flags = mo->t.flags;
 	return ASYNQ_OK;
 }
 

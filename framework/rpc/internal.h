@@ -238,8 +238,25 @@ typedef struct asynqi_tokcache {
 	char why[ASYNQI_WHY_CAP];
 } asynqi_tokcache;
 
-/* The current task's trace (a scoped value holding an asynq_rpc_trace *). */
+/* A trace as a scope holds it: the ids, and the traceparent of calls made
+ * in it, formatted on first use (by the scope's thread only). */
+typedef struct asynqi_trace {
+	asynq_rpc_trace t;
+	bool formatted;
+	char tp[56];
+} asynqi_trace;
+
+/* The current task's trace (a scoped value holding an asynqi_trace *). */
 extern const asynq_scoped asynqi_trace_key;
+
+/* What a request remembers of the last traceparent it parsed (calls of a
+ * request usually share one). */
+typedef struct asynqi_trace_memo {
+	const void *last; /* the value, in the request's arena; NULL: none */
+	size_t len;
+	bool ok;
+	asynq_rpc_trace t;
+} asynqi_trace_memo;
 
 /* asynqi_trace_new_id fills n bytes with a fresh random, non-zero id. */
 void asynqi_trace_new_id(uint8_t *id, size_t n);
@@ -253,7 +270,8 @@ const void *asynqi_srv_call_metadata(const asynq_rpc_call_info *c,
     const char *key, size_t *len);
 asynq_status asynqi_srv_call_add_metadata(asynq_rpc_call_info *c,
     const char *key, const void *val, size_t len);
-asynq_rpc_trace *asynqi_srv_call_trace(asynq_rpc_call_info *c);
+asynqi_trace *asynqi_srv_call_trace(asynq_rpc_call_info *c);
+asynqi_trace_memo *asynqi_srv_call_trace_memo(asynq_rpc_call_info *c);
 const asynqi_policy *asynqi_srv_call_policy(const asynq_rpc_call_info *c,
     asynq_rpc_token_verify_fn *fn, void **arg, asynqi_tokcache **tc);
 

@@ -39,8 +39,7 @@ asynqi_md_rele(asynqi_md_node *n)
 {
 	while (n != NULL && atomic_fetch_sub(&n->refs, 1) == 1) {
 		asynqi_md_node *prev = n->prev;
-		free(n->key);
-		free(n);
+		free(n); /* the key is in the same block */
 		n = prev;
 	}
 }
@@ -86,20 +85,18 @@ asynqi_md_node *
 asynqi_md_make(asynqi_md_node *prev, const char *key, const void *val,
     size_t len)
 {
-	asynqi_md_node *n = malloc(sizeof(*n) + (len != 0 ? len : 1));
+	size_t klen = strlen(key);
+	/* One block: the node, the value, the key. */
+	asynqi_md_node *n = malloc(sizeof(*n) + len + klen + 1);
 	if (n == NULL)
 		return NULL;
-	n->key = strdup(key);
-	if (n->key == NULL) {
-		free(n);
-		return NULL;
-	}
+	n->key = (char *)n->val + len;
+	memcpy(n->key, key, klen + 1);
 	if (len != 0)
 		memcpy(n->val, val, len);
 	n->len = len;
 	atomic_init(&n->refs, 1);
 	n->prev = asynqi_md_hold(prev);
-	size_t klen = strlen(key);
 	size_t one =
 	    (klen != 0 ? ld_len(klen) : 0) + (len != 0 ? ld_len(len) : 0);
 	n->depth = 1 + (n->prev != NULL ? n->prev->depth : 0);

@@ -190,7 +190,7 @@ struct srv_icall {
 	srv_call *k;
 	srv_md_extra *md;
 	bool has_trace;
-	asynq_rpc_trace trace; /* the handler's, when has_trace */
+	asynqi_trace trace; /* the handler's, when has_trace */
 	size_t passed; /* interceptors whose before let the call go on */
 	void *state[];
 };
@@ -224,6 +224,8 @@ struct srv_req {
 	asynqi_dd_entry *dd;
 	asynqi_buf out; /* the reply frame being built */
 	asynqi_tokcache *tc; /* authorization's, in the arena; made on use */
+	bool icpt;           /* the server has interceptors */
+	asynqi_trace_memo trace_memo; /* the trace interceptor's */
 };
 
 /* A reply frame on its way out. */
@@ -499,12 +501,20 @@ asynqi_srv_call_add_metadata(asynq_rpc_call_info *c, const char *key,
 	return ASYNQ_OK;
 }
 
-asynq_rpc_trace *
+asynqi_trace *
 asynqi_srv_call_trace(asynq_rpc_call_info *c)
 {
 	srv_icall *ic = c->impl_;
 	ic->has_trace = true;
+	ic->trace.formatted = false;
 	return &ic->trace;
+}
+
+asynqi_trace_memo *
+asynqi_srv_call_trace_memo(asynq_rpc_call_info *c)
+{
+	srv_icall *ic = c->impl_;
+	return &ic->r->trace_memo;
 }
 
 const asynqi_policy *
@@ -978,7 +988,7 @@ req_log(asynq_rpc_server *s, const srv_req *r, uint64_t id, size_t n_calls)
 		const srv_icall *ic = r->calls[i].ic;
 		if (ic != NULL && ic->has_trace) {
 			char tp[56];
-			asynq_rpc_trace_format(&ic->trace, tp);
+			asynq_rpc_trace_format(&ic->trace.t, tp);
 			memcpy(tid, tp + 3, 32);
 			tid[32] = '\0';
 		}
@@ -1058,10 +1068,26 @@ call_result(srv_req *r, srv_call *k, asynq_status st, ProtobufCMessage *reply,
 		if (message == NULL)
 			message = asynq_strerror(st);
 	}
-	icpt_after(r->sc->s, k, st, message, reply);
+	if (k->ic != NULL)
+		icpt_after(r->sc->s, k, st, message, reply);
 	result_put(r, k, st, message, reply);
 	if (reply != NULL)
 		protobuf_c_message_free_unpacked(reply, NULL);
+}
+
+/* The handler of task k runs in its call's trace (its first traced
+ * call's, for a whole batch) when the trace interceptor found one: pushes
+ * it and says so. */
+static bool __attribute__((noinline))
+trace_push(const srv_task *k)
+{
+	for (size_t i = 0; i < k->n; i++) {
+		srv_icall *ic = k->r->calls[k->idx[i]].ic;
+		if (ic != NULL && ic->has_trace)
+			return asynq_scoped_push(&asynqi_trace_key,
+			           &ic->trace) == ASYNQ_OK;
+	}
+	return false;
 }
 
 /* The peer of request r: its connection's. */
@@ -1091,7 +1117,11 @@ icpt_before(asynq_rpc_server *s, srv_req *r)
 			    "server out of memory%s", "");
 			continue;
 		}
-		memset(ic, 0, sz);
+		ic->base = (asynqi_icall){ false, NULL };
+		ic->md = NULL;
+		ic->has_trace = false;
+		ic->passed = 0;
+		memset(ic->state, 0, s->n_icpt * sizeof(void *));
 		ic->info = (asynq_rpc_call_info){ .method = k->sm->m,
 			.req = k->in,
 			.peer = peer,
@@ -1137,19 +1167,8 @@ task_main(asynq_task *t, void *arg)
 	srv_task *k = arg;
 	srv_req *r = k->r;
 	const srv_method *sm = k->sm;
-	const asynq_rpc_server *s = r->sc->s;
 	bool pushed_req = asynq_scoped_push(&srv_req_key, k) == ASYNQ_OK;
-	/* The handler runs in its call's trace (its first traced call's, for
-	 * a whole batch) when the trace interceptor found one. */
-	bool pushed_tr = false;
-	for (size_t i = 0; s->n_icpt != 0 && i < k->n; i++) {
-		srv_icall *ic = r->calls[k->idx[i]].ic;
-		if (ic != NULL && ic->has_trace) {
-			pushed_tr = asynq_scoped_push(&asynqi_trace_key,
-			                &ic->trace) == ASYNQ_OK;
-			break;
-		}
-	}
+	bool pushed_tr = r->icpt && trace_push(k);
 	if (sm->h.unary != NULL) {
 		srv_call *c = &r->calls[k->idx[0]];
 		ProtobufCMessage *reply = NULL;
@@ -1172,7 +1191,8 @@ task_main(asynq_task *t, void *arg)
 		asynq_status st = ASYNQ_OK;
 		asynq_rpc_batch_info bi;
 		size_t passed = 0;
-		if (s->n_icpt != 0) {
+		const asynq_rpc_server *s = r->sc->s;
+		if (r->icpt) {
 			bi = (asynq_rpc_batch_info){ .method = sm->m,
 				.peer = srv_peer(r),
 				.calls = bc,
@@ -1199,7 +1219,7 @@ task_main(asynq_task *t, void *arg)
 		}
 		if (st == ASYNQ_OK)
 			st = sm->h.batch(t, bc, k->n, sm->ctx);
-		if (s->n_icpt != 0) {
+		if (r->icpt) {
 			bi.status = st;
 			for (size_t j = passed; j-- > 0;) {
 				const asynq_rpc_interceptor *x = s->icpt[j];
@@ -1384,7 +1404,8 @@ req_main(asynq_task *t, void *arg)
 	bool pushed_dl = dl != 0 &&
 	    asynq_scoped_push(&asynq_rpc_deadline, (void *)(intptr_t)dl) ==
 	        ASYNQ_OK;
-	if (!shed && s->n_icpt != 0)
+	r->icpt = s->n_icpt != 0;
+	if (!shed && r->icpt)
 		icpt_before(s, r);
 	req_group(r);
 	size_t n = r->n_tasks;
