@@ -76,7 +76,9 @@
 #include <nng/supplemental/tls/tls.h>
 
 #include "asynq/batch.h"
+#include "asynq/log.h"
 #include "conn.h"
+#include "tls.h"
 #include "mstats.h"
 #include "framework/core/platform.h"
 #include "internal.h"
@@ -2179,12 +2181,13 @@ random_u64(void)
 	return v != 0 ? v : 1;
 }
 
-/* TLS client configurations, one per (CA file, server name), kept for the
- * life of the process: the shared nng dialers (conn.c) hold them. */
+/* TLS client configurations, one per (CA file, server name, certificate
+ * and key files), kept for the life of the process: the shared nng
+ * dialers (conn.c) hold them. */
 typedef struct tls_ent tls_ent;
 struct tls_ent {
-	char *ca, *name;
-	nng_tls_config *cfg;
+	char *ca, *name, *cert, *key;
+	asynqi_tls *t;
 	tls_ent *next;
 };
 static pthread_mutex_t tls_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -2196,8 +2199,15 @@ str_eq(const char *a, const char *b)
 	return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-static asynq_status tls_client_make(nng_tls_config **tp,
-    const asynq_rpc_channel_cfg *cfg);
+/* strdup of NULL is NULL; *ok turns false when a copy fails. */
+static char *
+str_dup(const char *s, bool *ok)
+{
+	char *d = s != NULL ? strdup(s) : NULL;
+	if (s != NULL && d == NULL)
+		*ok = false;
+	return d;
+}
 
 static asynq_status
 tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
@@ -2207,54 +2217,54 @@ tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
 	tls_ent *e = tls_head;
 	while (e != NULL &&
 	    (!str_eq(e->ca, cfg->tls_ca_file) ||
-	        !str_eq(e->name, cfg->tls_server_name)))
+	        !str_eq(e->name, cfg->tls_server_name) ||
+	        !str_eq(e->cert, cfg->tls_cert_file) ||
+	        !str_eq(e->key, cfg->tls_key_file)))
 		e = e->next;
 	if (e == NULL) {
-		nng_tls_config *t = NULL;
-		st = tls_client_make(&t, cfg);
+		asynqi_tls_files f = {
+			.cert_file = cfg->tls_cert_file,
+			.key_file = cfg->tls_key_file,
+			.ca_file = cfg->tls_ca_file,
+			.server_name = cfg->tls_server_name,
+		};
+		asynqi_tls *t = NULL;
+		char err[512];
+		st = asynqi_tls_alloc(&t, false, &f, err, sizeof(err));
+		if (st != ASYNQ_OK)
+			asynq_log(ASYNQ_LOG_ERROR, "setup_failed", "status",
+			    asynq_status_name(st), "error", err, NULL);
 		e = st == ASYNQ_OK ? calloc(1, sizeof(*e)) : NULL;
 		if (st == ASYNQ_OK && e == NULL)
 			st = ASYNQ_RESOURCE_EXHAUSTED;
+		bool ok = true;
 		if (e != NULL) {
-			e->ca = cfg->tls_ca_file != NULL
-			    ? strdup(cfg->tls_ca_file)
-			    : NULL;
-			e->name = cfg->tls_server_name != NULL
-			    ? strdup(cfg->tls_server_name)
-			    : NULL;
-			e->cfg = t;
+			e->ca = str_dup(cfg->tls_ca_file, &ok);
+			e->name = str_dup(cfg->tls_server_name, &ok);
+			e->cert = str_dup(cfg->tls_cert_file, &ok);
+			e->key = str_dup(cfg->tls_key_file, &ok);
+		}
+		if (e != NULL && ok) {
+			e->t = t;
 			e->next = tls_head;
 			tls_head = e;
-		} else if (t != NULL) {
-			nng_tls_config_free(t);
+		} else {
+			if (e != NULL) {
+				free(e->ca);
+				free(e->name);
+				free(e->cert);
+				free(e->key);
+				free(e);
+				e = NULL;
+				st = ASYNQ_RESOURCE_EXHAUSTED;
+			}
+			asynqi_tls_free(t);
 		}
 	}
 	if (e != NULL)
-		ch->tls = e->cfg;
+		ch->tls = asynqi_tls_config(e->t);
 	pthread_mutex_unlock(&tls_mu);
 	return st;
-}
-
-static asynq_status
-tls_client_make(nng_tls_config **tp, const asynq_rpc_channel_cfg *cfg)
-{
-	nng_tls_config *t;
-	int rv;
-	if ((rv = nng_tls_config_alloc(&t, NNG_TLS_MODE_CLIENT)) != 0)
-		return asynqi_rpc_status_from_nng(rv);
-	if ((rv = nng_tls_config_auth_mode(t, NNG_TLS_AUTH_MODE_REQUIRED)) !=
-	        0 ||
-	    (cfg->tls_ca_file != NULL &&
-	        (rv = nng_tls_config_ca_file(t, cfg->tls_ca_file)) != 0) ||
-	    (cfg->tls_server_name != NULL &&
-	        (rv = nng_tls_config_server_name(t, cfg->tls_server_name)) !=
-	            0)) {
-		nng_tls_config_free(t);
-		return rv == NNG_ENOMEM ? ASYNQ_RESOURCE_EXHAUSTED
-		                        : ASYNQ_INVALID_ARGUMENT;
-	}
-	*tp = t;
-	return ASYNQ_OK;
 }
 
 asynq_status
@@ -2336,7 +2346,8 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 		goto fail_table;
 	if (pthread_cond_init(&ch->cv, NULL) != 0)
 		goto fail_cv;
-	if ((cfg->tls_ca_file != NULL || cfg->tls_server_name != NULL) &&
+	if ((cfg->tls_ca_file != NULL || cfg->tls_server_name != NULL ||
+	        cfg->tls_cert_file != NULL || cfg->tls_key_file != NULL) &&
 	    (st = tls_client_config(ch, cfg)) != ASYNQ_OK)
 		goto fail_tls;
 	st = ASYNQ_RESOURCE_EXHAUSTED;

@@ -48,6 +48,7 @@
 #include <nng/supplemental/tls/tls.h>
 
 #include "conn.h"
+#include "tls.h"
 
 #define RBUF_INIT (64u << 10)
 #define STAGE_MAX (64u << 10)
@@ -277,6 +278,22 @@ asynqi_conn_peer_url(const asynqi_conn *c, char *buf, size_t len)
 		n = snprintf(buf, len, "?");
 	}
 	return n < 0 ? 0 : (size_t)n < len ? (size_t)n : len - 1;
+}
+
+bool
+asynqi_conn_tls_peer(const asynqi_conn *c, asynqi_tls_peer *p)
+{
+	if (c->st == NULL || !c->tls)
+		return false;
+	return asynqi_tls_peer_get(c->st, p);
+}
+
+bool
+asynqi_conn_tls_failure(const asynqi_conn *c, char *buf, size_t len)
+{
+	if (c->st == NULL || !c->tls)
+		return false;
+	return asynqi_tls_failure(c->st, buf, len);
 }
 
 /* ---- Finishing ----------------------------------------------------------- */

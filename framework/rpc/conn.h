@@ -28,6 +28,7 @@ typedef struct asynqi_conn asynqi_conn;
 typedef struct asynqi_wbuf asynqi_wbuf;
 typedef struct asynqi_listener asynqi_listener;
 typedef struct asynqi_dialer asynqi_dialer;
+struct asynqi_tls_peer;
 
 /* Bytes to write: up to five pieces, borrowed until done runs. */
 struct asynqi_wbuf {
@@ -126,6 +127,17 @@ asynq_sched *asynqi_conn_owner(const asynqi_conn *c);
  * "abstract://name", "inproc") into buf (truncated to len) and returns its
  * length. Any thread. */
 size_t asynqi_conn_peer_url(const asynqi_conn *c, char *buf, size_t len);
+
+/* asynqi_conn_tls_peer fills *p (tls.h; free with asynqi_tls_peer_fini)
+ * with the certificate identity of a TLS connection's peer once its
+ * handshake is done (after the first bytes were read); false for other
+ * connections. Any thread. */
+bool asynqi_conn_tls_peer(const asynqi_conn *c, struct asynqi_tls_peer *p);
+
+/* asynqi_conn_tls_failure writes why a TLS connection's handshake failed
+ * into buf, in words; false when it did not (or c is not TLS). Any thread,
+ * until the last reference goes. */
+bool asynqi_conn_tls_failure(const asynqi_conn *c, char *buf, size_t len);
 
 /* ---- Listeners --------------------------------------------------------- */
 

@@ -94,6 +94,7 @@
 #include "reflection.h"
 #include "internal.h"
 #include "mstats.h"
+#include "tls.h"
 
 #define DEFAULT_MAX_MSG (4u << 20)
 #define DEFAULT_MAX_CALLS 10000
@@ -275,6 +276,8 @@ struct srv_conn {
 	 * and both are constant after; requests point at it. */
 	asynq_rpc_peer peer;
 	char addr[128];
+	asynqi_tls_peer tp; /* the strings peer points at */
+	bool peer_read;     /* reader only: tp was read */
 	/* Bit w: listed by worker w's writer (workers 0-63). */
 	atomic_uint_fast64_t dirty_mask;
 	/* Server's list, under s->mu. */
@@ -326,7 +329,11 @@ struct asynq_rpc_server {
 	atomic_uint_fast64_t conns_refused, conns_evicted, conns_idle,
 	    conns_stalled, conns_overflowed, shed, shed_late;
 	asynqi_dedup *dd;
-	nng_tls_config *tls;
+	asynqi_tls *tls; /* tls+tcp listeners' configuration, or NULL */
+	/* Copies of the TLS files' paths (cfg's point at them), so that a
+	 * reload reads the same files whatever the caller did with its
+	 * strings. */
+	char *tls_paths[4];
 	uint64_t instance; /* Hello.instance: this server, at random */
 	/* What the last failed set-up call (add_service, listen) failed at,
 	 * in words; under mu. */
@@ -572,6 +579,7 @@ sc_rele(srv_conn *sc)
 	for (size_t i = 0; i < sc->n_mt; i++)
 		free(sc->mt[i].missing);
 	free(sc->mt);
+	asynqi_tls_peer_fini(&sc->tp);
 	pthread_mutex_destroy(&sc->mu);
 	pthread_mutex_lock(&s->mu);
 	if (sc->prev != NULL)
@@ -1889,6 +1897,25 @@ send_hello(srv_conn *sc)
 	sc_queue(sc, b.p, b.len);
 }
 
+/* The first bytes of a connection arrived, so its TLS handshake (if any)
+ * is done: the peer's certificate identity is kept with the connection,
+ * before any of its requests exists. Reader only. */
+static void
+peer_read(srv_conn *sc)
+{
+	sc->peer_read = true;
+	if (!asynqi_conn_tls_peer(sc->c, &sc->tp))
+		return;
+	sc->peer.verified = sc->tp.verified;
+	sc->peer.subject = sc->tp.subject;
+	sc->peer.sans = (const char *const *)sc->tp.sans;
+	sc->peer.n_sans = sc->tp.n_sans;
+	if (sc->tp.rejected != NULL)
+		asynq_log(ASYNQ_LOG_WARN, "tls_client_cert_unverified",
+		    "server", server_name(sc->s), "peer", sc->addr, "reason",
+		    sc->tp.rejected, NULL);
+}
+
 static size_t
 srv_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
 {
@@ -1897,6 +1924,8 @@ srv_on_read(asynqi_conn *c, uint8_t *buf, size_t len, size_t *need)
 	size_t used = 0;
 	int64_t now = (int64_t)asynq_now_ns();
 	atomic_store_explicit(&sc->last_ns, now, memory_order_relaxed);
+	if (!sc->peer_read)
+		peer_read(sc);
 	if (!sc->got_preface) {
 		size_t k = len < ASYNQI_PREFACE_LEN ? len : ASYNQI_PREFACE_LEN;
 		if (memcmp(buf, ASYNQI_PREFACE, k) != 0) {
@@ -1977,9 +2006,13 @@ stopped:;
 static void
 srv_on_close(asynqi_conn *c, int err)
 {
-	(void)err;
 	srv_conn *sc = asynqi_conn_arg(c);
 	asynq_rpc_server *s = sc->s;
+	char why[512];
+	if (err != NNG_ECLOSED && !atomic_load(&sc->preface_ok) &&
+	    asynqi_conn_tls_failure(c, why, sizeof(why)))
+		asynq_log(ASYNQ_LOG_WARN, "tls_handshake_failed", "server",
+		    server_name(s), "peer", sc->addr, "reason", why, NULL);
 	pthread_mutex_lock(&s->mu);
 	s->open--;
 	if (sc->doomed)
@@ -2281,78 +2314,85 @@ srv_owner(void *arg)
 
 /* ---- Server -------------------------------------------------------------- */
 
-/* Reads a whole (PEM) file as a string; NULL on failure. */
-static char *
-file_read(const char *path)
+/* The TLS files of the server's settings. */
+static asynqi_tls_files
+tls_files(const asynq_rpc_server_cfg *cfg)
 {
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return NULL;
-	char *buf = NULL;
-	size_t len = 0, cap = 0;
-	for (;;) {
-		if (cap - len < 4096) {
-			cap = cap != 0 ? cap * 2 : 8192;
-			char *nb =
-			    cap <= (64u << 20) ? realloc(buf, cap) : NULL;
-			if (nb == NULL) {
-				free(buf);
-				fclose(f);
-				return NULL;
-			}
-			buf = nb;
-		}
-		size_t n = fread(buf + len, 1, cap - len - 1, f);
-		len += n;
-		if (n == 0)
-			break;
-	}
-	bool bad = ferror(f) != 0;
-	fclose(f);
-	if (bad) {
-		free(buf);
-		return NULL;
-	}
-	buf[len] = '\0';
-	return buf;
+	return (asynqi_tls_files){
+		.cert_file = cfg->tls_cert_file,
+		.key_file = cfg->tls_key_file,
+		.ca_file = cfg->tls_client_ca_file,
+		.crl_file = cfg->tls_crl_file,
+		.require_peer_cert = cfg->tls_require_client_cert,
+		.cert_setting = "tls_cert_file",
+		.key_setting = "tls_key_file",
+		.ca_setting = "tls_client_ca_file",
+		.crl_setting = "tls_crl_file",
+	};
 }
 
-/* A TLS server configuration with the certificate and key of cfg. */
-static asynq_status
-tls_server_config(nng_tls_config **tp, const asynq_rpc_server_cfg *cfg)
+static void
+tls_paths_free(asynq_rpc_server *s)
 {
-	char *cert = file_read(cfg->tls_cert_file);
-	char *key = file_read(cfg->tls_key_file);
-	nng_tls_config *t = NULL;
-	asynq_status st = ASYNQ_INVALID_ARGUMENT;
-	int rv;
-	if (cert == NULL || key == NULL)
-		goto out;
-	if ((rv = nng_tls_config_alloc(&t, NNG_TLS_MODE_SERVER)) != 0) {
-		st = asynqi_rpc_status_from_nng(rv);
-		t = NULL;
-		goto out;
+	for (size_t i = 0; i < 4; i++)
+		free(s->tls_paths[i]);
+}
+
+/* Points s->cfg's TLS paths at copies of their own; false without
+ * memory. */
+static bool
+tls_paths_copy(asynq_rpc_server *s)
+{
+	const char **f[4] = { &s->cfg.tls_cert_file, &s->cfg.tls_key_file,
+		&s->cfg.tls_client_ca_file, &s->cfg.tls_crl_file };
+	for (size_t i = 0; i < 4; i++) {
+		if (*f[i] == NULL)
+			continue;
+		if ((s->tls_paths[i] = strdup(*f[i])) == NULL)
+			return false;
+		*f[i] = s->tls_paths[i];
 	}
-	if ((rv = nng_tls_config_auth_mode(t, NNG_TLS_AUTH_MODE_NONE)) != 0 ||
-	    (rv = nng_tls_config_own_cert(t, cert, key, NULL)) != 0) {
-		st = rv == NNG_ENOMEM ? ASYNQ_RESOURCE_EXHAUSTED
-		                      : ASYNQ_INVALID_ARGUMENT;
-		nng_tls_config_free(t);
-		t = NULL;
-		goto out;
+	return true;
+}
+
+/* Whether the TLS settings fit together; else why, in err. */
+static bool
+tls_settings_ok(const asynq_rpc_server_cfg *cfg, char *err, size_t len)
+{
+	if ((cfg->tls_cert_file != NULL) != (cfg->tls_key_file != NULL)) {
+		snprintf(err, len, "tls_cert_file and tls_key_file go together");
+		return false;
 	}
-	*tp = t;
-	st = ASYNQ_OK;
-out:
-	if (key != NULL) {
-		/* The private key does not linger in freed memory. */
-		volatile char *v = key;
-		for (size_t i = 0; v[i] != '\0'; i++)
-			v[i] = 0;
+	if (cfg->tls_cert_file == NULL &&
+	    (cfg->tls_client_ca_file != NULL || cfg->tls_crl_file != NULL ||
+	        cfg->tls_require_client_cert)) {
+		snprintf(err, len,
+		    "client certificate settings need tls_cert_file and "
+		    "tls_key_file");
+		return false;
 	}
-	free(key);
-	free(cert);
-	return st;
+	if (cfg->tls_require_client_cert && cfg->tls_client_ca_file == NULL) {
+		snprintf(err, len,
+		    "tls_require_client_cert needs tls_client_ca_file");
+		return false;
+	}
+	return true;
+}
+
+asynq_status
+asynq_rpc_server_reload_tls(asynq_rpc_server *s)
+{
+	if (s->tls == NULL)
+		return setup_fail(s, ASYNQ_FAILED_PRECONDITION,
+		    "reload tls: the server has no TLS settings");
+	asynqi_tls_files f = tls_files(&s->cfg);
+	char err[512];
+	asynq_status st = asynqi_tls_reload(s->tls, &f, err, sizeof(err));
+	if (st != ASYNQ_OK)
+		return setup_fail(s, st, "reload tls: %s", err);
+	asynq_log(ASYNQ_LOG_INFO, "tls_reloaded", "server", server_name(s),
+	    NULL);
+	return ASYNQ_OK;
 }
 
 asynq_status
@@ -2368,9 +2408,17 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	s->rt = rt;
 	if (cfg != NULL)
 		s->cfg = *cfg;
-	if ((s->cfg.tls_cert_file != NULL) != (s->cfg.tls_key_file != NULL) ||
+	char err[512] = "";
+	if (!tls_settings_ok(&s->cfg, err, sizeof(err)) ||
 	    (s->cfg.n_interceptors != 0 && s->cfg.interceptors == NULL) ||
 	    (s->cfg.n_policies != 0 && s->cfg.policies == NULL)) {
+		if (err[0] == '\0')
+			snprintf(err, sizeof(err), "%s",
+			    "interceptors or policies: a count without an "
+			    "array");
+		asynq_log(ASYNQ_LOG_ERROR, "setup_failed", "status",
+		    asynq_status_name(ASYNQ_INVALID_ARGUMENT), "error", err,
+		    NULL);
 		free(s);
 		return ASYNQ_INVALID_ARGUMENT;
 	}
@@ -2444,9 +2492,19 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	if ((st = asynqi_dedup_alloc(&s->dd, s->cfg.dedup_entries,
 	         s->cfg.dedup_age_ms, s->cfg.dedup_bytes)) != ASYNQ_OK)
 		goto fail_dd;
-	if (s->cfg.tls_cert_file != NULL &&
-	    (st = tls_server_config(&s->tls, &s->cfg)) != ASYNQ_OK)
+	if (!tls_paths_copy(s)) {
+		st = ASYNQ_RESOURCE_EXHAUSTED;
 		goto fail_tls;
+	}
+	if (s->cfg.tls_cert_file != NULL) {
+		asynqi_tls_files f = tls_files(&s->cfg);
+		if ((st = asynqi_tls_alloc(&s->tls, true, &f, err,
+		         sizeof(err))) != ASYNQ_OK) {
+			asynq_log(ASYNQ_LOG_ERROR, "setup_failed", "status",
+			    asynq_status_name(st), "error", err, NULL);
+			goto fail_tls;
+		}
+	}
 	st = ASYNQ_RESOURCE_EXHAUSTED;
 	if (pthread_mutex_init(&s->mu, NULL) != 0)
 		goto fail_mu;
@@ -2507,9 +2565,9 @@ fail_sweep_cv:
 fail_cv:
 	pthread_mutex_destroy(&s->mu);
 fail_mu:
-	if (s->tls != NULL)
-		nng_tls_config_free(s->tls);
+	asynqi_tls_free(s->tls);
 fail_tls:
+	tls_paths_free(s);
 	asynqi_dedup_free(s->dd);
 fail_dd:
 	free(s->icpt);
@@ -2748,7 +2806,8 @@ asynq_rpc_server_listen(asynq_rpc_server *s, const char *url)
 	s->listeners = ls;
 	asynqi_listener *l = NULL;
 	const char *why = NULL;
-	asynq_status st = asynqi_listener_open(&l, url, s->tls, srv_accept,
+	asynq_status st = asynqi_listener_open(&l, url,
+	    s->tls != NULL ? asynqi_tls_config(s->tls) : NULL, srv_accept,
 	    srv_owner, s, &why);
 	if (st != ASYNQ_OK)
 		return setup_fail(s, st, "listen %s: %s", url,
@@ -2891,8 +2950,8 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 	free(s->services);
 	free(s->icpt);
 	asynqi_dedup_free(s->dd);
-	if (s->tls != NULL)
-		nng_tls_config_free(s->tls);
+	asynqi_tls_free(s->tls);
+	tls_paths_free(s);
 	pthread_cond_destroy(&s->sweep_cv);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);

@@ -4,7 +4,12 @@
  * over inproc://, tcp:// and ipc://, for unary and whole-batch handlers and
  * the tasks they spawn, and nothing outside a handler.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
+#include <sys/socket.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,6 +21,7 @@
 #include <cmocka.h>
 
 #include "asynq/asynq.h"
+#include "asynq/log.h"
 #include "asynq/rpc.h"
 #include "tests/rpc/rpc_fixture.h"
 #include "tests/rpc/test_peer.asynq.h"
@@ -233,6 +239,648 @@ test_peer_absent_outside_handler(void **state)
 	assert_null(asynq_rpc_peer_get());
 }
 
+
+/* ---- Certificates -------------------------------------------------------- */
+
+/* The certificates of the TLS tests, made with openssl in a directory of
+ * TEST_TMPDIR: two CAs (ca, other), the server's (localhost), and clients
+ * of ca: front (CN=frontend,O=example with four kinds of SAN), rev (to be
+ * revoked), exp (expired in 2020), and rogue (of the other CA). Client
+ * certificates are issued with `openssl ca`, which can backdate them and
+ * revoke them into a CRL. */
+static char dir[512];
+
+static void
+run(const char *fmt, ...)
+{
+	char cmd[4096], line[4800];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	snprintf(line, sizeof(line), "cd '%s' && { %s ; } >>openssl.log 2>&1",
+	    dir, cmd);
+	int rc = system(line);
+	if (rc != 0) {
+		fprintf(stderr, "failed (%d): %s\n", rc, cmd);
+		snprintf(line, sizeof(line), "cat '%s/openssl.log' >&2", dir);
+		(void)!system(line);
+	}
+	assert_int_equal(rc, 0);
+}
+
+/* path(name): "<dir>/<name>" in one of a few static buffers. */
+static const char *
+path(const char *name)
+{
+	static char bufs[16][600];
+	static int next;
+	char *b = bufs[next++ % 16];
+	snprintf(b, sizeof(bufs[0]), "%s/%s", dir, name);
+	return b;
+}
+
+#define EC "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+
+/* Issues client certificate `name` of CA `ca` with subject subj and SANs
+ * san (or none), valid from start to end (openssl ca's YYMMDDHHMMSSZ, or
+ * NULL for two days from now). */
+static void
+client_cert(const char *ca, const char *name, const char *subj,
+    const char *san, const char *start, const char *end)
+{
+	run("openssl req %s -keyout %s.key -out %s.csr -subj '%s'", EC, name,
+	    name, subj);
+	char ext[256] = "";
+	if (san != NULL) {
+		run("printf 'subjectAltName=%s\\nextendedKeyUsage=clientAuth\\n'"
+		    " > %s.ext",
+		    san, name);
+		snprintf(ext, sizeof(ext), "-extfile %s.ext", name);
+	}
+	char dates[128] = "-days 2";
+	if (start != NULL)
+		snprintf(dates, sizeof(dates), "-startdate %s -enddate %s",
+		    start, end);
+	run("openssl ca -batch -config %s.cnf -notext -in %s.csr -out %s.crt "
+	    "%s %s",
+	    ca, name, name, dates, ext);
+}
+
+/* A CA `name` that `openssl ca` can sign with and revoke from. */
+static void
+make_ca(const char *name, const char *cn)
+{
+	run("openssl req -x509 %s -days 30 -keyout %s.key -out %s.crt "
+	    "-subj /CN=%s",
+	    EC, name, name, cn);
+	run("mkdir -p %s.db && : > %s.db/index && echo 1000 > %s.db/serial && "
+	    "echo 1000 > %s.db/crlnumber",
+	    name, name, name, name);
+	run("printf '[ca]\\ndefault_ca=d\\n[d]\\ndir=%s\\ndatabase=$dir/%s.db/"
+	    "index\\nnew_certs_dir=$dir/%s.db\\nserial=$dir/%s.db/serial\\n"
+	    "crlnumber=$dir/%s.db/crlnumber\\ncertificate=$dir/%s.crt\\n"
+	    "private_key=$dir/%s.key\\ndefault_md=sha256\\npolicy=p\\n"
+	    "unique_subject=no\\ndefault_crl_days=2\\n[p]\\n"
+	    "commonName=supplied\\norganizationName=optional\\n' > %s.cnf",
+	    dir, name, name, name, name, name, name, name);
+}
+
+static bool have_certs;
+
+static void
+make_certs(void)
+{
+	if (have_certs)
+		return;
+	const char *tmp = getenv("TEST_TMPDIR");
+	snprintf(dir, sizeof(dir), "%s/asynq-peer-XXXXXX",
+	    tmp != NULL ? tmp : "/tmp");
+	assert_non_null(mkdtemp(dir));
+	make_ca("ca", "asynq-test-ca");
+	make_ca("other", "asynq-other-ca");
+	/* The server's, twice (the reload test swaps them). */
+	for (int i = 1; i <= 2; i++) {
+		run("openssl req %s -keyout srv%d.key -out srv%d.csr "
+		    "-subj /CN=localhost",
+		    EC, i, i);
+		run("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > "
+		    "srv.ext && openssl x509 -req -in srv%d.csr -CA ca.crt "
+		    "-CAkey ca.key -CAcreateserial -out srv%d.crt -days 2 "
+		    "-extfile srv.ext",
+		    i, i);
+	}
+	client_cert("ca", "front", "/CN=frontend/O=example",
+	    "DNS:front.example,URI:spiffe://example/front,IP:10.0.0.1,"
+	    "IP:fd00::1,email:ops@example.com",
+	    NULL, NULL);
+	client_cert("ca", "odd", "/CN=a,b/O=example", "DNS:odd.example", NULL,
+	    NULL);
+	client_cert("ca", "rev", "/CN=revoked-soon", "DNS:rev.example", NULL,
+	    NULL);
+	client_cert("ca", "exp", "/CN=expired", NULL, "200101000000Z",
+	    "200102000000Z");
+	client_cert("other", "rogue", "/CN=frontend/O=example",
+	    "DNS:front.example", NULL, NULL);
+	/* An empty CRL of ca, and one that revokes rev. */
+	run("openssl ca -config ca.cnf -gencrl -out crl-empty.pem");
+	run("cp ca.db/index ca.db/index.before && "
+	    "openssl ca -config ca.cnf -revoke rev.crt && "
+	    "openssl ca -config ca.cnf -gencrl -out crl-rev.pem");
+	have_certs = true;
+}
+
+static void
+remove_certs(void)
+{
+	if (!have_certs)
+		return;
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	(void)!system(cmd);
+	have_certs = false;
+}
+
+/* ---- Log lines ----------------------------------------------------------- */
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_text[1 << 16];
+static size_t log_len;
+
+static void
+log_sink(const char *line, size_t len, void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&log_mu);
+	if (log_len + len < sizeof(log_text)) {
+		memcpy(log_text + log_len, line, len);
+		log_len += len;
+		log_text[log_len] = '\0';
+	}
+	pthread_mutex_unlock(&log_mu);
+	(void)!write(2, line, len);
+}
+
+static void
+log_reset(void)
+{
+	pthread_mutex_lock(&log_mu);
+	log_len = 0;
+	log_text[0] = '\0';
+	pthread_mutex_unlock(&log_mu);
+}
+
+/* Waits up to 3 s for a log line that has every one of the (NULL-ended)
+ * strings. */
+static bool
+log_has(const char *a, ...)
+{
+	for (int tries = 0; tries < 300; tries++) {
+		pthread_mutex_lock(&log_mu);
+		bool found = false;
+		for (char *l = log_text; !found && *l != '\0';) {
+			char *e = strchr(l, '\n');
+			size_t n = e != NULL ? (size_t)(e - l) : strlen(l);
+			char line[2048];
+			snprintf(line, sizeof(line), "%.*s", (int)n, l);
+			bool all = strstr(line, a) != NULL;
+			va_list ap;
+			va_start(ap, a);
+			for (const char *s = va_arg(ap, const char *);
+			     all && s != NULL; s = va_arg(ap, const char *))
+				all = strstr(line, s) != NULL;
+			va_end(ap);
+			found = all;
+			l += n + (e != NULL);
+		}
+		pthread_mutex_unlock(&log_mu);
+		if (found)
+			return true;
+		usleep(10 * 1000);
+	}
+	return false;
+}
+
+/* ---- Mutual TLS ---------------------------------------------------------- */
+
+/* A channel to url presenting client certificate `who` (NULL: none). */
+static asynq_rpc_channel *
+tls_channel(const char *url, const char *who, uint32_t deadline_ms)
+{
+	char cert[64], key[64];
+	const char *urls[] = { url };
+	asynq_rpc_channel_cfg ccfg = {
+		.urls = urls,
+		.n_urls = 1,
+		.tls_ca_file = path("ca.crt"),
+		.tls_server_name = "localhost",
+		.default_deadline_ms = deadline_ms,
+	};
+	if (who != NULL) {
+		snprintf(cert, sizeof(cert), "%s.crt", who);
+		snprintf(key, sizeof(key), "%s.key", who);
+		ccfg.tls_cert_file = path(cert);
+		ccfg.tls_key_file = path(key);
+	}
+	asynq_rpc_channel *ch;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, WHO, &ccfg), ASYNQ_OK);
+	return ch;
+}
+
+/* Calls m once through ch: its status, and the reply in *out (to free
+ * with asynq_future_rele(*f)) when OK. */
+static asynq_status
+ask(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m, int64_t v,
+    asynq_future **fp)
+{
+	Asynq__Peertest__Ask a = ASYNQ__PEERTEST__ASK__INIT;
+	a.v = v;
+	asynq_future *f = asynq_rpc_call(ch, m, &a.base);
+	asynq_status st = asynq_wait(f);
+	if (fp != NULL && st == ASYNQ_OK)
+		*fp = f;
+	else
+		asynq_future_rele(f);
+	return st;
+}
+
+/* A call through a new channel with client certificate `who`. */
+static asynq_status
+ask_as(const char *url, const char *who, uint32_t deadline_ms)
+{
+	asynq_rpc_channel *ch = tls_channel(url, who, deadline_ms);
+	asynq_status st = ask(ch, WM(WHOAMI), 1, NULL);
+	asynq_rpc_channel_free(ch);
+	return st;
+}
+
+static uint64_t
+calls_run(asynq_rpc_server *s)
+{
+	asynq_rpc_server_stats st;
+	asynq_rpc_server_stats_get(s, &st);
+	return st.calls;
+}
+
+static void
+mtls_start(who_fx *fx, bool require, const char *crl)
+{
+	make_certs();
+	asynq_rpc_server_cfg scfg = {
+		.tls_cert_file = path("srv1.crt"),
+		.tls_key_file = path("srv1.key"),
+		.tls_client_ca_file = path("ca.crt"),
+		.tls_crl_file = crl != NULL ? path(crl) : NULL,
+		.tls_require_client_cert = require,
+		.handshake_timeout_ms = 500,
+	};
+	char url[64];
+	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", free_port());
+	who_start(fx, url, &scfg);
+}
+
+static const char *const front_sans[] = {
+	"DNS:front.example",
+	"URI:spiffe://example/front",
+	"IP:10.0.0.1",
+	"IP:fd00:0:0:0:0:0:0:1",
+	"EMAIL:ops@example.com",
+};
+
+static void
+expect_front(const Asynq__Peertest__Seen *s)
+{
+	assert_true(s->present);
+	assert_true(strncmp(s->address, "tls+tcp://127.0.0.1:", 20) == 0);
+	assert_true(s->verified);
+	assert_true(s->has_subject);
+	assert_string_equal(s->subject, "CN=frontend,O=example");
+	assert_int_equal(s->n_sans, 5);
+	for (size_t i = 0; i < 5; i++)
+		assert_string_equal(s->sans[i], front_sans[i]);
+}
+
+static void
+test_peer_tls_verified_identity(void **state)
+{
+	(void)state;
+	who_fx fx;
+	mtls_start(&fx, true, "crl-empty.pem");
+	asynq_rpc_channel *ch = tls_channel(fx.url, "front", 5000);
+	asynq_future *f[8];
+	for (size_t i = 0; i < 8; i++) {
+		Asynq__Peertest__Ask a = ASYNQ__PEERTEST__ASK__INIT;
+		a.v = (int64_t)i;
+		f[i] = asynq_rpc_call(ch, i % 2 ? WM(WHOAMI_BATCH) : WM(WHOAMI),
+		    &a.base);
+	}
+	assert_int_equal(asynq_wait_all(f, 8), ASYNQ_OK);
+	for (size_t i = 0; i < 8; i++) {
+		const Asynq__Peertest__Seen *s = asynq_future_ptr(f[i]);
+		assert_int_equal(s->v, (int64_t)i);
+		expect_front(s);
+		if (i % 2 == 0)
+			assert_true(s->child_same);
+	}
+	asynq_future_rele_n(f, 8);
+	asynq_rpc_channel_free(ch);
+	/* A comma inside a value is escaped, so it cannot pass for two
+	 * attributes. */
+	ch = tls_channel(fx.url, "odd", 5000);
+	asynq_future *g = NULL;
+	assert_int_equal(ask(ch, WM(WHOAMI), 1, &g), ASYNQ_OK);
+	const Asynq__Peertest__Seen *s = asynq_future_ptr(g);
+	assert_true(s->verified);
+	assert_string_equal(s->subject, "CN=a\\,b,O=example");
+	assert_int_equal(s->n_sans, 1);
+	assert_string_equal(s->sans[0], "DNS:odd.example");
+	asynq_future_rele(g);
+	asynq_rpc_channel_free(ch);
+	who_stop(&fx);
+}
+
+static void
+test_peer_tls_rejected_clients(void **state)
+{
+	(void)state;
+	who_fx fx;
+	mtls_start(&fx, true, NULL);
+	asynq_log_set_sink(log_sink, NULL);
+	struct {
+		const char *who, *why;
+	} bad[] = {
+		{ NULL, "the client presented no certificate" },
+		{ "rogue", "not correctly signed by the trusted CA" },
+		{ "exp", "validity has expired" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		log_reset();
+		uint64_t before = calls_run(fx.srv);
+		assert_int_equal(ask_as(fx.url, bad[i].who, 700),
+		    ASYNQ_UNAVAILABLE);
+		assert_true(log_has("level=warn", "event=tls_handshake_failed",
+		    "peer=tls+tcp://127.0.0.1:", bad[i].why, NULL));
+		/* Nothing of it ran; the server keeps serving. */
+		assert_int_equal(calls_run(fx.srv), before);
+		assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
+		assert_int_equal(calls_run(fx.srv), before + 1);
+	}
+	asynq_log_set_sink(NULL, NULL);
+	who_stop(&fx);
+}
+
+static void
+test_peer_tls_optional_client_cert(void **state)
+{
+	(void)state;
+	who_fx fx;
+	mtls_start(&fx, false, NULL);
+	asynq_log_set_sink(log_sink, NULL);
+	log_reset();
+	/* Without a certificate, or with one the server cannot verify, a
+	 * client connects as an unverified peer. */
+	const char *who[] = { NULL, "rogue" };
+	for (size_t i = 0; i < 2; i++) {
+		asynq_rpc_channel *ch = tls_channel(fx.url, who[i], 5000);
+		asynq_future *f = NULL;
+		assert_int_equal(ask(ch, WM(WHOAMI), 1, &f), ASYNQ_OK);
+		const Asynq__Peertest__Seen *s = asynq_future_ptr(f);
+		assert_true(s->present);
+		assert_false(s->verified);
+		assert_false(s->has_subject);
+		assert_int_equal(s->n_sans, 0);
+		asynq_future_rele(f);
+		asynq_rpc_channel_free(ch);
+	}
+	assert_true(log_has("level=warn", "event=tls_client_cert_unverified",
+	    "not correctly signed", NULL));
+	asynq_rpc_channel *ch = tls_channel(fx.url, "front", 5000);
+	asynq_future *f = NULL;
+	assert_int_equal(ask(ch, WM(WHOAMI_BATCH), 1, &f), ASYNQ_OK);
+	expect_front(asynq_future_ptr(f));
+	asynq_future_rele(f);
+	asynq_rpc_channel_free(ch);
+	asynq_log_set_sink(NULL, NULL);
+	who_stop(&fx);
+}
+
+/* A TCP connection to the host and port of a tls+tcp:// URL. */
+static int
+tcp_to(const char *url)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	sa.sin_port = htons((uint16_t)atoi(strrchr(url, ':') + 1));
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
+}
+
+/* Waits up to 3 s for the server to close fd: true if it did. */
+static bool
+closed_by_server(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	for (int i = 0; i < 30; i++) {
+		if (poll(&p, 1, 100) == 1) {
+			char b[256];
+			ssize_t n = read(fd, b, sizeof(b));
+			if (n <= 0)
+				return true;
+		}
+	}
+	return false;
+}
+
+static void
+test_peer_tls_garbage_and_truncated_handshakes(void **state)
+{
+	(void)state;
+	who_fx fx;
+	mtls_start(&fx, true, NULL);
+	asynq_log_set_sink(log_sink, NULL);
+	asynq_rpc_channel *ch = tls_channel(fx.url, "front", 5000);
+	assert_int_equal(ask(ch, WM(WHOAMI), 1, NULL), ASYNQ_OK);
+
+	/* Not TLS at all: the server refuses it, says why, keeps serving. */
+	log_reset();
+	int fd = tcp_to(fx.url);
+	const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+	assert_int_equal(write(fd, junk, sizeof(junk) - 1),
+	    (ssize_t)(sizeof(junk) - 1));
+	assert_true(closed_by_server(fd));
+	close(fd);
+	assert_true(log_has("event=tls_handshake_failed",
+	    "not a TLS handshake", NULL));
+	assert_int_equal(ask(ch, WM(WHOAMI), 2, NULL), ASYNQ_OK);
+	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
+
+	/* A record of random bytes after a handshake record header. */
+	fd = tcp_to(fx.url);
+	uint8_t rec[5 + 300] = { 0x16, 0x03, 0x01, 0x01, 0x2c };
+	for (size_t i = 5; i < sizeof(rec); i++)
+		rec[i] = (uint8_t)(i * 151 + 7);
+	assert_int_equal(write(fd, rec, sizeof(rec)), (ssize_t)sizeof(rec));
+	assert_true(closed_by_server(fd));
+	close(fd);
+	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
+
+	/* A ClientHello cut short, the client then gone. */
+	uint8_t hello[] = { 0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01,
+		0xfc, 0x03, 0x03, 1, 2, 3, 4, 5, 6, 7, 8 };
+	fd = tcp_to(fx.url);
+	assert_int_equal(write(fd, hello, sizeof(hello)),
+	    (ssize_t)sizeof(hello));
+	close(fd);
+	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
+
+	/* The same, the client staying: the handshake timeout closes it. */
+	fd = tcp_to(fx.url);
+	assert_int_equal(write(fd, hello, sizeof(hello)),
+	    (ssize_t)sizeof(hello));
+	assert_int_equal(ask(ch, WM(WHOAMI), 3, NULL), ASYNQ_OK);
+	assert_true(closed_by_server(fd));
+	close(fd);
+	/* Connected, then nothing. */
+	fd = tcp_to(fx.url);
+	assert_true(closed_by_server(fd));
+	close(fd);
+	assert_int_equal(ask(ch, WM(WHOAMI), 4, NULL), ASYNQ_OK);
+	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
+	asynq_rpc_server_stats st;
+	asynq_rpc_server_stats_get(fx.srv, &st);
+	assert_true(st.conns_stalled >= 2);
+
+	asynq_rpc_channel_free(ch);
+	asynq_log_set_sink(NULL, NULL);
+	who_stop(&fx);
+}
+
+/* ---- Reload -------------------------------------------------------------- */
+
+/* Calls made through one connection, opened before the reloads, while the
+ * test swaps the server's files: bounded in count and in time. */
+typedef struct loader {
+	const char *url;
+	atomic_bool stop;
+	atomic_int ok, failed;
+	int max_rounds;
+} loader;
+
+static void *
+load_main(void *arg)
+{
+	loader *ld = arg;
+	asynq_rpc_channel *ch = tls_channel(ld->url, "front", 5000);
+	uint64_t t0 = asynq_now_ns();
+	for (int r = 0; r < ld->max_rounds && !atomic_load(&ld->stop) &&
+	     asynq_now_ns() - t0 < 60ull * 1000000000u;
+	     r++) {
+		asynq_future *f[4];
+		for (int i = 0; i < 4; i++) {
+			Asynq__Peertest__Ask a = ASYNQ__PEERTEST__ASK__INIT;
+			a.v = r * 4 + i;
+			f[i] = asynq_rpc_call(ch,
+			    i % 2 ? WM(WHOAMI_BATCH) : WM(WHOAMI), &a.base);
+		}
+		(void)asynq_wait_all(f, 4);
+		for (int i = 0; i < 4; i++) {
+			const Asynq__Peertest__Seen *s =
+			    asynq_future_status(f[i]) == ASYNQ_OK
+			    ? asynq_future_ptr(f[i])
+			    : NULL;
+			bool good = s != NULL && s->verified &&
+			    strcmp(s->subject, "CN=frontend,O=example") == 0;
+			atomic_fetch_add(good ? &ld->ok : &ld->failed, 1);
+		}
+		asynq_future_rele_n(f, 4);
+	}
+	asynq_rpc_channel_free(ch);
+	asynq_thread_fini();
+	return NULL;
+}
+
+/* Puts file src in place of dst as a rename does (never half written). */
+static void
+swap_in(const char *src, const char *dst)
+{
+	run("cp %s %s.tmp && mv %s.tmp %s", src, dst, dst, dst);
+}
+
+static void
+test_peer_tls_reload_under_load(void **state)
+{
+	(void)state;
+	make_certs();
+	swap_in("srv1.crt", "cur-srv.crt");
+	swap_in("srv1.key", "cur-srv.key");
+	swap_in("ca.crt", "cur-ca.crt");
+	swap_in("crl-empty.pem", "cur-crl.pem");
+	asynq_rpc_server_cfg scfg = {
+		.tls_cert_file = path("cur-srv.crt"),
+		.tls_key_file = path("cur-srv.key"),
+		.tls_client_ca_file = path("cur-ca.crt"),
+		.tls_crl_file = path("cur-crl.pem"),
+		.tls_require_client_cert = true,
+	};
+	char url[64];
+	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", free_port());
+	who_fx fx;
+	who_start(&fx, url, &scfg);
+
+	/* A connection of rev's, made before it is revoked. */
+	asynq_rpc_channel *rev = tls_channel(fx.url, "rev", 5000);
+	assert_int_equal(ask(rev, WM(WHOAMI), 1, NULL), ASYNQ_OK);
+
+	loader ld = { .url = fx.url, .max_rounds = 20000 };
+	atomic_init(&ld.stop, false);
+	atomic_init(&ld.ok, 0);
+	atomic_init(&ld.failed, 0);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, load_main, &ld), 0);
+
+	/* The server's certificate swapped back and forth under the load;
+	 * after each reload a new connection is set up with the new files. */
+	for (int i = 0; i < 12; i++) {
+		const char *n = i % 2 ? "srv1" : "srv2";
+		char crt[16], key[16];
+		snprintf(crt, sizeof(crt), "%s.crt", n);
+		snprintf(key, sizeof(key), "%s.key", n);
+		swap_in(crt, "cur-srv.crt");
+		swap_in(key, "cur-srv.key");
+		assert_int_equal(asynq_rpc_server_reload_tls(fx.srv), ASYNQ_OK);
+		assert_int_equal(ask_as(fx.url, "rev", 5000), ASYNQ_OK);
+		if (i == 5) {
+			/* A set that does not fit is refused in words, and the
+			 * server keeps the one it had. */
+			swap_in("srv1.crt", "cur-srv.crt");
+			swap_in("srv2.key", "cur-srv.key");
+			assert_int_equal(asynq_rpc_server_reload_tls(fx.srv),
+			    ASYNQ_INVALID_ARGUMENT);
+			assert_non_null(
+			    strstr(asynq_rpc_server_last_error(fx.srv),
+			        "the key is not the certificate's"));
+			assert_int_equal(ask_as(fx.url, "front", 5000),
+			    ASYNQ_OK);
+			swap_in("srv2.key", "cur-srv.key");
+			swap_in("srv2.crt", "cur-srv.crt");
+		}
+	}
+
+	/* A CRL that revokes rev: it can no longer connect; its open
+	 * connection goes on, and so do the others. */
+	swap_in("crl-rev.pem", "cur-crl.pem");
+	assert_int_equal(asynq_rpc_server_reload_tls(fx.srv), ASYNQ_OK);
+	asynq_log_set_sink(log_sink, NULL);
+	log_reset();
+	assert_int_equal(ask_as(fx.url, "rev", 700), ASYNQ_UNAVAILABLE);
+	assert_true(log_has("event=tls_handshake_failed", "revoked", NULL));
+	assert_int_equal(ask(rev, WM(WHOAMI), 2, NULL), ASYNQ_OK);
+	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
+
+	/* The CA taken away (replaced by another): no client of it
+	 * connects any more; open connections go on. */
+	swap_in("other.crt", "cur-ca.crt");
+	assert_int_equal(asynq_rpc_server_reload_tls(fx.srv), ASYNQ_OK);
+	log_reset();
+	assert_int_equal(ask_as(fx.url, "front", 700), ASYNQ_UNAVAILABLE);
+	assert_true(log_has("event=tls_handshake_failed",
+	    "not correctly signed by the trusted CA", NULL));
+	asynq_log_set_sink(NULL, NULL);
+
+	atomic_store(&ld.stop, true);
+	pthread_join(th, NULL);
+	/* Every call of the load succeeded, over its one connection. */
+	assert_int_equal(atomic_load(&ld.failed), 0);
+	assert_true(atomic_load(&ld.ok) > 0);
+	fprintf(stderr, "reload under load: %d calls ok\n",
+	    atomic_load(&ld.ok));
+	assert_int_equal(ask(rev, WM(WHOAMI), 3, NULL), ASYNQ_OK);
+	asynq_rpc_channel_free(rev);
+	who_stop(&fx);
+}
+
 int
 main(void)
 {
@@ -241,6 +889,13 @@ main(void)
 		cmocka_unit_test(test_peer_tcp_address),
 		cmocka_unit_test(test_peer_ipc_address),
 		cmocka_unit_test(test_peer_absent_outside_handler),
+		cmocka_unit_test(test_peer_tls_verified_identity),
+		cmocka_unit_test(test_peer_tls_rejected_clients),
+		cmocka_unit_test(test_peer_tls_optional_client_cert),
+		cmocka_unit_test(test_peer_tls_garbage_and_truncated_handshakes),
+		cmocka_unit_test(test_peer_tls_reload_under_load),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int rc = cmocka_run_group_tests(tests, NULL, NULL);
+	remove_certs();
+	return rc;
 }

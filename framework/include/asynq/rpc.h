@@ -274,6 +274,11 @@ typedef struct asynq_rpc_channel_cfg {
 	 * only. */
 	const char *tls_ca_file;
 	const char *tls_server_name;
+	/* tls+tcp, mutual TLS: PEM files of the certificate (chain) this
+	 * client presents and its private key; both or neither (a server
+	 * that requires client certificates refuses a client without). */
+	const char *tls_cert_file;
+	const char *tls_key_file;
 	/* A call made when no connection is ready waits while a connection is
 	 * being set up; once every replica has failed its last attempt, calls
 	 * fail UNAVAILABLE at once (gRPC's default). With wait_for_ready they
@@ -524,6 +529,20 @@ typedef struct asynq_rpc_server_cfg {
 	 * key; both or neither. Used by tls+tcp:// listeners only. */
 	const char *tls_cert_file;
 	const char *tls_key_file;
+	/* tls+tcp, mutual TLS: PEM file of the CAs that client certificates
+	 * must be signed by, and optionally of their certificate revocation
+	 * lists. With tls_client_ca_file the server asks each client for a
+	 * certificate; with tls_require_client_cert too, a client that
+	 * presents none, or one that is not signed by those CAs, expired,
+	 * not yet valid or revoked, fails the TLS handshake (never gets a
+	 * request through; the server logs why at warn, event=
+	 * tls_handshake_failed, and keeps serving); without it such a
+	 * client connects as an unverified peer. Handlers see the verified
+	 * identity through asynq_rpc_peer_get. asynq_rpc_server_reload_tls
+	 * reads these files and the certificate and key again. */
+	const char *tls_client_ca_file;
+	const char *tls_crl_file;
+	bool tls_require_client_cert;
 	/* At-most-once execution: the server remembers requests that carry
 	 * non-idempotent calls by (client id, request id), so a copy that a
 	 * client resends after a lost connection does not run them again. A
@@ -651,6 +670,18 @@ asynq_status asynq_rpc_server_add_interceptor(asynq_rpc_server *s,
  * process). May be called for several URLs. UNAVAILABLE if the address is
  * in use, INVALID_ARGUMENT for a bad URL. */
 asynq_status asynq_rpc_server_listen(asynq_rpc_server *s, const char *url);
+
+/* asynq_rpc_server_reload_tls reads the server's TLS files again
+ * (tls_cert_file, tls_key_file, tls_client_ca_file, tls_crl_file, by the
+ * paths given in its settings) and uses them for the connections it
+ * accepts from now on; connections already open keep theirs, and calls on
+ * them go on. For short-lived certificates: call it once every file of the
+ * new set is in place (after a rename, say on SIGHUP), so no connection
+ * sees a certificate with another's key. INVALID_ARGUMENT when a file
+ * cannot be read or used (nothing changes;
+ * asynq_rpc_server_last_error says why), FAILED_PRECONDITION for a server
+ * without TLS settings. Any thread. */
+asynq_status asynq_rpc_server_reload_tls(asynq_rpc_server *s);
 
 /* asynq_rpc_server_last_error returns, in words, why the last
  * asynq_rpc_server_add_service or asynq_rpc_server_listen of s failed
