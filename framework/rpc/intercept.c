@@ -277,19 +277,32 @@ const asynq_rpc_interceptor asynq_rpc_trace_interceptor = {
 
 /* ---- Authorization --------------------------------------------------------- */
 
-/* The common name of a subject "CN=frontend,O=example" (or "/CN=.../O="),
- * into buf; false without one. */
+/* The common name of a subject "CN=frontend,O=example" (RDNs separated by
+ * commas, a comma in a value escaped "\,"), unescaped into buf; false
+ * without one or when it does not fit. */
 static bool
 subject_cn(const char *subject, char *buf, size_t cap)
 {
-	for (const char *p = subject; p != NULL && *p != '\0'; p++) {
-		if ((p == subject || p[-1] == ',' || p[-1] == '/' ||
-		        p[-1] == ' ') &&
-		    strncmp(p, "CN=", 3) == 0) {
-			size_t n = strcspn(p + 3, ",/+");
-			snprintf(buf, cap, "%.*s", (int)n, p + 3);
+	const char *p = subject;
+	while (*p != '\0') {
+		bool cn = strncmp(p, "CN=", 3) == 0;
+		if (cn)
+			p += 3;
+		size_t n = 0;
+		for (; *p != '\0' && *p != ','; p++) {
+			if (*p == '\\' && p[1] != '\0')
+				p++;
+			if (cn && n + 1 < cap)
+				buf[n++] = *p;
+			else if (cn)
+				return false;
+		}
+		if (cn) {
+			buf[n] = '\0';
 			return true;
 		}
+		if (*p == ',')
+			p++;
 	}
 	return false;
 }

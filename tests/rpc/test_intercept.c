@@ -7,8 +7,10 @@
  * the results after hooks see, whole-batch methods (one handler run for
  * the calls let through, the others failing on their own), W3C
  * traceparent through a handler's outgoing call, and per-method policies:
- * token scopes checked by a verifier, missing and rejected tokens, and
- * policies in the server settings overriding the .proto.
+ * token scopes checked by a verifier, missing and rejected tokens,
+ * policies in the server settings overriding the .proto, and verified
+ * peer identities of mutual TLS (certificates made with openssl in the
+ * test) matched by URI and DNS SANs, common name and "*".
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -1092,6 +1094,233 @@ test_authz_setup_errors(void **state)
 	asynq_runtime_free(rt);
 }
 
+/* ---- Authorization by peer identity (mutual TLS) ----------------------- */
+
+/* Certificates made with openssl in a directory of TEST_TMPDIR: a CA, the
+ * server's (localhost), and clients: front (CN=frontend, the SANs
+ * URI:spiffe://example/frontend and DNS:front.svc), batch (CN=batchjob,
+ * DNS:batch.svc) and mallory (CN=mallory, an O whose value reads
+ * ",CN=frontend"). */
+static char cdir[512];
+
+static void
+sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void
+sh(const char *fmt, ...)
+{
+	char cmd[2048], line[2700];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	snprintf(line, sizeof(line), "cd '%s' && { %s ; } >>openssl.log 2>&1",
+	    cdir, cmd);
+	int rc = system(line);
+	if (rc != 0)
+		print_message("failed (%d): %s\n", rc, cmd);
+	assert_int_equal(rc, 0);
+}
+
+static const char *
+cpath(const char *name)
+{
+	static char bufs[8][600];
+	static int next;
+	char *b = bufs[next++ % 8];
+	snprintf(b, sizeof(bufs[0]), "%s/%s", cdir, name);
+	return b;
+}
+
+#define EC_KEY "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+
+static void
+cert(const char *name, const char *subj, const char *ext)
+{
+	sh("openssl req %s -keyout %s.key -out %s.csr -subj '%s' && "
+	   "printf '%s\n' > %s.ext && openssl x509 -req -in %s.csr -CA ca.crt "
+	   "-CAkey ca.key -CAcreateserial -out %s.crt -days 2 -extfile %s.ext",
+	    EC_KEY, name, name, subj, ext, name, name, name, name);
+}
+
+static void
+certs_make(void)
+{
+	if (cdir[0] != '\0')
+		return;
+	const char *tmp = getenv("TEST_TMPDIR");
+	snprintf(cdir, sizeof(cdir), "%s/asynq-icpt-XXXXXX",
+	    tmp != NULL ? tmp : "/tmp");
+	assert_non_null(mkdtemp(cdir));
+	sh("openssl req -x509 %s -days 2 -keyout ca.key -out ca.crt "
+	   "-subj /CN=asynq-icpt-ca",
+	    EC_KEY);
+	cert("srv", "/CN=localhost", "subjectAltName=DNS:localhost");
+	cert("front", "/CN=frontend/O=example",
+	    "subjectAltName=URI:spiffe://example/frontend,DNS:front.svc\\n"
+	    "extendedKeyUsage=clientAuth");
+	cert("batch", "/CN=batchjob/O=example",
+	    "subjectAltName=DNS:batch.svc\\nextendedKeyUsage=clientAuth");
+	cert("mallory", "/CN=mallory/O=x,CN=frontend",
+	    "extendedKeyUsage=clientAuth");
+}
+
+/* A tls+tcp server of Guarded asking for client certificates of the CA
+ * (optional ones), with policies pol.
+ * certificate (NULL: none). */
+static void
+mtls_fx(ifx *fx, const asynq_rpc_policy *pol, size_t n_pol)
+{
+	certs_make();
+	memset(fx, 0, sizeof(*fx));
+	atomic_store(&echo_runs, 0);
+	atomic_store(&sum_runs, 0);
+	atomic_store(&read_runs, 0);
+	asynq_rpc_server_cfg scfg = { .tls_cert_file = cpath("srv.crt"),
+		.tls_key_file = cpath("srv.key"),
+		.tls_client_ca_file = cpath("ca.crt"),
+		.token_verifier = verifier,
+		.policies = pol,
+		.n_policies = n_pol };
+	asynq_runtime_cfg rcfg = { .workers = 2 };
+	assert_int_equal(asynq_runtime_alloc(&fx->rt, &rcfg), ASYNQ_OK);
+	assert_int_equal(asynq_rpc_server_alloc(&fx->srv, fx->rt, &scfg),
+	    ASYNQ_OK);
+	assert_int_equal(
+	    asynq_rpc_server_add_service(fx->srv, G, handlers, NULL),
+	    ASYNQ_OK);
+	snprintf(fx->url, sizeof(fx->url), "tls+tcp://127.0.0.1:%d",
+	    free_port());
+	assert_int_equal(asynq_rpc_server_listen(fx->srv, fx->url), ASYNQ_OK);
+}
+
+static asynq_rpc_channel *
+mtls_channel(const ifx *fx, const char *who)
+{
+	char crt[64], key[64];
+	const char *urls[] = { fx->url };
+	asynq_rpc_channel_cfg ccfg = { .urls = urls,
+		.n_urls = 1,
+		.tls_ca_file = cpath("ca.crt"),
+		.tls_server_name = "localhost",
+		.default_deadline_ms = 5000 };
+	if (who != NULL) {
+		snprintf(crt, sizeof(crt), "%s.crt", who);
+		snprintf(key, sizeof(key), "%s.key", who);
+		ccfg.tls_cert_file = cpath(crt);
+		ccfg.tls_key_file = cpath(key);
+	}
+	asynq_rpc_channel *ch;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, G, &ccfg), ASYNQ_OK);
+	return ch;
+}
+
+/* One call of m with v through a channel presenting who's certificate,
+ * with authorization auth (or none): its status, message in msg. */
+static asynq_status
+mtls_call(const ifx *fx, const char *who, const asynq_rpc_method_desc *m,
+    const char *auth, char *msg, size_t cap)
+{
+	asynq_rpc_channel *ch = mtls_channel(fx, who);
+	cjob j = { .ch = ch, .m = m, .n = 1, .v = { 6 }, .auth = { auth } };
+	cjob_run(&j);
+	asynq_status st = asynq_future_status(j.f[0]);
+	snprintf(msg, cap, "%s", err_msg(j.f[0]));
+	if (st == ASYNQ_OK)
+		assert_int_equal(reply_v(j.f[0]), m == GM(SUM) ? 7 : 6);
+	cjob_done(&j);
+	asynq_rpc_channel_free(ch);
+	return st;
+}
+
+/* The .proto's policy of Read: the peer spiffe://example/frontend, or a
+ * token with users.read. */
+static void
+test_authz_peer_proto(void **state)
+{
+	(void)state;
+	ifx fx;
+	mtls_fx(&fx, NULL, 0);
+	char msg[512];
+	assert_int_equal(mtls_call(&fx, "front", GM(READ), NULL, msg,
+	                     sizeof(msg)),
+	    ASYNQ_OK);
+	assert_int_equal(atomic_load(&read_runs), 1);
+	/* Another verified peer: a credential, not the right one. */
+	assert_int_equal(mtls_call(&fx, "batch", GM(READ), NULL, msg,
+	                     sizeof(msg)),
+	    ASYNQ_PERMISSION_DENIED);
+	assert_string_equal(msg,
+	    NAME("Read") " may not be called by peer DNS:batch.svc: it needs "
+	                 "a client certificate of spiffe://example/frontend, "
+	                 "or a bearer token with scope users.read or "
+	                 "users.admin");
+	/* ... that may still come in with a token of the scope. */
+	assert_int_equal(mtls_call(&fx, "batch", GM(READ), "Bearer tok-read",
+	                     msg, sizeof(msg)),
+	    ASYNQ_OK);
+	/* No certificate (the server asks but does not require one): no
+	 * credential at all. */
+	assert_int_equal(mtls_call(&fx, NULL, GM(READ), NULL, msg,
+	                     sizeof(msg)),
+	    ASYNQ_UNAUTHENTICATED);
+	assert_non_null(strstr(msg, "; the call had none"));
+	assert_int_equal(atomic_load(&read_runs), 2);
+	ifx_stop(&fx);
+}
+
+/* Policies in the settings: by CN, by DNS SAN, any verified peer. */
+static void
+test_authz_peer_settings(void **state)
+{
+	(void)state;
+	static const char *const echo_peers[] = { "CN=frontend",
+		"DNS:batch.svc" };
+	static const char *const any[] = { "*" };
+	asynq_rpc_policy pol[] = {
+		{ .method = NAME("Echo"), .peers = echo_peers, .n_peers = 2 },
+		{ .method = NAME("Sum"), .peers = any, .n_peers = 1 },
+	};
+	ifx fx;
+	mtls_fx(&fx, pol, 2);
+	char msg[512];
+	assert_int_equal(mtls_call(&fx, "front", GM(ECHO), NULL, msg,
+	                     sizeof(msg)),
+	    ASYNQ_OK);
+	assert_int_equal(mtls_call(&fx, "batch", GM(ECHO), NULL, msg,
+	                     sizeof(msg)),
+	    ASYNQ_OK);
+	/* O=x\,CN=frontend is not a CN. */
+	assert_int_equal(mtls_call(&fx, "mallory", GM(ECHO), NULL, msg,
+	                     sizeof(msg)),
+	    ASYNQ_PERMISSION_DENIED);
+	assert_non_null(strstr(msg, "may not be called by peer CN=mallory,"));
+	assert_int_equal(atomic_load(&echo_runs), 2);
+	/* Any verified peer, and none. */
+	assert_int_equal(mtls_call(&fx, "mallory", GM(SUM), NULL, msg,
+	                     sizeof(msg)),
+	    ASYNQ_OK);
+	assert_int_equal(mtls_call(&fx, NULL, GM(SUM), NULL, msg,
+	                     sizeof(msg)),
+	    ASYNQ_UNAUTHENTICATED);
+	assert_string_equal(msg, NAME("Sum") " needs a client certificate of "
+	                                     "*; the call had none");
+	assert_int_equal(atomic_load(&sum_runs), 1);
+	ifx_stop(&fx);
+}
+
+static int
+certs_remove(void **state)
+{
+	(void)state;
+	if (cdir[0] != '\0') {
+		char cmd[600];
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", cdir);
+		(void)!system(cmd);
+	}
+	return 0;
+}
+
 int
 main(void)
 {
@@ -1116,6 +1345,8 @@ main(void)
 		cmocka_unit_test(test_authz_settings_inproc),
 		cmocka_unit_test(test_authz_settings_tcp),
 		cmocka_unit_test(test_authz_setup_errors),
+		cmocka_unit_test(test_authz_peer_proto),
+		cmocka_unit_test(test_authz_peer_settings),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, NULL, certs_remove);
 }
