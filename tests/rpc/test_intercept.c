@@ -1166,8 +1166,7 @@ certs_make(void)
 }
 
 /* A tls+tcp server of Guarded asking for client certificates of the CA
- * (optional ones), with policies pol.
- * certificate (NULL: none). */
+ * (optional ones), with policies pol. */
 static void
 mtls_fx(ifx *fx, const asynq_rpc_policy *pol, size_t n_pol)
 {
