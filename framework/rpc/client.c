@@ -1791,6 +1791,8 @@ icpt_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 			ic->base.in_before = false;
 			if (st != ASYNQ_OK)
 				break;
+			free(ic->base.reject); /* it let the call go */
+			ic->base.reject = NULL;
 		}
 		ic->passed = j + 1;
 	}

@@ -333,6 +333,20 @@ peer_matches(const asynq_rpc_peer *peer, const char *pat)
 	return false;
 }
 
+/* A list that filled its buffer may have been cut in the middle of its
+ * last scope ("users.readwrite" read as "users.read"): that one goes. */
+static void
+scopes_trim(char *scopes, size_t cap)
+{
+	if (strlen(scopes) < cap - 1)
+		return;
+	char *sp = strrchr(scopes, ' ');
+	if (sp != NULL)
+		*sp = '\0';
+	else
+		scopes[0] = '\0';
+}
+
 /* Whether the space-separated scope list has one of the n wanted. */
 static bool
 scopes_match(const char *have, const char *const *want, size_t n)
@@ -448,6 +462,7 @@ authz_before(asynq_rpc_call_info *call, void **state, void *arg)
 				    sizeof(tc->why), varg);
 				tc->scopes[sizeof(tc->scopes) - 1] = '\0';
 				tc->why[sizeof(tc->why) - 1] = '\0';
+				scopes_trim(tc->scopes, sizeof(tc->scopes));
 				tc->tok = tok;
 				tc->len = tlen;
 				tc->used = true;

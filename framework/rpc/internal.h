@@ -224,7 +224,7 @@ typedef struct asynqi_policy {
 } asynqi_policy;
 
 /* Bytes of scopes and of the reason a token verifier may write. */
-#define ASYNQI_SCOPES_CAP 1024
+#define ASYNQI_SCOPES_CAP ASYNQ_RPC_SCOPES_MAX
 #define ASYNQI_WHY_CAP 200
 
 /* A request's memory of the last token it verified (tokens are usually

@@ -1150,6 +1150,8 @@ icpt_before(asynq_rpc_server *s, srv_req *r)
 				ic->base.in_before = false;
 				if (st != ASYNQ_OK)
 					break;
+				free(ic->base.reject); /* it let the call go */
+				ic->base.reject = NULL;
 			}
 			ic->passed = j + 1;
 		}

@@ -206,6 +206,14 @@ verifier(const char *tok, size_t len, const asynq_rpc_method_desc *m,
 		snprintf(scopes, cap, "sum other");
 		return ASYNQ_OK;
 	}
+	/* "long-N": N characters of scopes, "users.read" last. */
+	if (len > 5 && memcmp(tok, "long-", 5) == 0) {
+		static char xs[2048];
+		memset(xs, 'x', sizeof(xs));
+		int n = atoi(tok + 5) - (int)strlen(" users.read");
+		snprintf(scopes, cap, "%.*s users.read", n, xs);
+		return ASYNQ_OK;
+	}
 	snprintf(why, why_cap, "%s",
 	    len == 11 && memcmp(tok, "tok-expired", 11) == 0
 	        ? "token expired"
@@ -1054,6 +1062,32 @@ test_authz_settings_tcp(void **state)
 	authz_settings(TRANSPORT_TCP);
 }
 
+/* A verifier's scope list of ASYNQ_RPC_SCOPES_MAX - 2 characters is read
+ * whole; one that filled the buffer may be cut short, so its last scope is
+ * ignored. */
+static void
+test_authz_scopes_limit(void **state)
+{
+	(void)state;
+	ifx fx;
+	ifx_start(&fx, TRANSPORT_INPROC, (asynq_rpc_server_cfg){ 0 }, NULL,
+	    0);
+	const int lim = ASYNQ_RPC_SCOPES_MAX - 2;
+	const asynq_status want[] = { ASYNQ_OK, ASYNQ_OK,
+		ASYNQ_PERMISSION_DENIED };
+	for (int i = 0; i < 3; i++) {
+		char auth[64];
+		snprintf(auth, sizeof(auth), "Bearer long-%d", lim - 1 + i);
+		cjob j = { .ch = fx.ch, .m = GM(READ), .n = 1, .v = { 1 },
+			.auth = { auth } };
+		cjob_run(&j);
+		assert_int_equal(asynq_future_status(j.f[0]), want[i]);
+		cjob_done(&j);
+	}
+	assert_int_equal(atomic_load(&read_runs), 2);
+	ifx_stop(&fx);
+}
+
 /* Set-up mistakes fail the listen in words. */
 static void
 test_authz_setup_errors(void **state)
@@ -1343,6 +1377,7 @@ main(void)
 		cmocka_unit_test(test_authz_whole_batch_tcp),
 		cmocka_unit_test(test_authz_settings_inproc),
 		cmocka_unit_test(test_authz_settings_tcp),
+		cmocka_unit_test(test_authz_scopes_limit),
 		cmocka_unit_test(test_authz_setup_errors),
 		cmocka_unit_test(test_authz_peer_proto),
 		cmocka_unit_test(test_authz_peer_settings),

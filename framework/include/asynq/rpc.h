@@ -496,13 +496,19 @@ typedef struct asynq_rpc_policy {
 	size_t n_scopes;
 } asynq_rpc_policy;
 
+/* Bytes a token verifier may write as scopes, its NUL included. */
+#define ASYNQ_RPC_SCOPES_MAX 1024
+
 /* Checks a bearer token (the bytes after "Bearer " in the call's
  * `authorization` metadata, len of them, not NUL-terminated) for a call of
  * method m: OK and its scopes written to scopes[0..cap) as a NUL-terminated
  * list separated by spaces (OAuth 2's form: "users.read users.write"), or
  * a failure (UNAUTHENTICATED: expired, bad signature, ...) with why[0..
- * why_cap) saying so in words. Runs on a worker in the request's task:
- * it should not block. The framework defines no token format. */
+ * why_cap) saying so in words. cap is ASYNQ_RPC_SCOPES_MAX: a list of up
+ * to cap - 2 characters is read whole; a longer one may have been cut
+ * short (by snprintf), so its last scope is ignored rather than read as
+ * another. Runs on a worker in the request's task: it should not block.
+ * The framework defines no token format. */
 typedef asynq_status (*asynq_rpc_token_verify_fn)(const char *token,
     size_t len, const asynq_rpc_method_desc *m, char *scopes,
     size_t scopes_cap, char *why, size_t why_cap, void *arg);
