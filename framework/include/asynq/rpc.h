@@ -757,9 +757,10 @@ void asynq_rpc_server_stats_get(const asynq_rpc_server *s,
 typedef struct asynq_rpc_method_stats {
 	const asynq_rpc_method_desc *method;
 	/* Calls whose handler ran, by the status they ended with (indexed
-	 * by asynq_status; ASYNQ_OK is success). Calls refused before
-	 * running (limits, overload, closing) are counted in the server's
-	 * stats only. */
+	 * by asynq_status; ASYNQ_OK is success), and calls an interceptor
+	 * rejected, by its status (authorization's PERMISSION_DENIED and
+	 * UNAUTHENTICATED). Calls refused before running (limits, overload,
+	 * closing) are counted in the server's stats only. */
 	uint64_t codes[ASYNQ_STATUS_COUNT];
 	/* Nanoseconds from the request being read to the call's handler
 	 * returning (queueing, decoding and the handler), per call; a
