@@ -234,6 +234,7 @@ typedef struct rec {
 	asynq_status last_st;
 	int64_t last_v;
 	char last_msg[160];
+	int64_t last_ns; /* from the first before hook to this after hook */
 } rec;
 
 static asynq_status
@@ -269,6 +270,7 @@ rec_after(const asynq_rpc_call_info *c, void *state, void *arg)
 	r->last_v = c->reply != NULL ? ((const Num *)c->reply)->v : -1000;
 	snprintf(r->last_msg, sizeof(r->last_msg), "%s",
 	    c->message != NULL ? c->message : "");
+	r->last_ns = (int64_t)asynq_now_ns() - c->start_ns;
 }
 
 static asynq_status
@@ -660,6 +662,10 @@ icpt_after_results(int transport)
 	assert_int_equal(s1.last_v, 5);
 	assert_int_equal(c1.last_st, ASYNQ_OK);
 	assert_int_equal(c1.last_v, 5);
+	/* Timed: the client's span holds the server's. */
+	assert_true(s1.last_ns > 0);
+	assert_true(c1.last_ns >= s1.last_ns);
+	assert_true(c1.last_ns < 10000000000);
 	cjob b = { .ch = fx.ch, .m = GM(ECHO), .n = 1, .v = { -3 } };
 	cjob_run(&b);
 	assert_int_equal(asynq_future_status(b.f[0]),
