@@ -1047,7 +1047,8 @@ desc_defn(const struct service *s, struct buf *c)
 			    m->cache_errors ? "true" : "false");
 			if (m->n_allow_peers != 0)
 				buf_printf(c,
-				    "\t\t.allow_peers = %s__asynq_allow_peers_%zu,\n"
+				    "\t\t.allow_peers = "
+				    "%s__asynq_allow_peers_%zu,\n"
 				    "\t\t.n_allow_peers = %zu,\n",
 				    s->lower, i, m->n_allow_peers);
 			if (m->n_allow_scopes != 0)

@@ -56,8 +56,7 @@ asynq_rpc_call_reject(asynq_rpc_call_info *call, asynq_status st,
 
 const char *
 asynqi_icall_reject_msg(const asynq_rpc_call_info *c,
-    const asynq_rpc_interceptor *icpt, asynq_status st, char *buf,
-    size_t cap)
+    const asynq_rpc_interceptor *icpt, asynq_status st, char *buf, size_t cap)
 {
 	const asynqi_icall *ic = c->impl_;
 	if (ic->reject != NULL)
@@ -92,7 +91,7 @@ asynq_rpc_call_add_metadata(asynq_rpc_call_info *call, const char *key,
 	                    : asynqi_cli_call_add_metadata(call, key, val, len);
 }
 
-/* ---- Trace context --------------------------------------------------------- */
+/* ---- Trace context ------------------------------------------------------- */
 
 const asynq_scoped asynqi_trace_key = ASYNQ_SCOPED_INIT("asynq.rpc.trace", 0);
 
@@ -145,9 +144,22 @@ hex_put(char *p, const uint8_t *v, size_t n)
 /* Lower-case hex digits' values + 1, 0 for anything else (upper case is
  * invalid in traceparent). */
 static const uint8_t hexv[256] = {
-	['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6,
-	['6'] = 7, ['7'] = 8, ['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12,
-	['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+	['0'] = 1,
+	['1'] = 2,
+	['2'] = 3,
+	['3'] = 4,
+	['4'] = 5,
+	['5'] = 6,
+	['6'] = 7,
+	['7'] = 8,
+	['8'] = 9,
+	['9'] = 10,
+	['a'] = 11,
+	['b'] = 12,
+	['c'] = 13,
+	['d'] = 14,
+	['e'] = 15,
+	['f'] = 16,
 };
 
 static int
@@ -275,7 +287,7 @@ const asynq_rpc_interceptor asynq_rpc_trace_interceptor = {
 	.before = trace_before,
 };
 
-/* ---- Authorization --------------------------------------------------------- */
+/* ---- Authorization ------------------------------------------------------- */
 
 /* The common name of a subject "CN=frontend,O=example" (RDNs separated by
  * commas, a comma in a value escaped "\,"), unescaped into buf; false
@@ -319,8 +331,8 @@ peer_matches(const asynq_rpc_peer *peer, const char *pat)
 		    subject_cn(peer->subject, cn, sizeof(cn)) &&
 		    strcmp(cn, pat + 3) == 0;
 	}
-	bool bare_uri = strstr(pat, "://") != NULL &&
-	    strncmp(pat, "URI:", 4) != 0;
+	bool bare_uri =
+	    strstr(pat, "://") != NULL && strncmp(pat, "URI:", 4) != 0;
 	for (size_t i = 0; i < peer->n_sans; i++) {
 		const char *san = peer->sans[i];
 		if (san == NULL)
@@ -370,7 +382,10 @@ list_put(char *buf, size_t cap, size_t *off, const char *const *v, size_t n)
 {
 	for (size_t i = 0; i < n && *off < cap; i++) {
 		int w = snprintf(buf + *off, cap - *off, "%s%s",
-		    i == 0 ? "" : i + 1 == n ? " or " : ", ", v[i]);
+		    i == 0           ? ""
+		        : i + 1 == n ? " or "
+		                     : ", ",
+		    v[i]);
 		if (w > 0)
 			*off += (size_t)w;
 	}
@@ -418,8 +433,8 @@ authz_before(asynq_rpc_call_info *call, void **state, void *arg)
 	asynq_rpc_token_verify_fn verify;
 	void *varg;
 	asynqi_tokcache *tc;
-	const asynqi_policy *p = asynqi_srv_call_policy(call, &verify, &varg,
-	    &tc);
+	const asynqi_policy *p =
+	    asynqi_srv_call_policy(call, &verify, &varg, &tc);
 	if (p == NULL)
 		return ASYNQ_OK;
 	const char *name = call->method->full_name;
@@ -431,8 +446,8 @@ authz_before(asynq_rpc_call_info *call, void **state, void *arg)
 
 	/* The token: "authorization: Bearer <token>" (RFC 6750). */
 	size_t alen = 0;
-	const char *auth = asynq_rpc_call_metadata(call, "authorization",
-	    &alen);
+	const char *auth =
+	    asynq_rpc_call_metadata(call, "authorization", &alen);
 	bool token_ok = false;
 	const char *scopes = "";
 	const char *token_why = NULL;

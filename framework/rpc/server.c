@@ -2671,9 +2671,12 @@ policies_resolve_locked(asynq_rpc_server *s, char *err, size_t cap)
 				p->peers, p->n_peers, p->scopes, p->n_scopes };
 		else
 			sm->pol = (asynqi_policy){
-				sm->m->n_allow_peers + sm->m->n_allow_scopes != 0,
-				sm->m->allow_peers, sm->m->n_allow_peers,
-				sm->m->allow_scopes, sm->m->n_allow_scopes
+				.set = sm->m->n_allow_peers +
+				        sm->m->n_allow_scopes != 0,
+				.peers = sm->m->allow_peers,
+				.n_peers = sm->m->n_allow_peers,
+				.scopes = sm->m->allow_scopes,
+				.n_scopes = sm->m->n_allow_scopes,
 			};
 		if (sm->pol.n_scopes != 0 && s->cfg.token_verifier == NULL) {
 			snprintf(err, cap,

@@ -190,8 +190,9 @@ main(int argc, char **argv)
 	const char *urls[] = { url };
 	const char *icpt = getenv("ASYNQ_BENCH_ICPT");
 	bool trace = icpt != NULL && strcmp(icpt, "trace") == 0;
-	const asynq_rpc_interceptor *is[] = { trace ? &asynq_rpc_trace_interceptor
-	                                            : &count_icpt };
+	const asynq_rpc_interceptor *is[] = {
+		trace ? &asynq_rpc_trace_interceptor : &count_icpt
+	};
 	if (icpt != NULL && icpt[0] == '\0')
 		icpt = NULL;
 	size_t n_is = icpt != NULL ? 1 : 0;

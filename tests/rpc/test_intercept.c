@@ -38,7 +38,7 @@ typedef Asynq__Icpttest__Num Num;
 static atomic_int echo_runs, sum_runs, sum_calls, read_runs, verify_runs;
 static asynq_rpc_channel *relay;
 
-/* ---- Events, in the order they happened (any thread) ---------------------- */
+/* ---- Events, in the order they happened (any thread) --------------------- */
 
 #define MAX_EVENTS 64
 static pthread_mutex_t ev_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -91,7 +91,7 @@ ev_expect(const char *const *want, size_t n)
 		assert_string_equal(events[i], want[i]);
 }
 
-/* ---- The Guarded service ------------------------------------------------ */
+/* ---- The Guarded service ------------------------------------------------- */
 
 static Num *
 num_make(int64_t v, const char *s)
@@ -118,9 +118,8 @@ h_echo(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 		    (long long)in->v);
 	char val[128] = "";
 	size_t len = 0;
-	const char *v = in->s[0] != '\0'
-	    ? asynq_rpc_metadata_get(in->s, &len)
-	    : NULL;
+	const char *v =
+	    in->s[0] != '\0' ? asynq_rpc_metadata_get(in->s, &len) : NULL;
 	if (v != NULL)
 		snprintf(val, sizeof(val), "%.*s", (int)len, v);
 	Num *out = num_make(in->v, val);
@@ -215,16 +214,15 @@ verifier(const char *tok, size_t len, const asynq_rpc_method_desc *m,
 		return ASYNQ_OK;
 	}
 	snprintf(why, why_cap, "%s",
-	    len == 11 && memcmp(tok, "tok-expired", 11) == 0
-	        ? "token expired"
-	        : "unknown token");
+	    len == 11 && memcmp(tok, "tok-expired", 11) == 0 ? "token expired"
+	                                                     : "unknown token");
 	return ASYNQ_UNAUTHENTICATED;
 }
 
-/* ---- A recording interceptor -------------------------------------------- */
+/* ---- A recording interceptor --------------------------------------------- */
 
 typedef struct rec {
-	asynq_rpc_interceptor icpt; /* arg: the rec */
+	asynq_rpc_interceptor icpt;    /* arg: the rec */
 	const char *add_key, *add_val; /* added in before */
 	const char *read_key;          /* logged in before */
 	int64_t reject_v;              /* rejected in before; 0: none */
@@ -304,7 +302,7 @@ rec_init(rec *r, const char *name)
 		.arg = r };
 }
 
-/* ---- Fixture ------------------------------------------------------------ */
+/* ---- Fixture ------------------------------------------------------------- */
 
 typedef struct ifx {
 	asynq_runtime *rt;
@@ -333,8 +331,7 @@ ifx_start(ifx *fx, int transport, asynq_rpc_server_cfg scfg,
 	assert_int_equal(asynq_rpc_server_alloc(&fx->srv, fx->rt, &scfg),
 	    ASYNQ_OK);
 	assert_int_equal(
-	    asynq_rpc_server_add_service(fx->srv, G, handlers, NULL),
-	    ASYNQ_OK);
+	    asynq_rpc_server_add_service(fx->srv, G, handlers, NULL), ASYNQ_OK);
 	url_make(fx->url, sizeof(fx->url), transport);
 	asynq_status st = asynq_rpc_server_listen(fx->srv, fx->url);
 	if (st != ASYNQ_OK)
@@ -369,8 +366,8 @@ typedef struct cjob {
 	const asynq_rpc_method_desc *m;
 	size_t n;
 	int64_t v[MAX_CALLS];
-	const char *s;                /* every call's s */
-	const char *auth[MAX_CALLS];  /* its authorization metadata, or NULL */
+	const char *s;               /* every call's s */
+	const char *auth[MAX_CALLS]; /* its authorization metadata, or NULL */
 	asynq_future *f[MAX_CALLS];
 } cjob;
 
@@ -438,7 +435,7 @@ err_msg(asynq_future *f)
 	return e != NULL ? asynq_error_message(e) : "";
 }
 
-/* ---- Interceptors ------------------------------------------------------- */
+/* ---- Interceptors -------------------------------------------------------- */
 
 static void
 icpt_order(int transport)
@@ -457,13 +454,13 @@ icpt_order(int transport)
 	ev_reset();
 	asynq_runtime_cfg rcfg = { .workers = 2 };
 	assert_int_equal(asynq_runtime_alloc(&fx.rt, &rcfg), ASYNQ_OK);
-	asynq_rpc_server_cfg scfg = { .interceptors = si, .n_interceptors = 2,
+	asynq_rpc_server_cfg scfg = { .interceptors = si,
+		.n_interceptors = 2,
 		.token_verifier = verifier };
 	assert_int_equal(asynq_rpc_server_alloc(&fx.srv, fx.rt, &scfg),
 	    ASYNQ_OK);
-	assert_int_equal(asynq_rpc_server_add_service(fx.srv, G, handlers,
-	                     NULL),
-	    ASYNQ_OK);
+	assert_int_equal(
+	    asynq_rpc_server_add_service(fx.srv, G, handlers, NULL), ASYNQ_OK);
 	assert_int_equal(asynq_rpc_server_add_interceptor(fx.srv, &s3.icpt),
 	    ASYNQ_OK);
 	url_make(fx.url, sizeof(fx.url), transport);
@@ -528,14 +525,20 @@ icpt_metadata(int transport)
 	ifx_start(&fx, transport,
 	    (asynq_rpc_server_cfg){ .interceptors = si, .n_interceptors = 1 },
 	    ci, 1);
-	cjob a = { .ch = fx.ch, .m = GM(ECHO), .n = 2, .v = { 1, 2 },
+	cjob a = { .ch = fx.ch,
+		.m = GM(ECHO),
+		.n = 2,
+		.v = { 1, 2 },
 		.s = "ctag" };
 	cjob_run(&a);
 	assert_string_equal(reply_s(a.f[0]), "from-client");
 	assert_string_equal(reply_s(a.f[1]), "from-client");
 	cjob_done(&a);
 	assert_true(ev_has("S1 saw ctag=from-client"));
-	cjob b = { .ch = fx.ch, .m = GM(ECHO), .n = 1, .v = { 3 },
+	cjob b = { .ch = fx.ch,
+		.m = GM(ECHO),
+		.n = 1,
+		.v = { 3 },
 		.s = "stag" };
 	cjob_run(&b);
 	assert_string_equal(reply_s(b.f[0]), "from-server");
@@ -583,8 +586,7 @@ icpt_reject(int transport)
 	 * the handler runs for 1 only, S2 never sees 13. */
 	cjob a = { .ch = fx.ch, .m = GM(ECHO), .n = 2, .v = { 13, 1 } };
 	cjob_run(&a);
-	assert_int_equal(asynq_future_status(a.f[0]),
-	    ASYNQ_PERMISSION_DENIED);
+	assert_int_equal(asynq_future_status(a.f[0]), ASYNQ_PERMISSION_DENIED);
 	assert_string_equal(err_msg(a.f[0]), "S1 says no to 13");
 	assert_int_equal(reply_v(a.f[1]), 1);
 	cjob_done(&a);
@@ -593,9 +595,8 @@ icpt_reject(int transport)
 	assert_false(ev_has("S1.after Echo PERMISSION_DENIED"));
 	assert_true(ev_has("C2.after Echo PERMISSION_DENIED"));
 	assert_true(ev_has("C1.after Echo PERMISSION_DENIED"));
-	assert_int_equal(c1.last_st == ASYNQ_PERMISSION_DENIED ||
-	        c1.last_st == ASYNQ_OK,
-	    1);
+	assert_int_equal(
+	    c1.last_st == ASYNQ_PERMISSION_DENIED || c1.last_st == ASYNQ_OK, 1);
 	asynq_rpc_server_stats ss;
 	asynq_rpc_server_stats_get(fx.srv, &ss);
 	assert_int_equal(ss.requests, 1);
@@ -607,8 +608,7 @@ icpt_reject(int transport)
 	asynq_rpc_channel_stats_get(fx.ch, &before);
 	cjob b = { .ch = fx.ch, .m = GM(ECHO), .n = 1, .v = { 7 } };
 	cjob_run(&b);
-	assert_int_equal(asynq_future_status(b.f[0]),
-	    ASYNQ_PERMISSION_DENIED);
+	assert_int_equal(asynq_future_status(b.f[0]), ASYNQ_PERMISSION_DENIED);
 	assert_string_equal(err_msg(b.f[0]), "C2 says no to 7");
 	cjob_done(&b);
 	asynq_rpc_channel_stats after;
@@ -668,8 +668,7 @@ icpt_after_results(int transport)
 	assert_true(c1.last_ns < 10000000000);
 	cjob b = { .ch = fx.ch, .m = GM(ECHO), .n = 1, .v = { -3 } };
 	cjob_run(&b);
-	assert_int_equal(asynq_future_status(b.f[0]),
-	    ASYNQ_INVALID_ARGUMENT);
+	assert_int_equal(asynq_future_status(b.f[0]), ASYNQ_INVALID_ARGUMENT);
 	cjob_done(&b);
 	assert_int_equal(s1.last_st, ASYNQ_INVALID_ARGUMENT);
 	assert_string_equal(s1.last_msg, "negative -3");
@@ -714,11 +713,9 @@ icpt_whole_batch(int transport)
 	assert_int_equal(reply_v(j.f[0]), 4);
 	assert_int_equal(reply_v(j.f[2]), 6);
 	assert_int_equal(reply_v(j.f[4]), 8);
-	assert_int_equal(asynq_future_status(j.f[1]),
-	    ASYNQ_PERMISSION_DENIED);
+	assert_int_equal(asynq_future_status(j.f[1]), ASYNQ_PERMISSION_DENIED);
 	assert_string_equal(err_msg(j.f[1]), "S1 says no to 2");
-	assert_int_equal(asynq_future_status(j.f[3]),
-	    ASYNQ_PERMISSION_DENIED);
+	assert_int_equal(asynq_future_status(j.f[3]), ASYNQ_PERMISSION_DENIED);
 	assert_string_equal(err_msg(j.f[3]), "S2 says no to 4");
 	cjob_done(&j);
 	assert_int_equal(atomic_load(&sum_runs), 1);
@@ -751,7 +748,7 @@ test_icpt_whole_batch_tcp(void **state)
 	icpt_whole_batch(TRANSPORT_TCP);
 }
 
-/* ---- Trace context ---------------------------------------------------- */
+/* ---- Trace context ------------------------------------------------------- */
 
 typedef struct relay_job {
 	asynq_rpc_channel *ch;
@@ -797,8 +794,7 @@ traced_task(asynq_task *t, void *arg)
 {
 	traced *x = arg;
 	assert_false(asynq_rpc_trace_get(NULL));
-	assert_int_equal(asynq_rpc_with_trace(x->tr, traced_main, x),
-	    ASYNQ_OK);
+	assert_int_equal(asynq_rpc_with_trace(x->tr, traced_main, x), ASYNQ_OK);
 	assert_false(asynq_rpc_trace_get(NULL));
 	(void)asynq_await(t, x->j->f);
 	return ASYNQ_OK;
@@ -810,7 +806,8 @@ trace_relay(int transport)
 	const asynq_rpc_interceptor *ti[] = { &asynq_rpc_trace_interceptor };
 	ifx fx;
 	ifx_start(&fx, transport,
-	    (asynq_rpc_server_cfg){ .interceptors = ti, .n_interceptors = 1,
+	    (asynq_rpc_server_cfg){ .interceptors = ti,
+	        .n_interceptors = 1,
 	        .access_log = true },
 	    ti, 1);
 	const char *urls[] = { fx.url };
@@ -823,10 +820,10 @@ trace_relay(int transport)
 	/* In a trace: the inner call carries its trace id and the Relay
 	 * handler's own span, not the caller's. */
 	asynq_rpc_trace tr;
-	assert_int_equal(asynq_rpc_trace_parse(
-	                     "00-4bf92f3577b34da6a3ce929d0e0e4736-"
-	                     "00f067aa0ba902b7-01",
-	                     55, &tr),
+	assert_int_equal(
+	    asynq_rpc_trace_parse("00-4bf92f3577b34da6a3ce929d0e0e4736-"
+	                          "00f067aa0ba902b7-01",
+	        55, &tr),
 	    ASYNQ_OK);
 	relay_job j = { .ch = fx.ch };
 	traced x = { &j, &tr };
@@ -880,8 +877,8 @@ test_trace_parse_rejects(void **state)
 		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		assert_int_equal(asynq_rpc_trace_parse(bad[i], strlen(bad[i]),
-		                     &t),
+		assert_int_equal(
+		    asynq_rpc_trace_parse(bad[i], strlen(bad[i]), &t),
 		    ASYNQ_INVALID_ARGUMENT);
 	const char *good =
 	    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -891,7 +888,7 @@ test_trace_parse_rejects(void **state)
 	assert_string_equal(out, good);
 }
 
-/* ---- Authorization ---------------------------------------------------- */
+/* ---- Authorization ------------------------------------------------------- */
 
 static void
 authz_scopes(int transport)
@@ -910,8 +907,7 @@ authz_scopes(int transport)
 	/* A token without the scope. */
 	j.auth[0] = "Bearer tok-sum";
 	cjob_run(&j);
-	assert_int_equal(asynq_future_status(j.f[0]),
-	    ASYNQ_PERMISSION_DENIED);
+	assert_int_equal(asynq_future_status(j.f[0]), ASYNQ_PERMISSION_DENIED);
 	assert_string_equal(err_msg(j.f[0]),
 	    NAME("Read") " may not be called by a token with scopes \"sum "
 	                 "other\": it needs a client certificate of "
@@ -971,7 +967,9 @@ authz_whole_batch(int transport)
 	ifx fx;
 	ifx_start(&fx, transport, (asynq_rpc_server_cfg){ 0 }, NULL, 0);
 	/* One batch: three calls with the token, two without. */
-	cjob j = { .ch = fx.ch, .m = GM(SUM), .n = 5,
+	cjob j = { .ch = fx.ch,
+		.m = GM(SUM),
+		.n = 5,
 		.v = { 1, 2, 3, 4, 5 },
 		.auth = { "Bearer tok-sum", "Bearer tok-sum", NULL,
 		    "Bearer tok-sum", NULL } };
@@ -981,8 +979,9 @@ authz_whole_batch(int transport)
 	assert_int_equal(reply_v(j.f[3]), 7);
 	assert_int_equal(asynq_future_status(j.f[2]), ASYNQ_UNAUTHENTICATED);
 	assert_int_equal(asynq_future_status(j.f[4]), ASYNQ_UNAUTHENTICATED);
-	assert_non_null(strstr(err_msg(j.f[4]), NAME("Sum") " needs a "
-	                                        "bearer token with scope sum"));
+	assert_non_null(strstr(err_msg(j.f[4]),
+	    NAME("Sum") " needs a "
+	                "bearer token with scope sum"));
 	cjob_done(&j);
 	assert_int_equal(atomic_load(&sum_runs), 1);
 	assert_int_equal(atomic_load(&sum_calls), 3);
@@ -992,8 +991,8 @@ authz_whole_batch(int transport)
 	/* Counted by code per method. */
 	asynq_rpc_method_stats ms;
 	for (size_t i = 0; i < asynq_rpc_server_methods(fx.srv); i++) {
-		assert_int_equal(asynq_rpc_server_method_stats_get(fx.srv, i,
-		                     &ms),
+		assert_int_equal(
+		    asynq_rpc_server_method_stats_get(fx.srv, i, &ms),
 		    ASYNQ_OK);
 		if (ms.method == GM(SUM))
 			break;
@@ -1043,11 +1042,13 @@ authz_settings(int transport)
 	    NAME("Echo") " needs a bearer token with scope admin; the call "
 	                 "had none");
 	cjob_done(&e);
-	cjob s = { .ch = fx.ch, .m = GM(SUM), .n = 1, .v = { 3 },
+	cjob s = { .ch = fx.ch,
+		.m = GM(SUM),
+		.n = 1,
+		.v = { 3 },
 		.auth = { "Bearer tok-sum" } };
 	cjob_run(&s);
-	assert_int_equal(asynq_future_status(s.f[0]),
-	    ASYNQ_PERMISSION_DENIED);
+	assert_int_equal(asynq_future_status(s.f[0]), ASYNQ_PERMISSION_DENIED);
 	cjob_done(&s);
 	assert_int_equal(atomic_load(&echo_runs), 0);
 	assert_int_equal(atomic_load(&sum_runs), 0);
@@ -1076,15 +1077,17 @@ test_authz_scopes_limit(void **state)
 {
 	(void)state;
 	ifx fx;
-	ifx_start(&fx, TRANSPORT_INPROC, (asynq_rpc_server_cfg){ 0 }, NULL,
-	    0);
+	ifx_start(&fx, TRANSPORT_INPROC, (asynq_rpc_server_cfg){ 0 }, NULL, 0);
 	const int lim = ASYNQ_RPC_SCOPES_MAX - 2;
 	const asynq_status want[] = { ASYNQ_OK, ASYNQ_OK,
 		ASYNQ_PERMISSION_DENIED };
 	for (int i = 0; i < 3; i++) {
 		char auth[64];
 		snprintf(auth, sizeof(auth), "Bearer long-%d", lim - 1 + i);
-		cjob j = { .ch = fx.ch, .m = GM(READ), .n = 1, .v = { 1 },
+		cjob j = { .ch = fx.ch,
+			.m = GM(READ),
+			.n = 1,
+			.v = { 1 },
 			.auth = { auth } };
 		cjob_run(&j);
 		assert_int_equal(asynq_future_status(j.f[0]), want[i]);
@@ -1134,7 +1137,7 @@ test_authz_setup_errors(void **state)
 	asynq_runtime_free(rt);
 }
 
-/* ---- Authorization by peer identity (mutual TLS) ----------------------- */
+/* ---- Authorization by peer identity (mutual TLS) ------------------------- */
 
 /* Certificates made with openssl in a directory of TEST_TMPDIR: a CA, the
  * server's (localhost), and clients: front (CN=frontend, the SANs
@@ -1143,8 +1146,7 @@ test_authz_setup_errors(void **state)
  * ",CN=frontend"). */
 static char cdir[512];
 
-static void
-sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static void
 sh(const char *fmt, ...)
@@ -1226,8 +1228,7 @@ mtls_fx(ifx *fx, const asynq_rpc_policy *pol, size_t n_pol)
 	assert_int_equal(asynq_rpc_server_alloc(&fx->srv, fx->rt, &scfg),
 	    ASYNQ_OK);
 	assert_int_equal(
-	    asynq_rpc_server_add_service(fx->srv, G, handlers, NULL),
-	    ASYNQ_OK);
+	    asynq_rpc_server_add_service(fx->srv, G, handlers, NULL), ASYNQ_OK);
 	snprintf(fx->url, sizeof(fx->url), "tls+tcp://127.0.0.1:%d",
 	    free_port());
 	assert_int_equal(asynq_rpc_server_listen(fx->srv, fx->url), ASYNQ_OK);
@@ -1281,13 +1282,13 @@ test_authz_peer_proto(void **state)
 	ifx fx;
 	mtls_fx(&fx, NULL, 0);
 	char msg[512];
-	assert_int_equal(mtls_call(&fx, "front", GM(READ), NULL, msg,
-	                     sizeof(msg)),
+	assert_int_equal(
+	    mtls_call(&fx, "front", GM(READ), NULL, msg, sizeof(msg)),
 	    ASYNQ_OK);
 	assert_int_equal(atomic_load(&read_runs), 1);
 	/* Another verified peer: a credential, not the right one. */
-	assert_int_equal(mtls_call(&fx, "batch", GM(READ), NULL, msg,
-	                     sizeof(msg)),
+	assert_int_equal(
+	    mtls_call(&fx, "batch", GM(READ), NULL, msg, sizeof(msg)),
 	    ASYNQ_PERMISSION_DENIED);
 	assert_string_equal(msg,
 	    NAME("Read") " may not be called by peer DNS:batch.svc: it needs "
@@ -1300,8 +1301,7 @@ test_authz_peer_proto(void **state)
 	    ASYNQ_OK);
 	/* No certificate (the server asks but does not require one): no
 	 * credential at all. */
-	assert_int_equal(mtls_call(&fx, NULL, GM(READ), NULL, msg,
-	                     sizeof(msg)),
+	assert_int_equal(mtls_call(&fx, NULL, GM(READ), NULL, msg, sizeof(msg)),
 	    ASYNQ_UNAUTHENTICATED);
 	assert_non_null(strstr(msg, "; the call had none"));
 	assert_int_equal(atomic_load(&read_runs), 2);
@@ -1323,27 +1323,27 @@ test_authz_peer_settings(void **state)
 	ifx fx;
 	mtls_fx(&fx, pol, 2);
 	char msg[512];
-	assert_int_equal(mtls_call(&fx, "front", GM(ECHO), NULL, msg,
-	                     sizeof(msg)),
+	assert_int_equal(
+	    mtls_call(&fx, "front", GM(ECHO), NULL, msg, sizeof(msg)),
 	    ASYNQ_OK);
-	assert_int_equal(mtls_call(&fx, "batch", GM(ECHO), NULL, msg,
-	                     sizeof(msg)),
+	assert_int_equal(
+	    mtls_call(&fx, "batch", GM(ECHO), NULL, msg, sizeof(msg)),
 	    ASYNQ_OK);
 	/* O=x\,CN=frontend is not a CN. */
-	assert_int_equal(mtls_call(&fx, "mallory", GM(ECHO), NULL, msg,
-	                     sizeof(msg)),
+	assert_int_equal(
+	    mtls_call(&fx, "mallory", GM(ECHO), NULL, msg, sizeof(msg)),
 	    ASYNQ_PERMISSION_DENIED);
 	assert_non_null(strstr(msg, "may not be called by peer CN=mallory,"));
 	assert_int_equal(atomic_load(&echo_runs), 2);
 	/* Any verified peer, and none. */
-	assert_int_equal(mtls_call(&fx, "mallory", GM(SUM), NULL, msg,
-	                     sizeof(msg)),
+	assert_int_equal(
+	    mtls_call(&fx, "mallory", GM(SUM), NULL, msg, sizeof(msg)),
 	    ASYNQ_OK);
-	assert_int_equal(mtls_call(&fx, NULL, GM(SUM), NULL, msg,
-	                     sizeof(msg)),
+	assert_int_equal(mtls_call(&fx, NULL, GM(SUM), NULL, msg, sizeof(msg)),
 	    ASYNQ_UNAUTHENTICATED);
-	assert_string_equal(msg, NAME("Sum") " needs a client certificate of "
-	                                     "*; the call had none");
+	assert_string_equal(msg,
+	    NAME("Sum") " needs a client certificate of "
+	                "*; the call had none");
 	assert_int_equal(atomic_load(&sum_runs), 1);
 	ifx_stop(&fx);
 }

@@ -228,11 +228,13 @@ extern const asynq_rpc_interceptor asynq_rpc_trace_interceptor;
 bool asynq_rpc_trace_get(asynq_rpc_trace *out);
 
 /* asynq_rpc_trace_format writes t as a traceparent value
- * ("00-<32 hex>-<16 hex>-<2 hex>", 55 characters and a NUL) into buf. */
+ * ("00-<32 hex>-<16 hex>-<2 hex>", 55 characters and a NUL) into buf. Any
+ * thread. */
 void asynq_rpc_trace_format(const asynq_rpc_trace *t, char buf[56]);
 
 /* asynq_rpc_trace_parse reads a traceparent value of len bytes into *out:
- * INVALID_ARGUMENT unless it is version 00's form with non-zero ids. */
+ * INVALID_ARGUMENT unless it is version 00's form with non-zero ids (then
+ * *out is untouched). Any thread. */
 asynq_status asynq_rpc_trace_parse(const char *s, size_t len,
     asynq_rpc_trace *out);
 
