@@ -1722,6 +1722,23 @@ asynqi_cli_call_add_metadata(asynq_rpc_call_info *c, const char *key,
 	return ASYNQ_OK;
 }
 
+const asynqi_md_node *
+asynqi_cli_call_chain(const asynq_rpc_call_info *c)
+{
+	const cli_icall *ic = c->impl_;
+	return ic->md;
+}
+
+void
+asynqi_cli_call_use_chain(asynq_rpc_call_info *c, asynqi_md_node *n)
+{
+	cli_icall *ic = c->impl_;
+	asynqi_md_hold(n);
+	asynqi_md_rele(ic->added); /* n holds what it is on top of */
+	ic->added = n;
+	ic->md = n;
+}
+
 static void
 icall_free(cli_icall *ic)
 {

@@ -240,6 +240,7 @@ asynq_rpc_with_trace(const asynq_rpc_trace *t, asynq_status (*fn)(void *arg),
 		return st;
 	st = fn(arg);
 	(void)asynq_scoped_pop(&asynqi_trace_key);
+	asynqi_md_rele(mine.node);
 	return st;
 }
 
@@ -255,12 +256,24 @@ trace_before(asynq_rpc_call_info *call, void **state, void *arg)
 		asynqi_trace *t = asynq_scoped_get(&asynqi_trace_key);
 		if (t == NULL)
 			return ASYNQ_OK;
-		if (!t->formatted) {
-			asynq_rpc_trace_format(&t->t, t->tp);
-			t->formatted = true;
+		const asynqi_md_node *cur = asynqi_cli_call_chain(call);
+		if (t->node == NULL || t->base != cur) {
+			if (!t->formatted) {
+				asynq_rpc_trace_format(&t->t, t->tp);
+				t->formatted = true;
+			}
+			asynqi_md_node *n = asynqi_md_make(
+			    (asynqi_md_node *)cur, "traceparent", t->tp, 55);
+			if (n == NULL)
+				return asynq_rpc_call_reject(call,
+				    ASYNQ_RESOURCE_EXHAUSTED,
+				    "%s: out of memory", call->method->full_name);
+			asynqi_md_rele(t->node);
+			t->node = n;
+			t->base = cur;
 		}
-		return asynq_rpc_call_add_metadata(call, "traceparent", t->tp,
-		    55);
+		asynqi_cli_call_use_chain(call, t->node);
+		return ASYNQ_OK;
 	}
 	size_t len = 0;
 	const char *v = asynq_rpc_call_metadata(call, "traceparent", &len);

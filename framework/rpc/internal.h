@@ -239,11 +239,16 @@ typedef struct asynqi_tokcache {
 } asynqi_tokcache;
 
 /* A trace as a scope holds it: the ids, and the traceparent of calls made
- * in it, formatted on first use (by the scope's thread only). */
+ * in it, formatted on first use, with the metadata chain last made of it
+ * (node, a reference: `traceparent` on top of base, which node holds), so
+ * calls made under one chain share one node and one request's metadata.
+ * Used by the scope's thread only; whoever ends the scope drops node. */
 typedef struct asynqi_trace {
 	asynq_rpc_trace t;
 	bool formatted;
 	char tp[56];
+	asynqi_md_node *node;
+	const asynqi_md_node *base;
 } asynqi_trace;
 
 /* The current task's trace (a scoped value holding an asynqi_trace *). */
@@ -275,10 +280,14 @@ asynqi_trace_memo *asynqi_srv_call_trace_memo(asynq_rpc_call_info *c);
 const asynqi_policy *asynqi_srv_call_policy(const asynq_rpc_call_info *c,
     asynq_rpc_token_verify_fn *fn, void **arg, asynqi_tokcache **tc);
 
-/* Client side (client.c), as the server's. */
+/* Client side (client.c), as the server's; and the chain a call is made
+ * under, which asynqi_cli_call_use_chain replaces with n (a chain on top
+ * of it; n is held). */
 const void *asynqi_cli_call_metadata(const asynq_rpc_call_info *c,
     const char *key, size_t *len);
 asynq_status asynqi_cli_call_add_metadata(asynq_rpc_call_info *c,
     const char *key, const void *val, size_t len);
+const asynqi_md_node *asynqi_cli_call_chain(const asynq_rpc_call_info *c);
+void asynqi_cli_call_use_chain(asynq_rpc_call_info *c, asynqi_md_node *n);
 
 #endif /* ASYNQI_RPC_INTERNAL_H */

@@ -514,6 +514,7 @@ asynqi_srv_call_trace(asynq_rpc_call_info *c)
 	srv_icall *ic = c->impl_;
 	ic->has_trace = true;
 	ic->trace.formatted = false;
+	ic->trace.node = NULL;
 	return &ic->trace;
 }
 
@@ -1085,17 +1086,29 @@ call_result(srv_req *r, srv_call *k, asynq_status st, ProtobufCMessage *reply,
 
 /* The handler of task k runs in its call's trace (its first traced
  * call's, for a whole batch) when the trace interceptor found one: pushes
- * it and says so. */
-static bool __attribute__((noinline))
+ * it and returns it (NULL: none). */
+static asynqi_trace *__attribute__((noinline))
 trace_push(const srv_task *k)
 {
 	for (size_t i = 0; i < k->n; i++) {
 		srv_icall *ic = k->r->calls[k->idx[i]].ic;
 		if (ic != NULL && ic->has_trace)
 			return asynq_scoped_push(&asynqi_trace_key,
-			           &ic->trace) == ASYNQ_OK;
+			           &ic->trace) == ASYNQ_OK
+			    ? &ic->trace
+			    : NULL;
 	}
-	return false;
+	return NULL;
+}
+
+/* Ends the scope of trace_push's trace: popped, its cached metadata
+ * dropped. */
+static void __attribute__((noinline))
+trace_pop(asynqi_trace *tr)
+{
+	(void)asynq_scoped_pop(&asynqi_trace_key);
+	asynqi_md_rele(tr->node);
+	tr->node = NULL;
 }
 
 /* The peer of request r: its connection's. */
@@ -1178,7 +1191,7 @@ task_main(asynq_task *t, void *arg)
 	srv_req *r = k->r;
 	const srv_method *sm = k->sm;
 	bool pushed_req = asynq_scoped_push(&srv_req_key, k) == ASYNQ_OK;
-	bool pushed_tr = r->icpt && trace_push(k);
+	asynqi_trace *pushed_tr = r->icpt ? trace_push(k) : NULL;
 	if (sm->h.unary != NULL) {
 		srv_call *c = &r->calls[k->idx[0]];
 		ProtobufCMessage *reply = NULL;
@@ -1261,8 +1274,8 @@ task_main(asynq_task *t, void *arg)
 out:
 	asynqi_rpc_cache_rele(k->cache);
 	k->cache = NULL;
-	if (pushed_tr)
-		(void)asynq_scoped_pop(&asynqi_trace_key);
+	if (pushed_tr != NULL)
+		trace_pop(pushed_tr);
 	if (pushed_req)
 		(void)asynq_scoped_pop(&srv_req_key);
 	return ASYNQ_OK;
