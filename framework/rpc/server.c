@@ -1163,8 +1163,11 @@ icpt_before(asynq_rpc_server *s, srv_req *r)
 				ic->base.in_before = false;
 				if (st != ASYNQ_OK)
 					break;
-				free(ic->base.reject); /* it let the call go */
-				ic->base.reject = NULL;
+				/* It let the call go: a reject text is moot. */
+				if (ic->base.reject != NULL) {
+					free(ic->base.reject);
+					ic->base.reject = NULL;
+				}
 			}
 			ic->passed = j + 1;
 		}
