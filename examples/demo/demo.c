@@ -68,6 +68,9 @@ typedef struct demo_cfg {
 	bool serve;              /* --serve: load until SIGINT/SIGTERM */
 	size_t rate;             /* --rate: --serve's requests/s per set */
 	const char *admin;       /* --admin URL (in process) */
+	bool mtls;               /* --mtls / --mtls-dir: tls+tcp, client
+	                            certificates required */
+	const char *mtls_dir;    /* --mtls-dir: the certificates' directory */
 } demo_cfg;
 
 /* ---- One channel cap for the whole process --------------------------------
@@ -86,6 +89,136 @@ static bool demo_db_on_worker;
 static asynq_rpc_server_cfg demo_server_cfg;
 /* --queue-target-us was given: the unbatched set keeps it too. */
 static bool demo_queue_target_set;
+
+/* ---- Mutual TLS (--mtls) --------------------------------------------------
+ */
+
+/* With --mtls every service listens on tls+tcp:// and requires a client
+ * certificate of the demo's CA: the frontend presents its own to the
+ * backends, the demo its own to the frontend. The certificates come from
+ * --mtls-dir DIR (made there with openssl if ca.crt is missing) or are
+ * made with openssl in a temporary directory that the demo removes. Each
+ * carries the names the channels check (DNS:localhost, IP:127.0.0.1) and
+ * a SPIFFE-style URI naming the service, which handlers see through
+ * asynq_rpc_peer_get. Set before any set of services starts. */
+static bool demo_mtls;
+static char mtls_dir[512];
+static bool mtls_temp; /* made by the demo, removed at the end */
+static char mtls_ca[600];
+static char mtls_crt[DEMO_N_SVC + 1][600], mtls_key[DEMO_N_SVC + 1][600];
+
+/* The certificates' owners: the services, then the demo's own client. */
+static const char *const mtls_names[DEMO_N_SVC + 1] = { "users", "answers",
+	"cache", "frontend", "demo" };
+
+/* Runs a shell command in mtls_dir, its output to openssl.log there. */
+static int
+mtls_sh(const char *cmd)
+{
+	char line[2048];
+	snprintf(line, sizeof(line), "cd '%s' && { %s ; } >>openssl.log 2>&1",
+	    mtls_dir, cmd);
+	return system(line);
+}
+
+/* Makes the CA and one certificate per name in mtls_dir. */
+static int
+mtls_make(void)
+{
+	char cmd[1400];
+	const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+	                 "-nodes";
+	snprintf(cmd, sizeof(cmd),
+	    "openssl req -x509 %s -days 7 -keyout ca.key -out ca.crt "
+	    "-subj /CN=asynq-demo-ca",
+	    ec);
+	if (mtls_sh(cmd) != 0)
+		return -1;
+	for (int k = 0; k <= DEMO_N_SVC; k++) {
+		const char *n = mtls_names[k];
+		snprintf(cmd, sizeof(cmd),
+		    "openssl req %s -keyout %s.key -out %s.csr "
+		    "-subj /CN=%s/O=asynq-demo && "
+		    "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,"
+		    "URI:spiffe://asynq-demo/%s\nextendedKeyUsage=serverAuth,"
+		    "clientAuth\n' > %s.ext && "
+		    "openssl x509 -req -in %s.csr -CA ca.crt -CAkey ca.key "
+		    "-CAcreateserial -days 7 -extfile %s.ext -out %s.crt",
+		    ec, n, n, n, n, n, n, n, n);
+		if (mtls_sh(cmd) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Sets up the certificates' paths (making them if needed); 0, or -1 after
+ * saying why. */
+static int
+mtls_setup(const demo_cfg *cfg)
+{
+	if (cfg->mtls_dir != NULL) {
+		snprintf(mtls_dir, sizeof(mtls_dir), "%s", cfg->mtls_dir);
+		if (mkdir(mtls_dir, 0700) != 0 && errno != EEXIST) {
+			fprintf(stderr, "demo: --mtls-dir %s: %s\n", mtls_dir,
+			    strerror(errno));
+			return -1;
+		}
+	} else {
+		const char *tmp = getenv("TMPDIR");
+		snprintf(mtls_dir, sizeof(mtls_dir),
+		    "%s/asynq-demo-mtls-XXXXXX",
+		    tmp != NULL && tmp[0] == '/' ? tmp : "/tmp");
+		if (mkdtemp(mtls_dir) == NULL) {
+			fprintf(stderr,
+			    "demo: cannot make a directory for the "
+			    "mTLS certificates: %s\n",
+			    strerror(errno));
+			return -1;
+		}
+		mtls_temp = true;
+	}
+	snprintf(mtls_ca, sizeof(mtls_ca), "%s/ca.crt", mtls_dir);
+	for (int k = 0; k <= DEMO_N_SVC; k++) {
+		snprintf(mtls_crt[k], sizeof(mtls_crt[k]), "%s/%s.crt",
+		    mtls_dir, mtls_names[k]);
+		snprintf(mtls_key[k], sizeof(mtls_key[k]), "%s/%s.key",
+		    mtls_dir, mtls_names[k]);
+	}
+	if (access(mtls_ca, R_OK) != 0 && mtls_make() != 0) {
+		fprintf(stderr,
+		    "demo: openssl could not make the mTLS certificates in %s "
+		    "(see openssl.log there; is openssl installed?)\n",
+		    mtls_dir);
+		return -1;
+	}
+	demo_mtls = true;
+	return 0;
+}
+
+/* Removes a temporary certificate directory. */
+static void
+mtls_cleanup(void)
+{
+	if (!mtls_temp)
+		return;
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", mtls_dir);
+	(void)!system(cmd);
+	mtls_temp = false;
+}
+
+/* A channel's TLS settings for certificate owner k (DEMO_N_SVC: the
+ * demo). */
+static void
+mtls_channel(asynq_rpc_channel_cfg *c, int k)
+{
+	if (!demo_mtls)
+		return;
+	c->tls_ca_file = mtls_ca;
+	c->tls_server_name = "localhost";
+	c->tls_cert_file = mtls_crt[k];
+	c->tls_key_file = mtls_key[k];
+}
 
 /* ---- Formatting ------------------------------------------------------------
  */
@@ -261,6 +394,12 @@ svc_local_start_as(svc *s, const char *const urls[DEMO_N_SVC],
 			.cache_url = urls[DEMO_CACHE],
 			.max_calls = demo_max_calls,
 			.no_collapse = demo_no_collapse };
+		if (demo_mtls) {
+			fc.tls_ca_file = mtls_ca;
+			fc.tls_server_name = "localhost";
+			fc.tls_cert_file = mtls_crt[DEMO_FRONTEND];
+			fc.tls_key_file = mtls_key[DEMO_FRONTEND];
+		}
 		if ((rv = frontend_service_alloc_cfg(
 		         (frontend_service **)&s->obj, &fc)) != ASYNQ_OK)
 			return rv;
@@ -275,6 +414,12 @@ svc_local_start_as(svc *s, const char *const urls[DEMO_N_SVC],
 	asynq_rpc_server_cfg scfg = demo_server_cfg;
 	if (demo_max_calls == 1 && !demo_queue_target_set)
 		scfg.queue_target_us = UINT32_MAX;
+	if (demo_mtls) {
+		scfg.tls_cert_file = mtls_crt[s->kind];
+		scfg.tls_key_file = mtls_key[s->kind];
+		scfg.tls_client_ca_file = mtls_ca;
+		scfg.tls_require_client_cert = true;
+	}
 	switch (s->kind) {
 	case DEMO_USERS:
 		return users_service_start(s->obj, s->rt, s->url, &scfg);
@@ -499,8 +644,8 @@ set_addresses(svc_set *set, const demo_cfg *cfg, int idx)
 				    svc_names[k], strerror(errno));
 				return -1;
 			}
-			snprintf(s->url, sizeof(s->url), "tcp://127.0.0.1:%d",
-			    port);
+			snprintf(s->url, sizeof(s->url), "%s://127.0.0.1:%d",
+			    demo_mtls ? "tls+tcp" : "tcp", port);
 		} else {
 			snprintf(s->url, sizeof(s->url),
 			    "inproc://asynq-demo-%s-%s", set->label,
@@ -771,6 +916,7 @@ workload_run(svc_set *set, const demo_cfg *cfg, bool examples, demo_run *run)
 	};
 	const char *urls[] = { set->urls[DEMO_FRONTEND] };
 	asynq_rpc_channel_cfg ccfg = { .urls = urls, .n_urls = 1 };
+	mtls_channel(&ccfg, DEMO_N_SVC);
 	asynq_future **lanes = calloc(cfg->inflight, sizeof(*lanes));
 	asynq_rpc_channel_stats cs;
 	svc_snap before[DEMO_N_SVC], after[DEMO_N_SVC];
@@ -1084,6 +1230,7 @@ serve_run(svc_set *sets, const bool want[2], const demo_cfg *cfg)
 		asynq_rpc_channel_cfg ccfg = { .urls = urls,
 			.n_urls = 1,
 			.max_calls = sets[i].max_calls };
+		mtls_channel(&ccfg, DEMO_N_SVC);
 		if (sl->w.lat == NULL) {
 			fprintf(stderr, "demo: out of memory\n");
 			goto out;
@@ -1147,7 +1294,8 @@ usage(FILE *f, const char *prog)
 	    "       [--data-dir DIR] [--base-port PORT]"
 	    " [--queue-target-us US|off] [--no-collapse] [--hot PCT]"
 	    " [--db-on-worker] [--quiet]\n"
-	    "       [--serve [--rate N]] [--admin http://HOST:PORT]\n"
+	    "       [--serve [--rate N]] [--admin http://HOST:PORT]"
+	    " [--mtls | --mtls-dir DIR]\n"
 	    "\n"
 	    "Starts the users, answers, cache and frontend services (one"
 	    " process over\n"
@@ -1190,7 +1338,17 @@ usage(FILE *f, const char *prog)
 	    " http://127.0.0.1:9090\n"
 	    "with --serve, a free port otherwise); with --tcp each service"
 	    " process has\n"
-	    "its own on a free port. The demo prints the URLs.\n",
+	    "its own on a free port. The demo prints the URLs.\n"
+	    "--mtls: the services as processes (--tcp) on tls+tcp://, each"
+	    " requiring a\n"
+	    "client certificate of the demo's CA (the frontend and the demo"
+	    " present theirs);\n"
+	    "the certificates are made with openssl in a temporary"
+	    " directory.\n"
+	    "--mtls-dir DIR: the same with the certificates of DIR (ca.crt,"
+	    " users.crt/.key,\n"
+	    "answers, cache, frontend, demo), made there first if ca.crt is"
+	    " missing.\n",
 	    prog);
 }
 
@@ -1244,6 +1402,8 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		F_SERVE,
 		F_RATE,
 		F_ADMIN,
+		F_MTLS,
+		F_MTLS_DIR,
 		F_HELP,
 	};
 	static const struct option opts[] = {
@@ -1267,6 +1427,8 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		{ "serve", no_argument, NULL, F_SERVE },
 		{ "rate", required_argument, NULL, F_RATE },
 		{ "admin", required_argument, NULL, F_ADMIN },
+		{ "mtls", no_argument, NULL, F_MTLS },
+		{ "mtls-dir", required_argument, NULL, F_MTLS_DIR },
 		{ "help", no_argument, NULL, F_HELP },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1375,6 +1537,15 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		case F_ADMIN:
 			cfg->admin = optarg;
 			break;
+		case F_MTLS:
+			cfg->mtls = cfg->tcp = true;
+			break;
+		case F_MTLS_DIR:
+			if (optarg[0] == '\0' || strlen(optarg) >= 400)
+				goto bad;
+			cfg->mtls = cfg->tcp = true;
+			cfg->mtls_dir = optarg;
+			break;
 		case F_HELP:
 			usage(stdout, argv[0]);
 			return 1;
@@ -1437,6 +1608,11 @@ demo_main(int argc, char **argv, demo_result *out)
 
 	if (data_ensure(&cfg, users_db, answers_db, sizeof(users_db)) != 0)
 		return 1;
+	demo_mtls = false;
+	if (cfg.mtls && mtls_setup(&cfg) != 0) {
+		mtls_cleanup();
+		return 1;
+	}
 
 	/* In process, one admin endpoint reports every service (each under
 	 * its set and name); with --tcp each service process has its own,
@@ -1468,6 +1644,11 @@ demo_main(int argc, char **argv, demo_result *out)
 			       "%s\n",
 			    sets[i].label, sets[i].urls[0], sets[i].urls[1],
 			    sets[i].urls[2], sets[i].urls[3]);
+	if (demo_mtls)
+		printf("mTLS: every service requires a client certificate of "
+		       "%s; the frontend\n  presents %s, the demo %s "
+		       "(CN=<name>, URI:spiffe://asynq-demo/<name>)\n",
+		    mtls_ca, mtls_crt[DEMO_FRONTEND], mtls_crt[DEMO_N_SVC]);
 	if (!cfg.tcp)
 		printf("status page: %s/status (trace for Perfetto: "
 		       "%s/trace?seconds=5)\n",
@@ -1527,6 +1708,8 @@ stop:
 	for (int i = 1; i >= 0; i--)
 		if (!set_stop(&sets[i], &cfg))
 			rc = 1;
+	mtls_cleanup();
+	demo_mtls = false;
 	printf("%s in %.1f s\n", rc == 0 ? "done" : "FAILED",
 	    secs_since(t_start));
 	fflush(stdout);

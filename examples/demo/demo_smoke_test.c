@@ -27,6 +27,7 @@
 #include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -135,6 +136,46 @@ test_demo_tcp_batches(void **state)
 	run_demo(extra, 1, &o);
 	assert_int_equal(o.status, 0);
 	check_batching(&o.res);
+}
+
+/* --mtls-dir: the services as processes on tls+tcp:// requiring client
+ * certificates, made with openssl in the directory on the first run and
+ * used as they are on the next; batching as over TCP. A demo whose own
+ * certificate is not of the services' CA gets no request through. */
+static void
+test_demo_mtls_batches(void **state)
+{
+	(void)state;
+	static outcome o;
+	static char dir[1024], ca[1100], cmd[3400];
+	const char *tmp = getenv("TEST_TMPDIR");
+	snprintf(dir, sizeof(dir), "%s/demo-mtls", tmp != NULL ? tmp : "/tmp");
+	snprintf(ca, sizeof(ca), "%s/ca.crt", dir);
+	const char *extra[] = { "--mtls-dir", dir };
+	run_demo(extra, 2, &o);
+	assert_int_equal(o.status, 0);
+	check_batching(&o.res);
+	struct stat st1, st2;
+	assert_int_equal(stat(ca, &st1), 0);
+	run_demo(extra, 2, &o);
+	assert_int_equal(o.status, 0);
+	assert_int_equal(stat(ca, &st2), 0);
+	assert_true(st1.st_mtim.tv_sec == st2.st_mtim.tv_sec &&
+	    st1.st_mtim.tv_nsec == st2.st_mtim.tv_nsec);
+	assert_int_equal(o.res.batched.requests, 50);
+
+	/* The demo's certificate swapped for a self-signed one. */
+	snprintf(cmd, sizeof(cmd),
+	    "cd '%s' && openssl req -x509 -newkey ec -pkeyopt "
+	    "ec_paramgen_curve:prime256v1 -nodes -days 2 -keyout demo.key "
+	    "-out demo.crt -subj /CN=demo >/dev/null 2>&1",
+	    dir);
+	assert_int_equal(system(cmd), 0);
+	const char *bad[] = { "--mtls-dir", dir, "--batching-only" };
+	run_demo(bad, 3, &o);
+	assert_int_equal(o.status, 1);
+	assert_int_equal(o.res.batched.requests, 0);
+	assert_int_equal(o.res.batched.svc[DEMO_FRONTEND].calls, 0);
 }
 
 /* Hot answers: identical lookups of a batch go once, so the frontend sends
@@ -315,6 +356,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_demo_inproc_batches),
 		cmocka_unit_test(test_demo_tcp_batches),
+		cmocka_unit_test(test_demo_mtls_batches),
 		cmocka_unit_test(test_demo_hot_answers_collapse),
 		cmocka_unit_test(test_demo_tcp_port_in_use_fails),
 		cmocka_unit_test(test_demo_serve_until_sigterm),

@@ -154,6 +154,7 @@ struct asynq_rpc_channel {
 	 * while more than half are left. tokens_max 0: never. */
 	int64_t tokens, tokens_max, token_milli;
 	nng_tls_config *tls;
+	struct tls_ent *tls_ent; /* where tls came from, or NULL */
 	uint64_t rng;
 	size_t rr; /* where the next replica pick starts */
 	/* Interceptors in order, borrowed (the array is the channel's). */
@@ -2283,9 +2284,34 @@ tls_client_config(asynq_rpc_channel *ch, const asynq_rpc_channel_cfg *cfg)
 			asynqi_tls_free(t);
 		}
 	}
-	if (e != NULL)
+	if (e != NULL) {
 		ch->tls = asynqi_tls_config(e->t);
+		ch->tls_ent = e;
+	}
 	pthread_mutex_unlock(&tls_mu);
+	return st;
+}
+
+asynq_status
+asynq_rpc_channel_reload_tls(asynq_rpc_channel *ch)
+{
+	tls_ent *e = ch->tls_ent;
+	if (e == NULL)
+		return ASYNQ_FAILED_PRECONDITION;
+	asynqi_tls_files f = {
+		.cert_file = e->cert,
+		.key_file = e->key,
+		.ca_file = e->ca,
+		.server_name = e->name,
+	};
+	char err[512];
+	asynq_status st = asynqi_tls_reload(e->t, &f, err, sizeof(err));
+	if (st != ASYNQ_OK)
+		asynq_log(ASYNQ_LOG_ERROR, "tls_reload_failed", "status",
+		    asynq_status_name(st), "error", err, NULL);
+	else
+		asynq_log(ASYNQ_LOG_INFO, "tls_reloaded", "channel",
+		    ch->svc->full_name, NULL);
 	return st;
 }
 

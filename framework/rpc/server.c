@@ -355,6 +355,16 @@ struct asynq_rpc_server {
 static asynq_status setup_fail(asynq_rpc_server *s, asynq_status st,
     const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Sets what asynq_rpc_server_last_error says. */
+static void
+last_error_set(asynq_rpc_server *s, const char *msg)
+{
+	pthread_mutex_lock(&s->mu);
+	snprintf(s->last_error, sizeof(s->last_error), "%.*s",
+	    (int)sizeof(s->last_error) - 1, msg);
+	pthread_mutex_unlock(&s->mu);
+}
+
 static asynq_status
 setup_fail(asynq_rpc_server *s, asynq_status st, const char *fmt, ...)
 {
@@ -363,9 +373,7 @@ setup_fail(asynq_rpc_server *s, asynq_status st, const char *fmt, ...)
 	char msg[sizeof(s->last_error)];
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	pthread_mutex_lock(&s->mu);
-	memcpy(s->last_error, msg, sizeof(msg));
-	pthread_mutex_unlock(&s->mu);
+	last_error_set(s, msg);
 	asynq_log(ASYNQ_LOG_ERROR, "setup_failed", "status",
 	    asynq_status_name(st), "error", msg, NULL);
 	return st;
@@ -2378,7 +2386,8 @@ static bool
 tls_settings_ok(const asynq_rpc_server_cfg *cfg, char *err, size_t len)
 {
 	if ((cfg->tls_cert_file != NULL) != (cfg->tls_key_file != NULL)) {
-		snprintf(err, len, "tls_cert_file and tls_key_file go together");
+		snprintf(err, len,
+		    "tls_cert_file and tls_key_file go together");
 		return false;
 	}
 	if (cfg->tls_cert_file == NULL &&
@@ -2400,14 +2409,23 @@ tls_settings_ok(const asynq_rpc_server_cfg *cfg, char *err, size_t len)
 asynq_status
 asynq_rpc_server_reload_tls(asynq_rpc_server *s)
 {
-	if (s->tls == NULL)
-		return setup_fail(s, ASYNQ_FAILED_PRECONDITION,
-		    "reload tls: the server has no TLS settings");
+	if (s->tls == NULL) {
+		/* Nothing to reload; the caller has the status. */
+		last_error_set(s, "reload tls: the server has no TLS settings");
+		return ASYNQ_FAILED_PRECONDITION;
+	}
 	asynqi_tls_files f = tls_files(&s->cfg);
 	char err[512];
 	asynq_status st = asynqi_tls_reload(s->tls, &f, err, sizeof(err));
-	if (st != ASYNQ_OK)
-		return setup_fail(s, st, "reload tls: %s", err);
+	if (st != ASYNQ_OK) {
+		char msg[sizeof(err) + 16];
+		snprintf(msg, sizeof(msg), "reload tls: %s", err);
+		last_error_set(s, msg);
+		asynq_log(ASYNQ_LOG_ERROR, "tls_reload_failed", "server",
+		    server_name(s), "status", asynq_status_name(st), "error",
+		    err, NULL);
+		return st;
+	}
 	asynq_log(ASYNQ_LOG_INFO, "tls_reloaded", "server", server_name(s),
 	    NULL);
 	return ASYNQ_OK;

@@ -179,8 +179,8 @@ set_ca(tls_set *s, const char *ca, const char *crl, const char **what)
 	s->has_ca = true;
 	if (crl != NULL) {
 		*what = "crl";
-		rv = mbedtls_x509_crl_parse(&s->crl,
-		    (const unsigned char *)crl, strlen(crl) + 1);
+		rv = mbedtls_x509_crl_parse(&s->crl, (const unsigned char *)crl,
+		    strlen(crl) + 1);
 		if (rv != 0)
 			return rv;
 		s->has_crl = true;
@@ -302,7 +302,7 @@ cfg_server(struct nng_tls_engine_config *c, const char *name)
 static int
 cfg_auth(struct nng_tls_engine_config *c, nng_tls_auth_mode mode)
 {
-	int m = mode == NNG_TLS_AUTH_MODE_NONE ? MBEDTLS_SSL_VERIFY_NONE
+	int m = mode == NNG_TLS_AUTH_MODE_NONE   ? MBEDTLS_SSL_VERIFY_NONE
 	    : mode == NNG_TLS_AUTH_MODE_OPTIONAL ? MBEDTLS_SSL_VERIFY_OPTIONAL
 	    : mode == NNG_TLS_AUTH_MODE_REQUIRED ? MBEDTLS_SSL_VERIFY_REQUIRED
 	                                         : -1;
@@ -321,20 +321,22 @@ cfg_ca_chain(struct nng_tls_engine_config *c, const char *ca, const char *crl)
 	pthread_mutex_lock(&c->mu);
 	int rv = set_ca(c->cur, ca, crl, &what);
 	pthread_mutex_unlock(&c->mu);
-	return rv == 0 ? 0 : rv == MBEDTLS_ERR_X509_ALLOC_FAILED ? NNG_ENOMEM
-	                                                          : NNG_EINVAL;
+	return rv == 0                            ? 0
+	    : rv == MBEDTLS_ERR_X509_ALLOC_FAILED ? NNG_ENOMEM
+	                                          : NNG_EINVAL;
 }
 
 static int
-cfg_own_cert(struct nng_tls_engine_config *c, const char *cert,
-    const char *key, const char *pass)
+cfg_own_cert(struct nng_tls_engine_config *c, const char *cert, const char *key,
+    const char *pass)
 {
 	const char *what;
 	pthread_mutex_lock(&c->mu);
 	int rv = set_own(c->cur, cert, key, pass, &what);
 	pthread_mutex_unlock(&c->mu);
-	return rv == 0 ? 0 : rv == MBEDTLS_ERR_SSL_ALLOC_FAILED ? NNG_ENOMEM
-	                                                         : NNG_EINVAL;
+	return rv == 0                           ? 0
+	    : rv == MBEDTLS_ERR_SSL_ALLOC_FAILED ? NNG_ENOMEM
+	                                         : NNG_EINVAL;
 }
 
 static int
@@ -350,10 +352,10 @@ cfg_version(struct nng_tls_engine_config *c, nng_tls_version lo,
 	if (hi > NNG_TLS_1_2)
 		hi = NNG_TLS_1_2;
 	pthread_mutex_lock(&c->mu);
-	mbedtls_ssl_conf_min_version(&c->cur->conf,
-	    MBEDTLS_SSL_MAJOR_VERSION_3, (int)(lo - NNG_TLS_1_0) + 1);
-	mbedtls_ssl_conf_max_version(&c->cur->conf,
-	    MBEDTLS_SSL_MAJOR_VERSION_3, (int)(hi - NNG_TLS_1_0) + 1);
+	mbedtls_ssl_conf_min_version(&c->cur->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+	    (int)(lo - NNG_TLS_1_0) + 1);
+	mbedtls_ssl_conf_max_version(&c->cur->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+	    (int)(hi - NNG_TLS_1_0) + 1);
 	pthread_mutex_unlock(&c->mu);
 	return 0;
 }
@@ -365,7 +367,7 @@ struct nng_tls_engine_conn {
 	tls_set *set;
 	mbedtls_ssl_context ssl;
 	bool server;
-	bool done; /* the handshake finished */
+	bool done;  /* the handshake finished */
 	int failed; /* the mbed TLS error the handshake failed with, or 0 */
 	struct nng_tls_engine_conn *next; /* registry bucket */
 	/* Under reg_mu. */
@@ -585,10 +587,11 @@ san_of(const mbedtls_x509_buf *v, bool *nomem)
 {
 	char b[64];
 	int kind = v->tag & 0x1f;
-	const char *pre = kind == 1 ? "EMAIL:" : kind == 2 ? "DNS:"
-	    : kind == 6                                  ? "URI:"
-	    : kind == 7                                  ? "IP:"
-	                                                 : NULL;
+	const char *pre = kind == 1 ? "EMAIL:"
+	    : kind == 2             ? "DNS:"
+	    : kind == 6             ? "URI:"
+	    : kind == 7             ? "IP:"
+	                            : NULL;
 	if (pre == NULL)
 		return NULL;
 	if (kind == 7) {
@@ -713,8 +716,9 @@ conn_failed(struct nng_tls_engine_conn *ec, int rv)
 		    "the %s refused the handshake (a fatal alert)", who);
 	} else {
 		mbed_why(rv, m, sizeof(m));
-		snprintf(b, sizeof(b), "not a TLS handshake we accept (%s; -0x%04x)",
-		    m, (unsigned)-rv);
+		snprintf(b, sizeof(b),
+		    "not a TLS handshake we accept (%s; -0x%04x)", m,
+		    (unsigned)-rv);
 	}
 	char *f = strdup(b);
 	pthread_mutex_lock(&reg_mu);
@@ -823,8 +827,8 @@ engine_register(void)
 	mbedtls_entropy_init(&rng_entropy);
 	mbedtls_ctr_drbg_init(&rng_drbg);
 	static const unsigned char pers[] = "asynq-tls";
-	if (mbedtls_ctr_drbg_seed(&rng_drbg, mbedtls_entropy_func,
-	        &rng_entropy, pers, sizeof(pers) - 1) != 0) {
+	if (mbedtls_ctr_drbg_seed(&rng_drbg, mbedtls_entropy_func, &rng_entropy,
+	        pers, sizeof(pers) - 1) != 0) {
 		engine_rv = NNG_ECRYPTO;
 		return;
 	}
@@ -926,8 +930,8 @@ set_from_files(bool server, const asynqi_tls_files *f, asynq_status *st,
 		}
 	}
 	if ((cert != NULL) != (key != NULL)) {
-		snprintf(err, err_len, "%s and %s go together",
-		    files[0].name, files[1].name);
+		snprintf(err, err_len, "%s and %s go together", files[0].name,
+		    files[1].name);
 		goto out;
 	}
 	if (crl != NULL && ca == NULL) {
@@ -975,7 +979,7 @@ set_from_files(bool server, const asynqi_tls_files *f, asynq_status *st,
 	}
 	if (server)
 		mbedtls_ssl_conf_authmode(&s->conf,
-		    ca == NULL             ? MBEDTLS_SSL_VERIFY_NONE
+		    ca == NULL                 ? MBEDTLS_SSL_VERIFY_NONE
 		        : f->require_peer_cert ? MBEDTLS_SSL_VERIFY_REQUIRED
 		                               : MBEDTLS_SSL_VERIFY_OPTIONAL);
 	if (!server && f->server_name != NULL &&

@@ -23,10 +23,10 @@ typedef struct asynqi_tls asynqi_tls;
 
 /* The files of one TLS configuration; NULL fields are unused. */
 typedef struct asynqi_tls_files {
-	const char *cert_file; /* own certificate chain (PEM) */
-	const char *key_file;  /* its private key (PEM); with cert_file */
-	const char *ca_file;   /* CAs that verify the peer (PEM) */
-	const char *crl_file;  /* revocation lists of those CAs (PEM) */
+	const char *cert_file;   /* own certificate chain (PEM) */
+	const char *key_file;    /* its private key (PEM); with cert_file */
+	const char *ca_file;     /* CAs that verify the peer (PEM) */
+	const char *crl_file;    /* revocation lists of those CAs (PEM) */
 	const char *server_name; /* client: the name the server must have */
 	/* Server: a client must present a certificate signed by ca_file
 	 * (else one is asked for but a client without may connect). */
@@ -37,12 +37,12 @@ typedef struct asynqi_tls_files {
 
 /* The certificate identity of a TLS connection's peer. */
 typedef struct asynqi_tls_peer {
-	bool verified;   /* a certificate was presented and verified */
-	char *subject;   /* its subject ("CN=x,O=y"), or NULL */
-	char **sans;     /* "DNS:...", "URI:...", "IP:...", "EMAIL:..." */
+	bool verified; /* a certificate was presented and verified */
+	char *subject; /* its subject ("CN=x,O=y"), or NULL */
+	char **sans;   /* "DNS:...", "URI:...", "IP:...", "EMAIL:..." */
 	size_t n_sans;
-	char *rejected;  /* a certificate presented but not verified
-	                    (optional client certificates): why; or NULL */
+	char *rejected; /* a certificate presented but not verified
+	                   (optional client certificates): why; or NULL */
 } asynqi_tls_peer;
 
 /* asynqi_tls_alloc makes a TLS configuration (server or client) from the

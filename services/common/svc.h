@@ -170,14 +170,22 @@ typedef struct svc_flags {
 	 * (admission control; "off" turns it off): the server's limits (zero:
 	 * the framework's defaults). */
 	asynq_rpc_server_cfg server;
+	/* TLS: --tls-cert FILE and --tls-key FILE (the server's certificate
+	 * and key, also presented by the frontend's channels), --tls-client-ca
+	 * FILE, --tls-crl FILE and --require-client-cert (mutual TLS, into
+	 * server); --tls-ca FILE and --tls-server-name NAME (what the
+	 * frontend's channels verify its backends with). SIGHUP makes the
+	 * servers read their TLS files again (asynq_rpc_server_reload_tls). */
+	const char *tls_ca;
+	const char *tls_server_name;
 } svc_flags;
 
 /* svc_flags_parse fills f from argv, starting from the defaults already in
  * f. Prints usage and returns false on --help or a bad flag. */
 bool svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage);
 
-/* svc_signals_block blocks SIGINT and SIGTERM in the calling thread and so in
- * every thread it starts afterwards; call it first in main, so that
+/* svc_signals_block blocks SIGINT, SIGTERM and SIGHUP in the calling thread and
+ * so in every thread it starts afterwards; call it first in main, so that
  * svc_run_until_signal alone receives them. */
 void svc_signals_block(void);
 
@@ -200,13 +208,14 @@ typedef struct svc_counters {
 typedef void (*svc_counters_fn)(void *arg, svc_counters *out);
 
 /* svc_run_until_signal waits for SIGINT or SIGTERM (blocked beforehand with
- * svc_signals_block), and meanwhile, unless quiet, prints a line of counter
- * deltas to stderr at most once per second when they changed. Then it
- * drains: the servers svc_serve made say they are not ready (health
- * NOT_SERVING, admin /ready 503) and keep serving for --drain-grace-ms
- * (default SVC_DRAIN_GRACE_MS; a second signal cuts it short), so a load
- * balancer stops sending before the caller closes them. Returns the first
- * signal's number. */
+ * svc_signals_block; so is SIGHUP, on which the servers svc_serve made
+ * read their TLS files again, logging the outcome), and meanwhile, unless
+ * quiet, prints a line of counter deltas to stderr at most once per second when
+ * they changed. Then it drains: the servers svc_serve made say they are not
+ * ready (health NOT_SERVING, admin /ready 503) and keep serving for
+ * --drain-grace-ms (default SVC_DRAIN_GRACE_MS; a second signal cuts it short),
+ * so a load balancer stops sending before the caller closes them. Returns the
+ * first signal's number. */
 int svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
     bool quiet);
 

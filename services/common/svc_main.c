@@ -217,6 +217,13 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		O_ADMIN,
 		O_DB_ON_WORKER,
 		O_DRAIN_GRACE,
+		O_TLS_CERT,
+		O_TLS_KEY,
+		O_TLS_CLIENT_CA,
+		O_TLS_CRL,
+		O_REQUIRE_CLIENT_CERT,
+		O_TLS_CA,
+		O_TLS_SERVER_NAME,
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -239,6 +246,15 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		{ "admin", required_argument, NULL, O_ADMIN },
 		{ "db-on-worker", no_argument, NULL, O_DB_ON_WORKER },
 		{ "drain-grace-ms", required_argument, NULL, O_DRAIN_GRACE },
+		{ "tls-cert", required_argument, NULL, O_TLS_CERT },
+		{ "tls-key", required_argument, NULL, O_TLS_KEY },
+		{ "tls-client-ca", required_argument, NULL, O_TLS_CLIENT_CA },
+		{ "tls-crl", required_argument, NULL, O_TLS_CRL },
+		{ "require-client-cert", no_argument, NULL,
+		    O_REQUIRE_CLIENT_CERT },
+		{ "tls-ca", required_argument, NULL, O_TLS_CA },
+		{ "tls-server-name", required_argument, NULL,
+		    O_TLS_SERVER_NAME },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -310,6 +326,27 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		case O_DRAIN_GRACE:
 			ok = parse_ms(optarg, &grace_ms);
 			break;
+		case O_TLS_CERT:
+			f->server.tls_cert_file = optarg;
+			break;
+		case O_TLS_KEY:
+			f->server.tls_key_file = optarg;
+			break;
+		case O_TLS_CLIENT_CA:
+			f->server.tls_client_ca_file = optarg;
+			break;
+		case O_TLS_CRL:
+			f->server.tls_crl_file = optarg;
+			break;
+		case O_REQUIRE_CLIENT_CERT:
+			f->server.tls_require_client_cert = true;
+			break;
+		case O_TLS_CA:
+			f->tls_ca = optarg;
+			break;
+		case O_TLS_SERVER_NAME:
+			f->tls_server_name = optarg;
+			break;
 		case 'q':
 			f->quiet = true;
 			break;
@@ -327,6 +364,10 @@ svc_flags_parse(svc_flags *f, int argc, char **argv, const char *usage)
 		    "[--handshake-timeout-ms MS] [--frame-timeout-ms MS]\n"
 		    "  [--idle-timeout-ms MS] [--max-write-queue-bytes N] "
 		    "[--queue-target-us US|off]\n"
+		    "tls+tcp: [--tls-cert FILE --tls-key FILE] [--tls-client-ca "
+		    "FILE [--tls-crl FILE]\n"
+		    "  [--require-client-cert]] (mutual TLS; SIGHUP reloads "
+		    "the files)\n"
 		    "admin endpoint: [--admin http://HOST:PORT] serves /live, "
 		    "/ready and /metrics\n",
 		    argv[0], usage);
@@ -343,6 +384,7 @@ svc_signals_block(void)
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 
@@ -421,6 +463,7 @@ svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
 	svc_counters was = { 0 };
 	if (fn != NULL)
 		fn(arg, &was);
@@ -435,8 +478,18 @@ svc_run_until_signal(const char *name, svc_counters_fn fn, void *arg,
 			asynq_log(ASYNQ_LOG_INFO, "signal", "program", name,
 			    "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT",
 			    NULL);
+			sigdelset(&set, SIGHUP);
 			drain_grace(name, &set);
 			return sig;
+		}
+		if (sig == SIGHUP) {
+			/* New certificates are in place: connections from
+			 * now on use them. The servers log the outcome
+			 * (event=tls_reloaded, or tls_reload_failed and why,
+			 * keeping the files they had). */
+			for (size_t i = 0; i < n_served; i++)
+				(void)asynq_rpc_server_reload_tls(served[i]);
+			continue;
 		}
 		if (sig < 0 && errno != EAGAIN && errno != EINTR)
 			return -1;

@@ -342,7 +342,11 @@ channel_open(asynq_rpc_channel **chp, const asynq_rpc_service_desc *svc,
 	asynq_rpc_channel_cfg cfg = { .urls = urls,
 		.n_urls = 1,
 		.max_calls = fc->max_calls,
-		.no_collapse = fc->no_collapse };
+		.no_collapse = fc->no_collapse,
+		.tls_ca_file = fc->tls_ca_file,
+		.tls_server_name = fc->tls_server_name,
+		.tls_cert_file = fc->tls_cert_file,
+		.tls_key_file = fc->tls_key_file };
 	return asynq_rpc_channel_alloc(chp, svc, &cfg);
 }
 

@@ -46,6 +46,14 @@ typedef struct frontend_cfg {
 	                            services' batch_max_calls; 1: no batching */
 	bool no_collapse;        /* send identical calls of a batch each (the
 	                            channels' no_collapse) */
+	/* tls+tcp:// backends (asynq_rpc_channel_cfg's fields of the same
+	 * names): the CA that verifies them, the name their certificates
+	 * carry, and the certificate and key the frontend presents to
+	 * servers that require one (mutual TLS). NULL: unused. */
+	const char *tls_ca_file;
+	const char *tls_server_name;
+	const char *tls_cert_file;
+	const char *tls_key_file;
 } frontend_cfg;
 
 /* frontend_service_alloc_cfg is frontend_service_alloc with settings. */

@@ -31,12 +31,22 @@ main(int argc, char **argv)
 	svc_signals_block();
 	if (!svc_flags_parse(&f, argc, argv,
 	        "[--listen URL] [--workers N] [--users URL] [--answers URL]"
-	        " [--cache URL] [--admin URL] [--quiet]"))
+	        " [--cache URL] [--admin URL] [--quiet]\n"
+	        "  [--tls-ca FILE] [--tls-server-name NAME] (backends on "
+	        "tls+tcp://)"))
 		return 2;
 	if (svc_admin_open(f.admin, "frontend") != ASYNQ_OK)
 		return 1;
-	if ((rv = frontend_service_alloc(&s, f.users_url, f.answers_url,
-	         f.cache_url)) != ASYNQ_OK)
+	/* The frontend presents its server certificate to backends that
+	 * require one (mutual TLS). */
+	frontend_cfg fc = { .users_url = f.users_url,
+		.answers_url = f.answers_url,
+		.cache_url = f.cache_url,
+		.tls_ca_file = f.tls_ca,
+		.tls_server_name = f.tls_server_name,
+		.tls_cert_file = f.server.tls_cert_file,
+		.tls_key_file = f.server.tls_key_file };
+	if ((rv = frontend_service_alloc_cfg(&s, &fc)) != ASYNQ_OK)
 		goto fail;
 	if ((rv = svc_runtime_alloc(&rt, f.workers, NULL)) != ASYNQ_OK)
 		goto fail;

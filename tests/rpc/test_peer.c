@@ -82,8 +82,7 @@ h_whoami(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 }
 
 static asynq_status
-h_whoami_batch(asynq_task *t, asynq_rpc_batch_call *calls, size_t n,
-    void *ctx)
+h_whoami_batch(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 {
 	(void)t;
 	(void)ctx;
@@ -102,7 +101,7 @@ h_whoami_batch(asynq_task *t, asynq_rpc_batch_call *calls, size_t n,
 static const asynq_rpc_handler who_handlers[] = {
 	[ASYNQ__PEERTEST__WHO__ASYNQ_METHOD_WHOAMI] = { .unary = h_whoami },
 	[ASYNQ__PEERTEST__WHO__ASYNQ_METHOD_WHOAMI_BATCH] = { .batch =
-		                                                 h_whoami_batch },
+	                                                          h_whoami_batch },
 };
 
 /* ---- Helpers ------------------------------------------------------------- */
@@ -239,7 +238,6 @@ test_peer_absent_outside_handler(void **state)
 	assert_null(asynq_rpc_peer_get());
 }
 
-
 /* ---- Certificates -------------------------------------------------------- */
 
 /* The certificates of the TLS tests, made with openssl in a directory of
@@ -286,8 +284,8 @@ path(const char *name)
  * san (or none), valid from start to end (openssl ca's YYMMDDHHMMSSZ, or
  * NULL for two days from now). */
 static void
-client_cert(const char *ca, const char *name, const char *subj,
-    const char *san, const char *start, const char *end)
+client_cert(const char *ca, const char *name, const char *subj, const char *san,
+    const char *start, const char *end)
 {
 	run("openssl req %s -keyout %s.key -out %s.csr -subj '%s'", EC, name,
 	    name, subj);
@@ -410,12 +408,12 @@ log_reset(void)
 	pthread_mutex_unlock(&log_mu);
 }
 
-/* Waits up to 3 s for a log line that has every one of the (NULL-ended)
+/* Waits up to 10 s for a log line that has every one of the (NULL-ended)
  * strings. */
 static bool
 log_has(const char *a, ...)
 {
-	for (int tries = 0; tries < 300; tries++) {
+	for (int tries = 0; tries < 1000; tries++) {
 		pthread_mutex_lock(&log_mu);
 		bool found = false;
 		for (char *l = log_text; !found && *l != '\0';) {
@@ -502,8 +500,10 @@ calls_run(asynq_rpc_server *s)
 	return st.calls;
 }
 
+/* A server requiring (or only asking for) client certificates of ca;
+ * handshake_ms 0 keeps the default handshake timeout. */
 static void
-mtls_start(who_fx *fx, bool require, const char *crl)
+mtls_start(who_fx *fx, bool require, const char *crl, uint32_t handshake_ms)
 {
 	make_certs();
 	asynq_rpc_server_cfg scfg = {
@@ -512,7 +512,7 @@ mtls_start(who_fx *fx, bool require, const char *crl)
 		.tls_client_ca_file = path("ca.crt"),
 		.tls_crl_file = crl != NULL ? path(crl) : NULL,
 		.tls_require_client_cert = require,
-		.handshake_timeout_ms = 500,
+		.handshake_timeout_ms = handshake_ms,
 	};
 	char url[64];
 	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", free_port());
@@ -545,7 +545,7 @@ test_peer_tls_verified_identity(void **state)
 {
 	(void)state;
 	who_fx fx;
-	mtls_start(&fx, true, "crl-empty.pem");
+	mtls_start(&fx, true, "crl-empty.pem", 0);
 	asynq_rpc_channel *ch = tls_channel(fx.url, "front", 5000);
 	asynq_future *f[8];
 	for (size_t i = 0; i < 8; i++) {
@@ -584,7 +584,7 @@ test_peer_tls_rejected_clients(void **state)
 {
 	(void)state;
 	who_fx fx;
-	mtls_start(&fx, true, NULL);
+	mtls_start(&fx, true, NULL, 0);
 	asynq_log_set_sink(log_sink, NULL);
 	struct {
 		const char *who, *why;
@@ -596,7 +596,7 @@ test_peer_tls_rejected_clients(void **state)
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		log_reset();
 		uint64_t before = calls_run(fx.srv);
-		assert_int_equal(ask_as(fx.url, bad[i].who, 700),
+		assert_int_equal(ask_as(fx.url, bad[i].who, 5000),
 		    ASYNQ_UNAVAILABLE);
 		assert_true(log_has("level=warn", "event=tls_handshake_failed",
 		    "peer=tls+tcp://127.0.0.1:", bad[i].why, NULL));
@@ -614,7 +614,7 @@ test_peer_tls_optional_client_cert(void **state)
 {
 	(void)state;
 	who_fx fx;
-	mtls_start(&fx, false, NULL);
+	mtls_start(&fx, false, NULL, 0);
 	asynq_log_set_sink(log_sink, NULL);
 	log_reset();
 	/* Without a certificate, or with one the server cannot verify, a
@@ -657,12 +657,12 @@ tcp_to(const char *url)
 	return fd;
 }
 
-/* Waits up to 3 s for the server to close fd: true if it did. */
+/* Waits up to 10 s for the server to close fd: true if it did. */
 static bool
 closed_by_server(int fd)
 {
 	struct pollfd p = { .fd = fd, .events = POLLIN };
-	for (int i = 0; i < 30; i++) {
+	for (int i = 0; i < 100; i++) {
 		if (poll(&p, 1, 100) == 1) {
 			char b[256];
 			ssize_t n = read(fd, b, sizeof(b));
@@ -678,7 +678,9 @@ test_peer_tls_garbage_and_truncated_handshakes(void **state)
 {
 	(void)state;
 	who_fx fx;
-	mtls_start(&fx, true, NULL);
+	/* Short enough to watch it close a stalled handshake, long enough
+	 * for a real one under a sanitizer. */
+	mtls_start(&fx, true, NULL, 2000);
 	asynq_log_set_sink(log_sink, NULL);
 	asynq_rpc_channel *ch = tls_channel(fx.url, "front", 5000);
 	assert_int_equal(ask(ch, WM(WHOAMI), 1, NULL), ASYNQ_OK);
@@ -691,8 +693,8 @@ test_peer_tls_garbage_and_truncated_handshakes(void **state)
 	    (ssize_t)(sizeof(junk) - 1));
 	assert_true(closed_by_server(fd));
 	close(fd);
-	assert_true(log_has("event=tls_handshake_failed",
-	    "not a TLS handshake", NULL));
+	assert_true(
+	    log_has("event=tls_handshake_failed", "not a TLS handshake", NULL));
 	assert_int_equal(ask(ch, WM(WHOAMI), 2, NULL), ASYNQ_OK);
 	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
 
@@ -715,17 +717,18 @@ test_peer_tls_garbage_and_truncated_handshakes(void **state)
 	close(fd);
 	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
 
-	/* The same, the client staying: the handshake timeout closes it. */
+	/* The same, the client staying, and one that connects and sends
+	 * nothing: the handshake timeout closes both, and calls go on
+	 * meanwhile. */
 	fd = tcp_to(fx.url);
 	assert_int_equal(write(fd, hello, sizeof(hello)),
 	    (ssize_t)sizeof(hello));
+	int idle = tcp_to(fx.url);
 	assert_int_equal(ask(ch, WM(WHOAMI), 3, NULL), ASYNQ_OK);
 	assert_true(closed_by_server(fd));
+	assert_true(closed_by_server(idle));
 	close(fd);
-	/* Connected, then nothing. */
-	fd = tcp_to(fx.url);
-	assert_true(closed_by_server(fd));
-	close(fd);
+	close(idle);
 	assert_int_equal(ask(ch, WM(WHOAMI), 4, NULL), ASYNQ_OK);
 	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
 	asynq_rpc_server_stats st;
@@ -735,6 +738,76 @@ test_peer_tls_garbage_and_truncated_handshakes(void **state)
 	asynq_rpc_channel_free(ch);
 	asynq_log_set_sink(NULL, NULL);
 	who_stop(&fx);
+}
+
+/* Settings that do not fit are refused in words, for servers and
+ * channels. */
+static void
+test_peer_tls_settings_refused_in_words(void **state)
+{
+	(void)state;
+	make_certs();
+	asynq_runtime *rt;
+	asynq_runtime_cfg rcfg = { .workers = 1 };
+	assert_int_equal(asynq_runtime_alloc(&rt, &rcfg), ASYNQ_OK);
+	asynq_log_set_sink(log_sink, NULL);
+	struct {
+		asynq_rpc_server_cfg cfg;
+		const char *why;
+	} bad[] = {
+		{ { .tls_cert_file = path("srv1.crt"),
+		      .tls_key_file = path("srv1.key"),
+		      .tls_require_client_cert = true },
+		    "tls_require_client_cert needs tls_client_ca_file" },
+		{ { .tls_client_ca_file = path("ca.crt") },
+		    "client certificate settings need tls_cert_file" },
+		{ { .tls_cert_file = path("srv1.crt"),
+		      .tls_key_file = path("srv1.key"),
+		      .tls_client_ca_file = path("nonexistent.crt") },
+		    "No such file or directory" },
+		{ { .tls_cert_file = path("srv1.crt"),
+		      .tls_key_file = path("srv1.key"),
+		      .tls_client_ca_file = path("srv1.key") },
+		    "tls_client_ca_file" },
+		{ { .tls_cert_file = path("srv1.crt"),
+		      .tls_key_file = path("srv1.key"),
+		      .tls_client_ca_file = path("ca.crt"),
+		      .tls_crl_file = path("ca.crt") },
+		    "tls_crl_file" },
+		{ { .tls_cert_file = path("srv1.crt"),
+		      .tls_key_file = path("srv2.key") },
+		    "the key is not the certificate's" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		log_reset();
+		asynq_rpc_server *srv = NULL;
+		assert_int_equal(asynq_rpc_server_alloc(&srv, rt, &bad[i].cfg),
+		    ASYNQ_INVALID_ARGUMENT);
+		assert_null(srv);
+		assert_true(log_has("event=setup_failed", bad[i].why, NULL));
+	}
+	/* A client key without its certificate. */
+	log_reset();
+	const char *urls[] = { "tls+tcp://127.0.0.1:1" };
+	asynq_rpc_channel_cfg ccfg = { .urls = urls,
+		.n_urls = 1,
+		.tls_ca_file = path("ca.crt"),
+		.tls_key_file = path("front.key") };
+	asynq_rpc_channel *ch = NULL;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, WHO, &ccfg),
+	    ASYNQ_INVALID_ARGUMENT);
+	assert_true(log_has("event=setup_failed", "go together", NULL));
+	/* Reloading a server without TLS. */
+	asynq_rpc_server *srv;
+	assert_int_equal(asynq_rpc_server_alloc(&srv, rt, NULL), ASYNQ_OK);
+	assert_int_equal(asynq_rpc_server_reload_tls(srv),
+	    ASYNQ_FAILED_PRECONDITION);
+	assert_non_null(strstr(asynq_rpc_server_last_error(srv),
+	    "the server has no TLS settings"));
+	asynq_rpc_server_free(srv);
+	asynq_log_set_sink(NULL, NULL);
+	asynq_runtime_free(rt);
+	asynq_thread_fini();
 }
 
 /* ---- Reload -------------------------------------------------------------- */
@@ -854,7 +927,7 @@ test_peer_tls_reload_under_load(void **state)
 	assert_int_equal(asynq_rpc_server_reload_tls(fx.srv), ASYNQ_OK);
 	asynq_log_set_sink(log_sink, NULL);
 	log_reset();
-	assert_int_equal(ask_as(fx.url, "rev", 700), ASYNQ_UNAVAILABLE);
+	assert_int_equal(ask_as(fx.url, "rev", 5000), ASYNQ_UNAVAILABLE);
 	assert_true(log_has("event=tls_handshake_failed", "revoked", NULL));
 	assert_int_equal(ask(rev, WM(WHOAMI), 2, NULL), ASYNQ_OK);
 	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_OK);
@@ -864,7 +937,7 @@ test_peer_tls_reload_under_load(void **state)
 	swap_in("other.crt", "cur-ca.crt");
 	assert_int_equal(asynq_rpc_server_reload_tls(fx.srv), ASYNQ_OK);
 	log_reset();
-	assert_int_equal(ask_as(fx.url, "front", 700), ASYNQ_UNAVAILABLE);
+	assert_int_equal(ask_as(fx.url, "front", 5000), ASYNQ_UNAVAILABLE);
 	assert_true(log_has("event=tls_handshake_failed",
 	    "not correctly signed by the trusted CA", NULL));
 	asynq_log_set_sink(NULL, NULL);
@@ -881,6 +954,79 @@ test_peer_tls_reload_under_load(void **state)
 	who_stop(&fx);
 }
 
+/* A client's short-lived certificate renewed in place: after
+ * asynq_rpc_channel_reload_tls, the channel's next connection (after the
+ * server's idle timeout closed the first) presents the new one. */
+static void
+test_peer_tls_client_reload(void **state)
+{
+	(void)state;
+	make_certs();
+	swap_in("rev.crt", "cur-cli.crt");
+	swap_in("rev.key", "cur-cli.key");
+	asynq_rpc_server_cfg scfg = {
+		.tls_cert_file = path("srv1.crt"),
+		.tls_key_file = path("srv1.key"),
+		.tls_client_ca_file = path("ca.crt"),
+		.tls_require_client_cert = true,
+		.idle_timeout_ms = 300,
+	};
+	char url[64];
+	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", free_port());
+	who_fx fx;
+	who_start(&fx, url, &scfg);
+	const char *urls[] = { fx.url };
+	char cert[600], key[600];
+	snprintf(cert, sizeof(cert), "%s", path("cur-cli.crt"));
+	snprintf(key, sizeof(key), "%s", path("cur-cli.key"));
+	asynq_rpc_channel_cfg ccfg = { .urls = urls,
+		.n_urls = 1,
+		.tls_ca_file = path("ca.crt"),
+		.tls_server_name = "localhost",
+		.tls_cert_file = cert,
+		.tls_key_file = key,
+		.wait_for_ready = true,
+		.default_deadline_ms = 5000 };
+	asynq_rpc_channel *ch;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, WHO, &ccfg), ASYNQ_OK);
+	asynq_future *f = NULL;
+	assert_int_equal(ask(ch, WM(WHOAMI), 1, &f), ASYNQ_OK);
+	assert_string_equal(
+	    ((const Asynq__Peertest__Seen *)asynq_future_ptr(f))->subject,
+	    "CN=revoked-soon");
+	asynq_future_rele(f);
+
+	swap_in("front.crt", "cur-cli.crt");
+	swap_in("front.key", "cur-cli.key");
+	assert_int_equal(asynq_rpc_channel_reload_tls(ch), ASYNQ_OK);
+	/* The open connection keeps its certificate until it goes: idle
+	 * past the server's timeout, it is closed, and the next call
+	 * connects again. */
+	bool renewed = false;
+	for (int i = 0; i < 20 && !renewed; i++) {
+		usleep(500 * 1000);
+		assert_int_equal(ask(ch, WM(WHOAMI), 2, &f), ASYNQ_OK);
+		const char *subj =
+		    ((const Asynq__Peertest__Seen *)asynq_future_ptr(f))
+		        ->subject;
+		renewed = strcmp(subj, "CN=frontend,O=example") == 0;
+		if (!renewed)
+			assert_string_equal(subj, "CN=revoked-soon");
+		asynq_future_rele(f);
+	}
+	assert_true(renewed);
+	asynq_rpc_channel_free(ch);
+
+	/* A channel without TLS has nothing to reload. */
+	char plain[64];
+	snprintf(plain, sizeof(plain), "tcp://127.0.0.1:%d", free_port());
+	ch = channel_to(plain);
+	assert_int_equal(asynq_rpc_channel_reload_tls(ch),
+	    ASYNQ_FAILED_PRECONDITION);
+	asynq_rpc_channel_free(ch);
+	who_stop(&fx);
+}
+
 int
 main(void)
 {
@@ -892,8 +1038,11 @@ main(void)
 		cmocka_unit_test(test_peer_tls_verified_identity),
 		cmocka_unit_test(test_peer_tls_rejected_clients),
 		cmocka_unit_test(test_peer_tls_optional_client_cert),
-		cmocka_unit_test(test_peer_tls_garbage_and_truncated_handshakes),
+		cmocka_unit_test(
+		    test_peer_tls_garbage_and_truncated_handshakes),
+		cmocka_unit_test(test_peer_tls_settings_refused_in_words),
 		cmocka_unit_test(test_peer_tls_reload_under_load),
+		cmocka_unit_test(test_peer_tls_client_reload),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	remove_certs();

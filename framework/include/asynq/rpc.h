@@ -328,6 +328,17 @@ asynq_status asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
  * CANCELLED. Every scheduler that used it must have finished its calls. */
 void asynq_rpc_channel_free(asynq_rpc_channel *ch);
 
+/* asynq_rpc_channel_reload_tls reads the channel's TLS files again
+ * (tls_cert_file, tls_key_file, tls_ca_file), for short-lived client
+ * certificates: connections made from now on (a reconnect, say after the
+ * server's idle timeout) present the new certificate; open ones keep
+ * theirs. Channels opened with the same files share them, so it reloads
+ * them for all of those. Call it once every file of the new set is in
+ * place. INVALID_ARGUMENT when a file cannot be read or used (nothing
+ * changes; logged at error as event=tls_reload_failed with the reason),
+ * FAILED_PRECONDITION for a channel without TLS settings. Any thread. */
+asynq_status asynq_rpc_channel_reload_tls(asynq_rpc_channel *ch);
+
 /* asynq_rpc_call encodes req (borrowed; it may be freed on return) as a call
  * of method m, adds it to the calling thread's batch for ch, and returns a
  * future for the reply: its pointer value is the decoded response message
@@ -685,14 +696,16 @@ asynq_status asynq_rpc_server_listen(asynq_rpc_server *s, const char *url);
  * accepts from now on; connections already open keep theirs, and calls on
  * them go on. For short-lived certificates: call it once every file of the
  * new set is in place (after a rename, say on SIGHUP), so no connection
- * sees a certificate with another's key. INVALID_ARGUMENT when a file
- * cannot be read or used (nothing changes;
+ * sees a certificate with another's key. Logs event=tls_reloaded, or
+ * event=tls_reload_failed at error with the reason. INVALID_ARGUMENT when
+ * a file cannot be read or used (nothing changes;
  * asynq_rpc_server_last_error says why), FAILED_PRECONDITION for a server
  * without TLS settings. Any thread. */
 asynq_status asynq_rpc_server_reload_tls(asynq_rpc_server *s);
 
 /* asynq_rpc_server_last_error returns, in words, why the last
- * asynq_rpc_server_add_service or asynq_rpc_server_listen of s failed
+ * asynq_rpc_server_add_service, asynq_rpc_server_listen or
+ * asynq_rpc_server_reload_tls of s failed
  * ("listen tcp://127.0.0.1:7001: address in use", "handler table: method
  * x.Y/Z has no handler"); "" if none did. Borrowed until the next such
  * call. */
