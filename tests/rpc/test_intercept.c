@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "asynq/asynq.h"
+#include "asynq/log.h"
 #include "asynq/rpc.h"
 #include "tests/rpc/rpc_fixture.h"
 #include "tests/rpc/test_intercept.asynq.h"
@@ -226,6 +227,7 @@ typedef struct rec {
 	const char *add_key, *add_val; /* added in before */
 	const char *read_key;          /* logged in before */
 	int64_t reject_v;              /* rejected in before; 0: none */
+	bool reject_batch;             /* batch_before refuses */
 	atomic_int batch_before, batch_after;
 	size_t batch_n;
 	/* The last after hook's view of a call. */
@@ -278,7 +280,7 @@ rec_batch_before(asynq_rpc_batch_info *b, void *arg)
 	atomic_fetch_add(&r->batch_before, 1);
 	r->batch_n = b->n;
 	ev("%s.batch_before %s %zu", r->icpt.name, b->method->name, b->n);
-	return ASYNQ_OK;
+	return r->reject_batch ? ASYNQ_FAILED_PRECONDITION : ASYNQ_OK;
 }
 
 static void
@@ -734,6 +736,43 @@ icpt_whole_batch(int transport)
 	ifx_stop(&fx);
 }
 
+/* A batch_before that refuses fails every call of the batch; the handler
+ * never runs; the interceptors before it see the batch end. */
+static void
+test_icpt_batch_rejected(void **state)
+{
+	(void)state;
+	rec s1, s2;
+	rec_init(&s1, "S1");
+	rec_init(&s2, "S2");
+	s2.reject_batch = true;
+	const asynq_rpc_interceptor *si[] = { &s1.icpt, &s2.icpt };
+	ifx fx;
+	ifx_start(&fx, TRANSPORT_INPROC,
+	    (asynq_rpc_server_cfg){ .interceptors = si, .n_interceptors = 2 },
+	    NULL, 0);
+	cjob j = { .ch = fx.ch,
+		.m = GM(SUM),
+		.n = 2,
+		.v = { 1, 2 },
+		.auth = { "Bearer tok-sum", "Bearer tok-sum" } };
+	cjob_run(&j);
+	for (size_t i = 0; i < 2; i++) {
+		assert_int_equal(asynq_future_status(j.f[i]),
+		    ASYNQ_FAILED_PRECONDITION);
+		assert_string_equal(err_msg(j.f[i]),
+		    NAME("Sum") ": rejected by interceptor S2");
+	}
+	cjob_done(&j);
+	assert_int_equal(atomic_load(&sum_runs), 0);
+	assert_int_equal(atomic_load(&s1.batch_after), 1);
+	assert_int_equal(atomic_load(&s2.batch_after), 0);
+	assert_true(ev_has("S1.batch_after Sum FAILED_PRECONDITION"));
+	assert_true(ev_has("S2.after Sum FAILED_PRECONDITION"));
+	assert_true(ev_has("S1.after Sum FAILED_PRECONDITION"));
+	ifx_stop(&fx);
+}
+
 static void
 test_icpt_whole_batch_inproc(void **state)
 {
@@ -746,6 +785,46 @@ test_icpt_whole_batch_tcp(void **state)
 {
 	(void)state;
 	icpt_whole_batch(TRANSPORT_TCP);
+}
+
+/* ---- Log lines, captured ------------------------------------------------ */
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char logbuf[1 << 16];
+static size_t loglen;
+
+static void
+log_capture(const char *line, size_t len, void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&log_mu);
+	if (loglen + len + 1 < sizeof(logbuf)) {
+		memcpy(logbuf + loglen, line, len);
+		loglen += len;
+		if (len == 0 || line[len - 1] != '\n')
+			logbuf[loglen++] = '\n';
+	}
+	pthread_mutex_unlock(&log_mu);
+}
+
+/* Captured lines holding both a and b (b may be NULL). */
+static int
+log_lines(const char *a, const char *b)
+{
+	int n = 0;
+	pthread_mutex_lock(&log_mu);
+	logbuf[loglen] = '\0';
+	for (char *l = logbuf; *l != '\0';) {
+		char *end = strchr(l, '\n');
+		size_t len = end != NULL ? (size_t)(end - l) : strlen(l);
+		char one[1024];
+		snprintf(one, sizeof(one), "%.*s", (int)len, l);
+		if (strstr(one, a) != NULL && (b == NULL || strstr(one, b)))
+			n++;
+		l += len + (end != NULL);
+	}
+	pthread_mutex_unlock(&log_mu);
+	return n;
 }
 
 /* ---- Trace context ------------------------------------------------------- */
@@ -800,9 +879,29 @@ traced_task(asynq_task *t, void *arg)
 	return ASYNQ_OK;
 }
 
+/* Relay under a traceparent value of the caller's own (not a trace). */
+static asynq_status
+garbled_task(asynq_task *t, void *arg)
+{
+	relay_job *j = arg;
+	const char *junk = "00-not-a-trace";
+	assert_int_equal(
+	    asynq_rpc_metadata_push("traceparent", junk, strlen(junk)),
+	    ASYNQ_OK);
+	(void)relay_main(j);
+	(void)asynq_rpc_metadata_pop();
+	(void)asynq_await(t, j->f);
+	return ASYNQ_OK;
+}
+
 static void
 trace_relay(int transport)
 {
+	pthread_mutex_lock(&log_mu);
+	loglen = 0;
+	pthread_mutex_unlock(&log_mu);
+	asynq_log_set_sink(log_capture, NULL);
+	asynq_log_set_level(ASYNQ_LOG_INFO);
 	const asynq_rpc_interceptor *ti[] = { &asynq_rpc_trace_interceptor };
 	ifx fx;
 	ifx_start(&fx, transport,
@@ -839,6 +938,15 @@ trace_relay(int transport)
 	assert_int_equal(asynq_rpc_trace_parse(tp, 55, &inner), ASYNQ_OK);
 	asynq_future_rele(j.f);
 
+	/* The server's request lines name the trace: Relay's and the inner
+	 * Echo's. */
+	assert_int_equal(log_lines("method=" NAME("Relay"),
+	                     "trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+	    1);
+	assert_int_equal(log_lines("method=" NAME("Echo"),
+	                     "trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+	    1);
+
 	/* Outside a trace: no traceparent at all. */
 	relay_job k = { .ch = fx.ch };
 	f = asynq_spawn(relay_task, &k);
@@ -846,7 +954,18 @@ trace_relay(int transport)
 	asynq_future_rele(f);
 	assert_string_equal(reply_s(k.f), "");
 	asynq_future_rele(k.f);
+
+	/* A malformed traceparent is ignored: the call runs, not in a
+	 * trace. */
+	relay_job g = { .ch = fx.ch };
+	f = asynq_spawn(garbled_task, &g);
+	assert_int_equal(asynq_wait(f), ASYNQ_OK);
+	asynq_future_rele(f);
+	assert_string_equal(reply_s(g.f), "");
+	asynq_future_rele(g.f);
 	ifx_stop(&fx);
+	assert_int_equal(log_lines("event=request", "trace_id="), 2);
+	asynq_log_set_sink(NULL, NULL);
 }
 
 static void
@@ -1372,6 +1491,7 @@ main(void)
 		cmocka_unit_test(test_icpt_reject_tcp),
 		cmocka_unit_test(test_icpt_after_results_inproc),
 		cmocka_unit_test(test_icpt_after_results_tcp),
+		cmocka_unit_test(test_icpt_batch_rejected),
 		cmocka_unit_test(test_icpt_whole_batch_inproc),
 		cmocka_unit_test(test_icpt_whole_batch_tcp),
 		cmocka_unit_test(test_trace_relay_inproc),
