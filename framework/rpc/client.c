@@ -59,6 +59,14 @@
  *   in part by each answered request, must be over half full. Calls that
  *   wait for ready and calls that fail fast go in separate per-thread
  *   backends, so each sub-request is wholly one or the other.
+ * - Interceptors run in asynq_rpc_call, before the request cache and the
+ *   batch, on a cli_icall of their own (out of line, so a channel without
+ *   them pays one test); a rejected call is a failed constant future. The
+ *   after hooks hang on the call's future (asynq_future_on_done) with a
+ *   copy of the interceptor list. Metadata they add is a chain on top of
+ *   the caller's, pushed as the scoped chain while the call is made; a
+ *   call whose chain differs from the batch's first only by node but not
+ *   by content shares the batch's metadata.
  * - Lock order: the channel's mu, then a connection's lock (inside conn.c);
  *   conn.c calls wbuf done and on_close without its lock, and they take mu.
  *   Nothing calls into conn.c's queue/flush with mu held.
@@ -1687,12 +1695,14 @@ call_inner(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 typedef struct cli_icall {
 	asynqi_icall base;
 	asynq_rpc_call_info info;
-	asynq_rpc_channel *ch;
+	/* The channel's interceptors (a copy: the after hooks may run once
+	 * the channel is gone, its calls failed CANCELLED). */
+	const asynq_rpc_interceptor **icpt;
 	asynqi_md_node *md;    /* the chain the call is made under */
 	asynqi_md_node *added; /* its top when interceptors added to it: a
 	                          reference of ours */
 	size_t passed; /* interceptors whose before let the call go on */
-	void *state[];
+	void *state[]; /* n_icpt of them, then the copy of icpt */
 } cli_icall;
 
 const void *
@@ -1759,7 +1769,7 @@ icall_after(cli_icall *ic, asynq_status st, const char *msg,
 	ic->info.message = st != ASYNQ_OK ? msg : NULL;
 	ic->info.reply = st == ASYNQ_OK ? reply : NULL;
 	for (size_t i = ic->passed; i-- > 0;) {
-		const asynq_rpc_interceptor *x = ic->ch->icpt[i];
+		const asynq_rpc_interceptor *x = ic->icpt[i];
 		if (x->after != NULL)
 			x->after(&ic->info, ic->state[i], x->arg);
 	}
@@ -1783,7 +1793,7 @@ static asynq_future *__attribute__((noinline, cold))
 icpt_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
     const ProtobufCMessage *req)
 {
-	size_t sz = sizeof(cli_icall) + ch->n_icpt * sizeof(void *);
+	size_t sz = sizeof(cli_icall) + 2 * ch->n_icpt * sizeof(void *);
 	cli_icall *ic = calloc(1, sz);
 	if (ic == NULL) {
 		atomic_fetch_add_explicit(&ch->failures, 1,
@@ -1797,7 +1807,8 @@ icpt_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		.server = false,
 		.start_ns = (int64_t)asynq_now_ns(),
 		.impl_ = ic };
-	ic->ch = ch;
+	ic->icpt = (const asynq_rpc_interceptor **)&ic->state[ch->n_icpt];
+	memcpy(ic->icpt, ch->icpt, ch->n_icpt * sizeof(*ic->icpt));
 	ic->md = asynq_scoped_get(&asynqi_md_key);
 	asynq_status st = ASYNQ_OK;
 	size_t j = 0;

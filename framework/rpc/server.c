@@ -71,6 +71,19 @@
  *   by alloc like any other and reads asynq_rpc_server_serving; so is
  *   the reflection service (reflection.c), which reads the services'
  *   tables through asynq_rpc_server_service.
+ * - Interceptors (asynq_rpc_interceptor; intercept.c has the built-in
+ *   ones): with any (r->icpt), the request's task gives each call still to
+ *   run, after admission and before grouping, a srv_icall in the request's
+ *   arena and runs the before hooks; a call one rejects is answered at once
+ *   and never grouped, so no handler and no whole batch sees it. The after
+ *   hooks run once per call (passed drops to 0) where its result is put:
+ *   call_result, call_fail. Metadata hooks add lives in the arena and
+ *   shadows the call's own for asynq_rpc_metadata_get. Without
+ *   interceptors a call pays a NULL ic and the r->icpt tests.
+ * - Authorization policies are resolved at the first listen into each
+ *   srv_method (settings over the descriptor's), which also puts the
+ *   authorization interceptor first when some method has one; the tables
+ *   are fixed from then on, so workers read them without locks.
  * - Lock order: s->mu, then sc->mu; the dedup table's lock is a leaf; no
  *   server lock is held while calling into conn.c.
  */

@@ -310,7 +310,8 @@ typedef struct asynq_rpc_channel_cfg {
 	bool cache_errors;
 	/* Interceptors run around every call made through the channel, in
 	 * this order (see asynq_rpc_interceptor); the array is copied, the
-	 * interceptors are borrowed and must outlive the channel. */
+	 * interceptors are borrowed and must outlive the channel and the
+	 * futures of its calls (after hooks run when those are computed). */
 	const asynq_rpc_interceptor *const *interceptors;
 	size_t n_interceptors;
 } asynq_rpc_channel_cfg;
