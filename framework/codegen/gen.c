@@ -547,6 +547,7 @@ struct method {
 	bool request_cache, cache_errors;
 	char **allow_peers, **allow_scopes;
 	size_t n_allow_peers, n_allow_scopes;
+	bool allow_anyone;
 };
 
 struct service {
@@ -711,8 +712,15 @@ read_method(asynqi_codegen *g, const struct service *s, const method_proto *mp,
 	        &m->n_allow_peers) != 0 ||
 	    opt_strings(g, opts, ASYNQI_OPT_ALLOW_SCOPES, where,
 	        "(asynq.allow_scopes)", &m->allow_scopes,
-	        &m->n_allow_scopes) != 0)
+	        &m->n_allow_scopes) != 0 ||
+	    opt_bool(g, opts, ASYNQI_OPT_ALLOW_ANYONE, where,
+	        "(asynq.allow_anyone)", &m->allow_anyone) != 0)
 		return -1;
+	if (m->allow_anyone && m->n_allow_peers + m->n_allow_scopes != 0)
+		return fail(g,
+		    "%s: (asynq.allow_anyone) with (asynq.allow_peers) or "
+		    "(asynq.allow_scopes): choose one",
+		    where);
 	if (mp->options != NULL && mp->options->has_idempotency_level &&
 	    mp->options->idempotency_level !=
 	        GOOGLE__PROTOBUF__METHOD_OPTIONS__IDEMPOTENCY_LEVEL__IDEMPOTENCY_UNKNOWN)
@@ -787,6 +795,24 @@ read_service(asynqi_codegen *g, const file_proto *f, const service_proto *sp,
 	for (size_t i = 0; i < sp->n_method; i++)
 		if (read_method(g, s, sp->method[i], &s->methods[i]) != 0)
 			return -1;
+
+	/* The service's allow lists go to each method without its own. */
+	char **peers, **scopes;
+	size_t n_peers, n_scopes;
+	if (opt_strings(g, opts, ASYNQI_OPT_SVC_ALLOW_PEERS, where,
+	        "(asynq.default_allow_peers)", &peers, &n_peers) != 0 ||
+	    opt_strings(g, opts, ASYNQI_OPT_SVC_ALLOW_SCOPES, where,
+	        "(asynq.default_allow_scopes)", &scopes, &n_scopes) != 0)
+		return -1;
+	for (size_t i = 0; i < s->n_methods; i++) {
+		struct method *m = &s->methods[i];
+		if (m->allow_anyone || m->n_allow_peers + m->n_allow_scopes != 0)
+			continue;
+		m->allow_peers = peers;
+		m->n_allow_peers = n_peers;
+		m->allow_scopes = scopes;
+		m->n_allow_scopes = n_scopes;
+	}
 	return 0;
 }
 

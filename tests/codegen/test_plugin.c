@@ -360,6 +360,48 @@ test_plugin_emits_allow_lists(void **state)
 	free(c);
 }
 
+/* A service's lists go to its methods without their own;
+ * (asynq.allow_anyone) opens one; it cannot be mixed with lists. */
+static void
+test_plugin_service_allow_lists(void **state)
+{
+	struct run r;
+	char *c;
+
+	(void)state;
+	protoc(&r, "allow_svc", "allows.proto",
+	    HEAD "service Svc {"
+	         " option (asynq.default_allow_scopes) = \"svc.read\";"
+	         " rpc Get(Req) returns (Req);"
+	         " rpc Put(Req) returns (Req) {"
+	         " option (asynq.allow_peers) = \"DNS:admin.svc\"; }"
+	         " rpc Ping(Req) returns (Req) {"
+	         " option (asynq.allow_anyone) = true; } }\n",
+	    "");
+	assert_int_equal(r.status, 0);
+	assert_non_null(c = read_out(&r, "allows.asynq.c"));
+	assert_contains(c,
+	    "static const char *const t__svc__asynq_allow_scopes_0[1] = {\n"
+	    "\t\"svc.read\",\n};");
+	assert_contains(c,
+	    "static const char *const t__svc__asynq_allow_peers_1[1] = {\n"
+	    "\t\"DNS:admin.svc\",\n};");
+	assert_null(strstr(c, "asynq_allow_scopes_1"));
+	assert_null(strstr(c, "asynq_allow_peers_2"));
+	assert_null(strstr(c, "asynq_allow_scopes_2"));
+	free(c);
+
+	protoc(&r, "allow_mixed", "allowm.proto",
+	    HEAD "service Svc { rpc Get(Req) returns (Req) {"
+	         " option (asynq.allow_anyone) = true;"
+	         " option (asynq.allow_scopes) = \"x\"; } }\n",
+	    "");
+	assert_int_not_equal(r.status, 0);
+	assert_contains(r.output,
+	    "method t.Svc/Get: (asynq.allow_anyone) with (asynq.allow_peers) "
+	    "or (asynq.allow_scopes): choose one");
+}
+
 static void
 test_plugin_rejects_empty_allow(void **state)
 {
@@ -630,6 +672,7 @@ main(void)
 		cmocka_unit_test(
 		    test_plugin_rejects_request_cache_on_non_idempotent_method),
 		cmocka_unit_test(test_plugin_emits_allow_lists),
+		cmocka_unit_test(test_plugin_service_allow_lists),
 		cmocka_unit_test(test_plugin_rejects_empty_allow),
 		cmocka_unit_test(test_plugin_rejects_colliding_method_name),
 		cmocka_unit_test(test_plugin_rejects_parameter),
