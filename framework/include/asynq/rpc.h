@@ -180,9 +180,10 @@ typedef struct asynq_rpc_interceptor {
 /* asynq_rpc_call_reject, for a before hook, rejects the call with st (not
  * OK) and a printf-style message for its caller, and returns st: `return
  * asynq_rpc_call_reject(call, ASYNQ_PERMISSION_DENIED, "...")`. A before
- * hook that returns non-OK without it rejects with "METHOD: rejected by
- * interceptor NAME". Without memory for the text the caller gets st's
- * name. */
+ * hook that returns non-OK without it (or when there is no memory for the
+ * text) rejects with "METHOD: rejected by interceptor NAME (STATUS)". A
+ * batch_before that returns non-OK fails each call of the batch with
+ * "METHOD: rejected by interceptor NAME". */
 asynq_status asynq_rpc_call_reject(asynq_rpc_call_info *call, asynq_status st,
     const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
