@@ -66,6 +66,8 @@
 #define OPT_IDEMPOTENT 50110
 #define OPT_WHOLE_BATCH 50111
 #define OPT_REQUEST_CACHE 50112
+#define OPT_ALLOW_PEERS 50114
+#define OPT_ALLOW_SCOPES 50115
 
 typedef struct opts {
 	const char *url;
@@ -434,6 +436,40 @@ opt_uint(const ProtobufCMessage *opts_msg, uint32_t tag)
 	return v;
 }
 
+/* print_opt_strings prints the values of repeated string option `tag`
+ * as "<sep> <what> a b"; returns the separator for what follows. */
+static const char *
+print_opt_strings(const ProtobufCMessage *opts_msg, uint32_t tag,
+    const char *what, const char *sep)
+{
+	bool any = false;
+
+	for (unsigned i = 0; opts_msg != NULL && i < opts_msg->n_unknown_fields;
+	     i++) {
+		const ProtobufCMessageUnknownField *u =
+		    &opts_msg->unknown_fields[i];
+		uint64_t len = 0;
+		size_t k = 0;
+		if (u->tag != tag ||
+		    u->wire_type != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED)
+			continue;
+		/* The value after its length prefix. */
+		for (; k < u->len && k < 10; k++) {
+			len |= (uint64_t)(u->data[k] & 0x7f) << (7 * k);
+			if ((u->data[k] & 0x80) == 0)
+				break;
+		}
+		k++;
+		if (k > u->len || len != u->len - k)
+			continue;
+		if (!any)
+			printf("%s %s", sep, what);
+		printf(" %.*s", (int)len, (const char *)u->data + k);
+		any = true;
+	}
+	return any ? "," : sep;
+}
+
 static const ProtobufCMessage *
 method_opts(const Google__Protobuf__MethodDescriptorProto *m)
 {
@@ -580,8 +616,12 @@ print_method(const Google__Protobuf__MethodDescriptorProto *m, names *todo)
 		printf("%s whole batch", sep);
 		sep = ",";
 	}
-	if (opt_uint(mo, OPT_REQUEST_CACHE))
+	if (opt_uint(mo, OPT_REQUEST_CACHE)) {
 		printf("%s request cache", sep);
+		sep = ",";
+	}
+	sep = print_opt_strings(mo, OPT_ALLOW_PEERS, "allow peers", sep);
+	(void)print_opt_strings(mo, OPT_ALLOW_SCOPES, "allow scopes", sep);
 	printf("\n");
 	names_add(todo, m->input_type + 1);
 	names_add(todo, m->output_type + 1);

@@ -415,6 +415,59 @@ opt_bool(asynqi_codegen *g, const ProtobufCMessage *opts, uint32_t tag,
 	return 0;
 }
 
+/* opt_strings reads every value of the repeated string option tag into
+ * *vp (gen-owned copies), *np of them; none leaves *np at 0. A value must
+ * be non-empty text without NUL bytes or control characters. */
+static int
+opt_strings(asynqi_codegen *g, const ProtobufCMessage *opts, uint32_t tag,
+    const char *where, const char *opt, char ***vp, size_t *np)
+{
+	size_t n = 0, k = 0;
+
+	*vp = NULL;
+	*np = 0;
+	if (opts == NULL)
+		return 0;
+	for (unsigned i = 0; i < opts->n_unknown_fields; i++)
+		if (opts->unknown_fields[i].tag == tag)
+			n++;
+	if (n == 0)
+		return 0;
+	if ((*vp = gen_zalloc(g, n, sizeof(char *))) == NULL)
+		return -1;
+	for (unsigned i = 0; i < opts->n_unknown_fields; i++) {
+		const ProtobufCMessageUnknownField *u = &opts->unknown_fields[i];
+		uint64_t len;
+		size_t h;
+
+		if (u->tag != tag)
+			continue;
+		if (u->wire_type != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED ||
+		    (h = read_varint(u->data, u->len, &len)) == 0 ||
+		    len != u->len - h)
+			return fail(g,
+			    "%s: option %s (field %u) is not the string "
+			    "proto/asynq/options.proto declares; does another "
+			    "extension use field number %u?",
+			    where, opt, (unsigned)tag, (unsigned)tag);
+		if (len == 0)
+			return fail(g, "%s: option %s is empty: name a peer "
+			    "identity or a scope", where, opt);
+		for (size_t j = 0; j < len; j++)
+			if (u->data[h + j] < 0x20 || u->data[h + j] == 0x7f)
+				return fail(g,
+				    "%s: option %s = \"%.*s\" has a control "
+				    "character",
+				    where, opt, (int)len,
+				    (const char *)u->data + h);
+		if (((*vp)[k++] = gen_printf(g, "%.*s", (int)len,
+		         (const char *)u->data + h)) == NULL)
+			return -1;
+	}
+	*np = k;
+	return 0;
+}
+
 /* c_package returns a file's (pb_c_file).c_package, or NULL when unset.
  * The extension is a message, so its unknown field holds a length prefix
  * and the message's fields. */
@@ -492,6 +545,9 @@ struct method {
 	bool idempotent;
 	bool whole_batch;
 	bool request_cache, cache_errors;
+	char **allow_peers, **allow_scopes;
+	size_t n_allow_peers, n_allow_scopes;
+	bool allow_anyone;
 };
 
 struct service {
@@ -650,8 +706,21 @@ read_method(asynqi_codegen *g, const struct service *s, const method_proto *mp,
 	    opt_bool(g, opts, ASYNQI_OPT_REQUEST_CACHE, where,
 	        "(asynq.request_cache)", &m->request_cache) != 0 ||
 	    opt_bool(g, opts, ASYNQI_OPT_CACHE_ERRORS, where,
-	        "(asynq.cache_errors)", &m->cache_errors) != 0)
+	        "(asynq.cache_errors)", &m->cache_errors) != 0 ||
+	    opt_strings(g, opts, ASYNQI_OPT_ALLOW_PEERS, where,
+	        "(asynq.allow_peers)", &m->allow_peers,
+	        &m->n_allow_peers) != 0 ||
+	    opt_strings(g, opts, ASYNQI_OPT_ALLOW_SCOPES, where,
+	        "(asynq.allow_scopes)", &m->allow_scopes,
+	        &m->n_allow_scopes) != 0 ||
+	    opt_bool(g, opts, ASYNQI_OPT_ALLOW_ANYONE, where,
+	        "(asynq.allow_anyone)", &m->allow_anyone) != 0)
 		return -1;
+	if (m->allow_anyone && m->n_allow_peers + m->n_allow_scopes != 0)
+		return fail(g,
+		    "%s: (asynq.allow_anyone) with (asynq.allow_peers) or "
+		    "(asynq.allow_scopes): choose one",
+		    where);
 	if (mp->options != NULL && mp->options->has_idempotency_level &&
 	    mp->options->idempotency_level !=
 	        GOOGLE__PROTOBUF__METHOD_OPTIONS__IDEMPOTENCY_LEVEL__IDEMPOTENCY_UNKNOWN)
@@ -726,6 +795,24 @@ read_service(asynqi_codegen *g, const file_proto *f, const service_proto *sp,
 	for (size_t i = 0; i < sp->n_method; i++)
 		if (read_method(g, s, sp->method[i], &s->methods[i]) != 0)
 			return -1;
+
+	/* The service's allow lists go to each method without its own. */
+	char **peers, **scopes;
+	size_t n_peers, n_scopes;
+	if (opt_strings(g, opts, ASYNQI_OPT_SVC_ALLOW_PEERS, where,
+	        "(asynq.default_allow_peers)", &peers, &n_peers) != 0 ||
+	    opt_strings(g, opts, ASYNQI_OPT_SVC_ALLOW_SCOPES, where,
+	        "(asynq.default_allow_scopes)", &scopes, &n_scopes) != 0)
+		return -1;
+	for (size_t i = 0; i < s->n_methods; i++) {
+		struct method *m = &s->methods[i];
+		if (m->allow_anyone || m->n_allow_peers + m->n_allow_scopes != 0)
+			continue;
+		m->allow_peers = peers;
+		m->n_allow_peers = n_peers;
+		m->allow_scopes = scopes;
+		m->n_allow_scopes = n_scopes;
+	}
 	return 0;
 }
 
@@ -918,9 +1005,49 @@ desc_decl(const struct service *s, struct buf *h)
 		    s->lower, s->methods[i].lower, s->lower, i);
 }
 
+/* c_literal appends v as a C string literal: printable ASCII as is,
+ * quotes, backslashes, question marks (trigraphs) and other bytes as
+ * octal escapes. */
+static void
+c_literal(struct buf *c, const char *v)
+{
+	buf_printf(c, "\"");
+	for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+		if (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\' &&
+		    *p != '?')
+			buf_printf(c, "%c", *p);
+		else
+			buf_printf(c, "\\%03o", *p);
+	}
+	buf_printf(c, "\"");
+}
+
+/* allow_list defines the array of one method's (asynq.allow_...) values. */
+static void
+allow_list(const struct service *s, size_t i, const char *what,
+    char *const *v, size_t n, struct buf *c)
+{
+	if (n == 0)
+		return;
+	buf_printf(c, "static const char *const %s__asynq_%s_%zu[%zu] = {\n",
+	    s->lower, what, i, n);
+	for (size_t j = 0; j < n; j++) {
+		buf_printf(c, "\t");
+		c_literal(c, v[j]);
+		buf_printf(c, ",\n");
+	}
+	buf_printf(c, "};\n\n");
+}
+
 static void
 desc_defn(const struct service *s, struct buf *c)
 {
+	for (size_t i = 0; i < s->n_methods; i++) {
+		allow_list(s, i, "allow_peers", s->methods[i].allow_peers,
+		    s->methods[i].n_allow_peers, c);
+		allow_list(s, i, "allow_scopes", s->methods[i].allow_scopes,
+		    s->methods[i].n_allow_scopes, c);
+	}
 	if (s->n_methods > 0) {
 		buf_printf(c,
 		    "static const asynq_rpc_method_desc "
@@ -938,13 +1065,25 @@ desc_defn(const struct service *s, struct buf *c)
 			    "\t\t.idempotent = %s,\n"
 			    "\t\t.whole_batch = %s,\n"
 			    "\t\t.request_cache = %s,\n"
-			    "\t\t.cache_errors = %s,\n"
-			    "\t},\n",
+			    "\t\t.cache_errors = %s,\n",
 			    m->proto->name, m->full_name, m->input_c,
 			    m->output_c, m->idempotent ? "true" : "false",
 			    m->whole_batch ? "true" : "false",
 			    m->request_cache ? "true" : "false",
 			    m->cache_errors ? "true" : "false");
+			if (m->n_allow_peers != 0)
+				buf_printf(c,
+				    "\t\t.allow_peers = "
+				    "%s__asynq_allow_peers_%zu,\n"
+				    "\t\t.n_allow_peers = %zu,\n",
+				    s->lower, i, m->n_allow_peers);
+			if (m->n_allow_scopes != 0)
+				buf_printf(c,
+				    "\t\t.allow_scopes = "
+				    "%s__asynq_allow_scopes_%zu,\n"
+				    "\t\t.n_allow_scopes = %zu,\n",
+				    s->lower, i, m->n_allow_scopes);
+			buf_printf(c, "\t},\n");
 		}
 		buf_printf(c, "};\n\n");
 	}

@@ -14,10 +14,15 @@
 #define ASYNQI_OPT_BATCH_MAX_CALLS 50100
 #define ASYNQI_OPT_FLUSH_DELAY_US 50101
 #define ASYNQI_OPT_DEFAULT_DEADLINE_MS 50102
+#define ASYNQI_OPT_SVC_ALLOW_PEERS 50103
+#define ASYNQI_OPT_SVC_ALLOW_SCOPES 50104
 #define ASYNQI_OPT_IDEMPOTENT 50110
 #define ASYNQI_OPT_WHOLE_BATCH 50111
 #define ASYNQI_OPT_REQUEST_CACHE 50112
 #define ASYNQI_OPT_CACHE_ERRORS 50113
+#define ASYNQI_OPT_ALLOW_PEERS 50114
+#define ASYNQI_OPT_ALLOW_SCOPES 50115
+#define ASYNQI_OPT_ALLOW_ANYONE 50116
 
 /* protobuf-c's FileOptions extension (protobuf-c/protobuf-c.proto) and its
  * c_package field, which renames the package in protoc-c's C names. */

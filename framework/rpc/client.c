@@ -59,6 +59,14 @@
  *   in part by each answered request, must be over half full. Calls that
  *   wait for ready and calls that fail fast go in separate per-thread
  *   backends, so each sub-request is wholly one or the other.
+ * - Interceptors run in asynq_rpc_call, before the request cache and the
+ *   batch, on a cli_icall of their own (out of line, so a channel without
+ *   them pays one test); a rejected call is a failed constant future. The
+ *   after hooks hang on the call's future (asynq_future_on_done) with a
+ *   copy of the interceptor list. Metadata they add is a chain on top of
+ *   the caller's, pushed as the scoped chain while the call is made; a
+ *   call whose chain differs from the batch's first only by node but not
+ *   by content shares the batch's metadata.
  * - Lock order: the channel's mu, then a connection's lock (inside conn.c);
  *   conn.c calls wbuf done and on_close without its lock, and they take mu.
  *   Nothing calls into conn.c's queue/flush with mu held.
@@ -155,6 +163,9 @@ struct asynq_rpc_channel {
 	int64_t tokens, tokens_max, token_milli;
 	uint64_t rng;
 	size_t rr; /* where the next replica pick starts */
+	/* Interceptors in order, borrowed (the array is the channel's). */
+	const asynq_rpc_interceptor **icpt;
+	size_t n_icpt;
 };
 
 struct replica {
@@ -1680,6 +1691,13 @@ ctab_insert(rpc_batch *b, size_t idx)
 	b->n_ctab++;
 }
 
+/* Whether two different chains say the same (out of line: rare). */
+static bool __attribute__((noinline, cold))
+md_same(const asynqi_md_node *a, const asynqi_md_node *b)
+{
+	return asynqi_md_equal(a, b);
+}
+
 /* A call that cannot get a record: it fails as an item of its own, so
  * that item indexes keep matching records. */
 static asynq_future *
@@ -1691,6 +1709,197 @@ call_oom(chan_backend *be, rpc_batch *b, asynq_future *f,
 	(void)b;
 	asynq_item_set_error(f, asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
 	                            "rpc %s: out of memory", m->full_name));
+	return f;
+}
+
+/* A call past its interceptors: from the request cache, or made. */
+static inline asynq_future *
+call_inner(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
+    const ProtobufCMessage *req)
+{
+	bool errors;
+	if (asynqi_rpc_channel_caches(ch, m, &errors))
+		return asynqi_rpc_cache_call(ch, m, req);
+	return asynqi_rpc_call_now(ch, m, req);
+}
+
+/* ---- Interceptors ---------------------------------------------------------
+ * A call's interceptor state lives from asynq_rpc_call until its future is
+ * computed (the after hooks), or only during the call when no interceptor
+ * that let it through has an after hook. Metadata they add is a chain of
+ * its own on top of the caller's, in scope while the call is made. */
+
+typedef struct cli_icall {
+	asynqi_icall base;
+	asynq_rpc_call_info info;
+	/* The channel's interceptors (a copy: the after hooks may run once
+	 * the channel is gone, its calls failed CANCELLED). */
+	const asynq_rpc_interceptor **icpt;
+	asynqi_md_node *md;    /* the chain the call is made under */
+	asynqi_md_node *added; /* its top when interceptors added to it: a
+	                          reference of ours */
+	size_t passed; /* interceptors whose before let the call go on */
+	void *state[]; /* n_icpt of them, then the copy of icpt */
+} cli_icall;
+
+const void *
+asynqi_cli_call_metadata(const asynq_rpc_call_info *c, const char *key,
+    size_t *len)
+{
+	const cli_icall *ic = c->impl_;
+	for (const asynqi_md_node *n = ic->md; n != NULL; n = n->prev)
+		if (strcmp(n->key, key) == 0) {
+			if (len != NULL)
+				*len = n->len;
+			return n->val;
+		}
+	return NULL;
+}
+
+asynq_status
+asynqi_cli_call_add_metadata(asynq_rpc_call_info *c, const char *key,
+    const void *val, size_t len)
+{
+	cli_icall *ic = c->impl_;
+	asynqi_md_node *n = asynqi_md_make(ic->md, key, val, len);
+	if (n == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	asynqi_md_rele(ic->added); /* n holds it now */
+	ic->added = n;
+	ic->md = n;
+	return ASYNQ_OK;
+}
+
+const asynqi_md_node *
+asynqi_cli_call_chain(const asynq_rpc_call_info *c)
+{
+	const cli_icall *ic = c->impl_;
+	return ic->md;
+}
+
+void
+asynqi_cli_call_use_chain(asynq_rpc_call_info *c, asynqi_md_node *n)
+{
+	cli_icall *ic = c->impl_;
+	asynqi_md_hold(n);
+	asynqi_md_rele(ic->added); /* n holds what it is on top of */
+	ic->added = n;
+	ic->md = n;
+}
+
+static void
+icall_free(cli_icall *ic)
+{
+	free(ic->base.reject);
+	asynqi_md_rele(ic->added);
+	free(ic);
+}
+
+/* The after hooks, the last interceptor first, with the call's outcome;
+ * then ic goes. */
+static void
+icall_after(cli_icall *ic, asynq_status st, const char *msg,
+    const ProtobufCMessage *reply)
+{
+	ic->info.req = NULL;
+	ic->info.status = st;
+	ic->info.message = st != ASYNQ_OK ? msg : NULL;
+	ic->info.reply = st == ASYNQ_OK ? reply : NULL;
+	for (size_t i = ic->passed; i-- > 0;) {
+		const asynq_rpc_interceptor *x = ic->icpt[i];
+		if (x->after != NULL)
+			x->after(&ic->info, ic->state[i], x->arg);
+	}
+	icall_free(ic);
+}
+
+static asynq_status
+icall_done(asynq_future *f, void *arg)
+{
+	asynq_status st = asynq_future_status(f);
+	asynq_error *e = asynq_future_error(f);
+	icall_after(arg, st,
+	    e != NULL ? asynq_error_message(e) : asynq_strerror(st),
+	    st == ASYNQ_OK ? asynq_future_ptr(f) : NULL);
+	return ASYNQ_OK;
+}
+
+/* asynq_rpc_call through the channel's interceptors (out of line: the
+ * call without them stays short). */
+static asynq_future *__attribute__((noinline, cold))
+icpt_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
+    const ProtobufCMessage *req)
+{
+	size_t sz = sizeof(cli_icall) + 2 * ch->n_icpt * sizeof(void *);
+	cli_icall *ic = calloc(1, sz);
+	if (ic == NULL) {
+		atomic_fetch_add_explicit(&ch->failures, 1,
+		    memory_order_relaxed);
+		return asynq_const_error(asynq_error_alloc(
+		    ASYNQ_RESOURCE_EXHAUSTED, "rpc %s: out of memory",
+		    m->full_name));
+	}
+	ic->info = (asynq_rpc_call_info){ .method = m,
+		.req = req,
+		.server = false,
+		.start_ns = (int64_t)asynq_now_ns(),
+		.impl_ = ic };
+	ic->icpt = (const asynq_rpc_interceptor **)&ic->state[ch->n_icpt];
+	memcpy(ic->icpt, ch->icpt, ch->n_icpt * sizeof(*ic->icpt));
+	ic->md = asynq_scoped_get(&asynqi_md_key);
+	asynq_status st = ASYNQ_OK;
+	size_t j = 0;
+	for (; j < ch->n_icpt; j++) {
+		const asynq_rpc_interceptor *x = ch->icpt[j];
+		if (x->before != NULL) {
+			ic->base.in_before = true;
+			st = x->before(&ic->info, &ic->state[j], x->arg);
+			ic->base.in_before = false;
+			if (st != ASYNQ_OK)
+				break;
+			/* It let the call go: a reject text is moot. */
+			if (ic->base.reject != NULL) {
+				free(ic->base.reject);
+				ic->base.reject = NULL;
+			}
+		}
+		ic->passed = j + 1;
+	}
+	asynq_future *f;
+	if (st != ASYNQ_OK) {
+		/* Rejected: never sent, no request. */
+		if (st < 0 || st >= ASYNQ_STATUS_COUNT)
+			st = ASYNQ_UNKNOWN;
+		char msg[256];
+		asynqi_icall_reject_msg(&ic->info, ch->icpt[j], st, msg,
+		    sizeof(msg));
+		atomic_fetch_add_explicit(&ch->failures, 1,
+		    memory_order_relaxed);
+		f = asynq_const_error(asynq_error_alloc(st, "%s", msg));
+	} else if (ic->added != NULL) {
+		/* Made under the chain with the additions. */
+		if (asynq_scoped_push(&asynqi_md_key, ic->md) == ASYNQ_OK) {
+			f = call_inner(ch, m, req);
+			(void)asynq_scoped_pop(&asynqi_md_key);
+		} else {
+			f = asynq_const_error(asynq_error_alloc(
+			    ASYNQ_RESOURCE_EXHAUSTED, "rpc %s: out of memory",
+			    m->full_name));
+		}
+	} else {
+		f = call_inner(ch, m, req);
+	}
+	bool after = false;
+	for (size_t i = 0; i < ic->passed && !after; i++)
+		after = ch->icpt[i]->after != NULL;
+	if (!after) {
+		icall_free(ic);
+		return f;
+	}
+	ic->info.req = NULL;
+	if (f == NULL || asynq_future_on_done(f, icall_done, ic) != ASYNQ_OK)
+		icall_after(ic, ASYNQ_RESOURCE_EXHAUSTED, "out of memory",
+		    NULL);
 	return f;
 }
 
@@ -1709,10 +1918,9 @@ asynq_rpc_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		        ? ((const ProtobufCMessageDescriptor *)m->input)->name
 		        : "message"));
 	}
-	bool errors;
-	if (asynqi_rpc_channel_caches(ch, m, &errors))
-		return asynqi_rpc_cache_call(ch, m, req);
-	return asynqi_rpc_call_now(ch, m, req);
+	if (ch->n_icpt != 0)
+		return icpt_call(ch, m, req);
+	return call_inner(ch, m, req);
 }
 
 bool
@@ -1792,7 +2000,11 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	size_t idx = b->n_recs;
 	if (idx == 0)
 		b->base_md = md;
+	/* Chains equal in content share the batch's metadata too (an
+	 * interceptor's additions make a chain of their own per call). */
 	bool own = md != b->base_md;
+	if (__builtin_expect(own, 0))
+		own = !md_same(md, b->base_md);
 	size_t mi = (size_t)(m - ch->svc->methods);
 	bool by_id = m >= ch->svc->methods && mi < ch->svc->n_methods;
 	size_t plen = asynqi_msg_size(req);
@@ -2191,10 +2403,25 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	for (size_t i = 0; i < cfg->n_urls; i++)
 		if (cfg->urls[i] == NULL)
 			return ASYNQ_INVALID_ARGUMENT;
+	if (cfg->n_interceptors != 0 && cfg->interceptors == NULL)
+		return ASYNQ_INVALID_ARGUMENT;
+	for (size_t i = 0; i < cfg->n_interceptors; i++)
+		if (cfg->interceptors[i] == NULL)
+			return ASYNQ_INVALID_ARGUMENT;
 	asynq_rpc_channel *ch = calloc(1, sizeof(*ch));
 	if (ch == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
 	asynq_status st = ASYNQ_RESOURCE_EXHAUSTED;
+	if (cfg->n_interceptors != 0) {
+		ch->icpt = malloc(cfg->n_interceptors * sizeof(*ch->icpt));
+		if (ch->icpt == NULL) {
+			free(ch);
+			return ASYNQ_RESOURCE_EXHAUSTED;
+		}
+		memcpy(ch->icpt, cfg->interceptors,
+		    cfg->n_interceptors * sizeof(*ch->icpt));
+		ch->n_icpt = cfg->n_interceptors;
+	}
 	ch->svc = svc;
 	ch->id = atomic_fetch_add(&next_channel_id, 1);
 	ch->max_calls = cfg->max_calls != 0 ? cfg->max_calls
@@ -2293,6 +2520,7 @@ fail_cv:
 fail_table:
 	asynqi_buf_fini(&ch->table);
 	free(ch->mst);
+	free(ch->icpt);
 	free(ch);
 	return st;
 }
@@ -2373,6 +2601,7 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 	pthread_cond_destroy(&ch->cv);
 	pthread_mutex_destroy(&ch->mu);
 	free(ch->mst);
+	free(ch->icpt);
 	free(ch);
 }
 

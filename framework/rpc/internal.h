@@ -198,4 +198,102 @@ const char *asynqi_rpc_nng_why(int rv);
  * the free function items are given. */
 void asynqi_rpc_free_msg(void *m);
 
+/* asynqi_md_make returns a new chain node (key, val[0..len)) on top of
+ * prev, holding a reference on prev; NULL without memory. */
+asynqi_md_node *asynqi_md_make(asynqi_md_node *prev, const char *key,
+    const void *val, size_t len);
+
+/* ---- Interceptors (intercept.c; each side's state in client.c and
+ * server.c) ---------------------------------------------------------------- */
+
+/* What both sides keep per intercepted call: the first member of each
+ * side's state, which asynq_rpc_call_info.impl_ points at. */
+typedef struct asynqi_icall {
+	bool in_before; /* a before hook runs: metadata may be added */
+	char *reject;   /* asynq_rpc_call_reject's text, malloc'd */
+} asynqi_icall;
+
+/* asynqi_icall_reject_msg writes the message of a rejection by interceptor
+ * `icpt` with st into buf and returns it: the reject text, or "METHOD:
+ * rejected by interceptor NAME". */
+const char *asynqi_icall_reject_msg(const asynq_rpc_call_info *c,
+    const asynq_rpc_interceptor *icpt, asynq_status st, char *buf,
+    size_t cap);
+
+/* A method's authorization policy, resolved at listen (set: it has one). */
+typedef struct asynqi_policy {
+	bool set;
+	const char *const *peers;
+	size_t n_peers;
+	const char *const *scopes;
+	size_t n_scopes;
+} asynqi_policy;
+
+/* Bytes of scopes and of the reason a token verifier may write. */
+#define ASYNQI_SCOPES_CAP ASYNQ_RPC_SCOPES_MAX
+#define ASYNQI_WHY_CAP 200
+
+/* A request's memory of the last token it verified (tokens are usually
+ * the request's shared metadata, so one check serves all its calls). */
+typedef struct asynqi_tokcache {
+	bool used;
+	const void *tok;
+	size_t len;
+	asynq_status st;
+	char scopes[ASYNQI_SCOPES_CAP];
+	char why[ASYNQI_WHY_CAP];
+} asynqi_tokcache;
+
+/* A trace as a scope holds it: the ids, and the traceparent of calls made
+ * in it, formatted on first use, with the metadata chain last made of it
+ * (node, a reference: `traceparent` on top of base, which node holds), so
+ * calls made under one chain share one node and one request's metadata.
+ * Used by the scope's thread only; whoever ends the scope drops node. */
+typedef struct asynqi_trace {
+	asynq_rpc_trace t;
+	bool formatted;
+	char tp[56];
+	asynqi_md_node *node;
+	const asynqi_md_node *base;
+} asynqi_trace;
+
+/* The current task's trace (a scoped value holding an asynqi_trace *). */
+extern const asynq_scoped asynqi_trace_key;
+
+/* What a request remembers of the last traceparent it parsed (calls of a
+ * request usually share one). */
+typedef struct asynqi_trace_memo {
+	const void *last; /* the value, in the request's arena; NULL: none */
+	size_t len;
+	bool ok;
+	asynq_rpc_trace t;
+} asynqi_trace_memo;
+
+/* asynqi_trace_new_id fills n bytes with a fresh random, non-zero id. */
+void asynqi_trace_new_id(uint8_t *id, size_t n);
+
+/* Server side of an intercepted call (server.c): its metadata as the
+ * handler will see it, adding to it, the slot of the trace the handler
+ * runs in (set by the trace interceptor), and the method's policy with
+ * what checks tokens and the request's token memory (NULL tc without
+ * memory). */
+const void *asynqi_srv_call_metadata(const asynq_rpc_call_info *c,
+    const char *key, size_t *len);
+asynq_status asynqi_srv_call_add_metadata(asynq_rpc_call_info *c,
+    const char *key, const void *val, size_t len);
+asynqi_trace *asynqi_srv_call_trace(asynq_rpc_call_info *c);
+asynqi_trace_memo *asynqi_srv_call_trace_memo(asynq_rpc_call_info *c);
+const asynqi_policy *asynqi_srv_call_policy(const asynq_rpc_call_info *c,
+    asynq_rpc_token_verify_fn *fn, void **arg, asynqi_tokcache **tc);
+
+/* Client side (client.c), as the server's; and the chain a call is made
+ * under, which asynqi_cli_call_use_chain replaces with n (a chain on top
+ * of it; n is held). */
+const void *asynqi_cli_call_metadata(const asynq_rpc_call_info *c,
+    const char *key, size_t *len);
+asynq_status asynqi_cli_call_add_metadata(asynq_rpc_call_info *c,
+    const char *key, const void *val, size_t len);
+const asynqi_md_node *asynqi_cli_call_chain(const asynq_rpc_call_info *c);
+void asynqi_cli_call_use_chain(asynq_rpc_call_info *c, asynqi_md_node *n);
+
 #endif /* ASYNQI_RPC_INTERNAL_H */

@@ -39,8 +39,7 @@ asynqi_md_rele(asynqi_md_node *n)
 {
 	while (n != NULL && atomic_fetch_sub(&n->refs, 1) == 1) {
 		asynqi_md_node *prev = n->prev;
-		free(n->key);
-		free(n);
+		free(n); /* the key is in the same block */
 		n = prev;
 	}
 }
@@ -82,29 +81,38 @@ asynqi_md_write(asynqi_buf *b, uint32_t field, const asynqi_md_node *md)
 	}
 }
 
+asynqi_md_node *
+asynqi_md_make(asynqi_md_node *prev, const char *key, const void *val,
+    size_t len)
+{
+	size_t klen = strlen(key);
+	/* One block: the node, the value, the key. */
+	asynqi_md_node *n = malloc(sizeof(*n) + len + klen + 1);
+	if (n == NULL)
+		return NULL;
+	n->key = (char *)n->val + len;
+	memcpy(n->key, key, klen + 1);
+	if (len != 0)
+		memcpy(n->val, val, len);
+	n->len = len;
+	atomic_init(&n->refs, 1);
+	n->prev = asynqi_md_hold(prev);
+	size_t one =
+	    (klen != 0 ? ld_len(klen) : 0) + (len != 0 ? ld_len(len) : 0);
+	n->depth = 1 + (n->prev != NULL ? n->prev->depth : 0);
+	n->wire = ld_len(one) + (n->prev != NULL ? n->prev->wire : 0);
+	return n;
+}
+
 asynq_status
 asynq_rpc_metadata_push(const char *key, const void *val, size_t len)
 {
 	if (key == NULL || (val == NULL && len != 0))
 		return ASYNQ_INVALID_ARGUMENT;
-	asynqi_md_node *n = malloc(sizeof(*n) + (len != 0 ? len : 1));
+	asynqi_md_node *n =
+	    asynqi_md_make(asynq_scoped_get(&asynqi_md_key), key, val, len);
 	if (n == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
-	n->key = strdup(key);
-	if (n->key == NULL) {
-		free(n);
-		return ASYNQ_RESOURCE_EXHAUSTED;
-	}
-	if (len != 0)
-		memcpy(n->val, val, len);
-	n->len = len;
-	atomic_init(&n->refs, 1);
-	n->prev = asynqi_md_hold(asynq_scoped_get(&asynqi_md_key));
-	size_t klen = strlen(key);
-	size_t one =
-	    (klen != 0 ? ld_len(klen) : 0) + (len != 0 ? ld_len(len) : 0);
-	n->depth = 1 + (n->prev != NULL ? n->prev->depth : 0);
-	n->wire = ld_len(one) + (n->prev != NULL ? n->prev->wire : 0);
 	asynq_status st = asynq_scoped_push(&asynqi_md_key, n);
 	if (st != ASYNQ_OK)
 		asynqi_md_rele(n);

@@ -81,6 +81,19 @@
  *   so asynq_rpc_server_reload_tls swaps the certificates it gives new
  *   connections without touching the listeners; a failed handshake is
  *   logged from on_close with the engine's reason.
+ * - Interceptors (asynq_rpc_interceptor; intercept.c has the built-in
+ *   ones): with any (r->icpt), the request's task gives each call still to
+ *   run, after admission and before grouping, a srv_icall in the request's
+ *   arena and runs the before hooks; a call one rejects is answered at once
+ *   and never grouped, so no handler and no whole batch sees it. The after
+ *   hooks run once per call (passed drops to 0) where its result is put:
+ *   call_result, call_fail. Metadata hooks add lives in the arena and
+ *   shadows the call's own for asynq_rpc_metadata_get. Without
+ *   interceptors a call pays a NULL ic and the r->icpt tests.
+ * - Authorization policies are resolved at the first listen into each
+ *   srv_method (settings over the descriptor's), which also puts the
+ *   authorization interceptor first when some method has one; the tables
+ *   are fixed from then on, so workers read them without locks.
  * - Lock order: s->mu, then sc->mu; the dedup table's lock is a leaf; no
  *   server lock is held while calling into conn.c.
  */
@@ -143,10 +156,12 @@ typedef struct srv_method {
 	asynq_rpc_handler h;
 	void *ctx;
 	asynqi_mstats *st; /* per worker, slot w written by worker w only */
+	asynqi_policy pol; /* who may call it, resolved at the first listen */
 } srv_method;
 
 typedef struct srv_conn srv_conn;
 typedef struct srv_req srv_req;
+typedef struct srv_icall srv_icall;
 
 /* An entry of a connection's method table: the method, or for a name the
  * server lacks, the name (malloc'd), for the error message. */
@@ -179,7 +194,30 @@ typedef struct srv_call {
 	ProtobufCMessage *in; /* decoded request message, in the arena */
 	uint64_t call_id;
 	bool answered;
+	srv_icall *ic; /* its interceptors' state, in the arena; NULL without */
 } srv_call;
+
+/* Metadata an interceptor added to a call, in the request's arena. */
+typedef struct srv_md_extra srv_md_extra;
+struct srv_md_extra {
+	srv_md_extra *next; /* added earlier */
+	const char *key;
+	const void *val;
+	size_t len;
+};
+
+/* The interceptors' state of one call (see the design notes). */
+struct srv_icall {
+	asynqi_icall base;
+	asynq_rpc_call_info info;
+	srv_req *r;
+	srv_call *k;
+	srv_md_extra *md;
+	bool has_trace;
+	asynqi_trace trace; /* the handler's, when has_trace */
+	size_t passed; /* interceptors whose before let the call go on */
+	void *state[];
+};
 
 /* One task of a request: a unary call, or a whole-batch method's calls. */
 typedef struct srv_task {
@@ -209,6 +247,9 @@ struct srv_req {
 	size_t running; /* calls counted in the worker's in-flight count */
 	asynqi_dd_entry *dd;
 	asynqi_buf out; /* the reply frame being built */
+	asynqi_tokcache *tc; /* authorization's, in the arena; made on use */
+	bool icpt;           /* the server has interceptors */
+	asynqi_trace_memo trace_memo; /* the trace interceptor's */
 };
 
 /* A reply frame on its way out. */
@@ -326,6 +367,11 @@ struct asynq_rpc_server {
 	 * mu. */
 	const asynq_rpc_service_desc **services;
 	size_t n_services;
+	/* Interceptors in order, borrowed (the array is the server's);
+	 * fixed once listening. */
+	const asynq_rpc_interceptor **icpt;
+	size_t n_icpt;
+	bool policies_done; /* resolved at the first listen, under mu */
 };
 
 /* Records why a set-up call failed and returns st. */
@@ -407,6 +453,34 @@ md_find(const asynqi_md_ref *mds, size_t n, const char *key, size_t *len)
 	return NULL;
 }
 
+/* The value interceptors added to a call for key, or NULL. */
+static const srv_md_extra *
+extra_find(const srv_icall *ic, const char *key)
+{
+	for (const srv_md_extra *e = ic != NULL ? ic->md : NULL; e != NULL;
+	     e = e->next)
+		if (strcmp(e->key, key) == 0)
+			return e;
+	return NULL;
+}
+
+/* Metadata key of call c of r as its handler sees it. */
+static const void *
+call_md(const srv_req *r, const srv_call *c, const char *key, size_t *len)
+{
+	const srv_md_extra *e = extra_find(c->ic, key);
+	if (e != NULL) {
+		if (len != NULL)
+			*len = e->len;
+		return e->val;
+	}
+	const asynqi_call_ref *w = c->wire;
+	const void *v = md_find(w->md, w->n_md, key, len);
+	if (v != NULL || w->own_metadata)
+		return v;
+	return md_find(r->rq.md, r->rq.n_md, key, len);
+}
+
 const void *
 asynq_rpc_metadata_get(const char *key, size_t *len)
 {
@@ -414,13 +488,88 @@ asynq_rpc_metadata_get(const char *key, size_t *len)
 	if (k == NULL || key == NULL)
 		return NULL;
 	const srv_req *r = k->r;
-	if (k->sm->h.unary != NULL) {
-		const asynqi_call_ref *w = r->calls[k->idx[0]].wire;
-		const void *v = md_find(w->md, w->n_md, key, len);
-		if (v != NULL || w->own_metadata)
-			return v;
+	if (k->sm->h.unary != NULL)
+		return call_md(r, &r->calls[k->idx[0]], key, len);
+	/* A whole batch: what interceptors gave every one of its calls
+	 * alike, else the request's shared metadata. */
+	if (k->n != 0 && r->calls[k->idx[0]].ic != NULL) {
+		const srv_md_extra *e0 =
+		    extra_find(r->calls[k->idx[0]].ic, key);
+		bool same = e0 != NULL;
+		for (size_t i = 1; same && i < k->n; i++) {
+			const srv_md_extra *e =
+			    extra_find(r->calls[k->idx[i]].ic, key);
+			same = e != NULL && e->len == e0->len &&
+			    memcmp(e->val, e0->val, e0->len) == 0;
+		}
+		if (same) {
+			if (len != NULL)
+				*len = e0->len;
+			return e0->val;
+		}
 	}
 	return md_find(r->rq.md, r->rq.n_md, key, len);
+}
+
+const void *
+asynqi_srv_call_metadata(const asynq_rpc_call_info *c, const char *key,
+    size_t *len)
+{
+	const srv_icall *ic = c->impl_;
+	return call_md(ic->r, ic->k, key, len);
+}
+
+asynq_status
+asynqi_srv_call_add_metadata(asynq_rpc_call_info *c, const char *key,
+    const void *val, size_t len)
+{
+	srv_icall *ic = c->impl_;
+	asynqi_arena *a = &ic->r->arena;
+	size_t klen = strlen(key);
+	srv_md_extra *e = asynqi_arena_alloc(a, sizeof(*e));
+	char *k = asynqi_arena_alloc(a, klen + 1);
+	void *v = asynqi_arena_alloc(a, len != 0 ? len : 1);
+	if (e == NULL || k == NULL || v == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	memcpy(k, key, klen + 1);
+	if (len != 0)
+		memcpy(v, val, len);
+	*e = (srv_md_extra){ ic->md, k, v, len };
+	ic->md = e;
+	return ASYNQ_OK;
+}
+
+asynqi_trace *
+asynqi_srv_call_trace(asynq_rpc_call_info *c)
+{
+	srv_icall *ic = c->impl_;
+	ic->has_trace = true;
+	ic->trace.formatted = false;
+	ic->trace.node = NULL;
+	return &ic->trace;
+}
+
+asynqi_trace_memo *
+asynqi_srv_call_trace_memo(asynq_rpc_call_info *c)
+{
+	srv_icall *ic = c->impl_;
+	return &ic->r->trace_memo;
+}
+
+const asynqi_policy *
+asynqi_srv_call_policy(const asynq_rpc_call_info *c,
+    asynq_rpc_token_verify_fn *fn, void **arg, asynqi_tokcache **tc)
+{
+	const srv_icall *ic = c->impl_;
+	srv_req *r = ic->r;
+	const asynq_rpc_server *s = r->sc->s;
+	*fn = s->cfg.token_verifier;
+	*arg = s->cfg.token_verifier_arg;
+	if (r->tc == NULL && (r->tc = asynqi_arena_alloc(&r->arena,
+	                          sizeof(*r->tc))) != NULL)
+		r->tc->used = false;
+	*tc = r->tc;
+	return ic->k->sm->pol.set ? &ic->k->sm->pol : NULL;
 }
 
 /* ---- Peer ---------------------------------------------------------------- */
@@ -762,6 +911,26 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 	b->len += (size_t)(p - d);
 }
 
+/* Runs the after hooks of call k's interceptors, the last one first, with
+ * its outcome; once. Worker. */
+static void
+icpt_after(const asynq_rpc_server *s, srv_call *k, asynq_status st,
+    const char *msg, const ProtobufCMessage *reply)
+{
+	srv_icall *ic = k->ic;
+	if (ic == NULL || ic->passed == 0)
+		return;
+	ic->info.status = st;
+	ic->info.message = st != ASYNQ_OK ? msg : NULL;
+	ic->info.reply = st == ASYNQ_OK ? reply : NULL;
+	for (size_t i = ic->passed; i-- > 0;) {
+		const asynq_rpc_interceptor *x = s->icpt[i];
+		if (x->after != NULL)
+			x->after(&ic->info, ic->state[i], x->arg);
+	}
+	ic->passed = 0;
+}
+
 static void
 call_fail(srv_req *r, srv_call *k, asynq_status st, const char *fmt,
     const char *arg)
@@ -769,6 +938,8 @@ call_fail(srv_req *r, srv_call *k, asynq_status st, const char *fmt,
 	char msg[256];
 	snprintf(msg, sizeof(msg), fmt, arg != NULL ? arg : "");
 	k->sm = NULL;
+	if (k->ic != NULL)
+		icpt_after(r->sc->s, k, st, msg, NULL);
 	result_put(r, k, st, msg, NULL);
 }
 
@@ -850,9 +1021,22 @@ req_log(asynq_rpc_server *s, const srv_req *r, uint64_t id, size_t n_calls)
 			method = r->calls[i].sm->m->full_name;
 			break;
 		}
+	/* The trace of its first traced call (asynq_rpc_trace_interceptor),
+	 * so a log line leads to the trace. */
+	char tid[33] = "";
+	for (size_t i = 0; i < r->n && tid[0] == '\0'; i++) {
+		const srv_icall *ic = r->calls[i].ic;
+		if (ic != NULL && ic->has_trace) {
+			char tp[56];
+			asynq_rpc_trace_format(&ic->trace.t, tp);
+			memcpy(tid, tp + 3, 32);
+			tid[32] = '\0';
+		}
+	}
 	asynq_log(lvl, slow ? "slow_request" : "request", "server",
 	    server_name(s), "request_id", sid, "method", method, "calls",
-	    scalls, "duration_us", sus, NULL);
+	    scalls, "duration_us", sus, tid[0] != '\0' ? "trace_id" : NULL,
+	    tid, NULL);
 }
 
 static void
@@ -865,8 +1049,8 @@ req_finish(srv_req *r)
 	s->w_inflight[worker] -= r->running;
 	for (size_t i = 0; i < r->n; i++)
 		if (!r->calls[i].answered)
-			result_put(r, &r->calls[i], ASYNQ_INTERNAL,
-			    "the handler left the call unanswered", NULL);
+			call_fail(r, &r->calls[i], ASYNQ_INTERNAL,
+			    "the handler left the call unanswered%s", "");
 	asynqi_buf out = r->out;
 	memset(&r->out, 0, sizeof(r->out));
 	asynqi_dd_entry *dd = r->dd;
@@ -896,37 +1080,142 @@ req_finish(srv_req *r)
 	asynq_runtime_rele(rt);
 }
 
-/* Records a handler's outcome for call k. */
+/* Records a handler's outcome for call k: counted, shown to its
+ * interceptors' after hooks, packed. */
 static void
 call_result(srv_req *r, srv_call *k, asynq_status st, ProtobufCMessage *reply,
     asynq_task *t, const char *message)
 {
-	asynqi_mstats_code(&k->sm->st[r->worker],
-	    st == ASYNQ_OK && reply != NULL &&
-	            reply->descriptor != k->sm->m->output
-	        ? ASYNQ_INTERNAL
-	        : st);
+	char why[256];
+	if (st == ASYNQ_OK && reply != NULL &&
+	    reply->descriptor != k->sm->m->output) {
+		protobuf_c_message_free_unpacked(reply, NULL);
+		reply = NULL;
+		snprintf(why, sizeof(why),
+		    "handler of %s replied with a message of the wrong type",
+		    k->sm->m->full_name);
+		st = ASYNQ_INTERNAL;
+		message = why;
+	}
+	asynqi_mstats_code(&k->sm->st[r->worker], st);
 	if (st != ASYNQ_OK) {
 		if (reply != NULL)
 			protobuf_c_message_free_unpacked(reply, NULL);
+		reply = NULL;
 		asynq_error *e = t != NULL ? asynq_task_error(t) : NULL;
-		const char *msg = message;
-		if (msg == NULL && e != NULL && asynq_error_code(e) == st)
-			msg = asynq_error_message(e);
-		result_put(r, k, st, msg != NULL ? msg : asynq_strerror(st),
-		    NULL);
-		return;
+		if (message == NULL && e != NULL && asynq_error_code(e) == st)
+			message = asynq_error_message(e);
+		if (message == NULL)
+			message = asynq_strerror(st);
 	}
-	if (reply != NULL && reply->descriptor != k->sm->m->output) {
-		protobuf_c_message_free_unpacked(reply, NULL);
-		call_fail(r, k, ASYNQ_INTERNAL,
-		    "handler of %s replied with a message of the wrong type",
-		    k->sm->m->full_name);
-		return;
-	}
-	result_put(r, k, ASYNQ_OK, NULL, reply);
+	if (k->ic != NULL)
+		icpt_after(r->sc->s, k, st, message, reply);
+	result_put(r, k, st, message, reply);
 	if (reply != NULL)
 		protobuf_c_message_free_unpacked(reply, NULL);
+}
+
+/* The handler of task k runs in its call's trace (its first traced
+ * call's, for a whole batch) when the trace interceptor found one: pushes
+ * it and returns it (NULL: none). */
+static asynqi_trace *__attribute__((noinline))
+trace_push(const srv_task *k)
+{
+	for (size_t i = 0; i < k->n; i++) {
+		srv_icall *ic = k->r->calls[k->idx[i]].ic;
+		if (ic != NULL && ic->has_trace)
+			return asynq_scoped_push(&asynqi_trace_key,
+			           &ic->trace) == ASYNQ_OK
+			    ? &ic->trace
+			    : NULL;
+	}
+	return NULL;
+}
+
+/* Ends the scope of trace_push's trace: popped, its cached metadata
+ * dropped. */
+static void __attribute__((noinline))
+trace_pop(asynqi_trace *tr)
+{
+	(void)asynq_scoped_pop(&asynqi_trace_key);
+	asynqi_md_rele(tr->node);
+	tr->node = NULL;
+}
+
+/* The peer of request r: its connection's. */
+static const asynq_rpc_peer *
+srv_peer(const srv_req *r)
+{
+	return &r->sc->peer;
+}
+
+/* Runs the interceptors' before hooks for every call of r that is to run:
+ * a call one rejects is answered with its status and never reaches a
+ * handler (nor the batch of its whole-batch method). Worker, in the
+ * request's task. */
+static void
+icpt_before(asynq_rpc_server *s, srv_req *r)
+{
+	int64_t now = (int64_t)asynq_now_ns();
+	const asynq_rpc_peer *peer = srv_peer(r);
+	for (size_t i = 0; i < r->n; i++) {
+		srv_call *k = &r->calls[i];
+		if (k->sm == NULL)
+			continue;
+		size_t sz = sizeof(srv_icall) + s->n_icpt * sizeof(void *);
+		srv_icall *ic = asynqi_arena_alloc(&r->arena, sz);
+		if (ic == NULL) {
+			call_fail(r, k, ASYNQ_RESOURCE_EXHAUSTED,
+			    "server out of memory%s", "");
+			continue;
+		}
+		ic->base = (asynqi_icall){ false, NULL };
+		ic->md = NULL;
+		ic->has_trace = false;
+		ic->passed = 0;
+		memset(ic->state, 0, s->n_icpt * sizeof(void *));
+		ic->info = (asynq_rpc_call_info){ .method = k->sm->m,
+			.req = k->in,
+			.peer = peer,
+			.server = true,
+			.start_ns = now,
+			.impl_ = ic };
+		ic->r = r;
+		ic->k = k;
+		k->ic = ic;
+		asynq_status st = ASYNQ_OK;
+		size_t j = 0;
+		for (; j < s->n_icpt; j++) {
+			const asynq_rpc_interceptor *x = s->icpt[j];
+			if (x->before != NULL) {
+				ic->base.in_before = true;
+				st = x->before(&ic->info, &ic->state[j],
+				    x->arg);
+				ic->base.in_before = false;
+				if (st != ASYNQ_OK)
+					break;
+				/* It let the call go: a reject text is moot. */
+				if (ic->base.reject != NULL) {
+					free(ic->base.reject);
+					ic->base.reject = NULL;
+				}
+			}
+			ic->passed = j + 1;
+		}
+		if (st == ASYNQ_OK)
+			continue;
+		if (st < 0 || st >= ASYNQ_STATUS_COUNT)
+			st = ASYNQ_UNKNOWN;
+		char msg[256];
+		asynqi_icall_reject_msg(&ic->info, s->icpt[j], st, msg,
+		    sizeof(msg));
+		free(ic->base.reject);
+		ic->base.reject = NULL;
+		asynqi_mstats_code(&k->sm->st[r->worker], st);
+		k->sm = NULL;
+		icpt_after(s, k, st, msg, NULL);
+		result_put(r, k, st, msg, NULL);
+	}
 }
 
 static asynq_status
@@ -936,6 +1225,7 @@ task_main(asynq_task *t, void *arg)
 	srv_req *r = k->r;
 	const srv_method *sm = k->sm;
 	bool pushed_req = asynq_scoped_push(&srv_req_key, k) == ASYNQ_OK;
+	asynqi_trace *pushed_tr = r->icpt ? trace_push(k) : NULL;
 	if (sm->h.unary != NULL) {
 		srv_call *c = &r->calls[k->idx[0]];
 		ProtobufCMessage *reply = NULL;
@@ -955,7 +1245,45 @@ task_main(asynq_task *t, void *arg)
 		}
 		for (size_t i = 0; i < k->n; i++)
 			bc[i].req = r->calls[k->idx[i]].in;
-		asynq_status st = sm->h.batch(t, bc, k->n, sm->ctx);
+		asynq_status st = ASYNQ_OK;
+		asynq_rpc_batch_info bi;
+		size_t passed = 0;
+		const asynq_rpc_server *s = r->sc->s;
+		if (r->icpt) {
+			bi = (asynq_rpc_batch_info){ .method = sm->m,
+				.peer = srv_peer(r),
+				.calls = bc,
+				.n = k->n,
+				.start_ns = (int64_t)asynq_now_ns() };
+			for (; passed < s->n_icpt; passed++) {
+				const asynq_rpc_interceptor *x = s->icpt[passed];
+				if (x->batch_before != NULL &&
+				    (st = x->batch_before(&bi, x->arg)) !=
+				        ASYNQ_OK)
+					break;
+			}
+			if (st != ASYNQ_OK) {
+				if (st < 0 || st >= ASYNQ_STATUS_COUNT)
+					st = ASYNQ_UNKNOWN;
+				for (size_t i = 0; i < k->n; i++)
+					asynq_rpc_batch_call_failf(&bc[i], st,
+					    "%s: rejected by interceptor %s",
+					    sm->m->full_name,
+					    s->icpt[passed]->name != NULL
+					        ? s->icpt[passed]->name
+					        : "(unnamed)");
+			}
+		}
+		if (st == ASYNQ_OK)
+			st = sm->h.batch(t, bc, k->n, sm->ctx);
+		if (r->icpt) {
+			bi.status = st;
+			for (size_t j = passed; j-- > 0;) {
+				const asynq_rpc_interceptor *x = s->icpt[j];
+				if (x->batch_after != NULL)
+					x->batch_after(&bi, x->arg);
+			}
+		}
 		asynqi_hist_add(&sm->st[r->worker].latency,
 		    asynqi_latency_bounds, asynqi_n_latency_bounds,
 		    (uint64_t)((int64_t)asynq_now_ns() - r->recv_ns), k->n);
@@ -980,6 +1308,8 @@ task_main(asynq_task *t, void *arg)
 out:
 	asynqi_rpc_cache_rele(k->cache);
 	k->cache = NULL;
+	if (pushed_tr != NULL)
+		trace_pop(pushed_tr);
 	if (pushed_req)
 		(void)asynq_scoped_pop(&srv_req_key);
 	return ASYNQ_OK;
@@ -1046,6 +1376,61 @@ adm_start(asynq_rpc_server *s, srv_req *r)
 	return shed;
 }
 
+/* Groups the calls of r still to run into tasks: one per unary call, one
+ * per whole-batch method. Worker. */
+static void
+req_group(srv_req *r)
+{
+	/* Group the calls into tasks: one per unary call, one per
+	 * whole-batch method. */
+	size_t n_tasks = 0;
+	for (size_t i = 0; i < r->n; i++) {
+		srv_call *k = &r->calls[i];
+		if (k->sm == NULL)
+			continue;
+		if (k->sm->h.unary != NULL) {
+			srv_task *t = &r->tasks[n_tasks++];
+			t->r = r;
+			t->sm = k->sm;
+			t->one = i;
+			t->idx = &t->one;
+			t->n = 1;
+			t->cache = NULL;
+			continue;
+		}
+		size_t j = 0;
+		while (j < n_tasks && r->tasks[j].sm != k->sm)
+			j++;
+		if (j == n_tasks) {
+			srv_task *t = &r->tasks[n_tasks++];
+			t->r = r;
+			t->sm = k->sm;
+			t->n = 0;
+			t->cache = NULL;
+		}
+		r->tasks[j].n++;
+	}
+	size_t off = 0;
+	for (size_t j = 0; j < n_tasks; j++) {
+		srv_task *t = &r->tasks[j];
+		if (t->sm->h.batch != NULL) {
+			t->idx = &r->idx[off];
+			off += t->n;
+			t->n = 0;
+		}
+	}
+	for (size_t i = 0; i < r->n; i++) {
+		srv_call *k = &r->calls[i];
+		if (k->sm == NULL || k->sm->h.batch == NULL)
+			continue;
+		size_t j = 0;
+		while (r->tasks[j].sm != k->sm)
+			j++;
+		r->tasks[j].idx[r->tasks[j].n++] = i;
+	}
+	r->n_tasks = n_tasks;
+}
+
 /* The task of a request: its calls' tasks, awaited together. Awaited
  * before they ever ran, they start as plain calls on fresh stacks (the
  * core's "calls instead of switches"), so a handler that finishes without
@@ -1056,8 +1441,9 @@ static asynq_status
 req_main(asynq_task *t, void *arg)
 {
 	srv_req *r = arg;
-	size_t n = r->n_tasks;
-	if (adm_start(r->sc->s, r)) {
+	asynq_rpc_server *s = r->sc->s;
+	bool shed = adm_start(s, r);
+	if (shed) {
 		atomic_fetch_add(&r->sc->s->shed, 1);
 		atomic_fetch_add(&r->sc->s->shed_late, 1);
 		char why[128];
@@ -1070,12 +1456,16 @@ req_main(asynq_task *t, void *arg)
 			if (r->calls[i].sm != NULL)
 				call_fail(r, &r->calls[i],
 				    ASYNQ_RESOURCE_EXHAUSTED, "%s", why);
-		n = 0;
 	}
 	int64_t dl = r->deadline;
 	bool pushed_dl = dl != 0 &&
 	    asynq_scoped_push(&asynq_rpc_deadline, (void *)(intptr_t)dl) ==
 	        ASYNQ_OK;
+	r->icpt = s->n_icpt != 0;
+	if (!shed && r->icpt)
+		icpt_before(s, r);
+	req_group(r);
+	size_t n = r->n_tasks;
 	asynq_future *one, **fs = n > 1 ? malloc(n * sizeof(*fs)) : &one;
 	size_t k = 0;
 	for (size_t j = 0; j < n; j++) {
@@ -1177,55 +1567,7 @@ req_run(asynq_post *p)
 	s->w_inflight[r->worker] += n_run;
 	atomic_fetch_add(&s->calls, n_run);
 	req_tally(s, r, n_run);
-	/* Group the calls into tasks: one per unary call, one per
-	 * whole-batch method. */
-	size_t n_tasks = 0;
-	for (size_t i = 0; i < r->n; i++) {
-		srv_call *k = &r->calls[i];
-		if (k->sm == NULL)
-			continue;
-		if (k->sm->h.unary != NULL) {
-			srv_task *t = &r->tasks[n_tasks++];
-			t->r = r;
-			t->sm = k->sm;
-			t->one = i;
-			t->idx = &t->one;
-			t->n = 1;
-			t->cache = NULL;
-			continue;
-		}
-		size_t j = 0;
-		while (j < n_tasks && r->tasks[j].sm != k->sm)
-			j++;
-		if (j == n_tasks) {
-			srv_task *t = &r->tasks[n_tasks++];
-			t->r = r;
-			t->sm = k->sm;
-			t->n = 0;
-			t->cache = NULL;
-		}
-		r->tasks[j].n++;
-	}
-	size_t off = 0;
-	for (size_t j = 0; j < n_tasks; j++) {
-		srv_task *t = &r->tasks[j];
-		if (t->sm->h.batch != NULL) {
-			t->idx = &r->idx[off];
-			off += t->n;
-			t->n = 0;
-		}
-	}
-	for (size_t i = 0; i < r->n; i++) {
-		srv_call *k = &r->calls[i];
-		if (k->sm == NULL || k->sm->h.batch == NULL)
-			continue;
-		size_t j = 0;
-		while (r->tasks[j].sm != k->sm)
-			j++;
-		r->tasks[j].idx[r->tasks[j].n++] = i;
-	}
-	r->n_tasks = n_tasks;
-	asynq_future *f = n_tasks != 0
+	asynq_future *f = n_run != 0
 	    ? asynq_spawn_at(req_main, r, "asynq.rpc.request", __FILE__,
 	          __LINE__)
 	    : NULL;
@@ -1447,6 +1789,7 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 		k->wire = call;
 		k->in = NULL;
 		k->answered = false;
+		k->ic = NULL;
 		if (call->method_id != 0) {
 			const srv_mt_entry *e = call->method_id <= sc->n_mt
 			    ? &sc->mt[call->method_id - 1]
@@ -2124,14 +2467,37 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	s->rt = rt;
 	if (cfg != NULL)
 		s->cfg = *cfg;
-	char err[512];
-	if (!tls_settings_ok(&s->cfg, err, sizeof(err))) {
+	char err[512] = "";
+	if (!tls_settings_ok(&s->cfg, err, sizeof(err)) ||
+	    (s->cfg.n_interceptors != 0 && s->cfg.interceptors == NULL) ||
+	    (s->cfg.n_policies != 0 && s->cfg.policies == NULL)) {
+		if (err[0] == '\0')
+			snprintf(err, sizeof(err), "%s",
+			    "interceptors or policies: a count without an "
+			    "array");
 		asynq_log(ASYNQ_LOG_ERROR, "setup_failed", "status",
 		    asynq_status_name(ASYNQ_INVALID_ARGUMENT), "error", err,
 		    NULL);
 		free(s);
 		return ASYNQ_INVALID_ARGUMENT;
 	}
+	for (size_t i = 0; i < s->cfg.n_interceptors; i++)
+		if (s->cfg.interceptors[i] == NULL) {
+			free(s);
+			return ASYNQ_INVALID_ARGUMENT;
+		}
+	if (s->cfg.n_interceptors != 0) {
+		s->icpt = malloc(s->cfg.n_interceptors * sizeof(*s->icpt));
+		if (s->icpt == NULL) {
+			free(s);
+			return ASYNQ_RESOURCE_EXHAUSTED;
+		}
+		memcpy(s->icpt, s->cfg.interceptors,
+		    s->cfg.n_interceptors * sizeof(*s->icpt));
+		s->n_icpt = s->cfg.n_interceptors;
+	}
+	s->cfg.interceptors = NULL;
+	s->cfg.n_interceptors = 0;
 	if (s->cfg.max_msg_bytes == 0)
 		s->cfg.max_msg_bytes = DEFAULT_MAX_MSG;
 	if (s->cfg.max_calls == 0)
@@ -2263,8 +2629,138 @@ fail_tls:
 	tls_paths_free(s);
 	asynqi_dedup_free(s->dd);
 fail_dd:
+	free(s->icpt);
 	free(s);
 	return st;
+}
+
+asynq_status
+asynq_rpc_server_add_interceptor(asynq_rpc_server *s,
+    const asynq_rpc_interceptor *icpt)
+{
+	if (s == NULL || icpt == NULL)
+		return s != NULL ? setup_fail(s, ASYNQ_INVALID_ARGUMENT,
+		                       "add interceptor: no interceptor")
+		                 : ASYNQ_INVALID_ARGUMENT;
+	pthread_mutex_lock(&s->mu);
+	bool started = s->started;
+	const asynq_rpc_interceptor **v = started
+	    ? NULL
+	    : realloc(s->icpt, (s->n_icpt + 1) * sizeof(*v));
+	if (v != NULL) {
+		v[s->n_icpt++] = icpt;
+		s->icpt = v;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (started)
+		return setup_fail(s, ASYNQ_FAILED_PRECONDITION,
+		    "add interceptor %s: the server is already listening",
+		    icpt->name != NULL ? icpt->name : "(unnamed)");
+	if (v == NULL)
+		return setup_fail(s, ASYNQ_RESOURCE_EXHAUSTED,
+		    "add interceptor %s: out of memory",
+		    icpt->name != NULL ? icpt->name : "(unnamed)");
+	return ASYNQ_OK;
+}
+
+/* The policy of cfg.policies for method full name `name`: its own, else
+ * its service's (the service's name, "/" and an asterisk), else NULL. */
+static const asynq_rpc_policy *
+policy_find(const asynq_rpc_server *s, const char *name)
+{
+	const asynq_rpc_policy *svc = NULL;
+	const char *slash = strrchr(name, '/');
+	size_t slen = slash != NULL ? (size_t)(slash - name) : 0;
+	for (size_t i = 0; i < s->cfg.n_policies; i++) {
+		const char *pm = s->cfg.policies[i].method;
+		if (pm == NULL)
+			continue;
+		if (strcmp(pm, name) == 0)
+			return &s->cfg.policies[i];
+		if (slash != NULL && strncmp(pm, name, slen) == 0 &&
+		    strcmp(pm + slen, "/*") == 0)
+			svc = &s->cfg.policies[i];
+	}
+	return svc;
+}
+
+/* At the first listen: each method's policy from the settings or its
+ * descriptor, the settings checked, and the authorization interceptor put
+ * first when some method has a policy and the settings did not place it.
+ * Under mu. */
+static asynq_status
+policies_resolve_locked(asynq_rpc_server *s, char *err, size_t cap)
+{
+	bool any = false;
+	for (size_t i = 0; i < s->cfg.n_policies; i++) {
+		const asynq_rpc_policy *p = &s->cfg.policies[i];
+		const char *pm = p->method;
+		if (pm == NULL || (p->n_peers != 0 && p->peers == NULL) ||
+		    (p->n_scopes != 0 && p->scopes == NULL)) {
+			snprintf(err, cap,
+			    "policy %zu: %s", i,
+			    pm == NULL ? "no method named"
+			               : "a list with no entries given");
+			return ASYNQ_INVALID_ARGUMENT;
+		}
+		size_t len = strlen(pm);
+		bool found = false;
+		for (size_t j = 0; j < s->n_methods && !found; j++) {
+			const char *name = s->methods[j].m->full_name;
+			found = strcmp(name, pm) == 0 ||
+			    (len > 2 && strcmp(pm + len - 2, "/*") == 0 &&
+			        strncmp(name, pm, len - 1) == 0);
+		}
+		if (!found) {
+			snprintf(err, cap,
+			    "policy for %s: the server serves no such method "
+			    "(name it \"pkg.Service/Method\" or "
+			    "\"pkg.Service/*\")",
+			    pm);
+			return ASYNQ_INVALID_ARGUMENT;
+		}
+	}
+	for (size_t j = 0; j < s->n_methods; j++) {
+		srv_method *sm = &s->methods[j];
+		const asynq_rpc_policy *p = policy_find(s, sm->m->full_name);
+		if (p != NULL)
+			sm->pol = (asynqi_policy){ p->n_peers + p->n_scopes != 0,
+				p->peers, p->n_peers, p->scopes, p->n_scopes };
+		else
+			sm->pol = (asynqi_policy){
+				.set = sm->m->n_allow_peers +
+				        sm->m->n_allow_scopes != 0,
+				.peers = sm->m->allow_peers,
+				.n_peers = sm->m->n_allow_peers,
+				.scopes = sm->m->allow_scopes,
+				.n_scopes = sm->m->n_allow_scopes,
+			};
+		if (sm->pol.n_scopes != 0 && s->cfg.token_verifier == NULL) {
+			snprintf(err, cap,
+			    "method %s allows token scopes (%s%s) but the "
+			    "server has no token_verifier to check tokens",
+			    sm->m->full_name, sm->pol.scopes[0],
+			    sm->pol.n_scopes > 1 ? ", ..." : "");
+			return ASYNQ_INVALID_ARGUMENT;
+		}
+		any = any || sm->pol.set;
+	}
+	bool placed = false;
+	for (size_t i = 0; i < s->n_icpt; i++)
+		placed = placed || s->icpt[i] == &asynq_rpc_authz_interceptor;
+	if (any && !placed) {
+		const asynq_rpc_interceptor **v =
+		    realloc(s->icpt, (s->n_icpt + 1) * sizeof(*v));
+		if (v == NULL) {
+			snprintf(err, cap, "out of memory");
+			return ASYNQ_RESOURCE_EXHAUSTED;
+		}
+		memmove(v + 1, v, s->n_icpt * sizeof(*v));
+		v[0] = &asynq_rpc_authz_interceptor;
+		s->icpt = v;
+		s->n_icpt++;
+	}
+	return ASYNQ_OK;
 }
 
 asynq_status
@@ -2324,7 +2820,7 @@ asynq_rpc_server_add_service(asynq_rpc_server *s,
 		for (size_t i = 0; i < svc->n_methods; i++)
 			s->methods[s->n_methods++] =
 			    (srv_method){ &svc->methods[i], handlers[i], ctx,
-				    st[i] };
+				    st[i], { 0 } };
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (m == NULL) {
@@ -2345,11 +2841,20 @@ asynq_rpc_server_listen(asynq_rpc_server *s, const char *url)
 		return setup_fail(s, ASYNQ_INVALID_ARGUMENT, "listen: no URL");
 	pthread_mutex_lock(&s->mu);
 	bool closing = s->closing;
-	s->started = true;
+	char perr[200] = "";
+	asynq_status pst = ASYNQ_OK;
+	if (!closing && !s->policies_done) {
+		pst = policies_resolve_locked(s, perr, sizeof(perr));
+		s->policies_done = pst == ASYNQ_OK;
+	}
+	if (pst == ASYNQ_OK)
+		s->started = true;
 	pthread_mutex_unlock(&s->mu);
 	if (closing)
 		return setup_fail(s, ASYNQ_FAILED_PRECONDITION,
 		    "listen %s: the server is closing", url);
+	if (pst != ASYNQ_OK)
+		return setup_fail(s, pst, "listen %s: %s", url, perr);
 	if (strncmp(url, "tls+", 4) == 0 && s->tls == NULL)
 		return setup_fail(s, ASYNQ_INVALID_ARGUMENT,
 		    "listen %s: a tls+ URL needs tls_cert_file and "
@@ -2505,6 +3010,7 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 		free(s->methods[i].st);
 	free(s->methods);
 	free(s->services);
+	free(s->icpt);
 	asynqi_dedup_free(s->dd);
 	asynqi_tls_free(s->tls);
 	tls_paths_free(s);

@@ -12,10 +12,15 @@
  * test: a wrong answer exits 1. In the environment, ASYNQ_BENCH_DISTINCT=K
  * makes call i of a round ask for i % K (identical calls collapse), and
  * ASYNQ_BENCH_NO_COLLAPSE=1 opens the channel with no_collapse.
+ * ASYNQ_BENCH_ICPT=1 puts an interceptor that counts calls (a before and
+ * an after hook) on the channel and on the server, =trace the trace
+ * interceptor on both with the client's calls made in a trace, so the
+ * difference is what interceptors cost per call.
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -70,6 +75,42 @@ h_get_batch(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
 	return ASYNQ_OK;
 }
 
+/* ASYNQ_BENCH_ICPT=1: an interceptor that counts what it sees. */
+static unsigned long icpt_seen;
+
+static asynq_status
+count_before(asynq_rpc_call_info *c, void **state, void *arg)
+{
+	(void)c;
+	(void)state;
+	(void)arg;
+	icpt_seen++;
+	return ASYNQ_OK;
+}
+
+static void
+count_after(const asynq_rpc_call_info *c, void *state, void *arg)
+{
+	(void)state;
+	(void)arg;
+	icpt_seen += c->status == ASYNQ_OK;
+}
+
+static const asynq_rpc_interceptor count_icpt = {
+	.name = "count",
+	.before = count_before,
+	.after = count_after,
+};
+
+static asynq_status client_main(asynq_task *t, void *arg);
+
+static asynq_status
+client_traced(void *arg)
+{
+	asynq_task *t = arg;
+	return client_main(t, NULL);
+}
+
 static asynq_status
 client_main(asynq_task *t, void *arg)
 {
@@ -82,6 +123,10 @@ client_main(asynq_task *t, void *arg)
 	if (f == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
 	asynq_status st = ASYNQ_OK;
+	if (arg != NULL) { /* the trace interceptor: calls made in a trace */
+		free(f);
+		return asynq_rpc_with_trace(NULL, client_traced, t);
+	}
 	for (size_t r = 0; r < n_rounds && st == ASYNQ_OK; r++) {
 		for (size_t i = 0; i < n_calls; i++) {
 			Asynq__Bench__Id id = ASYNQ__BENCH__ID__INIT;
@@ -143,15 +188,27 @@ main(int argc, char **argv)
 		                                                       h_get_batch },
 	};
 	const char *urls[] = { url };
+	const char *icpt = getenv("ASYNQ_BENCH_ICPT");
+	bool trace = icpt != NULL && strcmp(icpt, "trace") == 0;
+	const asynq_rpc_interceptor *is[] = {
+		trace ? &asynq_rpc_trace_interceptor : &count_icpt
+	};
+	if (icpt != NULL && icpt[0] == '\0')
+		icpt = NULL;
+	size_t n_is = icpt != NULL ? 1 : 0;
 	asynq_rpc_channel_cfg cc = { .urls = urls,
 		.n_urls = 1,
 		.max_calls = n_calls,
-		.no_collapse = getenv("ASYNQ_BENCH_NO_COLLAPSE") != NULL };
+		.no_collapse = getenv("ASYNQ_BENCH_NO_COLLAPSE") != NULL,
+		.interceptors = is,
+		.n_interceptors = n_is };
+	asynq_rpc_server_cfg sc = { .interceptors = is,
+		.n_interceptors = n_is };
 	if (getenv("ASYNQ_BENCH_DISTINCT") != NULL)
 		n_distinct = (size_t)strtoul(getenv("ASYNQ_BENCH_DISTINCT"), NULL,
 		    10);
 	if (asynq_runtime_alloc(&rt, &rc) != ASYNQ_OK ||
-	    asynq_rpc_server_alloc(&srv, rt, NULL) != ASYNQ_OK ||
+	    asynq_rpc_server_alloc(&srv, rt, &sc) != ASYNQ_OK ||
 	    asynq_rpc_server_add_service(srv, LOOKUP, hs, NULL) != ASYNQ_OK ||
 	    asynq_rpc_server_listen(srv, url) != ASYNQ_OK ||
 	    asynq_rpc_channel_alloc(&ch, LOOKUP, &cc) != ASYNQ_OK) {
@@ -159,7 +216,7 @@ main(int argc, char **argv)
 		return 1;
 	}
 	double t0 = now_s(), c0 = cpu_s();
-	asynq_future *f = asynq_spawn(client_main, NULL);
+	asynq_future *f = asynq_spawn(client_main, trace ? (void *)1 : NULL);
 	asynq_status st = asynq_wait(f);
 	double s = now_s() - t0, cpu = cpu_s() - c0;
 	asynq_future_rele(f);
@@ -167,9 +224,11 @@ main(int argc, char **argv)
 	asynq_rpc_server_free(srv);
 	asynq_runtime_free(rt);
 	asynq_thread_fini();
-	if (st != ASYNQ_OK) {
+	if (st != ASYNQ_OK || (icpt != NULL && !trace &&
+	                          icpt_seen != 4 * n_calls * n_rounds)) {
 		fprintf(stderr, "rpc_inproc: wrong answer (%s)\n",
-		    asynq_strerror(st));
+		    st != ASYNQ_OK ? asynq_strerror(st)
+		                   : "the interceptors missed calls");
 		return 1;
 	}
 	double calls = (double)n_calls * (double)n_rounds;

@@ -11,6 +11,7 @@
 #include "tests/rpc/rpc_fixture.h"
 
 #include "tests/cli/cli_run.h"
+#include "tests/rpc/test_intercept.asynq.h"
 
 static void
 test_cli_list_names_the_services(void **state)
@@ -111,6 +112,78 @@ test_cli_describe_prints_methods_and_fields(void **state)
 	    "asynq: NOT_FOUND: service asynq.rpctest.Calc has no method Nope\n");
 	run_free(&r);
 	fx_stop(&fx);
+}
+
+/* Guarded's handlers never run here: describe asks reflection only. */
+static asynq_status
+never_unary(asynq_task *t, const ProtobufCMessage *req,
+    ProtobufCMessage **reply, void *ctx)
+{
+	(void)req;
+	(void)reply;
+	(void)ctx;
+	return asynq_fail(t, ASYNQ_INTERNAL, "not in this test");
+}
+
+static asynq_status
+never_batch(asynq_task *t, asynq_rpc_batch_call *calls, size_t n, void *ctx)
+{
+	(void)calls;
+	(void)n;
+	(void)ctx;
+	return asynq_fail(t, ASYNQ_INTERNAL, "not in this test");
+}
+
+static asynq_status
+no_tokens(const char *tok, size_t len, const asynq_rpc_method_desc *m,
+    char *scopes, size_t cap, char *why, size_t why_cap, void *arg)
+{
+	(void)tok;
+	(void)len;
+	(void)m;
+	(void)scopes;
+	(void)cap;
+	(void)arg;
+	snprintf(why, why_cap, "no tokens here");
+	return ASYNQ_UNAUTHENTICATED;
+}
+
+/* Who may call a method, as its .proto declares it. */
+static void
+test_cli_describe_prints_who_may_call(void **state)
+{
+	(void)state;
+	asynq_runtime *rt;
+	asynq_runtime_cfg rcfg = { .workers = 1 };
+	assert_int_equal(asynq_runtime_alloc(&rt, &rcfg), ASYNQ_OK);
+	asynq_rpc_server_cfg scfg = { .token_verifier = no_tokens };
+	asynq_rpc_server *srv;
+	assert_int_equal(asynq_rpc_server_alloc(&srv, rt, &scfg), ASYNQ_OK);
+	static const asynq_rpc_handler hs[] = {
+		{ .unary = never_unary },
+		{ .batch = never_batch },
+		{ .unary = never_unary },
+		{ .unary = never_unary },
+	};
+	assert_int_equal(asynq_rpc_server_add_service(srv,
+	                     &asynq__icpttest__guarded__asynq_desc, hs, NULL),
+	    ASYNQ_OK);
+	char url[64];
+	url_make(url, sizeof(url), TRANSPORT_TCP);
+	assert_int_equal(asynq_rpc_server_listen(srv, url), ASYNQ_OK);
+	run r = cli(NULL, ARGS("describe", url, "asynq.icpttest.Guarded"));
+	assert_rc(r, 0);
+	assert_non_null(strstr(r.out,
+	    "  rpc Echo(asynq.icpttest.Num) returns (asynq.icpttest.Num);\n"
+	    "  rpc Sum(asynq.icpttest.Num) returns (asynq.icpttest.Num); // "
+	    "whole batch, allow scopes sum\n"
+	    "  rpc Read(asynq.icpttest.Num) returns (asynq.icpttest.Num); // "
+	    "allow peers spiffe://example/frontend, allow scopes users.read "
+	    "users.admin\n"));
+	run_free(&r);
+	asynq_rpc_server_free(srv);
+	asynq_runtime_stop(rt);
+	asynq_runtime_free(rt);
 }
 
 static void
@@ -371,6 +444,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_cli_list_names_the_services),
 		cmocka_unit_test(test_cli_describe_prints_methods_and_fields),
+		cmocka_unit_test(test_cli_describe_prints_who_may_call),
 		cmocka_unit_test(test_cli_call_prints_the_reply_as_json),
 		cmocka_unit_test(test_cli_failed_calls_exit_with_their_status),
 		cmocka_unit_test(test_cli_lines_on_stdin_go_as_one_batch),

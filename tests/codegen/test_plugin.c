@@ -326,6 +326,99 @@ test_plugin_rejects_request_cache_on_non_idempotent_method(void **state)
 	assert_no_output_files(&r, "rcache");
 }
 
+/* (asynq.allow_peers) and (asynq.allow_scopes): every value, in order, as
+ * C strings (quotes and question marks escaped) in the method's table. */
+static void
+test_plugin_emits_allow_lists(void **state)
+{
+	struct run r;
+	char *c;
+
+	(void)state;
+	protoc(&r, "allow", "allow.proto",
+	    HEAD "service Svc { rpc Get(Req) returns (Req) {"
+	         " option (asynq.allow_peers) = \"spiffe://x/a\";"
+	         " option (asynq.allow_peers) = \"CN=\\\"q\\\"?\";"
+	         " option (asynq.allow_scopes) = \"read\"; }"
+	         " rpc Put(Req) returns (Req); }\n",
+	    "");
+	assert_int_equal(r.status, 0);
+	assert_non_null(c = read_out(&r, "allow.asynq.c"));
+	assert_contains(c,
+	    "static const char *const t__svc__asynq_allow_peers_0[2] = {\n"
+	    "\t\"spiffe://x/a\",\n\t\"CN=\\042q\\042\\077\",\n};");
+	assert_contains(c,
+	    "static const char *const t__svc__asynq_allow_scopes_0[1] = {\n"
+	    "\t\"read\",\n};");
+	assert_contains(c,
+	    "\t\t.allow_peers = t__svc__asynq_allow_peers_0,\n"
+	    "\t\t.n_allow_peers = 2,\n"
+	    "\t\t.allow_scopes = t__svc__asynq_allow_scopes_0,\n"
+	    "\t\t.n_allow_scopes = 1,\n");
+	/* Put has none. */
+	assert_null(strstr(c, "asynq_allow_peers_1"));
+	free(c);
+}
+
+/* A service's lists go to its methods without their own;
+ * (asynq.allow_anyone) opens one; it cannot be mixed with lists. */
+static void
+test_plugin_service_allow_lists(void **state)
+{
+	struct run r;
+	char *c;
+
+	(void)state;
+	protoc(&r, "allow_svc", "allows.proto",
+	    HEAD "service Svc {"
+	         " option (asynq.default_allow_scopes) = \"svc.read\";"
+	         " rpc Get(Req) returns (Req);"
+	         " rpc Put(Req) returns (Req) {"
+	         " option (asynq.allow_peers) = \"DNS:admin.svc\"; }"
+	         " rpc Ping(Req) returns (Req) {"
+	         " option (asynq.allow_anyone) = true; } }\n",
+	    "");
+	assert_int_equal(r.status, 0);
+	assert_non_null(c = read_out(&r, "allows.asynq.c"));
+	assert_contains(c,
+	    "static const char *const t__svc__asynq_allow_scopes_0[1] = {\n"
+	    "\t\"svc.read\",\n};");
+	assert_contains(c,
+	    "static const char *const t__svc__asynq_allow_peers_1[1] = {\n"
+	    "\t\"DNS:admin.svc\",\n};");
+	assert_null(strstr(c, "asynq_allow_scopes_1"));
+	assert_null(strstr(c, "asynq_allow_peers_2"));
+	assert_null(strstr(c, "asynq_allow_scopes_2"));
+	free(c);
+
+	protoc(&r, "allow_mixed", "allowm.proto",
+	    HEAD "service Svc { rpc Get(Req) returns (Req) {"
+	         " option (asynq.allow_anyone) = true;"
+	         " option (asynq.allow_scopes) = \"x\"; } }\n",
+	    "");
+	assert_int_not_equal(r.status, 0);
+	assert_contains(r.output,
+	    "method t.Svc/Get: (asynq.allow_anyone) with (asynq.allow_peers) "
+	    "or (asynq.allow_scopes): choose one");
+}
+
+static void
+test_plugin_rejects_empty_allow(void **state)
+{
+	struct run r;
+
+	(void)state;
+	protoc(&r, "allow_empty", "allowe.proto",
+	    HEAD "service Svc { rpc Get(Req) returns (Req) {"
+	         " option (asynq.allow_scopes) = \"\"; } }\n",
+	    "");
+	assert_int_not_equal(r.status, 0);
+	assert_contains(r.output,
+	    "method t.Svc/Get: option (asynq.allow_scopes) is empty: name a "
+	    "peer identity or a scope");
+	assert_no_output_files(&r, "allowe");
+}
+
 /* A method whose protoc-c function would have the name of the table. */
 static void
 test_plugin_rejects_colliding_method_name(void **state)
@@ -578,6 +671,9 @@ main(void)
 		cmocka_unit_test(test_plugin_rejects_streaming_method),
 		cmocka_unit_test(
 		    test_plugin_rejects_request_cache_on_non_idempotent_method),
+		cmocka_unit_test(test_plugin_emits_allow_lists),
+		cmocka_unit_test(test_plugin_service_allow_lists),
+		cmocka_unit_test(test_plugin_rejects_empty_allow),
 		cmocka_unit_test(test_plugin_rejects_colliding_method_name),
 		cmocka_unit_test(test_plugin_rejects_parameter),
 		cmocka_unit_test(test_plugin_follows_c_package),

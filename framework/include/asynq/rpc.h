@@ -102,6 +102,150 @@ asynq_status asynq_rpc_metadata_pop(void);
 asynq_status asynq_rpc_with_metadata(const char *key, const void *val,
     size_t len, asynq_status (*fn)(void *arg), void *arg);
 
+/* ---- Interceptors -------------------------------------------------------- */
+
+struct asynq_rpc_peer;
+struct asynq_rpc_batch_call;
+
+/* One call as interceptors see it, on either side. */
+typedef struct asynq_rpc_call_info {
+	const asynq_rpc_method_desc *method;
+	/* The request, borrowed: the caller's message on the client (NULL in
+	 * the client's after hooks: the caller may have freed it), the
+	 * decoded one on the server. */
+	const struct ProtobufCMessage *req;
+	/* Server: who called (asynq_rpc_peer: its address and, with mutual
+	 * TLS, its verified identity). NULL on the client. */
+	const struct asynq_rpc_peer *peer;
+	bool server; /* true on the server, false on the client */
+	/* Monotonic ns (asynq_now_ns) when the first before hook ran. */
+	int64_t start_ns;
+	/* For the after hooks, the call's outcome: OK and its reply
+	 * (borrowed, valid during the hook; NULL for an empty reply), or an
+	 * error status and its message. */
+	asynq_status status;
+	const char *message;
+	const struct ProtobufCMessage *reply;
+	void *impl_; /* the framework's */
+} asynq_rpc_call_info;
+
+/* A whole-batch handler's run as interceptors see it (server only). */
+typedef struct asynq_rpc_batch_info {
+	const asynq_rpc_method_desc *method;
+	const struct asynq_rpc_peer *peer;
+	/* The calls the handler gets: those every interceptor let through;
+	 * in the after hooks, with the results the handler set. */
+	struct asynq_rpc_batch_call *calls;
+	size_t n;
+	int64_t start_ns; /* monotonic ns when the first batch_before ran */
+	asynq_status status; /* after hooks: what the handler returned */
+} asynq_rpc_batch_info;
+
+/* An interceptor: hooks run around every call, on a server (in
+ * asynq_rpc_server_cfg.interceptors, or asynq_rpc_server_add_interceptor)
+ * or on a channel (asynq_rpc_channel_cfg.interceptors). Before hooks run
+ * in the order the interceptors are listed, after hooks in the reverse
+ * order, each interceptor's after only if its before let the call go on,
+ * and then always, whatever happened to the call later (a later
+ * interceptor's rejection, a handler's error, a deadline). Any hook may be
+ * NULL.
+ *
+ * On a client, `before` runs in the calling task inside asynq_rpc_call,
+ * before the call joins a batch (or is answered from a request cache): a
+ * call it rejects is never sent and its future fails with the status and
+ * message. `after` runs on the same thread when the call's future is
+ * computed.
+ *
+ * On a server, `before` runs on the worker in the request's task, after
+ * the server's own limits and before the calls are given to handlers; a
+ * rejected call never reaches its handler and is answered with its own
+ * status; for a whole-batch method it is left out of the batch the handler
+ * sees. `after` runs once the handler is done with the call, before its
+ * result is packed. For whole-batch methods, batch_before and batch_after
+ * run once around the handler, with the calls that were let through (a
+ * non-OK batch_before fails all of them). Hooks should not block; they may
+ * read and add metadata (asynq_rpc_call_metadata, _add_metadata). `state`
+ * is the interceptor's own pointer for this call, NULL until its before
+ * sets it, and handed to its after. */
+typedef struct asynq_rpc_interceptor {
+	const char *name; /* for messages: "authz", "trace" */
+	asynq_status (*before)(asynq_rpc_call_info *call, void **state,
+	    void *arg);
+	void (*after)(const asynq_rpc_call_info *call, void *state, void *arg);
+	asynq_status (*batch_before)(asynq_rpc_batch_info *batch, void *arg);
+	void (*batch_after)(const asynq_rpc_batch_info *batch, void *arg);
+	void *arg;
+} asynq_rpc_interceptor;
+
+/* asynq_rpc_call_reject, for a before hook, rejects the call with st (not
+ * OK) and a printf-style message for its caller, and returns st: `return
+ * asynq_rpc_call_reject(call, ASYNQ_PERMISSION_DENIED, "...")`. A before
+ * hook that returns non-OK without it (or when there is no memory for the
+ * text) rejects with "METHOD: rejected by interceptor NAME (STATUS)". A
+ * batch_before that returns non-OK fails each call of the batch with
+ * "METHOD: rejected by interceptor NAME". */
+asynq_status asynq_rpc_call_reject(asynq_rpc_call_info *call, asynq_status st,
+    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* asynq_rpc_call_metadata returns the value of metadata `key` of the call
+ * (borrowed, valid during the hook), or NULL; *len (may be NULL) gets its
+ * length. On a client: what the call is made under (asynq_rpc_metadata_push)
+ * and what interceptors added; on a server: what the call carries and what
+ * interceptors added. Any hook. */
+const void *asynq_rpc_call_metadata(const asynq_rpc_call_info *call,
+    const char *key, size_t *len);
+
+/* asynq_rpc_call_add_metadata adds (key, val[0..len)), copied, to the
+ * call's metadata, shadowing an earlier value of the key: on a client it
+ * is sent with the call, on a server the handler sees it
+ * (asynq_rpc_metadata_get). INVALID_ARGUMENT for a NULL key or outside a
+ * before hook, RESOURCE_EXHAUSTED without memory. Before hooks only. */
+asynq_status asynq_rpc_call_add_metadata(asynq_rpc_call_info *call,
+    const char *key, const void *val, size_t len);
+
+/* ---- Trace context (W3C traceparent) ------------------------------------ */
+
+/* The trace a task works for: W3C trace context's trace id, the current
+ * span (the parent of the calls made now) and the flags. */
+typedef struct asynq_rpc_trace {
+	uint8_t trace_id[16];
+	uint8_t span_id[8];
+	uint8_t flags; /* bit 0: sampled */
+} asynq_rpc_trace;
+
+/* asynq_rpc_trace_interceptor carries the trace in `traceparent` metadata
+ * (https://www.w3.org/TR/trace-context/). On a channel it adds
+ * "00-TRACE-SPAN-FLAGS" for the calling task's trace, if it has one (a
+ * server handler's, or asynq_rpc_with_trace's); on a server it reads a
+ * call's traceparent and runs the handler in that trace under a span of
+ * its own, so the handler's calls are its children (a whole-batch
+ * handler: the trace of its first call that has one), and the server's
+ * request logs name the trace (trace_id=). A malformed traceparent is
+ * ignored, as the recommendation says. */
+extern const asynq_rpc_interceptor asynq_rpc_trace_interceptor;
+
+/* asynq_rpc_trace_get copies the current task's trace to *out and returns
+ * true, or returns false when it has none. Task only. */
+bool asynq_rpc_trace_get(asynq_rpc_trace *out);
+
+/* asynq_rpc_trace_format writes t as a traceparent value
+ * ("00-<32 hex>-<16 hex>-<2 hex>", 55 characters and a NUL) into buf. Any
+ * thread. */
+void asynq_rpc_trace_format(const asynq_rpc_trace *t, char buf[56]);
+
+/* asynq_rpc_trace_parse reads a traceparent value of len bytes into *out:
+ * INVALID_ARGUMENT unless it is version 00's form with non-zero ids (then
+ * *out is untouched). Any thread. */
+asynq_status asynq_rpc_trace_parse(const char *s, size_t len,
+    asynq_rpc_trace *out);
+
+/* asynq_rpc_with_trace runs fn(arg) in a trace (t, or a new one with
+ * random ids, sampled, when t is NULL) for it and the tasks it creates.
+ * Returns fn's status, or the push's failure (then fn did not run).
+ * Scheduler thread only. */
+asynq_status asynq_rpc_with_trace(const asynq_rpc_trace *t,
+    asynq_status (*fn)(void *arg), void *arg);
+
 /* ---- Client ------------------------------------------------------------ */
 
 typedef struct asynq_rpc_channel asynq_rpc_channel;
@@ -166,6 +310,12 @@ typedef struct asynq_rpc_channel_cfg {
 	 */
 	bool request_cache;
 	bool cache_errors;
+	/* Interceptors run around every call made through the channel, in
+	 * this order (see asynq_rpc_interceptor); the array is copied, the
+	 * interceptors are borrowed and must outlive the channel and the
+	 * futures of its calls (after hooks run when those are computed). */
+	const asynq_rpc_interceptor *const *interceptors;
+	size_t n_interceptors;
 } asynq_rpc_channel_cfg;
 
 /* asynq_rpc_channel_alloc opens a channel to a service: it dials the URLs
@@ -344,6 +494,41 @@ typedef struct asynq_rpc_handler {
 	asynq_rpc_batch_fn batch;
 } asynq_rpc_handler;
 
+/* Who may call a method of a server (see asynq_rpc_server_cfg.policies):
+ * a caller whose verified peer identity matches one of `peers`, or whose
+ * bearer token has one of `scopes`, is allowed. A peer pattern is matched
+ * against asynq_rpc_peer's subjectAltNames and subject: "DNS:name",
+ * "URI:...", "IP:...", "EMAIL:..." a SAN exactly, a bare URI
+ * ("spiffe://example/frontend") the SAN "URI:" of it, "CN=name" the
+ * subject's common name, and "*" any verified peer. A policy with neither
+ * peers nor scopes lets everyone call. */
+typedef struct asynq_rpc_policy {
+	/* "pkg.Svc/Method", or "pkg.Svc/" and an asterisk for every method
+	 * of the service (a method's own policy comes first). */
+	const char *method;
+	const char *const *peers;
+	size_t n_peers;
+	const char *const *scopes;
+	size_t n_scopes;
+} asynq_rpc_policy;
+
+/* Bytes a token verifier may write as scopes, its NUL included. */
+#define ASYNQ_RPC_SCOPES_MAX 1024
+
+/* Checks a bearer token (the bytes after "Bearer " in the call's
+ * `authorization` metadata, len of them, not NUL-terminated) for a call of
+ * method m: OK and its scopes written to scopes[0..cap) as a NUL-terminated
+ * list separated by spaces (OAuth 2's form: "users.read users.write"), or
+ * a failure (UNAUTHENTICATED: expired, bad signature, ...) with why[0..
+ * why_cap) saying so in words. cap is ASYNQ_RPC_SCOPES_MAX: a list of up
+ * to cap - 2 characters is read whole; a longer one may have been cut
+ * short (by snprintf), so its last scope is ignored rather than read as
+ * another. Runs on a worker in the request's task: it should not block.
+ * The framework defines no token format. */
+typedef asynq_status (*asynq_rpc_token_verify_fn)(const char *token,
+    size_t len, const asynq_rpc_method_desc *m, char *scopes,
+    size_t scopes_cap, char *why, size_t why_cap, void *arg);
+
 /* Server settings and limits; zero fields take the default. Over a limit a
  * request is answered RESOURCE_EXHAUSTED at once. */
 typedef struct asynq_rpc_server_cfg {
@@ -446,7 +631,37 @@ typedef struct asynq_rpc_server_cfg {
 	 * servers, channels and runtimes of one process share an endpoint
 	 * through asynq_admin_open instead. */
 	const char *admin_url;
+	/* Interceptors run around every call the server serves, in this
+	 * order (see asynq_rpc_interceptor); the array is copied, the
+	 * interceptors are borrowed and must outlive the server. More can
+	 * be added with asynq_rpc_server_add_interceptor. */
+	const asynq_rpc_interceptor *const *interceptors;
+	size_t n_interceptors;
+	/* Authorization. A method's policy is the one of these that names
+	 * it (or its service, with an asterisk for the method), else what
+	 * its .proto declares
+	 * ((asynq.allow_peers), (asynq.allow_scopes): the method's
+	 * asynq_rpc_method_desc), else none: anyone may call it. A built-in
+	 * interceptor enforces the policies, first of all interceptors (or
+	 * where `interceptors` lists &asynq_rpc_authz_interceptor): a call
+	 * with no credential a policy could accept (no verified client
+	 * certificate, no `authorization: Bearer` token, or a token the
+	 * verifier rejects) fails UNAUTHENTICATED, one whose credentials
+	 * are not allowed PERMISSION_DENIED, each with a message naming the
+	 * method and what it needs; neither reaches a handler. Tokens are
+	 * checked by token_verifier (once per distinct token in a request);
+	 * a policy naming scopes without a verifier fails the listen. The
+	 * arrays are read at listen. */
+	const asynq_rpc_policy *policies;
+	size_t n_policies;
+	asynq_rpc_token_verify_fn token_verifier;
+	void *token_verifier_arg;
 } asynq_rpc_server_cfg;
+
+/* The built-in interceptor that enforces authorization policies (see
+ * asynq_rpc_server_cfg.policies); servers add it themselves, so list it
+ * only to choose its place among the interceptors. Server only. */
+extern const asynq_rpc_interceptor asynq_rpc_authz_interceptor;
 
 /* asynq_rpc_server_alloc makes a server that runs on rt's workers, with
  * the health service (proto/asynq/health.proto, asynq.health.v1.Health)
@@ -465,6 +680,12 @@ asynq_status asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 asynq_status asynq_rpc_server_add_service(asynq_rpc_server *s,
     const asynq_rpc_service_desc *svc, const asynq_rpc_handler *handlers,
     void *ctx);
+
+/* asynq_rpc_server_add_interceptor appends icpt (borrowed; it must outlive
+ * the server) to the server's interceptors. INVALID_ARGUMENT for NULL,
+ * FAILED_PRECONDITION once listening. Before listening only. */
+asynq_status asynq_rpc_server_add_interceptor(asynq_rpc_server *s,
+    const asynq_rpc_interceptor *icpt);
 
 /* asynq_rpc_server_listen starts accepting connections on a URL (tcp://,
  * ipc://, abstract://, tls+tcp://; inproc://NAME for channels of this
@@ -554,9 +775,10 @@ void asynq_rpc_server_stats_get(const asynq_rpc_server *s,
 typedef struct asynq_rpc_method_stats {
 	const asynq_rpc_method_desc *method;
 	/* Calls whose handler ran, by the status they ended with (indexed
-	 * by asynq_status; ASYNQ_OK is success). Calls refused before
-	 * running (limits, overload, closing) are counted in the server's
-	 * stats only. */
+	 * by asynq_status; ASYNQ_OK is success), and calls an interceptor
+	 * rejected, by its status (authorization's PERMISSION_DENIED and
+	 * UNAUTHENTICATED). Calls refused before running (limits, overload,
+	 * closing) are counted in the server's stats only. */
 	uint64_t codes[ASYNQ_STATUS_COUNT];
 	/* Nanoseconds from the request being read to the call's handler
 	 * returning (queueing, decoding and the handler), per call; a

@@ -65,6 +65,15 @@ typedef struct asynq_rpc_method_desc {
 	 * (asynq_rpc_cache_prime); (asynq.cache_errors): errors too. */
 	bool request_cache;
 	bool cache_errors;
+	/* Who may call it ((asynq.allow_peers), (asynq.allow_scopes) of the
+	 * method, else its service's (asynq.default_allow_peers) and
+	 * (asynq.default_allow_scopes) unless (asynq.allow_anyone); see
+	 * asynq_rpc_policy in asynq/rpc.h for the patterns): none of either
+	 * means anyone. A server's settings may override them. */
+	const char *const *allow_peers;
+	size_t n_allow_peers;
+	const char *const *allow_scopes;
+	size_t n_allow_scopes;
 } asynq_rpc_method_desc;
 
 /* One service: its methods in .proto order and its options. */
