@@ -265,7 +265,7 @@ asynqi_future_complete(asynq_sched *s, asynq_future *f)
 void asynqi_future_set_error(asynq_future *f, asynq_error *e);
 
 /* asynq_sched_cfg.stack_size's default (sched.c says why). */
-#define ASYNQI_DEFAULT_STACK (256 * 1024)
+#define ASYNQI_DEFAULT_STACK (64 * 1024)
 
 /* Free lists of records, off under the sanitizers so they see every
  * record's life. */

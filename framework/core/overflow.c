@@ -36,7 +36,7 @@ overflow_report(const asynq_task *t, const char *how)
 	asynqi_sig_write(" (");
 	asynqi_sig_write(how);
 	asynqi_sig_write("; raise asynq_sched_cfg.stack_size, "
-	                 "default 256 KiB, or keep large arrays off task "
+	                 "default 64 KiB, or keep large arrays off task "
 	                 "stacks)\n");
 	for (const asynq_task *c = t->creator; c != NULL; c = c->creator) {
 		asynqi_sig_write("  created by task ");

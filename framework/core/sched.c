@@ -98,13 +98,15 @@ asynq_thread_init(const asynq_sched_cfg *cfg)
 		return ASYNQ_RESOURCE_EXHAUSTED;
 	if (cfg != NULL)
 		s->cfg = *cfg;
-	/* 256 KiB: only the pages a task touches are resident, so a larger
-	 * stack costs address space, not memory. Measured with 100,000
-	 * parked tasks (//tests/bench:core section 5, ASYNQ_BENCH_STACK_KIB):
-	 * 8.0 KiB resident per task at 16, 64, 256 and 1024 KiB stacks, and
-	 * the same time per task up to 256 KiB (6.9 us) but 25% more at
-	 * 1 MiB (mapping it). 256 KiB holds SQLite's and most libraries'
-	 * frames. */
+	/* 64 KiB, chosen by measuring (//tests/bench:core with
+	 * ASYNQ_BENCH_STACK_KIB): resident memory does not depend on it (only
+	 * touched pages count: 8.0 KiB per parked task at 16, 64, 256 and
+	 * 1024 KiB stacks), but time does once many tasks are suspended at
+	 * once: 10,000 tasks of two awaits each take 15-35% longer on
+	 * 256 KiB stacks than on 64 KiB ones (more address space to walk
+	 * per stack touched), and 1 MiB stacks cost 25% more to map. So the
+	 * default stays small; code with big frames (SQLite) asks for more.
+	 */
 	if (s->cfg.stack_size == 0)
 		s->cfg.stack_size = ASYNQI_DEFAULT_STACK;
 	if (s->cfg.max_depth == 0)

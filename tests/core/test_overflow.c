@@ -186,7 +186,7 @@ canary_child(void)
 static asynq_status
 big_frame_task(asynq_task *t, void *arg)
 {
-	volatile char big[300 * 1024];
+	volatile char big[80 * 1024];
 
 	(void)arg;
 	big[0] = 1;
@@ -390,7 +390,7 @@ test_overflow_canary_names_task(void **state)
 	assert_contains(d.err, "spawned at " __FILE__ ":");
 }
 
-/* A 300 KiB array on a 256 KiB stack (the default): stack-clash probes (the
+/* An 80 KiB array on a 64 KiB stack (the default): stack-clash probes (the
  * build's default flags) touch the guard page first, so it is reported as an
  * overflow of that task, not a bare segmentation fault. */
 static void
@@ -403,7 +403,7 @@ test_overflow_large_frame_names_task(void **state)
 	run_child(big_frame_child, &d);
 	assert_killed_by(&d, SIGSEGV);
 	assert_contains(d.err, "stack overflow in task big_frame_task");
-	assert_contains(d.err, "default 256 KiB");
+	assert_contains(d.err, "default 64 KiB");
 }
 
 /* A program's own SIGSEGV handler is never replaced. */

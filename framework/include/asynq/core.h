@@ -40,7 +40,7 @@ typedef asynq_status (*asynq_task_fn)(asynq_task *t, void *arg);
 
 /* Scheduler settings; zero fields take the default. */
 typedef struct asynq_sched_cfg {
-	size_t stack_size;     /* bytes per coroutine stack; default 256 KiB
+	size_t stack_size;     /* bytes per coroutine stack; default 64 KiB
 	                          (pages a task never touches cost no
 	                          memory) */
 	size_t max_depth;      /* task nesting limit; default 20,000 */
