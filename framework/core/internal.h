@@ -287,11 +287,8 @@ asynqi_value_clear(asynq_future *f)
 	f->v.i = 0;
 }
 
-/* asynqi_future_free frees f, whose last reference is gone (future.c);
- * asynqi_task_free frees a task's record (task.c); asynqi_sched_free
- * frees a scheduler that asynq_thread_fini has finished (sched.c). */
-void asynqi_future_free(asynq_future *f);
-void asynqi_task_free(asynq_sched *s, asynq_task *t);
+/* asynqi_sched_free frees a scheduler that asynq_thread_fini has finished
+ * (sched.c). */
 void asynqi_sched_free(asynq_sched *s);
 
 /* asynqi_fut_init sets every field of a future record: records come from

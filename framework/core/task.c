@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Tasks: spawning a task record (not running it: sched.c runs tasks),
- * setting its result, reading what it is, and freeing it.
+ * setting its result and reading what it is. Freeing it is future.c's,
+ * where the last reference goes.
  *
  * Design notes:
  * - Spawning is lazy: the record is made and linked, the task runs when
@@ -17,32 +18,6 @@
 #include <stdlib.h>
 
 #include "internal.h"
-
-void
-asynqi_task_free(asynq_sched *s, asynq_task *t)
-{
-	if (t->last_error != NULL)
-		asynq_error_rele(t->last_error);
-	if (t->ctx_error != NULL)
-		asynq_error_rele(t->ctx_error);
-	if (t->all_prev != NULL)
-		t->all_prev->all_next = t->all_next;
-	else if (s->all_tasks == t)
-		s->all_tasks = t->all_next;
-	if (t->all_next != NULL)
-		t->all_next->all_prev = t->all_prev;
-	s->stats.tasks_live--;
-	asynq_task *creator = t->creator;
-	if (ASYNQI_USE_FREELIST && !s->zombie) {
-		t->q_next = s->free_tasks;
-		s->free_tasks = t;
-		s->n_free_tasks++;
-	} else {
-		free(t);
-	}
-	if (creator != NULL && --creator->fut.refs == 0)
-		asynqi_future_free(&creator->fut);
-}
 
 /* The depth limit's failure, out of the spawn path. */
 static asynq_future *__attribute__((noinline, cold))
