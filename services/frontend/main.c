@@ -7,6 +7,9 @@
  *       --answers tcp://127.0.0.1:7002 [--cache tcp://127.0.0.1:7003]
  *
  * With --cache it reads users' names cache-aside through the cache service.
+ * Each of --users, --answers and --cache may be a comma-separated list of
+ * replicas' URLs or a name, dns:///users.svc.local:7001 (resolved again
+ * every 30 s): requests go to the replica with the fewest outstanding.
  * It prints where it listens, logs its counters (calls served, calls and
  * requests made to users and answers) at most once per second, and on
  * SIGINT or SIGTERM stops receiving, answers the calls in flight and exits 0.
@@ -30,8 +33,9 @@ main(int argc, char **argv)
 
 	svc_signals_block();
 	if (!svc_flags_parse(&f, argc, argv,
-	        "[--listen URL] [--workers N] [--users URL] [--answers URL]"
-	        " [--cache URL] [--admin URL] [--quiet]"))
+	        "[--listen URL] [--workers N] [--users URL[,URL...]]"
+	        " [--answers URL[,URL...]] [--cache URL[,URL...]]"
+	        " [--admin URL] [--quiet]"))
 		return 2;
 	if (svc_admin_open(f.admin, "frontend") != ASYNQ_OK)
 		return 1;
