@@ -140,8 +140,11 @@ typedef struct asynq_rpc_channel_cfg {
 	bool wait_for_ready;
 	/* A request a replica refused before running any of it (overloaded,
 	 * closing) goes to another ready replica, within its deadline, at
-	 * most twice, throttled as gRPC's retries are (gRFC A6) so that
-	 * retries never multiply an overload: each refusal takes a token of
+	 * most twice, and one caught on a lost connection is sent again (to
+	 * any ready replica; see asynq_rpc_server_cfg's dedup for what a
+	 * resend may run), at most 3 times, both throttled as gRPC's retries
+	 * are (gRFC A6) so that retries never multiply an overload: each
+	 * refusal or resend takes a token of
 	 * retry_max_tokens (default 10; UINT32_MAX: no retries), each request
 	 * answered gives back retry_token_milli thousandths of one (default
 	 * 100), and refused requests are retried only while more than half
@@ -226,12 +229,15 @@ typedef struct asynq_rpc_resolver {
 	void *arg;
 } asynq_rpc_resolver;
 
-/* asynq_rpc_channel_alloc opens a channel to a service: it dials the URLs
- * (connecting in the background; calls made while the first attempt is in
- * progress wait for it; see wait_for_ready). A lost connection is redialed
- * at once, failed attempts back off (1 s, x1.6, jitter 0.2, at most 120 s).
- * INVALID_ARGUMENT for a bad URL or settings. The channel may be used from
- * any thread; each scheduler thread batches its own calls. Any thread. */
+/* asynq_rpc_channel_alloc opens a channel to a service: it dials the URLs,
+ * or resolves the name and dials its addresses (in the background; calls
+ * made while the first resolution or attempt is in progress wait for it;
+ * see wait_for_ready). A lost connection is redialed at once, failed
+ * attempts back off (1 s, x1.6, jitter 0.2, at most 120 s).
+ * INVALID_ARGUMENT for a bad URL, target or settings (a target or policy
+ * it cannot use is also logged in words, event=channel_setup_failed). The
+ * channel may be used from any thread; each scheduler thread batches its
+ * own calls. Any thread. */
 asynq_status asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
     const asynq_rpc_service_desc *svc, const asynq_rpc_channel_cfg *cfg);
 
