@@ -2535,8 +2535,14 @@ chan_set_replicas(asynq_rpc_channel *ch, char (*urls)[ASYNQ_RPC_URL_MAX],
 	/* Dialers are made without the channel's lock. */
 	for (size_t i = 0; i < n; i++) {
 		asynq_status st;
-		if (!known[i])
-			fresh[i] = replica_alloc(ch, urls[i], &st);
+		if (!known[i] &&
+		    (fresh[i] = replica_alloc(ch, urls[i], &st)) == NULL)
+			asynq_log(ASYNQ_LOG_WARN, "replica_not_added", "url",
+			    urls[i], "why",
+			    st == ASYNQ_INVALID_ARGUMENT
+			        ? "not a URL a channel can dial"
+			        : "out of memory",
+			    NULL);
 	}
 	outbox o = { 0 };
 	pthread_mutex_lock(&ch->mu);
