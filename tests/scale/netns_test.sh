@@ -78,6 +78,7 @@ cleanup() {
 		ip netns del "$ns" 2>/dev/null
 		rm -rf "/etc/netns/$ns"
 	done
+	rmdir /etc/netns 2>/dev/null # only if no one else's is left there
 	rm -rf "$T"
 }
 trap cleanup EXIT
