@@ -55,6 +55,7 @@ typedef struct demo_cfg {
 	svc_data_cfg data;
 	char data_dir[512];
 	bool tcp;
+	size_t replicas;         /* --replicas: of users and answers */
 	bool batched, unbatched; /* which runs */
 	int base_port;           /* --tcp ports base_port.. (0: free ones) */
 	size_t workers;          /* per service (0: one per CPU) */
@@ -554,7 +555,7 @@ svc_child(svc *s, const char *const urls[DEMO_N_SVC], const char *users_db,
 
 /* The demo's ends of the pipes to the children forked so far: a new child
  * closes them, or a sibling would never see its command pipe close. */
-static int parent_fds[4 * DEMO_N_SVC];
+static int parent_fds[4 * (DEMO_N_SVC + 2 * DEMO_MAX_REPLICAS)];
 static size_t n_parent_fds;
 
 /* Forks the child that runs s; the parent keeps one end of each pipe. */
@@ -606,7 +607,21 @@ typedef struct svc_set {
 	svc s[DEMO_N_SVC];
 	const char *urls[DEMO_N_SVC];
 	bool started[DEMO_N_SVC];
+	/* --replicas: users (0) and answers (1) replicas after s[], their
+	 * URL lists for the frontend ("tcp://...,tcp://..."), and the calls
+	 * each had served at the last snapshot (replica 0 is s[]). */
+	svc extra[2][DEMO_MAX_REPLICAS - 1];
+	bool extra_started[2][DEMO_MAX_REPLICAS - 1];
+	char lists[2][DEMO_MAX_REPLICAS * 40];
+	uint64_t rep_calls[2][DEMO_MAX_REPLICAS];
 } svc_set;
+
+/* The replicated services: users and answers. */
+static int
+rep_kind(int j)
+{
+	return j == 0 ? DEMO_USERS : DEMO_ANSWERS;
+}
 
 /* A TCP port on 127.0.0.1 that nobody listens on right now. */
 static int
@@ -653,8 +668,63 @@ set_addresses(svc_set *set, const demo_cfg *cfg, int idx)
 		}
 		set->urls[k] = s->url;
 	}
+	/* Replicas after the first: on free ports; the frontend gets the
+	 * list. */
+	for (int j = 0; j < 2 && cfg->replicas > 1; j++) {
+		int k = rep_kind(j);
+		/* memcpy: gcc -O1 sees set->s and set->lists as one object
+		 * and calls a snprintf of one into the other overlapping. */
+		_Static_assert(sizeof(set->lists[j]) > sizeof(set->s[k].url),
+		    "a replica list holds the first URL");
+		memcpy(set->lists[j], set->s[k].url, sizeof(set->s[k].url));
+		for (size_t r = 1; r < cfg->replicas; r++) {
+			svc *s = &set->extra[j][r - 1];
+			int port = free_port();
+			if (port <= 0) {
+				fprintf(stderr,
+				    "demo: no free TCP port for %s: %s\n",
+				    svc_names[k], strerror(errno));
+				return -1;
+			}
+			s->kind = k;
+			snprintf(s->label, sizeof(s->label), "%s %s %zu",
+			    set->label, svc_names[k], r + 1);
+			snprintf(s->url, sizeof(s->url), "tcp://127.0.0.1:%d",
+			    port);
+			size_t len = strlen(set->lists[j]);
+			snprintf(set->lists[j] + len,
+			    sizeof(set->lists[j]) - len, ",%s", s->url);
+		}
+		set->urls[k] = set->lists[j];
+	}
 	return 0;
 }
+
+/* Forks replica r (1..) of users (j 0) or answers (j 1) and waits for
+ * its start report. */
+static asynq_status
+extra_start(svc_set *set, const demo_cfg *cfg, int j, size_t r,
+    const char *users_db, const char *answers_db)
+{
+	svc *s = &set->extra[j][r - 1];
+	svc_hello h = { .status = ASYNQ_INTERNAL };
+	if (svc_fork(s, set->urls, users_db, answers_db, cfg->workers) != 0)
+		return ASYNQ_INTERNAL;
+	set->extra_started[j][r - 1] = true;
+	if (read_all(s->rep, &h, sizeof(h)) != 0)
+		h.status = ASYNQ_INTERNAL;
+	if (h.status != ASYNQ_OK) {
+		s->failed = true;
+		fprintf(stderr,
+		    "demo: replica %zu of %s failed to start on %s: %s\n",
+		    r + 1, svc_names[rep_kind(j)], s->url,
+		    asynq_strerror(h.status));
+	}
+	return h.status;
+}
+
+/* Ends a child started by svc_fork; false if it ended badly. */
+static bool svc_reap(svc *s);
 
 static bool set_stop(svc_set *set, const demo_cfg *cfg);
 
@@ -696,6 +766,12 @@ set_start(svc_set *set, const demo_cfg *cfg, const char *users_db,
 			        : "");
 			goto fail;
 		}
+		for (int j = 0; j < 2; j++)
+			for (size_t r = 1;
+			     rep_kind(j) == k && r < cfg->replicas; r++)
+				if (extra_start(set, cfg, j, r, users_db,
+				        answers_db) != ASYNQ_OK)
+					goto fail;
 	}
 	demo_max_calls = 0;
 	return 0;
@@ -721,22 +797,52 @@ set_stop(svc_set *set, const demo_cfg *cfg)
 			svc_local_stop(s);
 			continue;
 		}
-		int st = 0;
-		close(s->cmd);
-		close(s->rep);
-		while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
-			;
-		if (!s->failed && (!WIFEXITED(st) || WEXITSTATUS(st) != 0)) {
-			fprintf(stderr,
-			    "demo: the %s service process (%s) ended with %s"
-			    " %d\n",
-			    svc_names[k], s->url,
-			    WIFEXITED(st) ? "status" : "signal",
-			    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-			ok = false;
+		for (int j = 0; j < 2; j++) {
+			for (size_t r = 1; r < DEMO_MAX_REPLICAS; r++) {
+				if (rep_kind(j) != k ||
+				    !set->extra_started[j][r - 1])
+					continue;
+				set->extra_started[j][r - 1] = false;
+				ok = svc_reap(&set->extra[j][r - 1]) && ok;
+			}
 		}
+		ok = svc_reap(s) && ok;
 	}
 	return ok;
+}
+
+static bool
+svc_reap(svc *s)
+{
+	int st = 0;
+	close(s->cmd);
+	close(s->rep);
+	while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
+		;
+	if (!s->failed && (!WIFEXITED(st) || WEXITSTATUS(st) != 0)) {
+		fprintf(stderr,
+		    "demo: the %s service process (%s) ended with %s %d\n",
+		    svc_names[s->kind], s->url,
+		    WIFEXITED(st) ? "status" : "signal",
+		    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+		return false;
+	}
+	return true;
+}
+
+/* Asks a child for its counters. */
+static int
+child_snap(svc *s, svc_snap *out)
+{
+	char c = 'c';
+	if (write_all(s->cmd, &c, 1) != 0 ||
+	    read_all(s->rep, out, sizeof(*out)) != 0) {
+		fprintf(stderr,
+		    "demo: the %s service process (pid %d, %s) is gone\n",
+		    svc_names[s->kind], (int)s->pid, s->url);
+		return -1;
+	}
+	return 0;
 }
 
 /* Reads every service's counters. */
@@ -749,14 +855,21 @@ set_snap(svc_set *set, const demo_cfg *cfg, svc_snap out[DEMO_N_SVC])
 			svc_local_snap(s, &out[k]);
 			continue;
 		}
-		char c = 'c';
-		if (write_all(s->cmd, &c, 1) != 0 ||
-		    read_all(s->rep, &out[k], sizeof(out[k])) != 0) {
-			fprintf(stderr,
-			    "demo: the %s service process (pid %d, %s) is"
-			    " gone\n",
-			    svc_names[k], (int)s->pid, s->url);
+		if (child_snap(s, &out[k]) != 0)
 			return -1;
+	}
+	/* Replicas: each one's calls, and their sums as the service's. */
+	for (int j = 0; j < 2 && cfg->replicas > 1; j++) {
+		int k = rep_kind(j);
+		set->rep_calls[j][0] = out[k].c.calls;
+		for (size_t r = 1; r < cfg->replicas; r++) {
+			svc_snap e;
+			if (child_snap(&set->extra[j][r - 1], &e) != 0)
+				return -1;
+			set->rep_calls[j][r] = e.c.calls;
+			out[k].c.calls += e.c.calls;
+			out[k].c.requests += e.c.requests;
+			out[k].c.sql += e.c.sql;
 		}
 	}
 	return 0;
@@ -953,6 +1066,8 @@ workload_run(svc_set *set, const demo_cfg *cfg, bool examples, demo_run *run)
 	asynq_rpc_channel_stats_get(w.ch, &cs0);
 	if (set_snap(set, cfg, before) != 0)
 		goto out;
+	uint64_t rep0[2][DEMO_MAX_REPLICAS];
+	memcpy(rep0, set->rep_calls, sizeof(rep0));
 
 	uint64_t t0 = asynq_now_ns();
 	for (size_t i = 0; i < cfg->inflight; i++)
@@ -963,6 +1078,11 @@ workload_run(svc_set *set, const demo_cfg *cfg, bool examples, demo_run *run)
 
 	if (set_snap(set, cfg, after) != 0)
 		goto out;
+	run->replicas = cfg->replicas > 1 ? cfg->replicas : 0;
+	for (int j = 0; j < 2; j++)
+		for (size_t r = 0; r < run->replicas; r++)
+			run->replica_calls[j][r] =
+			    set->rep_calls[j][r] - rep0[j][r];
 	asynq_rpc_channel_stats_get(w.ch, &cs);
 	run->ran = true;
 	run->requests = w.ok;
@@ -1097,6 +1217,18 @@ print_services(const demo_run *r)
 	printf("  users:    %s lookups -> %s requests -> %s SQL queries\n",
 	    commas(a, s[DEMO_USERS].calls), commas(b, s[DEMO_USERS].requests),
 	    commas(c, s[DEMO_USERS].sql));
+	for (int j = 0; j < 2 && r->replicas > 1; j++) {
+		int k = j == 0 ? DEMO_USERS : DEMO_ANSWERS;
+		printf("  %s per replica:", svc_names[k]);
+		for (size_t i = 0; i < r->replicas; i++)
+			printf("%s %s (%.0f%%)", i != 0 ? "," : "",
+			    commas(a, r->replica_calls[j][i]),
+			    s[k].calls != 0
+			        ? 100.0 * (double)r->replica_calls[j][i] /
+			            (double)s[k].calls
+			        : 0.0);
+		printf(" calls\n");
+	}
 }
 
 static void
@@ -1296,6 +1428,7 @@ usage(FILE *f, const char *prog)
 	    " [--db-on-worker] [--quiet]\n"
 	    "       [--serve [--rate N]] [--admin http://HOST:PORT]"
 	    " [--mtls | --mtls-dir DIR]\n"
+	    " [--replicas N]\n"
 	    "\n"
 	    "Starts the users, answers, cache and frontend services (one"
 	    " process over\n"
@@ -1349,6 +1482,13 @@ usage(FILE *f, const char *prog)
 	    " users.crt/.key,\n"
 	    "answers, cache, frontend, demo), made there first if ca.crt is"
 	    " missing.\n",
+	    "--replicas N (2 to 8; implies --tcp): users and answers run as N"
+	    " processes\n"
+	    "each on loopback ports; the frontend's channels send each request"
+	    " to the\n"
+	    "replica with the fewest outstanding, and the report says how many"
+	    " calls\n"
+	    "each replica served.\n",
 	    prog);
 }
 
@@ -1404,6 +1544,7 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		F_ADMIN,
 		F_MTLS,
 		F_MTLS_DIR,
+		F_REPLICAS,
 		F_HELP,
 	};
 	static const struct option opts[] = {
@@ -1429,6 +1570,7 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		{ "admin", required_argument, NULL, F_ADMIN },
 		{ "mtls", no_argument, NULL, F_MTLS },
 		{ "mtls-dir", required_argument, NULL, F_MTLS_DIR },
+		{ "replicas", required_argument, NULL, F_REPLICAS },
 		{ "help", no_argument, NULL, F_HELP },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1545,6 +1687,11 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 				goto bad;
 			cfg->mtls = cfg->tcp = true;
 			cfg->mtls_dir = optarg;
+		case F_REPLICAS:
+			if (!parse_size(optarg, &cfg->replicas,
+			        DEMO_MAX_REPLICAS) ||
+			    cfg->replicas == 0)
+				goto bad;
 			break;
 		case F_HELP:
 			usage(stdout, argv[0]);
@@ -1555,6 +1702,9 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 	}
 	if (optind != argc || cfg->names + cfg->pages == 0)
 		goto bad;
+	/* Replicas are processes. */
+	if (cfg->replicas > 1)
+		cfg->tcp = true;
 	if (cfg->admin != NULL && cfg->tcp) {
 		fprintf(stderr,
 		    "%s: --admin is for the in-process demo; with --tcp each "

@@ -3,7 +3,8 @@
  * The demo the README runs, as a function so that a test can run it: it
  * makes the example services' databases, starts users, answers, cache and
  * frontend (in one process over inproc://, or with --tcp as processes on
- * loopback TCP), puts a load of concurrent frontend requests on them with
+ * loopback TCP; --replicas N runs users and answers as N processes each),
+ * puts a load of concurrent frontend requests on them with
  * and without batching, and prints throughput, latency and what each
  * service was asked, so the batching shows. `demo --help` lists the flags.
  */
@@ -14,6 +15,9 @@
 #include <stdint.h>
 
 #include "services/common/svc.h"
+
+/* Most replicas of users and of answers (--replicas). */
+#define DEMO_MAX_REPLICAS 8
 
 /* The services a run starts, in the order they start. */
 enum { DEMO_USERS, DEMO_ANSWERS, DEMO_CACHE, DEMO_FRONTEND, DEMO_N_SVC };
@@ -29,6 +33,10 @@ typedef struct demo_run {
 	 * requests received, SQL run, calls and requests made. */
 	svc_counters svc[DEMO_N_SVC];
 	uint64_t client_calls, client_requests; /* demo -> frontend */
+	/* With --replicas N: the calls each replica of users (0) and
+	 * answers (1) served, replica 0 first; svc[] holds their sums. */
+	size_t replicas;
+	uint64_t replica_calls[2][DEMO_MAX_REPLICAS];
 } demo_run;
 
 /* What demo_main measured: the batched and unbatched runs it made. */

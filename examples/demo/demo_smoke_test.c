@@ -178,6 +178,52 @@ test_demo_mtls_batches(void **state)
 	assert_int_equal(o.res.batched.svc[DEMO_FRONTEND].calls, 0);
 }
 
+/* --replicas 3: users and answers run as three processes each; every
+ * replica serves some of the calls, and their calls add up to the
+ * service's. */
+static void
+test_demo_replicas_share_calls(void **state)
+{
+	(void)state;
+	static outcome o;
+	const char *extra[] = { "--replicas", "3" };
+	run_demo(extra, 2, &o);
+	assert_int_equal(o.status, 0);
+	check_batching(&o.res);
+	/* Unbatched, each call is a request of its own: hundreds, so each
+	 * replica's share is never empty; batched, a few requests. */
+	const demo_run *runs[] = { &o.res.batched, &o.res.unbatched };
+	for (int k = 0; k < 2; k++) {
+		const demo_run *b = runs[k];
+		assert_int_equal(b->replicas, 3);
+		for (int j = 0; j < 2; j++) {
+			uint64_t sum = 0;
+			for (size_t r = 0; r < 3; r++) {
+				assert_true(
+				    k == 0 || b->replica_calls[j][r] > 0);
+				sum += b->replica_calls[j][r];
+			}
+			assert_int_equal(sum,
+			    b->svc[j == 0 ? DEMO_USERS : DEMO_ANSWERS].calls);
+		}
+	}
+}
+
+/* --replicas takes 1 to 8 (DEMO_MAX_REPLICAS): 0 and 9 are bad flags. */
+static void
+test_demo_replicas_bounds(void **state)
+{
+	(void)state;
+	static outcome o;
+	const char *zero[] = { "--replicas", "0" };
+	run_demo(zero, 2, &o);
+	assert_int_equal(o.status, 2);
+	const char *nine[] = { "--replicas", "9" };
+	run_demo(nine, 2, &o);
+	assert_int_equal(o.status, 2);
+	assert_non_null(strstr(o.err, "--replicas N"));
+}
+
 /* Hot answers: identical lookups of a batch go once, so the frontend sends
  * fewer calls than it makes; with --no-collapse it sends them all. */
 static void
@@ -357,6 +403,8 @@ main(void)
 		cmocka_unit_test(test_demo_inproc_batches),
 		cmocka_unit_test(test_demo_tcp_batches),
 		cmocka_unit_test(test_demo_mtls_batches),
+		cmocka_unit_test(test_demo_replicas_share_calls),
+		cmocka_unit_test(test_demo_replicas_bounds),
 		cmocka_unit_test(test_demo_hot_answers_collapse),
 		cmocka_unit_test(test_demo_tcp_port_in_use_fails),
 		cmocka_unit_test(test_demo_serve_until_sigterm),

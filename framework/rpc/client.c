@@ -38,9 +38,20 @@
  *   deadline (scheduler thread only) and one core timer for the earliest,
  *   so a call fails with DEADLINE_EXCEEDED even if its server never answers.
  *   On the wire the deadline goes as the time left (timeout_us).
+ * - Replicas: a list of URLs is fixed; a name (dns:, dns+srv:) is resolved
+ *   on resolve.c's thread, whose callback (chan_set_replicas) adds replicas
+ *   and retires those gone: a retired replica leaves ch->reps (so nothing
+ *   picks it), keeps its connection until its outstanding requests are
+ *   answered, then the resolver thread's ticks (reap) close it, close its
+ *   dialer and free it once no cli_conn points to it (n_conns). Replicas
+ *   are heap objects, so cli_conn->rep and sub_req->avoid stay valid while
+ *   the array moves.
  * - Connections: a replica dials, writes the preface, and is READY once the
  *   server's preface and HELLO arrived. A flush picks the READY replica with
- *   the fewest outstanding requests. With none READY, calls wait while a
+ *   the fewest outstanding requests (a full scan: the counts are exact and
+ *   this channel's own, so two random choices would only add noise), or the
+ *   next in turn with round robin; each sub-request of a split batch is
+ *   picked on its own, so they spread. With none READY, calls wait while a
  *   first attempt is in progress; when every replica has failed its last
  *   attempt they fail UNAVAILABLE at once, unless wait_for_ready (then they
  *   wait until their deadline). Failed attempts back off as gRPC does (1 s,
@@ -67,9 +78,21 @@
  *   the caller's, pushed as the scoped chain while the call is made; a
  *   call whose chain differs from the batch's first only by node but not
  *   by content shares the batch's metadata.
- * - Lock order: the channel's mu, then a connection's lock (inside conn.c);
- *   conn.c calls wbuf done and on_close without its lock, and they take mu.
- *   Nothing calls into conn.c's queue/flush with mu held.
+ * - Outlier ejection (under mu): replica_note counts failures in a row
+ *   (connection attempts failed, connections lost, deadlines passed while
+ *   SENT, replies with UNAVAILABLE calls; any other reply resets it) and
+ *   ejects at eject_after unless no other READY replica is left. An ejected
+ *   replica is picked only when no other is READY. When its time is up a
+ *   dispatch (probe_ejected) sends a health check on its connection
+ *   (probe_id, its own wbuf; a reply matched in on_reply before the pending
+ *   table) or closes a connection whose last check went unanswered; the
+ *   check passes on SERVING or UNIMPLEMENTED.
+ * - A resend after a lost connection of a request that may have run takes a
+ *   retry token, as a refusal does.
+ * - Lock order: the channel's mu, then a connection's lock (inside conn.c),
+ *   or the resolver's (a kick); conn.c calls wbuf done and on_close without
+ *   its lock, and they take mu. Nothing calls into conn.c's queue/flush
+ *   with mu held; dialers are opened and closed without it.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -88,6 +111,7 @@
 #include "conn.h"
 #include "tls.h"
 #include "mstats.h"
+#include "resolve.h"
 #include "framework/core/platform.h"
 #include "internal.h"
 
@@ -106,6 +130,13 @@
 #define DEFAULT_RETRY_TOKEN_MILLI 100
 /* Replicas a refused request may try after the first. */
 #define MAX_RETRY_HOPS 2
+/* Names (resolve.c) and outlier ejection: see asynq_rpc_channel_cfg. */
+#define DEFAULT_RESOLVE_MS 30000
+#define DEFAULT_MAX_REPLICAS 64
+#define DEFAULT_EJECT_AFTER 5
+#define DEFAULT_EJECT_BASE_MS 10000
+#define EJECT_MAX_MS 300000
+#define HEALTH_CHECK "asynq.health.v1.Health/Check"
 
 typedef struct chan_backend chan_backend;
 
@@ -136,8 +167,19 @@ struct asynq_rpc_channel {
 	bool wait_for_ready;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	replica *reps;
-	size_t n_reps;
+	replica **reps; /* the current replicas */
+	size_t n_reps, cap_reps;
+	replica *retired; /* gone from the name: draining, then freed */
+	/* A name's resolver (NULL for a list of URLs); `resolved` once its
+	 * first resolution ended; why the last one failed, in a ring so a
+	 * message being formatted is not overwritten under it. */
+	asynqi_resolver *resolver; /* set under mu after its thread started */
+	bool named, resolved;
+	char resolve_why[4][256];
+	unsigned why_slot;
+	int lb;
+	uint32_t eject_after, eject_base_ms;
+	size_t n_ejected;
 	sub_req *wait_head, *wait_tail; /* WAITING, in order */
 	sub_req **pend;                 /* SENT, by request_id */
 	size_t pend_mask, n_pend;
@@ -179,6 +221,21 @@ struct replica {
 	int last_err;
 	bool probing; /* calls wait for an attempt they hurried */
 	struct tls_ent *tls_ent; /* tls+ URLs: its TLS configuration */
+	/* Gone from the name's addresses: on ch->retired (via next), takes
+	 * no new requests; freed once it has no connection left. */
+	bool removed;
+	replica *next;
+	size_t n_conns; /* cli_conns alive that point here */
+	uint64_t requests, calls;
+	/* Outlier ejection: failures in a row; ejected until eject_until
+	 * (monotonic ns), then probed (health_due) with a health check
+	 * (probe_cc: the connection it went on); eject_streak ejections in a
+	 * row without a probe passing. */
+	unsigned consec_fail, eject_streak;
+	bool ejected, health_due;
+	int64_t eject_until;
+	cli_conn *probe_cc;
+	uint64_t ejections;
 };
 
 struct cli_conn {
@@ -189,6 +246,12 @@ struct cli_conn {
 	uint64_t instance; /* the server's (Hello.instance), 0 if none */
 	sub_req *head;     /* SENT on it */
 	asynqi_wbuf pw;
+	/* A health check of an ejected replica: its request id (0: none),
+	 * bytes and wbuf (busy while queued). */
+	uint64_t probe_id;
+	asynqi_buf probe_buf;
+	asynqi_wbuf probe_w;
+	bool probe_busy;
 };
 
 struct chan_backend {
@@ -549,8 +612,11 @@ sub_unsend(asynq_rpc_channel *ch, sub_req *q)
 static void
 cc_rele_locked(cli_conn *cc)
 {
-	if (--cc->refs == 0)
-		free(cc);
+	if (--cc->refs != 0)
+		return;
+	cc->rep->n_conns--;
+	asynqi_buf_fini(&cc->probe_buf);
+	free(cc);
 }
 
 /* ---- Sending ------------------------------------------------------------- */
@@ -648,6 +714,8 @@ sub_prepare(asynq_rpc_channel *ch, sub_req *q, cli_conn *cc)
 		cc->head->cprev = q;
 	cc->head = q;
 	cc->rep->outstanding++;
+	cc->rep->requests++;
+	cc->rep->calls += q->n;
 	if (q->attempt > 0)
 		atomic_fetch_add_explicit(&ch->resends, 1,
 		    memory_order_relaxed);
@@ -656,34 +724,61 @@ sub_prepare(asynq_rpc_channel *ch, sub_req *q, cli_conn *cc)
 		    memory_order_relaxed);
 }
 
-/* Under mu: the READY replica with the fewest outstanding requests, other
- * than `avoid` unless it is the only one. */
+static bool
+rep_usable(const replica *r)
+{
+	return r->state == REP_READY && r->cc != NULL;
+}
+
+/* Under mu: where a request goes (asynq_rpc_channel_cfg.lb): the READY
+ * replica with the fewest outstanding requests, or the next READY one in
+ * turn, other than `avoid` unless it is the only one. Ejected replicas
+ * only when no other is READY. The scan is over every replica: the
+ * counts are exact and local, and max_replicas keeps it short. */
 static replica *
 pick_replica(asynq_rpc_channel *ch, const replica *avoid)
 {
 	replica *best = NULL;
+	size_t n = ch->n_reps;
+	if (n == 0)
+		return NULL;
 	size_t start = ch->rr++;
-	for (size_t k = 0; k < ch->n_reps; k++) {
-		replica *r = &ch->reps[(start + k) % ch->n_reps];
-		if (r->state != REP_READY || r->cc == NULL)
-			continue;
-		if (best == NULL || (best == avoid && r != avoid) ||
-		    ((r != avoid || best == avoid) &&
-		        r->outstanding < best->outstanding))
-			best = r;
+	for (int pass = 0; pass < 2 && best == NULL; pass++) {
+		if (pass == 1 && ch->n_ejected == 0)
+			break;
+		for (size_t k = 0; k < n; k++) {
+			replica *r = ch->reps[(start + k) % n];
+			if (!rep_usable(r) || r->ejected != (pass == 1))
+				continue;
+			if (ch->lb == ASYNQ_RPC_LB_ROUND_ROBIN) {
+				if (best == NULL)
+					best = r;
+				if (r == avoid)
+					continue;
+				best = r;
+				ch->rr = start + k + 1;
+				break;
+			}
+			if (best == NULL || (best == avoid && r != avoid) ||
+			    ((r != avoid || best == avoid) &&
+			        r->outstanding < best->outstanding))
+				best = r;
+		}
 	}
 	return best;
 }
 
 /* Under mu: in words, the error of the last failed connection attempt or
- * lost connection of any replica (NULL if none). */
+ * lost connection of any replica, else of the last failed resolution
+ * (NULL if none). */
 static const char *
 last_reason(const asynq_rpc_channel *ch)
 {
 	for (size_t i = 0; i < ch->n_reps; i++)
-		if (ch->reps[i].last_err != 0)
-			return asynqi_rpc_nng_why(ch->reps[i].last_err);
-	return NULL;
+		if (ch->reps[i]->last_err != 0)
+			return asynqi_rpc_nng_why(ch->reps[i]->last_err);
+	const char *w = ch->resolve_why[ch->why_slot % 4];
+	return w[0] != '\0' ? w : NULL;
 }
 
 /* Under mu: whether a call that does not wait for ready may still wait
@@ -692,10 +787,12 @@ last_reason(const asynq_rpc_channel *ch)
 static bool
 may_wait(const asynq_rpc_channel *ch)
 {
+	if (ch->named && !ch->resolved)
+		return true; /* the first resolution is under way */
 	for (size_t i = 0; i < ch->n_reps; i++) {
-		int s = ch->reps[i].state;
+		int s = ch->reps[i]->state;
 		if (s == REP_CONNECTING || s == REP_HANDSHAKE ||
-		    s == REP_READY || ch->reps[i].probing)
+		    s == REP_READY || ch->reps[i]->probing)
 			return true;
 	}
 	return false;
@@ -710,7 +807,7 @@ probe_replicas(asynq_rpc_channel *ch)
 {
 	bool any = false;
 	for (size_t i = 0; i < ch->n_reps; i++) {
-		replica *r = &ch->reps[i];
+		replica *r = ch->reps[i];
 		if (r->state != REP_FAILED)
 			continue;
 		r->probing = true;
@@ -726,6 +823,10 @@ typedef struct outbox {
 	size_t n_touched;
 	sub_req *sends; /* prepared, to queue (via qnext) */
 	sub_req *fails; /* claimed, to fail with fail_st (via qnext) */
+	cli_conn *probes[4]; /* health checks to send (held) */
+	size_t n_probes;
+	cli_conn *closes[4]; /* connections to close (held) */
+	size_t n_closes;
 } outbox;
 
 static void
@@ -738,6 +839,118 @@ outbox_touch(outbox *o, cli_conn *cc)
 		cc->refs++;
 		asynqi_conn_hold(cc->c);
 		o->touched[o->n_touched++] = cc;
+	}
+}
+
+/* Under mu: cc into one of o's lists of held connections; false if it is
+ * full (nothing is done, the next dispatch tries again). */
+static bool
+outbox_hold(cli_conn **list, size_t *n, cli_conn *cc)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (list[i] == cc)
+			return true;
+	if (*n == 4)
+		return false;
+	cc->refs++;
+	asynqi_conn_hold(cc->c);
+	list[(*n)++] = cc;
+	return true;
+}
+
+static void replica_eject(asynq_rpc_channel *ch, replica *r);
+
+/* Under mu: counts a success (ok) or a failure of r, and ejects r at
+ * eject_after failures in a row unless no other READY replica would be
+ * left. */
+static void
+replica_note(asynq_rpc_channel *ch, replica *r, bool ok)
+{
+	if (r == NULL)
+		return;
+	if (ok) {
+		r->consec_fail = 0;
+		return;
+	}
+	if (r->removed || r->ejected || ch->eject_after == UINT32_MAX ||
+	    ++r->consec_fail < ch->eject_after)
+		return;
+	for (size_t i = 0; i < ch->n_reps; i++) {
+		replica *e = ch->reps[i];
+		if (e != r && rep_usable(e) && !e->ejected) {
+			replica_eject(ch, r);
+			return;
+		}
+	}
+}
+
+/* Under mu: ejects r (or, already ejected after a failed probe, keeps it
+ * so) for eject_base_ms doubled per ejection in a row. */
+static void
+replica_eject(asynq_rpc_channel *ch, replica *r)
+{
+	if (!r->ejected) {
+		r->ejected = true;
+		ch->n_ejected++;
+		r->ejections++;
+	}
+	unsigned shift = r->eject_streak < 12 ? r->eject_streak : 12;
+	uint64_t ms = (uint64_t)ch->eject_base_ms << shift;
+	if (ms > EJECT_MAX_MS)
+		ms = EJECT_MAX_MS;
+	r->eject_streak++;
+	r->eject_until = mono_ns() + (int64_t)ms * 1000000;
+	r->health_due = false;
+	r->probe_cc = NULL;
+	r->consec_fail = 0;
+}
+
+/* Under mu: r is back (its probe passed, or it is gone). */
+static void
+replica_restore(asynq_rpc_channel *ch, replica *r)
+{
+	if (r->ejected) {
+		r->ejected = false;
+		ch->n_ejected--;
+	}
+	r->eject_streak = 0;
+	r->health_due = false;
+	r->probe_cc = NULL;
+	r->consec_fail = 0;
+}
+
+/* Under mu: starts the probe of each ejected replica whose time is up:
+ * a health check on its connection, or a new connection when the last
+ * check got no answer (or none is up: the check goes once it is). The
+ * probe has eject_base_ms to pass. */
+static void
+probe_ejected(asynq_rpc_channel *ch, outbox *o)
+{
+	int64_t now = mono_ns();
+	for (size_t i = 0; i < ch->n_reps; i++) {
+		replica *r = ch->reps[i];
+		if (!r->ejected || now < r->eject_until)
+			continue;
+		bool idle = r->cc != NULL && !r->cc->probe_busy &&
+		    r->cc->probe_id == 0;
+		if ((r->probe_cc != NULL && r->probe_cc == r->cc) ||
+		    (rep_usable(r) && !idle)) {
+			/* The last check got no answer: a new connection. */
+			if (!outbox_hold(o->closes, &o->n_closes, r->cc))
+				continue;
+			r->probe_cc = NULL;
+		} else if (rep_usable(r)) {
+			if (!outbox_hold(o->probes, &o->n_probes, r->cc))
+				continue;
+			r->cc->probe_id =
+			    atomic_fetch_add(&ch->next_request_id, 1) + 1;
+			r->cc->probe_busy = true;
+			r->probe_cc = r->cc;
+		} else if (r->state == REP_FAILED) {
+			asynqi_dialer_hurry(r->d);
+		}
+		r->health_due = true;
+		r->eject_until = now + (int64_t)ch->eject_base_ms * 1000000;
 	}
 }
 
@@ -754,6 +967,8 @@ dispatch(asynq_rpc_channel *ch, sub_req *q, outbox *o)
 		}
 		return;
 	}
+	if (ch->n_ejected > 0)
+		probe_ejected(ch, o);
 	replica *r = pick_replica(ch, q->avoid);
 	if (r != NULL) {
 		if (!pend_insert(ch, q)) {
@@ -785,10 +1000,82 @@ dispatch(asynq_rpc_channel *ch, sub_req *q, outbox *o)
 	}
 }
 
+/* A health check's bytes were written or dropped: its hold on cc goes. */
+static void
+probe_wdone(asynqi_wbuf *w, int err)
+{
+	(void)err;
+	cli_conn *cc = (cli_conn *)((char *)w - offsetof(cli_conn, probe_w));
+	asynq_rpc_channel *ch = cc->rep->ch;
+	pthread_mutex_lock(&ch->mu);
+	cc->probe_busy = false;
+	cc_rele_locked(cc);
+	pthread_mutex_unlock(&ch->mu);
+}
+
+/* Without mu: sends the health check of the channel's service on cc
+ * (held by the caller; the hold moves to the write), by method name, as
+ * request probe_id with no client id (it takes no part in dedup). */
+static void
+probe_send(asynq_rpc_channel *ch, cli_conn *cc, uint64_t id)
+{
+	asynqi_buf arg = { 0 }, call = { 0 };
+	asynqi_buf *b = &cc->probe_buf;
+	b->len = 0; /* the last check's write is done (probe_busy) */
+	asynqi_buf_bytes(&arg, 1, ch->svc->full_name,
+	    strlen(ch->svc->full_name));
+	asynqi_buf_bytes(&call, 1, HEALTH_CHECK, strlen(HEALTH_CHECK));
+	asynqi_buf_bytes(&call, 3, arg.p, arg.len);
+	if (asynqi_buf_reserve(b, ASYNQI_FRAME_HDR) != NULL)
+		b->len = ASYNQI_FRAME_HDR;
+	asynqi_buf_bytes(b, 1, call.p, call.len);
+	asynqi_buf_tag(b, 4, 0);
+	asynqi_buf_varint(b, id);
+	asynqi_buf_tag(b, 8, 0);
+	asynqi_buf_varint(b, (uint64_t)ch->eject_base_ms * 1000);
+	bool failed = b->failed || arg.failed || call.failed;
+	asynqi_buf_fini(&arg);
+	asynqi_buf_fini(&call);
+	if (failed) {
+		/* No memory: the probe is not answered and the next one
+		 * dials anew. */
+		pthread_mutex_lock(&ch->mu);
+		cc->probe_busy = false;
+		cc_rele_locked(cc);
+		pthread_mutex_unlock(&ch->mu);
+		return;
+	}
+	asynqi_frame_hdr(b->p, ASYNQI_FRAME_REQUEST,
+	    (uint32_t)(b->len - ASYNQI_FRAME_HDR));
+	cc->probe_w.iov[0] = (nng_iov){ b->p, b->len };
+	cc->probe_w.niov = 1;
+	cc->probe_w.done = probe_wdone;
+	asynqi_conn_queue(cc->c, &cc->probe_w);
+	asynqi_conn_flush(cc->c);
+}
+
 /* Without mu: queues the prepared sends, flushes, fails the failures. */
 static void
 outbox_run(asynq_rpc_channel *ch, outbox *o)
 {
+	for (size_t i = 0; i < o->n_probes; i++) {
+		cli_conn *cc = o->probes[i];
+		asynqi_conn *c = cc->c;
+		pthread_mutex_lock(&ch->mu);
+		uint64_t id = cc->probe_id;
+		pthread_mutex_unlock(&ch->mu);
+		probe_send(ch, cc, id);
+		asynqi_conn_rele(c);
+	}
+	for (size_t i = 0; i < o->n_closes; i++) {
+		cli_conn *cc = o->closes[i];
+		asynqi_conn *c = cc->c;
+		asynqi_conn_close(c);
+		pthread_mutex_lock(&ch->mu);
+		cc_rele_locked(cc);
+		pthread_mutex_unlock(&ch->mu);
+		asynqi_conn_rele(c);
+	}
 	/* Sends were pushed in reverse; queue them in order. */
 	sub_req *rev = NULL;
 	while (o->sends != NULL) {
@@ -836,12 +1123,23 @@ client_requeue(asynq_rpc_channel *ch, sub_req *q, bool maybe_sent)
 	if (q->state == SUB_SENT)
 		sub_unsend(ch, q);
 	if (q->state != SUB_DONE) {
-		if (maybe_sent)
+		/* A resend of a request that may have run is a retry: it takes
+		 * a token as a refusal does (gRFC A6). One that never left
+		 * (GOAWAY said so) goes again freely. */
+		bool budget = true;
+		if (maybe_sent) {
 			q->attempt++;
-		if (q->attempt > MAX_RESENDS || mono_ns() >= q->deadline) {
+			budget = ch->tokens * 2 > ch->tokens_max;
+			ch->tokens = ch->tokens > 1000 ? ch->tokens - 1000 : 0;
+		}
+		if (q->attempt > MAX_RESENDS || mono_ns() >= q->deadline ||
+		    !budget) {
 			q->state = SUB_DONE;
 			q->fail_st = ASYNQ_UNAVAILABLE;
-			q->fail_why = "connection lost; the call may have run";
+			q->fail_why = budget
+			    ? "connection lost; the call may have run"
+			    : "connection lost; the call may have run and "
+			      "was not sent again: the retry budget is spent";
 			q->qnext = o.fails;
 			o.fails = q;
 		} else {
@@ -901,7 +1199,7 @@ jitter(asynq_rpc_channel *ch, uint32_t ms)
 static void
 replica_dial(replica *r, uint32_t delay_ms)
 {
-	if (r->ch->closing) {
+	if (r->ch->closing || r->removed) {
 		r->state = REP_IDLE;
 		pthread_cond_broadcast(&r->ch->cv);
 		return;
@@ -949,7 +1247,7 @@ on_connect(void *arg, asynqi_conn *c, int err)
 	pthread_mutex_lock(&ch->mu);
 	if (c == NULL) {
 		r->last_err = err;
-		if (ch->closing) {
+		if (ch->closing || r->removed) {
 			r->state = REP_IDLE;
 			pthread_cond_broadcast(&ch->cv);
 			pthread_mutex_unlock(&ch->mu);
@@ -957,6 +1255,8 @@ on_connect(void *arg, asynqi_conn *c, int err)
 		}
 		r->probing = false;
 		replica_failed(r);
+		replica_note(ch, r, false);
+		asynqi_resolver_kick(ch->resolver, false);
 		fail_waiting_if_hopeless(ch, &o,
 		    "no server reachable: connection attempt failed");
 		pthread_mutex_unlock(&ch->mu);
@@ -964,7 +1264,7 @@ on_connect(void *arg, asynqi_conn *c, int err)
 		return;
 	}
 	cli_conn *cc = calloc(1, sizeof(*cc));
-	if (cc == NULL || ch->closing) {
+	if (cc == NULL || ch->closing || r->removed) {
 		free(cc);
 		r->state = REP_IDLE;
 		pthread_cond_broadcast(&ch->cv);
@@ -975,6 +1275,7 @@ on_connect(void *arg, asynqi_conn *c, int err)
 	}
 	cc->rep = r;
 	cc->c = c;
+	r->n_conns++;
 	r->probing = false;
 	cc->refs = 2; /* the connection's, the preface wbuf's */
 	r->cc = cc;
@@ -1016,10 +1317,16 @@ cli_on_close(asynqi_conn *c, int err)
 		    ch->svc->full_name, "url", r->url, "reason", why, NULL);
 	pthread_mutex_lock(&ch->mu);
 	cc->dead = true;
+	if (!ch->closing && !cc->goaway && err != NNG_ECLOSED) {
+		replica_note(ch, r, false);
+		asynqi_resolver_kick(ch->resolver, false);
+	}
+	if (r->probe_cc == cc)
+		r->probe_cc = NULL;
 	if (r->cc == cc) {
 		r->cc = NULL;
 		r->last_err = err;
-		if (ch->closing) {
+		if (ch->closing || r->removed) {
 			r->state = REP_IDLE;
 		} else if (cc->ready || cc->goaway) {
 			r->state = REP_CONNECTING; /* redial at once */
@@ -1080,12 +1387,15 @@ drain_waiting(asynq_rpc_channel *ch, outbox *o)
 	}
 }
 
-/* The reply to q (claimed) arrived: sets its items from one pass over the
- * reply's fields. Reader thread. */
+/* The reply to q (claimed) arrived from replica `from` (NULL: a refusal,
+ * which says nothing of its health): sets its items from one pass over the
+ * reply's fields and, before they complete, counts a success of `from`, or
+ * a failure if a call failed UNAVAILABLE. Reader thread. */
 static void
-handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
-    size_t len)
+handle_results(asynq_rpc_channel *ch, sub_req *q, replica *from,
+    const uint8_t *body, size_t len)
 {
+	size_t unavail = 0;
 	rpc_batch *b = q->b;
 	int64_t now = mono_ns();
 	asynqi_sarena *arena = NULL;
@@ -1136,6 +1446,8 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
 		asynq_future *item = asynq_batch_item(&b->base, i);
 		if (status != 0) {
 			asynq_status cst = asynqi_rpc_status_from_wire(status);
+			if (cst == ASYNQ_UNAVAILABLE)
+				unavail++;
 			if (asynq_item_set_error(item,
 			        asynq_error_alloc(cst, "%.*s",
 			            msg_len != 0
@@ -1179,6 +1491,8 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
 	 * malformed, refused) fails them with its status; else it is the
 	 * server's fault. */
 	asynq_status rst = asynqi_rpc_status_from_wire(rstatus);
+	if (rst == ASYNQ_UNAVAILABLE)
+		unavail++;
 	char why[256];
 	if (rst != ASYNQ_OK)
 		snprintf(why, sizeof(why), "%.*s", (int)rmsg_len,
@@ -1194,7 +1508,47 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, const uint8_t *body,
 			    rv < 0 ? "malformed reply"
 			           : "the reply has no result");
 	}
+	if (from != NULL) {
+		pthread_mutex_lock(&ch->mu);
+		replica_note(ch, from, unavail == 0);
+		pthread_mutex_unlock(&ch->mu);
+	}
 	sub_finished(ch, q);
+}
+
+/* Whether the reply to a health check says the service serves: SERVING,
+ * or a server without the health service (UNIMPLEMENTED). */
+static bool
+probe_passed(const uint8_t *body, size_t len)
+{
+	asynqi_reader rd = { body, body + len };
+	asynqi_field f;
+	while (asynqi_reader_next(&rd, &f) > 0) {
+		if (f.num == 2 && f.wt == 0 && f.v != 0)
+			return false; /* refused as a request */
+		if (f.num != 1 || f.wt != 2)
+			continue;
+		asynqi_reader rr = { f.p, f.p + f.len };
+		asynqi_field g;
+		int32_t status = 0;
+		uint64_t serving = 0;
+		while (asynqi_reader_next(&rr, &g) > 0) {
+			if (g.num == 2 && g.wt == 0)
+				status = (int32_t)g.v;
+			else if (g.num == 4 && g.wt == 2) {
+				asynqi_reader pr = { g.p, g.p + g.len };
+				asynqi_field h;
+				while (asynqi_reader_next(&pr, &h) > 0)
+					if (h.num == 1 && h.wt == 0)
+						serving = h.v;
+			}
+		}
+		if (status != 0)
+			return asynqi_rpc_status_from_wire(status) ==
+			    ASYNQ_UNIMPLEMENTED;
+		return serving == 1;
+	}
+	return false;
 }
 
 /* Under mu: q (SENT on a connection of `from`) was refused before any of
@@ -1251,6 +1605,21 @@ on_reply(cli_conn *cc, const uint8_t *body, size_t len)
 	}
 	outbox o = { 0 };
 	pthread_mutex_lock(&ch->mu);
+	if (cc->probe_id != 0 && id == cc->probe_id) {
+		replica *r = cc->rep;
+		cc->probe_id = 0;
+		if (r->ejected && r->probe_cc == cc) {
+			if (probe_passed(body, len)) {
+				replica_restore(ch, r);
+				drain_waiting(ch, &o);
+			} else {
+				replica_eject(ch, r);
+			}
+		}
+		pthread_mutex_unlock(&ch->mu);
+		outbox_run(ch, &o);
+		return;
+	}
 	sub_req *q = pend_find(ch, id);
 	bool mine = q != NULL && q->state == SUB_SENT && q->cc == cc;
 	if (mine && failed && not_run) {
@@ -1271,7 +1640,8 @@ on_reply(cli_conn *cc, const uint8_t *body, size_t len)
 	pthread_mutex_unlock(&ch->mu);
 	if (!mine)
 		return; /* late (its deadline passed) or not ours */
-	handle_results(ch, q, body, len);
+	/* cc (so its replica) lives while its reader runs. */
+	handle_results(ch, q, failed && not_run ? NULL : cc->rep, body, len);
 }
 
 static void
@@ -1292,9 +1662,17 @@ on_hello(cli_conn *cc, const uint8_t *body, size_t len)
 	cc->instance = instance;
 	cc->ready = true;
 	if (cc->rep->cc == cc && !cc->dead && !cc->goaway) {
-		cc->rep->state = REP_READY;
-		cc->rep->backoff_ms = 0;
-		cc->rep->last_err = 0;
+		replica *r = cc->rep;
+		r->state = REP_READY;
+		r->backoff_ms = 0;
+		r->last_err = 0;
+		if (r->ejected && r->health_due && !cc->probe_busy &&
+		    outbox_hold(o.probes, &o.n_probes, cc)) {
+			cc->probe_id =
+			    atomic_fetch_add(&ch->next_request_id, 1) + 1;
+			cc->probe_busy = true;
+			r->probe_cc = cc;
+		}
 		drain_waiting(ch, &o);
 	}
 	pthread_mutex_unlock(&ch->mu);
@@ -1572,6 +1950,10 @@ dl_fire(asynq_future *f, void *arg)
 			dl_remove(be, q);
 			pthread_mutex_lock(&ch->mu);
 			int was = q->state;
+			/* A request that timed out on a replica counts against
+			 * it (q's connection lives while q is SENT on it). */
+			if (was == SUB_SENT && q->cc != NULL)
+				replica_note(ch, q->cc->rep, false);
 			bool mine = sub_claim(ch, q);
 			pthread_mutex_unlock(&ch->mu);
 			if (!mine)
@@ -2365,14 +2747,26 @@ tls_client_config(const asynq_rpc_channel_cfg *cfg, const char *url,
 asynq_status
 asynq_rpc_channel_reload_tls(asynq_rpc_channel *ch)
 {
-	asynq_status st = ASYNQ_FAILED_PRECONDITION;
-	for (size_t i = 0; i < ch->n_reps; i++) {
-		tls_ent *e = ch->reps[i].tls_ent;
+	/* The distinct configurations of the replicas, taken under mu (a
+	 * named channel's replicas come and go), reloaded without it. Only
+	 * tls+ URLs of a static list have one. */
+	pthread_mutex_lock(&ch->mu);
+	size_t n = 0;
+	tls_ent **es = malloc((ch->n_reps != 0 ? ch->n_reps : 1) * sizeof(*es));
+	for (size_t i = 0; es != NULL && i < ch->n_reps; i++) {
+		tls_ent *e = ch->reps[i]->tls_ent;
 		bool seen = false;
-		for (size_t j = 0; j < i && !seen; j++)
-			seen = ch->reps[j].tls_ent == e;
-		if (e == NULL || seen)
-			continue;
+		for (size_t j = 0; j < n && !seen; j++)
+			seen = es[j] == e;
+		if (e != NULL && !seen)
+			es[n++] = e;
+	}
+	pthread_mutex_unlock(&ch->mu);
+	if (es == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	asynq_status st = n == 0 ? ASYNQ_FAILED_PRECONDITION : ASYNQ_OK;
+	for (size_t i = 0; i < n && st == ASYNQ_OK; i++) {
+		tls_ent *e = es[i];
 		asynqi_tls_files f = {
 			.cert_file = e->cert,
 			.key_file = e->key,
@@ -2381,17 +2775,293 @@ asynq_rpc_channel_reload_tls(asynq_rpc_channel *ch)
 		};
 		char err[512];
 		st = asynqi_tls_reload(e->t, &f, err, sizeof(err));
-		if (st != ASYNQ_OK) {
+		if (st != ASYNQ_OK)
 			asynq_log(ASYNQ_LOG_ERROR, "tls_reload_failed",
 			    "channel", ch->svc->full_name, "status",
 			    asynq_status_name(st), "error", err, NULL);
-			return st;
-		}
 	}
+	free(es);
 	if (st == ASYNQ_OK)
 		asynq_log(ASYNQ_LOG_INFO, "tls_reloaded", "channel",
 		    ch->svc->full_name, NULL);
 	return st;
+}
+
+/* ---- Replicas from names ------------------------------------------------- */
+
+/* A new replica of ch for url, with its dialer; NULL without memory or for
+ * a URL that cannot be dialled (*st says which). Not in ch's list yet. */
+static replica *
+replica_alloc(asynq_rpc_channel *ch, const char *url,
+    const asynq_rpc_channel_cfg *tls_cfg, asynq_status *st)
+{
+	replica *r = calloc(1, sizeof(*r));
+	*st = ASYNQ_RESOURCE_EXHAUSTED;
+	if (r == NULL)
+		return NULL;
+	r->ch = ch;
+	if ((r->url = strdup(url)) == NULL)
+		goto fail;
+	/* tls+ URLs of a channel with TLS files: the configuration of those
+	 * files and the URL's host (shared, kept for the process). */
+	if (tls_cfg != NULL && strncmp(url, "tls+", 4) == 0 &&
+	    (*st = tls_client_config(tls_cfg, url, &r->tls_ent)) != ASYNQ_OK)
+		goto fail;
+	if ((*st = asynqi_dialer_open(&r->d, url,
+	         r->tls_ent != NULL ? asynqi_tls_config(r->tls_ent->t) : NULL,
+	         on_connect, r)) != ASYNQ_OK)
+		goto fail;
+	return r;
+fail:
+	free(r->url);
+	free(r);
+	return NULL;
+}
+
+static void
+replica_free(replica *r)
+{
+	if (r == NULL)
+		return;
+	asynqi_dialer_close(r->d);
+	free(r->url);
+	free(r);
+}
+
+/* Under mu: room for n replicas in ch->reps. */
+static bool
+reps_reserve(asynq_rpc_channel *ch, size_t n)
+{
+	if (n <= ch->cap_reps)
+		return true;
+	size_t cap = ch->cap_reps != 0 ? ch->cap_reps : 4;
+	while (cap < n)
+		cap *= 2;
+	replica **v = realloc(ch->reps, cap * sizeof(*v));
+	if (v == NULL)
+		return false;
+	ch->reps = v;
+	ch->cap_reps = cap;
+	return true;
+}
+
+/* Takes the replicas of ch to those of urls[0..n): new ones are dialled,
+ * those gone are retired (no new requests; their connection is closed
+ * once idle, see reap). Resolver thread. */
+static void
+chan_set_replicas(asynq_rpc_channel *ch, char (*urls)[ASYNQ_RPC_URL_MAX],
+    size_t n)
+{
+	replica **fresh = calloc(n, sizeof(*fresh));
+	if (fresh == NULL)
+		return; /* tried again at the next resolution */
+	pthread_mutex_lock(&ch->mu);
+	bool *known = calloc(n, sizeof(*known));
+	for (size_t i = 0; known != NULL && i < n; i++)
+		for (size_t k = 0; k < ch->n_reps && !known[i]; k++)
+			known[i] = strcmp(ch->reps[k]->url, urls[i]) == 0;
+	pthread_mutex_unlock(&ch->mu);
+	if (known == NULL) {
+		free(fresh);
+		return;
+	}
+	/* Dialers are made without the channel's lock. */
+	for (size_t i = 0; i < n; i++) {
+		asynq_status st;
+		if (!known[i] &&
+		    (fresh[i] = replica_alloc(ch, urls[i], NULL, &st)) == NULL)
+			asynq_log(ASYNQ_LOG_WARN, "replica_not_added", "url",
+			    urls[i], "why",
+			    st == ASYNQ_INVALID_ARGUMENT
+			        ? "not a URL a channel can dial"
+			        : "out of memory",
+			    NULL);
+	}
+	outbox o = { 0 };
+	pthread_mutex_lock(&ch->mu);
+	bool ok = !ch->closing && reps_reserve(ch, ch->n_reps + n);
+	if (ok) {
+		/* Current replicas not among urls retire. */
+		size_t kept = 0;
+		for (size_t k = 0; k < ch->n_reps; k++) {
+			replica *r = ch->reps[k];
+			bool stays = false;
+			for (size_t i = 0; i < n && !stays; i++)
+				stays = known[i] && strcmp(r->url, urls[i]) == 0;
+			if (stays) {
+				ch->reps[kept++] = r;
+				continue;
+			}
+			replica_restore(ch, r);
+			r->removed = true;
+			r->next = ch->retired;
+			ch->retired = r;
+			asynq_log(ASYNQ_LOG_INFO, "replica_removed", "url",
+			    r->url, NULL);
+		}
+		ch->n_reps = kept;
+		for (size_t i = 0; i < n; i++) {
+			replica *r = fresh[i];
+			if (r == NULL)
+				continue;
+			fresh[i] = NULL;
+			ch->reps[ch->n_reps++] = r;
+			r->state = REP_CONNECTING;
+			replica_dial(r, 0);
+			asynq_log(ASYNQ_LOG_INFO, "replica_added", "url", r->url,
+			    NULL);
+		}
+	}
+	ch->resolved = true;
+	ch->resolve_why[(ch->why_slot + 1) % 4][0] = '\0';
+	ch->why_slot++;
+	/* Calls that waited for the first resolution wait for connections
+	 * now, or fail if there is none to wait for. */
+	fail_waiting_if_hopeless(ch, &o, "no server reachable");
+	pthread_mutex_unlock(&ch->mu);
+	outbox_run(ch, &o);
+	for (size_t i = 0; i < n; i++)
+		replica_free(fresh[i]);
+	free(fresh);
+	free(known);
+}
+
+/* A resolution failed: the replicas stay; calls waiting for the first
+ * resolution fail with why, unless they wait for ready. */
+static void
+chan_resolve_failed(asynq_rpc_channel *ch, const char *why)
+{
+	outbox o = { 0 };
+	pthread_mutex_lock(&ch->mu);
+	unsigned slot = (ch->why_slot + 1) % 4;
+	snprintf(ch->resolve_why[slot], sizeof(ch->resolve_why[slot]), "%s",
+	    why);
+	ch->why_slot++;
+	ch->resolved = true;
+	fail_waiting_if_hopeless(ch, &o, "no server reachable");
+	pthread_mutex_unlock(&ch->mu);
+	asynq_log(ASYNQ_LOG_WARN, "resolve_failed", "why", why, NULL);
+	outbox_run(ch, &o);
+}
+
+/* Closes the connections of retired replicas that have no request left,
+ * then frees the replicas with no connection. Returns whether some are
+ * still draining. Resolver thread. */
+static bool
+reap(asynq_rpc_channel *ch)
+{
+	asynqi_conn *conns[16];
+	asynqi_dialer *dials[16];
+	size_t nc = 0, nd = 0;
+	pthread_mutex_lock(&ch->mu);
+	for (replica *r = ch->retired; r != NULL; r = r->next) {
+		if (r->cc != NULL && r->outstanding == 0 && nc < 16) {
+			asynqi_conn_hold(r->cc->c);
+			conns[nc++] = r->cc->c;
+		}
+		if (r->cc == NULL && r->d != NULL && nd < 16) {
+			dials[nd++] = r->d;
+			r->d = NULL;
+		}
+	}
+	pthread_mutex_unlock(&ch->mu);
+	for (size_t i = 0; i < nc; i++) {
+		asynqi_conn_close(conns[i]);
+		asynqi_conn_rele(conns[i]);
+	}
+	/* Their connect callback has run once these return. */
+	for (size_t i = 0; i < nd; i++)
+		asynqi_dialer_close(dials[i]);
+	replica *dead = NULL;
+	pthread_mutex_lock(&ch->mu);
+	for (replica **pp = &ch->retired; *pp != NULL;) {
+		replica *r = *pp;
+		if (r->d == NULL && r->cc == NULL && r->n_conns == 0) {
+			*pp = r->next;
+			r->next = dead;
+			dead = r;
+		} else {
+			pp = &r->next;
+		}
+	}
+	bool more = ch->retired != NULL;
+	pthread_mutex_unlock(&ch->mu);
+	while (dead != NULL) {
+		replica *r = dead;
+		dead = r->next;
+		replica_free(r);
+	}
+	return more;
+}
+
+static bool
+chan_resolved(void *arg, char (*urls)[ASYNQ_RPC_URL_MAX], size_t n,
+    const char *why)
+{
+	asynq_rpc_channel *ch = arg;
+	if (n > 0)
+		chan_set_replicas(ch, urls, n);
+	else if (why != NULL)
+		chan_resolve_failed(ch, why);
+	return reap(ch);
+}
+
+void
+asynq_rpc_channel_resolve_now(asynq_rpc_channel *ch)
+{
+	if (ch == NULL)
+		return;
+	pthread_mutex_lock(&ch->mu);
+	asynqi_resolver_kick(ch->resolver, true);
+	pthread_mutex_unlock(&ch->mu);
+}
+
+static const char *
+rep_state_name(const replica *r)
+{
+	switch (r->state) {
+	case REP_READY:
+		return "ready";
+	case REP_CONNECTING:
+	case REP_HANDSHAKE:
+		return "connecting";
+	case REP_FAILED:
+		return "failed";
+	default:
+		return "idle";
+	}
+}
+
+static void
+rep_info(const replica *r, asynq_rpc_replica_info *out)
+{
+	memset(out, 0, sizeof(*out));
+	snprintf(out->url, sizeof(out->url), "%s", r->url);
+	out->state = rep_state_name(r);
+	out->ready = rep_usable(r);
+	out->ejected = r->ejected;
+	out->draining = r->removed;
+	out->outstanding = r->outstanding;
+	out->requests = r->requests;
+	out->calls = r->calls;
+	out->ejections = r->ejections;
+}
+
+size_t
+asynq_rpc_channel_replicas(const asynq_rpc_channel *cch,
+    asynq_rpc_replica_info *out, size_t max)
+{
+	asynq_rpc_channel *ch = (asynq_rpc_channel *)cch;
+	size_t n = 0;
+	pthread_mutex_lock(&ch->mu);
+	for (size_t i = 0; i < ch->n_reps; i++, n++)
+		if (n < max && out != NULL)
+			rep_info(ch->reps[i], &out[n]);
+	for (const replica *r = ch->retired; r != NULL; r = r->next, n++)
+		if (n < max && out != NULL)
+			rep_info(r, &out[n]);
+	pthread_mutex_unlock(&ch->mu);
+	return n;
 }
 
 asynq_status
@@ -2408,6 +3078,18 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	for (size_t i = 0; i < cfg->n_interceptors; i++)
 		if (cfg->interceptors[i] == NULL)
 			return ASYNQ_INVALID_ARGUMENT;
+	bool named = asynqi_target_is_name(cfg->urls[0]);
+	if (named && cfg->n_urls != 1) {
+		asynq_log(ASYNQ_LOG_ERROR, "channel_setup_failed", "why",
+		    "a dns: target must be the channel's only URL", NULL);
+		return ASYNQ_INVALID_ARGUMENT;
+	}
+	if (cfg->lb != ASYNQ_RPC_LB_LEAST_OUTSTANDING &&
+	    cfg->lb != ASYNQ_RPC_LB_ROUND_ROBIN) {
+		asynq_log(ASYNQ_LOG_ERROR, "channel_setup_failed", "why",
+		    "unknown balancing policy (lb)", NULL);
+		return ASYNQ_INVALID_ARGUMENT;
+	}
 	asynq_rpc_channel *ch = calloc(1, sizeof(*ch));
 	if (ch == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
@@ -2453,6 +3135,11 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	    : DEFAULT_RETRY_TOKEN_MILLI;
 	ch->client_id = random_u64();
 	ch->rng = random_u64();
+	ch->lb = cfg->lb;
+	ch->eject_after = cfg->eject_after != 0 ? cfg->eject_after
+	                                        : DEFAULT_EJECT_AFTER;
+	ch->eject_base_ms = cfg->eject_base_ms != 0 ? cfg->eject_base_ms
+	                                            : DEFAULT_EJECT_BASE_MS;
 	ch->mst = calloc(svc->n_methods != 0 ? svc->n_methods : 1,
 	    sizeof(*ch->mst));
 	if (ch->mst == NULL)
@@ -2476,42 +3163,49 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	bool tls = cfg->tls_ca_file != NULL || cfg->tls_server_name != NULL ||
 	    cfg->tls_cert_file != NULL || cfg->tls_key_file != NULL;
 	st = ASYNQ_RESOURCE_EXHAUSTED;
-	ch->reps = calloc(cfg->n_urls, sizeof(*ch->reps));
-	if (ch->reps == NULL)
+	if (!reps_reserve(ch, named ? 1 : cfg->n_urls))
 		goto fail_reps_alloc;
-	for (size_t i = 0; i < cfg->n_urls; i++) {
-		replica *r = &ch->reps[i];
-		r->ch = ch;
-		r->url = strdup(cfg->urls[i]);
-		if (r->url == NULL) {
-			st = ASYNQ_RESOURCE_EXHAUSTED;
+	if (named) {
+		/* Replicas come from the resolver's thread. */
+		char why[300];
+		asynqi_resolver *res = NULL;
+		ch->named = true;
+		st = asynqi_resolver_open(&res, cfg->urls[0],
+		    cfg->resolver,
+		    cfg->resolve_interval_ms != 0 ? cfg->resolve_interval_ms
+		                                  : DEFAULT_RESOLVE_MS,
+		    cfg->max_replicas != 0 ? cfg->max_replicas
+		                           : DEFAULT_MAX_REPLICAS,
+		    chan_resolved, ch, why, sizeof(why));
+		if (st != ASYNQ_OK) {
+			asynq_log(ASYNQ_LOG_ERROR, "channel_setup_failed",
+			    "why", why, NULL);
 			goto fail_reps;
 		}
-		if (tls && strncmp(cfg->urls[i], "tls+", 4) == 0 &&
-		    (st = tls_client_config(cfg, cfg->urls[i], &r->tls_ent)) !=
-		        ASYNQ_OK)
+		pthread_mutex_lock(&ch->mu);
+		ch->resolver = res;
+		pthread_mutex_unlock(&ch->mu);
+		*chp = ch;
+		return ASYNQ_OK;
+	}
+	for (size_t i = 0; i < cfg->n_urls; i++) {
+		replica *r = replica_alloc(ch, cfg->urls[i], tls ? cfg : NULL, &st);
+		if (r == NULL)
 			goto fail_reps;
-		st = asynqi_dialer_open(&r->d, cfg->urls[i],
-		    r->tls_ent != NULL ? asynqi_tls_config(r->tls_ent->t) : NULL,
-		    on_connect, r);
-		if (st != ASYNQ_OK)
-			goto fail_reps;
-		ch->n_reps++;
+		ch->reps[ch->n_reps++] = r;
 	}
 	pthread_mutex_lock(&ch->mu);
 	for (size_t i = 0; i < ch->n_reps; i++) {
-		ch->reps[i].state = REP_CONNECTING;
-		replica_dial(&ch->reps[i], 0);
+		ch->reps[i]->state = REP_CONNECTING;
+		replica_dial(ch->reps[i], 0);
 	}
 	pthread_mutex_unlock(&ch->mu);
 	*chp = ch;
 	return ASYNQ_OK;
 
 fail_reps:
-	for (size_t i = 0; i < cfg->n_urls; i++) {
-		asynqi_dialer_close(ch->reps[i].d);
-		free(ch->reps[i].url);
-	}
+	for (size_t i = 0; i < ch->n_reps; i++)
+		replica_free(ch->reps[i]);
 	free(ch->reps);
 fail_reps_alloc:
 	pthread_cond_destroy(&ch->cv);
@@ -2530,9 +3224,25 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 {
 	if (ch == NULL)
 		return;
+	/* No replica comes or goes from here on. */
+	pthread_mutex_lock(&ch->mu);
+	asynqi_resolver *res = ch->resolver;
+	ch->resolver = NULL;
+	pthread_mutex_unlock(&ch->mu);
+	asynqi_resolver_close(res);
 	outbox o = { 0 };
 	pthread_mutex_lock(&ch->mu);
 	ch->closing = true;
+	/* Retired replicas close with the others. */
+	if (reps_reserve(ch, ch->n_reps + 1)) {
+		while (ch->retired != NULL &&
+		    reps_reserve(ch, ch->n_reps + 1)) {
+			replica *r = ch->retired;
+			ch->retired = r->next;
+			r->next = NULL;
+			ch->reps[ch->n_reps++] = r;
+		}
+	}
 	/* Everything not answered yet fails CANCELLED. */
 	while (ch->wait_head != NULL) {
 		sub_req *q = ch->wait_head;
@@ -2555,7 +3265,7 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 	asynqi_conn *conns[64];
 	size_t n_conns = 0;
 	for (size_t i = 0; i < ch->n_reps; i++) {
-		cli_conn *cc = ch->reps[i].cc;
+		cli_conn *cc = ch->reps[i]->cc;
 		if (cc != NULL && n_conns < 64) {
 			asynqi_conn_hold(cc->c);
 			conns[n_conns++] = cc->c;
@@ -2563,8 +3273,10 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 	}
 	pthread_mutex_unlock(&ch->mu);
 	outbox_run(ch, &o);
-	for (size_t i = 0; i < ch->n_reps; i++)
-		asynqi_dialer_close(ch->reps[i].d);
+	for (size_t i = 0; i < ch->n_reps; i++) {
+		asynqi_dialer_close(ch->reps[i]->d);
+		ch->reps[i]->d = NULL;
+	}
 	for (size_t i = 0; i < n_conns; i++) {
 		asynqi_conn_close(conns[i]);
 		asynqi_conn_rele(conns[i]);
@@ -2572,7 +3284,7 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 	pthread_mutex_lock(&ch->mu);
 	/* A connection that came up as the dialers closed. */
 	for (size_t i = 0; i < ch->n_reps; i++) {
-		cli_conn *cc = ch->reps[i].cc;
+		cli_conn *cc = ch->reps[i]->cc;
 		if (cc != NULL) {
 			asynqi_conn *c = cc->c;
 			asynqi_conn_hold(c);
@@ -2594,7 +3306,12 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 		be = next;
 	}
 	for (size_t i = 0; i < ch->n_reps; i++)
-		free(ch->reps[i].url);
+		replica_free(ch->reps[i]);
+	while (ch->retired != NULL) { /* only without memory above */
+		replica *r = ch->retired;
+		ch->retired = r->next;
+		replica_free(r);
+	}
 	free(ch->reps);
 	free(ch->pend);
 	asynqi_buf_fini(&ch->table);

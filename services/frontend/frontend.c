@@ -335,20 +335,43 @@ frontend_add(asynq_rpc_server *srv, void *arg)
 	return asynq__frontend__frontend__asynq_serve(srv, &h, s, &s->binding);
 }
 
+/* Most URLs in one --users/--answers/--cache list. */
+#define FRONTEND_MAX_URLS 16
+
+/* Opens a channel to the replicas of `url`: one URL, a comma-separated
+ * list of them, or a name (dns:///host:port). */
 static asynq_status
 channel_open(asynq_rpc_channel **chp, const asynq_rpc_service_desc *svc,
     const char *url, const frontend_cfg *fc)
 {
-	const char *urls[] = { url };
+	char *copy = strdup(url);
+	const char *urls[FRONTEND_MAX_URLS];
+	size_t n = 0;
+	if (copy == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	for (char *save = NULL, *u = strtok_r(copy, ",", &save); u != NULL;
+	     u = strtok_r(NULL, ",", &save)) {
+		if (n == FRONTEND_MAX_URLS) {
+			fprintf(stderr,
+			    "frontend: %s: more than %d URLs in one list\n",
+			    svc->full_name, FRONTEND_MAX_URLS);
+			free(copy);
+			return ASYNQ_INVALID_ARGUMENT;
+		}
+		urls[n++] = u;
+	}
 	asynq_rpc_channel_cfg cfg = { .urls = urls,
-		.n_urls = 1,
+		.n_urls = n,
 		.max_calls = fc->max_calls,
 		.no_collapse = fc->no_collapse,
 		.tls_ca_file = fc->tls_ca_file,
 		.tls_server_name = fc->tls_server_name,
 		.tls_cert_file = fc->tls_cert_file,
 		.tls_key_file = fc->tls_key_file };
-	return asynq_rpc_channel_alloc(chp, svc, &cfg);
+	asynq_status st = n != 0 ? asynq_rpc_channel_alloc(chp, svc, &cfg)
+	                         : ASYNQ_INVALID_ARGUMENT;
+	free(copy);
+	return st;
 }
 
 asynq_status

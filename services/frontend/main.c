@@ -7,6 +7,9 @@
  *       --answers tcp://127.0.0.1:7002 [--cache tcp://127.0.0.1:7003]
  *
  * With --cache it reads users' names cache-aside through the cache service.
+ * Each of --users, --answers and --cache may be a comma-separated list of
+ * replicas' URLs or a name, dns:///users.svc.local:7001 (resolved again
+ * every 30 s): requests go to the replica with the fewest outstanding.
  * Run by asynq_serve_main (asynq/serve.h: the common flags; the counters
  * log with the calls and requests it made to users and answers; on SIGINT
  * or SIGTERM a drain, then every call in flight answered and exit 0).
@@ -50,11 +53,11 @@ main(int argc, char **argv)
 		.answers = "tcp://127.0.0.1:7002",
 	};
 	const asynq_serve_flag flags[] = {
-		{ "users", ASYNQ_FLAG_STRING, &m.users, "URL",
-		    "the users service" },
-		{ "answers", ASYNQ_FLAG_STRING, &m.answers, "URL",
-		    "the answers service" },
-		{ "cache", ASYNQ_FLAG_STRING, &m.cache, "URL",
+		{ "users", ASYNQ_FLAG_STRING, &m.users, "URL[,URL...]",
+		    "the users service: replicas, or a dns:/// name" },
+		{ "answers", ASYNQ_FLAG_STRING, &m.answers, "URL[,URL...]",
+		    "the answers service: replicas, or a dns:/// name" },
+		{ "cache", ASYNQ_FLAG_STRING, &m.cache, "URL[,URL...]",
 		    "the cache service (default: none)" },
 	};
 	const asynq_serve_program p = {

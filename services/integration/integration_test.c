@@ -995,6 +995,34 @@ test_users_slow_query_does_not_stall_worker(void **state)
 	users_service_free(us);
 }
 
+/* The frontend takes a comma-separated list of replicas' URLs: 15 and 16
+ * URLs (the most) open, 17 are refused in words. (users and answers get
+ * ports of their own: two channels dialling one address at once share an
+ * nng stream dialer, and nng 1.5.2 can then leave a finished dial on its
+ * list and abort on the next one.) */
+static void
+test_frontend_url_lists(void **state)
+{
+	(void)state;
+	for (int n = 15; n <= 17; n++) {
+		char lists[2][17 * 24 + 8] = { "", "" };
+		for (int k = 0; k < 2; k++) {
+			for (int i = 0; i < n; i++) {
+				size_t len = strlen(lists[k]);
+				snprintf(lists[k] + len, sizeof(lists[k]) - len,
+				    "%stcp://127.0.0.1:%d", i != 0 ? "," : "",
+				    1 + i + 20 * k + 40 * (n - 15));
+			}
+		}
+		frontend_service *fe = NULL;
+		asynq_status st =
+		    frontend_service_alloc(&fe, lists[0], lists[1], NULL);
+		assert_int_equal(st,
+		    n <= 16 ? ASYNQ_OK : ASYNQ_INVALID_ARGUMENT);
+		frontend_service_free(fe);
+	}
+}
+
 int
 main(void)
 {
@@ -1017,6 +1045,7 @@ main(void)
 		cmocka_unit_test(test_users_slow_query_does_not_stall_worker),
 		cmocka_unit_test(test_cache_get_set_delete_ttl_lru),
 		cmocka_unit_test(test_cache_incr_counts_in_text),
+		cmocka_unit_test(test_frontend_url_lists),
 	};
 	return cmocka_run_group_tests(tests, group_setup, NULL);
 }

@@ -381,7 +381,7 @@ test_cli_bad_input_fails_in_words_and_sends_no_call(void **state)
 	assert_string_equal(r.err,
 	    "asynq: NOT_FOUND: service asynq.rpctest.Calc has no method Nope "
 	    "(its methods: Twice, Fail, Sleep, Sum, Depth, Hold, Spin, "
-	    "Lookup, CachedLookup, Relay)\n");
+	    "Lookup, CachedLookup, Relay, Nap)\n");
 	run_free(&r);
 
 	r = cli(NULL, ARGS("call", fx.url, "asynq.rpctest.Nope/Twice", "{}"));

@@ -204,6 +204,27 @@ h_relay(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
 	return ASYNQ_OK;
 }
 
+atomic_int nap_runs;
+
+static asynq_status
+h_nap(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
+    void *ctx)
+{
+	(void)ctx;
+	const Asynq__Rpctest__Num *in = (const Asynq__Rpctest__Num *)req;
+	atomic_fetch_add(&nap_runs, 1);
+	notify('N');
+	asynq_future *f = asynq_sleep((uint64_t)in->v * 1000000u);
+	asynq_status st = asynq_await(t, f);
+	asynq_future_rele(f);
+	ASYNQ_TRY(st);
+	Asynq__Rpctest__Num *out = num_new(in->v);
+	if (out == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	*reply = &out->base;
+	return ASYNQ_OK;
+}
+
 const asynq_rpc_handler calc_handlers[] = {
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_TWICE] = { .unary = h_double },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_FAIL] = { .unary = h_fail },
@@ -216,6 +237,7 @@ const asynq_rpc_handler calc_handlers[] = {
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_CACHED_LOOKUP] = { .unary =
 		                                                   h_lookup },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_RELAY] = { .unary = h_relay },
+	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_NAP] = { .unary = h_nap },
 };
 
 /* ---- Fixture ------------------------------------------------------------ */

@@ -44,8 +44,9 @@
 extern atomic_int sleep_started;
 extern atomic_int hold_runs;
 extern atomic_int hold_release;
-/* Runs of the Lookup handler. */
+/* Runs of the Lookup and Nap handlers. */
 extern atomic_int lookup_runs;
+extern atomic_int nap_runs;
 /* The channel the Relay handler calls through (NULL: Relay fails). */
 extern asynq_rpc_channel *relay_ch;
 /* In a --serve child: where handlers report that they started. */

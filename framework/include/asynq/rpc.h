@@ -256,8 +256,8 @@ typedef struct asynq_rpc_channel_cfg {
 	 * "ipc:///tmp/users.sock", "abstract://users", "tls+tcp://..." (nng
 	 * streams), or "inproc://users" for a server of this process (no
 	 * socket: requests and replies are handed over between the runtimes'
-	 * threads). Each request goes to the ready replica with the fewest
-	 * requests outstanding; at least one. */
+	 * threads). Each request goes to a ready replica as `lb` says; at
+	 * least one. Or one name (see resolve_interval_ms). */
 	const char *const *urls;
 	size_t n_urls;
 	/* Most calls per request; a larger batch is split. Default: the
@@ -291,8 +291,11 @@ typedef struct asynq_rpc_channel_cfg {
 	bool wait_for_ready;
 	/* A request a replica refused before running any of it (overloaded,
 	 * closing) goes to another ready replica, within its deadline, at
-	 * most twice, throttled as gRPC's retries are (gRFC A6) so that
-	 * retries never multiply an overload: each refusal takes a token of
+	 * most twice, and one caught on a lost connection is sent again (to
+	 * any ready replica; see asynq_rpc_server_cfg's dedup for what a
+	 * resend may run), at most 3 times, both throttled as gRPC's retries
+	 * are (gRFC A6) so that retries never multiply an overload: each
+	 * refusal or resend takes a token of
 	 * retry_max_tokens (default 10; UINT32_MAX: no retries), each request
 	 * answered gives back retry_token_milli thousandths of one (default
 	 * 100), and refused requests are retried only while more than half
@@ -316,14 +319,82 @@ typedef struct asynq_rpc_channel_cfg {
 	 * futures of its calls (after hooks run when those are computed). */
 	const asynq_rpc_interceptor *const *interceptors;
 	size_t n_interceptors;
+	/* Names: urls[0] (then the only URL) may be a name instead,
+	 * "dns:///users.svc.local:7001" (its A and AAAA records, through
+	 * getaddrinfo; the host may also be a literal address) or
+	 * "dns+srv:///_users._tcp.svc.local" (its SRV records through
+	 * libresolv, those of the lowest priority, each target's addresses at
+	 * its record's port). A thread of the channel resolves it, dials
+	 * every address as a replica (tcp://ADDR:PORT), and resolves it again
+	 * every resolve_interval_ms (default 30,000) and soon after a
+	 * connection fails (at most once a second). A replica that appears
+	 * gets requests once connected; one that disappears takes no new
+	 * requests and is closed once those it has are answered. A resolution
+	 * that fails or finds nothing keeps the replicas there are; calls
+	 * made before the first one wait for it. At most max_replicas
+	 * (default 64) addresses are used, the first ones in the order the
+	 * resolver gives. */
+	uint32_t resolve_interval_ms;
+	size_t max_replicas;
+	/* Optional: resolves dns:/// and dns+srv:/// targets in place of DNS
+	 * (another registry; tests). Borrowed for the channel's life. */
+	const struct asynq_rpc_resolver *resolver;
+	/* Which replica a request goes to (see asynq_rpc_lb). */
+	int lb;
+	/* Outlier ejection: a replica with eject_after consecutive failures
+	 * (default 5; UINT32_MAX: never) is ejected: it takes no requests
+	 * for eject_base_ms (default 10,000), doubled at each ejection in a
+	 * row up to 300,000, then it is probed with a health check
+	 * (asynq.health.v1.Health/Check of the channel's service) on its
+	 * connection, or on a new one if the last check got no answer within
+	 * eject_base_ms: SERVING, or a server without the health service,
+	 * takes it back; anything else ejects it again. Failures
+	 * are connection attempts that fail, connections lost, requests whose
+	 * deadline passed on it, and replies with UNAVAILABLE calls; any
+	 * other reply resets the count. A replica is never ejected when no
+	 * other ready one is left, and when every ready replica is ejected
+	 * requests go to the ejected ones. */
+	uint32_t eject_after;
+	uint32_t eject_base_ms;
 } asynq_rpc_channel_cfg;
 
-/* asynq_rpc_channel_alloc opens a channel to a service: it dials the URLs
- * (connecting in the background; calls made while the first attempt is in
- * progress wait for it; see wait_for_ready). A lost connection is redialed
- * at once, failed attempts back off (1 s, x1.6, jitter 0.2, at most 120 s).
- * INVALID_ARGUMENT for a bad URL or settings. The channel may be used from
- * any thread; each scheduler thread batches its own calls. Any thread. */
+/* Balancing policies (asynq_rpc_channel_cfg.lb). */
+enum {
+	/* The default: every ready replica is looked at and the request goes
+	 * to the one with the fewest requests outstanding from this channel
+	 * (ties in turn). The counts are the channel's own and exact, so a
+	 * full look beats two random choices; at most max_replicas. */
+	ASYNQ_RPC_LB_LEAST_OUTSTANDING = 0,
+	/* Each request goes to the next ready replica in turn. */
+	ASYNQ_RPC_LB_ROUND_ROBIN = 1,
+};
+
+/* Longest URL a resolver may give, with its NUL. */
+#define ASYNQ_RPC_URL_MAX 128
+
+/* A resolver for dns:/// and dns+srv:/// targets in place of DNS
+ * (asynq_rpc_channel_cfg.resolver). */
+typedef struct asynq_rpc_resolver {
+	/* resolve writes the URLs that `target` (the channel's urls[0]) stands
+	 * for now into urls[0..max), each NUL-terminated, and returns how many
+	 * it has (more than max: the rest are left out), or -1 with why
+	 * (why_len bytes) set in words. Runs on the channel's resolver
+	 * thread, never on a scheduler's; it may block. */
+	int (*resolve)(void *arg, const char *target,
+	    char (*urls)[ASYNQ_RPC_URL_MAX], size_t max, char *why,
+	    size_t why_len);
+	void *arg;
+} asynq_rpc_resolver;
+
+/* asynq_rpc_channel_alloc opens a channel to a service: it dials the URLs,
+ * or resolves the name and dials its addresses (in the background; calls
+ * made while the first resolution or attempt is in progress wait for it;
+ * see wait_for_ready). A lost connection is redialed at once, failed
+ * attempts back off (1 s, x1.6, jitter 0.2, at most 120 s).
+ * INVALID_ARGUMENT for a bad URL, target or settings (a target or policy
+ * it cannot use is also logged in words, event=channel_setup_failed). The
+ * channel may be used from any thread; each scheduler thread batches its
+ * own calls. Any thread. */
 asynq_status asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
     const asynq_rpc_service_desc *svc, const asynq_rpc_channel_cfg *cfg);
 
@@ -426,6 +497,33 @@ asynq_status asynq_rpc_cache_clear_all(void);
 /* asynq_rpc_channel_stats_get copies the channel's counters. Any thread. */
 void asynq_rpc_channel_stats_get(const asynq_rpc_channel *ch,
     asynq_rpc_channel_stats *out);
+
+/* One replica of a channel, as asynq_rpc_channel_replicas reports it. */
+typedef struct asynq_rpc_replica_info {
+	char url[ASYNQ_RPC_URL_MAX];
+	/* "connecting", "ready", "failed" (backing off), "idle", with
+	 * ejected and draining (gone from the name's addresses: no new
+	 * requests, closed once its outstanding ones are answered) beside
+	 * it. */
+	const char *state;
+	bool ready, ejected, draining;
+	uint64_t outstanding; /* requests sent, not answered yet */
+	uint64_t requests;    /* requests sent to it (resends too) */
+	uint64_t calls;       /* calls in them */
+	uint64_t ejections;   /* times it was ejected */
+} asynq_rpc_replica_info;
+
+/* asynq_rpc_channel_replicas copies the state of up to max of ch's
+ * replicas into out (the current ones, then those draining) and returns
+ * how many there are. Any thread. */
+size_t asynq_rpc_channel_replicas(const asynq_rpc_channel *ch,
+    asynq_rpc_replica_info *out, size_t max);
+
+/* asynq_rpc_channel_resolve_now makes a channel opened on a name resolve
+ * it again at once (on its resolver thread; this does not wait), as it
+ * does by itself every resolve_interval_ms. Nothing for a list of URLs.
+ * Any thread. */
+void asynq_rpc_channel_resolve_now(asynq_rpc_channel *ch);
 
 /* ---- Server ------------------------------------------------------------ */
 
