@@ -1428,7 +1428,7 @@ usage(FILE *f, const char *prog)
 	    " [--db-on-worker] [--quiet]\n"
 	    "       [--serve [--rate N]] [--admin http://HOST:PORT]"
 	    " [--mtls | --mtls-dir DIR]\n"
-	    " [--replicas N]\n"
+	    "       [--replicas N]\n"
 	    "\n"
 	    "Starts the users, answers, cache and frontend services (one"
 	    " process over\n"
@@ -1481,7 +1481,7 @@ usage(FILE *f, const char *prog)
 	    "--mtls-dir DIR: the same with the certificates of DIR (ca.crt,"
 	    " users.crt/.key,\n"
 	    "answers, cache, frontend, demo), made there first if ca.crt is"
-	    " missing.\n",
+	    " missing.\n"
 	    "--replicas N (2 to 8; implies --tcp): users and answers run as N"
 	    " processes\n"
 	    "each on loopback ports; the frontend's channels send each request"
@@ -1687,6 +1687,7 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 				goto bad;
 			cfg->mtls = cfg->tcp = true;
 			cfg->mtls_dir = optarg;
+			break;
 		case F_REPLICAS:
 			if (!parse_size(optarg, &cfg->replicas,
 			        DEMO_MAX_REPLICAS) ||
@@ -1702,7 +1703,13 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 	}
 	if (optind != argc || cfg->names + cfg->pages == 0)
 		goto bad;
-	/* Replicas are processes. */
+	/* Replicas are processes, on plain tcp:// (not with --mtls yet). */
+	if (cfg->replicas > 1 && cfg->mtls) {
+		fprintf(stderr, "%s: --replicas and --mtls cannot be combined "
+		                "yet (replicas listen on plain tcp://)\n",
+		    argv[0]);
+		goto bad;
+	}
 	if (cfg->replicas > 1)
 		cfg->tcp = true;
 	if (cfg->admin != NULL && cfg->tcp) {
