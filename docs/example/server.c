@@ -64,9 +64,9 @@ welcome(asynq_task *t, greeter__greeter__welcome__batch_call *calls, size_t n,
 	(void)t;
 	(void)ctx;
 	for (size_t i = 0; i < n; i++) {
-		Greeter__HelloReply *out = reply_new(
-		    "Welcome, %s: %zu guests came together.", calls[i].req->name,
-		    n);
+		Greeter__HelloReply *out =
+		    reply_new("Welcome, %s: %zu guests came together.",
+		        calls[i].req->name, n);
 		if (out == NULL) {
 			calls[i].status = ASYNQ_RESOURCE_EXHAUSTED;
 			calls[i].message = "out of memory";

@@ -1705,8 +1705,9 @@ parse_flags(demo_cfg *cfg, int argc, char **argv)
 		goto bad;
 	/* Replicas are processes, on plain tcp:// (not with --mtls yet). */
 	if (cfg->replicas > 1 && cfg->mtls) {
-		fprintf(stderr, "%s: --replicas and --mtls cannot be combined "
-		                "yet (replicas listen on plain tcp://)\n",
+		fprintf(stderr,
+		    "%s: --replicas and --mtls cannot be combined "
+		    "yet (replicas listen on plain tcp://)\n",
 		    argv[0]);
 		goto bad;
 	}

@@ -867,8 +867,8 @@ metrics_channel_methods(sbuf *b, const registry *chs)
 					continue;
 				}
 				if (h == 0) {
-					for (size_t c = 0; c < ASYNQ_STATUS_COUNT;
-					     c++)
+					for (size_t c = 0;
+					     c < ASYNQ_STATUS_COUNT; c++)
 						if (c == ASYNQ_OK ||
 						    ms.codes[c] != 0)
 							sb_printf(b,

@@ -436,7 +436,8 @@ opt_strings(asynqi_codegen *g, const ProtobufCMessage *opts, uint32_t tag,
 	if ((*vp = gen_zalloc(g, n, sizeof(char *))) == NULL)
 		return -1;
 	for (unsigned i = 0; i < opts->n_unknown_fields; i++) {
-		const ProtobufCMessageUnknownField *u = &opts->unknown_fields[i];
+		const ProtobufCMessageUnknownField *u =
+		    &opts->unknown_fields[i];
 		uint64_t len;
 		size_t h;
 
@@ -451,8 +452,10 @@ opt_strings(asynqi_codegen *g, const ProtobufCMessage *opts, uint32_t tag,
 			    "extension use field number %u?",
 			    where, opt, (unsigned)tag, (unsigned)tag);
 		if (len == 0)
-			return fail(g, "%s: option %s is empty: name a peer "
-			    "identity or a scope", where, opt);
+			return fail(g,
+			    "%s: option %s is empty: name a peer "
+			    "identity or a scope",
+			    where, opt);
 		for (size_t j = 0; j < len; j++)
 			if (u->data[h + j] < 0x20 || u->data[h + j] == 0x7f)
 				return fail(g,
@@ -806,7 +809,8 @@ read_service(asynqi_codegen *g, const file_proto *f, const service_proto *sp,
 		return -1;
 	for (size_t i = 0; i < s->n_methods; i++) {
 		struct method *m = &s->methods[i];
-		if (m->allow_anyone || m->n_allow_peers + m->n_allow_scopes != 0)
+		if (m->allow_anyone ||
+		    m->n_allow_peers + m->n_allow_scopes != 0)
 			continue;
 		m->allow_peers = peers;
 		m->n_allow_peers = n_peers;
@@ -1024,8 +1028,8 @@ c_literal(struct buf *c, const char *v)
 
 /* allow_list defines the array of one method's (asynq.allow_...) values. */
 static void
-allow_list(const struct service *s, size_t i, const char *what,
-    char *const *v, size_t n, struct buf *c)
+allow_list(const struct service *s, size_t i, const char *what, char *const *v,
+    size_t n, struct buf *c)
 {
 	if (n == 0)
 		return;

@@ -219,7 +219,7 @@ struct replica {
 	uint32_t backoff_ms;
 	size_t outstanding;
 	int last_err;
-	bool probing; /* calls wait for an attempt they hurried */
+	bool probing;            /* calls wait for an attempt they hurried */
 	struct tls_ent *tls_ent; /* tls+ URLs: its TLS configuration */
 	/* Gone from the name's addresses: on ch->retired (via next), takes
 	 * no new requests; freed once it has no connection left. */
@@ -388,13 +388,13 @@ count_calls(asynq_rpc_channel *ch, const rpc_batch *b,
 	cli_mstats *ms = &ch->mst[mi];
 	atomic_fetch_add_explicit(&ms->codes[st], times, memory_order_relaxed);
 	cli_hist_add(&ms->latency, asynqi_latency_bounds,
-	    asynqi_n_latency_bounds,
-	    now > b->t0 ? (uint64_t)(now - b->t0) : 0, times);
+	    asynqi_n_latency_bounds, now > b->t0 ? (uint64_t)(now - b->t0) : 0,
+	    times);
 }
 
 static void
-count_call(asynq_rpc_channel *ch, const rpc_batch *b, size_t i,
-    asynq_status st, int64_t now)
+count_call(asynq_rpc_channel *ch, const rpc_batch *b, size_t i, asynq_status st,
+    int64_t now)
 {
 	count_calls(ch, b, b->recs[i].m, st, now, 1);
 }
@@ -821,8 +821,8 @@ probe_replicas(asynq_rpc_channel *ch)
 typedef struct outbox {
 	cli_conn *touched[8]; /* connections to flush (held) */
 	size_t n_touched;
-	sub_req *sends; /* prepared, to queue (via qnext) */
-	sub_req *fails; /* claimed, to fail with fail_st (via qnext) */
+	sub_req *sends;      /* prepared, to queue (via qnext) */
+	sub_req *fails;      /* claimed, to fail with fail_st (via qnext) */
 	cli_conn *probes[4]; /* health checks to send (held) */
 	size_t n_probes;
 	cli_conn *closes[4]; /* connections to close (held) */
@@ -931,8 +931,8 @@ probe_ejected(asynq_rpc_channel *ch, outbox *o)
 		replica *r = ch->reps[i];
 		if (!r->ejected || now < r->eject_until)
 			continue;
-		bool idle = r->cc != NULL && !r->cc->probe_busy &&
-		    r->cc->probe_id == 0;
+		bool idle =
+		    r->cc != NULL && !r->cc->probe_busy && r->cc->probe_id == 0;
 		if ((r->probe_cc != NULL && r->probe_cc == r->cc) ||
 		    (rep_usable(r) && !idle)) {
 			/* The last check got no answer: a new connection. */
@@ -2034,8 +2034,7 @@ ctab_find(const rpc_batch *b, uint64_t h, const asynq_rpc_method_desc *m,
 	     j = (j + 1) & b->ctab_mask) {
 		const call_rec *r = &b->recs[b->ctab[j] - 1];
 		if (r->hash == h && r->m == m && r->plen == plen &&
-		    memcmp(b->buf.p + r->poff, b->buf.p + poff, plen) ==
-		        0 &&
+		    memcmp(b->buf.p + r->poff, b->buf.p + poff, plen) == 0 &&
 		    asynqi_md_equal(r->md, md))
 			return b->ctab[j];
 	}
@@ -2089,8 +2088,9 @@ call_oom(chan_backend *be, rpc_batch *b, asynq_future *f,
 	if (f == NULL && (f = asynq_batch_add(&be->base, 0, NULL)) == NULL)
 		return NULL;
 	(void)b;
-	asynq_item_set_error(f, asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
-	                            "rpc %s: out of memory", m->full_name));
+	asynq_item_set_error(f,
+	    asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED, "rpc %s: out of memory",
+	        m->full_name));
 	return f;
 }
 
@@ -2217,9 +2217,9 @@ icpt_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	if (ic == NULL) {
 		atomic_fetch_add_explicit(&ch->failures, 1,
 		    memory_order_relaxed);
-		return asynq_const_error(asynq_error_alloc(
-		    ASYNQ_RESOURCE_EXHAUSTED, "rpc %s: out of memory",
-		    m->full_name));
+		return asynq_const_error(
+		    asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
+		        "rpc %s: out of memory", m->full_name));
 	}
 	ic->info = (asynq_rpc_call_info){ .method = m,
 		.req = req,
@@ -2264,9 +2264,9 @@ icpt_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 			f = call_inner(ch, m, req);
 			(void)asynq_scoped_pop(&asynqi_md_key);
 		} else {
-			f = asynq_const_error(asynq_error_alloc(
-			    ASYNQ_RESOURCE_EXHAUSTED, "rpc %s: out of memory",
-			    m->full_name));
+			f = asynq_const_error(
+			    asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
+			        "rpc %s: out of memory", m->full_name));
 		}
 	} else {
 		f = call_inner(ch, m, req);
@@ -2342,9 +2342,8 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	/* A collapsible call looks for its twin in the batch it would join
 	 * before it becomes an item of its own; others join at once. */
 	bool collapsible = ch->collapse && m->idempotent;
-	rpc_batch *b = collapsible
-	    ? (rpc_batch *)asynq_backend_active(&be->base)
-	    : NULL;
+	rpc_batch *b =
+	    collapsible ? (rpc_batch *)asynq_backend_active(&be->base) : NULL;
 	asynq_future *f = NULL;
 	bool has_twins = b != NULL; /* a batch with calls to compare with */
 	if (b == NULL) {
@@ -2578,8 +2577,9 @@ cut:
 		}
 		for (size_t mi = 0; mi < ch->svc->n_methods; mi++)
 			if (per[mi] != 0)
-				cli_hist_add(&ch->mst[mi].cpr, asynqi_cpr_bounds,
-				    asynqi_n_cpr_bounds, per[mi], 1);
+				cli_hist_add(&ch->mst[mi].cpr,
+				    asynqi_cpr_bounds, asynqi_n_cpr_bounds,
+				    per[mi], 1);
 	}
 	atomic_store(&b->pending, n_subs);
 	asynq_batch_defer(base);
@@ -2887,7 +2887,8 @@ chan_set_replicas(asynq_rpc_channel *ch, char (*urls)[ASYNQ_RPC_URL_MAX],
 			replica *r = ch->reps[k];
 			bool stays = false;
 			for (size_t i = 0; i < n && !stays; i++)
-				stays = known[i] && strcmp(r->url, urls[i]) == 0;
+				stays =
+				    known[i] && strcmp(r->url, urls[i]) == 0;
 			if (stays) {
 				ch->reps[kept++] = r;
 				continue;
@@ -2908,8 +2909,8 @@ chan_set_replicas(asynq_rpc_channel *ch, char (*urls)[ASYNQ_RPC_URL_MAX],
 			ch->reps[ch->n_reps++] = r;
 			r->state = REP_CONNECTING;
 			replica_dial(r, 0);
-			asynq_log(ASYNQ_LOG_INFO, "replica_added", "url", r->url,
-			    NULL);
+			asynq_log(ASYNQ_LOG_INFO, "replica_added", "url",
+			    r->url, NULL);
 		}
 	}
 	ch->resolved = true;
@@ -3136,12 +3137,12 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	ch->client_id = random_u64();
 	ch->rng = random_u64();
 	ch->lb = cfg->lb;
-	ch->eject_after = cfg->eject_after != 0 ? cfg->eject_after
-	                                        : DEFAULT_EJECT_AFTER;
+	ch->eject_after =
+	    cfg->eject_after != 0 ? cfg->eject_after : DEFAULT_EJECT_AFTER;
 	ch->eject_base_ms = cfg->eject_base_ms != 0 ? cfg->eject_base_ms
 	                                            : DEFAULT_EJECT_BASE_MS;
-	ch->mst = calloc(svc->n_methods != 0 ? svc->n_methods : 1,
-	    sizeof(*ch->mst));
+	ch->mst =
+	    calloc(svc->n_methods != 0 ? svc->n_methods : 1, sizeof(*ch->mst));
 	if (ch->mst == NULL)
 		goto fail_table;
 	/* The METHODS frame every connection starts with. */
@@ -3170,8 +3171,7 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 		char why[300];
 		asynqi_resolver *res = NULL;
 		ch->named = true;
-		st = asynqi_resolver_open(&res, cfg->urls[0],
-		    cfg->resolver,
+		st = asynqi_resolver_open(&res, cfg->urls[0], cfg->resolver,
 		    cfg->resolve_interval_ms != 0 ? cfg->resolve_interval_ms
 		                                  : DEFAULT_RESOLVE_MS,
 		    cfg->max_replicas != 0 ? cfg->max_replicas
@@ -3189,7 +3189,8 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 		return ASYNQ_OK;
 	}
 	for (size_t i = 0; i < cfg->n_urls; i++) {
-		replica *r = replica_alloc(ch, cfg->urls[i], tls ? cfg : NULL, &st);
+		replica *r =
+		    replica_alloc(ch, cfg->urls[i], tls ? cfg : NULL, &st);
 		if (r == NULL)
 			goto fail_reps;
 		ch->reps[ch->n_reps++] = r;
@@ -3235,8 +3236,8 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 	ch->closing = true;
 	/* Retired replicas close with the others. */
 	if (reps_reserve(ch, ch->n_reps + 1)) {
-		while (ch->retired != NULL &&
-		    reps_reserve(ch, ch->n_reps + 1)) {
+		while (
+		    ch->retired != NULL && reps_reserve(ch, ch->n_reps + 1)) {
 			replica *r = ch->retired;
 			ch->retired = r->next;
 			r->next = NULL;
@@ -3330,8 +3331,8 @@ cli_hist_get(const cli_hist *h, const uint64_t *bounds, size_t n,
 	out->bounds = bounds;
 	out->n_bounds = n;
 	for (size_t i = 0; i <= n; i++) {
-		out->counts[i] = atomic_load_explicit(&h->counts[i],
-		    memory_order_relaxed);
+		out->counts[i] =
+		    atomic_load_explicit(&h->counts[i], memory_order_relaxed);
 		out->count += out->counts[i];
 	}
 	out->sum = atomic_load_explicit(&h->sum, memory_order_relaxed);

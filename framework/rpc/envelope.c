@@ -509,7 +509,8 @@ simple_store(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
 		memcpy(&old, at, sizeof(old));
 		if (old != NULL && old != f->default_value &&
 		    old != protobuf_c_empty_string)
-			return false; /* a repeated key: protobuf-c's to merge */
+			return false; /* a repeated key: protobuf-c's to merge
+			               */
 		char *str = pa->alloc(pa->allocator_data, g->len + 1);
 		if (str == NULL)
 			return false;
@@ -537,8 +538,8 @@ simple_store(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
 	default:
 		return false;
 	}
-	if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->quantifier_offset != 0 &&
-	    f->type != PROTOBUF_C_TYPE_STRING) {
+	if (f->label == PROTOBUF_C_LABEL_OPTIONAL &&
+	    f->quantifier_offset != 0 && f->type != PROTOBUF_C_TYPE_STRING) {
 		protobuf_c_boolean has = 1;
 		memcpy((char *)m + f->quantifier_offset, &has, sizeof(has));
 	}
@@ -558,7 +559,8 @@ simple_unpack(const ProtobufCMessageDescriptor *desc, ProtobufCAllocator *pa,
 			NULL };
 		pa = &sys;
 	}
-	ProtobufCMessage *m = pa->alloc(pa->allocator_data, desc->sizeof_message);
+	ProtobufCMessage *m =
+	    pa->alloc(pa->allocator_data, desc->sizeof_message);
 	if (m == NULL)
 		return NULL;
 	desc->message_init(m);

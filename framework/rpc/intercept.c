@@ -267,7 +267,8 @@ trace_before(asynq_rpc_call_info *call, void **state, void *arg)
 			if (n == NULL)
 				return asynq_rpc_call_reject(call,
 				    ASYNQ_RESOURCE_EXHAUSTED,
-				    "%s: out of memory", call->method->full_name);
+				    "%s: out of memory",
+				    call->method->full_name);
 			asynqi_md_rele(t->node);
 			t->node = n;
 			t->base = cur;

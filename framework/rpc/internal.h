@@ -217,8 +217,7 @@ typedef struct asynqi_icall {
  * `icpt` with st into buf and returns it: the reject text, or "METHOD:
  * rejected by interceptor NAME". */
 const char *asynqi_icall_reject_msg(const asynq_rpc_call_info *c,
-    const asynq_rpc_interceptor *icpt, asynq_status st, char *buf,
-    size_t cap);
+    const asynq_rpc_interceptor *icpt, asynq_status st, char *buf, size_t cap);
 
 /* A method's authorization policy, resolved at listen (set: it has one). */
 typedef struct asynqi_policy {

@@ -231,8 +231,8 @@ typedef struct rc_key {
 } rc_key;
 
 static asynq_status
-key_make(rc_key *k, const asynq_rpc_channel *ch,
-    const asynq_rpc_method_desc *m, const ProtobufCMessage *req)
+key_make(rc_key *k, const asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
+    const ProtobufCMessage *req)
 {
 	k->chan = asynqi_rpc_channel_id(ch);
 	k->m = m;
@@ -287,15 +287,15 @@ static asynq_future *
 entry_answer(const rc_entry *e)
 {
 	if (e->st != ASYNQ_OK)
-		return asynq_const_error(
-		    asynq_error_alloc(e->st, "%s", e->msg != NULL ? e->msg : ""));
+		return asynq_const_error(asynq_error_alloc(e->st, "%s",
+		    e->msg != NULL ? e->msg : ""));
 	ProtobufCMessage *out =
 	    protobuf_c_message_unpack(e->m->output, NULL, e->vlen, e->val);
 	if (out == NULL)
-		return asynq_const_error(asynq_error_alloc(
-		    ASYNQ_RESOURCE_EXHAUSTED,
-		    "rpc %s: out of memory copying a cached reply",
-		    e->m->full_name));
+		return asynq_const_error(
+		    asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
+		        "rpc %s: out of memory copying a cached reply",
+		        e->m->full_name));
 	return asynq_const_ptr(out, asynqi_rpc_free_msg);
 }
 
@@ -331,8 +331,8 @@ entry_done(asynq_future *f, void *arg)
 	e->st = asynq_future_status(f);
 	if (e->st == ASYNQ_OK) {
 		const ProtobufCMessage *msg = asynq_future_ptr(f);
-		e->vlen = msg != NULL ? protobuf_c_message_get_packed_size(msg)
-		                      : 0;
+		e->vlen =
+		    msg != NULL ? protobuf_c_message_get_packed_size(msg) : 0;
 		e->val = malloc(e->vlen != 0 ? e->vlen : 1);
 		if (msg == NULL || e->val == NULL) {
 			e->st = ASYNQ_RESOURCE_EXHAUSTED;
@@ -408,7 +408,8 @@ asynqi_rpc_cache_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		if (e->state == RC_DONE)
 			return entry_answer(e);
 		if (e->n_waiters == e->cap_waiters) {
-			size_t cap = e->cap_waiters != 0 ? e->cap_waiters * 2 : 4;
+			size_t cap =
+			    e->cap_waiters != 0 ? e->cap_waiters * 2 : 4;
 			asynq_future **w =
 			    realloc(e->waiters, cap * sizeof(*w));
 			if (w == NULL)
@@ -460,7 +461,8 @@ static asynq_status
 cache_for(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
     const ProtobufCMessage *req, asynq_rpc_cache **cp)
 {
-	if (ch == NULL || m == NULL || req == NULL || req->descriptor != m->input)
+	if (ch == NULL || m == NULL || req == NULL ||
+	    req->descriptor != m->input)
 		return ASYNQ_INVALID_ARGUMENT;
 	bool errors;
 	if (!asynqi_rpc_channel_caches(ch, m, &errors))

@@ -215,7 +215,7 @@ struct srv_icall {
 	srv_md_extra *md;
 	bool has_trace;
 	asynqi_trace trace; /* the handler's, when has_trace */
-	size_t passed; /* interceptors whose before let the call go on */
+	size_t passed;      /* interceptors whose before let the call go on */
 	void *state[];
 };
 
@@ -246,7 +246,7 @@ struct srv_req {
 	size_t n_tasks; /* of `tasks`, worker only */
 	size_t running; /* calls counted in the worker's in-flight count */
 	asynqi_dd_entry *dd;
-	asynqi_buf out; /* the reply frame being built */
+	asynqi_buf out;      /* the reply frame being built */
 	asynqi_tokcache *tc; /* authorization's, in the arena; made on use */
 	bool icpt;           /* the server has interceptors */
 	asynqi_trace_memo trace_memo; /* the trace interceptor's */
@@ -317,9 +317,8 @@ struct srv_writer {
 	bool posted; /* worker only */
 };
 
-asynq_status (*asynqi_admin_for_server)(asynq_rpc_server *s,
-    asynq_runtime *rt, const char *url, void **handle, char *err,
-    size_t err_len);
+asynq_status (*asynqi_admin_for_server)(asynq_rpc_server *s, asynq_runtime *rt,
+    const char *url, void **handle, char *err, size_t err_len);
 void (*asynqi_admin_for_server_close)(void *handle);
 
 struct asynq_rpc_server {
@@ -565,8 +564,8 @@ asynqi_srv_call_policy(const asynq_rpc_call_info *c,
 	const asynq_rpc_server *s = r->sc->s;
 	*fn = s->cfg.token_verifier;
 	*arg = s->cfg.token_verifier_arg;
-	if (r->tc == NULL && (r->tc = asynqi_arena_alloc(&r->arena,
-	                          sizeof(*r->tc))) != NULL)
+	if (r->tc == NULL &&
+	    (r->tc = asynqi_arena_alloc(&r->arena, sizeof(*r->tc))) != NULL)
 		r->tc->used = false;
 	*tc = r->tc;
 	return ic->k->sm->pol.set ? &ic->k->sm->pol : NULL;
@@ -872,9 +871,8 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 	if (k->answered)
 		return;
 	k->answered = true;
-	size_t plen = st == ASYNQ_OK && reply != NULL
-	    ? asynqi_msg_size(reply)
-	    : 0;
+	size_t plen =
+	    st == ASYNQ_OK && reply != NULL ? asynqi_msg_size(reply) : 0;
 	size_t mlen = st != ASYNQ_OK ? strlen(message) : 0;
 	size_t body =
 	    (k->call_id != 0 ? 1 + asynqi_varint_len(k->call_id) : 0) +
@@ -1002,8 +1000,8 @@ server_name(const asynq_rpc_server *s)
 static void
 req_log(asynq_rpc_server *s, const srv_req *r, uint64_t id, size_t n_calls)
 {
-	uint64_t us = ((uint64_t)(int64_t)asynq_now_ns() - (uint64_t)r->recv_ns) /
-	    1000u;
+	uint64_t us =
+	    ((uint64_t)(int64_t)asynq_now_ns() - (uint64_t)r->recv_ns) / 1000u;
 	bool slow = s->cfg.slow_request_ms != UINT32_MAX &&
 	    us > (uint64_t)s->cfg.slow_request_ms * 1000u;
 	if (!slow && !s->cfg.access_log)
@@ -1035,8 +1033,8 @@ req_log(asynq_rpc_server *s, const srv_req *r, uint64_t id, size_t n_calls)
 	}
 	asynq_log(lvl, slow ? "slow_request" : "request", "server",
 	    server_name(s), "request_id", sid, "method", method, "calls",
-	    scalls, "duration_us", sus, tid[0] != '\0' ? "trace_id" : NULL,
-	    tid, NULL);
+	    scalls, "duration_us", sus, tid[0] != '\0' ? "trace_id" : NULL, tid,
+	    NULL);
 }
 
 static void
@@ -1118,8 +1116,7 @@ call_result(srv_req *r, srv_call *k, asynq_status st, ProtobufCMessage *reply,
 /* The handler of task k runs in its call's trace (its first traced
  * call's, for a whole batch) when the trace interceptor found one: pushes
  * it and returns it (NULL: none). */
-static asynqi_trace *__attribute__((noinline))
-trace_push(const srv_task *k)
+static asynqi_trace *__attribute__((noinline)) trace_push(const srv_task *k)
 {
 	for (size_t i = 0; i < k->n; i++) {
 		srv_icall *ic = k->r->calls[k->idx[i]].ic;
@@ -1134,8 +1131,7 @@ trace_push(const srv_task *k)
 
 /* Ends the scope of trace_push's trace: popped, its cached metadata
  * dropped. */
-static void __attribute__((noinline))
-trace_pop(asynqi_trace *tr)
+static void __attribute__((noinline)) trace_pop(asynqi_trace *tr)
 {
 	(void)asynq_scoped_pop(&asynqi_trace_key);
 	asynqi_md_rele(tr->node);
@@ -1189,8 +1185,8 @@ icpt_before(asynq_rpc_server *s, srv_req *r)
 			const asynq_rpc_interceptor *x = s->icpt[j];
 			if (x->before != NULL) {
 				ic->base.in_before = true;
-				st = x->before(&ic->info, &ic->state[j],
-				    x->arg);
+				st =
+				    x->before(&ic->info, &ic->state[j], x->arg);
 				ic->base.in_before = false;
 				if (st != ASYNQ_OK)
 					break;
@@ -1256,7 +1252,8 @@ task_main(asynq_task *t, void *arg)
 				.n = k->n,
 				.start_ns = (int64_t)asynq_now_ns() };
 			for (; passed < s->n_icpt; passed++) {
-				const asynq_rpc_interceptor *x = s->icpt[passed];
+				const asynq_rpc_interceptor *x =
+				    s->icpt[passed];
 				if (x->batch_before != NULL &&
 				    (st = x->batch_before(&bi, x->arg)) !=
 				        ASYNQ_OK)
@@ -2644,9 +2641,8 @@ asynq_rpc_server_add_interceptor(asynq_rpc_server *s,
 		                 : ASYNQ_INVALID_ARGUMENT;
 	pthread_mutex_lock(&s->mu);
 	bool started = s->started;
-	const asynq_rpc_interceptor **v = started
-	    ? NULL
-	    : realloc(s->icpt, (s->n_icpt + 1) * sizeof(*v));
+	const asynq_rpc_interceptor **v =
+	    started ? NULL : realloc(s->icpt, (s->n_icpt + 1) * sizeof(*v));
 	if (v != NULL) {
 		v[s->n_icpt++] = icpt;
 		s->icpt = v;
@@ -2697,8 +2693,7 @@ policies_resolve_locked(asynq_rpc_server *s, char *err, size_t cap)
 		const char *pm = p->method;
 		if (pm == NULL || (p->n_peers != 0 && p->peers == NULL) ||
 		    (p->n_scopes != 0 && p->scopes == NULL)) {
-			snprintf(err, cap,
-			    "policy %zu: %s", i,
+			snprintf(err, cap, "policy %zu: %s", i,
 			    pm == NULL ? "no method named"
 			               : "a list with no entries given");
 			return ASYNQ_INVALID_ARGUMENT;
@@ -2724,12 +2719,14 @@ policies_resolve_locked(asynq_rpc_server *s, char *err, size_t cap)
 		srv_method *sm = &s->methods[j];
 		const asynq_rpc_policy *p = policy_find(s, sm->m->full_name);
 		if (p != NULL)
-			sm->pol = (asynqi_policy){ p->n_peers + p->n_scopes != 0,
+			sm->pol = (asynqi_policy){ p->n_peers + p->n_scopes !=
+				    0,
 				p->peers, p->n_peers, p->scopes, p->n_scopes };
 		else
 			sm->pol = (asynqi_policy){
 				.set = sm->m->n_allow_peers +
-				        sm->m->n_allow_scopes != 0,
+				        sm->m->n_allow_scopes !=
+				    0,
 				.peers = sm->m->allow_peers,
 				.n_peers = sm->m->n_allow_peers,
 				.scopes = sm->m->allow_scopes,
@@ -2805,9 +2802,8 @@ asynq_rpc_server_add_service(asynq_rpc_server *s,
 		ok = (st[i] = calloc(s->workers, sizeof(*st[i]))) != NULL;
 	/* Under mu: stats readers walk the table from other threads. */
 	pthread_mutex_lock(&s->mu);
-	const asynq_rpc_service_desc **sv = ok
-	    ? realloc(s->services, (s->n_services + 1) * sizeof(*sv))
-	    : NULL;
+	const asynq_rpc_service_desc **sv =
+	    ok ? realloc(s->services, (s->n_services + 1) * sizeof(*sv)) : NULL;
 	if (sv != NULL)
 		s->services = sv;
 	srv_method *m = sv != NULL

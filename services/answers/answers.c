@@ -88,8 +88,7 @@ ids_alloc(size_t n)
 
 static asynq_status
 h_get_answer(asynq_task *t,
-    asynq__answers__answers__get_answer__batch_call *calls, size_t n,
-    void *ctx)
+    asynq__answers__answers__get_answer__batch_call *calls, size_t n, void *ctx)
 {
 	answers_service *s = ctx;
 	answer_rows rows = { .with_body = true };
@@ -248,8 +247,9 @@ answers_service_start(answers_service *s, asynq_runtime *rt, const char *url,
 asynq_status
 answers_service_serve(answers_service *s, asynq_serve *sv)
 {
-	asynq_status rv = asynq_serve_add(sv, &asynq__answers__answers__asynq_desc, answers_add, s, NULL,
-	    &s->srv);
+	asynq_status rv =
+	    asynq_serve_add(sv, &asynq__answers__answers__asynq_desc,
+	        answers_add, s, NULL, &s->srv);
 	s->srv_of_program = rv == ASYNQ_OK;
 	return rv;
 }

@@ -484,8 +484,8 @@ cache_service_start(cache_service *s, asynq_runtime *rt, const char *url,
 asynq_status
 cache_service_serve(cache_service *s, asynq_serve *sv)
 {
-	asynq_status rv = asynq_serve_add(sv, &asynq__cache__cache__asynq_desc, cache_add, s, NULL,
-	    &s->srv);
+	asynq_status rv = asynq_serve_add(sv, &asynq__cache__cache__asynq_desc,
+	    cache_add, s, NULL, &s->srv);
 	s->srv_of_program = rv == ASYNQ_OK;
 	return rv;
 }

@@ -118,9 +118,10 @@ typedef asynq_status (*svc_row_fn)(sqlite3_stmt *row, void *arg);
 /* svc_db_in runs `<select> WHERE <column> IN (?,...,?) <tail>` with ids bound
  * (duplicates allowed) and calls fn for each row, on the blocking pool (the
  * calling task waits; fn runs on the pool's thread) or, with on_worker, on
- * the calling worker's connection. It runs one statement per SQLITE_LIMIT_VARIABLE_NUMBER ids (one
- * for any batch the RPC layer delivers by default), counted in db->queries.
- * UNAVAILABLE without a connection, INTERNAL on an SQL error. */
+ * the calling worker's connection. It runs one statement per
+ * SQLITE_LIMIT_VARIABLE_NUMBER ids (one for any batch the RPC layer delivers by
+ * default), counted in db->queries. UNAVAILABLE without a connection, INTERNAL
+ * on an SQL error. */
 asynq_status svc_db_in(svc_db *db, const char *select, const char *column,
     const char *tail, const int64_t *ids, size_t n, svc_row_fn fn, void *arg);
 

@@ -3,9 +3,9 @@
  * The frontend service: AuthorNames and QuestionPage, built from calls to
  * the users and answers services (see frontend.h).
  *
- * Design notes: each level of lookups is a loop of typed calls (..._call) followed
- * by one asynq_await_all, asynq's `yield [...]`: nothing is sent while the
- * loop runs, and when the handler blocks (with every other handler of the
+ * Design notes: each level of lookups is a loop of typed calls (..._call)
+ * followed by one asynq_await_all, asynq's `yield [...]`: nothing is sent while
+ * the loop runs, and when the handler blocks (with every other handler of the
  * worker) the channel's batch goes out as one request. Handlers run on the
  * frontend's workers; the channels batch per worker thread. Futures arrays
  * live on the heap, not the coroutine stack, since N is the caller's.
@@ -51,7 +51,8 @@ get_answers(asynq_task *t, frontend_service *s, const int64_t *ids, size_t n,
 	for (size_t i = 0; i < n; i++) {
 		Asynq__Answers__AnswerId r = ASYNQ__ANSWERS__ANSWER_ID__INIT;
 		r.id = ids[i];
-		fa[i] = asynq__answers__answers__get_answer__call(s->answers, &r);
+		fa[i] =
+		    asynq__answers__answers__get_answer__call(s->answers, &r);
 	}
 	asynq_status st = asynq_await_all(t, fa, n);
 	return st == ASYNQ_OK ? st : fail_first(t, st, fa, ids, n, "answer");
@@ -429,8 +430,9 @@ frontend_service_start(frontend_service *s, asynq_runtime *rt, const char *url,
 asynq_status
 frontend_service_serve(frontend_service *s, asynq_serve *sv)
 {
-	asynq_status rv = asynq_serve_add(sv, &asynq__frontend__frontend__asynq_desc, frontend_add, s, NULL,
-	    &s->srv);
+	asynq_status rv =
+	    asynq_serve_add(sv, &asynq__frontend__frontend__asynq_desc,
+	        frontend_add, s, NULL, &s->srv);
 	s->srv_of_program = rv == ASYNQ_OK;
 	if (rv == ASYNQ_OK) {
 		asynq_serve_channel(sv, s->users, "users");

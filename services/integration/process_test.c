@@ -775,7 +775,7 @@ test_process_sigterm_each_binary_exits_0(void **state)
 typedef struct drain_job {
 	asynq_rpc_channel *users;
 	proc *p;
-	int health;    /* the check's status after SIGTERM, -1 failed */
+	int health; /* the check's status after SIGTERM, -1 failed */
 	asynq_status get_st;
 	int64_t got;
 } drain_job;
@@ -805,7 +805,8 @@ drain_main(asynq_task *t, void *arg)
 	    asynq__health__v1__health__check__reply(fs[0]);
 	j->health = h != NULL ? (int)h->status : -1;
 	j->get_st = asynq_future_status(fs[1]);
-	const Asynq__Users__User *u = asynq__users__users__get_user__reply(fs[1]);
+	const Asynq__Users__User *u =
+	    asynq__users__users__get_user__reply(fs[1]);
 	j->got = u != NULL ? u->id : -1;
 	asynq_future_rele_n(fs, 2);
 	return ASYNQ_OK;
@@ -819,7 +820,8 @@ test_process_sigterm_drains_with_grace(void **state)
 	proc *p = proc_start("users", "users", url, sizeof(url), "--db",
 	    users_db, "--gen-users", gen[0], "--drain-grace-ms", "3000", NULL);
 	const char *urls[] = { url };
-	asynq_rpc_channel_cfg cfg = { .urls = urls, .n_urls = 1,
+	asynq_rpc_channel_cfg cfg = { .urls = urls,
+		.n_urls = 1,
 		.default_deadline_ms = 2000 };
 	asynq_rpc_channel *users = NULL;
 	assert_int_equal(asynq_rpc_channel_alloc(&users,

@@ -170,8 +170,8 @@ users_service_start(users_service *s, asynq_runtime *rt, const char *url,
 asynq_status
 users_service_serve(users_service *s, asynq_serve *sv)
 {
-	asynq_status rv = asynq_serve_add(sv, &asynq__users__users__asynq_desc, users_add, s, NULL,
-	    &s->srv);
+	asynq_status rv = asynq_serve_add(sv, &asynq__users__users__asynq_desc,
+	    users_add, s, NULL, &s->srv);
 	s->srv_of_program = rv == ASYNQ_OK;
 	return rv;
 }

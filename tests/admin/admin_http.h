@@ -31,7 +31,8 @@ typedef struct ahttp_child {
 /* ahttp_spawn runs argv (argv[0] looked up in PATH) with its standard
  * error appended to err_path (NULL: to the test's). The test fails,
  * naming `what` to install, when argv[0] cannot be run. */
-ahttp_child ahttp_spawn(char *const argv[], const char *err_path, const char *what);
+ahttp_child ahttp_spawn(char *const argv[], const char *err_path,
+    const char *what);
 
 /* ahttp_done says whether the child has exited, without waiting; then it
  * is reaped (what is left of its group killed) and *rc gets its exit

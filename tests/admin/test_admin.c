@@ -334,18 +334,17 @@ test_admin_live_ready_and_metrics(void **state)
 	assert_true(sample(m,
 	                "asynq_rpc_client_handling_seconds_count{" CLI_M(
 	                    "Sum") "}") == 4);
-	assert_true(
-	    sample(m,
-	        "asynq_rpc_client_method_calls_per_request_sum{" CLI_M(
-	            "Twice") "}") == 10);
+	assert_true(sample(m,
+	                "asynq_rpc_client_method_calls_per_request_sum{" CLI_M(
+	                    "Twice") "}") == 10);
 	assert_true(
 	    sample(m,
 	        "asynq_rpc_client_method_calls_per_request_count{" CLI_M(
 	            "Twice") "}") == 1);
 	/* The server's queue time: one request started. */
-	assert_true(sample(m,
-	                "asynq_rpc_server_queue_seconds_count{server=\"calc\"}") ==
-	    1);
+	assert_true(
+	    sample(m,
+	        "asynq_rpc_server_queue_seconds_count{server=\"calc\"}") == 1);
 	/* Both workers answered, and between them ran the calls' tasks. */
 	assert_true(
 	    sample(m, "asynq_worker_up{runtime=\"calc\",worker=\"0\"}") == 1);
@@ -605,9 +604,9 @@ test_admin_from_server_settings(void **state)
 	assert_true(sample(p.body,
 	                "asynq_rpc_server_calls_total{server="
 	                "\"asynq.rpctest.Calc\"}") == 1);
-	assert_true(strstr(p.body, "asynq_worker_up{runtime="
-	                           "\"asynq.rpctest.Calc\",worker=\"0\"} 1") !=
-	    NULL);
+	assert_true(strstr(p.body,
+	                "asynq_worker_up{runtime="
+	                "\"asynq.rpctest.Calc\",worker=\"0\"} 1") != NULL);
 	free(p.body);
 	fx_stop(&fx);
 	/* Closed with the server: nothing listens there any more. */

@@ -382,9 +382,9 @@ typedef struct sample {
 typedef enum { ASYNQ, GRPC } side;
 
 typedef struct bench {
-	proc aserver;             /* asynq server */
-	asynq_rpc_channel *ch;    /* max_calls 1000 */
-	asynq_rpc_channel *ch100; /* max_calls 100: the pipelined shape */
+	proc aserver;              /* asynq server */
+	asynq_rpc_channel *ch;     /* max_calls 1000 */
+	asynq_rpc_channel *ch100;  /* max_calls 100: the pipelined shape */
 	asynq_rpc_channel *ch_all; /* max_calls 1000, no_collapse */
 	char echo_url[64];
 	bool peer;
@@ -480,9 +480,9 @@ asynq_measure(bench *b, asynq_rpc_channel *ch, bool whole_batch, size_t n,
 	out->p99_us = percentile(lat, rounds, 0.99);
 	out->requests =
 	    rounds ? (double)(st1.requests - st0.requests) / (double)rounds : 0;
-	out->sent = rounds ? (double)(st1.sent_calls - st0.sent_calls) /
-	        (double)(rounds * n)
-	                   : 0;
+	out->sent = rounds
+	    ? (double)(st1.sent_calls - st0.sent_calls) / (double)(rounds * n)
+	    : 0;
 	free(lat);
 }
 
@@ -529,9 +529,9 @@ enum {
 	A_1000,
 	A_WHOLE1000,
 	G_MANY1000,
-	A_PIPE,      /* asynq, 800 calls on the max_calls = 100 channel */
-	G_MANY100X8, /* gRPC GetMany(100), 8 outstanding */
-	A_REP100,    /* asynq, 100 calls naming 70 keys */
+	A_PIPE,       /* asynq, 800 calls on the max_calls = 100 channel */
+	G_MANY100X8,  /* gRPC GetMany(100), 8 outstanding */
+	A_REP100,     /* asynq, 100 calls naming 70 keys */
 	A_REP100_ALL, /* the same with collapsing off */
 	A_100_ALL,    /* 100 distinct calls with collapsing off */
 	N_SHAPES
@@ -564,7 +564,9 @@ static shape shapes[N_SHAPES] = {
 	[A_PIPE] = { .side = ASYNQ, .calls = PIPE_CALLS, .pipelined = true },
 	[G_MANY100X8] = { .side = GRPC, .calls = 100, .depth = 8 },
 	[A_REP100] = { .side = ASYNQ, .calls = 100, .distinct = 70 },
-	[A_REP100_ALL] = { .side = ASYNQ, .calls = 100, .distinct = 70,
+	[A_REP100_ALL] = { .side = ASYNQ,
+	    .calls = 100,
+	    .distinct = 70,
 	    .all = true },
 	[A_100_ALL] = { .side = ASYNQ, .calls = 100, .all = true },
 };
@@ -867,7 +869,8 @@ report(bench *b, double bare50, double bare99, double dec)
 		    w->server_ns);
 	}
 
-	const sample *r1 = &shapes[A_REP100].med, *r0 = &shapes[A_REP100_ALL].med;
+	const sample *r1 = &shapes[A_REP100].med,
+	             *r0 = &shapes[A_REP100_ALL].med;
 	printf("\n  100 calls per request naming 70 keys (30%% repeat a key"
 	       " of the same batch)\n");
 	printf("  %-26s %12s %14s %14s\n", "", "calls/s", "CPU ns/call",

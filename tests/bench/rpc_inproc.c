@@ -6,16 +6,16 @@
  * it measures is the per-call path of the framework alone: encoding a call
  * into the batch, cutting the request, parsing and decoding on the server,
  * running the handler, packing the result, decoding it on the client and
- * completing the future. Prints calls/s and CPU ns per call (both sides). Deterministic enough for `valgrind --tool=callgrind`, whose
- * instruction counts divided by CALLS x ROUNDS give the cost per call; run
- * two ROUNDS values and subtract to drop the start-up. A report, not a
- * test: a wrong answer exits 1. In the environment, ASYNQ_BENCH_DISTINCT=K
- * makes call i of a round ask for i % K (identical calls collapse), and
- * ASYNQ_BENCH_NO_COLLAPSE=1 opens the channel with no_collapse.
- * ASYNQ_BENCH_ICPT=1 puts an interceptor that counts calls (a before and
- * an after hook) on the channel and on the server, =trace the trace
- * interceptor on both with the client's calls made in a trace, so the
- * difference is what interceptors cost per call.
+ * completing the future. Prints calls/s and CPU ns per call (both sides).
+ * Deterministic enough for `valgrind --tool=callgrind`, whose instruction
+ * counts divided by CALLS x ROUNDS give the cost per call; run two ROUNDS
+ * values and subtract to drop the start-up. A report, not a test: a wrong
+ * answer exits 1. In the environment, ASYNQ_BENCH_DISTINCT=K makes call i of a
+ * round ask for i % K (identical calls collapse), and ASYNQ_BENCH_NO_COLLAPSE=1
+ * opens the channel with no_collapse. ASYNQ_BENCH_ICPT=1 puts an interceptor
+ * that counts calls (a before and an after hook) on the channel and on the
+ * server, =trace the trace interceptor on both with the client's calls made in
+ * a trace, so the difference is what interceptors cost per call.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -205,8 +205,8 @@ main(int argc, char **argv)
 	asynq_rpc_server_cfg sc = { .interceptors = is,
 		.n_interceptors = n_is };
 	if (getenv("ASYNQ_BENCH_DISTINCT") != NULL)
-		n_distinct = (size_t)strtoul(getenv("ASYNQ_BENCH_DISTINCT"), NULL,
-		    10);
+		n_distinct =
+		    (size_t)strtoul(getenv("ASYNQ_BENCH_DISTINCT"), NULL, 10);
 	if (asynq_runtime_alloc(&rt, &rc) != ASYNQ_OK ||
 	    asynq_rpc_server_alloc(&srv, rt, &sc) != ASYNQ_OK ||
 	    asynq_rpc_server_add_service(srv, LOOKUP, hs, NULL) != ASYNQ_OK ||
@@ -224,8 +224,8 @@ main(int argc, char **argv)
 	asynq_rpc_server_free(srv);
 	asynq_runtime_free(rt);
 	asynq_thread_fini();
-	if (st != ASYNQ_OK || (icpt != NULL && !trace &&
-	                          icpt_seen != 4 * n_calls * n_rounds)) {
+	if (st != ASYNQ_OK ||
+	    (icpt != NULL && !trace && icpt_seen != 4 * n_calls * n_rounds)) {
 		fprintf(stderr, "rpc_inproc: wrong answer (%s)\n",
 		    st != ASYNQ_OK ? asynq_strerror(st)
 		                   : "the interceptors missed calls");

@@ -235,7 +235,7 @@ const asynq_rpc_handler calc_handlers[] = {
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SPIN] = { .unary = h_spin },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_LOOKUP] = { .unary = h_lookup },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_CACHED_LOOKUP] = { .unary =
-		                                                   h_lookup },
+	                                                           h_lookup },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_RELAY] = { .unary = h_relay },
 	[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_NAP] = { .unary = h_nap },
 };

@@ -44,7 +44,8 @@ static bool
 agree(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
     bool arena)
 {
-	ProtobufCMessage *ref = protobuf_c_message_unpack(desc, NULL, len, data);
+	ProtobufCMessage *ref =
+	    protobuf_c_message_unpack(desc, NULL, len, data);
 	ProtobufCMessage *m = NULL;
 	asynq_status st;
 	asynqi_sarena *sa = NULL;
@@ -218,8 +219,8 @@ test_codec_edge_bytes(void **state)
 	 * asynqi_msg_pack). */
 	const uint8_t unknown[] = { 0x98, 0x06, 0x05, 0x10, 0x03 };
 	agree_both(d, unknown, sizeof(unknown), true);
-	ProtobufCMessage *u = protobuf_c_message_unpack(d, NULL,
-	    sizeof(unknown), unknown);
+	ProtobufCMessage *u =
+	    protobuf_c_message_unpack(d, NULL, sizeof(unknown), unknown);
 	assert_non_null(u);
 	assert_int_equal(asynqi_msg_size(u), sizeof(unknown));
 	uint8_t back[sizeof(unknown)];
@@ -237,8 +238,8 @@ test_codec_edge_bytes(void **state)
 	const uint8_t trunc3[] = { 0x41, 1, 2, 3 };
 	agree_both(d, trunc3, sizeof(trunc3), false);
 	/* int32 -1 as protobuf writes it: ten bytes. */
-	const uint8_t neg[] = { 0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-		0xff, 0xff, 0xff, 0x01 };
+	const uint8_t neg[] = { 0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+		0xff, 0xff, 0x01 };
 	agree_both(d, neg, sizeof(neg), true);
 	/* Field number 0. */
 	const uint8_t zero[] = { 0x00, 0x01 };
@@ -285,8 +286,8 @@ test_codec_mutations_agree(void **state)
 			    1442695040888963407ULL;
 			buf[(seed >> 33) % len] = (uint8_t)(seed >> 17);
 		}
-		size_t cut = (seed >> 8) % 4 == 0 ? (seed >> 40) % (len + 1)
-		                                   : len;
+		size_t cut =
+		    (seed >> 8) % 4 == 0 ? (seed >> 40) % (len + 1) : len;
 		if (agree(three ? &asynq__codectest__flat3__descriptor
 		                : &asynq__codectest2__flat2__descriptor,
 		        buf, cut, n % 3 == 0))

@@ -34,8 +34,8 @@ static asynq_status
 tagged_call(void *arg)
 {
 	one_call *oc = arg;
-	oc->mc->out[oc->i] = call_num(oc->mc->ch, oc->mc->m,
-	    oc->mc->vals[oc->i]);
+	oc->mc->out[oc->i] =
+	    call_num(oc->mc->ch, oc->mc->m, oc->mc->vals[oc->i]);
 	return ASYNQ_OK;
 }
 
@@ -132,10 +132,10 @@ test_collapse_off_sends_every_call(void **state)
 	fixture fx;
 	fx_server(&fx, TRANSPORT_TCP, NULL, 2);
 	const char *urls[] = { fx.url };
-	asynq_rpc_channel_cfg cfg = { .urls = urls, .n_urls = 1,
+	asynq_rpc_channel_cfg cfg = { .urls = urls,
+		.n_urls = 1,
 		.no_collapse = true };
-	assert_int_equal(asynq_rpc_channel_alloc(&fx.ch, CALC, &cfg),
-	    ASYNQ_OK);
+	assert_int_equal(asynq_rpc_channel_alloc(&fx.ch, CALC, &cfg), ASYNQ_OK);
 	int64_t vals[20] = { 0 };
 	asynq_future *out[20];
 	many mc = { fx.ch, M(TWICE), 20, vals, NULL, out };
@@ -220,14 +220,12 @@ test_collapse_errors_reach_only_their_callers(void **state)
 	run_many(&mc);
 	for (size_t i = 0; i < 12; i++) {
 		if (vals[i] % 2 == 0) {
-			assert_int_equal(asynq_future_status(out[i]),
-			    ASYNQ_OK);
+			assert_int_equal(asynq_future_status(out[i]), ASYNQ_OK);
 			assert_int_equal(num_of(out[i]), 3 * vals[i]);
 			continue;
 		}
 		char want[32];
-		snprintf(want, sizeof(want), "no num %lld",
-		    (long long)vals[i]);
+		snprintf(want, sizeof(want), "no num %lld", (long long)vals[i]);
 		assert_int_equal(asynq_future_status(out[i]), ASYNQ_NOT_FOUND);
 		assert_string_equal(
 		    asynq_error_message(asynq_future_error(out[i])), want);
@@ -286,7 +284,6 @@ test_collapse_failed_batch_fails_every_caller(void **state)
 	asynq_rpc_channel_free(ch);
 }
 
-
 /* ---- Request caches ---------------------------------------------------- */
 
 /* A channel to fx's server with the given cache settings. */
@@ -294,8 +291,10 @@ static asynq_rpc_channel *
 cache_channel(const fixture *fx, bool all, bool errors)
 {
 	const char *urls[] = { fx->url };
-	asynq_rpc_channel_cfg cfg = { .urls = urls, .n_urls = 1,
-		.request_cache = all, .cache_errors = errors };
+	asynq_rpc_channel_cfg cfg = { .urls = urls,
+		.n_urls = 1,
+		.request_cache = all,
+		.cache_errors = errors };
 	asynq_rpc_channel *ch;
 	assert_int_equal(asynq_rpc_channel_alloc(&ch, CALC, &cfg), ASYNQ_OK);
 	return ch;
@@ -337,8 +336,8 @@ seq_body(void *arg)
 		if ((int)i == q->clear_before) {
 			Asynq__Rpctest__Num rq = ASYNQ__RPCTEST__NUM__INIT;
 			rq.v = q->prime_v;
-			q->clear_st = asynq_rpc_cache_clear(q->ch, q->calls[i].m,
-			    &rq.base);
+			q->clear_st = asynq_rpc_cache_clear(q->ch,
+			    q->calls[i].m, &rq.base);
 		}
 		seq_call *c = &q->calls[i];
 		asynq_future *f = call_num(q->ch, c->m, c->v);
@@ -473,8 +472,10 @@ test_cache_prime_and_clear(void **state)
 	    ASYNQ_FAILED_PRECONDITION); /* no cache here */
 	assert_int_equal(asynq_rpc_cache_clear(ch, M(LOOKUP), &n.base),
 	    ASYNQ_FAILED_PRECONDITION);
-	assert_int_equal(asynq_rpc_cache_clear_all(), ASYNQ_FAILED_PRECONDITION);
-	assert_int_equal(asynq_rpc_cache_prime(ch, M(LOOKUP), &tr.base, &n.base),
+	assert_int_equal(asynq_rpc_cache_clear_all(),
+	    ASYNQ_FAILED_PRECONDITION);
+	assert_int_equal(
+	    asynq_rpc_cache_prime(ch, M(LOOKUP), &tr.base, &n.base),
 	    ASYNQ_INVALID_ARGUMENT);
 	asynq_rpc_channel_free(ch);
 	/* A method that does not use the cache cannot be primed. */
@@ -637,7 +638,8 @@ main(void)
 		cmocka_unit_test(test_collapse_repeated_calls_go_once_inproc),
 		cmocka_unit_test(test_collapse_repeated_calls_go_once_tcp),
 		cmocka_unit_test(test_collapse_off_sends_every_call),
-		cmocka_unit_test(test_collapse_never_for_non_idempotent_methods),
+		cmocka_unit_test(
+		    test_collapse_never_for_non_idempotent_methods),
 		cmocka_unit_test(
 		    test_collapse_keeps_calls_with_other_metadata_apart),
 		cmocka_unit_test(test_collapse_errors_reach_only_their_callers),

@@ -71,9 +71,8 @@ test_server_logs_life_slow_and_access(void **state)
 		.slow_request_ms = 50 };
 	fixture fx;
 	fx_start(&fx, TRANSPORT_TCP, &cfg, 0);
-	assert_int_equal(lines_with("event=listen",
-	                     "server=asynq.rpctest.Calc", fx.url),
-	    1);
+	assert_int_equal(
+	    lines_with("event=listen", "server=asynq.rpctest.Calc", fx.url), 1);
 	trio j = { fx.ch, ASYNQ_UNKNOWN };
 	asynq_future *f = asynq_spawn(three_twice, &j);
 	assert_int_equal(asynq_wait(f), ASYNQ_OK);
@@ -90,12 +89,10 @@ test_server_logs_life_slow_and_access(void **state)
 	                     "method=asynq.rpctest.Calc/Spin", "calls=1"),
 	    1);
 	fx_stop(&fx);
-	assert_int_equal(lines_with("event=draining",
-	                     "server=asynq.rpctest.Calc", NULL),
-	    1);
-	assert_int_equal(lines_with("event=closed",
-	                     "server=asynq.rpctest.Calc", NULL),
-	    1);
+	assert_int_equal(
+	    lines_with("event=draining", "server=asynq.rpctest.Calc", NULL), 1);
+	assert_int_equal(
+	    lines_with("event=closed", "server=asynq.rpctest.Calc", NULL), 1);
 	asynq_log_set_sink(NULL, NULL);
 }
 

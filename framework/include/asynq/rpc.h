@@ -137,7 +137,7 @@ typedef struct asynq_rpc_batch_info {
 	 * in the after hooks, with the results the handler set. */
 	struct asynq_rpc_batch_call *calls;
 	size_t n;
-	int64_t start_ns; /* monotonic ns when the first batch_before ran */
+	int64_t start_ns;    /* monotonic ns when the first batch_before ran */
 	asynq_status status; /* after hooks: what the handler returned */
 } asynq_rpc_batch_info;
 
@@ -169,8 +169,8 @@ typedef struct asynq_rpc_batch_info {
  * sets it, and handed to its after. */
 typedef struct asynq_rpc_interceptor {
 	const char *name; /* for messages: "authz", "trace" */
-	asynq_status (*before)(asynq_rpc_call_info *call, void **state,
-	    void *arg);
+	asynq_status (
+	    *before)(asynq_rpc_call_info *call, void **state, void *arg);
 	void (*after)(const asynq_rpc_call_info *call, void *state, void *arg);
 	asynq_status (*batch_before)(asynq_rpc_batch_info *batch, void *arg);
 	void (*batch_after)(const asynq_rpc_batch_info *batch, void *arg);
@@ -426,17 +426,17 @@ asynq_future *asynq_rpc_call(asynq_rpc_channel *ch,
 
 /* Counters of a channel, summed over threads. */
 typedef struct asynq_rpc_channel_stats {
-	uint64_t calls;    /* calls made (logical calls) */
-	uint64_t collapsed; /* of which folded into an identical call of the
-	                       same batch */
+	uint64_t calls;      /* calls made (logical calls) */
+	uint64_t collapsed;  /* of which folded into an identical call of the
+	                        same batch */
 	uint64_t sent_calls; /* distinct calls put in requests */
-	uint64_t cached;   /* of the calls, those answered from a request
-	                      cache (no call made) */
-	uint64_t requests; /* requests sent (first transmissions) */
-	uint64_t failures; /* calls that ended with an error */
-	uint64_t resends;  /* requests resent after a lost connection */
-	uint64_t refused;  /* requests a replica refused without running */
-	uint64_t retries;  /* refused requests sent to another replica */
+	uint64_t cached;     /* of the calls, those answered from a request
+	                        cache (no call made) */
+	uint64_t requests;   /* requests sent (first transmissions) */
+	uint64_t failures;   /* calls that ended with an error */
+	uint64_t resends;    /* requests resent after a lost connection */
+	uint64_t refused;    /* requests a replica refused without running */
+	uint64_t retries;    /* refused requests sent to another replica */
 } asynq_rpc_channel_stats;
 
 /* ---- Per-request cache ------------------------------------------------ */
@@ -531,15 +531,15 @@ typedef struct asynq_rpc_server asynq_rpc_server;
 
 /* The peer of the call a handler serves. */
 typedef struct asynq_rpc_peer {
-	const char *address;      /* "tcp://127.0.0.1:40312", "ipc://...",
-	                             "inproc" */
-	bool verified;            /* it presented a client certificate that
-	                             the server verified (mutual TLS) */
-	const char *subject;      /* that certificate's subject, e.g.
-	                             "CN=frontend,O=example"; NULL without */
-	const char *const *sans;  /* its subjectAltNames as "DNS:name",
-	                             "URI:spiffe://...", "IP:10.0.0.1",
-	                             "EMAIL:..."; n_sans of them */
+	const char *address;     /* "tcp://127.0.0.1:40312", "ipc://...",
+	                            "inproc" */
+	bool verified;           /* it presented a client certificate that
+	                            the server verified (mutual TLS) */
+	const char *subject;     /* that certificate's subject, e.g.
+	                            "CN=frontend,O=example"; NULL without */
+	const char *const *sans; /* its subjectAltNames as "DNS:name",
+	                            "URI:spiffe://...", "IP:10.0.0.1",
+	                            "EMAIL:..."; n_sans of them */
 	size_t n_sans;
 } asynq_rpc_peer;
 
@@ -623,9 +623,9 @@ typedef struct asynq_rpc_policy {
  * short (by snprintf), so its last scope is ignored rather than read as
  * another. Runs on a worker in the request's task: it should not block.
  * The framework defines no token format. */
-typedef asynq_status (*asynq_rpc_token_verify_fn)(const char *token,
-    size_t len, const asynq_rpc_method_desc *m, char *scopes,
-    size_t scopes_cap, char *why, size_t why_cap, void *arg);
+typedef asynq_status (*asynq_rpc_token_verify_fn)(const char *token, size_t len,
+    const asynq_rpc_method_desc *m, char *scopes, size_t scopes_cap, char *why,
+    size_t why_cap, void *arg);
 
 /* Server settings and limits; zero fields take the default. Over a limit a
  * request is answered RESOURCE_EXHAUSTED at once. */
@@ -671,8 +671,8 @@ typedef struct asynq_rpc_server_cfg {
 	 * forgotten runs only its idempotent calls, the others fail with
 	 * ABORTED, unless it provably never reached the server (first sent to
 	 * this same server process so recently that the table would remember
-	 * it: then it runs). Finished requests are remembered up to these limits:
-	 * dedup_entries requests (default 4,096), dedup_age_ms (default
+	 * it: then it runs). Finished requests are remembered up to these
+	 * limits: dedup_entries requests (default 4,096), dedup_age_ms (default
 	 * 60,000), dedup_bytes of remembered replies (default 16 MiB). */
 	size_t dedup_entries;
 	uint32_t dedup_age_ms;
@@ -838,12 +838,12 @@ typedef struct asynq_rpc_hist {
 
 /* Counters of a server. */
 typedef struct asynq_rpc_server_stats {
-	uint64_t requests;   /* requests received */
-	uint64_t calls;      /* calls run */
-	uint64_t rejected;   /* requests answered RESOURCE_EXHAUSTED */
-	uint64_t malformed;  /* requests that could not be decoded */
-	uint64_t duplicates; /* resent or repeated requests whose
-	                        non-idempotent calls were not run again */
+	uint64_t requests;         /* requests received */
+	uint64_t calls;            /* calls run */
+	uint64_t rejected;         /* requests answered RESOURCE_EXHAUSTED */
+	uint64_t malformed;        /* requests that could not be decoded */
+	uint64_t duplicates;       /* resent or repeated requests whose
+	                              non-idempotent calls were not run again */
 	uint64_t conns_refused;    /* connections closed at accept: at the
 	                              cap with none idle, or closing */
 	uint64_t conns_evicted;    /* idle connections that made room for a
