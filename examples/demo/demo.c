@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -627,18 +628,28 @@ rep_kind(int j)
 static int
 free_port(void)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-
-	if (fd < 0)
-		return -1;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-		port = ntohs(a.sin_port);
-	close(fd);
-	return port;
+	/* Below Linux's ephemeral range (32768-60999): a port the kernel
+	 * hands out for port 0 is also what it gives outgoing connections
+	 * as their source port, so one could take it before the service
+	 * binds it (seen as "address in use" with tests running beside). */
+	static unsigned seed;
+	if (seed == 0)
+		seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+	for (int i = 0; i < 200; i++) {
+		int port = 20000 + (int)(rand_r(&seed) % 12000);
+		struct sockaddr_in a = { .sin_family = AF_INET };
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		a.sin_port = htons((uint16_t)port);
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		bool ok =
+		    fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+		if (fd >= 0)
+			close(fd);
+		if (ok)
+			return port;
+	}
+	errno = EADDRINUSE;
+	return -1;
 }
 
 static int

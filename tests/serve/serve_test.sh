@@ -37,9 +37,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A loopback port free now (bound and released by the kernel's choice).
+# A loopback port free now, below the ephemeral range (32768-60999): a
+# port the kernel picks for port 0 is also what it gives outgoing
+# connections as their source port, so another test's client could take
+# it before the server binds it.
 free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+	python3 -c '
+import random, socket
+for _ in range(200):
+    p = random.randint(20000, 31999)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        print(p)
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+'
 }
 
 # alive PID: PID runs (a child that exited but was not waited for is a
