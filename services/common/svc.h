@@ -156,6 +156,36 @@ svc_hook svc_db_hook(svc_db *db);
 asynq_status svc_runtime_alloc(asynq_runtime **rtp, size_t workers,
     svc_hooks *hs);
 
+/* ---- A service program over SQLite --------------------------------------- */
+
+/* The program of a service over one SQLite database, run by
+ * svc_sqlite_main on asynq_serve_main: flags --db PATH, --gen-users N (and
+ * with answers_data --gen-answers N, --gen-questions N), --db-on-worker,
+ * and the common ones; the data is made on first run with ensure; open
+ * makes the service for the database (its svc_db and worker hook), serve
+ * registers it (in asynq_serve_program.start). The caller frees what open
+ * made after svc_sqlite_main returns. */
+typedef struct svc_sqlite_program {
+	const char *name;   /* "users" */
+	const char *listen; /* --listen's default */
+	const char *db;     /* --db's default; then the flag's value */
+	bool answers_data;
+	asynq_status (
+	    *ensure)(const char *path, const svc_data_cfg *cfg, bool *created);
+	asynq_status (
+	    *open)(void *arg, const char *db, svc_db **dbp, svc_hook *hook);
+	asynq_status (*serve)(void *arg, asynq_serve *sv);
+	void *arg;
+	/* svc_sqlite_main's own. */
+	svc_data_cfg data;
+	bool db_on_worker;
+	svc_db *dbh;
+	svc_hook hook;
+} svc_sqlite_program;
+
+/* svc_sqlite_main runs p and returns the exit code (asynq_serve_main's). */
+int svc_sqlite_main(svc_sqlite_program *p, int argc, char **argv);
+
 /* ---- Counters ------------------------------------------------------------ */
 
 /* A service's counters, for programs that show them (the demo). */
