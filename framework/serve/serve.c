@@ -10,7 +10,8 @@
  * - The stop is ordered: not ready (the grace period, for load balancers),
  *   close every server (answers what it accepted; clients move the rest),
  *   the program's stop (its channels), the admin endpoint (it reads the
- *   servers and the runtime), then free servers and runtime.
+ *   servers and the runtime), the runtime (a closed server's last posts
+ *   may still be running on its workers), then the servers.
  * - The counters log reads stats through the public getters from the main
  *   thread; it prints a line only when something changed, so an idle
  *   service stays quiet.
@@ -607,8 +608,10 @@ asynq_serve_main(const asynq_serve_program *p, int argc, char **argv)
 	if (p->stop != NULL)
 		p->stop(&sv, p->arg);
 	asynq_admin_close(sv.admin);
+	/* The runtime first: a closed server's last posts (its writers) may
+	 * still run on a worker until the runtime stops. */
+	asynq_runtime_free(sv.rt);
 	for (size_t i = 0; i < sv.n_srv; i++)
 		asynq_rpc_server_free(sv.srv[i]);
-	asynq_runtime_free(sv.rt);
 	return rc;
 }

@@ -158,14 +158,16 @@ nsx "$C" getent hosts users.svc.local >/dev/null ||
 # ---- Replicas ------------------------------------------------------------------
 
 declare -A PID
-gen=(--gen-users 1000 --gen-answers 1000 --gen-questions 100)
+# Each program takes the flags of its own data only.
+gen_users=(--gen-users 1000)
+gen_answers=(--gen-users 1000 --gen-answers 1000 --gen-questions 100)
 
 # start SVC H: starts service SVC on host H (1..3), waits until it listens.
 start() {
 	local svc=$1 h=$2 port bin extra=()
 	case $svc in
-	users) port=7001 bin=$USERS extra=(--db "$T/users.db" "${gen[@]}") ;;
-	answers) port=7002 bin=$ANSWERS extra=(--db "$T/answers.db" "${gen[@]}") ;;
+	users) port=7001 bin=$USERS extra=(--db "$T/users.db" "${gen_users[@]}") ;;
+	answers) port=7002 bin=$ANSWERS extra=(--db "$T/answers.db" "${gen_answers[@]}") ;;
 	cache) port=7003 bin=$CACHE extra=(--exec-log "$T/exec-$h.log") ;;
 	esac
 	local log=$T/$svc-$h.log

@@ -36,7 +36,7 @@
  * --drain-grace-ms (default 2000; a second signal cuts it short), then
  * closes (answering every call it accepted); then calls the program's stop
  * (channels and state go there), closes the admin endpoint and frees the
- * servers and the runtime. It returns the exit code: 0 after a signal, 1
+ * runtime, then the servers. It returns the exit code: 0 after a signal, 1
  * when set-up failed (the reason is printed, naming what failed), 2 for a
  * bad flag (with the usage).
  *
