@@ -421,25 +421,37 @@ compute_simple(const ProtobufCMessageDescriptor *desc)
 	return true;
 }
 
-/* What compute_simple said of the descriptors seen last, direct-mapped by
- * address: the descriptor's address with bit 0 set for simple ones
- * (descriptors are aligned, so bit 0 is free). Any thread: a slot holds
- * one whole answer or another, and a stale one is only recomputed. */
+/* What is known of a descriptor: DESC_SIMPLE (compute_simple), DESC_FLAT
+ * (is_flat: no message field, so no nesting to bound). */
+enum { DESC_SIMPLE = 1, DESC_FLAT = 2 };
+
+/* Those answers for the descriptors seen last, direct-mapped by address:
+ * the descriptor's address with the answers in its low bits (descriptors
+ * hold pointers, so are 8-aligned). Any thread: a slot holds one whole
+ * answer or another, and a stale one is only recomputed. */
 #define SIMPLE_SLOTS 256
 static _Atomic uintptr_t simple_cache[SIMPLE_SLOTS];
+_Static_assert(_Alignof(ProtobufCMessageDescriptor) >= 8,
+    "descriptor addresses leave 3 low bits for the answers");
 
-static bool
-is_simple(const ProtobufCMessageDescriptor *desc)
+static unsigned
+desc_kind(const ProtobufCMessageDescriptor *desc)
 {
 	uintptr_t key = (uintptr_t)desc;
 	_Atomic uintptr_t *slot = &simple_cache[(key >> 4) % SIMPLE_SLOTS];
 	uintptr_t v = atomic_load_explicit(slot, memory_order_relaxed);
-	if ((v & ~(uintptr_t)1) == key)
-		return (v & 1) != 0;
-	bool simple = compute_simple(desc);
-	atomic_store_explicit(slot, key | (simple ? 1 : 0),
-	    memory_order_relaxed);
-	return simple;
+	if ((v & ~(uintptr_t)7) == key)
+		return (unsigned)(v & 3);
+	unsigned kind = (compute_simple(desc) ? DESC_SIMPLE : 0) |
+	    (is_flat(desc) ? DESC_FLAT : 0);
+	atomic_store_explicit(slot, key | kind, memory_order_relaxed);
+	return kind;
+}
+
+static bool
+is_simple(const ProtobufCMessageDescriptor *desc)
+{
+	return (desc_kind(desc) & DESC_SIMPLE) != 0;
 }
 
 /* The wire type a field of type t is written with. */
@@ -811,7 +823,8 @@ asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
     size_t len, ProtobufCAllocator *pa, asynqi_arena *arena,
     ProtobufCMessage **out)
 {
-	if (is_simple(desc)) {
+	unsigned kind = desc_kind(desc);
+	if ((kind & DESC_SIMPLE) != 0) {
 		ProtobufCMessage *m = simple_unpack(desc, pa, data, len);
 		if (m != NULL) {
 			*out = m;
@@ -820,7 +833,7 @@ asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
 		if (arena != NULL && arena->exhausted)
 			return ASYNQ_RESOURCE_EXHAUSTED;
 	}
-	asynq_status st = is_flat(desc)
+	asynq_status st = (kind & DESC_FLAT) != 0
 	    ? ASYNQ_OK
 	    : asynqi_rpc_check_depth(desc, data, len, ASYNQI_RPC_MAX_DEPTH);
 	if (st != ASYNQ_OK)

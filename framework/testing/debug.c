@@ -132,7 +132,6 @@ asynq_debug_default(void)
 asynq_status
 asynq_debug_sync(asynq_task *t)
 {
-	(void)t;
 	asynq_debug_backend *d = asynq_debug_default();
 	if (d == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
