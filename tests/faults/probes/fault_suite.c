@@ -1377,11 +1377,19 @@ probe_slowloris(probe *p)
 
 /* A client that pipelines 1,000-call requests and never reads a reply
  * (its receive buffer shrunk to 4 KiB): the server's memory must stay
- * within 32 MiB of where it started: it stops reading once the calls in
- * flight or its write queue are over their caps, and closes the connection
- * once the queue has not moved for the frame timeout (whether that comes
+ * bounded: it stops reading once the calls in flight or its write queue
+ * are over their caps, and closes the connection once the queue has not
+ * moved for the frame timeout or passes 4x its cap (whether that comes
  * within the probe depends on how large the replies are: refusals of an
- * overloaded server are small). */
+ * overloaded server are small). The bound follows from the default caps:
+ * the queue closes at 4 x 4 MiB, and at most 40,000 calls (40 requests
+ * of this size, ~3 MiB with their bodies, decoded calls and replies) are
+ * in flight, ~19 MiB live; the allocator keeps freed pages for reuse, up
+ * to as much again: NO_READ_RSS_KIB. Without the caps the server grew
+ * past 230 MiB; with them this machine measured 20-36 MiB of growth (the
+ * earlier 32 MiB limit sat inside that range and failed about 1 run in
+ * 5, at this session's start as now). */
+#define NO_READ_RSS_KIB (48 * KIB)
 static void
 probe_pipeline_no_read(probe *p)
 {
@@ -1487,9 +1495,9 @@ probe_pipeline_no_read(probe *p)
 	    "close",
 	    reqs, CALLS, blen / 1000, ms, before, peak,
 	    closed ? "closed by the server" : "open", gone);
-	check(p, !RSS_CHECKS || peak - before <= 32 * KIB,
-	    "RSS grew %ld KiB under a client that never reads (limit 32 MiB)",
-	    peak - before);
+	check(p, !RSS_CHECKS || peak - before <= NO_READ_RSS_KIB,
+	    "RSS grew %ld KiB under a client that never reads (limit %d MiB)",
+	    peak - before, NO_READ_RSS_KIB / KIB);
 	child_kill(&timed);
 }
 
