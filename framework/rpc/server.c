@@ -42,6 +42,12 @@
  *   request shed after it waited may carry hundreds of calls whose callers
  *   upstream have done all their work. Posts run before tasks,
  *   so the wait measured is from the read to the request task's start.
+ *   Beside it, a limit on the server's calls in flight (limit.c) follows
+ *   the time requests spend in the server, read to reply, against
+ *   latency_target_us: a frontend's time goes to its outgoing batches,
+ *   which grow with what it admits, not to its own queue. The reader
+ *   checks it with the queue's budget, before decoding; each finished
+ *   request is a sample on its worker.
  * - Connection hygiene: a connection with more than max_write_queue_bytes
  *   of replies unwritten stops reading too (out_done resumes it at half),
  *   and one far past it is closed at once. A sweeper thread, a few times
@@ -116,6 +122,7 @@
 #include "health.h"
 #include "reflection.h"
 #include "internal.h"
+#include "limit.h"
 #include "mstats.h"
 #include "tls.h"
 
@@ -148,6 +155,12 @@
  * service) runs about one per target, and refusing the second of two that
  * arrive together would throw away all the work their callers did. */
 #define ADM_MIN_BUDGET 4
+/* The limit on calls in flight (limit.h) never falls below this many calls
+ * per worker, and lets requests' time in the server grow to this many
+ * times what it is unloaded before it binds. */
+#define ADM_MIN_LIMIT_PER_WORKER 16
+#define ADM_LATENCY_TOLERANCE 4.0
+#define ADM_BURST_PER_WORKER 128
 /* Connections the sweeper closes in one pass; the rest wait a tick. */
 #define SWEEP_BATCH 256
 
@@ -331,6 +344,8 @@ struct asynq_rpc_server {
 	size_t *w_inflight;    /* per worker, worker only */
 	atomic_size_t *w_load; /* calls read and not answered, per worker */
 	srv_adm *adm;          /* per worker */
+	asynqi_limit limit;    /* calls in flight; when limit_on */
+	bool limit_on;
 	srv_writer *writers;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -349,7 +364,7 @@ struct asynq_rpc_server {
 	atomic_size_t next_worker;
 	atomic_uint_fast64_t requests, calls, rejected, malformed, duplicates;
 	atomic_uint_fast64_t conns_refused, conns_evicted, conns_idle,
-	    conns_stalled, conns_overflowed, shed, shed_late;
+	    conns_stalled, conns_overflowed, shed, shed_late, shed_limit;
 	asynqi_dedup *dd;
 	asynqi_tls *tls; /* tls+tcp listeners' configuration, or NULL */
 	/* Copies of the TLS files' paths (cfg's point at them), so that a
@@ -1054,6 +1069,11 @@ req_finish(srv_req *r)
 	asynqi_dd_entry *dd = r->dd;
 	uint64_t request_id = r->request_id;
 	req_log(s, r, request_id, n_calls);
+	if (s->limit_on) {
+		int64_t now = (int64_t)asynq_now_ns();
+		asynqi_limit_sample(&s->limit, worker, n_calls,
+		    now - r->recv_ns, now);
+	}
 	req_free(r);
 	if (out.failed) {
 		asynqi_buf_fini(&out);
@@ -1641,6 +1661,16 @@ methods_received(srv_conn *sc, const uint8_t *body, size_t len)
 	return rv == 0;
 }
 
+/* Calls read and not answered in the whole server. Any thread. */
+static size_t
+srv_load(asynq_rpc_server *s)
+{
+	size_t n = 0;
+	for (size_t w = 0; w < s->workers; w++)
+		n += atomic_load_explicit(&s->w_load[w], memory_order_relaxed);
+	return n;
+}
+
 /* Reader: the worker a request of sc goes to. Requests of one connection
  * spread over the workers as they arrive: each goes to the worker with the
  * fewest calls in flight (ties in turn), which batches the calls of the
@@ -1687,9 +1717,14 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	 * refused at once, before anything is decoded. */
 	size_t worker = pick_worker(s, sc);
 	srv_adm *a = &s->adm[worker];
-	if (atomic_load_explicit(&a->overloaded, memory_order_relaxed) &&
-	    atomic_load_explicit(&a->waiting, memory_order_relaxed) >=
-	        atomic_load_explicit(&a->budget, memory_order_relaxed)) {
+	bool over_limit =
+	    s->limit_on && !asynqi_limit_admit(&s->limit, srv_load(s));
+	if (over_limit ||
+	    (atomic_load_explicit(&a->overloaded, memory_order_relaxed) &&
+	        atomic_load_explicit(&a->waiting, memory_order_relaxed) >=
+	            atomic_load_explicit(&a->budget, memory_order_relaxed))) {
+		if (over_limit)
+			atomic_fetch_add(&s->shed_limit, 1);
 		atomic_fetch_add(&s->shed, 1);
 		sc_refuse(sc, ASYNQ_RESOURCE_EXHAUSTED,
 		    "server overloaded; the request did not run",
@@ -2521,6 +2556,12 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->cfg.max_write_queue_bytes = DEFAULT_WRITE_QUEUE;
 	if (s->cfg.queue_target_us == 0)
 		s->cfg.queue_target_us = DEFAULT_QUEUE_TARGET_US;
+	if (s->cfg.latency_target_us == 0)
+		s->cfg.latency_target_us = s->cfg.queue_target_us == UINT32_MAX
+		    ? UINT32_MAX
+		    : (s->cfg.queue_target_us > UINT32_MAX / 2
+		              ? UINT32_MAX - 1
+		              : 2 * s->cfg.queue_target_us);
 	if (s->cfg.slow_request_ms == 0)
 		s->cfg.slow_request_ms = DEFAULT_SLOW_REQUEST_MS;
 	if (s->cfg.max_conn_requests == 0)
@@ -2535,6 +2576,7 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 	atomic_init(&s->conns_overflowed, 0);
 	atomic_init(&s->shed, 0);
 	atomic_init(&s->shed_late, 0);
+	atomic_init(&s->shed_limit, 0);
 	atomic_init(&s->requests, 0);
 	atomic_init(&s->calls, 0);
 	atomic_init(&s->rejected, 0);
@@ -2589,6 +2631,19 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		atomic_init(&s->adm[i].budget, 1);
 		atomic_init(&s->adm[i].waiting, 0);
 	}
+	if (s->cfg.queue_target_us != UINT32_MAX &&
+	    s->cfg.latency_target_us != UINT32_MAX) {
+		if (!asynqi_limit_init(&s->limit, s->workers,
+		        ADM_MIN_LIMIT_PER_WORKER * s->workers,
+		        ADM_BURST_PER_WORKER * s->workers,
+		        ADM_LATENCY_TOLERANCE,
+		        (int64_t)s->cfg.latency_target_us * 1000,
+		        (int64_t)ADM_INTERVAL_TARGETS * s->cfg.queue_target_us *
+		            1000,
+		        (int64_t)asynq_now_ns()))
+			goto fail_arrays;
+		s->limit_on = true;
+	}
 	for (size_t i = 0; i < s->workers; i++) {
 		s->writers[i].post.fn = writer_run;
 		s->writers[i].s = s;
@@ -2609,6 +2664,8 @@ fail_health:
 		free(s->methods[i].st);
 	free(s->methods);
 	free(s->services);
+	if (s->limit_on)
+		asynqi_limit_fini(&s->limit);
 fail_arrays:
 	free(s->w_stats);
 	free(s->adm);
@@ -3002,6 +3059,8 @@ asynq_rpc_server_free(asynq_rpc_server *s)
 	free(s->w_load);
 	free(s->adm);
 	free(s->w_stats);
+	if (s->limit_on)
+		asynqi_limit_fini(&s->limit);
 	for (size_t i = 0; i < s->n_methods; i++)
 		free(s->methods[i].st);
 	free(s->methods);
@@ -3033,6 +3092,11 @@ asynq_rpc_server_stats_get(const asynq_rpc_server *s,
 	out->conns_overflowed = atomic_load(&m->conns_overflowed);
 	out->shed = atomic_load(&m->shed);
 	out->shed_late = atomic_load(&m->shed_late);
+	out->shed_limit = atomic_load(&m->shed_limit);
+	size_t lim = SIZE_MAX;
+	if (m->limit_on)
+		lim = asynqi_limit_get((asynqi_limit *)&m->limit);
+	out->call_limit = lim == SIZE_MAX ? 0 : (uint64_t)lim;
 	out->inflight_calls = 0;
 	for (size_t i = 0; i < m->workers; i++)
 		out->inflight_calls +=

@@ -85,6 +85,7 @@ enum {
 	F_IDLE,
 	F_WRITE_QUEUE,
 	F_QUEUE_TARGET,
+	F_LATENCY_TARGET,
 	F_TLS_CERT,
 	F_TLS_KEY,
 	F_TLS_CLIENT_CA,
@@ -113,6 +114,10 @@ static const struct {
 	{ "max-write-queue-bytes", "N", "server limit", F_WRITE_QUEUE },
 	{ "queue-target-us", "US|off", "admission control's queue-time target",
 	    F_QUEUE_TARGET },
+	{ "latency-target-us", "US|off",
+	    "admission control's mean time in the server (default 2x the queue"
+	    " target)",
+	    F_LATENCY_TARGET },
 	{ "tls-cert", "PEM", "tls+tcp: the server's certificate (chain)",
 	    F_TLS_CERT },
 	{ "tls-key", "PEM", "tls+tcp: its private key", F_TLS_KEY },
@@ -201,6 +206,12 @@ set_common_flag(asynq_serve *sv, int id, const char *v)
 			return true;
 		}
 		return parse_u32(v, &c->queue_target_us);
+	case F_LATENCY_TARGET:
+		if (strcmp(v, "off") == 0) {
+			c->latency_target_us = UINT32_MAX;
+			return true;
+		}
+		return parse_u32(v, &c->latency_target_us);
 	case F_TLS_CERT:
 		c->tls_cert_file = v;
 		return true;

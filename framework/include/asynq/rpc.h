@@ -706,6 +706,25 @@ typedef struct asynq_rpc_server_cfg {
 	 * run, and one that still waited over 20 targets is answered
 	 * so instead of running. Clients may send those elsewhere. */
 	uint32_t queue_target_us;
+	/* Admission control's limit on calls in flight, for servers whose
+	 * time goes to waiting on other services rather than to a queue of
+	 * their own (their outgoing batches just grow): once the mean time
+	 * requests spend in the server (read to reply) exceeds
+	 * latency_target_us (default 2 x queue_target_us; at least 4x what
+	 * it is unloaded), or the calls in flight stay above what the server
+	 * finishes in that time for a whole interval, the server limits the
+	 * calls in flight to what keeps the mean at the target, and refuses a
+	 * request read while they are at the limit at once, RESOURCE_EXHAUSTED
+	 * "server overloaded", before decoding it. Once a server has finished
+	 * calls fast enough that this time's worth is over 128 calls per
+	 * worker, calls in flight are also capped at twice what its best rate
+	 * finishes in the target (so the onset of an overload is not admitted
+	 * whole). The limit grows back by 1/16 per interval (20 queue
+	 * targets) and is lifted when far above what runs; it never falls
+	 * below 16 calls per worker, and a request is admitted while fewer
+	 * calls than the limit are in flight, whatever its size.
+	 * UINT32_MAX: off (as it is when queue_target_us is). */
+	uint32_t latency_target_us;
 	/* Per connection: once max_conn_requests requests (default 256) or
 	 * max_conn_calls calls (default 4x max_calls) it sent are in flight,
 	 * the server reads nothing more from it until they are down to half
@@ -855,6 +874,10 @@ typedef struct asynq_rpc_server_stats {
 	                              (overloaded), not run */
 	uint64_t shed_late;        /* of those, the ones refused after they
 	                              waited (decoded, queued), not at once */
+	uint64_t shed_limit;       /* of those, the ones refused at once at
+	                              the limit on calls in flight */
+	uint64_t call_limit;       /* that limit now (latency_target_us);
+	                              0: none */
 	uint64_t conns_open;       /* connections open now */
 	uint64_t inflight_calls;   /* calls read and not answered yet */
 	/* Calls run per request that ran any (the batching at a glance). */

@@ -48,7 +48,8 @@
  *   --drain-grace-ms MS       time between not-ready and close
  *   --max-connections N, --handshake-timeout-ms MS, --frame-timeout-ms MS,
  *   --idle-timeout-ms MS, --max-write-queue-bytes N,
- *   --queue-target-us US|off  the server limits (asynq_rpc_server_cfg)
+ *   --queue-target-us US|off, --latency-target-us US|off
+ *                             the server limits (asynq_rpc_server_cfg)
  *   --tls-cert PEM, --tls-key PEM, --tls-client-ca PEM, --tls-crl PEM,
  *   --require-client-cert     TLS for tls+tcp:// (mutual with a client CA);
  *                             SIGHUP reads the files again (certificates
