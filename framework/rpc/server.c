@@ -2556,12 +2556,9 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		s->cfg.max_write_queue_bytes = DEFAULT_WRITE_QUEUE;
 	if (s->cfg.queue_target_us == 0)
 		s->cfg.queue_target_us = DEFAULT_QUEUE_TARGET_US;
+	/* Off unless asked for: see asynq_rpc_server_cfg. */
 	if (s->cfg.latency_target_us == 0)
-		s->cfg.latency_target_us = s->cfg.queue_target_us == UINT32_MAX
-		    ? UINT32_MAX
-		    : (s->cfg.queue_target_us > UINT32_MAX / 2
-		              ? UINT32_MAX - 1
-		              : 2 * s->cfg.queue_target_us);
+		s->cfg.latency_target_us = UINT32_MAX;
 	if (s->cfg.slow_request_ms == 0)
 		s->cfg.slow_request_ms = DEFAULT_SLOW_REQUEST_MS;
 	if (s->cfg.max_conn_requests == 0)

@@ -115,8 +115,8 @@ static const struct {
 	{ "queue-target-us", "US|off", "admission control's queue-time target",
 	    F_QUEUE_TARGET },
 	{ "latency-target-us", "US|off",
-	    "admission control's mean time in the server (default 2x the queue"
-	    " target)",
+	    "admission control's mean time in the server, for frontends"
+	    " (default off)",
 	    F_LATENCY_TARGET },
 	{ "tls-cert", "PEM", "tls+tcp: the server's certificate (chain)",
 	    F_TLS_CERT },

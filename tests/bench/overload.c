@@ -598,8 +598,12 @@ stack_start(stack *s, bool admission)
 	pin_to(0);
 	bool up = service_start(&s->users, "users", u) &&
 	    service_start(&s->answers, "answers", a);
+	/* The frontend, whose time goes to its outgoing batches, also
+	 * limits its calls in flight by their time in it (a leaf does not:
+	 * asynq_rpc_server_cfg.latency_target_us). */
 	const char *f[] = { "--users", s->users.url, "--answers",
-		s->answers.url, ac, "off", NULL };
+		s->answers.url, "--latency-target-us", "10000", ac, "off",
+		NULL };
 	up = up && service_start(&s->frontend, "frontend", f);
 	pin_to(1);
 	if (!up)

@@ -707,23 +707,27 @@ typedef struct asynq_rpc_server_cfg {
 	 * so instead of running. Clients may send those elsewhere. */
 	uint32_t queue_target_us;
 	/* Admission control's limit on calls in flight, for servers whose
-	 * time goes to waiting on other services rather than to a queue of
-	 * their own (their outgoing batches just grow): once the mean time
-	 * requests spend in the server (read to reply) exceeds
-	 * latency_target_us (default 2 x queue_target_us; at least 4x what
-	 * it is unloaded), or the calls in flight stay above what the server
-	 * finishes in that time for a whole interval, the server limits the
-	 * calls in flight to what keeps the mean at the target, and refuses a
-	 * request read while they are at the limit at once, RESOURCE_EXHAUSTED
-	 * "server overloaded", before decoding it. Once a server has finished
-	 * calls fast enough that this time's worth is over 128 calls per
-	 * worker, calls in flight are also capped at twice what its best rate
-	 * finishes in the target (so the onset of an overload is not admitted
-	 * whole). The limit grows back by 1/16 per interval (20 queue
-	 * targets) and is lifted when far above what runs; it never falls
-	 * below 16 calls per worker, and a request is admitted while fewer
-	 * calls than the limit are in flight, whatever its size.
-	 * UINT32_MAX: off (as it is when queue_target_us is). */
+	 * handlers call other services (frontends): their time goes to
+	 * waiting on outgoing batches, which grow with what they admit,
+	 * rather than to a queue of their own. With latency_target_us set
+	 * (0 or UINT32_MAX: off, the default; 10,000 is a good start), once
+	 * the mean time requests spend in the server (read to reply) exceeds
+	 * it (or 4x what it is unloaded, if more), or the calls in flight
+	 * stay above what the server finishes in that time for a whole
+	 * interval, the server limits the calls in flight to what keeps the
+	 * mean at the target, and refuses a request read while they are at
+	 * the limit at once, RESOURCE_EXHAUSTED "server overloaded", before
+	 * decoding it. Once a server has finished calls fast enough that
+	 * this time's worth is over 128 calls per worker, calls in flight are
+	 * also capped at twice what its best rate finishes in the target (so
+	 * the onset of an overload is not admitted whole). The limit grows
+	 * back by 1/16 per interval (20 queue targets) and is lifted when far
+	 * above what runs; it never falls below 16 calls per worker, and a
+	 * request is admitted while fewer calls than the limit are in flight,
+	 * whatever its size. Off by default because a leaf service's requests
+	 * take longer as its callers' batches grow without it being
+	 * overloaded: on by default, the demo's users service refused
+	 * requests under a closed loop of 64. Off when queue_target_us is. */
 	uint32_t latency_target_us;
 	/* Per connection: once max_conn_requests requests (default 256) or
 	 * max_conn_calls calls (default 4x max_calls) it sent are in flight,
