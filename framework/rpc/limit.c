@@ -6,8 +6,9 @@
 
 #include <stdlib.h>
 
-/* The baseline rises towards the interval's mean by 1/BASE_FREE of the gap
- * while the limit does not bind, 1/BASE_BOUND while it does. */
+/* The baseline rises towards the interval's mean by at most 1/BASE_FREE of
+ * itself per interval while the limit does not bind, 1/BASE_BOUND while it
+ * does. */
 #define BASE_FREE 64.0
 #define BASE_BOUND 1024.0
 /* The best rate is forgotten by 0.1% per interval (half in ~70 s). */
@@ -44,7 +45,6 @@ asynqi_limit_init(asynqi_limit *l, size_t n_slots, size_t floor, size_t burst,
 	l->seen_n = 0;
 	l->seen_sum = 0;
 	l->base_ns = 0;
-	l->last_mean_ns = 0;
 	return true;
 }
 
@@ -107,7 +107,6 @@ limit_update(asynqi_limit *l, int64_t now)
 	if (dn == 0 || len <= 0)
 		return; /* nothing finished: no evidence either way */
 	double mean = (double)dsum / (double)dn;
-	l->last_mean_ns = mean;
 	size_t lim = atomic_load_explicit(&l->limit, memory_order_relaxed);
 	bool binds = lim != SIZE_MAX && peak >= lim / 2;
 	if (l->base_ns == 0 || mean < l->base_ns)

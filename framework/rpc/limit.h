@@ -77,21 +77,22 @@ typedef struct asynqi_limit {
 	/* Under mu. */
 	uint64_t seen_n, seen_sum, seen_calls; /* the slots' totals */
 	int64_t seen_ns;                       /* at the last update */
-	double base_ns;      /* the baseline; 0 until the first */
-	double last_mean_ns; /* the last interval's mean, for reports */
-	double rate_max;     /* best calls per ns, decaying */
-	size_t burst;        /* a cap below this is none */
+	double base_ns;  /* the baseline; 0 until the first */
+	double rate_max; /* best calls per ns, decaying */
+	size_t burst;    /* a cap below this is none */
 } asynqi_limit;
 
-/* Sets up l for n_slots workers; ASYNQ_NOMEM-style false when out of
- * memory. No limit until the first overloaded interval. */
+/* Sets up l for n_slots workers; false when out of memory. No limit until
+ * the first interval over the target, no cap until the best rate makes one
+ * of at least `burst` calls. */
 bool asynqi_limit_init(asynqi_limit *l, size_t n_slots, size_t floor,
     size_t burst, double tolerance, int64_t target_ns, int64_t interval_ns,
     int64_t now_ns);
 void asynqi_limit_fini(asynqi_limit *l);
 
 /* Any thread: whether a request may start while `load` calls are in
- * flight (load < limit); remembers the most seen for the next update. */
+ * flight (below both the limit and the cap); remembers the most and the
+ * fewest seen for the next update. */
 bool asynqi_limit_admit(asynqi_limit *l, size_t load);
 
 /* Slot's worker: a request that spent latency_ns in the server finished at

@@ -155,9 +155,11 @@
  * service) runs about one per target, and refusing the second of two that
  * arrive together would throw away all the work their callers did. */
 #define ADM_MIN_BUDGET 4
-/* The limit on calls in flight (limit.h) never falls below this many calls
- * per worker, and lets requests' time in the server grow to this many
- * times what it is unloaded before it binds. */
+/* The limit on calls in flight (limit.h) never falls below
+ * ADM_MIN_LIMIT_PER_WORKER calls per worker, lets requests' time in the
+ * server grow to ADM_LATENCY_TOLERANCE times what it is unloaded before it
+ * binds, and has a cap only once that cap is ADM_BURST_PER_WORKER calls
+ * per worker or more. */
 #define ADM_MIN_LIMIT_PER_WORKER 16
 #define ADM_LATENCY_TOLERANCE 4.0
 #define ADM_BURST_PER_WORKER 128
@@ -3094,10 +3096,7 @@ asynq_rpc_server_stats_get(const asynq_rpc_server *s,
 	if (m->limit_on)
 		lim = asynqi_limit_get((asynqi_limit *)&m->limit);
 	out->call_limit = lim == SIZE_MAX ? 0 : (uint64_t)lim;
-	out->inflight_calls = 0;
-	for (size_t i = 0; i < m->workers; i++)
-		out->inflight_calls +=
-		    atomic_load_explicit(&m->w_load[i], memory_order_relaxed);
+	out->inflight_calls = srv_load(m);
 	pthread_mutex_lock(&m->mu);
 	out->conns_open = m->open;
 	pthread_mutex_unlock(&m->mu);

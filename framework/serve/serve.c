@@ -74,6 +74,17 @@ parse_u32(const char *s, uint32_t *out)
 	return true;
 }
 
+/* A u32 setting that "off" sets to UINT32_MAX. */
+static bool
+parse_u32_off(const char *s, uint32_t *out)
+{
+	if (strcmp(s, "off") == 0) {
+		*out = UINT32_MAX;
+		return true;
+	}
+	return parse_u32(s, out);
+}
+
 enum {
 	F_LISTEN = 256,
 	F_WORKERS,
@@ -201,17 +212,9 @@ set_common_flag(asynq_serve *sv, int id, const char *v)
 	case F_WRITE_QUEUE:
 		return parse_size(v, &c->max_write_queue_bytes);
 	case F_QUEUE_TARGET:
-		if (strcmp(v, "off") == 0) {
-			c->queue_target_us = UINT32_MAX;
-			return true;
-		}
-		return parse_u32(v, &c->queue_target_us);
+		return parse_u32_off(v, &c->queue_target_us);
 	case F_LATENCY_TARGET:
-		if (strcmp(v, "off") == 0) {
-			c->latency_target_us = UINT32_MAX;
-			return true;
-		}
-		return parse_u32(v, &c->latency_target_us);
+		return parse_u32_off(v, &c->latency_target_us);
 	case F_TLS_CERT:
 		c->tls_cert_file = v;
 		return true;
