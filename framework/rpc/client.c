@@ -112,6 +112,7 @@
 #include "tls.h"
 #include "mstats.h"
 #include "resolve.h"
+#include "throttle.h"
 #include "framework/core/platform.h"
 #include "internal.h"
 
@@ -128,6 +129,8 @@
 /* Retry throttling (gRFC A6), in thousandths of a token. */
 #define DEFAULT_RETRY_TOKENS 10
 #define DEFAULT_RETRY_TOKEN_MILLI 100
+/* The adaptive throttle (throttle.h): send about twice what is admitted. */
+#define DEFAULT_THROTTLE_RATIO_MILLI 2000
 /* Replicas a refused request may try after the first. */
 #define MAX_RETRY_HOPS 2
 /* Names (resolve.c) and outlier ejection: see asynq_rpc_channel_cfg. */
@@ -203,6 +206,10 @@ struct asynq_rpc_channel {
 	 * gives token_milli back; refused requests go to another replica only
 	 * while more than half are left. tokens_max 0: never. */
 	int64_t tokens, tokens_max, token_milli;
+	/* The adaptive throttle (throttle.h; note and update under mu) and
+	 * the calls it refused. */
+	asynqi_throttle thr;
+	atomic_uint_fast64_t throttled;
 	uint64_t rng;
 	size_t rr; /* where the next replica pick starts */
 	/* Interceptors in order, borrowed (the array is the channel's). */
@@ -1595,10 +1602,11 @@ on_reply(cli_conn *cc, const uint8_t *body, size_t len)
 	}
 	/* A request-level status comes next (its reply has no results): was
 	 * the request refused before anything ran? */
-	bool failed = false, not_run = false;
+	bool failed = false, not_run = false, overloaded = false;
 	asynqi_reader peek = rd;
 	if (asynqi_reader_next(&peek, &f) > 0 && f.num == 2 && f.wt == 0) {
 		failed = f.v != 0;
+		overloaded = f.v == ASYNQ_RESOURCE_EXHAUSTED;
 		while (asynqi_reader_next(&peek, &f) > 0)
 			if (f.num == 5 && f.wt == 0)
 				not_run = f.v != 0;
@@ -1622,6 +1630,8 @@ on_reply(cli_conn *cc, const uint8_t *body, size_t len)
 	}
 	sub_req *q = pend_find(ch, id);
 	bool mine = q != NULL && q->state == SUB_SENT && q->cc == cc;
+	if (mine && (!failed || (not_run && overloaded)))
+		asynqi_throttle_note(&ch->thr, mono_ns(), q->n, !failed);
 	if (mine && failed && not_run) {
 		atomic_fetch_add_explicit(&ch->refused, 1,
 		    memory_order_relaxed);
@@ -2327,10 +2337,50 @@ asynqi_rpc_count_cached(asynq_rpc_channel *ch)
 	atomic_fetch_add_explicit(&ch->cached, 1, memory_order_relaxed);
 }
 
+static uint32_t
+thread_rand(void)
+{
+	static _Thread_local uint64_t x;
+	if (x == 0)
+		x = (uint64_t)mono_ns() | 1;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return (uint32_t)(x >> 32);
+}
+
+/* While the throttle refuses some calls: a failed constant future if it
+ * refuses this one, else NULL. */
+static asynq_future *__attribute__((noinline, cold))
+throttle_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m)
+{
+	int64_t now = mono_ns();
+	if (now >= atomic_load_explicit(&ch->thr.until, memory_order_relaxed)) {
+		pthread_mutex_lock(&ch->mu);
+		asynqi_throttle_update(&ch->thr, now);
+		pthread_mutex_unlock(&ch->mu);
+	}
+	if (!asynqi_throttle_refuse(&ch->thr, thread_rand()))
+		return NULL;
+	atomic_fetch_add_explicit(&ch->throttled, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&ch->failures, 1, memory_order_relaxed);
+	return asynq_const_error(asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
+	    "rpc %s: refused by the client's throttle: its servers refused "
+	    "most of its recent calls (overloaded)",
+	    m->full_name));
+}
+
 asynq_future *
 asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
     const ProtobufCMessage *req)
 {
+	if (__builtin_expect(
+	        atomic_load_explicit(&ch->thr.p, memory_order_relaxed) != 0,
+	        0)) {
+		asynq_future *tf = throttle_call(ch, m);
+		if (tf != NULL)
+			return tf;
+	}
 	intptr_t wv = (intptr_t)asynq_scoped_get(&asynq_rpc_wait_for_ready);
 	chan_backend *be = thread_backend(ch,
 	    wv == ASYNQ_RPC_WAIT            ? true
@@ -3085,6 +3135,14 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 		    "a dns: target must be the channel's only URL", NULL);
 		return ASYNQ_INVALID_ARGUMENT;
 	}
+	if (cfg->throttle_ratio_milli != 0 &&
+	    cfg->throttle_ratio_milli < 1000) {
+		asynq_log(ASYNQ_LOG_ERROR, "channel_setup_failed", "why",
+		    "throttle_ratio_milli under 1000 would refuse calls a "
+		    "server admits",
+		    NULL);
+		return ASYNQ_INVALID_ARGUMENT;
+	}
 	if (cfg->lb != ASYNQ_RPC_LB_LEAST_OUTSTANDING &&
 	    cfg->lb != ASYNQ_RPC_LB_ROUND_ROBIN) {
 		asynq_log(ASYNQ_LOG_ERROR, "channel_setup_failed", "why",
@@ -3134,6 +3192,11 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	ch->token_milli = cfg->retry_token_milli != 0
 	    ? cfg->retry_token_milli
 	    : DEFAULT_RETRY_TOKEN_MILLI;
+	uint32_t tr = cfg->throttle_ratio_milli != 0
+	    ? cfg->throttle_ratio_milli
+	    : DEFAULT_THROTTLE_RATIO_MILLI;
+	asynqi_throttle_init(&ch->thr, tr == UINT32_MAX ? 0 : tr, mono_ns());
+	atomic_init(&ch->throttled, 0);
 	ch->client_id = random_u64();
 	ch->rng = random_u64();
 	ch->lb = cfg->lb;
@@ -3377,4 +3440,5 @@ asynq_rpc_channel_stats_get(const asynq_rpc_channel *ch,
 	out->sent_calls = atomic_load(&c->sent_calls);
 	out->collapsed = atomic_load(&c->collapsed);
 	out->cached = atomic_load(&c->cached);
+	out->throttled = atomic_load(&c->throttled);
 }

@@ -191,9 +191,14 @@ typedef struct srv_adm {
 	/* Written by the worker, read by readers. */
 	atomic_bool overloaded;
 	atomic_uint budget; /* requests that start within the target */
+	/* When the overloaded verdict is due again (the next interval's
+	 * end): past it, the worker has started nothing since. */
+	atomic_int_fast64_t verdict_until;
 	/* Requests posted to the worker and not started: readers add,
-	 * the worker takes away. */
+	 * the worker takes away; busy_since: when a reader last found
+	 * none waiting. */
 	atomic_uint waiting;
+	atomic_int_fast64_t busy_since;
 	/* Worker only. */
 	int64_t interval_end; /* monotonic ns */
 	int64_t interval_start;
@@ -1379,6 +1384,8 @@ adm_start(asynq_rpc_server *s, srv_req *r)
 			budget = UINT32_MAX;
 		atomic_store_explicit(&a->budget, (unsigned)budget,
 		    memory_order_relaxed);
+		atomic_store_explicit(&a->verdict_until, now + interval,
+		    memory_order_relaxed);
 		atomic_store_explicit(&a->overloaded, over,
 		    memory_order_relaxed);
 		a->interval_start = now;
@@ -1699,6 +1706,26 @@ pick_worker(asynq_rpc_server *s, const srv_conn *sc)
 	return best;
 }
 
+/* Reader, at `now`: whether the worker's queue is over its budget while
+ * the worker is overloaded. A verdict past its due time (the worker has
+ * started nothing for an interval) holds only while the queue has stood
+ * for a queue target: a worker stuck in a long call is still overloaded,
+ * one that sat idle is not, so the first burst after a lull is admitted
+ * (its first start gives the next verdict). */
+static bool
+adm_full(const asynq_rpc_server *s, srv_adm *a, int64_t now)
+{
+	if (!atomic_load_explicit(&a->overloaded, memory_order_relaxed) ||
+	    atomic_load_explicit(&a->waiting, memory_order_relaxed) <
+	        atomic_load_explicit(&a->budget, memory_order_relaxed))
+		return false;
+	if (now < atomic_load_explicit(&a->verdict_until, memory_order_relaxed))
+		return true;
+	return now -
+	    atomic_load_explicit(&a->busy_since, memory_order_relaxed) >=
+	    (int64_t)s->cfg.queue_target_us * 1000;
+}
+
 /* Reader: a REQUEST frame read at `now`. */
 static void
 req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
@@ -1721,10 +1748,7 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	srv_adm *a = &s->adm[worker];
 	bool over_limit =
 	    s->limit_on && !asynqi_limit_admit(&s->limit, srv_load(s));
-	if (over_limit ||
-	    (atomic_load_explicit(&a->overloaded, memory_order_relaxed) &&
-	        atomic_load_explicit(&a->waiting, memory_order_relaxed) >=
-	            atomic_load_explicit(&a->budget, memory_order_relaxed))) {
+	if (over_limit || adm_full(s, a, now)) {
 		if (over_limit)
 			atomic_fetch_add(&s->shed_limit, 1);
 		atomic_fetch_add(&s->shed, 1);
@@ -1946,7 +1970,10 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	pthread_mutex_unlock(&sc->mu);
 	r->worker = worker;
 	r->waiting = true;
-	atomic_fetch_add_explicit(&a->waiting, 1, memory_order_relaxed);
+	if (atomic_fetch_add_explicit(&a->waiting, 1, memory_order_relaxed) ==
+	    0)
+		atomic_store_explicit(&a->busy_since, now,
+		    memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->w_load[worker], r->n,
 	    memory_order_relaxed);
 	asynq_sched_post(asynq_runtime_sched(s->rt, r->worker), &r->post);
@@ -2629,6 +2656,8 @@ asynq_rpc_server_alloc(asynq_rpc_server **sp, asynq_runtime *rt,
 		atomic_init(&s->adm[i].overloaded, false);
 		atomic_init(&s->adm[i].budget, 1);
 		atomic_init(&s->adm[i].waiting, 0);
+		atomic_init(&s->adm[i].verdict_until, 0);
+		atomic_init(&s->adm[i].busy_since, 0);
 	}
 	if (s->cfg.queue_target_us != UINT32_MAX &&
 	    s->cfg.latency_target_us != UINT32_MAX) {

@@ -320,6 +320,156 @@ test_refused_requests_go_elsewhere_throttled(void **state)
 	fx_stop(&idle);
 }
 
+/* A channel of one call per request to url, its throttle at ratio
+ * (0: the default), retries off. */
+static asynq_rpc_channel *
+channel_one(const char *url, uint32_t ratio)
+{
+	const char *urls[] = { url };
+	asynq_rpc_channel_cfg ccfg = {
+		.urls = urls,
+		.n_urls = 1,
+		.max_calls = 1,
+		.retry_max_tokens = UINT32_MAX,
+		.throttle_ratio_milli = ratio,
+	};
+	asynq_rpc_channel *ch;
+	assert_int_equal(asynq_rpc_channel_alloc(&ch, CALC, &ccfg), ASYNQ_OK);
+	asynq_future *f = call_num(ch, M(TWICE), 1);
+	assert_int_equal(asynq_wait(f), ASYNQ_OK);
+	asynq_future_rele(f);
+	return ch;
+}
+
+/* Rounds of 10 calls at once against a server that refuses them: how
+ * many the channel's throttle refused (their messages say so). */
+typedef struct throttle_job {
+	asynq_rpc_channel *ch;
+	int rounds, ok, refused, throttled, late, other;
+} throttle_job;
+
+static asynq_status
+throttle_main(asynq_task *t, void *arg)
+{
+	throttle_job *j = arg;
+	for (int r = 0; r < j->rounds; r++) {
+		asynq_future *fs[10];
+		if (asynq_rpc_timeout_push(300) != ASYNQ_OK)
+			return ASYNQ_INTERNAL;
+		for (int i = 0; i < 10; i++)
+			fs[i] = call_num(j->ch, M(TWICE), i);
+		(void)asynq_rpc_timeout_pop();
+		(void)asynq_await_all(t, fs, 10);
+		for (int i = 0; i < 10; i++) {
+			asynq_status st = asynq_future_status(fs[i]);
+			const char *msg = st != ASYNQ_OK
+			    ? asynq_error_message(asynq_future_error(fs[i]))
+			    : "";
+			if (st == ASYNQ_OK && num_of(fs[i]) == 2 * i)
+				j->ok++;
+			else if (st == ASYNQ_RESOURCE_EXHAUSTED &&
+			    strstr(msg, "client's throttle") != NULL)
+				j->throttled++;
+			else if (st == ASYNQ_RESOURCE_EXHAUSTED)
+				j->refused++;
+			else if (st == ASYNQ_DEADLINE_EXCEEDED)
+				j->late++;
+			else
+				j->other++;
+			asynq_future_rele(fs[i]);
+		}
+	}
+	return ASYNQ_OK;
+}
+
+static void
+run_throttle_job(throttle_job *j)
+{
+	asynq_future *f = asynq_spawn(throttle_main, j);
+	assert_int_equal(asynq_wait(f), ASYNQ_OK);
+	asynq_future_rele(f);
+}
+
+/* A server that refuses everything: once 32 calls had a verdict, the
+ * channel refuses 9 in 10 itself, at once (they never reach the server);
+ * a second after the server admits again, nothing is throttled, and the
+ * server, idle since, admits a burst of 10 whole. With
+ * the throttle off every call goes to the server. The ratio's edge:
+ * 999 is refused, 1000 and 1001 accepted. */
+static void
+test_client_throttle(void **state)
+{
+	(void)state;
+	for (uint32_t r = 999; r <= 1001; r++) {
+		const char *urls[] = { "tcp://127.0.0.1:1" };
+		asynq_rpc_channel_cfg ccfg = { .urls = urls,
+			.n_urls = 1,
+			.throttle_ratio_milli = r };
+		asynq_rpc_channel *ch = NULL;
+		asynq_status st = asynq_rpc_channel_alloc(&ch, CALC, &ccfg);
+		assert_int_equal(st,
+		    r < 1000 ? ASYNQ_INVALID_ARGUMENT : ASYNQ_OK);
+		if (ch != NULL)
+			asynq_rpc_channel_free(ch);
+	}
+	asynq_rpc_server_cfg cfg = { .queue_target_us = 5000 };
+	fixture busy;
+	fx_server(&busy, TRANSPORT_TCP, &cfg, 1);
+	asynq_rpc_channel *on = channel_one(busy.url, 0);
+	asynq_rpc_channel *off = channel_one(busy.url, UINT32_MAX);
+	/* Overloaded as above, then its worker spins for 3 s. */
+	raw_conn r = raw_open(busy.url, 20000);
+	for (uint64_t i = 1; i <= 10; i++)
+		send_call(&r, M(SPIN), 150, i);
+	for (int i = 0; i < 10; i++)
+		(void)next_reply(&r);
+	send_call(&r, M(SPIN), 3000, 100);
+	usleep(50 * 1000);
+	int64_t t0 = (int64_t)asynq_now_ns();
+	uint64_t shed0 = fx_stats(&busy).shed;
+	asynq_rpc_channel_stats b0, b1;
+	asynq_rpc_channel_stats_get(on, &b0);
+	throttle_job j = { .ch = on, .rounds = 30 };
+	run_throttle_job(&j);
+	asynq_rpc_channel_stats_get(on, &b1);
+	uint64_t shed1 = fx_stats(&busy).shed;
+	assert_int_equal(j.ok + j.refused + j.throttled + j.late, 300);
+	assert_int_equal(j.other, 0);
+	/* At most four admitted (they wait past their deadline). */
+	assert_true(j.late <= 4);
+	/* The server refused until the window held 32 verdicts, then at
+	 * most 1 in 10 went on: of 300, fewer than 32 + 0.1 x 268 + slack
+	 * reached it, and each refusal is one the server counted. */
+	assert_true(j.refused >= 28);
+	assert_true(j.refused <= 80);
+	assert_int_equal(b1.throttled - b0.throttled, (uint64_t)j.throttled);
+	assert_int_equal(b1.refused - b0.refused, (uint64_t)j.refused);
+	assert_int_equal(shed1 - shed0, (uint64_t)j.refused);
+	assert_int_equal(b1.requests - b0.requests,
+	    (uint64_t)(j.refused + j.late + j.ok));
+	/* The throttle off: all 100 go to the server and are refused. */
+	throttle_job k = { .ch = off, .rounds = 10 };
+	run_throttle_job(&k);
+	assert_int_equal(k.throttled, 0);
+	assert_int_equal(k.refused + k.late, 100);
+	assert_true((int64_t)asynq_now_ns() - t0 < 2500 * 1000000ll);
+	/* The spin ends 3 s after it began; a second later the window has
+	 * forgotten the refusals. */
+	while ((int64_t)asynq_now_ns() - t0 < 3000 * 1000000ll + 1100000000ll)
+		usleep(20 * 1000);
+	throttle_job m = { .ch = on, .rounds = 3 };
+	run_throttle_job(&m);
+	/* Neither the throttle nor the server (its overloaded verdict is
+	 * a second old: the burst comes after a lull) refuses any. */
+	assert_int_equal(m.throttled, 0);
+	assert_int_equal(m.refused, 0);
+	assert_int_equal(m.ok, 30);
+	raw_close(&r);
+	asynq_rpc_channel_free(on);
+	asynq_rpc_channel_free(off);
+	fx_stop(&busy);
+}
+
 int
 main(void)
 {
@@ -328,6 +478,7 @@ main(void)
 		cmocka_unit_test(test_standing_queue_is_shed_and_refused),
 		cmocka_unit_test(test_admission_off),
 		cmocka_unit_test(test_refused_requests_go_elsewhere_throttled),
+		cmocka_unit_test(test_client_throttle),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

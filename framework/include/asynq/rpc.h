@@ -302,6 +302,17 @@ typedef struct asynq_rpc_channel_cfg {
 	 * the tokens are left. */
 	uint32_t retry_max_tokens;
 	uint32_t retry_token_milli;
+	/* Adaptive throttling (client-side, as in Google's SRE book): while
+	 * the servers refuse most of what the channel sends as overloaded
+	 * (RESOURCE_EXHAUSTED before running it), the channel itself refuses
+	 * a share of new calls at once with RESOURCE_EXHAUSTED, so that it
+	 * sends about throttle_ratio_milli / 1000 times what they admit
+	 * (default 2000; at least 1000; UINT32_MAX: never). Over the last
+	 * second, with req calls that had a verdict (admitted, refused by a
+	 * server or by the throttle) and acc admitted, a call is refused with
+	 * probability (req - ratio x acc) / (req + 1), at most 0.9, and never
+	 * while fewer than 32 calls had one. Counted in stats.throttled. */
+	uint32_t throttle_ratio_milli;
 	/* Calls to an idempotent method that are byte-identical (same method,
 	 * request bytes and metadata) and land in one batch are sent once;
 	 * each caller gets its own copy of the reply, or of the error
@@ -437,6 +448,7 @@ typedef struct asynq_rpc_channel_stats {
 	uint64_t resends;    /* requests resent after a lost connection */
 	uint64_t refused;    /* requests a replica refused without running */
 	uint64_t retries;    /* refused requests sent to another replica */
+	uint64_t throttled;  /* calls the channel's throttle refused at once */
 } asynq_rpc_channel_stats;
 
 /* ---- Per-request cache ------------------------------------------------ */

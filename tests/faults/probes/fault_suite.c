@@ -135,6 +135,11 @@ sleep_ms(int ms)
 static char users_db[1200];
 static child users;             /* the service every probe attacks */
 static asynq_rpc_channel *chan; /* the normal client, to users */
+/* The overload probe's clients: a channel of their own, as other clients
+ * would be, so what its adaptive throttle learnt from the refusals is not
+ * the normal client's (which would then refuse a share of its own calls
+ * for a while after the overload ends). */
+static asynq_rpc_channel *ov_chan;
 
 /* Starts the users binary as c, named name, on c->port (a fresh free port
  * if 0) with `extra` flags (NULL-terminated) after the suite's own, and
@@ -1801,7 +1806,7 @@ overload_task(asynq_task *t, void *arg)
 		for (size_t i = 0; i < OV_BATCH; i++) {
 			Asynq__Users__UserId r = ASYNQ__USERS__USER_ID__INIT;
 			r.id = 1 + (id++ & 0x7fffffff) % N_USERS;
-			fs[i] = asynq_rpc_call(chan, GET_USER, &r.base);
+			fs[i] = asynq_rpc_call(ov_chan, GET_USER, &r.base);
 		}
 		asynq_await_all(t, fs, OV_BATCH);
 		for (size_t i = 0; i < OV_BATCH; i++) {
@@ -1884,7 +1889,7 @@ open_main(asynq_task *t, void *arg)
 			Asynq__Users__UserId r = ASYNQ__USERS__USER_ID__INIT;
 			r.id = 1 + (id++ & 0x7fffffff) % N_USERS;
 			asynq_future *f =
-			    asynq_rpc_call(chan, GET_USER, &r.base);
+			    asynq_rpc_call(ov_chan, GET_USER, &r.base);
 			o->issued++;
 			o->outstanding++;
 			if (asynq_future_on_done(f, open_done, o) != ASYNQ_OK)
@@ -2036,6 +2041,8 @@ group_setup(void **state)
 	};
 	assert_int_equal(asynq_rpc_channel_alloc(&chan, USERS_DESC, &cfg),
 	    ASYNQ_OK);
+	assert_int_equal(asynq_rpc_channel_alloc(&ov_chan, USERS_DESC, &cfg),
+	    ASYNQ_OK);
 	return 0;
 }
 
@@ -2045,6 +2052,8 @@ group_teardown(void **state)
 	(void)state;
 	asynq_rpc_channel_free(chan);
 	chan = NULL;
+	asynq_rpc_channel_free(ov_chan);
+	ov_chan = NULL;
 	child_kill(&timed);
 	child_kill(&users);
 	asynq_thread_fini();
