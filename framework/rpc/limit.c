@@ -13,7 +13,7 @@
 #define BASE_BOUND 1024.0
 /* The best rate is forgotten by 0.1% per interval (half in ~70 s). */
 #define RATE_DECAY 0.999
-#define CAP_TARGETS 2.0
+#define CAP_TARGETS 1.0 /* see limit.h: the cap */
 
 bool
 asynqi_limit_init(asynqi_limit *l, size_t n_slots, size_t floor, size_t burst,

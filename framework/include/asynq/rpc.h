@@ -731,8 +731,8 @@ typedef struct asynq_rpc_server_cfg {
 	 * the limit at once, RESOURCE_EXHAUSTED "server overloaded", before
 	 * decoding it. Once a server has finished calls fast enough that
 	 * this time's worth is over 128 calls per worker, calls in flight are
-	 * also capped at twice what its best rate finishes in the target (so
-	 * the onset of an overload is not admitted whole). The limit grows
+	 * also capped at what its best rate finishes in the target (so the
+	 * onset of an overload is not admitted whole). The limit grows
 	 * back by 1/16 per interval (20 queue targets) and is lifted when far
 	 * above what runs; it never falls below 16 calls per worker, and a
 	 * request is admitted while fewer calls than the limit are in flight,
