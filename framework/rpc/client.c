@@ -2364,6 +2364,15 @@ throttle_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m)
 		return NULL;
 	atomic_fetch_add_explicit(&ch->throttled, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&ch->failures, 1, memory_order_relaxed);
+	/* In the method's counts too, at no latency (it never waited). */
+	size_t mi = (size_t)(m - ch->svc->methods);
+	if (m >= ch->svc->methods && mi < ch->svc->n_methods) {
+		atomic_fetch_add_explicit(
+		    &ch->mst[mi].codes[ASYNQ_RESOURCE_EXHAUSTED], 1,
+		    memory_order_relaxed);
+		cli_hist_add(&ch->mst[mi].latency, asynqi_latency_bounds,
+		    asynqi_n_latency_bounds, 0, 1);
+	}
 	return asynq_const_error(asynq_error_alloc(ASYNQ_RESOURCE_EXHAUSTED,
 	    "rpc %s: refused by the client's throttle: its servers refused "
 	    "most of its recent calls (overloaded)",
