@@ -197,6 +197,32 @@ test_admission_off(void **state)
 	fx_stop(&fx);
 }
 
+/* How calls of Twice(i) ended; throttled: of the exhausted, those the
+ * channel's own throttle refused. */
+typedef struct outcomes {
+	int ok, exhausted, throttled, late, other;
+} outcomes;
+
+/* Counts f, the call of Twice(i), and lets it go. */
+static void
+outcome_add(outcomes *o, asynq_future *f, int i)
+{
+	asynq_status st = asynq_future_status(f);
+	if (st == ASYNQ_OK && num_of(f) == 2 * i) {
+		o->ok++;
+	} else if (st == ASYNQ_RESOURCE_EXHAUSTED) {
+		o->exhausted++;
+		if (strstr(asynq_error_message(asynq_future_error(f)),
+		        "client's throttle") != NULL)
+			o->throttled++;
+	} else if (st == ASYNQ_DEADLINE_EXCEEDED) {
+		o->late++;
+	} else {
+		o->other++;
+	}
+	asynq_future_rele(f);
+}
+
 /* Makes n calls of Twice(i) at once through ch (one call per request)
  * and awaits them; counts the outcomes. */
 typedef struct spread_job {
@@ -217,18 +243,13 @@ spread_main(asynq_task *t, void *arg)
 		fs[i] = call_num(j->ch, M(TWICE), i);
 	(void)asynq_rpc_timeout_pop();
 	(void)asynq_await_all(t, fs, (size_t)j->n);
-	for (int i = 0; i < j->n; i++) {
-		asynq_status st = asynq_future_status(fs[i]);
-		if (st == ASYNQ_OK && num_of(fs[i]) == 2 * i)
-			j->ok++;
-		else if (st == ASYNQ_RESOURCE_EXHAUSTED)
-			j->exhausted++;
-		else if (st == ASYNQ_DEADLINE_EXCEEDED)
-			j->late++;
-		else
-			j->other++;
-		asynq_future_rele(fs[i]);
-	}
+	outcomes o = { 0 };
+	for (int i = 0; i < j->n; i++)
+		outcome_add(&o, fs[i], i);
+	j->ok = o.ok;
+	j->exhausted = o.exhausted;
+	j->late = o.late;
+	j->other = o.other;
 	return ASYNQ_OK;
 }
 
@@ -342,7 +363,8 @@ channel_one(const char *url, uint32_t ratio)
 }
 
 /* Rounds of 10 calls at once against a server that refuses them: how
- * many the channel's throttle refused (their messages say so). */
+ * many the channel's throttle refused (their messages say so) and how
+ * many a server refused. */
 typedef struct throttle_job {
 	asynq_rpc_channel *ch;
 	int rounds, ok, refused, throttled, late, other;
@@ -360,24 +382,14 @@ throttle_main(asynq_task *t, void *arg)
 			fs[i] = call_num(j->ch, M(TWICE), i);
 		(void)asynq_rpc_timeout_pop();
 		(void)asynq_await_all(t, fs, 10);
-		for (int i = 0; i < 10; i++) {
-			asynq_status st = asynq_future_status(fs[i]);
-			const char *msg = st != ASYNQ_OK
-			    ? asynq_error_message(asynq_future_error(fs[i]))
-			    : "";
-			if (st == ASYNQ_OK && num_of(fs[i]) == 2 * i)
-				j->ok++;
-			else if (st == ASYNQ_RESOURCE_EXHAUSTED &&
-			    strstr(msg, "client's throttle") != NULL)
-				j->throttled++;
-			else if (st == ASYNQ_RESOURCE_EXHAUSTED)
-				j->refused++;
-			else if (st == ASYNQ_DEADLINE_EXCEEDED)
-				j->late++;
-			else
-				j->other++;
-			asynq_future_rele(fs[i]);
-		}
+		outcomes o = { 0 };
+		for (int i = 0; i < 10; i++)
+			outcome_add(&o, fs[i], i);
+		j->ok += o.ok;
+		j->throttled += o.throttled;
+		j->refused += o.exhausted - o.throttled;
+		j->late += o.late;
+		j->other += o.other;
 	}
 	return ASYNQ_OK;
 }
