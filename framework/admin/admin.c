@@ -35,7 +35,9 @@
  *   under `tmu`): its handler returns at once and leaves the request
  *   pending (nng_aio_defer with trace_cancel), so no nng thread is held
  *   for the N seconds. The thread posts a profiler start to every worker
- *   (holding the runtime, so it cannot stop before the stop post ran),
+ *   (holding the runtime, so it cannot stop before the stop post ran;
+ *   status.json says a trace runs only from then, trace_begun, so a
+ *   runtime removed after it said so is one the trace holds),
  *   waits on `tcv` until the time is up or the trace is cut (close, a
  *   runtime removed, the request cancelled), posts the stops, waits for
  *   them at most TRACE_STOP_WAIT_MS (a late one writes into the
@@ -161,6 +163,9 @@ struct asynq_admin {
 	pthread_cond_t tcv;  /* CLOCK_MONOTONIC; trace_cut, closing */
 	bool closing;        /* asynq_admin_close began */
 	bool trace_busy;     /* a trace thread runs */
+	bool trace_begun;    /* it has posted its starts (status.json's
+	                        trace_running: the runtimes it traces are
+	                        those registered by then) */
 	bool trace_cut;      /* end the running trace now */
 	bool trace_joinable; /* trace_thread was made and not joined */
 	pthread_t trace_thread;
@@ -1403,7 +1408,7 @@ handle_status_json(nng_aio *aio)
 	if (ss == NULL)
 		b.failed = true;
 	pthread_mutex_lock(&a->tmu);
-	bool tracing = a->trace_busy;
+	bool tracing = a->trace_busy && a->trace_begun;
 	pthread_mutex_unlock(&a->tmu);
 	sb_printf(&b,
 	    "{\"uptime_s\":%.3f,\"window_s\":%.0f,\"trace_running\":%s,"
@@ -1710,6 +1715,9 @@ trace_main(void *arg)
 	pthread_mutex_unlock(&a->tmu);
 
 	trace_job *j = trace_begin(a);
+	pthread_mutex_lock(&a->tmu);
+	a->trace_begun = j != NULL;
+	pthread_mutex_unlock(&a->tmu);
 	bool cut = false;
 	if (j != NULL) {
 		uint64_t until = j->origin + (uint64_t)seconds * 1000000000u;
@@ -1741,6 +1749,7 @@ trace_main(void *arg)
 	if (aio != NULL)
 		a->trace_aio = NULL;
 	a->trace_busy = false;
+	a->trace_begun = false;
 	pthread_mutex_unlock(&a->tmu);
 	if (aio != NULL)
 		reply_sb(aio, NNG_HTTP_STATUS_OK, "application/json", &b);
