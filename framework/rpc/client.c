@@ -2447,7 +2447,13 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		own = !md_same(md, b->base_md);
 	size_t mi = (size_t)(m - ch->svc->methods);
 	bool by_id = m >= ch->svc->methods && mi < ch->svc->n_methods;
-	size_t plen = asynqi_msg_size(req);
+	/* A small message is packed once, here, and copied in below; a
+	 * larger one is sized now and packed in place. */
+	uint8_t small[ASYNQI_SMALL_MSG];
+	size_t plen = asynqi_msg_pack_small(req, small, sizeof(small));
+	bool packed = plen != SIZE_MAX;
+	if (!packed)
+		plen = asynqi_msg_size(req);
 	size_t nlen = by_id ? 0 : strlen(m->full_name);
 	size_t mdw = own ? (md != NULL ? md->wire : 0) + 2 : 0;
 	size_t body = (idx != 0 ? 1 + asynqi_varint_len(idx) : 0) +
@@ -2472,7 +2478,10 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 			*p++ = (3 << 3) | 2;
 			p += put_varint(p, plen);
 			poff = off + (size_t)(p - d);
-			asynqi_msg_pack(req, p);
+			if (packed)
+				memcpy(p, small, plen);
+			else
+				asynqi_msg_pack(req, p);
 			p += plen;
 		}
 		if (by_id) {

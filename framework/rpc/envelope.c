@@ -796,6 +796,55 @@ simple_pack(const ProtobufCMessage *m, uint8_t *out)
 	return (size_t)(o - out);
 }
 
+/* simple_pack with room checked before each field for the most it can
+ * write: SIZE_MAX when it might not fit. */
+static size_t
+simple_pack_within(const ProtobufCMessage *m, uint8_t *out, size_t cap)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	uint8_t *o = out, *end = out + cap;
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+		uint64_t v = 0;
+		const uint8_t *p = NULL;
+		size_t len = 0;
+		if (!simple_value(m, f, &v, &p, &len))
+			continue;
+		unsigned wt = wire_type(f->type);
+		/* A key is at most 5 bytes, a varint 10. */
+		size_t most = 5 +
+		    (wt == 0          ? 10
+		            : wt == 1 ? 8
+		            : wt == 5 ? 4
+		                      : 10);
+		if (wt == 2 && len > (size_t)(end - o))
+			return SIZE_MAX;
+		if ((size_t)(end - o) < most + (wt == 2 ? len : 0))
+			return SIZE_MAX;
+		o = varint_put(o, ((uint64_t)f->id << 3) | wt);
+		switch (wt) {
+		case 0:
+			o = varint_put(o, v);
+			break;
+		case 1:
+			for (int k = 0; k < 8; k++)
+				*o++ = (uint8_t)(v >> (8 * k));
+			break;
+		case 5:
+			for (int k = 0; k < 4; k++)
+				*o++ = (uint8_t)(v >> (8 * k));
+			break;
+		default:
+			o = varint_put(o, len);
+			if (len != 0)
+				memcpy(o, p, len);
+			o += len;
+			break;
+		}
+	}
+	return (size_t)(o - out);
+}
+
 /* Unknown fields a message was decoded with are packed again, by
  * protobuf-c (the command-line client's Raw messages are nothing else). */
 static bool
@@ -816,6 +865,12 @@ asynqi_msg_pack(const ProtobufCMessage *m, uint8_t *out)
 {
 	return packs_simply(m) ? simple_pack(m, out)
 	                       : protobuf_c_message_pack(m, out);
+}
+
+size_t
+asynqi_msg_pack_small(const ProtobufCMessage *m, uint8_t *out, size_t cap)
+{
+	return packs_simply(m) ? simple_pack_within(m, out, cap) : SIZE_MAX;
 }
 
 asynq_status

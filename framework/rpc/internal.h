@@ -89,6 +89,14 @@ asynq_status asynqi_rpc_check_depth(const ProtobufCMessageDescriptor *desc,
 size_t asynqi_msg_size(const ProtobufCMessage *m);
 size_t asynqi_msg_pack(const ProtobufCMessage *m, uint8_t *out);
 
+/* asynqi_msg_pack_small packs a small message in one walk of its fields
+ * (no size pass first): the length written to out, or SIZE_MAX when m is
+ * not one the quick path packs or might not fit in cap bytes (nothing
+ * useful is left in out then; size and pack it as above). */
+#define ASYNQI_SMALL_MSG 128
+size_t asynqi_msg_pack_small(const ProtobufCMessage *m, uint8_t *out,
+    size_t cap);
+
 /* asynqi_rpc_decode checks depth and decodes data as a desc message with
  * allocator pa (NULL for malloc). On failure returns INVALID_ARGUMENT, or
  * RESOURCE_EXHAUSTED when `arena` (may be NULL) ran out of budget or the

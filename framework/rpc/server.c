@@ -893,8 +893,16 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 	if (k->answered)
 		return;
 	k->answered = true;
-	size_t plen =
-	    st == ASYNQ_OK && reply != NULL ? asynqi_msg_size(reply) : 0;
+	/* A small reply is packed once, here, and copied in below. */
+	uint8_t small[ASYNQI_SMALL_MSG];
+	bool packed = false;
+	size_t plen = 0;
+	if (st == ASYNQ_OK && reply != NULL) {
+		plen = asynqi_msg_pack_small(reply, small, sizeof(small));
+		packed = plen != SIZE_MAX;
+		if (!packed)
+			plen = asynqi_msg_size(reply);
+	}
 	size_t mlen = st != ASYNQ_OK ? strlen(message) : 0;
 	size_t body =
 	    (k->call_id != 0 ? 1 + asynqi_varint_len(k->call_id) : 0) +
@@ -925,7 +933,10 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 	if (plen != 0) {
 		*p++ = (4 << 3) | 2;
 		p += put_varint(p, plen);
-		asynqi_msg_pack(reply, p);
+		if (packed)
+			memcpy(p, small, plen);
+		else
+			asynqi_msg_pack(reply, p);
 		p += plen;
 	}
 	b->len += (size_t)(p - d);

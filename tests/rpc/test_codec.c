@@ -302,9 +302,10 @@ test_codec_mutations_agree(void **state)
 	free(b2);
 }
 
-/* asynqi_msg_size and _pack against protobuf-c's. */
+/* asynqi_msg_size and _pack against protobuf-c's; simple: m is one the
+ * quick path packs (flat, no unknown fields). */
 static void
-same_packing(const ProtobufCMessage *m)
+same_packing(const ProtobufCMessage *m, bool simple)
 {
 	size_t want = protobuf_c_message_get_packed_size(m);
 	assert_int_equal(asynqi_msg_size(m), want);
@@ -314,6 +315,34 @@ same_packing(const ProtobufCMessage *m)
 	assert_int_equal(protobuf_c_message_pack(m, a), want);
 	assert_int_equal(asynqi_msg_pack(m, b), want);
 	assert_memory_equal(a, b, want);
+	/* The one-walk packer: the same bytes when it packs, never a byte
+	 * past cap; it refuses a cap under the size (want - 1), may refuse
+	 * one at or just over it (it checks for the most a field can
+	 * take), packs flat messages given room for the most every field
+	 * can take (15 bytes each, at most 16 fields), and refuses others
+	 * (protobuf-c packs them). */
+	size_t caps[] = { want != 0 ? want - 1 : 0, want, want + 1,
+		ASYNQI_SMALL_MSG, want + 16 * 15 };
+	for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
+		size_t cap = caps[i];
+		uint8_t *c = malloc(cap + 16);
+		assert_non_null(c);
+		memset(c, 0xa5, cap + 16);
+		size_t got = asynqi_msg_pack_small(m, c, cap);
+		if (got != SIZE_MAX) {
+			assert_int_equal(got, want);
+			assert_memory_equal(a, c, want);
+		}
+		for (size_t k = cap; k < cap + 16; k++)
+			assert_int_equal(c[k], 0xa5);
+		if (i == 0 && want != 0)
+			assert_true(got == SIZE_MAX);
+		if (i == 4 && simple)
+			assert_int_equal(got, want);
+		if (!simple)
+			assert_true(got == SIZE_MAX);
+		free(c);
+	}
 	free(a);
 	free(b);
 }
@@ -402,7 +431,7 @@ test_codec_packing_matches_protobuf_c(void **state)
 		if (mask & 32768)
 			f.by = (ProtobufCBinaryData){ next() % sizeof(bytes),
 				bytes };
-		same_packing(&f.base);
+		same_packing(&f.base, true);
 
 		Asynq__Codectest2__Flat2 g = ASYNQ__CODECTEST2__FLAT2__INIT;
 		mask = next();
@@ -422,7 +451,7 @@ test_codec_packing_matches_protobuf_c(void **state)
 		g.by = (ProtobufCBinaryData){ next() % 4, bytes };
 		g.has_db = (mask & 128) != 0;
 		g.db = edgy_double();
-		same_packing(&g.base);
+		same_packing(&g.base, true);
 	}
 	/* Not simple: protobuf-c packs it. */
 	Asynq__Codectest__NotFlat nf = ASYNQ__CODECTEST__NOT_FLAT__INIT;
@@ -430,7 +459,7 @@ test_codec_packing_matches_protobuf_c(void **state)
 	nf.v = -1;
 	nf.vs = vs;
 	nf.n_vs = 2;
-	same_packing(&nf.base);
+	same_packing(&nf.base, false);
 }
 
 int
