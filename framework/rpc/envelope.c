@@ -759,8 +759,11 @@ simple_size(const ProtobufCMessage *m)
 	return n;
 }
 
-static size_t
-simple_pack(const ProtobufCMessage *m, uint8_t *out)
+/* simple_pack's walk; bounded: room is checked before each field for the
+ * most it can write, SIZE_MAX when it might not fit in cap. */
+static inline __attribute__((always_inline)) size_t
+simple_pack_to(const ProtobufCMessage *m, uint8_t *out, size_t cap,
+    bool bounded)
 {
 	const ProtobufCMessageDescriptor *d = m->descriptor;
 	uint8_t *o = out;
@@ -772,6 +775,17 @@ simple_pack(const ProtobufCMessage *m, uint8_t *out)
 		if (!simple_value(m, f, &v, &p, &len))
 			continue;
 		unsigned wt = wire_type(f->type);
+		if (bounded) {
+			/* A key is at most 5 bytes, a varint 10. */
+			size_t room = cap - (size_t)(o - out);
+			size_t most = 5 +
+			    (wt == 0          ? 10
+			            : wt == 1 ? 8
+			            : wt == 5 ? 4
+			                      : 10);
+			if (most > room || (wt == 2 && len > room - most))
+				return SIZE_MAX;
+		}
 		o = varint_put(o, ((uint64_t)f->id << 3) | wt);
 		switch (wt) {
 		case 0:
@@ -796,53 +810,16 @@ simple_pack(const ProtobufCMessage *m, uint8_t *out)
 	return (size_t)(o - out);
 }
 
-/* simple_pack with room checked before each field for the most it can
- * write: SIZE_MAX when it might not fit. */
+static size_t
+simple_pack(const ProtobufCMessage *m, uint8_t *out)
+{
+	return simple_pack_to(m, out, 0, false);
+}
+
 static size_t
 simple_pack_within(const ProtobufCMessage *m, uint8_t *out, size_t cap)
 {
-	const ProtobufCMessageDescriptor *d = m->descriptor;
-	uint8_t *o = out, *end = out + cap;
-	for (unsigned i = 0; i < d->n_fields; i++) {
-		const ProtobufCFieldDescriptor *f = &d->fields[i];
-		uint64_t v = 0;
-		const uint8_t *p = NULL;
-		size_t len = 0;
-		if (!simple_value(m, f, &v, &p, &len))
-			continue;
-		unsigned wt = wire_type(f->type);
-		/* A key is at most 5 bytes, a varint 10. */
-		size_t most = 5 +
-		    (wt == 0          ? 10
-		            : wt == 1 ? 8
-		            : wt == 5 ? 4
-		                      : 10);
-		if (wt == 2 && len > (size_t)(end - o))
-			return SIZE_MAX;
-		if ((size_t)(end - o) < most + (wt == 2 ? len : 0))
-			return SIZE_MAX;
-		o = varint_put(o, ((uint64_t)f->id << 3) | wt);
-		switch (wt) {
-		case 0:
-			o = varint_put(o, v);
-			break;
-		case 1:
-			for (int k = 0; k < 8; k++)
-				*o++ = (uint8_t)(v >> (8 * k));
-			break;
-		case 5:
-			for (int k = 0; k < 4; k++)
-				*o++ = (uint8_t)(v >> (8 * k));
-			break;
-		default:
-			o = varint_put(o, len);
-			if (len != 0)
-				memcpy(o, p, len);
-			o += len;
-			break;
-		}
-	}
-	return (size_t)(o - out);
+	return simple_pack_to(m, out, cap, true);
 }
 
 /* Unknown fields a message was decoded with are packed again, by
