@@ -291,6 +291,22 @@ spread(asynq_rpc_channel *ch, spread_job *j)
 	return st;
 }
 
+/* Overloads the one-worker server at url as the standing-queue test does
+ * (ten spins of 150 ms at once), then keeps its worker spinning for 3 s
+ * from 50 ms before this returns; the connection that sent them. */
+static raw_conn
+stall_worker(const char *url)
+{
+	raw_conn r = raw_open(url, 20000);
+	for (uint64_t i = 1; i <= 10; i++)
+		send_call(&r, M(SPIN), 150, i);
+	for (int i = 0; i < 10; i++)
+		(void)next_reply(&r);
+	send_call(&r, M(SPIN), 3000, 100);
+	usleep(50 * 1000);
+	return r;
+}
+
 /* A replica that refuses (overloaded) sends requests to the other one, as
  * many as the retry throttle allows; with retries off, none. */
 static void
@@ -303,16 +319,9 @@ test_refused_requests_go_elsewhere_throttled(void **state)
 	fx_server(&idle, TRANSPORT_TCP, &cfg, 1);
 	asynq_rpc_channel *on = channel_pair(busy.url, idle.url, 0);
 	asynq_rpc_channel *off = channel_pair(busy.url, idle.url, UINT32_MAX);
-	/* Overload `busy` as above, then keep its worker spinning for 3 s:
-	 * meanwhile it admits four requests (its least budget; they wait)
-	 * and refuses the rest at once. */
-	raw_conn r = raw_open(busy.url, 20000);
-	for (uint64_t i = 1; i <= 10; i++)
-		send_call(&r, M(SPIN), 150, i);
-	for (int i = 0; i < 10; i++)
-		(void)next_reply(&r);
-	send_call(&r, M(SPIN), 3000, 100);
-	usleep(50 * 1000);
+	/* Meanwhile `busy` admits four requests (its least budget; they
+	 * wait) and refuses the rest at once. */
+	raw_conn r = stall_worker(busy.url);
 	spread_job j = { .n = 60 };
 	asynq_rpc_channel_stats st = spread(on, &j);
 	/* About half the requests went to the busy replica; it refused all
@@ -429,14 +438,7 @@ test_client_throttle(void **state)
 	fx_server(&busy, TRANSPORT_TCP, &cfg, 1);
 	asynq_rpc_channel *on = channel_one(busy.url, 0);
 	asynq_rpc_channel *off = channel_one(busy.url, UINT32_MAX);
-	/* Overloaded as above, then its worker spins for 3 s. */
-	raw_conn r = raw_open(busy.url, 20000);
-	for (uint64_t i = 1; i <= 10; i++)
-		send_call(&r, M(SPIN), 150, i);
-	for (int i = 0; i < 10; i++)
-		(void)next_reply(&r);
-	send_call(&r, M(SPIN), 3000, 100);
-	usleep(50 * 1000);
+	raw_conn r = stall_worker(busy.url);
 	int64_t t0 = (int64_t)asynq_now_ns();
 	uint64_t shed0 = fx_stats(&busy).shed;
 	asynq_rpc_channel_stats b0, b1;
