@@ -3,10 +3,11 @@
  * Reporting from places where stdio cannot be trusted: a failed assertion
  * and a signal handler on an alternate stack. Everything here is
  * async-signal-safe: write(2) and hand-made decimal, no stdio, no locks, no
- * allocation.
+ * allocation. And the per-thread random bits the layers above share.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -52,4 +53,20 @@ asynqi_assert_fail(const char *expr, const char *file, int line)
 	asynqi_sig_write_int(line);
 	asynqi_sig_write("\n");
 	abort();
+}
+
+uint64_t
+asynqi_thread_rand(void)
+{
+	static _Thread_local uint64_t x;
+	if (x == 0) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		x = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) |
+		    1;
+	}
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return x;
 }

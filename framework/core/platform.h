@@ -10,6 +10,8 @@
 #ifndef ASYNQ_CORE_PLATFORM_H
 #define ASYNQ_CORE_PLATFORM_H
 
+#include <stdint.h>
+
 #if defined(__SANITIZE_ADDRESS__)
 #define ASYNQI_ASAN 1
 #endif
@@ -42,5 +44,10 @@ void asynqi_assert_fail(const char *expr, const char *file, int line)
 	(__builtin_expect(!(cond), 0)                                          \
 	        ? asynqi_assert_fail(#cond, __FILE__, __LINE__)                \
 	        : (void)0)
+
+/* asynqi_thread_rand returns 64 pseudo-random bits from a per-thread
+ * xorshift generator seeded from the clock: for jitter and sampling, not
+ * for anything an attacker may guess. Any thread, no lock. */
+uint64_t asynqi_thread_rand(void);
 
 #endif /* ASYNQ_CORE_PLATFORM_H */

@@ -2337,18 +2337,6 @@ asynqi_rpc_count_cached(asynq_rpc_channel *ch)
 	atomic_fetch_add_explicit(&ch->cached, 1, memory_order_relaxed);
 }
 
-static uint32_t
-thread_rand(void)
-{
-	static _Thread_local uint64_t x;
-	if (x == 0)
-		x = (uint64_t)mono_ns() | 1;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return (uint32_t)(x >> 32);
-}
-
 /* While the throttle refuses some calls: a failed constant future if it
  * refuses this one, else NULL. */
 static asynq_future *__attribute__((noinline, cold))
@@ -2360,7 +2348,8 @@ throttle_call(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m)
 		asynqi_throttle_update(&ch->thr, now);
 		pthread_mutex_unlock(&ch->mu);
 	}
-	if (!asynqi_throttle_refuse(&ch->thr, thread_rand()))
+	if (!asynqi_throttle_refuse(&ch->thr,
+	        (uint32_t)(asynqi_thread_rand() >> 32)))
 		return NULL;
 	atomic_fetch_add_explicit(&ch->throttled, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&ch->failures, 1, memory_order_relaxed);

@@ -6,12 +6,13 @@
  * which suspends only this task.
  *
  * Design notes:
- * - Jitter draws from a per-thread xorshift generator seeded from the clock;
- *   it only ever shortens a wait, so max_delay_ns stays a true cap.
+ * - Jitter draws from the per-thread generator (asynqi_thread_rand); it
+ *   only ever shortens a wait, so max_delay_ns stays a true cap.
  */
 #include <string.h>
 
 #include "tcall.h"
+#include "framework/core/platform.h"
 
 #define MS 1000000ull
 
@@ -49,23 +50,12 @@ asynq_retry_delay_ns(const asynq_retry_cfg *cfg, size_t try_no)
 }
 
 static uint64_t
-rand_u64(void)
-{
-	static _Thread_local uint64_t x;
-	if (x == 0)
-		x = asynq_now_ns() | 1;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return x;
-}
-
-static uint64_t
 jittered(uint64_t d, double jitter)
 {
 	if (jitter <= 0.0 || d == 0)
 		return d;
-	double r = (double)(rand_u64() >> 11) / 9007199254740992.0; /* [0,1) */
+	double r = (double)(asynqi_thread_rand() >> 11) /
+	    9007199254740992.0; /* [0,1) */
 	return (uint64_t)((double)d * (1.0 - jitter * r));
 }
 
