@@ -17,23 +17,24 @@
 #include "asynq/serve.h"
 #include "docs/example/greeter.asynq.h"
 
-/* A reply whose message is printf(fmt, ...); NULL without memory. */
+/* A reply whose message is printf(fmt, ...), in the memory of the request
+ * being served (nothing to free: it goes with the request once the reply
+ * is sent); NULL without memory. */
 static Greeter__HelloReply *
-reply_new(const char *fmt, ...)
+hello_reply(const char *fmt, ...)
 {
-	Greeter__HelloReply *r = malloc(sizeof(*r));
+	Greeter__HelloReply *r = (Greeter__HelloReply *)asynq_rpc_reply_new(
+	    &greeter__hello_reply__descriptor);
 	va_list ap;
 
 	if (r == NULL)
 		return NULL;
-	greeter__hello_reply__init(r);
 	va_start(ap, fmt);
 	int n = vsnprintf(NULL, 0, fmt, ap);
 	va_end(ap);
-	if (n < 0 || (r->message = malloc((size_t)n + 1)) == NULL) {
-		free(r);
+	if (n < 0 ||
+	    (r->message = asynq_rpc_reply_alloc((size_t)n + 1)) == NULL)
 		return NULL;
-	}
 	va_start(ap, fmt);
 	vsnprintf(r->message, (size_t)n + 1, fmt, ap);
 	va_end(ap);
@@ -49,7 +50,7 @@ say_hello(asynq_task *t, const Greeter__HelloRequest *in,
 
 	if (in->name[0] == '\0')
 		return asynq_fail(t, ASYNQ_INVALID_ARGUMENT, "empty name");
-	Greeter__HelloReply *out = reply_new("Hello, %s!", in->name);
+	Greeter__HelloReply *out = hello_reply("Hello, %s!", in->name);
 	if (out == NULL)
 		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "out of memory");
 	*reply = out;
@@ -65,7 +66,7 @@ welcome(asynq_task *t, greeter__greeter__welcome__batch_call *calls, size_t n,
 	(void)ctx;
 	for (size_t i = 0; i < n; i++) {
 		Greeter__HelloReply *out =
-		    reply_new("Welcome, %s: %zu guests came together.",
+		    hello_reply("Welcome, %s: %zu guests came together.",
 		        calls[i].req->name, n);
 		if (out == NULL) {
 			calls[i].status = ASYNQ_RESOURCE_EXHAUSTED;

@@ -1224,7 +1224,7 @@ server_decl(const struct service *s, struct buf *h)
 		    "same layout). */\n"
 		    "typedef struct %s__%s__batch_call {\n"
 		    "\tconst %s *req; /* decoded request, borrowed */\n"
-		    "\t%s *reply; /* set by the handler, malloc'd */\n"
+		    "\t%s *reply; /* set by the handler, as below */\n"
 		    "\tasynq_status status; /* set by the handler */\n"
 		    "\tconst char *message; /* static or NULL */\n"
 		    "\tchar *formatted; /* asynq_rpc_batch_fail's; the "
@@ -1233,11 +1233,30 @@ server_decl(const struct service *s, struct buf *h)
 		    m->full_name, s->lower, m->lower, m->input_t, m->output_t,
 		    s->lower, m->lower);
 	}
+	for (size_t i = 0; i < s->n_methods; i++) {
+		const struct method *m = &s->methods[i];
+
+		buf_printf(h,
+		    "\n/* %s__%s__reply_new returns a new reply of %s in\n"
+		    " * the memory of the request the handler serves, which "
+		    "the server\n"
+		    " * never frees, or NULL (asynq/rpc.h: "
+		    "asynq_rpc_reply_new). */\n"
+		    "static inline %s *\n"
+		    "%s__%s__reply_new(void)\n"
+		    "{\n"
+		    "\treturn (%s *)asynq_rpc_reply_new(&%s__descriptor);\n"
+		    "}\n",
+		    s->lower, m->lower, m->full_name, m->output_t, s->lower,
+		    m->lower, m->output_t, m->output_c);
+	}
 	buf_printf(h,
 	    "\n/* The handlers of %s, one per method, none NULL. A\n"
-	    " * reply is a message the handler allocated with "
-	    "malloc-compatible memory;\n"
-	    " * the server frees it with protobuf_c_message_free_unpacked "
+	    " * reply is one from <method>__reply_new, which the server never "
+	    "frees, or\n"
+	    " * a message the handler allocated with malloc-compatible "
+	    "memory, which\n"
+	    " * the server frees with protobuf_c_message_free_unpacked "
 	    "(asynq/rpc.h:\n"
 	    " * asynq_rpc_unary_fn, asynq_rpc_batch_fn). */\n"
 	    "typedef struct %s__asynq_handlers {\n",

@@ -99,6 +99,9 @@ batch_new(asynq_sched *s, asynq_backend *be)
 	return b;
 }
 
+/* The most items a new batch's array starts with. */
+#define ITEMS_HINT_MAX 4096
+
 static size_t
 key_slot(uint64_t key, size_t mask)
 {
@@ -281,7 +284,9 @@ asynq_batch_add(asynq_backend *be, int64_t key, void *req)
 		be->active = b;
 	}
 	if (b->n_items == b->cap_items) {
-		size_t cap = b->cap_items != 0 ? b->cap_items * 2 : 16;
+		size_t cap = b->cap_items != 0 ? b->cap_items * 2
+		    : be->items_hint > 16      ? be->items_hint
+		                               : 16;
 		asynq_future **items = realloc(b->items, cap * sizeof(*items));
 		if (items == NULL)
 			return NULL;
@@ -490,6 +495,13 @@ asynqi_batch_run_flush(asynq_sched *s, asynq_batch *b)
 	detach(s, b);
 	b->state = BATCH_FLUSHING;
 	s->stats.flushes++;
+	/* The next batch starts with room for as many items as this one has
+	 * (a power of two, at most ITEMS_HINT_MAX), so a steady load grows no
+	 * array per batch and a smaller one gives the room back. */
+	size_t hint = 16;
+	while (hint < b->n_items && hint < ITEMS_HINT_MAX)
+		hint *= 2;
+	b->backend->items_hint = hint;
 	ASYNQI_TRACE_BATCH(s, ASYNQ_TRACE_FLUSH_BEGIN, b);
 	asynq_status st = b->ops->flush(b);
 	ASYNQI_TRACE_BATCH(s, ASYNQ_TRACE_FLUSH_END, b);

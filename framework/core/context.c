@@ -237,9 +237,13 @@ asynq_scoped_push(const asynq_scoped *key, void *value)
 	asynq_sched *s = asynqi_sched_get();
 	if (s == NULL)
 		return ASYNQ_RESOURCE_EXHAUSTED;
-	scoped_entry *e = malloc(sizeof(*e));
-	if (e == NULL)
+	scoped_entry *e = s->free_scoped;
+	if (e != NULL) {
+		s->free_scoped = e->prev;
+		s->n_free_scoped--;
+	} else if ((e = malloc(sizeof(*e))) == NULL) {
 		return ASYNQ_RESOURCE_EXHAUSTED;
+	}
 	scoped_entry **top =
 	    s->current != NULL ? &s->current->scoped : &s->thread_scoped;
 	e->key = key;
@@ -262,8 +266,8 @@ asynq_scoped_pop(const asynq_scoped *key)
 		if ((*p)->key == key) {
 			scoped_entry *e = *p;
 			*p = e->prev;
-			free(e);
 			s->n_scoped--;
+			asynqi_scoped_entry_put(s, e);
 			return ASYNQ_OK;
 		}
 	}

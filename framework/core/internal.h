@@ -166,6 +166,8 @@ struct asynq_sched {
 	asynq_context *thread_contexts;
 	scoped_entry *thread_scoped;
 	size_t n_scoped; /* scoped values pushed and not popped, all tasks */
+	scoped_entry *free_scoped; /* free list of scoped entries */
+	size_t n_free_scoped;
 	asynq_task *free_tasks;    /* free list of task records */
 	asynqi_fut_rec *free_futs; /* free list of other futures */
 	size_t n_free_tasks, n_free_futs;
@@ -187,6 +189,25 @@ struct asynq_sched {
 
 /* The calling thread's scheduler, or NULL if it has none yet. */
 extern _Thread_local asynq_sched *asynqi_tls_sched;
+
+/* Scoped entries a scheduler keeps for reuse: a push and its pop per call
+ * (a server's handlers push their call) cost no malloc in steady state, and
+ * the list never holds more than this. */
+#define ASYNQI_SCOPED_FREE_MAX 256
+
+/* asynqi_scoped_entry_put gives back an entry of s's (popped, or left by a
+ * finished task). */
+static inline void
+asynqi_scoped_entry_put(asynq_sched *s, scoped_entry *e)
+{
+	if (s->n_free_scoped >= ASYNQI_SCOPED_FREE_MAX || s->zombie) {
+		free(e);
+		return;
+	}
+	e->prev = s->free_scoped;
+	s->free_scoped = e;
+	s->n_free_scoped++;
+}
 
 /* Trace helpers: emit only when a hook is installed. */
 void asynqi_trace_task(asynq_sched *s, asynq_trace_kind kind, asynq_task *t,

@@ -284,8 +284,8 @@ task_finish(asynq_sched *s, asynq_task *t, asynq_status st)
 	while (t->scoped != NULL) {
 		scoped_entry *e = t->scoped;
 		t->scoped = e->prev;
-		free(e);
 		s->n_scoped--;
+		asynqi_scoped_entry_put(s, e);
 	}
 	if (st == ASYNQ_OK) {
 		t->fut.status = ASYNQ_OK;
@@ -1104,6 +1104,12 @@ asynq_thread_fini(void)
 #endif
 	free_tasks_trim(s, 0);
 	free_futs_trim(s, 0);
+	while (s->free_scoped != NULL) {
+		scoped_entry *e = s->free_scoped;
+		s->free_scoped = e->prev;
+		free(e);
+	}
+	s->n_free_scoped = 0;
 	asynqi_stack_pool_fini(&s->pool);
 	allocator_trim(); /* the records of a burst were many small blocks */
 	asynqi_tls_sched = NULL;

@@ -193,6 +193,9 @@ struct asynq_rpc_channel {
 	uint64_t client_id;
 	atomic_uint_fast64_t next_request_id;
 	asynqi_buf table; /* Request.methods of the whole service */
+	/* The first chunk of a reply's arena, from the last reply decoded
+	 * (asynqi_arena_hint; relaxed, readers only). */
+	atomic_size_t reply_arena_hint;
 	atomic_uint_fast64_t calls, requests, failures, resends, refused,
 	    retries, sent_calls, collapsed;
 	bool collapse; /* identical idempotent calls of a batch go once */
@@ -271,7 +274,25 @@ struct chan_backend {
 	/* Scheduler thread only. */
 	sub_req *dl_head, *dl_tail; /* by deadline */
 	uint64_t armed;             /* due time of the armed timer, or 0 */
+	/* Room a new batch starts with, from the last one flushed (powers of
+	 * two): records, encoded bytes, collapse table slots. A steady load
+	 * then grows no array per batch. */
+	size_t recs_hint, buf_hint, ctab_hint;
 };
+
+/* The most room a batch starts with. */
+#define RECS_HINT_MAX 4096
+#define BUF_HINT_MAX ((size_t)64 << 10) /* under malloc's mmap threshold */
+
+/* The power of two >= n (at least lo), at most hi. */
+static size_t
+pow2_hint(size_t n, size_t lo, size_t hi)
+{
+	size_t h = lo;
+	while (h < n && h < hi)
+		h *= 2;
+	return h;
+}
 
 /* One call in a batch. */
 typedef struct call_rec {
@@ -1469,8 +1490,11 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, replica *from,
 			}
 			continue;
 		}
-		if (arena == NULL)
-			arena = asynqi_sarena_alloc(8 * ch->max_msg_bytes);
+		if (arena == NULL &&
+		    (arena = asynqi_sarena_alloc(8 * ch->max_msg_bytes)) !=
+		        NULL)
+			arena->a.first = atomic_load_explicit(
+			    &ch->reply_arena_hint, memory_order_relaxed);
 		ProtobufCMessage *out = NULL;
 		const asynq_rpc_method_desc *md = b->recs[i].m;
 		asynq_status dst = arena != NULL
@@ -1493,6 +1517,9 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, replica *from,
 			ok_run_add(ch, b, &run, md, now);
 	}
 	count_calls(ch, b, run.m, ASYNQ_OK, now, run.n);
+	if (arena != NULL)
+		atomic_store_explicit(&ch->reply_arena_hint,
+		    asynqi_arena_hint(arena->a.used), memory_order_relaxed);
 	asynqi_sarena_rele(arena);
 	/* Calls the reply left out: a request-level failure (over a limit,
 	 * malformed, refused) fails them with its status; else it is the
@@ -2057,7 +2084,9 @@ static void
 ctab_insert(rpc_batch *b, size_t idx)
 {
 	if (b->ctab == NULL || (b->n_ctab + 1) * 2 > b->ctab_mask + 1) {
-		size_t cap = b->ctab != NULL ? (b->ctab_mask + 1) * 2 : 32;
+		size_t cap = b->ctab != NULL ? (b->ctab_mask + 1) * 2
+		    : b->be->ctab_hint > 32  ? b->be->ctab_hint
+		                             : 32;
 		uint32_t *t = calloc(cap, sizeof(*t));
 		free(b->ctab);
 		b->ctab = t;
@@ -2418,12 +2447,16 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	if (b->n_recs == 0 || deadline < b->min_dl)
 		b->min_dl = deadline;
 	if (b->n_recs == b->cap_recs) {
-		size_t cap = b->cap_recs != 0 ? b->cap_recs * 2 : 16;
+		size_t cap = b->cap_recs != 0 ? b->cap_recs * 2
+		    : be->recs_hint > 16      ? be->recs_hint
+		                              : 16;
 		call_rec *r = realloc(b->recs, cap * sizeof(*r));
 		if (r == NULL)
 			return call_oom(be, b, f, m);
 		b->recs = r;
 		b->cap_recs = cap;
+		if (b->buf.cap == 0 && be->buf_hint != 0)
+			(void)asynqi_buf_reserve(&b->buf, be->buf_hint);
 	}
 	asynqi_md_node *md = asynq_scoped_get(&asynqi_md_key);
 	size_t idx = b->n_recs;
@@ -2549,6 +2582,11 @@ rpc_batch_flush(asynq_batch *base)
 	if (n != b->n_recs || b->buf.failed)
 		return b->buf.failed ? ASYNQ_RESOURCE_EXHAUSTED
 		                     : ASYNQ_INTERNAL;
+	be->recs_hint = pow2_hint(b->n_recs, 16, RECS_HINT_MAX);
+	be->buf_hint = pow2_hint(b->buf.len, 256, BUF_HINT_MAX);
+	be->ctab_hint = b->ctab != NULL
+	    ? pow2_hint(b->n_ctab * 2 + 2, 32, RECS_HINT_MAX * 2)
+	    : 0;
 	if (b->base_md != NULL)
 		asynqi_md_write(&b->mdbuf, 3, b->base_md);
 	if (b->mdbuf.failed)

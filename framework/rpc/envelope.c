@@ -143,6 +143,28 @@ asynqi_arena_alloc(asynqi_arena *a, size_t size)
 	return a->tagged;
 }
 
+size_t
+asynqi_arena_hint(size_t used)
+{
+	/* A quarter more for the end of a chunk that a larger allocation did
+	 * not fit in. */
+	size_t want = used + used / 4, h = 4096;
+	while (h < want && h < (64u << 10))
+		h *= 2;
+	return h;
+}
+
+bool
+asynqi_arena_owns(const asynqi_arena *a, const void *p)
+{
+	uintptr_t at = (uintptr_t)p;
+	for (const asynqi_arena_chunk *c = a->chunks; c != NULL; c = c->next)
+		if (at >= (uintptr_t)c->data &&
+		    at < (uintptr_t)c->data + c->off)
+			return true;
+	return false;
+}
+
 static void *
 arena_alloc_raw(asynqi_arena *a, size_t size)
 {
@@ -160,7 +182,9 @@ arena_alloc_raw(asynqi_arena *a, size_t size)
 	}
 	asynqi_arena_chunk *c = a->chunks;
 	if (c == NULL || c->size - c->off < size) {
-		size_t want = c != NULL ? c->size * 2 : 4096;
+		size_t want = c != NULL ? c->size * 2
+		    : a->first != 0     ? a->first
+		                        : 4096;
 		if (want > 1u << 20)
 			want = 1u << 20;
 		if (want < size)

@@ -34,6 +34,8 @@ typedef struct asynqi_arena {
 	asynqi_arena_chunk *chunks;
 	size_t budget;  /* bytes the arena may hand out */
 	size_t used;    /* bytes handed out so far */
+	size_t first;   /* bytes of the first chunk (0: 4 KiB); see
+	                   asynqi_arena_hint */
 	bool exhausted; /* an allocation hit the budget */
 	/* Set: the next allocation gets a header holding this pointer (see
 	 * asynqi_sarena); `tagged` is what that allocation returned. */
@@ -76,6 +78,15 @@ void asynqi_arena_fini(asynqi_arena *a);
 /* asynqi_arena_alloc returns `size` bytes (16-aligned) or NULL when over the
  * budget or out of memory. */
 void *asynqi_arena_alloc(asynqi_arena *a, size_t size);
+
+/* asynqi_arena_hint is the first chunk for an arena that will hold what a
+ * finished one (whose `used` it is given) held: the power of two that
+ * holds it, from 4 KiB to 64 KiB (under malloc's mmap threshold), so a
+ * steady load makes one chunk per arena. */
+size_t asynqi_arena_hint(size_t used);
+
+/* asynqi_arena_owns says whether p points into memory a handed out. */
+bool asynqi_arena_owns(const asynqi_arena *a, const void *p);
 
 /* asynqi_rpc_check_depth walks the wire bytes of a message of type desc
  * without recursion: INVALID_ARGUMENT for malformed framing,

@@ -298,6 +298,10 @@ struct srv_conn {
 	atomic_bool stop_reading; /* paused, read by the reader */
 	int64_t wq_since_ns;
 	atomic_bool wq_over; /* paused_wq, read without mu */
+	/* Room its next request starts with, from the last one finished:
+	 * the arena's first chunk and the reply frame's bytes (relaxed; set
+	 * by workers, read by the reader). */
+	atomic_size_t arena_hint, out_hint;
 	/* Reader only. */
 	bool got_preface;
 	/* For the sweeper (monotonic ns): when accepted, when bytes last
@@ -602,6 +606,32 @@ asynq_rpc_peer_get(void)
 	return k != NULL ? &k->r->sc->peer : NULL;
 }
 
+/* ---- Replies in the request's memory ----------------------------------- */
+
+void *
+asynq_rpc_reply_alloc(size_t size)
+{
+	const srv_task *k = asynq_scoped_get(&srv_req_key);
+	return k != NULL ? asynqi_arena_alloc(&k->r->arena, size) : NULL;
+}
+
+ProtobufCMessage *
+asynq_rpc_reply_new(const ProtobufCMessageDescriptor *desc)
+{
+	ProtobufCMessage *m = asynq_rpc_reply_alloc(desc->sizeof_message);
+	if (m != NULL)
+		desc->message_init(m);
+	return m;
+}
+
+/* Frees a handler's reply unless it lives in the request's memory. */
+static void
+reply_free(srv_req *r, ProtobufCMessage *reply)
+{
+	if (reply != NULL && !asynqi_arena_owns(&r->arena, reply))
+		protobuf_c_message_free_unpacked(reply, NULL);
+}
+
 /* ---- Connections --------------------------------------------------------- */
 
 static void
@@ -741,6 +771,18 @@ sc_queue_frame(srv_conn *sc, unsigned type, asynqi_buf *b)
 	sc_queue(sc, b->p, b->len);
 	b->p = NULL;
 	asynqi_buf_fini(b);
+}
+
+/* Starts a frame in b (its old contents forgotten) with room for `room`
+ * bytes in all. */
+static void
+buf_frame_start_room(asynqi_buf *b, size_t room)
+{
+	memset(b, 0, sizeof(*b));
+	uint8_t *d = asynqi_buf_reserve(b,
+	    room > ASYNQI_FRAME_HDR ? room : ASYNQI_FRAME_HDR);
+	if (d != NULL)
+		b->len = ASYNQI_FRAME_HDR;
 }
 
 static void
@@ -1084,6 +1126,9 @@ req_finish(srv_req *r)
 			    "the handler left the call unanswered%s", "");
 	asynqi_buf out = r->out;
 	memset(&r->out, 0, sizeof(r->out));
+	atomic_store_explicit(&sc->arena_hint, asynqi_arena_hint(r->arena.used),
+	    memory_order_relaxed);
+	atomic_store_explicit(&sc->out_hint, out.len, memory_order_relaxed);
 	asynqi_dd_entry *dd = r->dd;
 	uint64_t request_id = r->request_id;
 	req_log(s, r, request_id, n_calls);
@@ -1125,7 +1170,7 @@ call_result(srv_req *r, srv_call *k, asynq_status st, ProtobufCMessage *reply,
 	char why[256];
 	if (st == ASYNQ_OK && reply != NULL &&
 	    reply->descriptor != k->sm->m->output) {
-		protobuf_c_message_free_unpacked(reply, NULL);
+		reply_free(r, reply);
 		reply = NULL;
 		snprintf(why, sizeof(why),
 		    "handler of %s replied with a message of the wrong type",
@@ -1135,8 +1180,7 @@ call_result(srv_req *r, srv_call *k, asynq_status st, ProtobufCMessage *reply,
 	}
 	asynqi_mstats_code(&k->sm->st[r->worker], st);
 	if (st != ASYNQ_OK) {
-		if (reply != NULL)
-			protobuf_c_message_free_unpacked(reply, NULL);
+		reply_free(r, reply);
 		reply = NULL;
 		asynq_error *e = t != NULL ? asynq_task_error(t) : NULL;
 		if (message == NULL && e != NULL && asynq_error_code(e) == st)
@@ -1147,8 +1191,7 @@ call_result(srv_req *r, srv_call *k, asynq_status st, ProtobufCMessage *reply,
 	if (k->ic != NULL)
 		icpt_after(r->sc->s, k, st, message, reply);
 	result_put(r, k, st, message, reply);
-	if (reply != NULL)
-		protobuf_c_message_free_unpacked(reply, NULL);
+	reply_free(r, reply);
 }
 
 /* The handler of task k runs in its call's trace (its first traced
@@ -1775,6 +1818,8 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 		return;
 	}
 	asynqi_arena_init(&r->arena, s->cfg.decode_budget);
+	r->arena.first =
+	    atomic_load_explicit(&sc->arena_hint, memory_order_relaxed);
 	/* The body is copied: the read buffer is reused after this frame. */
 	uint8_t *copy = asynqi_arena_alloc(&r->arena, len);
 	size_t n_calls = 0;
@@ -1838,7 +1883,12 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	r->calls = malloc(n1 * sizeof(*r->calls));
 	r->tasks = malloc(n1 * sizeof(*r->tasks));
 	r->idx = malloc(n1 * sizeof(*r->idx));
-	buf_frame_start(&r->out);
+	/* Room for as much as the connection's last reply took (at most
+	 * 64 KiB, under malloc's mmap threshold): one allocation. */
+	size_t out_hint =
+	    atomic_load_explicit(&sc->out_hint, memory_order_relaxed);
+	buf_frame_start_room(&r->out,
+	    out_hint < (64u << 10) ? out_hint : (64u << 10));
 	/* The reply names its request first, so a client matches it before
 	 * reading its results. */
 	asynqi_buf_tag(&r->out, 4, 0);

@@ -157,10 +157,9 @@ serve_get(asynq_task *t, const Asynq__Bench__Id *req, Asynq__Bench__Id **reply,
     void *ctx)
 {
 	(void)ctx;
-	Asynq__Bench__Id *out = malloc(sizeof(*out));
+	Asynq__Bench__Id *out = asynq__bench__lookup__get__reply_new();
 	if (out == NULL)
 		return asynq_fail(t, ASYNQ_RESOURCE_EXHAUSTED, "out of memory");
-	asynq__bench__id__init(out);
 	out->id = req->id * 3;
 	*reply = out;
 	return ASYNQ_OK;
@@ -173,13 +172,13 @@ serve_get_batch(asynq_task *t,
 	(void)t;
 	(void)ctx;
 	for (size_t i = 0; i < n; i++) {
-		Asynq__Bench__Id *out = malloc(sizeof(*out));
+		Asynq__Bench__Id *out =
+		    asynq__bench__lookup__get_batch__reply_new();
 		if (out == NULL) {
 			calls[i].status = ASYNQ_RESOURCE_EXHAUSTED;
 			calls[i].message = "out of memory";
 			continue;
 		}
-		asynq__bench__id__init(out);
 		out->id = calls[i].req->id * 3;
 		calls[i].reply = out;
 		calls[i].status = ASYNQ_OK;

@@ -39,11 +39,9 @@ static asynq_rpc_channel *ch;
 static Asynq__Bench__Id *
 id_new(int64_t v)
 {
-	Asynq__Bench__Id *out = malloc(sizeof(*out));
-	if (out != NULL) {
-		asynq__bench__id__init(out);
+	Asynq__Bench__Id *out = asynq__bench__lookup__get__reply_new();
+	if (out != NULL)
 		out->id = v;
-	}
 	return out;
 }
 

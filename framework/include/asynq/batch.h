@@ -77,6 +77,7 @@ struct asynq_backend {
 	bool dedup_keys;
 	asynq_batch *active; /* framework's: the batch new items join */
 	asynq_sched *sched;  /* framework's: owner, set on first item */
+	size_t items_hint;   /* framework's: room a new batch starts with */
 };
 
 struct asynq_batch {

@@ -560,11 +560,28 @@ typedef struct asynq_rpc_peer {
  * until the handler returns), or NULL outside a handler. Task only. */
 const asynq_rpc_peer *asynq_rpc_peer_get(void);
 
+/* asynq_rpc_reply_new returns a new, initialized message of type desc in
+ * the memory of the request the current handler serves, or NULL outside a
+ * handler (and the tasks it spawns, on its worker) or when the request is
+ * past its byte budget (decode_budget, which its decoded calls share). A
+ * reply made with it costs no malloc and the server never frees it: the
+ * memory goes with the request, after its reply is sent. What such a reply
+ * points to (strings, bytes, repeated fields, submessages) is never freed
+ * either: take it from asynq_rpc_reply_alloc, or from memory that outlives
+ * the request. Task only. */
+struct ProtobufCMessage *asynq_rpc_reply_new(
+    const struct ProtobufCMessageDescriptor *desc);
+
+/* asynq_rpc_reply_alloc returns size bytes (16-aligned) in the same
+ * memory, or NULL as above. */
+void *asynq_rpc_reply_alloc(size_t size);
+
 /* A per-call handler: runs as a task with the decoded request (borrowed for
  * the call) and sets *reply to a response message of the method's output
- * type that it allocated with malloc-compatible memory (the server packs and
- * frees it with protobuf_c_message_free_unpacked(reply, NULL)). A non-OK
- * status (with asynq_fail's message) goes to the caller. */
+ * type: one from asynq_rpc_reply_new (nothing to free), or one it allocated
+ * with malloc-compatible memory, which the server packs and frees with
+ * protobuf_c_message_free_unpacked(reply, NULL). A non-OK status (with
+ * asynq_fail's message) goes to the caller. */
 typedef asynq_status (*asynq_rpc_unary_fn)(asynq_task *t,
     const struct ProtobufCMessage *req, struct ProtobufCMessage **reply,
     void *ctx);
