@@ -116,6 +116,7 @@ struct asynq_task {
 	const char *file;
 	uint64_t id;
 	const char *nonsusp_file;
+	const struct asynqi_handoff *handoff; /* handoff.h; NULL: none */
 	uint32_t depth;
 	uint32_t n_deps;
 	int line;

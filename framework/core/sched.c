@@ -58,6 +58,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "handoff.h"
 #include "internal.h"
 
 _Thread_local asynq_sched *asynqi_tls_sched;
@@ -582,6 +583,30 @@ await_undo(asynq_sched *s, asynq_task *t, asynq_future **fs, size_t n)
 	}
 }
 
+/* t is about to give up control with a handoff hook set (handoff.h):
+ * clears and calls it, then starts the task it returned behind `before`
+ * (NULL: at the back) as t's sibling. */
+static void __attribute__((noinline))
+handoff_run(asynq_sched *s, asynq_task *t, asynq_task *before)
+{
+	const asynqi_handoff *h = t->handoff;
+	t->handoff = NULL;
+	asynq_task *c = asynq_future_task(h->fn(h->arg));
+	if (c == NULL || c->state != TASK_CREATED || c->fut.sched != s)
+		return;
+	if (c->creator == t) {
+		/* t runs, so the scheduler still holds it after this. */
+		t->fut.refs--;
+		c->creator = t->creator;
+		if (c->creator != NULL)
+			c->creator->fut.refs++;
+		c->depth = t->depth;
+	}
+	c->state = TASK_READY;
+	c->fut.refs++; /* the scheduler's, until done */
+	ready_insert(s, c, before);
+}
+
 asynq_status
 asynq_await_all(asynq_task *t, asynq_future **fs, size_t n)
 {
@@ -638,6 +663,8 @@ asynq_await_all(asynq_task *t, asynq_future **fs, size_t n)
 		t->n_deps = n;
 		t->dep_failed = failed;
 		t->state = TASK_BLOCKED;
+		if (__builtin_expect(t->handoff != NULL, 0))
+			handoff_run(s, t, before);
 		if (s->ctx_in_tasks > 0)
 			asynqi_ctx_pause_chain(s, t);
 		ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_SUSPEND, t, ASYNQ_OK);
@@ -684,6 +711,8 @@ asynq_await(asynq_task *t, asynq_future *f)
 	t->deps = &f; /* n_deps stays 0: one */
 	t->dep_failed = false;
 	t->state = TASK_BLOCKED;
+	if (__builtin_expect(t->handoff != NULL, 0))
+		handoff_run(s, t, s->ready_head);
 	if (f->kind == FUT_TASK) {
 		asynq_task *c = (asynq_task *)f;
 		if (c->state == TASK_CREATED) {
@@ -983,6 +1012,9 @@ asynq_wait(asynq_future *f)
 	asynq_task *caller = s->current;
 	asynq_status rv = ASYNQ_OK;
 	if (!f->done) {
+		/* Other tasks run on top of the caller's stack meanwhile. */
+		if (caller != NULL && caller->handoff != NULL)
+			handoff_run(s, caller, s->ready_head);
 		asynq_status st = wait_one(s, f, &rv);
 		if (st != ASYNQ_OK)
 			return st;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "handoff.h"
 #include "internal.h"
 
 /* The depth limit's failure, out of the spawn path. */
@@ -91,6 +92,7 @@ asynq_spawn_at(asynq_task_fn fn, void *arg, const char *name, const char *file,
 	t->last_error = NULL;
 	t->ctx_error = NULL;
 	t->scoped = NULL;
+	t->handoff = NULL;
 	t->id = ++s->stats.tasks_spawned;
 	ASYNQI_TRACE_TASK(s, ASYNQ_TRACE_SPAWN, t, ASYNQ_OK);
 	if (++s->stats.tasks_live > s->tasks_peak)
@@ -143,6 +145,25 @@ asynq_task_error(const asynq_task *t)
 	if (t->last_error == NULL && t->fut.done && t->fut.status != ASYNQ_OK)
 		return t->fut.error;
 	return t->last_error;
+}
+
+void
+asynqi_task_set_handoff(asynq_task *t, const asynqi_handoff *h)
+{
+	t->handoff = h;
+}
+
+void
+asynqi_task_error_clear(asynq_task *t)
+{
+	asynq_error_rele(t->last_error);
+	t->last_error = NULL;
+}
+
+void
+asynqi_task_rename(asynq_task *t, const char *name)
+{
+	t->name = name;
 }
 
 asynq_task *

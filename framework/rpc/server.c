@@ -17,8 +17,17 @@
  *   refused before they run are answered from the reader.
  * - Requests spread over the workers as they arrive, whatever their
  *   connection (one client usually has one connection). On the worker, a
- *   request's calls run as tasks: one per unary call, one per whole-batch
- *   method. Each result is packed straight into the
+ *   request's calls run as tasks: one per whole-batch method, and for each
+ *   run of unary calls a runner, which calls their handlers one after
+ *   another on its own stack. A handler that finishes without suspending
+ *   so costs a call, not a task. When one is about to suspend, the
+ *   scheduler lets the runner hand the calls after it to a new runner
+ *   (framework/core/handoff.h), started at once behind what that handler
+ *   awaits, so they run, and their downstream calls join the same
+ *   batches, as they would were each its own task. A runner awaits the one
+ *   it handed to before it ends. Between handlers it clears the task's
+ *   last error and names itself after the method it runs. Each result is
+ *   packed straight into the
  *   request's reply buffer as a Result field; the last task to finish
  *   completes the frame, queues it on the connection and marks the
  *   connection dirty. A post on the worker flushes its dirty connections, so
@@ -117,6 +126,7 @@
 #include <nng/supplemental/tls/tls.h>
 
 #include "conn.h"
+#include "framework/core/handoff.h"
 #include "dedup.h"
 #include "asynq/log.h"
 #include "health.h"
@@ -239,7 +249,18 @@ struct srv_icall {
 	void *state[];
 };
 
-/* One task of a request: a unary call, or a whole-batch method's calls. */
+/* A runner: a task that runs unary calls r->tasks[next..end) one after
+ * another, each handler as a plain call, until one is about to suspend;
+ * then the calls after it go to a new runner, `rest`, which this one
+ * awaits once that handler is done (see the design notes). */
+typedef struct srv_runner {
+	srv_req *r;
+	size_t next, end;
+	asynq_future *rest;
+	asynqi_handoff hook;
+} srv_runner;
+
+/* One job of a request: a unary call, or a whole-batch method's calls. */
 typedef struct srv_task {
 	srv_req *r;
 	const srv_method *sm;
@@ -247,6 +268,7 @@ typedef struct srv_task {
 	size_t n;
 	size_t one;
 	asynq_rpc_cache *cache; /* its request cache, made on first use */
+	srv_runner run;         /* the runner that starts at this unary call */
 } srv_task;
 
 struct srv_req {
@@ -1393,6 +1415,51 @@ out:
 	return ASYNQ_OK;
 }
 
+static asynq_status runner_main(asynq_task *t, void *arg);
+
+/* The handoff hook of runner u: its next call onwards go to a new runner,
+ * spawned here and started by the scheduler; NULL (u keeps them) without
+ * memory. */
+static asynq_future *
+runner_handoff(void *arg)
+{
+	srv_runner *u = arg;
+	if (u->next >= u->end)
+		return NULL;
+	srv_runner *v = &u->r->tasks[u->next].run;
+	*v = (srv_runner){ .r = u->r, .next = u->next, .end = u->end };
+	asynq_future *f = asynq_spawn_at(runner_main, v,
+	    u->r->tasks[v->next].sm->m->full_name, __FILE__, __LINE__);
+	if (f == NULL || asynq_future_done(f)) {
+		asynq_future_rele(f);
+		return NULL;
+	}
+	u->end = u->next;
+	u->rest = f;
+	return f;
+}
+
+static asynq_status
+runner_main(asynq_task *t, void *arg)
+{
+	srv_runner *u = arg;
+	u->hook = (asynqi_handoff){ runner_handoff, u };
+	while (u->next < u->end) {
+		srv_task *k = &u->r->tasks[u->next++];
+		asynqi_task_rename(t, k->sm->m->full_name);
+		asynqi_task_set_handoff(t, u->next < u->end ? &u->hook : NULL);
+		(void)task_main(t, k);
+		asynqi_task_error_clear(t);
+	}
+	asynqi_task_set_handoff(t, NULL);
+	if (u->rest != NULL) {
+		(void)asynq_await(t, u->rest);
+		asynq_future_rele(u->rest);
+		u->rest = NULL;
+	}
+	return ASYNQ_OK;
+}
+
 /* Worker: r no longer waits to start (it starts, or never will). */
 static void
 req_unwait(asynq_rpc_server *s, srv_req *r)
@@ -1548,23 +1615,38 @@ req_main(asynq_task *t, void *arg)
 	size_t n = r->n_tasks;
 	asynq_future *one, **fs = n > 1 ? malloc(n * sizeof(*fs)) : &one;
 	size_t k = 0;
-	for (size_t j = 0; j < n; j++) {
+	for (size_t j = 0; j < n;) {
 		srv_task *tk = &r->tasks[j];
-		asynq_future *f = fs != NULL
-		    ? asynq_spawn_at(task_main, tk, tk->sm->m->full_name,
-		          __FILE__, __LINE__)
-		    : NULL;
+		/* A whole-batch method's calls are a task; a run of unary
+		 * calls, a runner. */
+		size_t end = j + 1;
+		if (tk->sm->h.unary != NULL) {
+			while (end < n && r->tasks[end].sm->h.unary != NULL)
+				end++;
+			tk->run = (srv_runner){ .r = r, .next = j, .end = end };
+		}
+		asynq_future *f = fs == NULL ? NULL
+		    : tk->sm->h.unary != NULL
+		    ? asynq_spawn_at(runner_main, &tk->run,
+		          tk->sm->m->full_name, __FILE__, __LINE__)
+		    : asynq_spawn_at(task_main, tk, tk->sm->m->full_name,
+		          __FILE__, __LINE__);
 		if (f == NULL || asynq_future_done(f)) {
-			for (size_t i = 0; i < tk->n; i++)
-				call_fail(r, &r->calls[tk->idx[i]],
-				    f == NULL ? ASYNQ_RESOURCE_EXHAUSTED
-				              : asynq_future_status(f),
-				    "the server could not start the call%s",
-				    "");
+			for (size_t x = j; x < end; x++)
+				for (size_t i = 0; i < r->tasks[x].n; i++)
+					call_fail(r,
+					    &r->calls[r->tasks[x].idx[i]],
+					    f == NULL ? ASYNQ_RESOURCE_EXHAUSTED
+					              : asynq_future_status(f),
+					    "the server could not start the "
+					    "call%s",
+					    "");
 			asynq_future_rele(f);
+			j = end;
 			continue;
 		}
 		fs[k++] = f;
+		j = end;
 	}
 	if (k > 0) {
 		(void)asynq_await_all(t, fs, k);

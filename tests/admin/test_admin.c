@@ -345,7 +345,9 @@ test_admin_live_ready_and_metrics(void **state)
 	assert_true(
 	    sample(m,
 	        "asynq_rpc_server_queue_seconds_count{server=\"calc\"}") == 1);
-	/* Both workers answered, and between them ran the calls' tasks. */
+	/* Both workers answered, and between them ran the request's tasks:
+	 * its own, a runner for its 13 unary calls (none suspends, so they
+	 * run in it one after another) and one for the whole-batch Sum. */
 	assert_true(
 	    sample(m, "asynq_worker_up{runtime=\"calc\",worker=\"0\"}") == 1);
 	assert_true(
@@ -354,7 +356,7 @@ test_admin_live_ready_and_metrics(void **state)
 	    "asynq_worker_tasks_started_total{runtime=\"calc\",worker=\"0\"}");
 	double t1 = sample(m,
 	    "asynq_worker_tasks_started_total{runtime=\"calc\",worker=\"1\"}");
-	assert_true(t0 >= 0 && t1 >= 0 && t0 + t1 >= 14);
+	assert_true(t0 >= 0 && t1 >= 0 && t0 + t1 >= 3);
 	/* The process. */
 	assert_true(sample(m, "asynq_process_resident_memory_bytes") > 1e6);
 	assert_true(sample(m, "asynq_process_open_fds") >= 3);
