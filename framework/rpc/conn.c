@@ -23,9 +23,10 @@
  * - Closing: `closed` under mu stops new reads and writes; nng_stream_close
  *   completes the aios in flight with an error. `finish` runs once nothing
  *   is in flight (rx_busy and tx_busy clear): it fails the queued wbufs and
- *   calls on_close. So on_close never overlaps on_read. Sends are started
- *   without mu, so one may follow the close; nng's streams never complete
- *   such a send, and send_async cancels it.
+ *   calls on_close. So on_close never overlaps on_read. Receives and
+ *   callback sends start under mu while open, so each starts before the
+ *   close and nng_stream_close completes it (nng never completes one that
+ *   starts after, see send_async).
  * - In-process pairs have no stream: a flush copies the queued bytes into
  *   the peer's inbox and posts the peer's read to the owner scheduler; the
  *   post hands the inbox to on_read. Closing either end closes both, each
@@ -771,24 +772,32 @@ iov_advance(asynqi_conn *c, size_t n)
 	c->niov -= i;
 }
 
+static void send_failed(asynqi_conn *c, int rv);
+
 /* Sends the iovecs through the callback aio (tx_busy held; the caller's
- * reference moves to txs_cb). A close may come between the sender's last
- * look at `closed` and this send, and nng's streams leave a send that
- * follows their close queued for ever: txs_cb would never run, tx_busy
- * never clear, finish and on_close never come. So once the send is
- * queued, a close is looked for and the send cancelled; a close that comes
- * later completes it (nng_stream_close fails the sends queued). */
+ * reference moves to txs_cb). The send starts under mu, and only while the
+ * connection is open: nng's streams leave a send that starts after their
+ * close queued for ever, and nng 1.5.2's TLS stream cannot even cancel one
+ * that waits behind an unfinished handshake (its cancel aborts the TCP
+ * send beneath, which a close already stopped), so txs_cb would never
+ * run, tx_busy never clear, and finish and on_close never come: the
+ * channel's free or the server's close waited for ever. Started before
+ * the close (which marks `closed` under mu first), the send is failed by
+ * nng_stream_close; after it, it fails here. */
 static void
 send_async(asynqi_conn *c)
 {
 	asynqi_conn_hold(c); /* txs_cb may drop the caller's at once */
 	nng_aio_set_iov(c->txs, c->niov, c->iov);
-	nng_stream_send(c->st, c->txs);
 	pthread_mutex_lock(&c->mu);
 	bool closed = c->closed;
+	if (!closed)
+		nng_stream_send(c->st, c->txs);
 	pthread_mutex_unlock(&c->mu);
-	if (closed)
-		nng_aio_cancel(c->txs);
+	if (closed) {
+		send_failed(c, NNG_ECLOSED);
+		asynqi_conn_rele(c); /* what txs_cb would have dropped */
+	}
 	asynqi_conn_rele(c);
 }
 

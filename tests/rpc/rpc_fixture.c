@@ -267,13 +267,20 @@ void
 fx_server(fixture *fx, int tcp, const asynq_rpc_server_cfg *scfg,
     size_t workers)
 {
+	fx_server_with(fx, tcp, scfg, workers, calc_handlers);
+}
+
+void
+fx_server_with(fixture *fx, int tcp, const asynq_rpc_server_cfg *scfg,
+    size_t workers, const asynq_rpc_handler *handlers)
+{
 	memset(fx, 0, sizeof(*fx));
 	asynq_runtime_cfg rcfg = { .workers = workers };
 	assert_int_equal(asynq_runtime_alloc(&fx->rt, &rcfg), ASYNQ_OK);
 	assert_int_equal(asynq_rpc_server_alloc(&fx->srv, fx->rt, scfg),
 	    ASYNQ_OK);
 	assert_int_equal(
-	    asynq_rpc_server_add_service(fx->srv, CALC, calc_handlers, NULL),
+	    asynq_rpc_server_add_service(fx->srv, CALC, handlers, NULL),
 	    ASYNQ_OK);
 	url_make(fx->url, sizeof(fx->url), tcp);
 	assert_int_equal(asynq_rpc_server_listen(fx->srv, fx->url), ASYNQ_OK);

@@ -94,6 +94,10 @@ void url_make(char *buf, size_t n, int transport);
 void fx_server(fixture *fx, int tcp, const asynq_rpc_server_cfg *scfg,
     size_t workers);
 
+/* fx_server with the Calc handlers given (one per method). */
+void fx_server_with(fixture *fx, int tcp, const asynq_rpc_server_cfg *scfg,
+    size_t workers, const asynq_rpc_handler *handlers);
+
 /* Starts a two-worker runtime and a Calc server with scfg (NULL for
  * defaults) and opens a channel to it with chan_max_calls (0: the
  * service's). */

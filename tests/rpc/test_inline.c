@@ -89,22 +89,13 @@ static asynq_rpc_handler handlers[64];
 static void
 start(fixture *fx, size_t chan_max_calls)
 {
-	memset(fx, 0, sizeof(*fx));
 	memcpy(handlers, calc_handlers, CALC->n_methods * sizeof(handlers[0]));
 	handlers[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SPIN] =
 	    (asynq_rpc_handler){ .unary = h_bare };
 	handlers[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_NAP] =
 	    (asynq_rpc_handler){ .unary = h_nap_count };
-	asynq_runtime_cfg rcfg = { .workers = 1 };
-	assert_int_equal(asynq_runtime_alloc(&fx->rt, &rcfg), ASYNQ_OK);
 	asynq_rpc_server_cfg scfg = { .max_calls = 2000 };
-	assert_int_equal(asynq_rpc_server_alloc(&fx->srv, fx->rt, &scfg),
-	    ASYNQ_OK);
-	assert_int_equal(
-	    asynq_rpc_server_add_service(fx->srv, CALC, handlers, NULL),
-	    ASYNQ_OK);
-	url_make(fx->url, sizeof(fx->url), TRANSPORT_INPROC);
-	assert_int_equal(asynq_rpc_server_listen(fx->srv, fx->url), ASYNQ_OK);
+	fx_server_with(fx, TRANSPORT_INPROC, &scfg, 1, handlers);
 	const char *urls[] = { fx->url };
 	/* Identical calls stay separate calls (Nap is idempotent). */
 	asynq_rpc_channel_cfg ccfg = { .urls = urls,

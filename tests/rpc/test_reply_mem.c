@@ -148,7 +148,6 @@ static asynq_rpc_handler handlers[64];
 static void
 start(fixture *fx, size_t decode_budget, size_t workers)
 {
-	memset(fx, 0, sizeof(*fx));
 	assert_true(CALC->n_methods <= 64);
 	memcpy(handlers, calc_handlers, CALC->n_methods * sizeof(handlers[0]));
 	handlers[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_TWICE] =
@@ -159,16 +158,8 @@ start(fixture *fx, size_t decode_budget, size_t workers)
 	    (asynq_rpc_handler){ .unary = h_greedy };
 	handlers[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_SPIN] =
 	    (asynq_rpc_handler){ .unary = h_ask };
-	asynq_runtime_cfg rcfg = { .workers = workers };
-	assert_int_equal(asynq_runtime_alloc(&fx->rt, &rcfg), ASYNQ_OK);
 	asynq_rpc_server_cfg scfg = { .decode_budget = decode_budget };
-	assert_int_equal(asynq_rpc_server_alloc(&fx->srv, fx->rt, &scfg),
-	    ASYNQ_OK);
-	assert_int_equal(
-	    asynq_rpc_server_add_service(fx->srv, CALC, handlers, NULL),
-	    ASYNQ_OK);
-	url_make(fx->url, sizeof(fx->url), TRANSPORT_INPROC);
-	assert_int_equal(asynq_rpc_server_listen(fx->srv, fx->url), ASYNQ_OK);
+	fx_server_with(fx, TRANSPORT_INPROC, &scfg, workers, handlers);
 	const char *urls[] = { fx->url };
 	asynq_rpc_channel_cfg ccfg = { .urls = urls, .n_urls = 1 };
 	assert_int_equal(asynq_rpc_channel_alloc(&fx->ch, CALC, &ccfg),
