@@ -16,9 +16,12 @@
  * the cache restarts); the proxy has a thread of its own and shares only
  * atomics. Faults are scheduled by calls made, not by time, so every run
  * has the same number of kills and stops however fast the machine is; their
- * moments within that are random. Each cache process writes its own log,
- * so the per-process counter check can start from zero for each. Tasks only
- * record; assertions run on the test thread at the end.
+ * moments within that are random. Calls wait at the threshold of the next
+ * fault until the one under way is done, so fast calls cannot finish the
+ * run while a restart is still running (4 of 6 kills happened once). Each cache
+ * process writes its own log, so the per-process counter check can start from
+ * zero for each. Tasks only record; assertions run on the test thread at the
+ * end.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -84,6 +87,8 @@ typedef struct amo_run {
 	char logs[MAX_LOGS][1200];
 	size_t n_logs;
 	size_t kills, stops;
+	size_t faults_done;   /* faults the controller finished */
+	bool controller_done; /* it ended (all faults, or a failure) */
 	bool clients_done;
 	char failure[512];
 	uint64_t elapsed_ns;
@@ -108,6 +113,15 @@ client_main(asynq_task *t, void *arg)
 	char key[32];
 	uint64_t start = asynq_now_ns();
 	while (r->made < TOTAL && asynq_now_ns() - start < TEST_LIMIT_MS * MS) {
+		/* Calls may run past the threshold of the fault under way but
+		 * not the next one: fast calls would otherwise use up the
+		 * rest while one fault's restart runs, and faults be left
+		 * out. */
+		if (!r->controller_done &&
+		    r->made >= (r->faults_done + 2) * (TOTAL / (FAULTS + 1))) {
+			asynq_sleep_for(t, 1 * MS);
+			continue;
+		}
 		size_t i = r->made++;
 		key_of(i, key, sizeof(key));
 		Asynq__Cache__IncrRequest req =
@@ -215,7 +229,9 @@ controller_main(asynq_task *t, void *arg)
 				proxy_cutting(r->px, true);
 			r->stops++;
 		}
+		r->faults_done++;
 	}
+	r->controller_done = true;
 	return ASYNQ_OK;
 }
 
