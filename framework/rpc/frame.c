@@ -227,19 +227,22 @@ call_field_ok(const asynqi_field *f)
 }
 
 asynq_status
-asynqi_request_count(const uint8_t *p, size_t len, size_t *n_calls)
+asynqi_request_count(const uint8_t *p, size_t len, size_t *n_calls,
+    size_t *n_md)
 {
 	asynqi_reader r = { p, p + len };
 	asynqi_field f;
-	size_t n = 0;
+	size_t n = 0, m = 0;
 	int rv;
 	while ((rv = asynqi_reader_next(&r, &f)) > 0) {
 		if (!request_field_ok(&f))
 			return ASYNQ_INVALID_ARGUMENT;
-		if (f.num == 1)
-			n++;
+		n += f.num == 1;
+		m += f.num == 3; /* its wire type is 2: request_field_ok */
 	}
 	*n_calls = n;
+	if (n_md != NULL)
+		*n_md = m;
 	return rv < 0 ? ASYNQ_INVALID_ARGUMENT : ASYNQ_OK;
 }
 
@@ -343,11 +346,21 @@ asynqi_request_parse(const uint8_t *p, size_t len,
     void *(*alloc)(void *ctx, size_t bytes), void *ctx, asynqi_request_ref *out)
 {
 	memset(out, 0, sizeof(*out));
-	size_t n_calls;
-	asynq_status st = asynqi_request_count(p, len, &n_calls);
+	size_t n_calls, n_md;
+	asynq_status st = asynqi_request_count(p, len, &n_calls, &n_md);
 	if (st != ASYNQ_OK)
 		return st;
-	size_t n_md = md_count(p, len, 3);
+	return asynqi_request_parse_counted(p, len, n_calls, n_md, alloc, ctx,
+	    out);
+}
+
+asynq_status
+asynqi_request_parse_counted(const uint8_t *p, size_t len, size_t n_calls,
+    size_t n_md, void *(*alloc)(void *ctx, size_t bytes), void *ctx,
+    asynqi_request_ref *out)
+{
+	memset(out, 0, sizeof(*out));
+	asynq_status st;
 	if (n_calls > 0) {
 		out->calls = alloc(ctx, n_calls * sizeof(*out->calls));
 		if (out->calls == NULL)

@@ -237,10 +237,10 @@ typedef struct asynqi_request_ref {
 } asynqi_request_ref;
 
 /* asynqi_request_count validates the top level of Request bytes and counts
- * its calls: INVALID_ARGUMENT for malformed bytes (as protobuf-c would
- * reject them), else OK. */
-asynq_status asynqi_request_count(const uint8_t *p, size_t len,
-    size_t *n_calls);
+ * its calls and its metadata entries, in one pass: INVALID_ARGUMENT for
+ * malformed bytes (as protobuf-c would reject them), else OK. */
+asynq_status asynqi_request_count(const uint8_t *p, size_t len, size_t *n_calls,
+    size_t *n_md);
 
 /* asynqi_request_parse parses Request bytes (which must outlive *out) into
  * *out, taking its arrays from alloc(ctx, bytes) (NULL: RESOURCE_EXHAUSTED).
@@ -248,5 +248,11 @@ asynq_status asynqi_request_count(const uint8_t *p, size_t len,
 asynq_status asynqi_request_parse(const uint8_t *p, size_t len,
     void *(*alloc)(void *ctx, size_t bytes), void *ctx,
     asynqi_request_ref *out);
+
+/* asynqi_request_parse_counted is asynqi_request_parse for bytes that
+ * asynqi_request_count found valid, with its counts. */
+asynq_status asynqi_request_parse_counted(const uint8_t *p, size_t len,
+    size_t n_calls, size_t n_md, void *(*alloc)(void *ctx, size_t bytes),
+    void *ctx, asynqi_request_ref *out);
 
 #endif /* ASYNQI_RPC_FRAME_H */

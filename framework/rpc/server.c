@@ -1904,10 +1904,10 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	    atomic_load_explicit(&sc->arena_hint, memory_order_relaxed);
 	/* The body is copied: the read buffer is reused after this frame. */
 	uint8_t *copy = asynqi_arena_alloc(&r->arena, len);
-	size_t n_calls = 0;
+	size_t n_calls = 0, n_md = 0;
 	asynq_status st = copy == NULL
 	    ? ASYNQ_RESOURCE_EXHAUSTED
-	    : asynqi_request_count(body, len, &n_calls);
+	    : asynqi_request_count(body, len, &n_calls, &n_md);
 	if (st == ASYNQ_OK && n_calls > s->cfg.max_calls) {
 		atomic_fetch_add(&s->rejected, 1);
 		snprintf(why, sizeof(why), "request has %zu calls; limit %zu",
@@ -1919,8 +1919,8 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	}
 	if (st == ASYNQ_OK) {
 		memcpy(copy, body, len);
-		st = asynqi_request_parse(copy, len, arena_cb, &r->arena,
-		    &r->rq);
+		st = asynqi_request_parse_counted(copy, len, n_calls, n_md,
+		    arena_cb, &r->arena, &r->rq);
 	}
 	if (st != ASYNQ_OK) {
 		if (st == ASYNQ_RESOURCE_EXHAUSTED)
