@@ -278,9 +278,10 @@ asynqi_trace_batch(asynq_sched *s, asynq_trace_kind kind, asynq_batch *b)
 	s->trace(&ev, s->trace_arg);
 }
 
-/* Stores the task body's outcome in its future. */
-static inline void
-task_finish(asynq_sched *s, asynq_task *t, asynq_status st)
+/* The scoped values a finished task left pushed (out of line: rare, and
+ * task_finish stays small enough to inline). */
+static void __attribute__((noinline))
+task_scoped_drop(asynq_sched *s, asynq_task *t)
 {
 	while (t->scoped != NULL) {
 		scoped_entry *e = t->scoped;
@@ -288,6 +289,14 @@ task_finish(asynq_sched *s, asynq_task *t, asynq_status st)
 		s->n_scoped--;
 		asynqi_scoped_entry_put(s, e);
 	}
+}
+
+/* Stores the task body's outcome in its future. */
+static inline void
+task_finish(asynq_sched *s, asynq_task *t, asynq_status st)
+{
+	if (__builtin_expect(t->scoped != NULL, 0))
+		task_scoped_drop(s, t);
 	if (st == ASYNQ_OK) {
 		t->fut.status = ASYNQ_OK;
 	} else {
