@@ -15,8 +15,9 @@
  *   task), and makes it a sibling of the blocking task: same creator (for
  *   scoped values, contexts and stack traces) and depth.
  * - Between jobs the task drops what one job left on it that the next must
- *   not see: its last error (asynqi_task_error_clear); it names itself for
- *   the job it runs (asynqi_task_rename, for dumps, traces and profiles).
+ *   not see: its last error (asynqi_task_error_clear) and scoped values it
+ *   left pushed (asynqi_task_scoped_unwind); it names itself for the job
+ *   it runs (asynqi_task_rename, for dumps, traces and profiles).
  */
 #ifndef ASYNQ_CORE_HANDOFF_H
 #define ASYNQ_CORE_HANDOFF_H
@@ -32,6 +33,12 @@ typedef struct asynqi_handoff {
 /* asynqi_task_set_handoff sets t's hook (NULL: none); h must live until it
  * is called or cleared. t is the running task. */
 void asynqi_task_set_handoff(asynq_task *t, const asynqi_handoff *h);
+
+/* asynqi_task_scoped_mark returns a mark of t's scoped values pushed so
+ * far; asynqi_task_scoped_unwind pops those t pushed since (what a job
+ * left pushed), as a finished task's are. */
+const void *asynqi_task_scoped_mark(const asynq_task *t);
+void asynqi_task_scoped_unwind(asynq_task *t, const void *mark);
 
 /* asynqi_task_error_clear drops t's last error (asynq_fail's). */
 void asynqi_task_error_clear(asynq_task *t);

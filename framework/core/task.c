@@ -153,6 +153,24 @@ asynqi_task_set_handoff(asynq_task *t, const asynqi_handoff *h)
 	t->handoff = h;
 }
 
+const void *
+asynqi_task_scoped_mark(const asynq_task *t)
+{
+	return t->scoped;
+}
+
+void
+asynqi_task_scoped_unwind(asynq_task *t, const void *mark)
+{
+	asynq_sched *s = t->fut.sched;
+	while (t->scoped != NULL && (const void *)t->scoped != mark) {
+		scoped_entry *e = t->scoped;
+		t->scoped = e->prev;
+		s->n_scoped--;
+		asynqi_scoped_entry_put(s, e);
+	}
+}
+
 void
 asynqi_task_error_clear(asynq_task *t)
 {

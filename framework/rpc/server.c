@@ -25,8 +25,9 @@
  *   (framework/core/handoff.h), started at once behind what that handler
  *   awaits, so they run, and their downstream calls join the same
  *   batches, as they would were each its own task. A runner awaits the one
- *   it handed to before it ends. Between handlers it clears the task's
- *   last error and names itself after the method it runs. Each result is
+ *   it handed to before it ends. Between handlers it pops the scoped
+ *   values a handler left pushed (metadata for its calls, say), clears the
+ *   task's last error and names itself after the method it runs. Each result is
  *   packed straight into the
  *   request's reply buffer as a Result field; the last task to finish
  *   completes the frame, queues it on the connection and marks the
@@ -1448,7 +1449,9 @@ runner_main(asynq_task *t, void *arg)
 		srv_task *k = &u->r->tasks[u->next++];
 		asynqi_task_rename(t, k->sm->m->full_name);
 		asynqi_task_set_handoff(t, u->next < u->end ? &u->hook : NULL);
+		const void *mark = asynqi_task_scoped_mark(t);
 		(void)task_main(t, k);
+		asynqi_task_scoped_unwind(t, mark);
 		asynqi_task_error_clear(t);
 	}
 	asynqi_task_set_handoff(t, NULL);

@@ -12,8 +12,8 @@
  *   of handoffs meets no task-depth limit).
  * - Nothing one call leaves on the task reaches the next: a handler that
  *   returns NOT_FOUND without a message right after one that failed with
- *   asynq_fail's "failed 5" gets "not found", and each call reads its own
- *   metadata.
+ *   asynq_fail's "failed 5" gets "not found", a scoped value one left
+ *   pushed is gone for the next, and each call reads its own metadata.
  * - Mixed requests (suspending, not suspending, whole-batch) answer every
  *   call with its own value.
  */
@@ -61,6 +61,27 @@ h_nap_count(asynq_task *t, const ProtobufCMessage *req,
 	return ASYNQ_OK;
 }
 
+/* Lookup, here: an odd v pushes a scoped value and leaves it pushed; an
+ * even v replies 1 if it sees one, else 0. */
+static const asynq_scoped left_key = ASYNQ_SCOPED_INIT("test.left", 0);
+
+static asynq_status
+h_leaky(asynq_task *t, const ProtobufCMessage *req, ProtobufCMessage **reply,
+    void *ctx)
+{
+	(void)t;
+	(void)ctx;
+	Asynq__Rpctest__Num *out = asynq__rpctest__calc__lookup__reply_new();
+	if (out == NULL)
+		return ASYNQ_RESOURCE_EXHAUSTED;
+	if (NUM(req)->v % 2 != 0)
+		ASYNQ_TRY(asynq_scoped_push(&left_key, (void *)1));
+	else
+		out->v = asynq_scoped_get(&left_key) != NULL;
+	*reply = &out->base;
+	return ASYNQ_OK;
+}
+
 /* Tasks the server's worker started (one worker, read on it). */
 static asynq_status
 stats_main(asynq_task *t, void *arg)
@@ -94,6 +115,8 @@ start(fixture *fx, size_t chan_max_calls)
 	    (asynq_rpc_handler){ .unary = h_bare };
 	handlers[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_NAP] =
 	    (asynq_rpc_handler){ .unary = h_nap_count };
+	handlers[ASYNQ__RPCTEST__CALC__ASYNQ_METHOD_LOOKUP] =
+	    (asynq_rpc_handler){ .unary = h_leaky };
 	asynq_rpc_server_cfg scfg = { .max_calls = 2000 };
 	fx_server_with(fx, TRANSPORT_INPROC, &scfg, 1, handlers);
 	const char *urls[] = { fx->url };
@@ -219,10 +242,11 @@ test_nothing_leaks_from_one_call_to_the_next(void **state)
 	/* Fail(5) fails with "failed 5"; Spin(5) returns 5 bare; Twice reads
 	 * its call's tag. */
 	const asynq_rpc_method_desc *ms[] = { M(FAIL), M(SPIN), M(TWICE),
-		M(TWICE), M(SPIN), M(TWICE) };
-	int64_t vs[] = { ASYNQ_NOT_FOUND, ASYNQ_NOT_FOUND, 1, 2, 0, 3 };
-	const char *tags[] = { NULL, NULL, "one", NULL, NULL, "three" };
-	enum { N = 6 };
+		M(TWICE), M(SPIN), M(TWICE), M(LOOKUP), M(LOOKUP) };
+	int64_t vs[] = { ASYNQ_NOT_FOUND, ASYNQ_NOT_FOUND, 1, 2, 0, 3, 1, 2 };
+	const char *tags[] = { NULL, NULL, "one", NULL, NULL, "three", NULL,
+		NULL };
+	enum { N = 8 };
 	asynq_future *fs[N];
 	mix x = { .ch = fx.ch,
 		.n = N,
@@ -251,6 +275,9 @@ test_nothing_leaks_from_one_call_to_the_next(void **state)
 	assert_int_equal(r5->v, 6);
 	assert_string_equal(r5->s, "three");
 	assert_int_equal(asynq_future_status(fs[4]), ASYNQ_OK);
+	/* Lookup(1) left a scoped value pushed; Lookup(2) does not see it. */
+	assert_int_equal(num_of(fs[6]), 0);
+	assert_int_equal(num_of(fs[7]), 0);
 	asynq_future_rele_n(fs, N);
 	fx_stop(&fx);
 }

@@ -576,12 +576,16 @@ struct ProtobufCMessage *asynq_rpc_reply_new(
  * memory, or NULL as above. */
 void *asynq_rpc_reply_alloc(size_t size);
 
-/* A per-call handler: runs as a task with the decoded request (borrowed for
+/* A per-call handler: runs in a task with the decoded request (borrowed for
  * the call) and sets *reply to a response message of the method's output
  * type: one from asynq_rpc_reply_new (nothing to free), or one it allocated
  * with malloc-compatible memory, which the server packs and frees with
  * protobuf_c_message_free_unpacked(reply, NULL). A non-OK status (with
- * asynq_fail's message) goes to the caller. */
+ * asynq_fail's message) goes to the caller. The
+ * handlers of one request's unary calls run one after another in one task
+ * until one is about to suspend; the calls after it then go on in a new
+ * task at once; scoped values a handler leaves pushed are popped when it
+ * returns, as a task's are when it ends. */
 typedef asynq_status (*asynq_rpc_unary_fn)(asynq_task *t,
     const struct ProtobufCMessage *req, struct ProtobufCMessage **reply,
     void *ctx);
