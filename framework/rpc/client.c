@@ -189,6 +189,10 @@ struct asynq_rpc_channel {
 	chan_backend *backends;
 	long inflight; /* sub-requests not DONE */
 	long live_conns;
+	/* Every connection until its on_close, a replica's current one or not
+	 * (one draining after a GOAWAY is no replica's): what the channel's
+	 * free closes. */
+	cli_conn *conns;
 	bool closing;
 	uint64_t client_id;
 	atomic_uint_fast64_t next_request_id;
@@ -251,6 +255,8 @@ struct replica {
 struct cli_conn {
 	replica *rep;
 	asynqi_conn *c;
+	cli_conn *all_prev, *all_next; /* ch->conns, under mu */
+	bool freeing;                  /* closed by the channel's free */
 	int refs; /* under mu: the connection's, one per busy wbuf */
 	bool got_preface, ready, goaway, dead;
 	uint64_t instance; /* the server's (Hello.instance), 0 if none */
@@ -1309,6 +1315,10 @@ on_connect(void *arg, asynqi_conn *c, int err)
 	r->cc = cc;
 	r->state = REP_HANDSHAKE;
 	ch->live_conns++;
+	cc->all_next = ch->conns;
+	if (ch->conns != NULL)
+		ch->conns->all_prev = cc;
+	ch->conns = cc;
 	pthread_mutex_unlock(&ch->mu);
 	asynqi_conn_set_ops(c, &cli_ops, cc,
 	    ch->max_msg_bytes + ASYNQI_FRAME_HDR + (64u << 10));
@@ -1383,6 +1393,13 @@ cli_on_close(asynqi_conn *c, int err)
 		q = next;
 	}
 	ch->live_conns--;
+	if (cc->all_prev != NULL)
+		cc->all_prev->all_next = cc->all_next;
+	else
+		ch->conns = cc->all_next;
+	if (cc->all_next != NULL)
+		cc->all_next->all_prev = cc->all_prev;
+	cc->all_prev = cc->all_next = NULL;
 	pthread_cond_broadcast(&ch->cv);
 	if (!ch->closing)
 		fail_waiting_if_hopeless(ch, &o,
@@ -3371,37 +3388,29 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 			o.fails = q;
 		}
 	}
-	asynqi_conn *conns[64];
-	size_t n_conns = 0;
-	for (size_t i = 0; i < ch->n_reps; i++) {
-		cli_conn *cc = ch->reps[i]->cc;
-		if (cc != NULL && n_conns < 64) {
-			asynqi_conn_hold(cc->c);
-			conns[n_conns++] = cc->c;
-		}
-	}
 	pthread_mutex_unlock(&ch->mu);
 	outbox_run(ch, &o);
 	for (size_t i = 0; i < ch->n_reps; i++) {
 		asynqi_dialer_close(ch->reps[i]->d);
 		ch->reps[i]->d = NULL;
 	}
-	for (size_t i = 0; i < n_conns; i++) {
-		asynqi_conn_close(conns[i]);
-		asynqi_conn_rele(conns[i]);
-	}
 	pthread_mutex_lock(&ch->mu);
-	/* A connection that came up as the dialers closed. */
-	for (size_t i = 0; i < ch->n_reps; i++) {
-		cli_conn *cc = ch->reps[i]->cc;
-		if (cc != NULL) {
-			asynqi_conn *c = cc->c;
-			asynqi_conn_hold(c);
-			pthread_mutex_unlock(&ch->mu);
-			asynqi_conn_close(c);
-			asynqi_conn_rele(c);
-			pthread_mutex_lock(&ch->mu);
-		}
+	/* Every connection, the replicas' and those draining after a GOAWAY
+	 * (a server that never closes one would hold this free for ever),
+	 * and any that came up as the dialers closed. */
+	for (;;) {
+		cli_conn *cc = ch->conns;
+		while (cc != NULL && cc->freeing)
+			cc = cc->all_next;
+		if (cc == NULL)
+			break;
+		cc->freeing = true;
+		asynqi_conn *c = cc->c;
+		asynqi_conn_hold(c);
+		pthread_mutex_unlock(&ch->mu);
+		asynqi_conn_close(c);
+		asynqi_conn_rele(c);
+		pthread_mutex_lock(&ch->mu);
 	}
 	while (ch->inflight > 0 || ch->live_conns > 0)
 		pthread_cond_wait(&ch->cv, &ch->mu);
