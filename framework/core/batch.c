@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "platform.h"
 
 void
 asynq_backend_init(asynq_backend *be, const asynq_backend_ops *ops,
@@ -498,10 +499,8 @@ asynqi_batch_run_flush(asynq_sched *s, asynq_batch *b)
 	/* The next batch starts with room for as many items as this one has
 	 * (a power of two, at most ITEMS_HINT_MAX), so a steady load grows no
 	 * array per batch and a smaller one gives the room back. */
-	size_t hint = 16;
-	while (hint < b->n_items && hint < ITEMS_HINT_MAX)
-		hint *= 2;
-	b->backend->items_hint = hint;
+	b->backend->items_hint =
+	    asynqi_room_hint(b->n_items, 16, ITEMS_HINT_MAX);
 	ASYNQI_TRACE_BATCH(s, ASYNQ_TRACE_FLUSH_BEGIN, b);
 	asynq_status st = b->ops->flush(b);
 	ASYNQI_TRACE_BATCH(s, ASYNQ_TRACE_FLUSH_END, b);

@@ -210,6 +210,10 @@ asynqi_scoped_entry_put(asynq_sched *s, scoped_entry *e)
 	s->n_free_scoped++;
 }
 
+/* asynqi_task_scoped_unwind pops (and gives back) the scoped values t
+ * pushed since `mark` (NULL: all of them). */
+void asynqi_task_scoped_unwind(asynq_task *t, const void *mark);
+
 /* Trace helpers: emit only when a hook is installed. */
 void asynqi_trace_task(asynq_sched *s, asynq_trace_kind kind, asynq_task *t,
     asynq_status st);

@@ -45,6 +45,23 @@ void asynqi_assert_fail(const char *expr, const char *file, int line)
 	        ? asynqi_assert_fail(#cond, __FILE__, __LINE__)                \
 	        : (void)0)
 
+/* The most room a buffer starts with from what the last one needed: under
+ * malloc's mmap threshold, so a start costs no system call. */
+#define ASYNQI_ROOM_MAX ((size_t)64 << 10)
+
+/* asynqi_room_hint is the room a buffer (or array) starts with when the
+ * last one needed `need`: the power of two >= need, at least lo (a power
+ * of two) and at most hi. So a steady load grows nothing per use, and a
+ * lighter one gives the room back. */
+static inline size_t
+asynqi_room_hint(size_t need, size_t lo, size_t hi)
+{
+	size_t h = lo;
+	while (h < need && h < hi)
+		h *= 2;
+	return h;
+}
+
 /* asynqi_thread_rand returns 64 pseudo-random bits from a per-thread
  * xorshift generator seeded from the clock: for jitter and sampling, not
  * for anything an attacker may guess. Any thread, no lock. */

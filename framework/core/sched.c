@@ -280,23 +280,12 @@ asynqi_trace_batch(asynq_sched *s, asynq_trace_kind kind, asynq_batch *b)
 
 /* The scoped values a finished task left pushed (out of line: rare, and
  * task_finish stays small enough to inline). */
-static void __attribute__((noinline))
-task_scoped_drop(asynq_sched *s, asynq_task *t)
-{
-	while (t->scoped != NULL) {
-		scoped_entry *e = t->scoped;
-		t->scoped = e->prev;
-		s->n_scoped--;
-		asynqi_scoped_entry_put(s, e);
-	}
-}
-
 /* Stores the task body's outcome in its future. */
 static inline void
 task_finish(asynq_sched *s, asynq_task *t, asynq_status st)
 {
 	if (__builtin_expect(t->scoped != NULL, 0))
-		task_scoped_drop(s, t);
+		asynqi_task_scoped_unwind(t, NULL);
 	if (st == ASYNQ_OK) {
 		t->fut.status = ASYNQ_OK;
 	} else {

@@ -147,15 +147,11 @@ asynq_task_error(const asynq_task *t)
 	return t->last_error;
 }
 
-void
-asynqi_task_set_handoff(asynq_task *t, const asynqi_handoff *h)
-{
-	t->handoff = h;
-}
-
 const void *
-asynqi_task_scoped_mark(const asynq_task *t)
+asynqi_task_job_begin(asynq_task *t, const char *name, const asynqi_handoff *h)
 {
+	t->name = name;
+	t->handoff = h;
 	return t->scoped;
 }
 
@@ -172,16 +168,15 @@ asynqi_task_scoped_unwind(asynq_task *t, const void *mark)
 }
 
 void
-asynqi_task_error_clear(asynq_task *t)
+asynqi_task_job_end(asynq_task *t, const void *mark)
 {
-	asynq_error_rele(t->last_error);
-	t->last_error = NULL;
-}
-
-void
-asynqi_task_rename(asynq_task *t, const char *name)
-{
-	t->name = name;
+	t->handoff = NULL;
+	if (__builtin_expect((const void *)t->scoped != mark, 0))
+		asynqi_task_scoped_unwind(t, mark);
+	if (t->last_error != NULL) {
+		asynq_error_rele(t->last_error);
+		t->last_error = NULL;
+	}
 }
 
 asynq_task *

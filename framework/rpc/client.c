@@ -286,19 +286,8 @@ struct chan_backend {
 	size_t recs_hint, buf_hint, ctab_hint;
 };
 
-/* The most room a batch starts with. */
+/* The most call records a batch starts with. */
 #define RECS_HINT_MAX 4096
-#define BUF_HINT_MAX ((size_t)64 << 10) /* under malloc's mmap threshold */
-
-/* The power of two >= n (at least lo), at most hi. */
-static size_t
-pow2_hint(size_t n, size_t lo, size_t hi)
-{
-	size_t h = lo;
-	while (h < n && h < hi)
-		h *= 2;
-	return h;
-}
 
 /* One call in a batch. */
 typedef struct call_rec {
@@ -2599,10 +2588,10 @@ rpc_batch_flush(asynq_batch *base)
 	if (n != b->n_recs || b->buf.failed)
 		return b->buf.failed ? ASYNQ_RESOURCE_EXHAUSTED
 		                     : ASYNQ_INTERNAL;
-	be->recs_hint = pow2_hint(b->n_recs, 16, RECS_HINT_MAX);
-	be->buf_hint = pow2_hint(b->buf.len, 256, BUF_HINT_MAX);
+	be->recs_hint = asynqi_room_hint(b->n_recs, 16, RECS_HINT_MAX);
+	be->buf_hint = asynqi_room_hint(b->buf.len, 256, ASYNQI_ROOM_MAX);
 	be->ctab_hint = b->ctab != NULL
-	    ? pow2_hint(b->n_ctab * 2 + 2, 32, RECS_HINT_MAX * 2)
+	    ? asynqi_room_hint(b->n_ctab * 2 + 2, 32, RECS_HINT_MAX * 2)
 	    : 0;
 	if (b->base_md != NULL)
 		asynqi_md_write(&b->mdbuf, 3, b->base_md);

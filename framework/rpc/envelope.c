@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "framework/core/platform.h"
 #include "internal.h"
 
 const asynq_scoped asynq_rpc_deadline =
@@ -148,10 +149,7 @@ asynqi_arena_hint(size_t used)
 {
 	/* A quarter more for the end of a chunk that a larger allocation did
 	 * not fit in. */
-	size_t want = used + used / 4, h = 4096;
-	while (h < want && h < (64u << 10))
-		h *= 2;
-	return h;
+	return asynqi_room_hint(used + used / 4, 4096, ASYNQI_ROOM_MAX);
 }
 
 bool

@@ -345,11 +345,12 @@ asynq_status
 asynqi_request_parse(const uint8_t *p, size_t len,
     void *(*alloc)(void *ctx, size_t bytes), void *ctx, asynqi_request_ref *out)
 {
-	memset(out, 0, sizeof(*out));
 	size_t n_calls, n_md;
 	asynq_status st = asynqi_request_count(p, len, &n_calls, &n_md);
-	if (st != ASYNQ_OK)
+	if (st != ASYNQ_OK) {
+		memset(out, 0, sizeof(*out));
 		return st;
+	}
 	return asynqi_request_parse_counted(p, len, n_calls, n_md, alloc, ctx,
 	    out);
 }

@@ -128,6 +128,7 @@
 
 #include "conn.h"
 #include "framework/core/handoff.h"
+#include "framework/core/platform.h"
 #include "dedup.h"
 #include "asynq/log.h"
 #include "health.h"
@@ -811,10 +812,7 @@ buf_frame_start_room(asynqi_buf *b, size_t room)
 static void
 buf_frame_start(asynqi_buf *b)
 {
-	memset(b, 0, sizeof(*b));
-	uint8_t *d = asynqi_buf_reserve(b, ASYNQI_FRAME_HDR);
-	if (d != NULL)
-		b->len = ASYNQI_FRAME_HDR;
+	buf_frame_start_room(b, 0);
 }
 
 /* A reply failing a whole request with one status; not_run says that
@@ -1447,14 +1445,11 @@ runner_main(asynq_task *t, void *arg)
 	u->hook = (asynqi_handoff){ runner_handoff, u };
 	while (u->next < u->end) {
 		srv_task *k = &u->r->tasks[u->next++];
-		asynqi_task_rename(t, k->sm->m->full_name);
-		asynqi_task_set_handoff(t, u->next < u->end ? &u->hook : NULL);
-		const void *mark = asynqi_task_scoped_mark(t);
+		const void *mark = asynqi_task_job_begin(t, k->sm->m->full_name,
+		    u->next < u->end ? &u->hook : NULL);
 		(void)task_main(t, k);
-		asynqi_task_scoped_unwind(t, mark);
-		asynqi_task_error_clear(t);
+		asynqi_task_job_end(t, mark);
 	}
-	asynqi_task_set_handoff(t, NULL);
 	if (u->rest != NULL) {
 		(void)asynq_await(t, u->rest);
 		asynq_future_rele(u->rest);
@@ -1973,7 +1968,7 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 	size_t out_hint =
 	    atomic_load_explicit(&sc->out_hint, memory_order_relaxed);
 	buf_frame_start_room(&r->out,
-	    out_hint < (64u << 10) ? out_hint : (64u << 10));
+	    out_hint < ASYNQI_ROOM_MAX ? out_hint : ASYNQI_ROOM_MAX);
 	/* The reply names its request first, so a client matches it before
 	 * reading its results. */
 	asynqi_buf_tag(&r->out, 4, 0);
