@@ -48,6 +48,16 @@
  *   no symbol clashes; descriptor.proto, which options.proto imports, is
  *   about 8 KB): every table is complete on its own, whatever else is
  *   linked, and protoc-c's libraries of imported files need nothing.
+ * - Message codecs: each request and response type of the file's services
+ *   whose fields are all singular numbers, bools, enums, strings or bytes
+ *   (no oneof, no extensions) gets an asynq_rpc_codec, once per file, that
+ *   the method's table points at: size, pack and unpack as straight-line
+ *   code over its fields with the keys and presence rules as constants
+ *   (asynq/rpc_codec.h holds the pieces). Member offsets come from
+ *   protoc-c's descriptor at run time, never from member names, and the
+ *   codec lists the fields it was written for, in field-number order (the
+ *   order of protoc-c's descriptor): the RPC layer checks them against the
+ *   descriptor once and falls back to protobuf-c when they differ.
  * - Memory: everything allocated is recorded in the generator and freed by
  *   asynqi_codegen_free; running out of memory sets a flag that makes the run
  *   fail. Only ISO C is used: the plugin is built for the host too.
@@ -68,6 +78,7 @@ typedef Google__Protobuf__Compiler__CodeGeneratorResponse response;
 typedef Google__Protobuf__Compiler__CodeGeneratorResponse__File response_file;
 typedef Google__Protobuf__FileDescriptorProto file_proto;
 typedef Google__Protobuf__DescriptorProto message_proto;
+typedef Google__Protobuf__FieldDescriptorProto field_proto;
 typedef Google__Protobuf__ServiceDescriptorProto service_proto;
 typedef Google__Protobuf__MethodDescriptorProto method_proto;
 
@@ -545,6 +556,11 @@ struct method {
 	char *output_c;  /* protoc-c name of the response type */
 	char *input_t;   /* protoc-c C type of the request */
 	char *output_t;  /* protoc-c C type of the response */
+	/* The messages' declarations, and whether each gets a codec (its
+	 * fields are all singular numbers, bools, enums, strings, bytes). */
+	const message_proto *input_m, *output_m;
+	bool input_proto3, output_proto3;
+	bool input_codec, output_codec;
 	bool idempotent;
 	bool whole_batch;
 	bool request_cache, cache_errors;
@@ -585,38 +601,42 @@ find_file(const request *req, const char *name)
 	return NULL;
 }
 
-/* has_message tells whether the dotted path rel ("Outer.Inner") names a
- * message declared among the n messages at m. */
-static bool
-has_message(message_proto *const *m, size_t n, const char *rel)
+/* find_message returns the message the dotted path rel ("Outer.Inner")
+ * names among the n messages at m, or NULL. */
+static const message_proto *
+find_message(message_proto *const *m, size_t n, const char *rel)
 {
 	const char *dot = strchr(rel, '.');
 	size_t len = dot ? (size_t)(dot - rel) : strlen(rel);
 
 	for (size_t i = 0; i < n; i++) {
+		const message_proto *found;
+
 		if (m[i]->name == NULL || strlen(m[i]->name) != len ||
 		    strncmp(m[i]->name, rel, len) != 0)
 			continue;
 		if (dot == NULL)
-			return true;
-		if (has_message(m[i]->nested_type, m[i]->n_nested_type,
-		        dot + 1))
-			return true;
+			return m[i];
+		if ((found = find_message(m[i]->nested_type,
+		         m[i]->n_nested_type, dot + 1)) != NULL)
+			return found;
 	}
-	return false;
+	return NULL;
 }
 
 /* type_c_name returns protoc-c's names of the message type ".pkg.Msg" (the
  * fully qualified form protoc gives), found among the request's files: the
- * lower-case prefix of its functions and descriptor, and its C type. */
+ * lower-case prefix of its functions and descriptor, and its C type; and
+ * its declaration, and whether its file is proto3. */
 static int
 type_c_name(asynqi_codegen *g, const char *where, const char *type,
-    char **namep, char **typep)
+    char **namep, char **typep, const message_proto **mp, bool *proto3)
 {
 	const request *req = g->req;
 
 	*namep = NULL;
 	*typep = NULL;
+	*mp = NULL;
 	if (type == NULL || type[0] != '.')
 		return fail(g, "%s: message type \"%s\" is not fully qualified",
 		    where, type ? type : "");
@@ -632,8 +652,10 @@ type_c_name(asynqi_codegen *g, const char *where, const char *type,
 				continue;
 			rel += plen + 1;
 		}
-		if (!has_message(f->message_type, f->n_message_type, rel))
+		if ((*mp = find_message(f->message_type, f->n_message_type,
+		         rel)) == NULL)
 			continue;
+		*proto3 = f->syntax != NULL && strcmp(f->syntax, "proto3") == 0;
 		if (c_package(g, f, &cpkg) != 0)
 			return -1;
 		if (cpkg != NULL)
@@ -648,6 +670,109 @@ type_c_name(asynqi_codegen *g, const char *where, const char *type,
 	    "%s: message type %s is not declared in any file protoc "
 	    "passed to the plugin",
 	    where, type);
+}
+
+/* ---- Message codecs: the model ----------------------------------- */
+
+/* A field type a codec takes: protoc-c's name of it, its wire type, and
+ * how its value is read and written (the V_ kinds below). */
+enum {
+	V_VARINT,
+	V_ZIGZAG32,
+	V_ZIGZAG64,
+	V_BOOL,
+	V_FIXED32,
+	V_FIXED64,
+	V_FLOAT,
+	V_DOUBLE,
+	V_STRING,
+	V_BYTES
+};
+
+static const struct codec_type {
+	int type; /* FieldDescriptorProto.Type */
+	const char *pbc;
+	unsigned wt;
+	int kind;
+	const char *ctype; /* the member's C type */
+} codec_types[] = {
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_INT32,
+	    "PROTOBUF_C_TYPE_INT32", 0, V_VARINT, "int32_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_ENUM,
+	    "PROTOBUF_C_TYPE_ENUM", 0, V_VARINT, "int32_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_UINT32,
+	    "PROTOBUF_C_TYPE_UINT32", 0, V_VARINT, "uint32_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_INT64,
+	    "PROTOBUF_C_TYPE_INT64", 0, V_VARINT, "int64_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_UINT64,
+	    "PROTOBUF_C_TYPE_UINT64", 0, V_VARINT, "uint64_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SINT32,
+	    "PROTOBUF_C_TYPE_SINT32", 0, V_ZIGZAG32, "int32_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SINT64,
+	    "PROTOBUF_C_TYPE_SINT64", 0, V_ZIGZAG64, "int64_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_BOOL,
+	    "PROTOBUF_C_TYPE_BOOL", 0, V_BOOL, "protobuf_c_boolean" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_FIXED32,
+	    "PROTOBUF_C_TYPE_FIXED32", 5, V_FIXED32, "uint32_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SFIXED32,
+	    "PROTOBUF_C_TYPE_SFIXED32", 5, V_FIXED32, "uint32_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_FLOAT,
+	    "PROTOBUF_C_TYPE_FLOAT", 5, V_FLOAT, "float" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_FIXED64,
+	    "PROTOBUF_C_TYPE_FIXED64", 1, V_FIXED64, "uint64_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SFIXED64,
+	    "PROTOBUF_C_TYPE_SFIXED64", 1, V_FIXED64, "uint64_t" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_DOUBLE,
+	    "PROTOBUF_C_TYPE_DOUBLE", 1, V_DOUBLE, "double" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_STRING,
+	    "PROTOBUF_C_TYPE_STRING", 2, V_STRING, "const char *" },
+	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_BYTES,
+	    "PROTOBUF_C_TYPE_BYTES", 2, V_BYTES, "ProtobufCBinaryData" },
+};
+
+static const struct codec_type *
+codec_type(const field_proto *f)
+{
+	if (!f->has_type)
+		return NULL;
+	for (size_t i = 0; i < sizeof(codec_types) / sizeof(codec_types[0]);
+	     i++)
+		if ((int)f->type == codec_types[i].type)
+			return &codec_types[i];
+	return NULL;
+}
+
+/* A field a codec takes: singular, outside any oneof but a proto3
+ * `optional`'s own, of a type in codec_types, with a number. Others
+ * (repeated, required, messages, groups, oneofs) are protobuf-c's. */
+static bool
+codec_field_fits(const field_proto *f)
+{
+	if (codec_type(f) == NULL || !f->has_number || f->number <= 0 ||
+	    f->label !=
+	        GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__LABEL__LABEL_OPTIONAL)
+		return false;
+	return !f->has_oneof_index || f->proto3_optional;
+}
+
+static bool
+codec_fits(const message_proto *m)
+{
+	if (m == NULL || m->n_extension_range != 0)
+		return false;
+	for (size_t i = 0; i < m->n_field; i++)
+		if (!codec_field_fits(m->field[i]))
+			return false;
+	return true;
+}
+
+/* Whether field f has a has_ flag (or, for a string, a default to compare
+ * with) rather than proto3's "sent unless zero": proto2 optional fields
+ * and proto3 `optional` ones. */
+static bool
+codec_field_optional(const field_proto *f, bool proto3)
+{
+	return !proto3 || f->proto3_optional;
 }
 
 /* Lower-case method names that cannot be a field of the handler table:
@@ -697,11 +822,13 @@ read_method(asynqi_codegen *g, const struct service *s, const method_proto *mp,
 		    "asynq call sends one request message and gets "
 		    "one response",
 		    where);
-	if (type_c_name(g, where, mp->input_type, &m->input_c, &m->input_t) !=
-	        0 ||
-	    type_c_name(g, where, mp->output_type, &m->output_c,
-	        &m->output_t) != 0)
+	if (type_c_name(g, where, mp->input_type, &m->input_c, &m->input_t,
+	        &m->input_m, &m->input_proto3) != 0 ||
+	    type_c_name(g, where, mp->output_type, &m->output_c, &m->output_t,
+	        &m->output_m, &m->output_proto3) != 0)
 		return -1;
+	m->input_codec = codec_fits(m->input_m);
+	m->output_codec = codec_fits(m->output_m);
 	if (opt_bool(g, opts, ASYNQI_OPT_IDEMPOTENT, where,
 	        "(asynq.idempotent)", &m->idempotent) != 0 ||
 	    opt_bool(g, opts, ASYNQI_OPT_WHOLE_BATCH, where,
@@ -981,6 +1108,389 @@ read_file(asynqi_codegen *g, const char *name, struct file *fl)
 	return check_names(g, fl);
 }
 
+/* ---- Message codecs: what is generated ---------------------------- */
+
+/* The fields of m in field-number order, protoc-c's order of its
+ * descriptor's fields; NULL without memory (or fields). */
+static const field_proto **
+codec_sorted(asynqi_codegen *g, const message_proto *m)
+{
+	const field_proto **v;
+
+	if (m->n_field == 0 ||
+	    (v = gen_zalloc(g, m->n_field, sizeof(*v))) == NULL)
+		return NULL;
+	for (size_t i = 0; i < m->n_field; i++) {
+		size_t j = i;
+
+		while (j > 0 && v[j - 1]->number > m->field[i]->number) {
+			v[j] = v[j - 1];
+			j--;
+		}
+		v[j] = m->field[i];
+	}
+	return v;
+}
+
+/* codec_key appends the key bytes of field f as C statements writing them
+ * at o; returns how many bytes the key takes. */
+static size_t
+codec_key(struct buf *c, const field_proto *f, unsigned wt, bool write)
+{
+	uint64_t key = (uint64_t)(uint32_t)f->number << 3 | wt;
+	size_t n = 0;
+
+	do {
+		uint8_t b = (uint8_t)(key & 0x7f);
+
+		key >>= 7;
+		if (key != 0)
+			b |= 0x80;
+		if (write)
+			buf_printf(c, "\t\t\t*o++ = 0x%02x;\n", b);
+		n++;
+	} while (key != 0);
+	return n;
+}
+
+/* codec_out appends field k's part of the size (write false) or pack
+ * function: read the member, test whether it is sent, add or write its
+ * key and value. */
+static void
+codec_out(struct buf *c, const field_proto *f, size_t k, bool proto3,
+    bool write)
+{
+	const struct codec_type *t = codec_type(f);
+	bool opt = codec_field_optional(f, proto3);
+	size_t keylen;
+
+	buf_printf(c, "\t{\n\t\t%s x;\n\n", t->ctype);
+	buf_printf(c, "\t\tmemcpy(&x, p + f[%zu].offset, sizeof(x));\n", k);
+	if (t->kind == V_STRING && opt)
+		buf_printf(c,
+		    "\t\tif (x != NULL && x != f[%zu].default_value) {\n", k);
+	else if (t->kind == V_STRING)
+		buf_printf(c, "\t\tif (x != NULL && x[0] != '\\0') {\n");
+	else if (opt)
+		buf_printf(c, "\t\tif (asynq_codec_has(m, &f[%zu])) {\n", k);
+	else if (t->kind == V_BYTES)
+		buf_printf(c, "\t\tif (x.len != 0) {\n");
+	else
+		buf_printf(c, "\t\tif (x != 0) {\n");
+	keylen = codec_key(c, f, t->wt, false);
+	if (!write) {
+		switch (t->kind) {
+		case V_VARINT:
+			buf_printf(c,
+			    "\t\t\tn += %zu + asynq_codec_varint_size("
+			    "(uint64_t)x);\n",
+			    keylen);
+			break;
+		case V_ZIGZAG32:
+			buf_printf(c,
+			    "\t\t\tn += %zu + asynq_codec_varint_size("
+			    "asynq_codec_zigzag32(x));\n",
+			    keylen);
+			break;
+		case V_ZIGZAG64:
+			buf_printf(c,
+			    "\t\t\tn += %zu + asynq_codec_varint_size("
+			    "asynq_codec_zigzag64(x));\n",
+			    keylen);
+			break;
+		case V_BOOL:
+			buf_printf(c, "\t\t\tn += %zu + 1;\n", keylen);
+			break;
+		case V_FIXED32:
+		case V_FLOAT:
+			buf_printf(c, "\t\t\tn += %zu + 4;\n", keylen);
+			break;
+		case V_FIXED64:
+		case V_DOUBLE:
+			buf_printf(c, "\t\t\tn += %zu + 8;\n", keylen);
+			break;
+		case V_STRING:
+			buf_printf(c,
+			    "\t\t\tsize_t len = strlen(x);\n\n"
+			    "\t\t\tn += %zu + asynq_codec_varint_size(len) + "
+			    "len;\n",
+			    keylen);
+			break;
+		default:
+			buf_printf(c,
+			    "\t\t\tn += %zu + asynq_codec_varint_size(x.len) "
+			    "+ x.len;\n",
+			    keylen);
+			break;
+		}
+		buf_printf(c, "\t\t}\n\t}\n");
+		return;
+	}
+	codec_key(c, f, t->wt, true);
+	switch (t->kind) {
+	case V_VARINT:
+		buf_printf(c,
+		    "\t\t\to = asynq_codec_put_varint(o, (uint64_t)%sx);\n",
+		    strcmp(t->ctype, "int32_t") == 0 ? "(int64_t)" : "");
+		break;
+	case V_ZIGZAG32:
+		buf_printf(c,
+		    "\t\t\to = asynq_codec_put_varint(o, "
+		    "asynq_codec_zigzag32(x));\n");
+		break;
+	case V_ZIGZAG64:
+		buf_printf(c,
+		    "\t\t\to = asynq_codec_put_varint(o, "
+		    "asynq_codec_zigzag64(x));\n");
+		break;
+	case V_BOOL:
+		buf_printf(c, "\t\t\t*o++ = x != 0;\n");
+		break;
+	case V_FIXED32:
+		buf_printf(c, "\t\t\to = asynq_codec_put_fixed32(o, x);\n");
+		break;
+	case V_FIXED64:
+		buf_printf(c, "\t\t\to = asynq_codec_put_fixed64(o, x);\n");
+		break;
+	case V_FLOAT:
+		buf_printf(c,
+		    "\t\t\tuint32_t bits;\n\n"
+		    "\t\t\tmemcpy(&bits, &x, sizeof(bits));\n"
+		    "\t\t\to = asynq_codec_put_fixed32(o, bits);\n");
+		break;
+	case V_DOUBLE:
+		buf_printf(c,
+		    "\t\t\tuint64_t bits;\n\n"
+		    "\t\t\tmemcpy(&bits, &x, sizeof(bits));\n"
+		    "\t\t\to = asynq_codec_put_fixed64(o, bits);\n");
+		break;
+	case V_STRING:
+		buf_printf(c,
+		    "\t\t\to = asynq_codec_put_bytes(o, x, strlen(x));\n");
+		break;
+	default:
+		buf_printf(c,
+		    "\t\t\to = asynq_codec_put_bytes(o, x.data, x.len);\n");
+		break;
+	}
+	buf_printf(c, "\t\t}\n\t}\n");
+}
+
+/* codec_in appends field k's case of the unpack function's switch. */
+static void
+codec_in(struct buf *c, const field_proto *f, size_t k, bool proto3)
+{
+	const struct codec_type *t = codec_type(f);
+	uint64_t key = (uint64_t)(uint32_t)f->number << 3 | t->wt;
+
+	buf_printf(c, "\t\tcase %lluu: {\n", (unsigned long long)key);
+	switch (t->kind) {
+	case V_VARINT:
+	case V_ZIGZAG32:
+	case V_ZIGZAG64:
+	case V_BOOL:
+		buf_printf(c,
+		    "\t\t\tuint64_t v;\n\n"
+		    "\t\t\tif (!asynq_codec_get_varint(&d, end, &v, 10))\n"
+		    "\t\t\t\tgoto give_up;\n");
+		if (t->kind == V_ZIGZAG32)
+			buf_printf(c,
+			    "\t\t\tint32_t x = asynq_codec_unzigzag32(v);\n");
+		else if (t->kind == V_ZIGZAG64)
+			buf_printf(c,
+			    "\t\t\tint64_t x = asynq_codec_unzigzag64(v);\n");
+		else if (t->kind == V_BOOL)
+			buf_printf(c, "\t\t\tprotobuf_c_boolean x = v != 0;\n");
+		else if (strcmp(t->ctype, "int32_t") == 0 ||
+		    strcmp(t->ctype, "uint32_t") == 0)
+			buf_printf(c, "\t\t\tuint32_t x = (uint32_t)v;\n");
+		else
+			buf_printf(c, "\t\t\tuint64_t x = v;\n");
+		buf_printf(c,
+		    "\n\t\t\tmemcpy(p + f[%zu].offset, &x, sizeof(x));\n", k);
+		break;
+	case V_FIXED32:
+	case V_FLOAT:
+		buf_printf(c,
+		    "\t\t\tuint32_t x;\n\n"
+		    "\t\t\tif (!asynq_codec_get_fixed32(&d, end, &x))\n"
+		    "\t\t\t\tgoto give_up;\n"
+		    "\t\t\tmemcpy(p + f[%zu].offset, &x, sizeof(x));\n",
+		    k);
+		break;
+	case V_FIXED64:
+	case V_DOUBLE:
+		buf_printf(c,
+		    "\t\t\tuint64_t x;\n\n"
+		    "\t\t\tif (!asynq_codec_get_fixed64(&d, end, &x))\n"
+		    "\t\t\t\tgoto give_up;\n"
+		    "\t\t\tmemcpy(p + f[%zu].offset, &x, sizeof(x));\n",
+		    k);
+		break;
+	default:
+		buf_printf(c,
+		    "\t\t\tconst uint8_t *s;\n"
+		    "\t\t\tsize_t n;\n\n"
+		    "\t\t\tif (!asynq_codec_get_len(&d, end, &s, &n) ||\n"
+		    "\t\t\t    !asynq_codec_store_%s(pa, p + f[%zu].offset, "
+		    "&f[%zu], s, n))\n"
+		    "\t\t\t\tgoto give_up;\n",
+		    t->kind == V_STRING ? "string" : "bytes", k, k);
+		break;
+	}
+	if (codec_field_optional(f, proto3) && t->kind != V_STRING)
+		buf_printf(c, "\t\t\tasynq_codec_set_has(p, &f[%zu]);\n", k);
+	buf_printf(c, "\t\t\tbreak;\n\t\t}\n");
+}
+
+/* emit_codec appends the codec of message m (protoc-c's lower-case
+ * prefix cn, C type ct): asynq_rpc_codec <cn>__asynq_codec and what it
+ * points at. */
+static void
+emit_codec(struct buf *c, const char *cn, const char *ct,
+    const message_proto *m, bool proto3)
+{
+	const field_proto **v = codec_sorted(c->g, m);
+	size_t n = v != NULL ? m->n_field : 0;
+
+	buf_printf(c, "/* The codec of %s (asynq/rpc_codec.h). */\n", m->name);
+	if (n != 0) {
+		buf_printf(c,
+		    "static const asynq_rpc_codec_field "
+		    "%s__asynq_fields[%zu] = {\n",
+		    cn, n);
+		for (size_t k = 0; k < n; k++)
+			buf_printf(c, "\t{ %lu, %s, %s },\n",
+			    (unsigned long)(uint32_t)v[k]->number,
+			    codec_type(v[k])->pbc,
+			    codec_field_optional(v[k], proto3)
+			        ? "PROTOBUF_C_LABEL_OPTIONAL"
+			        : "PROTOBUF_C_LABEL_NONE");
+		buf_printf(c, "};\n\n");
+	}
+	/* size */
+	buf_printf(c,
+	    "static size_t\n%s__asynq_size(const ProtobufCMessage *m)\n{\n",
+	    cn);
+	if (n != 0)
+		buf_printf(c,
+		    "\tconst ProtobufCFieldDescriptor *f = "
+		    "%s__descriptor.fields;\n"
+		    "\tconst char *p = (const char *)m;\n",
+		    cn);
+	else
+		buf_printf(c, "\t(void)m;\n");
+	buf_printf(c, "\tsize_t n = 0;\n\n");
+	for (size_t k = 0; k < n; k++)
+		codec_out(c, v[k], k, proto3, false);
+	buf_printf(c, "\treturn n;\n}\n\n");
+	/* pack */
+	buf_printf(c,
+	    "static size_t\n"
+	    "%s__asynq_pack(const ProtobufCMessage *m, uint8_t *out)\n{\n",
+	    cn);
+	if (n != 0)
+		buf_printf(c,
+		    "\tconst ProtobufCFieldDescriptor *f = "
+		    "%s__descriptor.fields;\n"
+		    "\tconst char *p = (const char *)m;\n",
+		    cn);
+	else
+		buf_printf(c, "\t(void)m;\n");
+	buf_printf(c, "\tuint8_t *o = out;\n\n");
+	for (size_t k = 0; k < n; k++)
+		codec_out(c, v[k], k, proto3, true);
+	buf_printf(c, "\treturn (size_t)(o - out);\n}\n\n");
+	/* unpack */
+	buf_printf(c,
+	    "static ProtobufCMessage *\n"
+	    "%s__asynq_unpack(ProtobufCAllocator *pa, const uint8_t *data, "
+	    "size_t len)\n"
+	    "{\n",
+	    cn);
+	if (n != 0)
+		buf_printf(c,
+		    "\tconst ProtobufCFieldDescriptor *f = "
+		    "%s__descriptor.fields;\n",
+		    cn);
+	buf_printf(c,
+	    "\t%s *msg = pa->alloc(pa->allocator_data, sizeof(*msg));\n"
+	    "\tconst uint8_t *d = data;\n"
+	    "\t/* No bytes may come as NULL, where even + 0 is undefined. */\n"
+	    "\tconst uint8_t *end = len != 0 ? data + len : data;\n\n"
+	    "\tif (msg == NULL)\n"
+	    "\t\treturn NULL;\n"
+	    "\t%s__init(msg);\n",
+	    ct, cn);
+	if (n != 0)
+		buf_printf(c, "\tchar *p = (char *)msg;\n");
+	buf_printf(c,
+	    "\twhile (d < end) {\n"
+	    "\t\tuint64_t key;\n\n"
+	    "\t\tif (!asynq_codec_get_key(&d, end, &key))\n"
+	    "\t\t\tgoto give_up;\n"
+	    "\t\tswitch (key) {\n");
+	for (size_t k = 0; k < n; k++)
+		codec_in(c, v[k], k, proto3);
+	buf_printf(c,
+	    "\t\tdefault:\n"
+	    "\t\t\tgoto give_up;\n"
+	    "\t\t}\n"
+	    "\t}\n"
+	    "\treturn (ProtobufCMessage *)msg;\n"
+	    "give_up:\n"
+	    "\tprotobuf_c_message_free_unpacked((ProtobufCMessage *)msg, "
+	    "pa);\n"
+	    "\treturn NULL;\n"
+	    "}\n\n");
+	buf_printf(c,
+	    "static const asynq_rpc_codec %s__asynq_codec = {\n"
+	    "\t.desc = &%s__descriptor,\n"
+	    "\t.size = %s__asynq_size,\n"
+	    "\t.pack = %s__asynq_pack,\n"
+	    "\t.unpack = %s__asynq_unpack,\n",
+	    cn, cn, cn, cn, cn);
+	if (n != 0)
+		buf_printf(c, "\t.fields = %s__asynq_fields,\n", cn);
+	buf_printf(c, "\t.n_fields = %zu,\n};\n", n);
+}
+
+/* emit_codecs appends the codec of every request and response type of
+ * the file's services that takes one, once each. */
+static void
+emit_codecs(asynqi_codegen *g, const struct file *fl, struct buf *c)
+{
+	const char **done;
+	size_t n_done = 0, most = 0;
+
+	for (size_t si = 0; si < fl->n_services; si++)
+		most += 2 * fl->services[si].n_methods;
+	if (most == 0 || (done = gen_zalloc(g, most, sizeof(*done))) == NULL)
+		return;
+	for (size_t si = 0; si < fl->n_services; si++) {
+		const struct service *s = &fl->services[si];
+
+		for (size_t i = 0; i < 2 * s->n_methods; i++) {
+			const struct method *m = &s->methods[i / 2];
+			bool in = i % 2 == 0;
+			const char *cn = in ? m->input_c : m->output_c;
+			bool seen = false;
+
+			if (!(in ? m->input_codec : m->output_codec))
+				continue;
+			for (size_t j = 0; j < n_done && !seen; j++)
+				seen = strcmp(done[j], cn) == 0;
+			if (seen)
+				continue;
+			done[n_done++] = cn;
+			buf_printf(c, "\n");
+			emit_codec(c, cn, in ? m->input_t : m->output_t,
+			    in ? m->input_m : m->output_m,
+			    in ? m->input_proto3 : m->output_proto3);
+		}
+	}
+}
+
 /* ---- What is generated per service ---------------------------------- */
 
 /* The descriptor table: asynq_rpc_service_desc <service>__asynq_desc. */
@@ -1087,6 +1597,14 @@ desc_defn(const struct service *s, struct buf *c)
 				    "%s__asynq_allow_scopes_%zu,\n"
 				    "\t\t.n_allow_scopes = %zu,\n",
 				    s->lower, i, m->n_allow_scopes);
+			if (m->input_codec)
+				buf_printf(c,
+				    "\t\t.input_codec = &%s__asynq_codec,\n",
+				    m->input_c);
+			if (m->output_codec)
+				buf_printf(c,
+				    "\t\t.output_codec = &%s__asynq_codec,\n",
+				    m->output_c);
 			buf_printf(c, "\t},\n");
 		}
 		buf_printf(c, "};\n\n");
@@ -1597,6 +2115,8 @@ emit_file(asynqi_codegen *g, const struct file *fl, response_file **out)
 	    "/* Generated by protoc-gen-asynq from %s. Do not edit. */\n"
 	    "#include \"%s.asynq.h\"\n",
 	    name, fl->base);
+	if (fl->n_services > 0)
+		buf_printf(&c, "#include \"asynq/rpc_codec.h\"\n");
 	if (fl->n_services > 0) {
 		buf_printf(&c, "\n");
 		if (emit_file_tables(g, fl, &c) != 0) {
@@ -1604,6 +2124,7 @@ emit_file(asynqi_codegen *g, const struct file *fl, response_file **out)
 			free(c.p);
 			return -1;
 		}
+		emit_codecs(g, fl, &c);
 	}
 	for (size_t si = 0; si < fl->n_services; si++)
 		for (size_t i = 0; i < N_PARTS; i++)

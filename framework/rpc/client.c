@@ -208,6 +208,9 @@ struct asynq_rpc_channel {
 	/* Per method of svc: calls sent by how they ended, their latency
 	 * and calls per request (any thread adds; atomics). */
 	struct cli_mstats *mst;
+	/* Per method of svc: the codecs of its request (2 mi) and response
+	 * (2 mi + 1) when usable (asynqi_codec_usable), else NULL. */
+	const asynq_rpc_codec **codecs;
 	/* Retry throttling, under mu: tokens (thousandths) of at most
 	 * tokens_max; a refused request takes a whole one, a request answered
 	 * gives token_milli back; refused requests go to another replica only
@@ -1503,9 +1506,14 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, replica *from,
 			    &ch->reply_arena_hint, memory_order_relaxed);
 		ProtobufCMessage *out = NULL;
 		const asynq_rpc_method_desc *md = b->recs[i].m;
+		size_t mi = (size_t)(md - ch->svc->methods);
+		const asynq_rpc_codec *codec =
+		    md >= ch->svc->methods && mi < ch->svc->n_methods
+		    ? ch->codecs[2 * mi + 1]
+		    : NULL;
 		asynq_status dst = arena != NULL
-		    ? asynqi_sarena_decode(arena, md->output, payload,
-		          payload_len, &out)
+		    ? asynqi_sarena_decode_with(arena, md->output, codec,
+		          payload, payload_len, &out)
 		    : ASYNQ_RESOURCE_EXHAUSTED;
 		if (dst != ASYNQ_OK && dst != ASYNQ_STATUS_COUNT) {
 			fail_item(b, i, ASYNQ_INTERNAL,
@@ -2477,11 +2485,19 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 	bool by_id = m >= ch->svc->methods && mi < ch->svc->n_methods;
 	/* A small message is packed once, here, and copied in below; a
 	 * larger one is sized now and packed in place. */
+	const asynq_rpc_codec *codec = by_id ? ch->codecs[2 * mi] : NULL;
 	uint8_t small[ASYNQI_SMALL_MSG];
-	size_t plen = asynqi_msg_pack_small(req, small, sizeof(small));
-	bool packed = plen != SIZE_MAX;
-	if (!packed)
-		plen = asynqi_msg_size(req);
+	size_t plen;
+	bool packed = false;
+	if (asynqi_codec_packs(codec, req)) {
+		plen = codec->size(req);
+	} else {
+		codec = NULL;
+		plen = asynqi_msg_pack_small(req, small, sizeof(small));
+		packed = plen != SIZE_MAX;
+		if (!packed)
+			plen = asynqi_msg_size(req);
+	}
 	size_t nlen = by_id ? 0 : strlen(m->full_name);
 	size_t mdw = own ? (md != NULL ? md->wire : 0) + 2 : 0;
 	size_t body = (idx != 0 ? 1 + asynqi_varint_len(idx) : 0) +
@@ -2506,7 +2522,9 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 			*p++ = (3 << 3) | 2;
 			p += put_varint(p, plen);
 			poff = off + (size_t)(p - d);
-			if (packed)
+			if (codec != NULL)
+				codec->pack(req, p);
+			else if (packed)
 				memcpy(p, small, plen);
 			else
 				asynqi_msg_pack(req, p);
@@ -3259,6 +3277,17 @@ asynq_rpc_channel_alloc(asynq_rpc_channel **chp,
 	    calloc(svc->n_methods != 0 ? svc->n_methods : 1, sizeof(*ch->mst));
 	if (ch->mst == NULL)
 		goto fail_table;
+	ch->codecs = calloc(2 * (svc->n_methods != 0 ? svc->n_methods : 1),
+	    sizeof(*ch->codecs));
+	if (ch->codecs == NULL)
+		goto fail_table;
+	for (size_t i = 0; i < svc->n_methods; i++) {
+		const asynq_rpc_method_desc *md = &svc->methods[i];
+		if (asynqi_codec_usable(md->input_codec, md->input))
+			ch->codecs[2 * i] = md->input_codec;
+		if (asynqi_codec_usable(md->output_codec, md->output))
+			ch->codecs[2 * i + 1] = md->output_codec;
+	}
 	/* The METHODS frame every connection starts with. */
 	uint8_t *th = asynqi_buf_reserve(&ch->table, ASYNQI_FRAME_HDR);
 	if (th != NULL)
@@ -3329,6 +3358,7 @@ fail_cv:
 fail_table:
 	asynqi_buf_fini(&ch->table);
 	free(ch->mst);
+	free(ch->codecs);
 	free(ch->icpt);
 	free(ch);
 	return st;
@@ -3425,6 +3455,7 @@ asynq_rpc_channel_free(asynq_rpc_channel *ch)
 	pthread_cond_destroy(&ch->cv);
 	pthread_mutex_destroy(&ch->mu);
 	free(ch->mst);
+	free(ch->codecs);
 	free(ch->icpt);
 	free(ch);
 }

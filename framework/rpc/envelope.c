@@ -122,22 +122,30 @@ asynqi_arena_fini(asynqi_arena *a)
 		c = next;
 	}
 	a->chunks = NULL;
+	a->cur = a->lim = NULL;
 	a->used = 0;
 }
 
 static void *arena_alloc_raw(asynqi_arena *a, size_t size);
 
 void *
-asynqi_arena_alloc(asynqi_arena *a, size_t size)
+asynqi_arena_alloc_slow(asynqi_arena *a, size_t size)
 {
 	if (a->tag == NULL)
 		return arena_alloc_raw(a, size);
 	/* 16 bytes in front for the owner, keeping the 16-alignment. */
-	if (size > SIZE_MAX - 16)
+	if (size > SIZE_MAX - 32)
 		return NULL;
-	void **p = arena_alloc_raw(a, size + 16);
-	if (p == NULL)
+	void **p;
+	size_t n = (size + 16 + 15) & ~(size_t)15;
+	if (n <= (size_t)(a->lim - a->cur)) {
+		/* In the current chunk's room, as inline allocations. */
+		p = (void **)a->cur;
+		a->cur += n;
+		a->used += n;
+	} else if ((p = arena_alloc_raw(a, size + 16)) == NULL) {
 		return NULL;
+	}
 	p[0] = a->tag;
 	a->tag = NULL;
 	a->tagged = (char *)p + 16;
@@ -156,16 +164,45 @@ bool
 asynqi_arena_owns(const asynqi_arena *a, const void *p)
 {
 	uintptr_t at = (uintptr_t)p;
-	for (const asynqi_arena_chunk *c = a->chunks; c != NULL; c = c->next)
-		if (at >= (uintptr_t)c->data &&
-		    at < (uintptr_t)c->data + c->off)
+	for (const asynqi_arena_chunk *c = a->chunks; c != NULL; c = c->next) {
+		/* The first chunk's end is where the inline allocations got
+		 * to. */
+		size_t off = c == a->chunks && a->cur != NULL
+		    ? (size_t)(a->cur - c->data)
+		    : c->off;
+		if (at >= (uintptr_t)c->data && at < (uintptr_t)c->data + off)
 			return true;
+	}
 	return false;
+}
+
+/* The first chunk's offset, which inline allocations move on in a->cur,
+ * made current. */
+static void
+arena_sync(asynqi_arena *a)
+{
+	if (a->chunks != NULL && a->cur != NULL)
+		a->chunks->off = (size_t)(a->cur - a->chunks->data);
+}
+
+/* The room inline allocations may take: the first chunk's rest, within
+ * the budget, both 16-aligned. */
+static void
+arena_room(asynqi_arena *a)
+{
+	asynqi_arena_chunk *c = a->chunks;
+	size_t room = c->size - c->off;
+	size_t left = (a->budget - a->used) & ~(size_t)15;
+	if (room > left)
+		room = left;
+	a->cur = c->data + c->off;
+	a->lim = a->cur + (room & ~(size_t)15);
 }
 
 static void *
 arena_alloc_raw(asynqi_arena *a, size_t size)
 {
+	arena_sync(a);
 	if (size >
 	    a->budget) { /* also keeps the rounding below from wrapping */
 		a->exhausted = true;
@@ -206,6 +243,7 @@ arena_alloc_raw(asynqi_arena *a, size_t size)
 	void *p = c->data + c->off;
 	c->off += size;
 	a->used += size;
+	arena_room(a);
 	return p;
 }
 
@@ -235,13 +273,21 @@ asynq_status
 asynqi_sarena_decode(asynqi_sarena *s, const ProtobufCMessageDescriptor *desc,
     const uint8_t *data, size_t len, ProtobufCMessage **out)
 {
+	return asynqi_sarena_decode_with(s, desc, NULL, data, len, out);
+}
+
+asynq_status
+asynqi_sarena_decode_with(asynqi_sarena *s,
+    const ProtobufCMessageDescriptor *desc, const asynq_rpc_codec *c,
+    const uint8_t *data, size_t len, ProtobufCMessage **out)
+{
 	/* protobuf-c allocates the message itself first; it gets the header.
 	 * Should it not, the message is decoded again with malloc. */
 	s->a.tag = s;
 	s->a.tagged = NULL;
 	ProtobufCMessage *m = NULL;
 	asynq_status st =
-	    asynqi_rpc_decode(desc, data, len, &s->a.pa, &s->a, &m);
+	    asynqi_rpc_decode_with(desc, c, data, len, &s->a.pa, &s->a, &m);
 	void *tagged = s->a.tagged;
 	s->a.tag = NULL;
 	if (st != ASYNQ_OK)
@@ -872,13 +918,70 @@ asynqi_msg_pack_small(const ProtobufCMessage *m, uint8_t *out, size_t cap)
 	return packs_simply(m) ? simple_pack_within(m, out, cap) : SIZE_MAX;
 }
 
+bool
+asynqi_codec_usable(const asynq_rpc_codec *c,
+    const ProtobufCMessageDescriptor *desc)
+{
+	if (c == NULL || c->desc != desc || desc == NULL ||
+	    desc->magic != PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC ||
+	    desc->n_fields != c->n_fields || desc->message_init == NULL ||
+	    c->size == NULL || c->pack == NULL || c->unpack == NULL)
+		return false;
+	for (unsigned i = 0; i < desc->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &desc->fields[i];
+		const asynq_rpc_codec_field *g = &c->fields[i];
+		if (f->id != g->id || (unsigned)f->type != g->type ||
+		    (unsigned)f->label != g->label ||
+		    (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) != 0 ||
+		    (f->label == PROTOBUF_C_LABEL_OPTIONAL &&
+		        f->type != PROTOBUF_C_TYPE_STRING &&
+		        f->quantifier_offset == 0))
+			return false;
+	}
+	return true;
+}
+
+/* A codec's unpack: OK, RESOURCE_EXHAUSTED when the arena ran out, or
+ * ASYNQ_STATUS_COUNT to leave the bytes to protobuf-c. */
+static asynq_status
+codec_unpack(const asynq_rpc_codec *c, const uint8_t *data, size_t len,
+    ProtobufCAllocator *pa, asynqi_arena *arena, ProtobufCMessage **out)
+{
+	ProtobufCAllocator sys;
+	if (pa == NULL) {
+		sys = (ProtobufCAllocator){ budget_pa_sys_alloc, budget_pa_free,
+			NULL };
+		pa = &sys;
+	}
+	ProtobufCMessage *m = c->unpack(pa, data, len);
+	if (m != NULL) {
+		*out = m;
+		return ASYNQ_OK;
+	}
+	return arena != NULL && arena->exhausted ? ASYNQ_RESOURCE_EXHAUSTED
+	                                         : ASYNQ_STATUS_COUNT;
+}
+
 asynq_status
 asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
     size_t len, ProtobufCAllocator *pa, asynqi_arena *arena,
     ProtobufCMessage **out)
 {
+	return asynqi_rpc_decode_with(desc, NULL, data, len, pa, arena, out);
+}
+
+asynq_status
+asynqi_rpc_decode_with(const ProtobufCMessageDescriptor *desc,
+    const asynq_rpc_codec *c, const uint8_t *data, size_t len,
+    ProtobufCAllocator *pa, asynqi_arena *arena, ProtobufCMessage **out)
+{
+	if (c != NULL) {
+		asynq_status st = codec_unpack(c, data, len, pa, arena, out);
+		if (st != ASYNQ_STATUS_COUNT)
+			return st;
+	}
 	unsigned kind = desc_kind(desc);
-	if ((kind & DESC_SIMPLE) != 0) {
+	if (c == NULL && (kind & DESC_SIMPLE) != 0) {
 		ProtobufCMessage *m = simple_unpack(desc, pa, data, len);
 		if (m != NULL) {
 			*out = m;

@@ -31,6 +31,10 @@
 typedef struct asynqi_arena_chunk asynqi_arena_chunk;
 typedef struct asynqi_arena {
 	ProtobufCAllocator pa; /* allocator_data points back here */
+	/* The free room of the first chunk that the budget leaves: an
+	 * allocation that fits is cut here (asynqi_arena_alloc, inline).
+	 * Both 16-aligned; NULL before the first chunk. */
+	unsigned char *cur, *lim;
 	asynqi_arena_chunk *chunks;
 	size_t budget;  /* bytes the arena may hand out */
 	size_t used;    /* bytes handed out so far */
@@ -65,6 +69,12 @@ asynq_status asynqi_sarena_decode(asynqi_sarena *s,
     const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
     ProtobufCMessage **out);
 
+/* asynqi_sarena_decode_with is asynqi_sarena_decode with usable codec c of
+ * desc (may be NULL) tried first. */
+asynq_status asynqi_sarena_decode_with(asynqi_sarena *s,
+    const ProtobufCMessageDescriptor *desc, const asynq_rpc_codec *c,
+    const uint8_t *data, size_t len, ProtobufCMessage **out);
+
 /* asynqi_sarena_msg_free frees a message of asynqi_sarena_decode (an item's
  * free function). Any thread. */
 void asynqi_sarena_msg_free(void *m);
@@ -75,9 +85,27 @@ void asynqi_arena_init(asynqi_arena *a, size_t budget);
 /* asynqi_arena_fini frees everything the arena handed out. */
 void asynqi_arena_fini(asynqi_arena *a);
 
+/* asynqi_arena_alloc_slow is asynqi_arena_alloc for what does not fit in
+ * the current chunk's room, or for a tagged allocation. */
+void *asynqi_arena_alloc_slow(asynqi_arena *a, size_t size);
+
 /* asynqi_arena_alloc returns `size` bytes (16-aligned) or NULL when over the
  * budget or out of memory. */
-void *asynqi_arena_alloc(asynqi_arena *a, size_t size);
+static inline void *
+asynqi_arena_alloc(asynqi_arena *a, size_t size)
+{
+	/* lim - cur is a multiple of 16 within the budget, so a size that
+	 * fits still fits rounded up. */
+	if (__builtin_expect(
+	        a->tag == NULL && size - 1 < (size_t)(a->lim - a->cur), 1)) {
+		void *p = a->cur;
+		size_t n = (size + 15) & ~(size_t)15;
+		a->cur += n;
+		a->used += n;
+		return p;
+	}
+	return asynqi_arena_alloc_slow(a, size);
+}
 
 /* asynqi_arena_hint is the first chunk for an arena that will hold what a
  * finished one (whose `used` it is given) held: the power of two that
@@ -94,11 +122,27 @@ bool asynqi_arena_owns(const asynqi_arena *a, const void *p);
 asynq_status asynqi_rpc_check_depth(const ProtobufCMessageDescriptor *desc,
     const uint8_t *data, size_t len, size_t max_depth);
 
+/* asynqi_codec_usable says whether generated codec c (may be NULL) codes
+ * messages of type desc as protoc-c's descriptor lays them out: the same
+ * fields, numbers, types and labels, none in a oneof. Checked once per
+ * method by whoever keeps it; a codec that fails it is not used. */
+bool asynqi_codec_usable(const asynq_rpc_codec *c,
+    const ProtobufCMessageDescriptor *desc);
+
 /* asynqi_msg_size and asynqi_msg_pack are protobuf_c_message_get_packed_size
  * and _pack (the same bytes), quicker for small messages of scalars and
  * strings. */
 size_t asynqi_msg_size(const ProtobufCMessage *m);
 size_t asynqi_msg_pack(const ProtobufCMessage *m, uint8_t *out);
+
+/* asynqi_codec_packs says whether usable codec c (may be NULL) packs m: m
+ * is its type with no unknown fields. */
+static inline bool
+asynqi_codec_packs(const asynq_rpc_codec *c, const ProtobufCMessage *m)
+{
+	return c != NULL && m->descriptor == c->desc &&
+	    m->n_unknown_fields == 0;
+}
 
 /* asynqi_msg_pack_small packs a small message in one walk of its fields
  * (no size pass first): the length written to out, or SIZE_MAX when m is
@@ -115,6 +159,12 @@ size_t asynqi_msg_pack_small(const ProtobufCMessage *m, uint8_t *out,
 asynq_status asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc,
     const uint8_t *data, size_t len, ProtobufCAllocator *pa,
     asynqi_arena *arena, ProtobufCMessage **out);
+
+/* asynqi_rpc_decode_with is asynqi_rpc_decode with usable codec c of desc
+ * (may be NULL) tried first. */
+asynq_status asynqi_rpc_decode_with(const ProtobufCMessageDescriptor *desc,
+    const asynq_rpc_codec *c, const uint8_t *data, size_t len,
+    ProtobufCAllocator *pa, asynqi_arena *arena, ProtobufCMessage **out);
 
 /* A malloc-backed allocator that counts bytes against a budget; what it
  * allocates may be freed with protobuf_c_message_free_unpacked(m, NULL). */

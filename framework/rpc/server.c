@@ -184,6 +184,9 @@ typedef struct srv_method {
 	void *ctx;
 	asynqi_mstats *st; /* per worker, slot w written by worker w only */
 	asynqi_policy pol; /* who may call it, resolved at the first listen */
+	/* The codecs of its request and response when usable
+	 * (asynqi_codec_usable), else NULL. */
+	const asynq_rpc_codec *in_codec, *out_codec;
 } srv_method;
 
 typedef struct srv_conn srv_conn;
@@ -960,11 +963,19 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 	uint8_t small[ASYNQI_SMALL_MSG];
 	bool packed = false;
 	size_t plen = 0;
+	const asynq_rpc_codec *codec = NULL;
 	if (st == ASYNQ_OK && reply != NULL) {
-		plen = asynqi_msg_pack_small(reply, small, sizeof(small));
-		packed = plen != SIZE_MAX;
-		if (!packed)
-			plen = asynqi_msg_size(reply);
+		codec = k->sm != NULL ? k->sm->out_codec : NULL;
+		if (asynqi_codec_packs(codec, reply)) {
+			plen = codec->size(reply);
+		} else {
+			codec = NULL;
+			plen =
+			    asynqi_msg_pack_small(reply, small, sizeof(small));
+			packed = plen != SIZE_MAX;
+			if (!packed)
+				plen = asynqi_msg_size(reply);
+		}
 	}
 	size_t mlen = st != ASYNQ_OK ? strlen(message) : 0;
 	size_t body =
@@ -996,7 +1007,9 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 	if (plen != 0) {
 		*p++ = (4 << 3) | 2;
 		p += put_varint(p, plen);
-		if (packed)
+		if (codec != NULL)
+			codec->pack(reply, p);
+		else if (packed)
 			memcpy(p, small, plen);
 		else
 			asynqi_msg_pack(reply, p);
@@ -2027,8 +2040,9 @@ req_received(srv_conn *sc, const uint8_t *body, size_t len, int64_t now)
 				continue;
 			}
 		}
-		st = asynqi_rpc_decode(k->sm->m->input, call->payload,
-		    call->payload_len, &r->arena.pa, &r->arena, &k->in);
+		st = asynqi_rpc_decode_with(k->sm->m->input, k->sm->in_codec,
+		    call->payload, call->payload_len, &r->arena.pa, &r->arena,
+		    &k->in);
 		if (st != ASYNQ_OK) {
 			call_fail(r, k, st,
 			    st == ASYNQ_RESOURCE_EXHAUSTED
@@ -3039,10 +3053,18 @@ asynq_rpc_server_add_service(asynq_rpc_server *s,
 	if (m != NULL) {
 		s->services[s->n_services++] = svc;
 		s->methods = m;
-		for (size_t i = 0; i < svc->n_methods; i++)
-			s->methods[s->n_methods++] =
-			    (srv_method){ &svc->methods[i], handlers[i], ctx,
-				    st[i], { 0 } };
+		for (size_t i = 0; i < svc->n_methods; i++) {
+			const asynq_rpc_method_desc *md = &svc->methods[i];
+			s->methods[s->n_methods++] = (srv_method){ md,
+				handlers[i], ctx, st[i], { 0 },
+				asynqi_codec_usable(md->input_codec, md->input)
+				    ? md->input_codec
+				    : NULL,
+				asynqi_codec_usable(md->output_codec,
+				    md->output)
+				    ? md->output_codec
+				    : NULL };
+		}
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (m == NULL) {

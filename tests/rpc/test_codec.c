@@ -25,8 +25,30 @@
 #include <cmocka.h>
 
 #include "framework/rpc/internal.h"
-#include "tests/rpc/codec2.pb-c.h"
-#include "tests/rpc/codec3.pb-c.h"
+#include "tests/rpc/codec2.asynq.h"
+#include "tests/rpc/codec3.asynq.h"
+
+/* Set while a test runs again through the generated codecs: decodes and
+ * packs then go through the codec of the message's method. */
+static bool gen;
+
+/* The generated codec of desc's messages (a request type of Codec3 or
+ * Codec2), when gen; NULL otherwise or when it has none. */
+static const asynq_rpc_codec *
+codec_for(const ProtobufCMessageDescriptor *desc)
+{
+	const asynq_rpc_service_desc *svcs[] = {
+		&asynq__codectest__codec3__asynq_desc,
+		&asynq__codectest2__codec2__asynq_desc,
+	};
+	if (!gen)
+		return NULL;
+	for (size_t i = 0; i < 2; i++)
+		for (size_t j = 0; j < svcs[i]->n_methods; j++)
+			if (svcs[i]->methods[j].input == desc)
+				return svcs[i]->methods[j].input_codec;
+	return NULL;
+}
 
 static uint8_t *
 pack(const ProtobufCMessage *m, size_t *len)
@@ -54,14 +76,16 @@ agree(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
 	if (arena) {
 		sa = asynqi_sarena_alloc(1 << 20);
 		assert_non_null(sa);
-		st = asynqi_sarena_decode(sa, desc, data, len, &m);
+		st = asynqi_sarena_decode_with(sa, desc, codec_for(desc), data,
+		    len, &m);
 		if (st == ASYNQ_STATUS_COUNT) {
 			st = ASYNQ_OK; /* decoded with malloc after all */
 			in_arena = false;
 		}
 	} else {
 		asynqi_budget_alloc_init(&ba, 1 << 20);
-		st = asynqi_rpc_decode(desc, data, len, &ba.pa, NULL, &m);
+		st = asynqi_rpc_decode_with(desc, codec_for(desc), data, len,
+		    &ba.pa, NULL, &m);
 	}
 	if (ref == NULL) {
 		if (st == ASYNQ_OK)
@@ -136,8 +160,10 @@ test_codec_flat3_every_kind(void **state)
 	asynqi_budget_alloc ba;
 	asynqi_budget_alloc_init(&ba, 1 << 20);
 	ProtobufCMessage *m = NULL;
-	assert_int_equal(asynqi_rpc_decode(&asynq__codectest__flat3__descriptor,
-	                     b, len, &ba.pa, NULL, &m),
+	assert_int_equal(
+	    asynqi_rpc_decode_with(&asynq__codectest__flat3__descriptor,
+	        codec_for(&asynq__codectest__flat3__descriptor), b, len, &ba.pa,
+	        NULL, &m),
 	    ASYNQ_OK);
 	Asynq__Codectest__Flat3 *g = (Asynq__Codectest__Flat3 *)m;
 	assert_int_equal(g->i32, -5);
@@ -183,7 +209,8 @@ test_codec_flat2_has_and_defaults(void **state)
 	asynqi_budget_alloc_init(&ba, 1 << 20);
 	ProtobufCMessage *m = NULL;
 	assert_int_equal(
-	    asynqi_rpc_decode(&asynq__codectest2__flat2__descriptor, b, len,
+	    asynqi_rpc_decode_with(&asynq__codectest2__flat2__descriptor,
+	        codec_for(&asynq__codectest2__flat2__descriptor), b, len,
 	        &ba.pa, NULL, &m),
 	    ASYNQ_OK);
 	Asynq__Codectest2__Flat2 *g = (Asynq__Codectest2__Flat2 *)m;
@@ -315,6 +342,19 @@ same_packing(const ProtobufCMessage *m, bool simple)
 	assert_int_equal(protobuf_c_message_pack(m, a), want);
 	assert_int_equal(asynqi_msg_pack(m, b), want);
 	assert_memory_equal(a, b, want);
+	/* The generated codec: the same size and bytes, nothing past them. */
+	const asynq_rpc_codec *c = codec_for(m->descriptor);
+	if (c != NULL && asynqi_codec_packs(c, m)) {
+		assert_int_equal(c->size(m), want);
+		uint8_t *g = malloc(want + 16);
+		assert_non_null(g);
+		memset(g, 0xa5, want + 16);
+		assert_int_equal(c->pack(m, g), want);
+		assert_memory_equal(a, g, want);
+		for (size_t k = want; k < want + 16; k++)
+			assert_int_equal(g[k], 0xa5);
+		free(g);
+	}
 	/* The one-walk packer: the same bytes when it packs, never a byte
 	 * past cap; it refuses a cap under the size (want - 1), may refuse
 	 * one at or just over it (it checks for the most a field can
@@ -462,6 +502,96 @@ test_codec_packing_matches_protobuf_c(void **state)
 	same_packing(&nf.base, false);
 }
 
+/* Which messages get codecs, and a codec that does not match protoc-c's
+ * descriptor is refused. */
+static void
+test_codec_generated_usable(void **state)
+{
+	(void)state;
+	const asynq_rpc_method_desc *m3 =
+	    asynq__codectest__codec3__asynq_desc.methods;
+	const asynq_rpc_method_desc *m2 =
+	    asynq__codectest2__codec2__asynq_desc.methods;
+	const asynq_rpc_codec *flat3 =
+	    m3[ASYNQ__CODECTEST__CODEC3__ASYNQ_METHOD_FLAT].input_codec;
+	const asynq_rpc_codec *far3 =
+	    m3[ASYNQ__CODECTEST__CODEC3__ASYNQ_METHOD_FAR].input_codec;
+	const asynq_rpc_codec *flat2 =
+	    m2[ASYNQ__CODECTEST2__CODEC2__ASYNQ_METHOD_FLAT].input_codec;
+	assert_true(
+	    asynqi_codec_usable(flat3, &asynq__codectest__flat3__descriptor));
+	assert_true(
+	    asynqi_codec_usable(far3, &asynq__codectest__far3__descriptor));
+	assert_true(
+	    asynqi_codec_usable(flat2, &asynq__codectest2__flat2__descriptor));
+	assert_ptr_equal(
+	    m3[ASYNQ__CODECTEST__CODEC3__ASYNQ_METHOD_FLAT].output_codec,
+	    flat3);
+	/* A repeated field: protobuf-c's. */
+	assert_null(m3[ASYNQ__CODECTEST__CODEC3__ASYNQ_METHOD_NOT].input_codec);
+	assert_false(
+	    asynqi_codec_usable(NULL, &asynq__codectest__not_flat__descriptor));
+	/* For another message, or with a field that disagrees. */
+	assert_false(
+	    asynqi_codec_usable(flat3, &asynq__codectest__far3__descriptor));
+	asynq_rpc_codec_field fields[32];
+	assert_true(far3->n_fields <= 32);
+	memcpy(fields, far3->fields, far3->n_fields * sizeof(*fields));
+	asynq_rpc_codec bad = *far3;
+	bad.fields = fields;
+	assert_true(
+	    asynqi_codec_usable(&bad, &asynq__codectest__far3__descriptor));
+	fields[2].id = 301;
+	assert_false(
+	    asynqi_codec_usable(&bad, &asynq__codectest__far3__descriptor));
+	fields[2].id = far3->fields[2].id;
+	fields[1].type = PROTOBUF_C_TYPE_BYTES;
+	assert_false(
+	    asynqi_codec_usable(&bad, &asynq__codectest__far3__descriptor));
+	fields[1].type = far3->fields[1].type;
+	fields[0].label = PROTOBUF_C_LABEL_OPTIONAL;
+	assert_false(
+	    asynqi_codec_usable(&bad, &asynq__codectest__far3__descriptor));
+	bad.fields = far3->fields;
+	bad.n_fields--;
+	assert_false(
+	    asynqi_codec_usable(&bad, &asynq__codectest__far3__descriptor));
+}
+
+/* Keys of two to five bytes, through every path. */
+static void
+test_codec_far_fields(void **state)
+{
+	(void)state;
+	for (int n = 0; n < 2000; n++) {
+		Asynq__Codectest__Far3 f = ASYNQ__CODECTEST__FAR3__INIT;
+		uint64_t mask = next();
+		static uint8_t by[] = { 1, 2, 3 };
+		if (mask & 1)
+			f.near = (int64_t)edgy();
+		if (mask & 2)
+			f.s = (char *)"far";
+		if (mask & 4)
+			f.far = (int32_t)edgy();
+		if (mask & 8)
+			f.flag = 1;
+		if (mask & 16)
+			f.d = edgy_double();
+		if (mask & 32)
+			f.by =
+			    (ProtobufCBinaryData){ (size_t)(next() % 4), by };
+		same_packing(&f.base, true);
+		size_t len;
+		uint8_t *b = pack(&f.base, &len);
+		agree_both(&asynq__codectest__far3__descriptor, b, len, true);
+		/* Cut anywhere: both decoders agree on every prefix. */
+		for (size_t cut = 0; cut < len; cut++)
+			(void)agree(&asynq__codectest__far3__descriptor, b, cut,
+			    cut % 2 == 0);
+		free(b);
+	}
+}
+
 int
 main(void)
 {
@@ -471,6 +601,14 @@ main(void)
 		cmocka_unit_test(test_codec_edge_bytes),
 		cmocka_unit_test(test_codec_mutations_agree),
 		cmocka_unit_test(test_codec_packing_matches_protobuf_c),
+		cmocka_unit_test(test_codec_far_fields),
+		cmocka_unit_test(test_codec_generated_usable),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	/* Every test twice: the descriptor walk, then the generated codecs. */
+	int failed =
+	    cmocka_run_group_tests_name("descriptor walk", tests, NULL, NULL);
+	gen = true;
+	failed +=
+	    cmocka_run_group_tests_name("generated codecs", tests, NULL, NULL);
+	return failed;
 }
