@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "handoff.h"
 #include "internal.h"
 
 void
@@ -234,15 +235,23 @@ asynq_scoped_get(const asynq_scoped *key)
 asynq_status
 asynq_scoped_push(const asynq_scoped *key, void *value)
 {
+	return asynqi_scoped_push_slot(key, value) != NULL
+	    ? ASYNQ_OK
+	    : ASYNQ_RESOURCE_EXHAUSTED;
+}
+
+void **
+asynqi_scoped_push_slot(const asynq_scoped *key, void *value)
+{
 	asynq_sched *s = asynqi_sched_get();
 	if (s == NULL)
-		return ASYNQ_RESOURCE_EXHAUSTED;
+		return NULL;
 	scoped_entry *e = s->free_scoped;
 	if (e != NULL) {
 		s->free_scoped = e->prev;
 		s->n_free_scoped--;
 	} else if ((e = malloc(sizeof(*e))) == NULL) {
-		return ASYNQ_RESOURCE_EXHAUSTED;
+		return NULL;
 	}
 	scoped_entry **top =
 	    s->current != NULL ? &s->current->scoped : &s->thread_scoped;
@@ -251,7 +260,7 @@ asynq_scoped_push(const asynq_scoped *key, void *value)
 	e->prev = *top;
 	*top = e;
 	s->n_scoped++;
-	return ASYNQ_OK;
+	return &e->value;
 }
 
 asynq_status

@@ -42,4 +42,11 @@ const void *asynqi_task_job_begin(asynq_task *t, const char *name,
  * and drops t's last error (asynq_fail's), so the next job sees none. */
 void asynqi_task_job_end(asynq_task *t, const void *mark);
 
+/* asynqi_scoped_push_slot is asynq_scoped_push returning where the value
+ * is kept (NULL without memory): a task running jobs one after another
+ * pushes a value once, before the first job's mark, and changes it in
+ * place for each job rather than pushing and popping it every time.
+ * Scheduler thread only; pop it with asynq_scoped_pop. */
+void **asynqi_scoped_push_slot(const asynq_scoped *key, void *value);
+
 #endif /* ASYNQ_CORE_HANDOFF_H */

@@ -1461,8 +1461,27 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, replica *from,
 		int32_t status = 0;
 		const uint8_t *msg = NULL, *payload = NULL;
 		size_t msg_len = 0, payload_len = 0;
-		int rv2;
-		while ((rv2 = asynqi_reader_next(&rr, &g)) > 0) {
+		int rv2 = 0;
+		/* The usual Result, [call_id] [payload of < 128 bytes] as the
+		 * server writes it, read at once; anything else by the loop. */
+		const uint8_t *u = f.p, *ue = f.p + f.len;
+		if (u < ue && u[0] == 1 << 3) {
+			u++;
+			if (!asynqi_short_varint(&u, ue, &call_id))
+				u = NULL;
+		}
+		if (u != NULL && ue - u >= 2 && u[0] == ((4 << 3) | 2) &&
+		    u[1] < 0x80 && (size_t)(ue - u - 2) == u[1]) {
+			payload = u + 2;
+			payload_len = u[1];
+			u = ue;
+		}
+		if (u != ue) {
+			call_id = 0;
+			payload = NULL;
+			payload_len = 0;
+		}
+		while (u != ue && (rv2 = asynqi_reader_next(&rr, &g)) > 0) {
 			if (g.num == 1 && g.wt == 0)
 				call_id = g.v;
 			else if (g.num == 2 && g.wt == 0)

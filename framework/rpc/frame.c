@@ -284,10 +284,46 @@ md_count(const uint8_t *p, size_t len, uint32_t field)
 	return n;
 }
 
+/* The Call the client writes: [call_id] [payload of < 128 bytes]
+ * method_id, in that order, one-byte keys, nothing else. True when p is
+ * exactly that (it is then valid, and *c is what the loop below would
+ * make of it); false leaves *c for the loop. */
+static inline bool
+call_parse_usual(const uint8_t *p, size_t len, asynqi_call_ref *c)
+{
+	const uint8_t *end = p + len;
+	uint64_t id = 0, mid;
+	const uint8_t *pl = NULL;
+	size_t pn = 0;
+	if (p < end && p[0] == (2 << 3)) {
+		p++;
+		if (!asynqi_short_varint(&p, end, &id))
+			return false;
+	}
+	if (end - p >= 2 && p[0] == ((3 << 3) | 2) && p[1] < 0x80 &&
+	    (size_t)(end - p - 2) >= p[1]) {
+		pl = p + 2;
+		pn = p[1];
+		p += 2 + pn;
+	}
+	if (p >= end || p[0] != (5 << 3))
+		return false;
+	p++;
+	if (!asynqi_short_varint(&p, end, &mid) || p != end)
+		return false;
+	*c = (asynqi_call_ref){ .call_id = id,
+		.payload = pl,
+		.payload_len = pn,
+		.method_id = (uint32_t)mid };
+	return true;
+}
+
 static asynq_status
 call_parse(const uint8_t *p, size_t len, void *(*alloc)(void *, size_t),
     void *ctx, asynqi_call_ref *c)
 {
+	if (call_parse_usual(p, len, c))
+		return ASYNQ_OK;
 	memset(c, 0, sizeof(*c));
 	/* Metadata entries are counted first only when there are any: one
 	 * pass for the common call without. */
@@ -426,8 +462,20 @@ asynqi_hash_bytes(const uint8_t *p, size_t n, uint64_t seed)
 		p += 8;
 		n -= 8;
 	}
+	/* The last 0-7 bytes without a memcpy of variable length: two
+	 * overlapping 4-byte loads, or the first, middle and last byte (the
+	 * length is in the seed, and equal hashes are compared byte for
+	 * byte). */
 	uint64_t w = 0;
-	memcpy(&w, p, n);
+	if (n >= 4) {
+		uint32_t lo, hi;
+		memcpy(&lo, p, 4);
+		memcpy(&hi, p + n - 4, 4);
+		w = (uint64_t)hi << 32 | lo;
+	} else if (n != 0) {
+		w = (uint64_t)p[0] | (uint64_t)p[n / 2] << 8 |
+		    (uint64_t)p[n - 1] << 16;
+	}
 	h = (h ^ w) * 0x100000001b3u;
 	/* A full avalanche, so that every input bit reaches the low bits a
 	 * table indexes by (protobuf payloads differ in their later bytes). */

@@ -192,6 +192,26 @@ asynqi_reader_next(asynqi_reader *r, asynqi_field *f)
 	return asynqi_reader_slow(r, f);
 }
 
+/* asynqi_short_varint reads a varint of at most 2 bytes (an index or id
+ * under 16384, as this layer's own writers make them) at *pp before end;
+ * false for anything else, which the caller reads the general way. */
+static inline bool
+asynqi_short_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
+{
+	const uint8_t *p = *pp;
+	if (p < end && p[0] < 0x80) {
+		*v = p[0];
+		*pp = p + 1;
+		return true;
+	}
+	if (end - p >= 2 && p[0] >= 0x80 && p[1] < 0x80) {
+		*v = (uint64_t)(p[0] & 0x7f) | (uint64_t)p[1] << 7;
+		*pp = p + 2;
+		return true;
+	}
+	return false;
+}
+
 /* asynqi_request_scan_id finds the request_id of Request bytes without
  * decoding them, to answer a request that is refused before it is decoded:
  * the id protobuf-c would decode; for bytes protobuf-c rejects, the last

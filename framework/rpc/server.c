@@ -1329,13 +1329,15 @@ icpt_before(asynq_rpc_server *s, srv_req *r)
 	}
 }
 
-static asynq_status
-task_main(asynq_task *t, void *arg)
+/* Runs task k's handler, with k as srv_req_key's value unless the caller
+ * (a runner) has it in place already (`in_place`). */
+static void
+task_run(asynq_task *t, srv_task *k, bool in_place)
 {
-	srv_task *k = arg;
 	srv_req *r = k->r;
 	const srv_method *sm = k->sm;
-	bool pushed_req = asynq_scoped_push(&srv_req_key, k) == ASYNQ_OK;
+	bool pushed_req =
+	    !in_place && asynq_scoped_push(&srv_req_key, k) == ASYNQ_OK;
 	asynqi_trace *pushed_tr = r->icpt ? trace_push(k) : NULL;
 	if (sm->h.unary != NULL) {
 		srv_call *c = &r->calls[k->idx[0]];
@@ -1424,6 +1426,12 @@ out:
 		trace_pop(pushed_tr);
 	if (pushed_req)
 		(void)asynq_scoped_pop(&srv_req_key);
+}
+
+static asynq_status
+task_main(asynq_task *t, void *arg)
+{
+	task_run(t, arg, false);
 	return ASYNQ_OK;
 }
 
@@ -1456,13 +1464,22 @@ runner_main(asynq_task *t, void *arg)
 {
 	srv_runner *u = arg;
 	u->hook = (asynqi_handoff){ runner_handoff, u };
+	/* srv_req_key is pushed once, below the jobs' marks, and set to
+	 * each call's task in turn. */
+	void **slot = u->next < u->end
+	    ? asynqi_scoped_push_slot(&srv_req_key, &u->r->tasks[u->next])
+	    : NULL;
 	while (u->next < u->end) {
 		srv_task *k = &u->r->tasks[u->next++];
+		if (slot != NULL)
+			*slot = k;
 		const void *mark = asynqi_task_job_begin(t, k->sm->m->full_name,
 		    u->next < u->end ? &u->hook : NULL);
-		(void)task_main(t, k);
+		task_run(t, k, slot != NULL);
 		asynqi_task_job_end(t, mark);
 	}
+	if (slot != NULL)
+		(void)asynq_scoped_pop(&srv_req_key);
 	if (u->rest != NULL) {
 		(void)asynq_await(t, u->rest);
 		asynq_future_rele(u->rest);
