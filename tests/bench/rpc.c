@@ -6,7 +6,10 @@
  * per request and with batches of 16, 100 and 1000, with CPU per call on
  * each side; the fixed (per request) and marginal (per call) CPU cost fitted
  * over those batch sizes; a pipelined shape (800 calls awaited together on a
- * channel capped at 100 calls per request: 8 requests of 100 in flight);
+ * channel capped at 100 calls per request: 8 requests of 100 in flight at
+ * the start of each round) and its closed loop (8 tasks each making rounds
+ * of 100 calls: 8 requests of 100 in flight all the time, as the gRPC
+ * peer keeps 8 GetMany(100) outstanding);
  * whole-batch against per-call handlers; 100 calls of which 30 repeat
  * earlier keys (identical calls collapsed, and with collapsing off);
  * p50/p99 of an unbatched call next
@@ -485,6 +488,107 @@ asynq_measure(bench *b, asynq_rpc_channel *ch, bool whole_batch, size_t n,
 	free(lat);
 }
 
+/* One of the closed loop's tasks: rounds of rd.n calls awaited together,
+ * one after another until `until_us`, each round's latency kept. */
+typedef struct looper {
+	trip rd;
+	double until_us;
+	double *lat;
+	size_t rounds, cap;
+} looper;
+
+static asynq_status
+looper_task(asynq_task *t, void *arg)
+{
+	looper *l = arg;
+	double a = now_us();
+	while (a < l->until_us) {
+		asynq_status st = trip_task(t, &l->rd);
+		if (st != ASYNQ_OK)
+			return st;
+		l->rd.base += (int64_t)l->rd.n;
+		double z = now_us();
+		if (l->rounds == l->cap) {
+			size_t cap = l->cap != 0 ? 2 * l->cap : 1024;
+			double *bigger = realloc(l->lat, cap * sizeof(*bigger));
+			if (bigger == NULL)
+				return ASYNQ_RESOURCE_EXHAUSTED;
+			l->lat = bigger;
+			l->cap = cap;
+		}
+		l->lat[l->rounds++] = z - a;
+		a = z;
+	}
+	return ASYNQ_OK;
+}
+
+/* The closed loop: `tasks` tasks each making rounds of n calls awaited
+ * together for secs seconds, so that (on a channel capped at n calls per
+ * request) `tasks` requests of n are in flight all the time: a task whose
+ * reply came sends its next request while the others' are out, as the
+ * gRPC peer replaces a completed RPC at once. Latency is per round. */
+static void
+asynq_measure_loop(bench *b, asynq_rpc_channel *ch, size_t tasks, size_t n,
+    double secs, sample *out)
+{
+	looper *ls = calloc(tasks, sizeof(*ls));
+	asynq_future **fs = calloc(tasks, sizeof(*fs));
+	asynq_future **calls = calloc(tasks * n, sizeof(*calls));
+	if (ls == NULL || fs == NULL || calls == NULL)
+		die("out of memory");
+	asynq_rpc_channel_stats st0, st1;
+	asynq_rpc_channel_stats_get(ch, &st0);
+	double s0 = server_cpu(&b->aserver), c0 = cpu_us(), t0 = now_us();
+	for (size_t k = 0; k < tasks; k++) {
+		/* Disjoint ids: no call of one task collapses with another's.
+		 */
+		ls[k].rd = (trip){ ch, false, n, 0,
+			b->next_id + (int64_t)k * ((int64_t)1 << 40),
+			&calls[k * n] };
+		ls[k].until_us = t0 + secs * 1e6;
+		if ((fs[k] = asynq_spawn(looper_task, &ls[k])) == NULL)
+			die("out of memory");
+	}
+	size_t rounds = 0;
+	for (size_t k = 0; k < tasks; k++) {
+		if (asynq_wait(fs[k]) != ASYNQ_OK) {
+			fprintf(stderr, "bench: a closed-loop task failed: ");
+			asynq_error_print(asynq_future_error(fs[k]), stderr);
+			failures++;
+		}
+		asynq_future_rele(fs[k]);
+		rounds += ls[k].rounds;
+	}
+	double t1 = now_us(), c1 = cpu_us(), s1 = server_cpu(&b->aserver);
+	asynq_rpc_channel_stats_get(ch, &st1);
+	b->next_id += (int64_t)tasks * ((int64_t)1 << 40);
+	double *lat = malloc((rounds != 0 ? rounds : 1) * sizeof(*lat));
+	if (lat == NULL)
+		die("out of memory");
+	size_t at = 0;
+	for (size_t k = 0; k < tasks; k++) {
+		if (ls[k].rounds != 0)
+			memcpy(&lat[at], ls[k].lat,
+			    ls[k].rounds * sizeof(*lat));
+		at += ls[k].rounds;
+		free(ls[k].lat);
+	}
+	double ncalls = rounds != 0 ? (double)(rounds * n) : 1;
+	out->calls_per_s = ncalls / ((t1 - t0) / 1e6);
+	out->client_ns = (c1 - c0) * 1e3 / ncalls;
+	out->server_ns = (s1 - s0) * 1e3 / ncalls;
+	out->p50_us = percentile(lat, rounds, 0.50);
+	out->p99_us = percentile(lat, rounds, 0.99);
+	out->requests =
+	    rounds ? (double)(st1.requests - st0.requests) / (double)rounds : 0;
+	out->sent =
+	    rounds ? (double)(st1.sent_calls - st0.sent_calls) / ncalls : 0;
+	free(lat);
+	free(calls);
+	free(fs);
+	free(ls);
+}
+
 /* Runs a gRPC shape on the peer: ids per GetMany (0: Get), depth RPCs
  * outstanding, for secs seconds. */
 static void
@@ -529,6 +633,7 @@ enum {
 	A_WHOLE1000,
 	G_MANY1000,
 	A_PIPE,       /* asynq, 800 calls on the max_calls = 100 channel */
+	A_LOOP8,      /* asynq, 8 tasks of 100 calls, closed loop, same */
 	G_MANY100X8,  /* gRPC GetMany(100), 8 outstanding */
 	A_REP100,     /* asynq, 100 calls naming 70 keys */
 	A_REP100_ALL, /* the same with collapsing off */
@@ -541,6 +646,7 @@ typedef struct shape {
 	size_t calls;     /* asynq: calls per round; gRPC: ids per RPC */
 	bool whole_batch; /* asynq */
 	bool pipelined;   /* asynq: on ch100 */
+	size_t tasks;     /* asynq: closed-loop tasks (0: one round at once) */
 	bool all;         /* asynq: on ch_all (no collapsing) */
 	size_t distinct;  /* asynq: keys per round (0: calls) */
 	int depth;        /* gRPC */
@@ -561,6 +667,10 @@ static shape shapes[N_SHAPES] = {
 	[A_WHOLE1000] = { .side = ASYNQ, .calls = 1000, .whole_batch = true },
 	[G_MANY1000] = { .side = GRPC, .calls = 1000, .depth = 1 },
 	[A_PIPE] = { .side = ASYNQ, .calls = PIPE_CALLS, .pipelined = true },
+	[A_LOOP8] = { .side = ASYNQ,
+	    .calls = PIPE_CAP,
+	    .pipelined = true,
+	    .tasks = PIPE_CALLS / PIPE_CAP },
 	[G_MANY100X8] = { .side = GRPC, .calls = 100, .depth = 8 },
 	[A_REP100] = { .side = ASYNQ, .calls = 100, .distinct = 70 },
 	[A_REP100_ALL] = { .side = ASYNQ,
@@ -573,7 +683,10 @@ static shape shapes[N_SHAPES] = {
 static void
 shape_run(bench *b, shape *sh, double secs, sample *out)
 {
-	if (sh->side == ASYNQ)
+	if (sh->side == ASYNQ && sh->tasks != 0)
+		asynq_measure_loop(b, b->ch100, sh->tasks, sh->calls, secs,
+		    out);
+	else if (sh->side == ASYNQ)
 		asynq_measure(b,
 		    sh->pipelined ? b->ch100
 		        : sh->all ? b->ch_all
@@ -669,6 +782,13 @@ decode_ns_per_call(size_t n)
 	if (buf == NULL)
 		die("out of memory");
 	asynq__rpc__request__pack(&rq, buf);
+	/* The generated codec, as the server decodes with it. */
+	const asynq_rpc_codec *codec =
+	    asynq__bench__lookup__asynq_desc
+	        .methods[ASYNQ__BENCH__LOOKUP__ASYNQ_METHOD_GET]
+	        .input_codec;
+	if (!asynqi_codec_usable(codec, &asynq__bench__id__descriptor))
+		codec = NULL;
 	double best = 1e30;
 	for (int r = 0; r < 20; r++) {
 		double a = now_us();
@@ -680,7 +800,8 @@ decode_ns_per_call(size_t n)
 		int64_t sum = 0;
 		for (size_t i = 0; st == ASYNQ_OK && i < d.n_calls; i++) {
 			ProtobufCMessage *m = NULL;
-			if (asynqi_rpc_decode(&asynq__bench__id__descriptor,
+			if (asynqi_rpc_decode_with(
+			        &asynq__bench__id__descriptor, codec,
 			        d.calls[i].payload, d.calls[i].payload_len,
 			        &arena.pa, &arena, &m) == ASYNQ_OK)
 				sum += ((Asynq__Bench__Id *)m)->id;
@@ -850,6 +971,22 @@ report(bench *b, double bare50, double bare99, double dec)
 	       "    CPU per call: client %.0f ns, server %.0f ns\n",
 	    pp->calls_per_s, pp->calls_per_s / a100->calls_per_s, pp->requests,
 	    PIPE_CALLS / PIPE_CAP, pp->client_ns, pp->server_ns);
+	const sample *lq = &shapes[A_LOOP8].med;
+	printf("  closed loop: %zu tasks, each making rounds of %d calls "
+	       "awaited together, on the same channel\n"
+	       "    %.0f calls/s (%.2fx 100 per request, 1 in flight), "
+	       "%.2f requests per round (1 expected),\n"
+	       "    CPU per call: client %.0f ns, server %.0f ns\n",
+	    shapes[A_LOOP8].tasks, PIPE_CAP, lq->calls_per_s,
+	    lq->calls_per_s / a100->calls_per_s, lq->requests, lq->client_ns,
+	    lq->server_ns);
+	if (lq->requests > 1.05) {
+		fprintf(stderr,
+		    "bench: closed loop: %.2f requests per round, expected "
+		    "1\n",
+		    lq->requests);
+		failures++;
+	}
 
 	printf("\n  whole-batch handler (GetBatch) against per-call handler "
 	       "(Get), same lookups\n");
@@ -932,13 +1069,22 @@ report(bench *b, double bare50, double bare99, double dec)
 	    g100->client_ns + g100->server_ns, false, 1.0);
 	compare("  client", a100->client_ns, g100->client_ns, false, 0);
 	compare("  server", a100->server_ns, g100->server_ns, false, 0);
-	printf("  100 per request, 8 in flight (asynq: %d calls, max_calls "
-	       "%d; gRPC: GetMany(100) x 8 outstanding)\n",
-	    PIPE_CALLS, PIPE_CAP);
-	compare("calls/s (thousands)", pp->calls_per_s / 1e3,
+	const sample *lp = &shapes[A_LOOP8].med;
+	printf("  100 per request, 8 in flight (asynq: %zu tasks of %d calls "
+	       "in a closed loop, max_calls %d;\n"
+	       "  gRPC: GetMany(100) x 8 outstanding)\n",
+	    shapes[A_LOOP8].tasks, PIPE_CAP, PIPE_CAP);
+	compare("calls/s (thousands)", lp->calls_per_s / 1e3,
 	    g8->calls_per_s / 1e3, true, 1.0);
-	compare("CPU ns/call, client + server", pp->client_ns + pp->server_ns,
+	compare("p50 us (asynq: a task's round)", lp->p50_us, g8->p50_us, false,
+	    0);
+	compare("CPU ns/call, client + server", lp->client_ns + lp->server_ns,
 	    g8->client_ns + g8->server_ns, false, 0);
+	printf("  the same, asynq as %d calls awaited together (8 requests "
+	       "at the start of each round)\n",
+	    PIPE_CALLS);
+	compare("calls/s (thousands)", pp->calls_per_s / 1e3,
+	    g8->calls_per_s / 1e3, true, 0);
 	printf("  marginal CPU per call, client + server (the fit above)\n");
 	printf("    %-32s %12.0f %12.0f %7.2fx  %-8s %s\n", "ns/call",
 	    af.marginal_ns, gf.marginal_ns, af.marginal_ns / gf.marginal_ns,
