@@ -122,7 +122,7 @@ asynqi_arena_fini(asynqi_arena *a)
 		c = next;
 	}
 	a->chunks = NULL;
-	a->cur = a->lim = NULL;
+	a->cur = a->lim = a->cur0 = NULL;
 	a->used = 0;
 }
 
@@ -161,7 +161,7 @@ asynqi_arena_hint(size_t used)
 }
 
 bool
-asynqi_arena_owns(const asynqi_arena *a, const void *p)
+asynqi_arena_owns_slow(const asynqi_arena *a, const void *p)
 {
 	uintptr_t at = (uintptr_t)p;
 	for (const asynqi_arena_chunk *c = a->chunks; c != NULL; c = c->next) {
@@ -195,6 +195,7 @@ arena_room(asynqi_arena *a)
 	size_t left = (a->budget - a->used) & ~(size_t)15;
 	if (room > left)
 		room = left;
+	a->cur0 = c->data;
 	a->cur = c->data + c->off;
 	a->lim = a->cur + (room & ~(size_t)15);
 }
@@ -941,27 +942,6 @@ asynqi_codec_usable(const asynq_rpc_codec *c,
 	return true;
 }
 
-/* A codec's unpack: OK, RESOURCE_EXHAUSTED when the arena ran out, or
- * ASYNQ_STATUS_COUNT to leave the bytes to protobuf-c. */
-static asynq_status
-codec_unpack(const asynq_rpc_codec *c, const uint8_t *data, size_t len,
-    ProtobufCAllocator *pa, asynqi_arena *arena, ProtobufCMessage **out)
-{
-	ProtobufCAllocator sys;
-	if (pa == NULL) {
-		sys = (ProtobufCAllocator){ budget_pa_sys_alloc, budget_pa_free,
-			NULL };
-		pa = &sys;
-	}
-	ProtobufCMessage *m = c->unpack(pa, data, len);
-	if (m != NULL) {
-		*out = m;
-		return ASYNQ_OK;
-	}
-	return arena != NULL && arena->exhausted ? ASYNQ_RESOURCE_EXHAUSTED
-	                                         : ASYNQ_STATUS_COUNT;
-}
-
 asynq_status
 asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
     size_t len, ProtobufCAllocator *pa, asynqi_arena *arena,
@@ -971,17 +951,12 @@ asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
 }
 
 asynq_status
-asynqi_rpc_decode_with(const ProtobufCMessageDescriptor *desc,
-    const asynq_rpc_codec *c, const uint8_t *data, size_t len,
-    ProtobufCAllocator *pa, asynqi_arena *arena, ProtobufCMessage **out)
+asynqi_rpc_decode_rest(const ProtobufCMessageDescriptor *desc, bool after_codec,
+    const uint8_t *data, size_t len, ProtobufCAllocator *pa,
+    asynqi_arena *arena, ProtobufCMessage **out)
 {
-	if (c != NULL) {
-		asynq_status st = codec_unpack(c, data, len, pa, arena, out);
-		if (st != ASYNQ_STATUS_COUNT)
-			return st;
-	}
 	unsigned kind = desc_kind(desc);
-	if (c == NULL && (kind & DESC_SIMPLE) != 0) {
+	if (!after_codec && (kind & DESC_SIMPLE) != 0) {
 		ProtobufCMessage *m = simple_unpack(desc, pa, data, len);
 		if (m != NULL) {
 			*out = m;

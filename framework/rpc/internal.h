@@ -35,6 +35,7 @@ typedef struct asynqi_arena {
 	 * allocation that fits is cut here (asynqi_arena_alloc, inline).
 	 * Both 16-aligned; NULL before the first chunk. */
 	unsigned char *cur, *lim;
+	unsigned char *cur0; /* the start of cur's chunk */
 	asynqi_arena_chunk *chunks;
 	size_t budget;  /* bytes the arena may hand out */
 	size_t used;    /* bytes handed out so far */
@@ -113,8 +114,20 @@ asynqi_arena_alloc(asynqi_arena *a, size_t size)
  * steady load makes one chunk per arena. */
 size_t asynqi_arena_hint(size_t used);
 
+/* asynqi_arena_owns_slow is asynqi_arena_owns past the current chunk. */
+bool asynqi_arena_owns_slow(const asynqi_arena *a, const void *p);
+
 /* asynqi_arena_owns says whether p points into memory a handed out. */
-bool asynqi_arena_owns(const asynqi_arena *a, const void *p);
+static inline bool
+asynqi_arena_owns(const asynqi_arena *a, const void *p)
+{
+	/* Mostly in what the current chunk handed out: [its data, cur). */
+	uintptr_t at = (uintptr_t)p;
+	if (a->cur != NULL && at < (uintptr_t)a->cur &&
+	    at >= (uintptr_t)a->cur0)
+		return true;
+	return asynqi_arena_owns_slow(a, p);
+}
 
 /* asynqi_rpc_check_depth walks the wire bytes of a message of type desc
  * without recursion: INVALID_ARGUMENT for malformed framing,
@@ -160,11 +173,33 @@ asynq_status asynqi_rpc_decode(const ProtobufCMessageDescriptor *desc,
     const uint8_t *data, size_t len, ProtobufCAllocator *pa,
     asynqi_arena *arena, ProtobufCMessage **out);
 
+/* asynqi_rpc_decode_rest is asynqi_rpc_decode, after a codec gave up on
+ * the bytes when `after_codec` (then without the quick path for small
+ * messages, which the codec stands for). */
+asynq_status asynqi_rpc_decode_rest(const ProtobufCMessageDescriptor *desc,
+    bool after_codec, const uint8_t *data, size_t len, ProtobufCAllocator *pa,
+    asynqi_arena *arena, ProtobufCMessage **out);
+
 /* asynqi_rpc_decode_with is asynqi_rpc_decode with usable codec c of desc
- * (may be NULL) tried first. */
-asynq_status asynqi_rpc_decode_with(const ProtobufCMessageDescriptor *desc,
+ * (may be NULL) tried first, inline. */
+static inline asynq_status
+asynqi_rpc_decode_with(const ProtobufCMessageDescriptor *desc,
     const asynq_rpc_codec *c, const uint8_t *data, size_t len,
-    ProtobufCAllocator *pa, asynqi_arena *arena, ProtobufCMessage **out);
+    ProtobufCAllocator *pa, asynqi_arena *arena, ProtobufCMessage **out)
+{
+	/* Without an allocator (malloc), protobuf-c's path decodes. */
+	bool tried = c != NULL && pa != NULL;
+	if (tried) {
+		ProtobufCMessage *m = c->unpack(pa, data, len);
+		if (m != NULL) {
+			*out = m;
+			return ASYNQ_OK;
+		}
+		if (arena != NULL && arena->exhausted)
+			return ASYNQ_RESOURCE_EXHAUSTED;
+	}
+	return asynqi_rpc_decode_rest(desc, tried, data, len, pa, arena, out);
+}
 
 /* A malloc-backed allocator that counts bytes against a budget; what it
  * allocates may be freed with protobuf_c_message_free_unpacked(m, NULL). */

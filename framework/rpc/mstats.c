@@ -73,9 +73,17 @@ void
 asynqi_hist_add(asynqi_hist *h, const uint64_t *bounds, size_t n, uint64_t v,
     uint64_t times)
 {
-	size_t i = 0;
-	while (i < n && v > bounds[i])
-		i++;
+	/* Observations in a row mostly fall in one bucket: the last one's
+	 * is tried first. */
+	size_t i = atomic_load_explicit(&h->hint, memory_order_relaxed);
+	if (i > n || (i < n && v > bounds[i]) ||
+	    (i > 0 && v <= bounds[i - 1])) {
+		i = 0;
+		while (i < n && v > bounds[i])
+			i++;
+		atomic_store_explicit(&h->hint, (unsigned char)i,
+		    memory_order_relaxed);
+	}
 	bump(&h->counts[i], times);
 	bump(&h->sum, v * times);
 }

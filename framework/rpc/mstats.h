@@ -19,6 +19,9 @@
 typedef struct asynqi_hist {
 	atomic_uint_fast64_t counts[ASYNQ_RPC_HIST_MAX + 1];
 	atomic_uint_fast64_t sum;
+	/* The bucket the last observation fell in: the next one is looked
+	 * for there first (a hint; any value is safe). */
+	atomic_uchar hint;
 } asynqi_hist;
 
 /* One worker's counters of one method, padded to a cache line. */
