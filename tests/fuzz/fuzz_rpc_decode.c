@@ -7,7 +7,8 @@
  *    arena with a small budget, then each call's payload, for a method of
  *    asynq.fuzz.Fuzz found by name or by its number in the method table
  *    the live-server targets send (fuzz_method_id_name), into the same
- *    arena;
+ *    arena, with the method's generated codec where it has one, as the
+ *    server does;
  *  - as the client does: as an asynq.rpc.Reply into an arena, then each
  *    result's payload with the counting malloc allocator, for the output
  *    type of the method picked by call_id.
@@ -139,6 +140,14 @@ method_of(const char *name)
 	return NULL;
 }
 
+/* The generated codec c of desc's messages when the RPC layer would use
+ * it, as channels and servers pick it. */
+static const asynq_rpc_codec *
+usable(const asynq_rpc_codec *c, const ProtobufCMessageDescriptor *desc)
+{
+	return asynqi_codec_usable(c, desc) ? c : NULL;
+}
+
 /* The server's path: envelope, then payloads, into one budgeted arena. */
 static void
 as_server(const uint8_t *data, size_t len)
@@ -162,7 +171,8 @@ as_server(const uint8_t *data, size_t len)
 			if (md == NULL)
 				continue;
 			ProtobufCMessage *in = NULL;
-			st = asynqi_rpc_decode(md->input, c->payload.data,
+			st = asynqi_rpc_decode_with(md->input,
+			    usable(md->input_codec, md->input), c->payload.data,
 			    c->payload.len, &arena.pa, &arena, &in);
 			check_decode(md->input, c->payload.data, c->payload.len,
 			    st, in, arena.exhausted);
@@ -195,8 +205,10 @@ as_client(const uint8_t *data, size_t len)
 			asynqi_budget_alloc ba;
 			asynqi_budget_alloc_init(&ba, FUZZ_DECODE_BUDGET);
 			ProtobufCMessage *out = NULL;
-			st = asynqi_rpc_decode(md->output, r->payload.data,
-			    r->payload.len, &ba.pa, NULL, &out);
+			st = asynqi_rpc_decode_with(md->output,
+			    usable(md->output_codec, md->output),
+			    r->payload.data, r->payload.len, &ba.pa, NULL,
+			    &out);
 			check_decode(md->output, r->payload.data,
 			    r->payload.len, st, out, ba.exhausted);
 			if (ba.used > ba.budget)
