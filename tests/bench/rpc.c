@@ -522,6 +522,20 @@ looper_task(asynq_task *t, void *arg)
 	return ASYNQ_OK;
 }
 
+/* The closed loop's root: starts every looper at once (tasks are lazy: a
+ * task runs once something awaits it) and waits for them all. */
+typedef struct loop_root {
+	asynq_future **fs;
+	size_t n;
+} loop_root;
+
+static asynq_status
+loop_root_task(asynq_task *t, void *arg)
+{
+	loop_root *lr = arg;
+	return asynq_await_all(t, lr->fs, lr->n);
+}
+
 /* The closed loop: `tasks` tasks each making rounds of n calls awaited
  * together for secs seconds, so that (on a channel capped at n calls per
  * request) `tasks` requests of n are in flight all the time: a task whose
@@ -549,9 +563,15 @@ asynq_measure_loop(bench *b, asynq_rpc_channel *ch, size_t tasks, size_t n,
 		if ((fs[k] = asynq_spawn(looper_task, &ls[k])) == NULL)
 			die("out of memory");
 	}
+	loop_root lr = { fs, tasks };
+	asynq_future *root = asynq_spawn(loop_root_task, &lr);
+	if (root == NULL)
+		die("out of memory");
+	(void)asynq_wait(root);
+	asynq_future_rele(root);
 	size_t rounds = 0;
 	for (size_t k = 0; k < tasks; k++) {
-		if (asynq_wait(fs[k]) != ASYNQ_OK) {
+		if (asynq_future_status(fs[k]) != ASYNQ_OK) {
 			fprintf(stderr, "bench: a closed-loop task failed: ");
 			asynq_error_print(asynq_future_error(fs[k]), stderr);
 			failures++;
