@@ -379,6 +379,7 @@ typedef struct sample {
 	double p50_us, p99_us;
 	double requests; /* asynq requests per round */
 	double sent;     /* asynq calls sent per logical call */
+	double inflight; /* closed loop: rounds in flight on average */
 } sample;
 
 typedef enum { ASYNQ, GRPC } side;
@@ -593,6 +594,12 @@ asynq_measure_loop(bench *b, asynq_rpc_channel *ch, size_t tasks, size_t n,
 		at += ls[k].rounds;
 		free(ls[k].lat);
 	}
+	/* Little's law: rounds in flight = rounds per second x the mean
+	 * time of a round. */
+	double lsum = 0;
+	for (size_t i = 0; i < rounds; i++)
+		lsum += lat[i];
+	out->inflight = t1 > t0 ? lsum / (t1 - t0) : 0;
 	double ncalls = rounds != 0 ? (double)(rounds * n) : 1;
 	out->calls_per_s = ncalls / ((t1 - t0) / 1e6);
 	out->client_ns = (c1 - c0) * 1e3 / ncalls;
@@ -737,6 +744,7 @@ medians(shape *sh, int n)
 	sh->med.p99_us = median_of(sh->s, n, offsetof(sample, p99_us));
 	sh->med.requests = median_of(sh->s, n, offsetof(sample, requests));
 	sh->med.sent = median_of(sh->s, n, offsetof(sample, sent));
+	sh->med.inflight = median_of(sh->s, n, offsetof(sample, inflight));
 }
 
 static void
@@ -996,10 +1004,18 @@ report(bench *b, double bare50, double bare99, double dec)
 	       "awaited together, on the same channel\n"
 	       "    %.0f calls/s (%.2fx 100 per request, 1 in flight), "
 	       "%.2f requests per round (1 expected),\n"
-	       "    CPU per call: client %.0f ns, server %.0f ns\n",
+	       "    %.1f rounds in flight on average (%zu expected), "
+	       "CPU per call: client %.0f ns, server %.0f ns\n",
 	    shapes[A_LOOP8].tasks, PIPE_CAP, lq->calls_per_s,
-	    lq->calls_per_s / a100->calls_per_s, lq->requests, lq->client_ns,
-	    lq->server_ns);
+	    lq->calls_per_s / a100->calls_per_s, lq->requests, lq->inflight,
+	    shapes[A_LOOP8].tasks, lq->client_ns, lq->server_ns);
+	if (lq->inflight < 0.9 * (double)shapes[A_LOOP8].tasks) {
+		fprintf(stderr,
+		    "bench: closed loop: %.1f rounds in flight, expected "
+		    "%zu\n",
+		    lq->inflight, shapes[A_LOOP8].tasks);
+		failures++;
+	}
 	if (lq->requests > 1.05) {
 		fprintf(stderr,
 		    "bench: closed loop: %.2f requests per round, expected "
