@@ -1343,6 +1343,21 @@ codec_in(struct buf *c, const field_proto *f, size_t k, bool proto3)
 	buf_printf(c, "\t\t\tbreak;\n\t\t}\n");
 }
 
+/* codec_reader appends the locals through which the size and pack
+ * functions of a message with n fields read message m. */
+static void
+codec_reader(struct buf *c, const char *cn, size_t n)
+{
+	if (n != 0)
+		buf_printf(c,
+		    "\tconst ProtobufCFieldDescriptor *f = "
+		    "%s__descriptor.fields;\n"
+		    "\tconst char *p = (const char *)m;\n",
+		    cn);
+	else
+		buf_printf(c, "\t(void)m;\n");
+}
+
 /* emit_codec appends the codec of message m (protoc-c's lower-case
  * prefix cn, C type ct): asynq_rpc_codec <cn>__asynq_codec and what it
  * points at. */
@@ -1372,14 +1387,7 @@ emit_codec(struct buf *c, const char *cn, const char *ct,
 	buf_printf(c,
 	    "static size_t\n%s__asynq_size(const ProtobufCMessage *m)\n{\n",
 	    cn);
-	if (n != 0)
-		buf_printf(c,
-		    "\tconst ProtobufCFieldDescriptor *f = "
-		    "%s__descriptor.fields;\n"
-		    "\tconst char *p = (const char *)m;\n",
-		    cn);
-	else
-		buf_printf(c, "\t(void)m;\n");
+	codec_reader(c, cn, n);
 	buf_printf(c, "\tsize_t n = 0;\n\n");
 	for (size_t k = 0; k < n; k++)
 		codec_out(c, v[k], k, proto3, false);
@@ -1389,14 +1397,7 @@ emit_codec(struct buf *c, const char *cn, const char *ct,
 	    "static size_t\n"
 	    "%s__asynq_pack(const ProtobufCMessage *m, uint8_t *out)\n{\n",
 	    cn);
-	if (n != 0)
-		buf_printf(c,
-		    "\tconst ProtobufCFieldDescriptor *f = "
-		    "%s__descriptor.fields;\n"
-		    "\tconst char *p = (const char *)m;\n",
-		    cn);
-	else
-		buf_printf(c, "\t(void)m;\n");
+	codec_reader(c, cn, n);
 	buf_printf(c, "\tuint8_t *o = out;\n\n");
 	for (size_t k = 0; k < n; k++)
 		codec_out(c, v[k], k, proto3, true);

@@ -433,6 +433,27 @@ trip_task(asynq_task *t, void *arg)
 	return st;
 }
 
+/* Fills *out from `rounds` rounds of n calls each (latencies lat, in us)
+ * that took wall_us, the client's cpu_us and the server's srv_us, and the
+ * channel's counts before and after. */
+static void
+sample_fill(sample *out, double *lat, size_t rounds, size_t n, double wall_us,
+    double cpu_us, double srv_us, const asynq_rpc_channel_stats *st0,
+    const asynq_rpc_channel_stats *st1)
+{
+	double calls = rounds != 0 ? (double)(rounds * n) : 1;
+	out->calls_per_s = calls / (wall_us / 1e6);
+	out->client_ns = cpu_us * 1e3 / calls;
+	out->server_ns = srv_us * 1e3 / calls;
+	out->p50_us = percentile(lat, rounds, 0.50);
+	out->p99_us = percentile(lat, rounds, 0.99);
+	out->requests = rounds
+	    ? (double)(st1->requests - st0->requests) / (double)rounds
+	    : 0;
+	out->sent =
+	    rounds ? (double)(st1->sent_calls - st0->sent_calls) / calls : 0;
+}
+
 /* Runs rounds of n calls awaited together for secs seconds. */
 static void
 asynq_measure(bench *b, asynq_rpc_channel *ch, bool whole_batch, size_t n,
@@ -473,19 +494,8 @@ asynq_measure(bench *b, asynq_rpc_channel *ch, bool whole_batch, size_t n,
 	} while (t1 - t0 < secs * 1e6);
 	double c1 = cpu_us(), s1 = server_cpu(&b->aserver);
 	asynq_rpc_channel_stats_get(ch, &st1);
-	double calls = (double)(rounds * n);
-	if (rounds == 0)
-		calls = 1;
-	out->calls_per_s = calls / ((t1 - t0) / 1e6);
-	out->client_ns = (c1 - c0) * 1e3 / calls;
-	out->server_ns = (s1 - s0) * 1e3 / calls;
-	out->p50_us = percentile(lat, rounds, 0.50);
-	out->p99_us = percentile(lat, rounds, 0.99);
-	out->requests =
-	    rounds ? (double)(st1.requests - st0.requests) / (double)rounds : 0;
-	out->sent = rounds
-	    ? (double)(st1.sent_calls - st0.sent_calls) / (double)(rounds * n)
-	    : 0;
+	sample_fill(out, lat, rounds, n, t1 - t0, c1 - c0, s1 - s0, &st0, &st1);
+	out->inflight = 1; /* one round at a time */
 	free(lat);
 }
 
@@ -600,16 +610,7 @@ asynq_measure_loop(bench *b, asynq_rpc_channel *ch, size_t tasks, size_t n,
 	for (size_t i = 0; i < rounds; i++)
 		lsum += lat[i];
 	out->inflight = t1 > t0 ? lsum / (t1 - t0) : 0;
-	double ncalls = rounds != 0 ? (double)(rounds * n) : 1;
-	out->calls_per_s = ncalls / ((t1 - t0) / 1e6);
-	out->client_ns = (c1 - c0) * 1e3 / ncalls;
-	out->server_ns = (s1 - s0) * 1e3 / ncalls;
-	out->p50_us = percentile(lat, rounds, 0.50);
-	out->p99_us = percentile(lat, rounds, 0.99);
-	out->requests =
-	    rounds ? (double)(st1.requests - st0.requests) / (double)rounds : 0;
-	out->sent =
-	    rounds ? (double)(st1.sent_calls - st0.sent_calls) / ncalls : 0;
+	sample_fill(out, lat, rounds, n, t1 - t0, c1 - c0, s1 - s0, &st0, &st1);
 	free(lat);
 	free(calls);
 	free(fs);
