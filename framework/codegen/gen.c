@@ -695,39 +695,40 @@ static const struct codec_type {
 	unsigned wt;
 	int kind;
 	const char *ctype; /* the member's C type */
+	unsigned bytes;    /* a V_VARINT member's size: 4 or 8 (else 0) */
 } codec_types[] = {
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_INT32,
-	    "PROTOBUF_C_TYPE_INT32", 0, V_VARINT, "int32_t" },
+	    "PROTOBUF_C_TYPE_INT32", 0, V_VARINT, "int32_t", 4 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_ENUM,
-	    "PROTOBUF_C_TYPE_ENUM", 0, V_VARINT, "int32_t" },
+	    "PROTOBUF_C_TYPE_ENUM", 0, V_VARINT, "int32_t", 4 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_UINT32,
-	    "PROTOBUF_C_TYPE_UINT32", 0, V_VARINT, "uint32_t" },
+	    "PROTOBUF_C_TYPE_UINT32", 0, V_VARINT, "uint32_t", 4 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_INT64,
-	    "PROTOBUF_C_TYPE_INT64", 0, V_VARINT, "int64_t" },
+	    "PROTOBUF_C_TYPE_INT64", 0, V_VARINT, "int64_t", 8 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_UINT64,
-	    "PROTOBUF_C_TYPE_UINT64", 0, V_VARINT, "uint64_t" },
+	    "PROTOBUF_C_TYPE_UINT64", 0, V_VARINT, "uint64_t", 8 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SINT32,
-	    "PROTOBUF_C_TYPE_SINT32", 0, V_ZIGZAG32, "int32_t" },
+	    "PROTOBUF_C_TYPE_SINT32", 0, V_ZIGZAG32, "int32_t", 0 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SINT64,
-	    "PROTOBUF_C_TYPE_SINT64", 0, V_ZIGZAG64, "int64_t" },
+	    "PROTOBUF_C_TYPE_SINT64", 0, V_ZIGZAG64, "int64_t", 0 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_BOOL,
-	    "PROTOBUF_C_TYPE_BOOL", 0, V_BOOL, "protobuf_c_boolean" },
+	    "PROTOBUF_C_TYPE_BOOL", 0, V_BOOL, "protobuf_c_boolean", 0 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_FIXED32,
-	    "PROTOBUF_C_TYPE_FIXED32", 5, V_FIXED32, "uint32_t" },
+	    "PROTOBUF_C_TYPE_FIXED32", 5, V_FIXED32, "uint32_t", 0 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SFIXED32,
-	    "PROTOBUF_C_TYPE_SFIXED32", 5, V_FIXED32, "uint32_t" },
+	    "PROTOBUF_C_TYPE_SFIXED32", 5, V_FIXED32, "uint32_t", 0 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_FLOAT,
-	    "PROTOBUF_C_TYPE_FLOAT", 5, V_FLOAT, "float" },
+	    "PROTOBUF_C_TYPE_FLOAT", 5, V_FLOAT, "float", 0 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_FIXED64,
-	    "PROTOBUF_C_TYPE_FIXED64", 1, V_FIXED64, "uint64_t" },
+	    "PROTOBUF_C_TYPE_FIXED64", 1, V_FIXED64, "uint64_t", 0 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_SFIXED64,
-	    "PROTOBUF_C_TYPE_SFIXED64", 1, V_FIXED64, "uint64_t" },
+	    "PROTOBUF_C_TYPE_SFIXED64", 1, V_FIXED64, "uint64_t", 0 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_DOUBLE,
-	    "PROTOBUF_C_TYPE_DOUBLE", 1, V_DOUBLE, "double" },
+	    "PROTOBUF_C_TYPE_DOUBLE", 1, V_DOUBLE, "double", 0 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_STRING,
-	    "PROTOBUF_C_TYPE_STRING", 2, V_STRING, "const char *" },
+	    "PROTOBUF_C_TYPE_STRING", 2, V_STRING, "const char *", 0 },
 	{ GOOGLE__PROTOBUF__FIELD_DESCRIPTOR_PROTO__TYPE__TYPE_BYTES,
-	    "PROTOBUF_C_TYPE_BYTES", 2, V_BYTES, "ProtobufCBinaryData" },
+	    "PROTOBUF_C_TYPE_BYTES", 2, V_BYTES, "ProtobufCBinaryData", 0 },
 };
 
 static const struct codec_type *
@@ -1230,8 +1231,7 @@ codec_out(struct buf *c, const field_proto *f, size_t k, bool proto3,
 	switch (t->kind) {
 	case V_VARINT:
 		buf_printf(c,
-		    "\t\t\to = asynq_codec_put_varint(o, (uint64_t)%sx);\n",
-		    strcmp(t->ctype, "int32_t") == 0 ? "(int64_t)" : "");
+		    "\t\t\to = asynq_codec_put_varint(o, (uint64_t)x);\n");
 		break;
 	case V_ZIGZAG32:
 		buf_printf(c,
@@ -1301,8 +1301,9 @@ codec_in(struct buf *c, const field_proto *f, size_t k, bool proto3)
 			    "\t\t\tint64_t x = asynq_codec_unzigzag64(v);\n");
 		else if (t->kind == V_BOOL)
 			buf_printf(c, "\t\t\tprotobuf_c_boolean x = v != 0;\n");
-		else if (strcmp(t->ctype, "int32_t") == 0 ||
-		    strcmp(t->ctype, "uint32_t") == 0)
+		else if (t->bytes == 4)
+			/* int32, uint32, enum: the low 32 bits, as
+			 * protobuf-c keeps them. */
 			buf_printf(c, "\t\t\tuint32_t x = (uint32_t)v;\n");
 		else
 			buf_printf(c, "\t\t\tuint64_t x = v;\n");

@@ -278,9 +278,9 @@ asynqi_trace_batch(asynq_sched *s, asynq_trace_kind kind, asynq_batch *b)
 	s->trace(&ev, s->trace_arg);
 }
 
-/* The scoped values a finished task left pushed (out of line: rare, and
- * task_finish stays small enough to inline). */
-/* Stores the task body's outcome in its future. */
+/* Stores the task body's outcome in its future; the scoped values it left
+ * pushed are unwound out of line (rare), so this stays small enough to
+ * inline. */
 static inline void
 task_finish(asynq_sched *s, asynq_task *t, asynq_status st)
 {

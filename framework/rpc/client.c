@@ -1428,6 +1428,37 @@ drain_waiting(asynq_rpc_channel *ch, outbox *o)
  * which says nothing of its health): sets its items from one pass over the
  * reply's fields and, before they complete, counts a success of `from`, or
  * a failure if a call failed UNAVAILABLE. Reader thread. */
+/* The Result the server writes: [call_id] [payload of < 128 bytes], in
+ * that order, one-byte keys, nothing else. True when p is exactly that
+ * (then valid, and read into *id, *payload and *len as the field loop
+ * would); false leaves them as they were, for the loop. */
+static inline bool
+result_parse_usual(const uint8_t *p, size_t len, uint64_t *id,
+    const uint8_t **payload, size_t *plen)
+{
+	const uint8_t *end = p + len;
+	uint64_t v = 0;
+	if (p < end && p[0] == 1 << 3) {
+		p++;
+		if (!asynqi_short_varint(&p, end, &v))
+			return false;
+	}
+	const uint8_t *pl = NULL;
+	size_t pn = 0;
+	if (end - p >= 2 && p[0] == ((4 << 3) | 2) && p[1] < 0x80 &&
+	    (size_t)(end - p - 2) == p[1]) {
+		pl = p + 2;
+		pn = p[1];
+		p = end;
+	}
+	if (p != end)
+		return false;
+	*id = v;
+	*payload = pl;
+	*plen = pn;
+	return true;
+}
+
 static void
 handle_results(asynq_rpc_channel *ch, sub_req *q, replica *from,
     const uint8_t *body, size_t len)
@@ -1462,26 +1493,9 @@ handle_results(asynq_rpc_channel *ch, sub_req *q, replica *from,
 		const uint8_t *msg = NULL, *payload = NULL;
 		size_t msg_len = 0, payload_len = 0;
 		int rv2 = 0;
-		/* The usual Result, [call_id] [payload of < 128 bytes] as the
-		 * server writes it, read at once; anything else by the loop. */
-		const uint8_t *u = f.p, *ue = f.p + f.len;
-		if (u < ue && u[0] == 1 << 3) {
-			u++;
-			if (!asynqi_short_varint(&u, ue, &call_id))
-				u = NULL;
-		}
-		if (u != NULL && ue - u >= 2 && u[0] == ((4 << 3) | 2) &&
-		    u[1] < 0x80 && (size_t)(ue - u - 2) == u[1]) {
-			payload = u + 2;
-			payload_len = u[1];
-			u = ue;
-		}
-		if (u != ue) {
-			call_id = 0;
-			payload = NULL;
-			payload_len = 0;
-		}
-		while (u != ue && (rv2 = asynqi_reader_next(&rr, &g)) > 0) {
+		bool usual = result_parse_usual(f.p, f.len, &call_id, &payload,
+		    &payload_len);
+		while (!usual && (rv2 = asynqi_reader_next(&rr, &g)) > 0) {
 			if (g.num == 1 && g.wt == 0)
 				call_id = g.v;
 			else if (g.num == 2 && g.wt == 0)
@@ -2502,21 +2516,10 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 		own = !md_same(md, b->base_md);
 	size_t mi = (size_t)(m - ch->svc->methods);
 	bool by_id = m >= ch->svc->methods && mi < ch->svc->n_methods;
-	/* A small message is packed once, here, and copied in below; a
-	 * larger one is sized now and packed in place. */
-	const asynq_rpc_codec *codec = by_id ? ch->codecs[2 * mi] : NULL;
-	uint8_t small[ASYNQI_SMALL_MSG];
-	size_t plen;
-	bool packed = false;
-	if (asynqi_codec_packs(codec, req)) {
-		plen = codec->size(req);
-	} else {
-		codec = NULL;
-		plen = asynqi_msg_pack_small(req, small, sizeof(small));
-		packed = plen != SIZE_MAX;
-		if (!packed)
-			plen = asynqi_msg_size(req);
-	}
+	/* Sized now, packed in place below. */
+	asynqi_packing pk;
+	size_t plen =
+	    asynqi_packing_size(&pk, by_id ? ch->codecs[2 * mi] : NULL, req);
 	size_t nlen = by_id ? 0 : strlen(m->full_name);
 	size_t mdw = own ? (md != NULL ? md->wire : 0) + 2 : 0;
 	size_t body = (idx != 0 ? 1 + asynqi_varint_len(idx) : 0) +
@@ -2541,12 +2544,7 @@ asynqi_rpc_call_now(asynq_rpc_channel *ch, const asynq_rpc_method_desc *m,
 			*p++ = (3 << 3) | 2;
 			p += put_varint(p, plen);
 			poff = off + (size_t)(p - d);
-			if (codec != NULL)
-				codec->pack(req, p);
-			else if (packed)
-				memcpy(p, small, plen);
-			else
-				asynqi_msg_pack(req, p);
+			asynqi_packing_put(&pk, req, p, plen);
 			p += plen;
 		}
 		if (by_id) {

@@ -138,14 +138,10 @@ asynqi_arena_alloc_slow(asynqi_arena *a, size_t size)
 		return NULL;
 	void **p;
 	size_t n = (size + 16 + 15) & ~(size_t)15;
-	if (n <= (size_t)(a->lim - a->cur)) {
-		/* In the current chunk's room, as inline allocations. */
-		p = (void **)a->cur;
-		a->cur += n;
-		a->used += n;
-	} else if ((p = arena_alloc_raw(a, size + 16)) == NULL) {
+	if (n <= (size_t)(a->lim - a->cur))
+		p = asynqi_arena_take(a, n); /* as inline allocations */
+	else if ((p = arena_alloc_raw(a, size + 16)) == NULL)
 		return NULL;
-	}
 	p[0] = a->tag;
 	a->tag = NULL;
 	a->tagged = (char *)p + 16;

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <stdatomic.h>
 
@@ -92,19 +93,25 @@ void *asynqi_arena_alloc_slow(asynqi_arena *a, size_t size);
 
 /* asynqi_arena_alloc returns `size` bytes (16-aligned) or NULL when over the
  * budget or out of memory. */
+/* asynqi_arena_take cuts n bytes (a multiple of 16, at most lim - cur)
+ * off the current chunk's room. */
+static inline void *
+asynqi_arena_take(asynqi_arena *a, size_t n)
+{
+	void *p = a->cur;
+	a->cur += n;
+	a->used += n;
+	return p;
+}
+
 static inline void *
 asynqi_arena_alloc(asynqi_arena *a, size_t size)
 {
 	/* lim - cur is a multiple of 16 within the budget, so a size that
 	 * fits still fits rounded up. */
 	if (__builtin_expect(
-	        a->tag == NULL && size - 1 < (size_t)(a->lim - a->cur), 1)) {
-		void *p = a->cur;
-		size_t n = (size + 15) & ~(size_t)15;
-		a->cur += n;
-		a->used += n;
-		return p;
-	}
+	        a->tag == NULL && size - 1 < (size_t)(a->lim - a->cur), 1))
+		return asynqi_arena_take(a, (size + 15) & ~(size_t)15);
 	return asynqi_arena_alloc_slow(a, size);
 }
 
@@ -164,6 +171,50 @@ asynqi_codec_packs(const asynq_rpc_codec *c, const ProtobufCMessage *m)
 #define ASYNQI_SMALL_MSG 128
 size_t asynqi_msg_pack_small(const ProtobufCMessage *m, uint8_t *out,
     size_t cap);
+
+/* How a message is packed into a frame: its length is known first, then
+ * its bytes go in place. With the method's codec when it packs the
+ * message; else a small message packed once into `small` and copied; else
+ * protobuf-c's size and pack. */
+typedef struct asynqi_packing {
+	const asynq_rpc_codec *codec; /* packs it, or NULL */
+	bool in_small;                /* small holds its bytes */
+	uint8_t small[ASYNQI_SMALL_MSG];
+} asynqi_packing;
+
+/* asynqi_packing_size chooses how m is packed (with usable codec c, which
+ * may be NULL, when it packs m) and returns m's length. */
+static inline size_t
+asynqi_packing_size(asynqi_packing *k, const asynq_rpc_codec *c,
+    const ProtobufCMessage *m)
+{
+	k->in_small = false;
+	if (asynqi_codec_packs(c, m)) {
+		k->codec = c;
+		return c->size(m);
+	}
+	k->codec = NULL;
+	size_t n = asynqi_msg_pack_small(m, k->small, sizeof(k->small));
+	if (n != SIZE_MAX) {
+		k->in_small = true;
+		return n;
+	}
+	return asynqi_msg_size(m);
+}
+
+/* asynqi_packing_put writes m's len bytes (asynqi_packing_size's) at
+ * out. */
+static inline void
+asynqi_packing_put(const asynqi_packing *k, const ProtobufCMessage *m,
+    uint8_t *out, size_t len)
+{
+	if (k->codec != NULL)
+		k->codec->pack(m, out);
+	else if (k->in_small)
+		memcpy(out, k->small, len);
+	else
+		asynqi_msg_pack(m, out);
+}
 
 /* asynqi_rpc_decode checks depth and decodes data as a desc message with
  * allocator pa (NULL for malloc). On failure returns INVALID_ARGUMENT, or

@@ -27,12 +27,12 @@
  *   batches, as they would were each its own task. A runner awaits the one
  *   it handed to before it ends. Between handlers it pops the scoped
  *   values a handler left pushed (metadata for its calls, say), clears the
- *   task's last error and names itself after the method it runs. Each result is
- *   packed straight into the
- *   request's reply buffer as a Result field; the last task to finish
- *   completes the frame, queues it on the connection and marks the
- *   connection dirty. A post on the worker flushes its dirty connections, so
- *   replies that finish in one pass of the scheduler go out in one write.
+ *   task's last error and names itself after the method it runs. Each
+ *   result is packed straight into the request's reply buffer as a Result
+ *   field; the last task to finish completes the frame, queues it on the
+ *   connection and marks the connection dirty. A post on the worker flushes
+ *   its dirty connections, so replies that finish in one pass of the
+ *   scheduler go out in one write.
  * - Connection state `sc` is reference counted (atomics): the transport's
  *   reference until on_close, one per request in flight, one per dirty
  *   mark, one per parked dedup copy. A connection with more than
@@ -959,24 +959,12 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 	if (k->answered)
 		return;
 	k->answered = true;
-	/* A small reply is packed once, here, and copied in below. */
-	uint8_t small[ASYNQI_SMALL_MSG];
-	bool packed = false;
-	size_t plen = 0;
-	const asynq_rpc_codec *codec = NULL;
-	if (st == ASYNQ_OK && reply != NULL) {
-		codec = k->sm != NULL ? k->sm->out_codec : NULL;
-		if (asynqi_codec_packs(codec, reply)) {
-			plen = codec->size(reply);
-		} else {
-			codec = NULL;
-			plen =
-			    asynqi_msg_pack_small(reply, small, sizeof(small));
-			packed = plen != SIZE_MAX;
-			if (!packed)
-				plen = asynqi_msg_size(reply);
-		}
-	}
+	/* Sized now, packed in place below. */
+	asynqi_packing pk;
+	size_t plen = st == ASYNQ_OK && reply != NULL
+	    ? asynqi_packing_size(&pk, k->sm != NULL ? k->sm->out_codec : NULL,
+	          reply)
+	    : 0;
 	size_t mlen = st != ASYNQ_OK ? strlen(message) : 0;
 	size_t body =
 	    (k->call_id != 0 ? 1 + asynqi_varint_len(k->call_id) : 0) +
@@ -1007,12 +995,7 @@ result_put(srv_req *r, srv_call *k, asynq_status st, const char *message,
 	if (plen != 0) {
 		*p++ = (4 << 3) | 2;
 		p += put_varint(p, plen);
-		if (codec != NULL)
-			codec->pack(reply, p);
-		else if (packed)
-			memcpy(p, small, plen);
-		else
-			asynqi_msg_pack(reply, p);
+		asynqi_packing_put(&pk, reply, p, plen);
 		p += plen;
 	}
 	b->len += (size_t)(p - d);
